@@ -1,0 +1,1 @@
+"""Kubeflow Pipelines components (lightweight Python) calling gourmetgram modules."""

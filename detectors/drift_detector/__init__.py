@@ -1,0 +1,1 @@
+"""Drift detector: the inference logger sink (alibi-detect online MMD)."""

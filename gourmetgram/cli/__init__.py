@@ -1,0 +1,1 @@
+"""The ``gourmetgram`` command line: one subcommand per module in ``commands/``."""

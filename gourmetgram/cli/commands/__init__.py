@@ -1,0 +1,1 @@
+"""Subcommands of ``gourmetgram``; each module defines ``add_parser(subparsers)``."""

@@ -1,0 +1,43 @@
+"""Names and ports, defined once and imported everywhere."""
+
+from pathlib import Path
+
+# Stages a model moves through; each is also an MLflow registry alias.
+STAGING = "staging"
+CANARY = "canary"
+PRODUCTION = "production"
+STAGES = (STAGING, CANARY, PRODUCTION)
+
+# The Triton model name; the transformer's --model_name must equal it.
+MODEL_NAME = "food11"
+# The MLflow registered model name.
+REGISTERED_MODEL_NAME = "gourmetgram-food11"
+# InferenceService names per stage.
+ISVC_NAMES = {STAGING: "food11-staging", PRODUCTION: "food11"}
+
+# Dataset layout (Food-11): <root>/<split>/class_XX/*.jpg
+SPLITS = ("training", "validation", "evaluation")
+CLASS_NAMES_FILE = "classes.txt"
+
+# Tensor names in the exported ONNX model / Triton config.
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+FEATURES_NAME = "features"
+
+# Local runtime ports (cluster ports come from the manifests). Bound to localhost.
+HOST = "127.0.0.1"
+TRITON_HTTP_PORT = 8000
+TRITON_GRPC_PORT = 8001
+TRITON_METRICS_PORT = 8002
+TRANSFORMER_HTTP_PORT = 8080
+TRANSFORMER_GRPC_PORT = 8081
+GATEWAY_PORT = 8090
+DETECTOR_PORT = 8070
+PROMETHEUS_PORT = 9090
+
+# Where local runs keep their state, relative to the working directory unless
+# GOURMETGRAM_HOME is set.
+DEFAULT_HOME = Path(".gourmetgram")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "configs"

@@ -1,0 +1,1 @@
+"""Datasets in the Food-11 layout: ingest, validate, load, and the embedded demo."""

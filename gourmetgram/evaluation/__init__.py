@@ -1,0 +1,1 @@
+"""Offline evaluation suite: metrics, slices, failure modes, template tests."""

@@ -1,0 +1,1 @@
+"""The local runtime: Triton (PyTriton), transformer, gateway, detector on localhost."""

@@ -1,0 +1,43 @@
+"""MLflow set-up shared by every step: local sqlite by default, a server on the cluster.
+
+``MLFLOW_TRACKING_URI`` (from the environment or a Kubernetes Secret) wins; otherwise
+runs go to ``sqlite:///$GOURMETGRAM_HOME/mlflow.db`` with artifacts beside it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from gourmetgram.constants import DEFAULT_HOME
+
+EXPERIMENT = "gourmetgram-food11"
+
+
+def home() -> Path:
+    """The local state folder (runs, models, MLflow store), made absolute once."""
+    path = Path(os.environ.get("GOURMETGRAM_HOME", DEFAULT_HOME)).expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home() / 'mlflow.db'}"
+
+
+def configure_mlflow(experiment: str = EXPERIMENT):
+    """Point MLflow at the store and make sure the experiment exists; returns the module."""
+    import logging
+
+    import mlflow
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    mlflow.set_tracking_uri(tracking_uri())
+    if mlflow.get_experiment_by_name(experiment) is None:
+        location = None
+        if not os.environ.get("MLFLOW_TRACKING_URI"):
+            location = (home() / "mlartifacts").as_uri()
+        mlflow.create_experiment(experiment, artifact_location=location)
+    mlflow.set_experiment(experiment)
+    return mlflow

@@ -1,0 +1,138 @@
+"""Train the classifier: seeded, CPU or CUDA, early stopping, progress bar, MLflow logging."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from gourmetgram.config import RunConfig
+from gourmetgram.data.dataset import ImageFolderDataset
+from gourmetgram.data.layout import DatasetReport
+from gourmetgram.model import Classifier, ModelSpec, build_model, pick_device, save_checkpoint
+from gourmetgram.tracking import configure_mlflow
+
+
+@dataclasses.dataclass
+class TrainResult:
+    checkpoint: str
+    best_val_accuracy: float
+    best_epoch: int
+    epochs_run: int
+    seconds: float
+    mlflow_run_id: str | None
+    history: list[dict]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def evaluate_accuracy(model: Classifier, loader: DataLoader, device: torch.device) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) over a loader."""
+    model.eval()
+    correct = total = 0
+    loss_sum = 0.0
+    with torch.inference_mode():
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            logits = model(x)
+            loss_sum += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
+            correct += (logits.argmax(1) == y).sum().item()
+            total += len(y)
+    return correct / max(total, 1), loss_sum / max(total, 1)
+
+
+def train(dataset_root: str | Path, report: DatasetReport, cfg: RunConfig, checkpoint_path: str | Path,
+          log_to_mlflow: bool = True, progress: bool = True, run_name: str | None = None) -> TrainResult:
+    """Train on ``training``, early-stop on ``validation``, keep the best checkpoint.
+
+    ``epochs: 0`` yields the untrained network (used to prove the evaluation gate).
+    """
+    root = Path(dataset_root)
+    tc, mc = cfg.train, cfg.model
+    seed_everything(tc.seed)
+    device = pick_device(tc.device)
+    spec = ModelSpec(tuple(report.class_names), mc.image_size, mc.arch, mc.width_mult, mc.dropout)
+    model = build_model(spec, mc.pretrained_weights).to(device)
+
+    train_ds = ImageFolderDataset(root / "training", mc.image_size, tc.hflip, tc.crop_scale, tc.seed)
+    val_ds = ImageFolderDataset(root / "validation", mc.image_size)
+    generator = torch.Generator().manual_seed(tc.seed)
+    train_dl = DataLoader(train_ds, tc.batch_size, shuffle=True, generator=generator,
+                          num_workers=tc.num_workers, drop_last=len(train_ds) > tc.batch_size)
+    val_dl = DataLoader(val_ds, tc.batch_size * 2, num_workers=tc.num_workers)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(tc.epochs, 1))
+
+    mlflow = configure_mlflow() if log_to_mlflow else None
+    run = mlflow.start_run(run_name=run_name) if mlflow else None
+    if mlflow:
+        mlflow.log_params({**{f"model.{k}": v for k, v in dataclasses.asdict(mc).items()},
+                           **{f"train.{k}": v for k, v in dataclasses.asdict(tc).items()},
+                           "data.root": str(root), "data.fingerprint": report.fingerprint,
+                           "data.num_classes": report.num_classes, "device": str(device)})
+
+    history: list[dict] = []
+    best_acc, best_epoch, stale = -1.0, 0, 0
+    started = time.perf_counter()
+    for epoch in range(1, tc.epochs + 1):
+        model.train()
+        loss_sum = seen = correct = 0
+        bar = tqdm(train_dl, desc=f"epoch {epoch}/{tc.epochs}", unit="batch", disable=None if progress else True, leave=False)
+        for x, y in bar:
+            x, y = x.to(device), y.to(device)
+            optimizer.zero_grad(set_to_none=True)
+            logits = model(x)
+            loss = torch.nn.functional.cross_entropy(logits, y)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
+        scheduler.step()
+        val_acc, val_loss = evaluate_accuracy(model, val_dl, device)
+        row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
+               "val_loss": val_loss, "val_accuracy": val_acc}
+        history.append(row)
+        if progress:
+            print(f"epoch {epoch:>2}: train loss {row['train_loss']:.3f} acc {row['train_accuracy']:.3f} | "
+                  f"val loss {val_loss:.3f} acc {val_acc:.3f}", flush=True)
+        if mlflow:
+            mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+        if val_acc > best_acc:
+            best_acc, best_epoch, stale = val_acc, epoch, 0
+            save_checkpoint(model, checkpoint_path, {"epoch": epoch, "val_accuracy": val_acc})
+        else:
+            stale += 1
+            if stale >= tc.patience:
+                if progress:
+                    print(f"early stopping: no validation improvement for {tc.patience} epochs", flush=True)
+                break
+    if best_acc < 0:  # epochs == 0: keep the untrained network
+        best_acc, _ = evaluate_accuracy(model, val_dl, device)
+        save_checkpoint(model, checkpoint_path, {"epoch": 0, "val_accuracy": best_acc})
+    seconds = time.perf_counter() - started
+
+    run_id = None
+    if mlflow:
+        from gourmetgram.model import load_checkpoint
+
+        best = load_checkpoint(checkpoint_path)
+        mlflow.log_metrics({"best_val_accuracy": best_acc, "train_seconds": seconds})
+        mlflow.log_dict(spec.to_dict(), "model_spec.json")
+        example = np.zeros((2, 3, mc.image_size, mc.image_size), np.float32)
+        mlflow.pytorch.log_model(best, name="model", input_example=example, serialization_format="pickle")
+        run_id = run.info.run_id
+        mlflow.end_run()
+    return TrainResult(str(checkpoint_path), best_acc, best_epoch, len(history), seconds, run_id, history)

@@ -1,0 +1,1 @@
+"""The training pipeline (KFP v2): run locally, compile, submit."""

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Create .venv with everything the project needs; a no-op when nothing changed.
+# torch/torchvision come first, from the machine's local wheels (see ../shared/DESIGN.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+stamp_src=$(cat requirements.txt setup.cfg scripts/setup.sh | sha256sum | cut -c1-16)
+stamp=.venv/.installed-$stamp_src
+if [ -f "$stamp" ]; then
+  exit 0
+fi
+echo "setting up .venv (first time: about 3 minutes)"
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q "$(grep '^torch==' requirements.txt)" "$(grep '^torchvision==' requirements.txt)"
+.venv/bin/python -m pip install -q -r requirements.txt
+.venv/bin/python -m pip install -q --no-deps -e .
+# promtool checks the alert rules (Debian's prometheus package); optional outside CI.
+if ! command -v promtool >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) >/dev/null 2>&1 \
+    || echo "warning: could not install prometheus (promtool); rule tests will be skipped" >&2
+fi
+rm -f .venv/.installed-*
+touch "$stamp"
+echo "setup done"

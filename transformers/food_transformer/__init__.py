@@ -1,0 +1,1 @@
+"""KServe transformer: decode + shared preprocessing -> Triton (v2) -> labels."""
