@@ -62,6 +62,7 @@ class TemplateConfig:
     path: str  # folder with backgrounds/, extras/ and foods/class_XX/
     min_invariance: float = 0.8  # share of compositions whose label survives bg/extra
     min_sensitivity: float = 0.8  # share of food swaps that change the label
+    min_accuracy: Optional[float] = None  # share of compositions labelled as the food (the course's pass ratio)
     foods_per_class: int = 1
     seed: int = 0
 
@@ -195,3 +196,30 @@ def override(cfg: RunConfig, section: str, **changes: Any) -> RunConfig:
     new = dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **changes)})
     _check(new)
     return new
+
+
+@dataclasses.dataclass(frozen=True)
+class SLOConfig:
+    """Service-level objectives a staging load test must meet (``configs/slo.yaml``)."""
+
+    p95_ms: float
+    max_error_rate: float
+    min_rps: float
+    min_requests: int = 20
+    source: str = "<defaults>"
+
+
+def load_slo(name_or_path: str | Path = "slo") -> SLOConfig:
+    path = resolve_config_path(name_or_path)
+    if not path.is_file():
+        raise ConfigError(f"SLO file {path} not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if isinstance(data, dict):
+        data.setdefault("source", str(path))
+    slo = _build(SLOConfig, data, str(path))
+    if slo.p95_ms <= 0 or not 0 <= slo.max_error_rate <= 1 or slo.min_rps < 0 or slo.min_requests < 1:
+        raise ConfigError(f"{path}: need p95_ms > 0, 0 <= max_error_rate <= 1, min_rps >= 0, min_requests >= 1")
+    return slo
