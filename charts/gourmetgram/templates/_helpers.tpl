@@ -1,0 +1,36 @@
+{{/* Common labels (app.kubernetes.io/*) on every object. */}}
+{{- define "gourmetgram.labels" -}}
+app.kubernetes.io/name: gourmetgram
+app.kubernetes.io/instance: {{ .Values.isvcName }}
+app.kubernetes.io/part-of: gourmetgram
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/version: {{ .Values.model.version | quote }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+gourmetgram.io/stage: {{ .Values.stage }}
+{{- end -}}
+
+{{/* The bundle root without a trailing slash. */}}
+{{- define "gourmetgram.bundleUri" -}}
+{{- required "model.bundleUri is required" .Values.model.bundleUri | trimSuffix "/" -}}
+{{- end -}}
+
+{{/* KServe storageUri: the Triton model repository inside the bundle (contract 1). */}}
+{{- define "gourmetgram.storageUri" -}}
+{{- printf "%s/triton" (include "gourmetgram.bundleUri" .) -}}
+{{- end -}}
+
+{{/* In-cluster URL of the drift detector (the logger sink). */}}
+{{- define "gourmetgram.detectorUrl" -}}
+{{- printf "http://%s.%s.svc.cluster.local" .Values.detector.name .Values.namespace -}}
+{{- end -}}
+
+{{/* True when a canary percentage is set (0 is a valid value: pin to prev). */}}
+{{- define "gourmetgram.hasCanary" -}}
+{{- if not (kindIs "invalid" .Values.canary.trafficPercent) -}}
+{{- $p := int .Values.canary.trafficPercent -}}
+{{- if or (lt $p 0) (gt $p 100) -}}
+{{- fail (printf "canary.trafficPercent must be within 0..100, got %v" .Values.canary.trafficPercent) -}}
+{{- end -}}
+true
+{{- end -}}
+{{- end -}}
