@@ -1,0 +1,283 @@
+"""The KServe transformer: images in, Food-11 labels out, Triton (v2) in between.
+
+preprocess: validate the request, decode every image with the SAME functions training
+uses (:func:`gourmetgram.preprocessing.preprocess_bytes`), and build ONE batched v2
+request (input ``input`` FP32 [N, 3, H, W], sent in the binary tensor extension).
+predict: kserve's own client posts it to ``<predictor>/v2/models/<name>/infer``; transport
+failures and an unavailable predictor become HTTP 503 with a clear message.
+postprocess: softmax, class names, top-k; the v1 API answers ``{"predictions": [...]}``,
+the v2 API a v2 response with ``label``/``class_index``/``confidence`` outputs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, Dict, Sequence
+
+import grpc
+import httpx
+import numpy as np
+from kserve import Model
+from kserve.errors import InferenceError, InvalidInput, ServerNotReady
+from kserve.inference_client import InferenceRESTClient, RESTConfig
+from kserve.model import append_forwardable_headers
+from kserve.predictor_config import PredictorConfig
+from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, InferResponse
+
+from food_transformer import metrics
+from food_transformer.spec import PartialSpec, ServingSpec, fill_from_metadata
+from food_transformer.validation import DEFAULT_MAX_BATCH, parse_v1_body, parse_v2_request
+from gourmetgram.constants import INPUT_NAME, OUTPUT_NAME
+from gourmetgram.errors import UserError
+from gourmetgram.preprocessing import InvalidImageError, preprocess_bytes, softmax
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TOP_K = 3
+METADATA_TIMEOUT_S = 5.0
+# Predictor HTTP answers that mean "not available right now" rather than "bad request".
+_UNAVAILABLE_STATUS = {404, 429, 502, 503, 504}
+_UNAVAILABLE_GRPC = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                     grpc.StatusCode.NOT_FOUND, grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
+class PredictorUnavailable(ServerNotReady):
+    """The predictor is down, refusing connections or not serving the model: HTTP 503.
+
+    A ServerNotReady subclass, so kserve's own registered handler answers 503 (no patching).
+    """
+
+    def __init__(self, detail: str):
+        super().__init__(detail)
+        self.error_msg = f"predictor unavailable: {detail}"
+
+
+@dataclass(frozen=True)
+class _RequestInfo:
+    """Per-request facts preprocess hands to postprocess (same asyncio task)."""
+
+    protocol: str  # "v1" or "v2"
+    request_id: str | None
+    count: int
+
+
+_REQUEST: ContextVar[_RequestInfo | None] = ContextVar("food_transformer_request", default=None)
+
+
+def images_to_batch(blobs: Sequence[bytes], image_size: int, names: Sequence[str]) -> np.ndarray:
+    """Decode + shared preprocessing for every image -> (N, 3, H, W) float32.
+
+    Bad images (not JPEG/PNG, truncated, too large, decompression bombs) raise
+    InvalidInput naming the instance.
+    """
+    arrays = []
+    for blob, name in zip(blobs, names):
+        try:
+            arrays.append(preprocess_bytes(blob, image_size))
+        except InvalidImageError as exc:
+            raise InvalidInput(f"{name}: {exc}") from exc
+    return np.stack(arrays).astype(np.float32, copy=False)
+
+
+def rank(probs: np.ndarray, class_names: Sequence[str], top_k: int) -> list[dict[str, Any]]:
+    """Per row of probabilities: top-1 label/index/confidence plus the top-k list."""
+    k = max(1, min(top_k, probs.shape[1]))
+    predictions = []
+    for row in probs:
+        order = np.argsort(-row, kind="stable")[:k]
+        top = [
+            {"label": class_names[i], "class_index": int(i), "confidence": float(row[i])}
+            for i in order
+        ]
+        predictions.append({**top[0], "top_k": top})
+    return predictions
+
+
+class FoodTransformer(Model):
+    """kserve.Model subclass: the transformer in front of Triton."""
+
+    def __init__(
+        self,
+        name: str,
+        predictor_config: PredictorConfig,
+        spec: PartialSpec,
+        top_k: int = DEFAULT_TOP_K,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        revision: str = metrics.DEFAULT_REVISION,
+    ):
+        super().__init__(name)
+        if predictor_config.predictor_protocol not in ("v2", "grpc-v2"):
+            raise UserError("the predictor (Triton) speaks only v2: use --protocol v2 or grpc-v2")
+        if top_k < 1 or max_batch < 1:
+            raise UserError("--top_k and --max_batch must be at least 1")
+        self._predictor = predictor_config
+        self.partial = spec
+        self.spec: ServingSpec | None = spec.complete()
+        self.top_k = top_k
+        self.max_batch = max_batch
+        self.revision = revision
+        self._rest_client: InferenceRESTClient | None = None
+
+    # Our own config, not kserve's process-wide context var: the handlers may run in
+    # another thread or context (tests, multiple servers) and must still find it.
+    @property
+    def predictor_config(self) -> PredictorConfig:
+        return self._predictor
+
+    def _metadata_url(self) -> str:
+        return f"{self._predictor.predictor_base_url}/v2/models/{self.name}"
+
+    def load(self) -> bool:
+        """Ready without the predictor; if it is up, take missing facts from its metadata
+        and check the given ones against it (a mismatch stops start-up: ConfigError)."""
+        if self._predictor.predictor_protocol == "v2":
+            try:
+                response = httpx.get(self._metadata_url(), timeout=METADATA_TIMEOUT_S)
+                response.raise_for_status()
+                self.spec = fill_from_metadata(self.partial, response.json())
+                logger.info("model %s: image size %d, %d classes (checked against the predictor)",
+                            self.name, self.spec.image_size, self.spec.num_classes)
+            except (httpx.HTTPError, ValueError) as exc:
+                logger.warning("predictor metadata not available yet (%s); %s", exc,
+                               "using the given spec" if self.spec else "will ask on the first request")
+        elif self.spec is None:
+            raise UserError("with --protocol grpc-v2 pass --image_size and --labels_file "
+                            "(or --model_spec): they are not read over gRPC")
+        self.ready = True
+        return self.ready
+
+    async def _serving_spec(self) -> ServingSpec:
+        if self.spec is not None:
+            return self.spec
+        try:
+            async with httpx.AsyncClient(timeout=METADATA_TIMEOUT_S) as client:
+                response = await client.get(self._metadata_url())
+        except httpx.HTTPError as exc:
+            raise PredictorUnavailable(
+                f"cannot read model metadata from {self._metadata_url()} ({type(exc).__name__}: {exc}); "
+                f"is the predictor up? (or start the transformer with --image_size and --labels_file)"
+            ) from exc
+        if response.status_code != 200:
+            raise PredictorUnavailable(
+                f"{self._metadata_url()} answered {response.status_code}: model {self.name!r} "
+                f"is not served there yet"
+            )
+        try:
+            self.spec = fill_from_metadata(self.partial, response.json())
+        except UserError as exc:
+            raise InferenceError(f"transformer misconfigured: {exc}") from exc
+        return self.spec
+
+    def get_input_types(self) -> list[Dict]:
+        return [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
+
+    def get_output_types(self) -> list[Dict]:
+        return [
+            {"name": "label", "datatype": "BYTES", "shape": [-1]},
+            {"name": "class_index", "datatype": "INT64", "shape": [-1]},
+            {"name": "confidence", "datatype": "FP32", "shape": [-1]},
+        ]
+
+    async def preprocess(self, payload: Any, headers: Dict[str, str] | None = None) -> InferRequest:
+        if isinstance(payload, InferRequest):
+            blobs = parse_v2_request(payload, self.max_batch)
+            names = [f"image {i}" for i in range(len(blobs))]
+            info = _RequestInfo("v2", payload.id, len(blobs))
+        else:
+            blobs = parse_v1_body(payload, self.max_batch)
+            names = [f"instances[{i}]" for i in range(len(blobs))]
+            info = _RequestInfo("v1", None, len(blobs))
+        _REQUEST.set(info)
+        spec = await self._serving_spec()
+        # Decoding is CPU work (Pillow releases the GIL): keep the event loop free.
+        batch = await asyncio.get_running_loop().run_in_executor(
+            None, images_to_batch, blobs, spec.image_size, names
+        )
+        tensor = InferInput(name=INPUT_NAME, shape=list(batch.shape), datatype="FP32")
+        tensor.set_data_from_numpy(batch, binary_data=True)
+        return InferRequest(model_name=self.name, infer_inputs=[tensor], request_id=info.request_id)
+
+    async def predict(
+        self,
+        payload: Any,
+        headers: Dict[str, str] | None = None,
+        response_headers: Dict[str, str] | None = None,
+    ) -> InferResponse:
+        where = f"{self._predictor.predictor_host} ({self._predictor.predictor_protocol})"
+        try:
+            if self._predictor.predictor_protocol == "grpc-v2":
+                return await super().predict(payload, headers, response_headers)
+            return await self._rest_infer(payload, headers)
+        except httpx.HTTPStatusError as exc:
+            status = exc.response.status_code
+            if status in _UNAVAILABLE_STATUS:
+                raise PredictorUnavailable(f"{where} answered {status}: {exc}") from exc
+            raise InferenceError(f"predictor {where} failed with {status}: {exc}") from exc
+        except httpx.TransportError as exc:
+            raise PredictorUnavailable(
+                f"cannot reach {where}: {type(exc).__name__}: {exc or 'connection failed'}"
+            ) from exc
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else None
+            if code in _UNAVAILABLE_GRPC:
+                raise PredictorUnavailable(f"{where}: {code}: {exc.details()}") from exc
+            raise InferenceError(f"predictor {where} failed: {code}") from exc
+
+    async def _rest_infer(self, request: InferRequest, headers: Dict[str, str] | None) -> InferResponse:
+        """POST the binary-extension v2 request with kserve's public REST client.
+
+        Not ``Model._http_predict``: kserve 0.20 adds ``Content-Type: application/json`` next
+        to the client's ``content-type: application/octet-stream``, and a v2 server that reads
+        the first one cannot parse the binary body (kserve's own server answers 400).
+        """
+        if self._rest_client is None:  # created on the serving event loop
+            self._rest_client = InferenceRESTClient(RESTConfig(
+                protocol="v2",
+                retries=self._predictor.predictor_request_retries,
+                timeout=self._predictor.predictor_request_timeout_seconds,
+            ))
+        return await self._rest_client.infer(
+            self._predictor.predictor_base_url, data=request, model_name=self.name,
+            headers=append_forwardable_headers(headers),
+        )
+
+    async def postprocess(
+        self,
+        result: Any,
+        headers: Dict[str, str] | None = None,
+        response_headers: Dict[str, str] | None = None,
+    ) -> Dict | InferResponse:
+        spec = self.spec
+        info = _REQUEST.get() or _RequestInfo("v1", None, -1)
+        logits = _logits_of(result)
+        if spec is None or logits.ndim != 2 or logits.shape[1] != spec.num_classes:
+            raise InferenceError(
+                f"predictor returned logits of shape {list(logits.shape)}, expected "
+                f"[N, {spec.num_classes if spec else '?'}]: is --model_name/--labels_file the "
+                f"model the predictor serves?"
+            )
+        predictions = rank(softmax(logits.astype(np.float64)), spec.class_names, self.top_k)
+        metrics.record_predictions(self.name, self.revision, predictions)
+        if info.protocol == "v1":
+            return {"predictions": predictions}
+        n = len(predictions)
+        outputs = [
+            InferOutput("label", [n], "BYTES", np.array([p["label"] for p in predictions], dtype=np.object_)),
+            InferOutput("class_index", [n], "INT64", np.array([p["class_index"] for p in predictions], dtype=np.int64)),
+            InferOutput("confidence", [n], "FP32", np.array([p["confidence"] for p in predictions], dtype=np.float32)),
+        ]
+        response_id = info.request_id or getattr(result, "id", None) or ""
+        return InferResponse(response_id=response_id, model_name=self.name, infer_outputs=outputs)
+
+
+def _logits_of(result: Any) -> np.ndarray:
+    """The ``logits`` output of a v2 response (the first output if named otherwise)."""
+    if isinstance(result, InferResponse):
+        output = result.get_output_by_name(OUTPUT_NAME) or (result.outputs[0] if result.outputs else None)
+        if output is None:
+            raise InferenceError("predictor response has no outputs")
+        return np.asarray(output.as_numpy(), dtype=np.float32)
+    raise InferenceError(f"unexpected predictor response type {type(result).__name__}")
