@@ -1,0 +1,88 @@
+"""``gourmetgram serve``: run Triton, the transformer and the gateway for one stage locally."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import signal
+import sys
+import time
+
+from gourmetgram import constants
+from gourmetgram.errors import UserError
+
+STAGE_CHOICES = (constants.STAGING, constants.PRODUCTION)
+
+
+def parse_ports(items: list[str] | None, free: bool = False):
+    """``NAME=PORT`` items over the defaults (or over free ports with ``--free-ports``)."""
+    from gourmetgram.local.stack import Ports
+
+    ports = Ports.free() if free else Ports()
+    names = ports.named()
+    changes: dict[str, int] = {}
+    for item in items or []:
+        for part in item.split(","):
+            name, sep, value = part.partition("=")
+            name = name.strip().replace("-", "_")
+            if not sep or name not in names:
+                raise UserError(f"--ports {part!r}: expected NAME=PORT with NAME one of {', '.join(names)}")
+            try:
+                port = int(value)
+            except ValueError:
+                raise UserError(f"--ports {part!r}: {value!r} is not a port number") from None
+            if not 1 <= port <= 65535:
+                raise UserError(f"--ports {part!r}: port must be within 1..65535")
+            changes[name] = port
+    return dataclasses.replace(ports, **changes)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from gourmetgram.local.stack import LocalStack
+
+    ports = parse_ports(args.ports, args.free_ports)
+    stack = LocalStack(bundle=args.bundle, stage=args.stage, ports=ports, host=args.host,
+                       manifest=args.manifest)
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM stops as cleanly as Ctrl-C
+    print(f"starting {stack.manifest.name} ({args.stage}) from {stack.bundle}; logs in {stack.log_dir}",
+          flush=True)
+    try:
+        with stack:
+            print("ready:")
+            for name, url in stack.endpoints().items():
+                print(f"  {name:<20} {url}")
+            print("Ctrl-C to stop.", flush=True)
+            while True:
+                dead = [s for s in stack.services.values() if not s.alive()]
+                if dead:
+                    s = dead[0]
+                    print(f"error: {s.name} exited (code {s.proc.returncode}); stopping the stack. "
+                          f"Log {s.log_path}:\n{s.log_tail()}", file=sys.stderr)
+                    return 1
+                time.sleep(1.0)
+    except KeyboardInterrupt:
+        print("stopping...", flush=True)
+    print("stopped.", flush=True)
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "serve", help="serve the newest exported model locally (Triton + transformer + gateway)",
+        description="Start PyTriton with the exported model, the KServe transformer and the local "
+        "gateway that reads inference_services/<stage>.yaml; stop all of them on Ctrl-C or SIGTERM.")
+    parser.add_argument("--stage", choices=STAGE_CHOICES, default=constants.STAGING,
+                        help="which InferenceService manifest to serve (default: %(default)s)")
+    parser.add_argument("--bundle", help="export bundle folder (default: the newest under "
+                        "$GOURMETGRAM_HOME/models/)")
+    parser.add_argument("--manifest", help="InferenceService YAML (default: inference_services/<stage>.yaml)")
+    parser.add_argument("--ports", nargs="+", metavar="NAME=PORT",
+                        help="override ports: triton_http, triton_grpc, triton_metrics, "
+                        "transformer_http, transformer_grpc, gateway")
+    parser.add_argument("--free-ports", action="store_true", help="start from free ephemeral ports")
+    parser.add_argument("--host", default=constants.HOST, help="address to bind (default: %(default)s)")
+    parser.set_defaults(func=_serve)

@@ -1,0 +1,321 @@
+"""Start and supervise the local serving stack: Triton -> transformer -> gateway.
+
+Each service is a child process in its own process group (session), so stopping one
+reaches everything it started (tritonserver and its Python-backend stubs too) and a
+Ctrl-C in the terminal reaches only this supervisor, which then stops the services in
+reverse order. Use it from Python as a context manager::
+
+    with LocalStack(bundle, "staging", Ports.free()) as stack:
+        httpx.post(stack.gateway_url + "/v1/models/food11:predict", json=...)
+
+or from the shell with ``gourmetgram serve``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import httpx
+
+from gourmetgram import constants
+from gourmetgram.errors import UserError
+from gourmetgram.local.gateway import revision_name
+from gourmetgram.local.manifests import ServiceManifest, load_manifest, load_stage_manifest
+from gourmetgram.local.triton_server import model_dir_of, with_libpython
+from gourmetgram.tracking import home
+
+TRITON, TRANSFORMER, GATEWAY = "triton", "transformer", "gateway"
+START_TIMEOUT_S = 180.0  # tritonserver + model load on 2 busy cores can take a minute
+STOP_TIMEOUT_S = 30.0  # PyTriton unloads the model and waits for in-flight requests
+
+
+@dataclasses.dataclass(frozen=True)
+class Ports:
+    """Every port the stack listens on (defaults from :mod:`gourmetgram.constants`)."""
+
+    triton_http: int = constants.TRITON_HTTP_PORT
+    triton_grpc: int = constants.TRITON_GRPC_PORT
+    triton_metrics: int = constants.TRITON_METRICS_PORT
+    transformer_http: int = constants.TRANSFORMER_HTTP_PORT
+    transformer_grpc: int = constants.TRANSFORMER_GRPC_PORT
+    gateway: int = constants.GATEWAY_PORT
+
+    @classmethod
+    def free(cls, host: str = constants.HOST) -> "Ports":
+        """Ephemeral ports nobody listens on now (tests, parallel stacks)."""
+        with contextlib.ExitStack() as stack:
+            socks = [stack.enter_context(socket.socket()) for _ in dataclasses.fields(cls)]
+            for s in socks:
+                s.bind((host, 0))
+            return cls(*(s.getsockname()[1] for s in socks))
+
+    def named(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """True when binding ``host:port`` fails (someone listens there)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # ignore TIME_WAIT, as servers do
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def check_ports_free(ports: Ports, host: str = constants.HOST) -> None:
+    busy = [f"{name}={port}" for name, port in ports.named().items() if port_in_use(host, port)]
+    if len(set(ports.named().values())) != len(ports.named()):
+        raise UserError(f"the stack's ports must differ: {ports.named()}")
+    if busy:
+        raise UserError(f"port(s) already in use on {host}: {', '.join(busy)}; stop what listens "
+                        "there or choose other ports (--ports NAME=PORT)")
+
+
+def find_latest_bundle(root: Path | None = None) -> Path:
+    """The newest exported bundle: ``$GOURMETGRAM_HOME/models/*/`` holding a ``triton/`` folder."""
+    models = Path(root) if root else home() / "models"
+    bundles = [p for p in models.glob("*/") if (p / "triton").is_dir()] if models.is_dir() else []
+    if not bundles:
+        raise UserError(f"no exported model under {models}; run the pipeline or `gourmetgram export` "
+                        "first, or pass --bundle DIR")
+    return max(bundles, key=lambda p: (p / "triton").stat().st_mtime)
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if the supervisor dies, so a killed supervisor leaves no orphans."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+@dataclasses.dataclass
+class Service:
+    """One supervised child process, with its log file and readiness probe."""
+
+    name: str
+    argv: list[str]
+    log_path: Path
+    ready: Callable[[], bool]
+    env: dict[str, str] | None = None
+    proc: subprocess.Popen | None = None
+
+    def start(self, cwd: Path) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cwd=cwd, env=self.env, start_new_session=True, preexec_fn=_die_with_parent)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = 25) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise UserError(f"{self.name} exited with code {self.proc.returncode} while starting; "
+                                f"log {self.log_path}:\n{self.log_tail()}")
+            try:
+                if self.ready():
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise UserError(f"{self.name} was not ready after {timeout_s:.0f} s; log {self.log_path}:\n"
+                        f"{self.log_tail()}")
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """SIGTERM the process group, SIGKILL what is left after ``timeout_s``, reap the leader."""
+        if self.proc is None:
+            return
+        pgid = self.proc.pid  # start_new_session: the leader's pid is the group id
+        _signal_group(pgid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            _signal_group(pgid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        # The leader is gone; sweep anything of its group it left behind.
+        deadline = time.monotonic() + 5
+        while _group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _group_alive(pgid):
+            _signal_group(pgid, signal.SIGKILL)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _get_ok(url: str, check: Callable[[httpx.Response], bool] = lambda r: True) -> bool:
+    r = httpx.get(url, timeout=2.0)
+    return r.status_code == 200 and check(r)
+
+
+class LocalStack:
+    """Triton (PyTriton), the KServe transformer and the gateway for one stage, on localhost."""
+
+    def __init__(self, bundle: str | Path | None = None, stage: str = constants.STAGING,
+                 ports: Ports | None = None, host: str = constants.HOST,
+                 manifest: str | Path | ServiceManifest | None = None,
+                 log_dir: str | Path | None = None,
+                 start_timeout_s: float = START_TIMEOUT_S) -> None:
+        self.bundle = Path(bundle).resolve() if bundle else find_latest_bundle()
+        self.stage = stage
+        self.ports = ports or Ports()
+        self.host = host
+        if isinstance(manifest, ServiceManifest):
+            self.manifest = manifest
+        else:
+            self.manifest = load_manifest(manifest) if manifest else load_stage_manifest(stage)
+        self.model_name = self.manifest.model_name
+        self.revision = revision_name(self.manifest)
+        self.log_dir = Path(log_dir) if log_dir else home() / "logs" / f"serve-{stage}"
+        self.start_timeout_s = start_timeout_s
+        self.services: dict[str, Service] = {}
+        self._check_bundle()
+
+    # -- endpoints -------------------------------------------------------------------------
+    @property
+    def triton_url(self) -> str:
+        return f"http://{self.host}:{self.ports.triton_http}"
+
+    @property
+    def triton_grpc_url(self) -> str:
+        return f"{self.host}:{self.ports.triton_grpc}"
+
+    @property
+    def triton_metrics_url(self) -> str:
+        return f"http://{self.host}:{self.ports.triton_metrics}/metrics"
+
+    @property
+    def transformer_url(self) -> str:
+        return f"http://{self.host}:{self.ports.transformer_http}"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{self.host}:{self.ports.gateway}"
+
+    def endpoints(self) -> dict[str, str]:
+        m = self.model_name
+        return {
+            "predict (v1)": f"{self.gateway_url}/v1/models/{m}:predict",
+            "infer (v2)": f"{self.gateway_url}/v2/models/{m}/infer",
+            "gateway metrics": f"{self.gateway_url}/metrics",
+            "transformer": self.transformer_url,
+            "transformer metrics": f"{self.transformer_url}/metrics",
+            "triton http": self.triton_url,
+            "triton grpc": self.triton_grpc_url,
+            "triton metrics": self.triton_metrics_url,
+        }
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def _check_bundle(self) -> None:
+        if not self.bundle.is_dir():
+            raise UserError(f"model bundle {self.bundle} does not exist")
+        from gourmetgram.export import validate_bundle
+
+        model_dir_of(self.bundle / "triton", self.model_name)  # the most common mistake, said plainly
+        validate_bundle(self.bundle, self.model_name)
+
+    def _build_services(self) -> list[Service]:
+        py, h, p, m = sys.executable, self.host, self.ports, self.model_name
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env.setdefault("NUMBA_CACHE_DIR", "/tmp/numba_cache")
+        protocol = self.manifest.protocol
+        predictor_port = p.triton_grpc if protocol == "grpc-v2" else p.triton_http
+        triton = Service(
+            TRITON,
+            [py, "-m", "gourmetgram.local.triton_server", "--model-repository",
+             str(self.bundle / "triton"), "--model", m, "--host", h, "--http-port", str(p.triton_http),
+             "--grpc-port", str(p.triton_grpc), "--metrics-port", str(p.triton_metrics)],
+            self.log_dir / "triton.log",
+            lambda: _get_ok(f"{self.triton_url}/v2/health/ready")
+            and _get_ok(f"{self.triton_url}/v2/models/{m}/ready"),
+            env=with_libpython(env))
+        transformer = Service(
+            TRANSFORMER,
+            [py, "-m", "food_transformer", "--model_name", m, "--predictor_host", f"{h}:{predictor_port}",
+             "--protocol", protocol, "--http_port", str(p.transformer_http),
+             "--grpc_port", str(p.transformer_grpc),
+             "--model_spec", str(self.bundle / "model_spec.json"), "--revision", self.revision],
+            self.log_dir / "transformer.log",
+            lambda: _get_ok(f"{self.transformer_url}/v1/models/{m}",
+                            lambda r: r.json().get("ready") is True),
+            env=env)
+        gateway = Service(
+            GATEWAY,
+            [py, "-m", "gourmetgram.local.gateway", "--manifest", str(self.manifest.path),
+             "--revision", f"{self.revision}={self.transformer_url}", "--host", h,
+             "--port", str(p.gateway)],
+            self.log_dir / "gateway.log",
+            lambda: _get_ok(f"{self.gateway_url}/v2/health/ready"),
+            env=env)
+        return [triton, transformer, gateway]
+
+    def start(self) -> "LocalStack":
+        """Start every service in order and wait for each to be ready; stop all on failure."""
+        if self.manifest.path is None:
+            raise UserError("the gateway reads the manifest from a file; pass a manifest path")
+        check_ports_free(self.ports, self.host)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            for service in self._build_services():
+                self.services[service.name] = service
+                service.start(cwd=self.log_dir)
+                service.wait_ready(self.start_timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop_service(self, name: str) -> None:
+        """Stop one service (for example Triton, to see how the rest behaves without it)."""
+        self.services[name].stop()
+
+    def stop(self) -> None:
+        """Stop every service, last started first; safe to call twice."""
+        for service in reversed(list(self.services.values())):
+            service.stop()
+
+    def pids(self) -> dict[str, int | None]:
+        return {name: s.pid for name, s in self.services.items()}
+
+    def __enter__(self) -> "LocalStack":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
