@@ -47,6 +47,7 @@ class SliceConfig:
     name: str
     path: str  # image folder in class_XX layout, relative to the dataset root
     min_accuracy: float
+    expected_class: Optional[int] = None  # set for a one-class slice (the course's indian_dessert -> 2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +88,11 @@ class ExportConfig:
     opset: int = 17
     parity_atol: float = 1e-3  # max |logit difference| between ONNX Runtime and PyTorch
     parity_min_agreement: float = 1.0  # share of identical top-1 classes
+    # INT8 variant (gourmetgram.quantize): the accuracy gate it must pass to be exported.
+    int8_min_agreement: float = 0.95  # share of evaluation images with the FP32 top-1 class
+    int8_max_accuracy_drop: float = 0.01  # FP32 accuracy minus INT8 accuracy, at most
+    int8_calibration_images: int = 128  # preprocessed training images for static calibration
+    ort_intra_op_threads: int = 0  # ONNX Runtime threads per Triton instance; 0 = cores / instances
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,6 +165,14 @@ def _check(cfg: RunConfig) -> None:
         problems.append("export.preferred_batch_sizes must not exceed export.max_batch_size")
     if cfg.export.instance_kind not in ("KIND_CPU", "KIND_GPU"):
         problems.append("export.instance_kind must be KIND_CPU or KIND_GPU")
+    if not 0 <= cfg.export.int8_min_agreement <= 1:
+        problems.append("export.int8_min_agreement must be in [0, 1]")
+    if not 0 <= cfg.export.int8_max_accuracy_drop <= 1:
+        problems.append("export.int8_max_accuracy_drop must be in [0, 1]")
+    if cfg.export.int8_calibration_images < 1:
+        problems.append("export.int8_calibration_images must be >= 1")
+    if cfg.export.ort_intra_op_threads < 0:
+        problems.append("export.ort_intra_op_threads must be >= 0 (0 = automatic)")
     if problems:
         raise ConfigError(f"{cfg.source}: " + "; ".join(problems))
 
