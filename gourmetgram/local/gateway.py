@@ -2,15 +2,31 @@
 
 On the cluster a request to an InferenceService passes the Istio ingress, which picks a
 Knative revision (by ``canaryTrafficPercent`` or by tag), and that revision's queue-proxy,
-which counts it (``revision_app_request_count``, ``revision_app_request_latencies``).
-Locally this small ASGI app does the same for transformer processes on localhost: it reads
-the stage's InferenceService manifest, forwards ``/v1/models/...`` and ``/v2/...`` to the
-chosen revision's transformer and exposes the queue-proxy metrics under the SAME names, so
-the same PromQL, dashboards and alert rules work on both.
+which counts it (``revision_app_request_count``, ``revision_app_request_latencies``), and
+the KServe agent, which sends the request and its response to the logger's sink as
+CloudEvents. Locally this small ASGI app does the same for transformer processes on
+localhost, under the SAME metric names, so the same PromQL, dashboards and alert rules work
+on both:
 
-Extension point: :class:`Revision` (name, transformer URL, traffic percent, tag) and
-:meth:`Gateway.select_revision`. Today one revision takes all traffic; canary splitting
-(``prev``/``latest``, tag routing) and the inference logger plug in there.
+* **Traffic split** (KServe's ``ksvc_reconciler``): with a canary at P%, the ``latest``
+  revision gets P% and the ``prev`` revision (the last one rolled out) 100-P%; 0 pins all
+  traffic to ``prev`` (rollback); promoting gives ``latest`` 100% and retires ``prev``.
+* **Tag routing**: a Host header ``latest-<isvc>...``/``prev-<isvc>...`` (KServe's tag
+  hostnames) or the header ``X-Gourmetgram-Tag: latest|prev`` picks the revision. Every
+  response names its revision in ``X-Gourmetgram-Revision`` (and ``X-Gourmetgram-Tag``).
+* **Paired components**: a revision is one transformer + one Triton (``RevisionPair``); the
+  gateway routes to a transformer, which only knows its own Triton, so a request never
+  crosses from a canary transformer to a stable predictor (kserve#1669).
+* **Inference logger** (``logger.mode``/``url`` of the manifest): binary-mode CloudEvents
+  (``ce-type`` ``org.kubeflow.serving.inference.request|response``, one ``ce-id`` per
+  pair, extensions ``inferenceservicename``, ``namespace``, ``component``, ``endpoint``),
+  sent off the request path through a bounded queue; a slow or dead sink never delays or
+  fails a prediction; what cannot be queued or delivered is counted in
+  ``logger_events_dropped_total``.
+* **Control** (the Knative controller's part, localhost only): ``GET/POST
+  /_gourmetgram/rollout`` starts a canary revision from a bundle, sets its percentage,
+  promotes or rolls back (``gourmetgram rollout`` drives it); ``GET /_gourmetgram/targets``
+  lists every revision's metrics endpoints in Prometheus HTTP-SD form.
 
 Run: ``python -m gourmetgram.local.gateway --manifest inference_services/staging.yaml
 --revision food11-staging-transformer-00001=http://127.0.0.1:8080``.
@@ -19,15 +35,22 @@ Run: ``python -m gourmetgram.local.gateway --manifest inference_services/staging
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
+import logging
+import random
 import sys
 import threading
 import time
+import uuid
 from collections import defaultdict
 from contextlib import asynccontextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -47,18 +70,30 @@ HOP_HEADERS = {"connection", "keep-alive", "proxy-authenticate", "proxy-authoriz
                "trailer", "transfer-encoding", "upgrade", "host", "content-length"}
 
 
+LATEST, PREV = "latest", "prev"
+TAG_HEADER = "x-gourmetgram-tag"
+REVISION_HEADER = "x-gourmetgram-revision"
+CONTROL_PREFIX = "/_gourmetgram"
+WARMUP_REQUESTS = 5
+log = logging.getLogger("gourmetgram.gateway")
+
+
 @dataclasses.dataclass
 class Revision:
     """One Knative revision of the transformer: where it listens and its share of traffic.
 
-    ``tag`` is ``prev``/``latest`` when KServe's tag routing applies (set by the canary
-    extension); ``percent`` is the traffic share in 0..100.
+    ``tag`` is ``prev``/``latest`` while a canary is configured (KServe's tag routing);
+    ``percent`` is the traffic share in 0..100. ``bundle``/``version`` say what model it
+    serves, ``triton_metrics_url`` where its predictor's metrics are.
     """
 
     name: str
     transformer_url: str
     percent: int = 100
     tag: str | None = None
+    bundle: str | None = None
+    version: str | None = None
+    triton_metrics_url: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> "Revision":
@@ -67,6 +102,9 @@ class Revision:
         if not sep or not name or not url.startswith(("http://", "https://")):
             raise UserError(f"revision {text!r} is not NAME=http://HOST:PORT")
         return cls(name=name, transformer_url=url.rstrip("/"))
+
+    def public(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 def configuration_name(manifest: ServiceManifest) -> str:
@@ -77,6 +115,19 @@ def configuration_name(manifest: ServiceManifest) -> str:
 def revision_name(manifest: ServiceManifest, generation: int = 1) -> str:
     """A Knative-style revision name (``<configuration>-00001``)."""
     return f"{configuration_name(manifest)}-{generation:05d}"
+
+
+def generation_of(name: str) -> int:
+    tail = name.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+def local_logger_url(url: str) -> str:
+    """A cluster-only sink (``*.svc``/``*.cluster.local``) becomes the local detector's port."""
+    host = urlsplit(url).hostname or ""
+    if host.endswith((".svc", ".cluster.local")) or ".svc." in host:
+        return f"http://{constants.HOST}:{constants.DETECTOR_PORT}/"
+    return url
 
 
 class RequestCounter:
@@ -114,44 +165,189 @@ class RequestCounter:
         return "\n".join(lines) + "\n"
 
 
+class InferenceLogger:
+    """KServe's logger agent, locally: binary-mode CloudEvents to ``url``, off the request path.
+
+    :meth:`log` never blocks and never raises: it puts the event on a bounded queue or,
+    when the queue is full, counts a drop. ``workers`` tasks deliver the queue with a short
+    timeout; a delivery that fails (sink down, slow, non-2xx) is counted as dropped too.
+    """
+
+    def __init__(self, url: str, mode: str, inferenceservice: str, namespace: str,
+                 sent: Counter, dropped: Counter, component: str = "transformer",
+                 queue_size: int = 1000, workers: int = 4, timeout_s: float = 2.0) -> None:
+        if mode not in ("all", "request", "response"):
+            raise UserError(f"logger mode {mode!r} is not all, request or response")
+        self.url, self.mode = url, mode
+        self.inferenceservice, self.namespace, self.component = inferenceservice, namespace, component
+        self.queue_size, self.workers, self.timeout_s = queue_size, workers, timeout_s
+        self.sent = sent.labels(inferenceservice)
+        self.dropped = dropped.labels(inferenceservice)
+        self.source = "http://localhost:9081/"  # where KServe's agent says events come from
+        self._queue: asyncio.Queue | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._client: httpx.AsyncClient | None = None
+
+    def wants(self, kind: str) -> bool:
+        return self.mode == "all" or self.mode == kind
+
+    def headers(self, ce_id: str, kind: str, content_type: str, endpoint: str) -> dict[str, str]:
+        return {
+            "ce-specversion": "1.0", "ce-id": ce_id, "ce-source": self.source,
+            "ce-type": f"org.kubeflow.serving.inference.{kind}",
+            "ce-time": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
+            "ce-inferenceservicename": self.inferenceservice, "ce-namespace": self.namespace,
+            "ce-component": self.component, "ce-endpoint": endpoint,
+            "content-type": content_type or "application/json",
+        }
+
+    def log(self, ce_id: str, kind: str, body: bytes, content_type: str, endpoint: str) -> None:
+        """Queue one event (``kind`` request|response); a full queue counts a drop."""
+        if not self.wants(kind):
+            return
+        if self._queue is None:
+            self.dropped.inc()
+            return
+        try:
+            self._queue.put_nowait((self.headers(ce_id, kind, content_type, endpoint), body))
+        except asyncio.QueueFull:
+            self.dropped.inc()
+
+    async def _deliver(self) -> None:
+        assert self._queue is not None and self._client is not None
+        while True:
+            headers, body = await self._queue.get()
+            try:
+                r = await self._client.post(self.url, content=body, headers=headers)
+                (self.sent if r.status_code < 300 else self.dropped).inc()
+            except Exception:  # noqa: BLE001 - a sink's failure is a counted drop, nothing more
+                self.dropped.inc()
+            finally:
+                self._queue.task_done()
+
+    @property
+    def backlog(self) -> int:
+        return self._queue.qsize() if self._queue else 0
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue(maxsize=self.queue_size)
+        self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.timeout_s, connect=0.5),
+                                         limits=httpx.Limits(max_connections=self.workers))
+        self._tasks = [asyncio.create_task(self._deliver()) for _ in range(self.workers)]
+
+    async def stop(self, drain_s: float = 2.0) -> None:
+        """Give queued events ``drain_s`` to go out, then cancel the workers."""
+        if self._queue is not None:
+            try:
+                await asyncio.wait_for(self._queue.join(), drain_s)
+            except asyncio.TimeoutError:
+                pass
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._client is not None:
+            await self._client.aclose()
+
+
 class Gateway:
-    """Routes model requests to a transformer revision and measures them like queue-proxy."""
+    """Routes model requests to transformer revisions, measures them like queue-proxy, logs them."""
 
     def __init__(self, manifest: ServiceManifest, revisions: list[Revision],
-                 timeout_s: float = 60.0) -> None:
+                 timeout_s: float = 60.0, logger_url: str | None = None, logger_enabled: bool = True,
+                 logger_queue: int = 1000, logger_workers: int = 4, logger_timeout_s: float = 2.0,
+                 log_dir: str | Path | None = None, host: str = constants.HOST,
+                 seed: int | None = None) -> None:
         if not revisions:
             raise UserError("the gateway needs at least one revision")
         self.manifest = manifest
         self.revisions = list(revisions)
         self.timeout_s = timeout_s
+        self.host = host
+        self.log_dir = Path(log_dir) if log_dir else None
         self.configuration = configuration_name(manifest)
+        # KServe state: the canary percentage (None = no canary: latest takes 100%).
+        self.canary_percent: int | None = None
+        self.rolled_out = self.revisions[0].name  # status.latestRolledoutRevision
+        self._rng = random.Random(seed)
+        self._pairs: dict[str, object] = {}  # revision name -> RevisionPair this gateway started
+        self._control_lock = asyncio.Lock()
         self.registry = CollectorRegistry()
         self.request_count = RequestCounter()
         self.request_latency = Histogram(
             "revision_app_request_latencies", "The response time in millisecond",
             ["namespace_name", "configuration_name", "revision_name"],
             buckets=LATENCY_BUCKETS_MS, registry=self.registry)
-        # The logger's counters (filled in when the logger is added) exist from the start
-        # so dashboards and alert rules find them.
         self.logger_sent = Counter("logger_events_sent", "Inference logger CloudEvents sent",
                                    ["inferenceservice"], registry=self.registry)
         self.logger_dropped = Counter("logger_events_dropped", "Inference logger CloudEvents dropped",
                                       ["inferenceservice"], registry=self.registry)
         self.logger_sent.labels(manifest.name)
         self.logger_dropped.labels(manifest.name)
+        Gauge("logger_events_queued", "Inference logger CloudEvents waiting to be sent",
+              registry=self.registry).set_function(lambda: self.logger.backlog if self.logger else 0)
+        self.logger: InferenceLogger | None = None
+        spec = manifest.logger
+        if logger_enabled and (spec or logger_url):
+            url = logger_url or local_logger_url(spec.url)
+            self.logger = InferenceLogger(url, spec.mode if spec else "all", manifest.name,
+                                          manifest.namespace, self.logger_sent, self.logger_dropped,
+                                          queue_size=logger_queue, workers=logger_workers,
+                                          timeout_s=logger_timeout_s)
         self._client: httpx.AsyncClient | None = None
 
-    # -- routing (the extension point) -------------------------------------------------
+    # -- routing -------------------------------------------------------------------------
+    def by_tag(self, tag: str) -> Revision | None:
+        return next((r for r in self.revisions if r.tag == tag), None)
+
+    def requested_tag(self, request: Request) -> str | None:
+        """``latest``/``prev`` from the Host (``latest-<isvc>...``) or ``X-Gourmetgram-Tag``."""
+        tag = request.headers.get(TAG_HEADER, "").strip().lower()
+        if tag:
+            return tag
+        host = request.headers.get("host", "").lower()
+        for candidate in (LATEST, PREV):
+            if host.startswith(f"{candidate}-{self.manifest.name}"):
+                return candidate
+        return None
+
     def select_revision(self, request: Request) -> Revision:
-        """The revision that serves ``request``. One revision today: it takes all traffic."""
-        return self.revisions[0]
+        """The tagged revision when one is asked for, else a weighted pick by ``percent``."""
+        tag = self.requested_tag(request)
+        if tag is not None:
+            revision = self.by_tag(tag)
+            if revision is None:
+                raise LookupError(f"no revision is tagged {tag!r} (tags exist only while a canary "
+                                  f"is configured; tags now: {[r.tag for r in self.revisions if r.tag]})")
+            return revision
+        live = [r for r in self.revisions if r.percent > 0]
+        point = self._rng.uniform(0, sum(r.percent for r in live))
+        for revision in live:
+            point -= revision.percent
+            if point <= 0:
+                return revision
+        return live[-1]
 
     # -- proxying ----------------------------------------------------------------------
     async def forward(self, request: Request) -> Response:
-        revision = self.select_revision(request)
+        try:
+            revision = self.select_revision(request)
+        except LookupError as exc:
+            return _error(404, str(exc))
         started = time.perf_counter()
-        response = await self._send(request, revision)
+        body = await request.body()
+        ce_id = request.headers.get("ce-id") or str(uuid.uuid4())
+        endpoint = "canary" if revision.tag == LATEST and self.canary_percent is not None else "default"
+        logging_this = self.logger is not None and request.method == "POST"
+        if logging_this:
+            self.logger.log(ce_id, "request", body, request.headers.get("content-type", ""), endpoint)
+        response = await self._send(request, revision, body)
         self.observe(revision, response.status_code, started)
+        if logging_this and response.status_code == 200:  # KServe logs only 200 responses
+            self.logger.log(ce_id, "response", response.body, response.headers.get("content-type", ""),
+                            endpoint)
+        response.headers[REVISION_HEADER] = revision.name
+        if revision.tag:
+            response.headers[TAG_HEADER] = revision.tag
         return response
 
     def observe(self, revision: Revision, status: int, started: float) -> None:
@@ -160,11 +356,13 @@ class Gateway:
         self.request_latency.labels(self.manifest.namespace, self.configuration,
                                     revision.name).observe((time.perf_counter() - started) * 1000)
 
-    async def _send(self, request: Request, revision: Revision) -> Response:
-        body = await request.body()
+    async def _send(self, request: Request, revision: Revision, body: bytes | None = None) -> Response:
+        if body is None:
+            body = await request.body()
         if len(body) > MAX_BODY_BYTES:
             return _error(413, f"request body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}")
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
+        headers = {k: v for k, v in request.headers.items()
+                   if k.lower() not in HOP_HEADERS and k.lower() != TAG_HEADER}
         url = revision.transformer_url + request.url.path
         if request.url.query:
             url += "?" + request.url.query
@@ -181,6 +379,138 @@ class Gateway:
                        if k.lower() not in HOP_HEADERS and k.lower() != "content-encoding"}
         return Response(upstream.content, status_code=upstream.status_code, headers=out_headers)
 
+    # -- rollout control (the Knative controller's part) ------------------------------------
+    def status(self) -> dict:
+        return {
+            "inferenceservice": self.manifest.name, "namespace": self.manifest.namespace,
+            "model": self.manifest.model_name, "configuration": self.configuration,
+            "canary_traffic_percent": self.canary_percent,
+            "latest_rolledout_revision": self.rolled_out,
+            "latest_revision": self.revisions[-1].name,
+            "revisions": [r.public() for r in self.revisions],
+            "logger": None if self.logger is None else {
+                "url": self.logger.url, "mode": self.logger.mode,
+                "sent": self.logger.sent._value.get(), "dropped": self.logger.dropped._value.get(),
+                "queued": self.logger.backlog},
+        }
+
+    def _apply_split(self) -> None:
+        """KServe's traffic for the current state (``ksvc_reconciler``)."""
+        latest = self.revisions[-1]
+        if self.canary_percent is None or latest.name == self.rolled_out:
+            for r in self.revisions:
+                r.percent, r.tag = (100 if r is latest else 0), None
+            return
+        for r in self.revisions:
+            if r is latest:
+                r.percent, r.tag = self.canary_percent, LATEST
+            elif r.name == self.rolled_out:
+                r.percent, r.tag = 100 - self.canary_percent, PREV
+            else:
+                r.percent, r.tag = 0, None
+
+    async def _retire(self, names: set[str]) -> None:
+        """Drop revisions from the table, then stop the pairs this gateway started for them."""
+        self.revisions = [r for r in self.revisions if r.name not in names]
+        for name in names:
+            pair = self._pairs.pop(name, None)
+            if pair is not None:
+                await asyncio.to_thread(pair.stop)
+
+    async def start_canary(self, bundle: str, percent: int, version: str | None = None) -> Revision:
+        """A new latest revision from ``bundle`` (its own Triton + transformer) at ``percent``%."""
+        from gourmetgram.export import validate_bundle
+        from gourmetgram.local.stack import Ports, RevisionPair
+
+        path = Path(bundle).expanduser().resolve()
+        if not path.is_dir():
+            raise UserError(f"bundle {bundle} is not a folder on this machine")
+        validate_bundle(path, self.manifest.model_name)
+        generation = max(generation_of(r.name) for r in self.revisions) + 1
+        name = revision_name(self.manifest, generation)
+        log_dir = self.log_dir or Path.cwd()
+        pair = RevisionPair(path, name, self.manifest, Ports.free(self.host), self.host, log_dir)
+        await pair.start_async(cwd=log_dir)
+        self._pairs[name] = pair
+        await self._warm_up(pair.transformer_url)
+        # A latest revision that never rolled out is replaced (Knative keeps only prev/latest routed).
+        replaced = {r.name for r in self.revisions if r.name != self.rolled_out}
+        self.revisions.append(Revision(name, pair.transformer_url, 0, None, str(path), version,
+                                       pair.triton_metrics_url))
+        self.canary_percent = percent
+        self._apply_split()
+        await self._retire(replaced)
+        return self.revisions[-1]
+
+    async def _warm_up(self, transformer_url: str, requests: int = WARMUP_REQUESTS) -> None:
+        """A few predictions straight to a new transformer before it takes traffic, so the
+        first users (and the canary's p95) do not pay for ONNX Runtime's and Triton's first
+        inferences. Not counted: it bypasses the revision metrics, like a readiness probe."""
+        url = f"{transformer_url}/v1/models/{self.manifest.model_name}:predict"
+        body = {"instances": [{"image": {"b64": _warmup_image()}}]}
+        assert self._client is not None
+        for _ in range(requests):
+            try:
+                await self._client.post(url, json=body)
+            except httpx.HTTPError:
+                return
+
+    async def set_percent(self, percent: int) -> None:
+        if len(self.revisions) < 2:
+            raise UserError("no canary revision: start one with a bundle first")
+        self.canary_percent = percent
+        self._apply_split()
+
+    async def promote(self) -> None:
+        """canaryTrafficPercent removed: latest takes 100% and becomes the rolled-out revision."""
+        latest = self.revisions[-1]
+        if latest.name == self.rolled_out:
+            raise UserError(f"nothing to promote: {latest.name} already serves all traffic")
+        self.rolled_out, self.canary_percent = latest.name, None
+        self._apply_split()
+        await self._retire({r.name for r in self.revisions if r is not latest})
+
+    async def rollback(self) -> None:
+        """canaryTrafficPercent 0: all traffic to prev; latest stays reachable by its tag."""
+        await self.set_percent(0)
+
+    async def control(self, action: dict) -> dict:
+        kind = action.get("action")
+        percent = action.get("percent")
+        if percent is not None and (isinstance(percent, bool) or not isinstance(percent, int)
+                                    or not 0 <= percent <= 100):
+            raise UserError(f"percent must be an integer in 0..100, got {percent!r}")
+        async with self._control_lock:
+            if kind == "canary":
+                if not action.get("bundle"):
+                    raise UserError("a canary needs a bundle")
+                await self.start_canary(str(action["bundle"]), 10 if percent is None else percent,
+                                        None if action.get("version") is None else str(action["version"]))
+            elif kind == "percent":
+                if percent is None:
+                    raise UserError("action percent needs a percent")
+                await self.set_percent(percent)
+            elif kind == "promote":
+                await self.promote()
+            elif kind == "rollback":
+                await self.rollback()
+            else:
+                raise UserError(f"unknown action {kind!r}; use canary, percent, promote or rollback")
+            log.warning("rollout %s: %s", kind, [(r.name, r.percent, r.tag) for r in self.revisions])
+            return self.status()
+
+    def targets(self) -> list[dict]:
+        """Prometheus HTTP service discovery: every revision's transformer and Triton metrics."""
+        groups = []
+        for r in self.revisions:
+            labels = {"gourmetgram_revision": r.name}
+            groups.append({"targets": [urlsplit(r.transformer_url).netloc],
+                           "labels": {**labels, "gourmetgram_component": "transformer"}})
+            if r.triton_metrics_url:
+                groups.append({"targets": [urlsplit(r.triton_metrics_url).netloc],
+                               "labels": {**labels, "gourmetgram_component": "predictor"}})
+        return groups
+
     # -- app -----------------------------------------------------------------------------
     def metrics_text(self) -> str:
         return self.request_count.render() + generate_latest(self.registry).decode()
@@ -190,27 +520,51 @@ class Gateway:
         async def lifespan(_app):
             self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.timeout_s, connect=2.0),
                                              limits=httpx.Limits(max_connections=256))
+            if self.logger is not None:
+                await self.logger.start()
             try:
                 yield
             finally:
+                if self.logger is not None:
+                    await self.logger.stop()
                 await self._client.aclose()
+                # in parallel: each Triton takes seconds to unload
+                await asyncio.gather(*(asyncio.to_thread(pair.stop) for pair in self._pairs.values()))
+                self._pairs.clear()
 
         async def live(_request: Request) -> Response:
             return JSONResponse({"live": True})
 
         async def ready(request: Request) -> Response:
             # Ready when the transformer behind it is: what the ingress would report.
-            return await self._send(request, self.select_revision(request))
+            try:
+                revision = self.select_revision(request)
+            except LookupError as exc:
+                return _error(404, str(exc))
+            return await self._send(request, revision)
 
         async def metrics(_request: Request) -> Response:
             return PlainTextResponse(self.metrics_text(), media_type=CONTENT_TYPE_LATEST)
 
         async def index(_request: Request) -> Response:
-            return JSONResponse({
-                "inferenceservice": self.manifest.name, "namespace": self.manifest.namespace,
-                "model": self.manifest.model_name,
-                "revisions": [dataclasses.asdict(r) for r in self.revisions],
-            })
+            return JSONResponse(self.status())
+
+        async def rollout(request: Request) -> Response:
+            if request.method == "GET":
+                return JSONResponse(self.status())
+            try:
+                action = await request.json()
+            except ValueError:
+                return _error(400, "the body must be JSON: {\"action\": canary|percent|promote|rollback, ...}")
+            if not isinstance(action, dict):
+                return _error(400, "the body must be a JSON object")
+            try:
+                return JSONResponse(await self.control(action))
+            except UserError as exc:
+                return _error(400, str(exc))
+
+        async def targets(_request: Request) -> Response:
+            return JSONResponse(self.targets())
 
         routes = [
             Route("/", index, methods=["GET"]),
@@ -218,10 +572,23 @@ class Gateway:
             Route("/v2/health/live", live, methods=["GET"]),
             Route("/v2/health/ready", ready, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            Route(f"{CONTROL_PREFIX}/rollout", rollout, methods=["GET", "POST"]),
+            Route(f"{CONTROL_PREFIX}/targets", targets, methods=["GET"]),
             Route("/v1/models/{rest:path}", self.forward, methods=["GET", "POST"]),
             Route("/v2/{rest:path}", self.forward, methods=["GET", "POST"]),
         ]
         return Starlette(routes=routes, lifespan=lifespan)
+
+
+def _warmup_image() -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (128, 96, 64)).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -233,7 +600,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 description="Local stand-in for the KServe ingress (one stage).")
     p.add_argument("--manifest", required=True, help="inference_services/<stage>.yaml")
     p.add_argument("--revision", action="append", required=True, metavar="NAME=URL",
-                   help="a transformer revision; the first takes all traffic")
+                   help="a transformer revision; the first is the rolled-out one")
+    p.add_argument("--bundle", help="the first revision's model bundle (for status)")
+    p.add_argument("--triton-metrics", help="the first revision's Triton metrics URL (for Prometheus)")
+    p.add_argument("--log-dir", help="where canary revisions write their logs (default: cwd)")
+    p.add_argument("--logger-url", help="inference logger sink (default: the manifest's logger.url; "
+                   "a cluster-only URL becomes the local detector)")
+    p.add_argument("--no-logger", action="store_true", help="do not send logger CloudEvents")
+    p.add_argument("--logger-queue", type=int, default=1000, help="logger queue size (default: %(default)s)")
     p.add_argument("--host", default=constants.HOST, help="address to bind (default: %(default)s)")
     p.add_argument("--port", type=int, default=constants.GATEWAY_PORT)
     p.add_argument("--timeout", type=float, default=60.0, help="upstream timeout in seconds")
@@ -245,8 +619,13 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     try:
-        gateway = Gateway(load_manifest(args.manifest), [Revision.parse(r) for r in args.revision],
-                          timeout_s=args.timeout)
+        revisions = [Revision.parse(r) for r in args.revision]
+        revisions[0].bundle, revisions[0].triton_metrics_url = args.bundle, args.triton_metrics
+        for r in revisions[1:]:
+            r.percent = 0
+        gateway = Gateway(load_manifest(args.manifest), revisions, timeout_s=args.timeout,
+                          logger_url=args.logger_url, logger_enabled=not args.no_logger,
+                          logger_queue=args.logger_queue, log_dir=args.log_dir, host=args.host)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -185,6 +185,116 @@ def _get_ok(url: str, check: Callable[[httpx.Response], bool] = lambda r: True) 
     return r.status_code == 200 and check(r)
 
 
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.setdefault("NUMBA_CACHE_DIR", "/tmp/numba_cache")
+    return env
+
+
+class RevisionPair:
+    """One revision's Triton and transformer, created, started and stopped together.
+
+    The transformer of a revision is started with ``--predictor_host`` of ITS OWN Triton,
+    so a request that enters a revision's transformer can only reach that revision's model:
+    locally the two components cannot split independently (kserve#1669 on the cluster).
+    """
+
+    def __init__(self, bundle: Path, revision: str, manifest: ServiceManifest, ports: Ports,
+                 host: str = constants.HOST, log_dir: Path | None = None,
+                 log_suffix: str | None = None) -> None:
+        self.bundle = Path(bundle)
+        self.revision = revision
+        self.manifest = manifest
+        self.ports = ports
+        self.host = host
+        log_dir = Path(log_dir) if log_dir else home() / "logs" / "revisions"
+        suffix = f"-{revision}" if log_suffix is None else log_suffix
+        m, h, p = manifest.model_name, host, ports
+        protocol = manifest.protocol
+        predictor_port = p.triton_grpc if protocol == "grpc-v2" else p.triton_http
+        env = _child_env()
+        self.triton = Service(
+            TRITON,
+            [sys.executable, "-m", "gourmetgram.local.triton_server", "--model-repository",
+             str(self.bundle / "triton"), "--model", m, "--host", h, "--http-port", str(p.triton_http),
+             "--grpc-port", str(p.triton_grpc), "--metrics-port", str(p.triton_metrics)],
+            log_dir / f"triton{suffix}.log",
+            lambda: _get_ok(f"{self.triton_url}/v2/health/ready")
+            and _get_ok(f"{self.triton_url}/v2/models/{m}/ready"),
+            env=with_libpython(env))
+        self.transformer = Service(
+            TRANSFORMER,
+            [sys.executable, "-m", "food_transformer", "--model_name", m,
+             "--predictor_host", f"{h}:{predictor_port}", "--protocol", protocol,
+             "--http_port", str(p.transformer_http), "--grpc_port", str(p.transformer_grpc),
+             "--model_spec", str(self.bundle / "model_spec.json"), "--revision", revision],
+            log_dir / f"transformer{suffix}.log",
+            lambda: _get_ok(f"{self.transformer_url}/v1/models/{m}",
+                            lambda r: r.json().get("ready") is True),
+            env=env)
+
+    @property
+    def services(self) -> list[Service]:
+        return [self.triton, self.transformer]
+
+    @property
+    def triton_url(self) -> str:
+        return f"http://{self.host}:{self.ports.triton_http}"
+
+    @property
+    def triton_metrics_url(self) -> str:
+        return f"http://{self.host}:{self.ports.triton_metrics}/metrics"
+
+    @property
+    def transformer_url(self) -> str:
+        return f"http://{self.host}:{self.ports.transformer_http}"
+
+    def start(self, cwd: Path, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Triton first (the transformer reads the model's metadata from it), then the transformer."""
+        try:
+            for service in self.services:
+                service.start(cwd=cwd)
+                service.wait_ready(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    async def start_async(self, cwd: Path, timeout_s: float = START_TIMEOUT_S) -> None:
+        """:meth:`start` for an event loop (the gateway). The processes are spawned on the
+        calling thread (PR_SET_PDEATHSIG is tied to it); only the probes run in threads."""
+        import asyncio
+
+        try:
+            for service in self.services:
+                service.start(cwd=cwd)
+                deadline = time.monotonic() + timeout_s
+                while True:
+                    if not service.alive():
+                        raise UserError(f"{service.name} of {self.revision} exited with code "
+                                        f"{service.proc.returncode} while starting; log "
+                                        f"{service.log_path}:\n{service.log_tail()}")
+                    try:
+                        if await asyncio.to_thread(service.ready):
+                            break
+                    except httpx.HTTPError:
+                        pass
+                    if time.monotonic() > deadline:
+                        raise UserError(f"{service.name} of {self.revision} was not ready after "
+                                        f"{timeout_s:.0f} s; log {service.log_path}")
+                    await asyncio.sleep(0.3)
+        except BaseException:
+            await asyncio.to_thread(self.stop)
+            raise
+
+    def alive(self) -> bool:
+        return all(s.alive() for s in self.services)
+
+    def stop(self) -> None:
+        """Transformer first (no new requests reach Triton), then Triton."""
+        for service in reversed(self.services):
+            service.stop()
+
+
 class LocalStack:
     """Triton (PyTriton), the KServe transformer and the gateway for one stage, on localhost."""
 
@@ -192,7 +302,11 @@ class LocalStack:
                  ports: Ports | None = None, host: str = constants.HOST,
                  manifest: str | Path | ServiceManifest | None = None,
                  log_dir: str | Path | None = None,
-                 start_timeout_s: float = START_TIMEOUT_S) -> None:
+                 start_timeout_s: float = START_TIMEOUT_S,
+                 logger_url: str | None = None) -> None:
+        """``logger_url``: the inference logger's sink (the local drift detector); ``""`` turns
+        the logger off; None keeps the manifest's (a cluster-only URL becomes the local
+        detector port, see :func:`gourmetgram.local.gateway.local_logger_url`)."""
         self.bundle = Path(bundle).resolve() if bundle else find_latest_bundle()
         self.stage = stage
         self.ports = ports or Ports()
@@ -205,6 +319,7 @@ class LocalStack:
         self.revision = revision_name(self.manifest)
         self.log_dir = Path(log_dir) if log_dir else home() / "logs" / f"serve-{stage}"
         self.start_timeout_s = start_timeout_s
+        self.logger_url = logger_url
         self.services: dict[str, Service] = {}
         self._check_bundle()
 
@@ -252,39 +367,27 @@ class LocalStack:
         validate_bundle(self.bundle, self.model_name)
 
     def _build_services(self) -> list[Service]:
-        py, h, p, m = sys.executable, self.host, self.ports, self.model_name
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env.setdefault("NUMBA_CACHE_DIR", "/tmp/numba_cache")
-        protocol = self.manifest.protocol
-        predictor_port = p.triton_grpc if protocol == "grpc-v2" else p.triton_http
-        triton = Service(
-            TRITON,
-            [py, "-m", "gourmetgram.local.triton_server", "--model-repository",
-             str(self.bundle / "triton"), "--model", m, "--host", h, "--http-port", str(p.triton_http),
-             "--grpc-port", str(p.triton_grpc), "--metrics-port", str(p.triton_metrics)],
-            self.log_dir / "triton.log",
-            lambda: _get_ok(f"{self.triton_url}/v2/health/ready")
-            and _get_ok(f"{self.triton_url}/v2/models/{m}/ready"),
-            env=with_libpython(env))
-        transformer = Service(
-            TRANSFORMER,
-            [py, "-m", "food_transformer", "--model_name", m, "--predictor_host", f"{h}:{predictor_port}",
-             "--protocol", protocol, "--http_port", str(p.transformer_http),
-             "--grpc_port", str(p.transformer_grpc),
-             "--model_spec", str(self.bundle / "model_spec.json"), "--revision", self.revision],
-            self.log_dir / "transformer.log",
-            lambda: _get_ok(f"{self.transformer_url}/v1/models/{m}",
-                            lambda r: r.json().get("ready") is True),
-            env=env)
+        pair = RevisionPair(self.bundle, self.revision, self.manifest, self.ports, self.host,
+                            self.log_dir, log_suffix="")
+        p = self.ports
+        gateway_argv = [
+            sys.executable, "-m", "gourmetgram.local.gateway", "--manifest", str(self.manifest.path),
+            "--revision", f"{self.revision}={self.transformer_url}", "--host", self.host,
+            "--port", str(p.gateway), "--bundle", str(self.bundle),
+            "--triton-metrics", self.triton_metrics_url, "--log-dir", str(self.log_dir)]
+        if self.logger_url is not None:
+            gateway_argv += ["--logger-url", self.logger_url] if self.logger_url else ["--no-logger"]
         gateway = Service(
-            GATEWAY,
-            [py, "-m", "gourmetgram.local.gateway", "--manifest", str(self.manifest.path),
-             "--revision", f"{self.revision}={self.transformer_url}", "--host", h,
-             "--port", str(p.gateway)],
-            self.log_dir / "gateway.log",
+            GATEWAY, gateway_argv, self.log_dir / "gateway.log",
             lambda: _get_ok(f"{self.gateway_url}/v2/health/ready"),
-            env=env)
-        return [triton, transformer, gateway]
+            env=_child_env())
+        return [*pair.services, gateway]
+
+    def rollout(self):
+        """A :class:`gourmetgram.rollout.local.LocalRollout` driving this stack's gateway."""
+        from gourmetgram.rollout.local import LocalRollout
+
+        return LocalRollout(self.gateway_url)
 
     def start(self) -> "LocalStack":
         """Start every service in order and wait for each to be ready; stop all on failure."""

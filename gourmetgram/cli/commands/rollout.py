@@ -1,0 +1,275 @@
+"""``gourmetgram rollout``: canary, promote, rollback, status, analyze and auto.
+
+Without ``--cluster`` the commands drive the local stack's gateway (``gourmetgram serve
+--stage production``); with ``--cluster`` they patch the production InferenceService
+through the Kubernetes API. Registry aliases follow each step (canary -> production), so
+MLflow always says what serves where.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from gourmetgram import constants
+from gourmetgram.errors import UserError
+
+
+def _backend(args: argparse.Namespace):
+    if args.cluster:
+        from gourmetgram.rollout.kube import KubeRollout
+
+        name, namespace = _isvc(args)
+        return KubeRollout(name, namespace)
+    from gourmetgram.rollout.local import LocalRollout
+
+    return LocalRollout(args.gateway)
+
+
+def _isvc(args: argparse.Namespace) -> tuple[str, str]:
+    if args.name and args.namespace:
+        return args.name, args.namespace
+    from gourmetgram.local.manifests import load_stage_manifest
+
+    manifest = load_stage_manifest(constants.PRODUCTION)
+    return args.name or manifest.name, args.namespace or manifest.namespace
+
+
+def _canary_version(backend) -> str | None:
+    """The registry version the canary serves, as recorded on the revision/InferenceService."""
+    if hasattr(backend, "raw_status"):
+        revisions = backend.raw_status().get("revisions", [])
+        return revisions[-1].get("version") if revisions else None
+    from gourmetgram.rollout.kube import VERSION_ANNOTATION
+
+    annotations = backend.get().get("spec", {}).get("transformer", {}).get("annotations") or {}
+    return annotations.get(VERSION_ANNOTATION)
+
+
+def _aliases_after(decision: str, version: str | None, out=print) -> None:
+    """Move the registry aliases to match a promote or rollback."""
+    if version is None:
+        return
+    from gourmetgram import registry
+
+    if decision == "promote":
+        registry.set_stage(constants.PRODUCTION, int(version))
+        registry.clear_stage(constants.CANARY)
+        out(f"registry: production -> version {version}; canary alias cleared")
+    else:
+        if registry.version_for(constants.CANARY) == int(version):
+            registry.clear_stage(constants.CANARY)
+        out(f"registry: canary alias cleared (version {version} rolled back)")
+
+
+def _print_state(backend) -> None:
+    state = backend.state()
+    print(f"InferenceService {state.namespace}/{state.inferenceservice}: canaryTrafficPercent "
+          f"{'unset (promoted)' if state.canary_percent is None else state.canary_percent}")
+    print(f"  stable (prev):   {state.stable or '-'}")
+    print(f"  canary (latest): {state.canary or '-'}")
+    print(f"  {'revision':<32} {'percent':>7}  {'tag':<7} {'version':<8} bundle")
+    for r in state.revisions:
+        print(f"  {r.get('name') or '-':<32} {r.get('percent', 0) or 0:>7}  {r.get('tag') or '-':<7} "
+              f"{r.get('version') or '-':<8} {r.get('bundle') or ''}")
+
+
+def _status(args: argparse.Namespace) -> int:
+    _print_state(_backend(args))
+    try:
+        from gourmetgram import registry
+
+        stages = registry.stages()
+        print("registry aliases: " + ", ".join(f"{k} -> {v if v is not None else '-'}" for k, v in stages.items()))
+    except Exception as exc:  # noqa: BLE001 - status must print even when MLflow is unreachable
+        print(f"registry aliases: unavailable ({type(exc).__name__}: {exc})")
+    return 0
+
+
+def _canary(args: argparse.Namespace) -> int:
+    backend = _backend(args)
+    if args.version is None and args.bundle is None:
+        backend.set_percent(args.percent)  # re-weight the running canary
+        print(f"canary now at {args.percent}%")
+        _print_state(backend)
+        return 0
+    bundle, version = args.bundle, args.version
+    if version is not None:
+        from gourmetgram import registry
+
+        bundle = registry.bundle_for(int(version))
+    print(f"starting canary {('version ' + str(version)) if version else bundle} at {args.percent}% ...",
+          flush=True)
+    backend.canary(bundle, args.percent, version)
+    if version is not None:
+        from gourmetgram import registry
+
+        registry.set_stage(constants.CANARY, int(version))
+        print(f"registry: canary -> version {version}")
+    _print_state(backend)
+    return 0
+
+
+def _promote(args: argparse.Namespace) -> int:
+    backend = _backend(args)
+    version = _canary_version(backend)
+    backend.promote()
+    print("promoted: the latest revision serves all traffic")
+    _aliases_after("promote", version)
+    _print_state(backend)
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    backend = _backend(args)
+    version = _canary_version(backend)
+    backend.rollback()
+    print("rolled back: canaryTrafficPercent 0, all traffic to the previous revision")
+    _aliases_after("rollback", version)
+    _print_state(backend)
+    return 0
+
+
+def _config(args: argparse.Namespace):
+    from gourmetgram.rollout.analysis import check_window, load_config
+
+    config = load_config(args.config)
+    analysis = config.analysis
+    if args.window:
+        analysis = dataclasses.replace(analysis, window=check_window(args.window))
+    if args.min_requests is not None:
+        analysis = dataclasses.replace(analysis, min_requests=args.min_requests)
+    auto = config.auto
+    changes = {}
+    if getattr(args, "steps", None) is not None:
+        steps = tuple(int(s) for s in args.steps.split(",") if s.strip()) if args.steps else ()
+        if any(not 0 < s < 100 for s in steps):
+            raise UserError(f"--steps {args.steps!r}: percentages within 1..99, comma-separated")
+        changes["steps"] = steps
+    for name in ("interval_s", "timeout_s", "passes_per_step"):
+        value = getattr(args, name, None)
+        if value is not None:
+            changes[name] = value
+    return dataclasses.replace(config, analysis=analysis, auto=dataclasses.replace(auto, **changes))
+
+
+class _Prometheus:
+    """The given Prometheus, or (local only) a fresh local one scraping the stack."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args, self.local = args, None
+
+    def __enter__(self):
+        from gourmetgram.rollout.prometheus import LocalPrometheus, PrometheusClient
+
+        if self.args.prometheus:
+            return PrometheusClient(self.args.prometheus)
+        if self.args.cluster:
+            raise UserError("--cluster needs --prometheus URL (the cluster's Prometheus)")
+        self.local = LocalPrometheus(self.args.gateway, detector_url=self.args.detector).start()
+        print(f"started a local Prometheus at {self.local.url} (scraping every 1 s)", flush=True)
+        return self.local.client()
+
+    def __exit__(self, *exc) -> None:
+        if self.local is not None:
+            self.local.stop()
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from gourmetgram.rollout.analysis import ROLLBACK, analyze, queries
+
+    config = _config(args)
+    backend = _backend(args)
+    state = backend.state()
+    with _Prometheus(args) as client:
+        if args.show_queries:
+            for name, q in queries(state, config.analysis.window).items():
+                print(f"# {name}\n{q}")
+        verdict = analyze(client, state, config.analysis)
+    print(verdict.report())
+    return 1 if verdict.decision == ROLLBACK else 0
+
+
+def _auto(args: argparse.Namespace) -> int:
+    from gourmetgram.rollout.analysis import PROMOTE, run_auto
+
+    config = _config(args)
+    backend = _backend(args)
+    version = _canary_version(backend)
+    with _Prometheus(args) as client:
+        decision = run_auto(backend, client, config, out=lambda s: print(s, flush=True),
+                            on_promote=lambda: _aliases_after("promote", version),
+                            on_rollback=lambda: _aliases_after("rollback", version))
+    return 0 if decision == PROMOTE else 1
+
+
+def _target_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gateway", default=f"http://{constants.HOST}:{constants.GATEWAY_PORT}",
+                   help="local stack's gateway URL (default: %(default)s)")
+    p.add_argument("--cluster", action="store_true",
+                   help="act on the cluster's InferenceService (kubeconfig or in-cluster credentials)")
+    p.add_argument("--name", help="InferenceService name (default: from inference_services/production.yaml)")
+    p.add_argument("--namespace", help="its namespace (default: from inference_services/production.yaml)")
+
+
+def _analysis_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prometheus", help="Prometheus URL (default: start a local one against --gateway)")
+    p.add_argument("--detector", help="also scrape the drift detector at this URL (local Prometheus)")
+    p.add_argument("--config", help="rollout config (default: configs/rollout.yaml)")
+    p.add_argument("--window", help="PromQL range, e.g. 30s or 5m (default: from the config)")
+    p.add_argument("--min-requests", type=int, help="requests needed on each revision before deciding")
+
+
+def _percent(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError("a percentage is within 0..100")
+    return value
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "rollout", help="canary rollout: canary, promote, rollback, status, analyze, auto",
+        description="Staged rollout of the production InferenceService: a new model version as a "
+        "canary at N%% of traffic, canary analysis from Prometheus, promote or roll back. Local stack "
+        "by default (the gateway splits traffic exactly as KServe does), the cluster with --cluster.")
+    sub = parser.add_subparsers(dest="rollout_command", metavar="ACTION", required=True)
+
+    p = sub.add_parser("status", help="revisions, traffic percentages and registry aliases")
+    _target_args(p)
+    p.set_defaults(func=_status)
+
+    p = sub.add_parser("canary", help="serve a model version as the canary at N%% (or re-weight it)")
+    _target_args(p)
+    p.add_argument("--percent", type=_percent, required=True, help="canary traffic percentage 0..100")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--version", type=int, help="registered model version (its bundle.uri tag)")
+    which.add_argument("--bundle", help="an export bundle folder/URI instead of a registry version")
+    p.set_defaults(func=_canary)
+
+    p = sub.add_parser("promote", help="the canary takes all traffic (canaryTrafficPercent removed)")
+    _target_args(p)
+    p.set_defaults(func=_promote)
+
+    p = sub.add_parser("rollback", help="all traffic back to the previous revision (canaryTrafficPercent 0)")
+    _target_args(p)
+    p.set_defaults(func=_rollback)
+
+    p = sub.add_parser("analyze", help="compare canary with stable once; exit 1 when it should roll back")
+    _target_args(p)
+    _analysis_args(p)
+    p.add_argument("--show-queries", action="store_true", help="print the PromQL first")
+    p.set_defaults(func=_analyze)
+
+    p = sub.add_parser("auto", help="analyse in a loop: raise the canary step by step, promote or roll back")
+    _target_args(p)
+    _analysis_args(p)
+    p.add_argument("--steps", help="comma-separated canary percentages to walk through ('' = none)")
+    p.add_argument("--interval", dest="interval_s", type=float, help="seconds between analyses")
+    p.add_argument("--timeout", dest="timeout_s", type=float, help="give up after this many seconds")
+    p.add_argument("--passes-per-step", type=int, help="passing analyses needed per step")
+    p.set_defaults(func=_auto)
+

@@ -1,0 +1,340 @@
+"""Canary analysis: compare the canary revision with the stable one and decide.
+
+The figures come from Prometheus through ONE set of PromQL queries (:func:`queries`),
+used against the local Prometheus and the cluster's alike: the queue-proxy metrics
+(``revision_app_request_count``/``_latencies``, the local gateway exposes the same) give
+requests, 5xx share and p95 latency per ``revision_name``; the transformer's
+``prediction_confidence`` and ``predicted_class_total`` (labelled with the same revision
+name: Knative's ``K_REVISION``) give mean confidence and the predicted-class mix.
+Thresholds (``configs/rollout.yaml``) are canary-vs-stable deltas, never absolute
+figures, so a canary as good as what serves passes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Callable, Protocol
+
+import yaml
+
+from gourmetgram.constants import CONFIG_DIR
+from gourmetgram.errors import ConfigError, UserError
+from gourmetgram.rollout.prometheus import PrometheusClient
+
+PROMOTE, HOLD, ROLLBACK = "promote", "hold", "rollback"
+DEFAULT_CONFIG = CONFIG_DIR / "rollout.yaml"
+
+
+@dataclasses.dataclass(frozen=True)
+class Thresholds:
+    window: str = "2m"
+    min_requests: int = 50
+    max_error_rate_increase: float = 0.02
+    max_p95_latency_ratio: float = 1.5
+    p95_latency_slack_ms: float = 100.0
+    max_confidence_drop: float = 0.1
+    max_class_shift: float = 0.25
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoConfig:
+    steps: tuple[int, ...] = (10, 50)
+    passes_per_step: int = 2
+    interval_s: float = 30.0
+    timeout_s: float = 1800.0
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutConfig:
+    analysis: Thresholds = Thresholds()
+    auto: AutoConfig = AutoConfig()
+
+
+def _section(cls, data: dict, where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping")
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(names)}")
+    values = {}
+    for key, value in data.items():
+        default = getattr(cls(), key)
+        try:
+            if isinstance(default, tuple):
+                values[key] = tuple(int(v) for v in value)
+            else:
+                values[key] = type(default)(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}.{key}: {value!r} is not a {type(default).__name__}") from None
+    return cls(**values)
+
+
+def load_config(path: str | Path | None = None) -> RolloutConfig:
+    """``configs/rollout.yaml`` (or ``path``), checked."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    if not path.is_file():
+        raise ConfigError(f"rollout config {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    config = RolloutConfig(_section(Thresholds, data.get("analysis", {}), f"{path}: analysis"),
+                           _section(AutoConfig, data.get("auto", {}), f"{path}: auto"))
+    check_window(config.analysis.window)
+    if any(not 0 < s < 100 for s in config.auto.steps) or list(config.auto.steps) != sorted(config.auto.steps):
+        raise ConfigError(f"{path}: auto.steps must be increasing percentages within 1..99")
+    return config
+
+
+def check_window(window: str) -> str:
+    import re
+
+    if not re.fullmatch(r"\d+(ms|s|m|h|d)", window):
+        raise ConfigError(f"window {window!r} is not a Prometheus duration like 30s, 2m or 1h")
+    return window
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutState:
+    """What serves where: the stable (prev) and canary (latest) revisions of the transformer."""
+
+    inferenceservice: str
+    namespace: str
+    configuration: str
+    model_name: str
+    stable: str | None
+    canary: str | None
+    canary_percent: int | None
+    revisions: tuple[dict, ...] = ()
+
+
+class RolloutBackend(Protocol):
+    """The local gateway or the cluster's InferenceService."""
+
+    def state(self) -> RolloutState: ...
+    def set_percent(self, percent: int) -> None: ...
+    def promote(self) -> None: ...
+    def rollback(self) -> None: ...
+
+
+def _selector(**labels: str) -> str:
+    parts = []
+    for key, value in labels.items():
+        op = "=~" if key.endswith("~") else "="
+        parts.append(f'{key.rstrip("~")}{op}"{value}"')
+    return "{" + ",".join(parts) + "}"
+
+
+def queries(state: RolloutState, window: str) -> dict[str, str]:
+    """The PromQL for the analysis: one definition for the local stack and the cluster."""
+    check_window(window)
+    revs = "|".join(r for r in (state.stable, state.canary) if r)
+    serving = _selector(namespace_name=state.namespace, configuration_name=state.configuration,
+                        **{"revision_name~": revs})
+    model = _selector(model_name=state.model_name, **{"revision~": revs})
+    errors = serving[:-1] + ',response_code_class="5xx"}'
+    return {
+        "requests": f"sum by (revision_name) (increase(revision_app_request_count{serving}[{window}]))",
+        "errors": f"sum by (revision_name) (increase(revision_app_request_count{errors}[{window}]))",
+        "p95_ms": ("histogram_quantile(0.95, sum by (revision_name, le) "
+                   f"(rate(revision_app_request_latencies_bucket{serving}[{window}])))"),
+        "confidence": (f"sum by (revision) (rate(prediction_confidence_sum{model}[{window}])) / "
+                       f"sum by (revision) (rate(prediction_confidence_count{model}[{window}]))"),
+        "classes": f"sum by (revision, class_name) (increase(predicted_class_total{model}[{window}]))",
+    }
+
+
+@dataclasses.dataclass
+class Figures:
+    """One revision's figures over the window."""
+
+    revision: str
+    requests: float = 0.0
+    errors: float = 0.0
+    p95_ms: float | None = None
+    confidence: float | None = None
+    classes: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests > 0 else 0.0
+
+    def class_shares(self) -> dict[str, float]:
+        total = sum(self.classes.values())
+        return {k: v / total for k, v in self.classes.items()} if total > 0 else {}
+
+
+def class_shift(a: dict[str, float], b: dict[str, float]) -> float:
+    """Total variation distance between two class distributions (0 same, 1 disjoint)."""
+    if not a or not b:
+        return math.nan
+    return 0.5 * sum(abs(a.get(k, 0.0) - b.get(k, 0.0)) for k in set(a) | set(b))
+
+
+def collect(client: PrometheusClient, state: RolloutState, window: str) -> dict[str, Figures]:
+    """Run every query and file the results per revision."""
+    figures = {r: Figures(r) for r in (state.stable, state.canary) if r}
+    q = queries(state, window)
+    for s in client.query(q["requests"]):
+        if s.labels.get("revision_name") in figures:
+            figures[s.labels["revision_name"]].requests = s.value
+    for s in client.query(q["errors"]):
+        if s.labels.get("revision_name") in figures:
+            figures[s.labels["revision_name"]].errors = s.value
+    for s in client.query(q["p95_ms"]):
+        if s.labels.get("revision_name") in figures and math.isfinite(s.value):
+            figures[s.labels["revision_name"]].p95_ms = s.value
+    for s in client.query(q["confidence"]):
+        if s.labels.get("revision") in figures:
+            figures[s.labels["revision"]].confidence = s.value
+    for s in client.query(q["classes"]):
+        rev = s.labels.get("revision")
+        if rev in figures and s.value > 0:
+            figures[rev].classes[s.labels.get("class_name", "?")] = s.value
+    return figures
+
+
+@dataclasses.dataclass
+class Check:
+    name: str
+    stable: str
+    canary: str
+    limit: str
+    ok: bool | None  # None: not enough data
+
+
+@dataclasses.dataclass
+class Verdict:
+    decision: str
+    reasons: list[str]
+    checks: list[Check]
+    stable: Figures
+    canary: Figures
+    window: str
+
+    def report(self) -> str:
+        """The evidence, as a table a person reads before trusting the decision."""
+        lines = [f"canary analysis over {self.window}: stable {self.stable.revision} vs canary "
+                 f"{self.canary.revision}",
+                 f"  {'check':<22} {'stable':>12} {'canary':>12}  {'limit':<28} result"]
+        for c in self.checks:
+            result = "n/a" if c.ok is None else ("ok" if c.ok else "FAIL")
+            lines.append(f"  {c.name:<22} {c.stable:>12} {c.canary:>12}  {c.limit:<28} {result}")
+        top = lambda f: ", ".join(f"{k} {v:.0%}" for k, v in  # noqa: E731
+                                  sorted(f.class_shares().items(), key=lambda kv: -kv[1])[:3]) or "-"
+        lines.append(f"  top classes  stable: {top(self.stable)}")
+        lines.append(f"               canary: {top(self.canary)}")
+        lines.append(f"decision: {self.decision.upper()}" + (f" ({'; '.join(self.reasons)})" if self.reasons else ""))
+        return "\n".join(lines)
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+
+def decide(stable: Figures, canary: Figures, t: Thresholds, window: str) -> Verdict:
+    """Roll back on any failed comparison; hold while evidence is short; else promote."""
+    checks: list[Check] = []
+    enough = stable.requests >= t.min_requests and canary.requests >= t.min_requests
+    checks.append(Check("requests", _fmt(stable.requests, ".0f"), _fmt(canary.requests, ".0f"),
+                        f">= {t.min_requests} each", enough))
+    err_delta = canary.error_rate - stable.error_rate
+    checks.append(Check("5xx rate", _fmt(stable.error_rate, ".3f"), _fmt(canary.error_rate, ".3f"),
+                        f"canary - stable <= {t.max_error_rate_increase}",
+                        None if canary.requests == 0 else err_delta <= t.max_error_rate_increase))
+    if stable.p95_ms is None or canary.p95_ms is None:
+        lat_ok = None
+    else:
+        lat_ok = (canary.p95_ms <= stable.p95_ms * t.max_p95_latency_ratio
+                  or canary.p95_ms - stable.p95_ms <= t.p95_latency_slack_ms)
+    checks.append(Check("p95 latency ms", _fmt(stable.p95_ms, ".0f"), _fmt(canary.p95_ms, ".0f"),
+                        f"<= x{t.max_p95_latency_ratio} or +{t.p95_latency_slack_ms:.0f} ms", lat_ok))
+    if stable.confidence is None or canary.confidence is None:
+        conf_ok = None
+    else:
+        conf_ok = stable.confidence - canary.confidence <= t.max_confidence_drop
+    checks.append(Check("mean confidence", _fmt(stable.confidence, ".3f"), _fmt(canary.confidence, ".3f"),
+                        f"drop <= {t.max_confidence_drop}", conf_ok))
+    shift = class_shift(stable.class_shares(), canary.class_shares())
+    checks.append(Check("class mix shift (TVD)", "", _fmt(shift, ".3f"), f"<= {t.max_class_shift}",
+                        None if math.isnan(shift) else shift <= t.max_class_shift))
+    failed = [c.name for c in checks[1:] if c.ok is False]
+    if failed and canary.requests > 0:
+        # A canary that fails on the evidence it has is rolled back even before min_requests:
+        # waiting would only expose more users to it. Too few requests -> only a hold.
+        if enough or canary.requests >= max(10, t.min_requests // 2):
+            return Verdict(ROLLBACK, [f"{n} failed" for n in failed], checks, stable, canary, window)
+    if not enough:
+        return Verdict(HOLD, [f"fewer than {t.min_requests} requests on a revision"], checks, stable,
+                       canary, window)
+    missing = [c.name for c in checks[1:] if c.ok is None]
+    if missing:
+        return Verdict(HOLD, [f"no data for {', '.join(missing)}"], checks, stable, canary, window)
+    return Verdict(PROMOTE, [], checks, stable, canary, window)
+
+
+def analyze(client: PrometheusClient, state: RolloutState, thresholds: Thresholds,
+            window: str | None = None) -> Verdict:
+    """Collect the figures for the current canary and decide."""
+    if not state.canary or not state.stable or state.canary == state.stable:
+        raise UserError(f"{state.inferenceservice} has no canary to analyse (revisions: "
+                        f"{[r.get('name') for r in state.revisions]})")
+    window = window or thresholds.window
+    figures = collect(client, state, window)
+    return decide(figures[state.stable], figures[state.canary], thresholds, window)
+
+
+def run_auto(backend: RolloutBackend, client: PrometheusClient, config: RolloutConfig,
+             out: Callable[[str], None] = print, sleep: Callable[[float], None] = time.sleep,
+             on_promote: Callable[[], None] | None = None,
+             on_rollback: Callable[[], None] | None = None) -> str:
+    """Walk the canary through ``auto.steps``, analysing every ``interval_s``.
+
+    Rolls back at the first failed analysis; raises the percentage after
+    ``passes_per_step`` consecutive passing analyses and promotes after the last step;
+    gives up (returns ``hold``, the canary left as it is) after ``timeout_s``.
+    """
+    auto, t = config.auto, config.analysis
+    state = backend.state()
+    if state.canary_percent is None or not state.canary:
+        raise UserError(f"{state.inferenceservice} has no canary; start one with `rollout canary`")
+    steps = [s for s in auto.steps if s > state.canary_percent]
+    out(f"auto rollout of {state.canary} (now {state.canary_percent}%), steps {steps or '-'}, then promote; "
+        f"analysis every {auto.interval_s:g} s over {t.window}")
+    started = time.monotonic()
+    passes = 0
+    while time.monotonic() - started < auto.timeout_s:
+        sleep(auto.interval_s)
+        state = backend.state()
+        verdict = analyze(client, state, t)
+        out(f"[{time.monotonic() - started:6.1f} s] canary at {state.canary_percent}%")
+        out(verdict.report())
+        if verdict.decision == ROLLBACK:
+            backend.rollback()
+            if on_rollback:
+                on_rollback()
+            out(f"rolled back: all traffic to {state.stable}")
+            return ROLLBACK
+        if verdict.decision == HOLD:
+            passes = 0
+            continue
+        passes += 1
+        if passes < auto.passes_per_step:
+            continue
+        passes = 0
+        if steps:
+            step = steps.pop(0)
+            backend.set_percent(step)
+            out(f"canary raised to {step}%")
+            continue
+        backend.promote()
+        if on_promote:
+            on_promote()
+        out(f"promoted: {state.canary} serves all traffic")
+        return PROMOTE
+    out(f"no decision within {auto.timeout_s:g} s; the canary stays at its percentage")
+    return HOLD

@@ -1,0 +1,72 @@
+"""Drive the local stack's rollout through the gateway's control endpoint.
+
+The gateway plays Knative's controller locally (``/_gourmetgram/rollout``): a canary is a
+new revision (its own Triton + transformer, started from the bundle) at a percentage;
+promote and rollback only move traffic. This client is what ``gourmetgram rollout``
+uses without ``--cluster``.
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from gourmetgram.errors import UserError
+from gourmetgram.rollout.analysis import RolloutState
+
+CONTROL_PATH = "/_gourmetgram/rollout"
+CANARY_START_TIMEOUT_S = 300.0  # a new Triton + transformer on busy cores
+
+
+class LocalRollout:
+    """:class:`gourmetgram.rollout.analysis.RolloutBackend` for a running local stack."""
+
+    def __init__(self, gateway_url: str) -> None:
+        self.gateway_url = gateway_url.rstrip("/")
+
+    def _call(self, method: str, body: dict | None = None, timeout_s: float = 30.0) -> dict:
+        url = self.gateway_url + CONTROL_PATH
+        try:
+            r = httpx.request(method, url, json=body, timeout=timeout_s)
+        except httpx.HTTPError as exc:
+            raise UserError(f"the local gateway at {self.gateway_url} is not reachable ({exc}); "
+                            "start the stack with `gourmetgram serve --stage production`") from exc
+        if r.status_code == 404:
+            raise UserError(f"{self.gateway_url} has no rollout endpoint; is it the gourmetgram gateway?")
+        try:
+            data = r.json()
+        except ValueError:
+            raise UserError(f"{url} answered {r.status_code}: {r.text[:200]}") from None
+        if r.status_code != 200:
+            raise UserError(f"rollout {body and body.get('action')}: {data.get('error', data)}")
+        return data
+
+    def raw_status(self) -> dict:
+        return self._call("GET")
+
+    def state(self) -> RolloutState:
+        return state_from_status(self.raw_status())
+
+    def canary(self, bundle: str, percent: int, version: int | str | None = None) -> dict:
+        return self._call("POST", {"action": "canary", "bundle": str(bundle), "percent": percent,
+                                   "version": None if version is None else str(version)},
+                          timeout_s=CANARY_START_TIMEOUT_S)
+
+    def set_percent(self, percent: int) -> None:
+        self._call("POST", {"action": "percent", "percent": percent})
+
+    def promote(self) -> None:
+        self._call("POST", {"action": "promote"}, timeout_s=120.0)
+
+    def rollback(self) -> None:
+        self._call("POST", {"action": "rollback"})
+
+
+def state_from_status(status: dict) -> RolloutState:
+    revisions = tuple(status.get("revisions", []))
+    stable = status.get("latest_rolledout_revision")
+    latest = status.get("latest_revision")
+    canary = latest if latest != stable and status.get("canary_traffic_percent") is not None else None
+    return RolloutState(
+        inferenceservice=status["inferenceservice"], namespace=status["namespace"],
+        configuration=status["configuration"], model_name=status["model"], stable=stable, canary=canary,
+        canary_percent=status.get("canary_traffic_percent") if canary else None, revisions=revisions)

@@ -1,0 +1,445 @@
+"""Staged rollout: the gateway's canary split, tag routing and revision pairing, the cluster
+patch at the wire, canary analysis from a real Prometheus, and `rollout auto` deciding.
+
+The end-to-end part runs ONE production stack for the module (real PyTriton/tritonserver,
+kserve transformers, the gateway) and walks it through a rollout in file order:
+canary of a good model at 30% -> split checks -> `rollout auto` promotes it -> canary of a
+bad model -> `rollout auto` rolls it back. Models are untrained (no training in tests):
+stable and the good canary share weights; the bad canary's head is zeroed with a bias
+that makes it answer one other class for every image.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from gourmetgram.cli.main import main
+from gourmetgram.config import ExportConfig
+from gourmetgram.constants import CANARY, PRODUCTION
+from gourmetgram.data.demo import DEMO_CLASSES
+from gourmetgram.data.layout import list_images
+from gourmetgram.errors import ConfigError, UserError
+from gourmetgram.export import export_bundle
+from gourmetgram.model import ModelSpec, build_model, predict_logits
+from gourmetgram.preprocessing import preprocess_bytes
+from gourmetgram.rollout import analysis
+from gourmetgram.rollout.analysis import Figures, RolloutState, Thresholds, decide, queries
+from gourmetgram.rollout.kube import KubeRollout, state_from_isvc
+
+MODEL = "food11"
+SPEC = ModelSpec(class_names=DEMO_CLASSES, image_size=64, width_mult=0.5)
+
+
+# -- analysis: pure decisions ------------------------------------------------------------
+def _fig(name, requests=200.0, errors=0.0, p95=40.0, conf=0.6, classes=None):
+    return Figures(name, requests, errors, p95, conf, classes or {"a": 100.0, "b": 100.0})
+
+
+T = Thresholds(window="1m", min_requests=50)
+
+
+def test_decide_promotes_an_equal_canary():
+    v = decide(_fig("s"), _fig("c", requests=80, classes={"a": 41.0, "b": 39.0}), T, "1m")
+    assert v.decision == analysis.PROMOTE and all(c.ok for c in v.checks)
+    assert "decision: PROMOTE" in v.report()
+
+
+@pytest.mark.parametrize("canary, failed", [
+    (_fig("c", errors=20.0), "5xx rate"),
+    (_fig("c", p95=400.0), "p95 latency ms"),
+    (_fig("c", conf=0.3), "mean confidence"),
+    (_fig("c", classes={"a": 200.0}), "class mix shift (TVD)"),
+])
+def test_decide_rolls_back_on_each_check(canary, failed):
+    v = decide(_fig("s"), canary, T, "1m")
+    assert v.decision == analysis.ROLLBACK
+    assert [c.name for c in v.checks if c.ok is False] == [failed]
+    assert f"{failed} failed" in v.report()
+
+
+def test_decide_holds_without_evidence():
+    assert decide(_fig("s"), _fig("c", requests=5), T, "1m").decision == analysis.HOLD
+    missing = decide(_fig("s"), _fig("c", conf=None), T, "1m")
+    assert missing.decision == analysis.HOLD and "mean confidence" in missing.reasons[0]
+    # latency within the absolute slack passes even at 2x of a fast stable
+    assert decide(_fig("s", p95=20.0), _fig("c", p95=60.0), T, "1m").decision == analysis.PROMOTE
+
+
+def test_class_shift_is_total_variation():
+    assert analysis.class_shift({"a": 1.0}, {"a": 1.0}) == 0
+    assert analysis.class_shift({"a": 1.0}, {"b": 1.0}) == 1
+    assert analysis.class_shift({"a": 0.5, "b": 0.5}, {"a": 1.0}) == pytest.approx(0.5)
+
+
+def test_queries_select_both_revisions_of_the_transformer():
+    state = RolloutState("food11", "ns", "food11-transformer", MODEL, "food11-transformer-00001",
+                         "food11-transformer-00002", 30)
+    q = queries(state, "2m")
+    sel = 'revision_name=~"food11-transformer-00001|food11-transformer-00002"'
+    assert sel in q["requests"] and 'configuration_name="food11-transformer"' in q["requests"]
+    assert 'response_code_class="5xx"' in q["errors"] and "[2m]" in q["errors"]
+    assert q["p95_ms"].startswith("histogram_quantile(0.95,") and "revision_app_request_latencies_bucket" in q["p95_ms"]
+    assert 'model_name="food11"' in q["confidence"] and "predicted_class_total" in q["classes"]
+    with pytest.raises(ConfigError):
+        queries(state, "two minutes")
+
+
+def test_config_file_and_bad_config(tmp_path):
+    config = analysis.load_config()
+    assert config.analysis.max_class_shift > 0 and config.auto.steps == tuple(sorted(config.auto.steps))
+    bad = tmp_path / "r.yaml"
+    bad.write_text("analysis: {max_confidence_drop: lots}\n")
+    with pytest.raises(ConfigError, match="max_confidence_drop"):
+        analysis.load_config(bad)
+    bad.write_text("auto: {steps: [50, 10]}\n")
+    with pytest.raises(ConfigError, match="steps"):
+        analysis.load_config(bad)
+    assert main(["rollout", "analyze", "--config", str(bad), "--gateway", "http://127.0.0.1:9"]) == 2
+
+
+# -- the cluster: KubeRollout up to the wire ---------------------------------------------
+ISVC = {
+    "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+    "metadata": {"name": "food11", "namespace": "gourmetgram-production"},
+    "spec": {
+        "predictor": {"model": {"storageUri": "s3://models/1/triton"}},
+        "transformer": {"containers": [{"name": "kserve-container", "image": "t:1",
+                                        "args": ["--model_name", MODEL, "--protocol", "v2"],
+                                        "env": [{"name": "STORAGE_URI", "value": "s3://models/1"},
+                                                {"name": "OTHER", "value": "x"}]}]},
+    },
+    "status": {"components": {"transformer": {
+        "latestRolledoutRevision": "food11-transformer-00001",
+        "traffic": [{"revisionName": "food11-transformer-00002", "percent": 30, "latestRevision": True,
+                     "tag": "latest"},
+                    {"revisionName": "food11-transformer-00001", "percent": 70, "latestRevision": False,
+                     "tag": "prev"}]}}},
+}
+
+
+@pytest.fixture()
+def api_server():
+    """A local HTTP server standing in for the Kubernetes API server: records every call."""
+    calls = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def _reply(self, obj):
+            data = json.dumps(obj).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):  # noqa: N802
+            calls.append(("GET", self.path, self.headers.get("content-type"), None))
+            self._reply(ISVC)
+
+        def do_PATCH(self):  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+            calls.append(("PATCH", self.path, self.headers.get("content-type"), body))
+            self._reply(ISVC)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    from kubernetes import client
+
+    config = client.Configuration(host=f"http://127.0.0.1:{server.server_address[1]}")
+    yield client.ApiClient(config), calls
+    server.shutdown()
+    server.server_close()
+
+
+def test_kube_canary_is_one_merge_patch_of_both_components(api_server):
+    api_client, calls = api_server
+    kube = KubeRollout("food11", "gourmetgram-production", api_client)
+    kube.canary("s3://models/7/triton", 20, version=7)
+    path = "/apis/serving.kserve.io/v1beta1/namespaces/gourmetgram-production/inferenceservices/food11"
+    patches = [c for c in calls if c[0] == "PATCH"]
+    assert len(patches) == 1
+    method, got_path, content_type, body = patches[0]
+    assert got_path == path and content_type == "application/merge-patch+json"
+    spec = body["spec"]
+    assert spec["predictor"]["canaryTrafficPercent"] == spec["transformer"]["canaryTrafficPercent"] == 20
+    assert spec["predictor"]["model"]["storageUri"] == "s3://models/7/triton"
+    env = spec["transformer"]["containers"][0]["env"]
+    assert {"name": "STORAGE_URI", "value": "s3://models/7"} in env and {"name": "OTHER", "value": "x"} in env
+    assert spec["transformer"]["containers"][0]["args"] == ["--model_name", MODEL, "--protocol", "v2"]
+    assert spec["predictor"]["annotations"] == spec["transformer"]["annotations"] == {
+        "gourmetgram.io/model-version": "7"}
+
+    calls.clear()
+    kube.promote()
+    kube.rollback()
+    kube.set_percent(50)
+    bodies = [c[3]["spec"] for c in calls if c[0] == "PATCH"]
+    assert [b["predictor"]["canaryTrafficPercent"] for b in bodies] == [None, 0, 50]
+    assert all(b["transformer"]["canaryTrafficPercent"] == b["predictor"]["canaryTrafficPercent"] for b in bodies)
+    assert all(c[2] == "application/merge-patch+json" for c in calls if c[0] == "PATCH")
+    with pytest.raises(UserError):
+        kube.canary("s3://models/8", 101)
+
+
+def test_kube_state_from_status():
+    state = state_from_isvc({**ISVC, "spec": {**ISVC["spec"], "transformer": {
+        **ISVC["spec"]["transformer"], "canaryTrafficPercent": 30}}})
+    assert (state.stable, state.canary, state.canary_percent) == (
+        "food11-transformer-00001", "food11-transformer-00002", 30)
+    assert state.configuration == "food11-transformer" and state.model_name == MODEL
+
+
+# -- end to end: local stack + real Prometheus -------------------------------------------
+def _export(model, path):
+    export_bundle(model, path, ExportConfig(max_batch_size=16, preferred_batch_sizes=(4, 8)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def images(demo_dataset) -> list[bytes]:
+    return [p.read_bytes() for p, _ in list_images(demo_dataset / "evaluation")[::7][:40]]
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory, images):
+    """stable == good (same weights, separate exports); bad answers another class for everything."""
+    root = tmp_path_factory.mktemp("rollout-models")
+    torch.manual_seed(0)
+    model = build_model(SPEC).eval()
+    x = np.stack([preprocess_bytes(b, SPEC.image_size) for b in images])
+    stable_classes = np.bincount(predict_logits(model, x).numpy().argmax(1), minlength=len(DEMO_CLASSES))
+    bad = build_model(SPEC).eval()
+    bad.load_state_dict(model.state_dict())
+    head = bad.classifier[-1]
+    target = int(stable_classes.argmin())  # a class the stable model (almost) never answers
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        head.bias[target] = 0.5
+    return {"stable": _export(model, root / "stable"), "good": _export(model, root / "good"),
+            "bad": _export(bad, root / "bad"), "bad_class": DEMO_CLASSES[target]}
+
+
+@pytest.fixture(scope="module")
+def registered(session_home, bundles):
+    """Three registry versions (stable, good, bad) carrying their bundle paths; stable in production."""
+    from gourmetgram import registry
+    from gourmetgram.tracking import configure_mlflow
+
+    mlflow = configure_mlflow()
+    with mlflow.start_run():
+        info = mlflow.pytorch.log_model(build_model(SPEC).eval(), name="model",
+                                        serialization_format="pickle", pip_requirements=["torch"])
+    versions = {}
+    for name in ("stable", "good", "bad"):
+        tags = registry.version_tags(evaluation_passed=True, accuracy=0.5, dataset_fingerprint="t",
+                                     bundle_uri=str(bundles[name]))
+        versions[name] = registry.register_model(info.model_uri, tags, alias=None)
+    registry.set_stage(PRODUCTION, versions["stable"])
+    return versions
+
+
+@pytest.fixture(scope="module")
+def stack(bundles, tmp_path_factory):
+    from gourmetgram.local.stack import LocalStack, Ports
+
+    with LocalStack(bundles["stable"], PRODUCTION, Ports.free(), logger_url="",
+                    log_dir=tmp_path_factory.mktemp("rollout-logs")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def prometheus(stack):
+    from gourmetgram.rollout.prometheus import LocalPrometheus
+
+    with LocalPrometheus(stack.gateway_url) as prom:
+        yield prom
+
+
+def _predict(url: str, blob: bytes, headers: dict | None = None) -> httpx.Response:
+    body = {"instances": [{"image": {"b64": base64.b64encode(blob).decode()}}]}
+    return httpx.post(f"{url}/v1/models/{MODEL}:predict", json=body, headers=headers, timeout=60)
+
+
+class Load:
+    """Background traffic through the gateway (what production users would send)."""
+
+    def __init__(self, url: str, images: list[bytes], workers: int = 3) -> None:
+        self.url, self.images, self.stop_event = url, images, threading.Event()
+        self.codes: list[int] = []
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(workers)]
+
+    def _run(self, i: int) -> None:
+        with httpx.Client(timeout=60) as client:
+            n = i
+            while not self.stop_event.is_set():
+                body = {"instances": [{"image": {"b64": base64.b64encode(
+                    self.images[n % len(self.images)]).decode()}}]}
+                try:
+                    self.codes.append(client.post(f"{self.url}/v1/models/{MODEL}:predict", json=body).status_code)
+                except httpx.HTTPError:
+                    self.codes.append(-1)
+                n += 1
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_event.set()
+        for t in self.threads:
+            t.join(timeout=30)
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        m = re.match(rf"^{name}(?:\{{(.*)\}})? ([0-9.eE+-]+)$", line)
+        if m and all(dict(re.findall(r'(\w+)="([^"]*)"', m.group(1) or "")).get(k) == v
+                     for k, v in labels.items()):
+            total += float(m.group(2))
+    return total
+
+
+def _revisions(stack) -> dict[str, dict]:
+    return {r["name"]: r for r in httpx.get(f"{stack.gateway_url}/_gourmetgram/rollout").json()["revisions"]}
+
+
+@pytest.mark.slow
+def test_canary_split_tags_and_pairing(stack, registered, images, capsys):
+    from gourmetgram import registry
+
+    rc = main(["rollout", "canary", "--percent", "30", "--version", str(registered["good"]),
+               "--gateway", stack.gateway_url])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert registry.version_for(CANARY) == registered["good"]
+    revs = _revisions(stack)
+    stable, canary = sorted(revs)
+    assert (revs[stable]["percent"], revs[stable]["tag"]) == (70, "prev")
+    assert (revs[canary]["percent"], revs[canary]["tag"]) == (30, "latest")
+    assert revs[canary]["version"] == str(registered["good"]) and canary in out
+
+    def triton_success():
+        return {name: _metric(httpx.get(r["triton_metrics_url"]).text, "nv_inference_request_success",
+                              model=MODEL) for name, r in revs.items()}
+
+    def predicted(name):
+        return _metric(httpx.get(revs[name]["transformer_url"] + "/metrics").text, "predicted_class_total",
+                       revision=name)
+
+    before_triton = triton_success()
+    before_pred = {name: predicted(name) for name in revs}
+    n = 200
+    with ThreadPoolExecutor(4) as pool:
+        responses = list(pool.map(lambda i: _predict(stack.gateway_url, images[i % len(images)]), range(n)))
+    assert all(r.status_code == 200 for r in responses)
+    served = [r.headers["x-gourmetgram-revision"] for r in responses]
+    to_canary = served.count(canary)
+    sd = math.sqrt(n * 0.3 * 0.7)
+    assert abs(to_canary - 0.3 * n) <= 4 * sd, f"{to_canary}/{n} to the canary"
+    assert served.count(stable) == n - to_canary
+    print(f"\nsplit: {to_canary}/{n} = {to_canary / n:.3f} to the canary (30% configured)")
+
+    # tag routing: KServe's hostnames and the documented header reach one revision each
+    by_host = [_predict(stack.gateway_url, images[0], {"Host": f"latest-{stack.manifest.name}."
+                                                       f"{stack.manifest.namespace}.example.com"})
+               for _ in range(10)]
+    by_header = [_predict(stack.gateway_url, images[0], {"X-Gourmetgram-Tag": "prev"}) for _ in range(10)]
+    assert {r.headers["x-gourmetgram-revision"] for r in by_host} == {canary}
+    assert {r.headers["x-gourmetgram-revision"] for r in by_header} == {stable}
+    assert _predict(stack.gateway_url, images[0], {"X-Gourmetgram-Tag": "blue"}).status_code == 404
+
+    # pairing: every revision's Triton served exactly what its transformer was sent
+    served_by = {stable: served.count(stable) + 10, canary: to_canary + 10}
+    after_triton = triton_success()
+    for name in revs:
+        assert after_triton[name] - before_triton[name] == served_by[name], name
+        assert predicted(name) - before_pred[name] == served_by[name], name
+    gw = httpx.get(f"{stack.gateway_url}/metrics").text
+    assert _metric(gw, "revision_app_request_count", revision_name=canary, response_code="200") >= served_by[canary]
+
+
+def _auto(stack, prometheus, *extra):
+    return main(["rollout", "auto", "--gateway", stack.gateway_url, "--prometheus", prometheus.url,
+                 "--window", "15s", "--min-requests", "15", "--steps", "", "--interval", "4",
+                 "--passes-per-step", "2", "--timeout", "150", *extra])
+
+
+@pytest.mark.slow
+def test_auto_promotes_a_good_canary(stack, prometheus, registered, images, capsys):
+    from gourmetgram import registry
+
+    revs = _revisions(stack)
+    canary = max(revs)
+    started = time.monotonic()
+    with Load(stack.gateway_url, images) as load:
+        rc = _auto(stack, prometheus)
+    took = time.monotonic() - started
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "decision: PROMOTE" in out and "promoted" in out
+    assert all(code == 200 for code in load.codes), set(load.codes)
+    status = httpx.get(f"{stack.gateway_url}/_gourmetgram/rollout").json()
+    assert status["latest_rolledout_revision"] == canary and status["canary_traffic_percent"] is None
+    assert [(r["name"], r["percent"]) for r in status["revisions"]] == [(canary, 100)]
+    assert registry.version_for(PRODUCTION) == registered["good"] and registry.version_for(CANARY) is None
+    # the evidence is what Prometheus says about the gateway/transformer metrics
+    assert re.search(r"mean confidence\s+\d\.\d{3}\s+\d\.\d{3}", out)
+    print(f"\npromoted after {took:.1f} s ({len(load.codes)} requests)\n" + out[-1500:])
+
+
+@pytest.mark.slow
+def test_auto_rolls_back_a_bad_canary(stack, prometheus, registered, bundles, images, capsys):
+    from gourmetgram import registry
+
+    stable = _revisions(stack)
+    assert main(["rollout", "canary", "--percent", "30", "--version", str(registered["bad"]),
+                 "--gateway", stack.gateway_url]) == 0
+    canary = max(_revisions(stack))
+    assert canary not in stable and registry.version_for(CANARY) == registered["bad"]
+    capsys.readouterr()
+    started = time.monotonic()
+    with Load(stack.gateway_url, images) as load:
+        rc = _auto(stack, prometheus)
+    took = time.monotonic() - started
+    out = capsys.readouterr().out
+    assert rc == 1, out
+    assert "decision: ROLLBACK" in out and "class mix shift (TVD) failed" in out
+    assert re.search(rf"canary: {bundles['bad_class']} 100%", out)
+    assert all(code == 200 for code in load.codes)
+    status = httpx.get(f"{stack.gateway_url}/_gourmetgram/rollout").json()
+    assert status["canary_traffic_percent"] == 0
+    percents = {r["name"]: (r["percent"], r["tag"]) for r in status["revisions"]}
+    assert percents[canary] == (0, "latest") and list(percents.values()).count((100, "prev")) == 1
+    # after the rollback nothing reaches the bad canary unless asked for by tag
+    after = [_predict(stack.gateway_url, images[i]).headers["x-gourmetgram-revision"] for i in range(20)]
+    assert canary not in after
+    assert registry.version_for(CANARY) is None and registry.version_for(PRODUCTION) == registered["good"]
+    assert main(["rollout", "status", "--gateway", stack.gateway_url]) == 0
+    assert "canaryTrafficPercent 0" in capsys.readouterr().out
+    print(f"\nrolled back after {took:.1f} s\n" + out[-1500:])
+
+
+@pytest.mark.slow
+def test_rollout_errors_are_clear(stack, capsys):
+    assert main(["rollout", "canary", "--percent", "10", "--bundle", "/no/such/bundle",
+                 "--gateway", stack.gateway_url]) == 2
+    assert "/no/such/bundle" in capsys.readouterr().err
+    assert main(["rollout", "status", "--gateway", "http://127.0.0.1:9"]) == 2
+    assert "not reachable" in capsys.readouterr().err
