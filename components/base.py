@@ -1,0 +1,40 @@
+"""What every pipeline component shares: the image, the decorator, the cluster secrets.
+
+Components are KFP v2 *lightweight* Python components: KFP ships the function's source
+and runs it with the image's interpreter. ``install_kfp_package=False`` because the image
+(``components/Dockerfile``) already has kfp and this project installed; the same setting
+lets ``kfp.local.SubprocessRunner(use_venv=False)`` run them with the current interpreter,
+no pip, no network.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+from kfp import dsl
+
+from gourmetgram import __version__
+
+# The pipeline image, built from components/Dockerfile (python 3.11 + this project).
+# Override when compiling for another registry: GOURMETGRAM_PIPELINE_IMAGE=... or
+# `gourmetgram pipeline compile --image ...`.
+DEFAULT_PIPELINE_IMAGE = f"ghcr.io/gourmetgram/pipeline-python3.11:{__version__}"
+PIPELINE_IMAGE = os.environ.get("GOURMETGRAM_PIPELINE_IMAGE", DEFAULT_PIPELINE_IMAGE)
+
+# Kubernetes Secrets the cluster steps read as environment variables (optional=True:
+# a missing Secret falls back to the step's defaults). Their values never live in git.
+MLFLOW_SECRET = "mlflow-credentials"
+MLFLOW_SECRET_ENV = {
+    "MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI",
+    "MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD",
+}
+OBJECT_STORE_SECRET = "object-store-credentials"
+OBJECT_STORE_SECRET_ENV = {
+    "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
+    "MLFLOW_S3_ENDPOINT_URL": "MLFLOW_S3_ENDPOINT_URL",
+}
+
+component = functools.partial(dsl.component, base_image=PIPELINE_IMAGE, install_kfp_package=False)

@@ -1,0 +1,38 @@
+"""Step 3: the offline evaluation suite; its verdict drives the pipeline's gate."""
+
+from typing import NamedTuple
+
+from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
+
+from components.base import component
+
+
+@component
+def evaluate_model(dataset: Input[Dataset], checkpoint: Input[Model], config: str, mlflow_run_id: str,
+                   metrics: Output[Metrics], confusion_matrix: Output[ClassificationMetrics],
+                   report: Output[Markdown], evaluation: Output[Artifact]
+                   ) -> NamedTuple("EvaluationOutputs", [("passed", bool), ("reasons", str), ("accuracy", float)]):
+    """Accuracy overall and per class, slices, known failure modes, template tests.
+
+    Outputs: scalar metrics, the confusion matrix (KFP UI), a Markdown report, the full
+    result as JSON (plus the confusion-matrix PNG); ``passed`` and ``reasons`` (one per line)
+    and ``accuracy`` for the gate and the registry.
+    """
+    import math
+    from collections import namedtuple
+    from pathlib import Path
+
+    from components.steps import evaluate_step, reasons_text, report_markdown, user_errors
+
+    with user_errors():
+        result = evaluate_step(checkpoint.path, dataset.path, config, evaluation.path, mlflow_run_id)
+    for key, value in result.metrics.items():
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            metrics.log_metric(key, float(value))
+    confusion_matrix.log_confusion_matrix(list(result.class_names), result.confusion_matrix)
+    Path(report.path).write_text(report_markdown(result))
+    evaluation.metadata.update({"passed": result.passed, "n_images": result.n_images,
+                                "reasons": list(result.reasons)})
+    accuracy = result.metrics.get("eval/accuracy", float("nan"))
+    outputs = namedtuple("EvaluationOutputs", ["passed", "reasons", "accuracy"])
+    return outputs(bool(result.passed), reasons_text(result.reasons), float(accuracy))

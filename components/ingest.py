@@ -1,0 +1,26 @@
+"""Step 1: bring the dataset in (folder, archive or URL) and validate it."""
+
+from typing import NamedTuple
+
+from kfp.dsl import Dataset, Output
+
+from components.base import component
+
+
+@component
+def ingest_and_validate(dataset_uri: str, dataset: Output[Dataset]
+                        ) -> NamedTuple("IngestOutputs", [("fingerprint", str), ("num_classes", int)]):
+    """Copy the dataset into the artifact and check its layout and every image.
+
+    A bad dataset fails here with the DatasetError message, before any training.
+    Metadata: source, fingerprint (sha256 of names and bytes), class names, counts.
+    """
+    from collections import namedtuple
+
+    from components.steps import ingest_step, user_errors
+
+    with user_errors():
+        info = ingest_step(dataset_uri, dataset.path)
+    dataset.metadata.update(info)
+    outputs = namedtuple("IngestOutputs", ["fingerprint", "num_classes"])
+    return outputs(info["fingerprint"], int(info["num_classes"]))

@@ -1,0 +1,288 @@
+"""The pipeline steps as plain functions: paths and strings in, plain results out.
+
+The KFP components (one module per step in this package) are thin wrappers that map
+artifacts to paths and results to outputs/metadata; everything testable lives here and in
+the :mod:`gourmetgram` modules it calls. Each step runs in its own process (a pod on the
+cluster, a subprocess under ``kfp.local``), so nothing here keeps state between steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import urllib.parse
+from pathlib import Path
+from typing import Iterator
+
+from gourmetgram.config import RunConfig, load_config, override
+from gourmetgram.constants import STAGES, SPLITS
+from gourmetgram.errors import ConfigError, DatasetError, UserError
+
+# A step prints this before failing on bad input, so the local CLI can show the reason
+# (exit 2) instead of KFP's generic "task failed". (Not in components.base: the step
+# runtime must not import kfp.dsl's authoring API.)
+ERROR_MARKER = "gourmetgram-error: "
+PARITY_IMAGES = 32  # real evaluation images used for the ONNX-vs-PyTorch parity check
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn bad input into one marked line and exit status 2 (no traceback to dig through).
+
+    The local CLI picks the marked line out of the step's log and reports it (exit 2);
+    on the cluster the same line is the last thing in the failed pod's log.
+    """
+    try:
+        yield
+    except UserError as exc:
+        message = str(exc).replace("\n", "\\n")
+        print(f"{ERROR_MARKER}{message}", flush=True)
+        print(f"{ERROR_MARKER}{message}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+def resolve_config(config: str, epochs: int = -1) -> RunConfig:
+    """``demo`` | ``food11`` | a YAML path, with the pipeline's ``epochs`` (-1 keeps the file's)."""
+    if epochs < -1:
+        raise ConfigError(f"epochs must be -1 (from the config) or >= 0, got {epochs}")
+    cfg = load_config(config)
+    return override(cfg, "train", epochs=epochs) if epochs >= 0 else cfg
+
+
+def check_stage(stage: str) -> str:
+    if stage not in STAGES:
+        raise ConfigError(f"unknown stage {stage!r}; use one of {', '.join(STAGES)}")
+    return stage
+
+
+def is_local_uri(uri: str) -> bool:
+    """True for artifacts on this machine (``kfp.local``), False for minio:// s3:// gs://."""
+    return urllib.parse.urlparse(uri).scheme in ("", "file")
+
+
+def _link_or_copy(src: str, dst: str) -> str:
+    """Hard-link when source and target share a file system (free), else copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    return dst
+
+
+# -- ingest + validate -------------------------------------------------------------------------
+
+def ingest_step(dataset_uri: str, out_dir: str | Path) -> dict:
+    """Bring ``dataset_uri`` (folder, archive, URL) into ``out_dir``, validate it, describe it.
+
+    The dataset *is* the artifact, so every later step (another pod on the cluster) gets it
+    from the artifact store; locally the copy is hard links.
+    """
+    from gourmetgram.data.ingest import ingest
+    from gourmetgram.data.layout import validate_dataset
+
+    if not dataset_uri or not dataset_uri.strip():
+        raise DatasetError("dataset_uri is empty; pass a dataset folder, archive or http(s) URL")
+    out = Path(out_dir)
+    work = out.parent / f".{out.name}.ingest"
+    try:
+        root = ingest(dataset_uri.strip(), work)
+        if out.exists():
+            shutil.rmtree(out)
+        if Path(root).resolve().is_relative_to(work.resolve()):
+            shutil.move(str(root), str(out))  # extracted/downloaded: ours to move
+        else:
+            shutil.copytree(root, out, copy_function=_link_or_copy, symlinks=False)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report = validate_dataset(out, check_images=True, progress=False)
+    print(f"dataset {dataset_uri}: {report.summary()}", flush=True)
+    return {
+        "source": dataset_uri,
+        "fingerprint": report.fingerprint,
+        "class_names": list(report.class_names),
+        "num_classes": report.num_classes,
+        "counts": {split: list(report.counts[split]) for split in SPLITS},
+        "images": {split: report.total(split) for split in SPLITS},
+        "summary": report.summary(),
+    }
+
+
+# -- train -------------------------------------------------------------------------------------
+
+def train_step(dataset_dir: str | Path, config: str, epochs: int, checkpoint_path: str | Path,
+               source: str = "", run_name: str | None = None):
+    """Train with the resolved config; returns :class:`gourmetgram.training.TrainResult`."""
+    from gourmetgram.data.layout import validate_dataset
+    from gourmetgram.training import train
+
+    cfg = resolve_config(config, epochs)
+    report = validate_dataset(dataset_dir, check_images=False, progress=False)  # names, fingerprint
+    print(f"training on {report.summary()} with {cfg.source} ({cfg.train.epochs} epochs)", flush=True)
+    result = train(dataset_dir, report, cfg, checkpoint_path, log_to_mlflow=True, progress=True,
+                   run_name=run_name)
+    _set_run_tags(result.mlflow_run_id, {"config": cfg.source, "data.source": source or str(dataset_dir)})
+    return result
+
+
+def _set_run_tags(run_id: str | None, tags: dict[str, str]) -> None:
+    if not run_id:
+        return
+    from gourmetgram.tracking import configure_mlflow
+
+    client = configure_mlflow().MlflowClient()
+    for key, value in tags.items():
+        client.set_tag(run_id, key, str(value)[:5000])
+
+
+# -- evaluate ----------------------------------------------------------------------------------
+
+def evaluate_step(checkpoint: str | Path, dataset_dir: str | Path, config: str, out_dir: str | Path,
+                  mlflow_run_id: str = ""):
+    """Run the offline evaluation suite; log it next to the training run. -> EvaluationResult."""
+    from gourmetgram.evaluation.suite import JSON_NAME, evaluate, log_evaluation
+    from gourmetgram.model import load_checkpoint
+
+    cfg = resolve_config(config)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result = evaluate(load_checkpoint(checkpoint), Path(dataset_dir), cfg.evaluation, out)
+    result.to_json(out / JSON_NAME)
+    log_evaluation(result, mlflow_run_id or None)
+    print(result.format_report(), flush=True)
+    return result
+
+
+def report_markdown(result) -> str:
+    """The evaluation report as Markdown for the KFP UI (the text report, fenced)."""
+    verdict = "PASSED" if result.passed else "FAILED"
+    reasons = "".join(f"- {r}\n" for r in result.reasons) or "- every check passed\n"
+    return (f"# Offline evaluation: {verdict}\n\n{reasons}\n"
+            f"```text\n{result.format_report()}\n```\n")
+
+
+def reasons_text(reasons: list[str]) -> str:
+    return "\n".join(reasons)
+
+
+# -- export ------------------------------------------------------------------------------------
+
+def parity_images(dataset_dir: str | Path, image_size: int, limit: int = PARITY_IMAGES):
+    """Real evaluation images, spread over the classes, preprocessed as serving does."""
+    from gourmetgram.data.layout import list_images
+    from gourmetgram.preprocessing import preprocess_batch
+
+    items = list_images(Path(dataset_dir) / "evaluation")
+    if not items:
+        return None
+    step = max(1, len(items) // limit)
+    chosen = items[::step][:limit]
+    return preprocess_batch([p.read_bytes() for p, _ in chosen], image_size)
+
+
+def export_step(checkpoint: str | Path, dataset_dir: str | Path, config: str, bundle_dir: str | Path,
+                model_name: str):
+    """Export the Triton bundle (parity-checked on real images). -> ExportResult."""
+    from gourmetgram.export import export_bundle
+    from gourmetgram.model import load_checkpoint
+
+    cfg = resolve_config(config)
+    model = load_checkpoint(checkpoint)
+    images = parity_images(dataset_dir, model.spec.image_size)
+    result = export_bundle(model, bundle_dir, cfg.export, model_name=model_name, parity_images=images,
+                           overwrite=True)
+    # ---- DRIFT DETECTOR HOOK ---------------------------------------------------------------
+    # The lead wires drift_detector.build.build_detector(bundle_dir, dataset_dir, ...) here: it
+    # writes <bundle>/detector/ (contract 1), so the bundle artifact carries the detector.
+    # ----------------------------------------------------------------------------------------
+    p = result.parity
+    print(f"exported {model_name} to {result.bundle_dir} ({result.size_bytes / 1e6:.1f} MB); parity: "
+          f"max |logit diff| {p.max_abs_diff:.2e}, top-1 agreement {p.top1_agreement:.3f} on "
+          f"{p.n_images} images", flush=True)
+    return result
+
+
+# -- register / reject -------------------------------------------------------------------------
+
+def logged_model_uri(run_id: str) -> str:
+    """The MLflow 3 URI of the model the training run logged (``models:/m-...``)."""
+    from gourmetgram.tracking import configure_mlflow
+
+    mlflow = configure_mlflow()
+    run = mlflow.get_run(run_id)
+    outputs = getattr(run, "outputs", None)
+    for output in getattr(outputs, "model_outputs", None) or []:
+        return f"models:/{output.model_id}"
+    return f"runs:/{run_id}/model"  # MLflow 3 resolves this to the run's logged model too
+
+
+def local_models_dir() -> Path:
+    from gourmetgram.tracking import home
+
+    return home() / "models"
+
+
+def publish_local_bundle(bundle_path: str | Path, name: str) -> Path:
+    """Copy a local bundle to ``$GOURMETGRAM_HOME/models/<name>/``, where ``serve`` looks."""
+    target = local_models_dir() / name
+    if target.exists():
+        shutil.rmtree(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(bundle_path, target, copy_function=_link_or_copy)
+    return target
+
+
+def serving_uri(artifact_uri: str) -> str:
+    """KFP's ``minio://bucket/key`` is S3 to everyone else (KServe's storage initializer)."""
+    return "s3://" + artifact_uri[len("minio://"):] if artifact_uri.startswith("minio://") else artifact_uri
+
+
+def register_step(mlflow_run_id: str, bundle_uri: str, bundle_path: str | Path, bundle_metadata: dict,
+                  stage: str, registered_model_name: str, model_name: str, accuracy: float,
+                  dataset_fingerprint: str) -> dict:
+    """Register the training run's model under ``stage``'s alias, tagged with its bundle.
+
+    A local run first copies the bundle to ``$GOURMETGRAM_HOME/models/<run id>/`` and tags
+    that path; on the cluster the tag is the bundle's object-store URI.
+    """
+    from gourmetgram.registry import register_model, version_tags
+
+    check_stage(stage)
+    if not mlflow_run_id:
+        raise UserError("no MLflow run id from the training step; cannot register")
+    if is_local_uri(bundle_uri):
+        bundle = str(publish_local_bundle(bundle_path, mlflow_run_id))
+    else:
+        bundle = serving_uri(bundle_uri)
+    triton_repo = bundle.rstrip("/") + "/triton"
+    tags = version_tags(evaluation_passed=True, accuracy=accuracy, dataset_fingerprint=dataset_fingerprint,
+                        bundle_uri=bundle, run_id=mlflow_run_id)
+    tags.update({"triton.repo": triton_repo, "triton.model_name": model_name})
+    version = register_model(logged_model_uri(mlflow_run_id), tags, alias=stage, name=registered_model_name)
+    _set_run_tags(mlflow_run_id, {"gate": "passed", "registered_version": str(version)})
+    outcome = {
+        "verdict": "registered", "registered_model": registered_model_name, "version": int(version),
+        "alias": stage, "bundle_uri": bundle, "triton_repo": triton_repo, "pipeline_artifact": bundle_uri,
+        "size_bytes": int(bundle_metadata.get("size_bytes", 0) or 0),
+        "parity": bundle_metadata.get("parity", {}), "reasons": [],
+    }
+    print(f"registered {registered_model_name} version {version} with alias {stage!r}; "
+          f"bundle at {bundle}", flush=True)
+    return outcome
+
+
+def reject_step(reasons: str, mlflow_run_id: str = "") -> dict:
+    """Record why the gate stopped the model: in the log, on the MLflow run, in the outcome."""
+    items = [r for r in reasons.splitlines() if r.strip()] or ["the evaluation gate failed"]
+    print("MODEL REJECTED by the evaluation gate; nothing is exported or registered. Reasons:", flush=True)
+    for reason in items:
+        print(f"  - {reason}", flush=True)
+    _set_run_tags(mlflow_run_id, {"gate": "rejected", "gate.reasons": "; ".join(items)})
+    return {"verdict": "rejected", "reasons": items, "registered_model": None, "version": None,
+            "alias": None, "bundle_uri": None, "triton_repo": None, "size_bytes": 0}
+
+
+def outcome_json(outcome: dict) -> str:
+    return json.dumps(outcome, sort_keys=True)

@@ -1,0 +1,330 @@
+"""``gourmetgram pipeline``: run the training pipeline locally, compile it, submit it to KFP.
+
+``run`` executes the same ``@dsl.pipeline`` function the cluster runs, under ``kfp.local``
+(SubprocessRunner with this interpreter: no containers, no pip), then prints the
+evaluation report, the gate's verdict, where the bundle went and what was registered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import sys
+import time
+import urllib.parse
+import warnings
+from pathlib import Path
+
+from gourmetgram.constants import MODEL_NAME, REGISTERED_MODEL_NAME, REPO_ROOT, STAGES, STAGING
+from gourmetgram.errors import UserError
+from gourmetgram.tracking import home, tracking_uri
+
+DEFAULT_PACKAGE = REPO_ROOT / "pipelines" / "training_pipeline.yaml"
+DEFAULT_EXPERIMENT = "gourmetgram"
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+# -- local run ---------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class LocalRunResult:
+    """What a local pipeline run produced (read back from the pipeline's outputs)."""
+
+    passed: bool
+    reasons: list[str]
+    mlflow_run_id: str
+    evaluation: object  # gourmetgram.evaluation.suite.EvaluationResult
+    outcome: dict  # register_step / reject_step outcome
+    seconds: float
+    pipeline_root: str
+
+    @property
+    def registered(self) -> bool:
+        return self.outcome.get("verdict") == "registered"
+
+
+class _Tee:
+    """Pass the steps' logs through and remember the marked error lines they print."""
+
+    def __init__(self, stream, marker: str):
+        self.stream, self.marker, self.found, self._partial = stream, marker, [], ""
+
+    def write(self, text: str) -> int:
+        self.stream.write(text)
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            at = line.find(self.marker)
+            if at >= 0:
+                self.found.append(line[at + len(self.marker):].replace("\\n", "\n").strip())
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name: str):  # encoding, isatty, fileno, ...
+        return getattr(self.stream, name)
+
+
+def check_run_inputs(dataset_uri: str, config: str, epochs: int, stage: str, model_name: str) -> None:
+    """Fail fast (exit 2) on what can be checked before starting the pipeline."""
+    from components.steps import check_stage, resolve_config
+    from gourmetgram.errors import DatasetError
+
+    parsed = urllib.parse.urlparse(dataset_uri)
+    if parsed.scheme in ("", "file"):
+        path = Path(parsed.path if parsed.scheme == "file" else dataset_uri).expanduser()
+        if not path.exists():
+            raise DatasetError(f"dataset {path} does not exist")
+    elif parsed.scheme not in ("http", "https"):
+        raise DatasetError(f"unsupported dataset URI scheme {parsed.scheme!r} in {dataset_uri}; "
+                           "use a folder, an archive or an http(s) URL")
+    resolve_config(config, epochs)
+    check_stage(stage)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", model_name):
+        raise UserError(f"invalid model name {model_name!r}: use letters, digits, '_', '.', '-'")
+
+
+def run_local(dataset_uri: str, config: str = "demo", epochs: int = -1, model_name: str = MODEL_NAME,
+              stage: str = STAGING, registered_model_name: str = REGISTERED_MODEL_NAME,
+              pipeline_root: str | Path | None = None, enable_caching: bool = False) -> LocalRunResult:
+    """Run the training pipeline with ``kfp.local``; bad input raises :class:`UserError`."""
+    check_run_inputs(dataset_uri, config, epochs, stage, model_name)
+    parsed = urllib.parse.urlparse(dataset_uri)
+    if parsed.scheme == "" and not Path(dataset_uri).is_absolute():
+        dataset_uri = str(Path(dataset_uri).expanduser().resolve())  # steps may run elsewhere
+    if config.endswith((".yaml", ".yml")):
+        config = str(Path(config).expanduser().resolve())
+    gg_home = home()  # absolute; the steps inherit the environment
+    os.environ["GOURMETGRAM_HOME"] = str(gg_home)
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")  # stream step logs as they happen
+    os.environ.setdefault("NUMBA_CACHE_DIR", "/tmp/numba_cache")
+    root = Path(pipeline_root) if pipeline_root else gg_home / "pipeline_runs"
+
+    from kfp import local
+
+    from components.steps import ERROR_MARKER
+    from gourmetgram.evaluation.suite import JSON_NAME, EvaluationResult
+    from pipelines.training_pipeline import training_pipeline
+
+    local.init(local.SubprocessRunner(use_venv=False), pipeline_root=str(root), enable_caching=enable_caching)
+    # GPU, Secrets, timeouts: cluster settings that kfp.local ignores by design.
+    warnings.filterwarnings("ignore", message=r"Task '.*': settings .* have no effect")
+    tee = _Tee(sys.stdout, ERROR_MARKER)
+    started = time.perf_counter()
+    saved, sys.stdout = sys.stdout, tee
+    try:
+        task = training_pipeline(dataset_uri=dataset_uri, config=config, epochs=epochs, model_name=model_name,
+                                 stage=stage, registered_model_name=registered_model_name)
+    except RuntimeError as exc:
+        if tee.found:
+            raise UserError(tee.found[-1]) from None
+        raise PipelineFailed(ANSI.sub("", str(exc))) from None
+    finally:
+        sys.stdout = saved
+    seconds = time.perf_counter() - started
+    out = task.outputs
+    evaluation = EvaluationResult.from_json(Path(out["evaluation"].path) / JSON_NAME)
+    return LocalRunResult(
+        passed=bool(out["passed"]), reasons=[r for r in str(out["reasons"]).splitlines() if r.strip()],
+        mlflow_run_id=str(out["mlflow_run_id"]), evaluation=evaluation, outcome=json.loads(out["outcome"]),
+        seconds=seconds, pipeline_root=str(root),
+    )
+
+
+class PipelineFailed(Exception):
+    """A step crashed (not bad input): its traceback is in the log above."""
+
+
+def format_summary(result: LocalRunResult) -> str:
+    """The end-of-run summary: report, verdict, bundle, MLflow run, registered version."""
+    o = result.outcome
+    bar = "=" * 78
+    lines = [bar, result.evaluation.format_report(), bar]
+    if result.registered:
+        size = o.get("size_bytes") or 0
+        parity = o.get("parity") or {}
+        lines += [
+            "verdict:          PASSED -> exported and registered",
+            f"bundle:           {o.get('bundle_uri')}",
+            f"Triton repo:      {o.get('triton_repo')}  ({size / 1e6:.1f} MB)",
+        ]
+        if parity:
+            lines.append(f"parity:           max |logit diff| {parity.get('max_abs_diff', float('nan')):.2e}, "
+                         f"top-1 agreement {parity.get('top1_agreement', float('nan')):.3f} "
+                         f"on {int(parity.get('n_images', 0))} images")
+        lines.append(f"registered model: {o.get('registered_model')} version {o.get('version')} "
+                     f"(alias '{o.get('alias')}')")
+    else:
+        lines.append("verdict:          REJECTED by the evaluation gate: nothing exported or registered")
+        lines += [f"  - {r}" for r in (o.get("reasons") or result.reasons)]
+    lines += [
+        f"MLflow run:       {result.mlflow_run_id}",
+        f"MLflow tracking:  {tracking_uri()}",
+        f"pipeline outputs: {result.pipeline_root}",
+        f"wall time:        {result.seconds:.1f} s",
+        bar,
+    ]
+    return "\n".join(lines)
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        result = run_local(args.dataset, args.config, args.epochs, args.model_name, args.stage,
+                           args.registered_model_name, args.pipeline_root, args.cache)
+    except PipelineFailed as exc:
+        print(f"error: the pipeline failed: {exc} (the failing step's log is above)", file=sys.stderr)
+        return 1
+    print(format_summary(result))
+    return 0 if result.registered else 1
+
+
+# -- compile -----------------------------------------------------------------------------------
+
+def compile_to(output: str | Path, image: str | None = None) -> Path:
+    """Compile the pipeline to IR YAML (optionally for another pipeline image)."""
+    if image:
+        if "pipelines.training_pipeline" in sys.modules:
+            raise UserError("--image must be set before the pipeline module is imported")
+        os.environ["GOURMETGRAM_PIPELINE_IMAGE"] = image
+    from pipelines.training_pipeline import compile_pipeline
+
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    compile_pipeline(str(output))
+    return output
+
+
+def _compile(args: argparse.Namespace) -> int:
+    path = compile_to(args.output, args.image)
+    print(f"compiled the training pipeline to {path}")
+    return 0
+
+
+# -- submit ------------------------------------------------------------------------------------
+
+_KFP_TYPES = {"STRING": str, "NUMBER_INTEGER": int, "NUMBER_DOUBLE": float, "BOOLEAN": bool}
+
+
+def parse_params(pairs: list[str], package: Path) -> dict:
+    """``k=v`` pairs, typed and checked against the compiled pipeline's parameters."""
+    import yaml
+
+    spec = next(yaml.safe_load_all(package.read_text()))  # then the platform (kubernetes) spec
+    declared = spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {})
+    params: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UserError(f"--param {pair!r}: use key=value")
+        if key not in declared:
+            raise UserError(f"unknown pipeline parameter {key!r}; known: {', '.join(sorted(declared))}")
+        kind = _KFP_TYPES.get(declared[key].get("parameterType"), str)
+        try:
+            if kind is bool:
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(value)
+                params[key] = value.lower() in ("true", "1")
+            else:
+                params[key] = kind(value)
+        except ValueError:
+            raise UserError(f"--param {key}={value!r}: expected {kind.__name__}") from None
+    missing = [k for k, d in declared.items() if not d.get("isOptional") and k not in params]
+    if missing:
+        raise UserError(f"missing required pipeline parameter(s): {', '.join(missing)} (use --param key=value)")
+    return params
+
+
+def submit(host: str, package: str | Path, experiment: str, params: dict, run_name: str | None = None,
+           namespace: str | None = None, enable_caching: bool | None = None):
+    """Create a run on a KFP backend from the compiled package; returns kfp's RunPipelineResult."""
+    import kfp
+
+    token = os.environ.get("KFP_TOKEN") or None
+    kwargs = {"namespace": namespace} if namespace else {}
+    client = kfp.Client(host=host, existing_token=token, **kwargs)
+    return client.create_run_from_pipeline_package(
+        str(package), arguments=params, run_name=run_name, experiment_name=experiment,
+        namespace=namespace, enable_caching=enable_caching)
+
+
+def _submit(args: argparse.Namespace) -> int:
+    package = Path(args.package)
+    if not package.is_file():
+        raise UserError(f"pipeline package {package} does not exist; run `gourmetgram pipeline compile`")
+    if urllib.parse.urlparse(args.host).scheme not in ("http", "https"):
+        raise UserError(f"--host {args.host!r} must be an http(s) URL of the KFP API")
+    params = parse_params(args.param or [], package)
+    try:
+        result = submit(args.host, package, args.experiment, params, args.run_name, args.namespace,
+                        False if args.no_cache else None)
+    except Exception as exc:  # the client raises urllib3/ApiException subclasses
+        if type(exc).__module__.startswith(("urllib3", "kfp_server_api", "requests")) or isinstance(exc, OSError):
+            raise UserError(f"could not submit to {args.host}: {exc}") from None
+        raise
+    print(f"submitted run {result.run_id} to {args.host} (experiment {args.experiment!r})")
+    print(f"run details: {args.host.rstrip('/')}/#/runs/details/{result.run_id}")
+    return 0
+
+
+# -- argparse ----------------------------------------------------------------------------------
+
+def _int_at_least_minus_one(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if number < -1:
+        raise argparse.ArgumentTypeError("use -1 (from the config) or a number of epochs >= 0")
+    return number
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--epochs", type=_int_at_least_minus_one, default=-1,
+                        help="-1: from the config; 0: the untrained network (shows the gate rejecting it)")
+    parser.add_argument("--model-name", default=MODEL_NAME, help=f"Triton model name (default {MODEL_NAME})")
+    parser.add_argument("--stage", default=STAGING, choices=STAGES, help="registry alias to set (default staging)")
+    parser.add_argument("--registered-model-name", default=REGISTERED_MODEL_NAME,
+                        help=f"MLflow registered model (default {REGISTERED_MODEL_NAME})")
+    parser.add_argument("--pipeline-root", help="where step outputs go (default $GOURMETGRAM_HOME/pipeline_runs)")
+    parser.add_argument("--cache", action="store_true", help="reuse outputs of identical earlier steps")
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "pipeline", help="run the training pipeline locally, compile it, or submit it to Kubeflow",
+        description="The KFP v2 training pipeline: ingest + validate -> train -> evaluate -> gate -> "
+                    "export to Triton -> register in MLflow.")
+    sub = parser.add_subparsers(dest="pipeline_command", metavar="ACTION", required=True)
+
+    run = sub.add_parser("run", help="run the pipeline here with kfp.local (no cluster)",
+                         description="Run every step as a local subprocess with this interpreter; print "
+                                     "the evaluation report and where the model went. Exit 1 when the "
+                                     "evaluation gate rejects the model.")
+    run.add_argument("--dataset", required=True, help="dataset folder, .zip/.tar.gz archive, or http(s) URL")
+    run.add_argument("--config", default="food11", help="demo, food11 or a YAML path (default food11)")
+    add_run_arguments(run)
+    run.set_defaults(func=_run)
+
+    comp = sub.add_parser("compile", help="write the pipeline's IR YAML for a KFP backend",
+                          description="Compile the pipeline function to KFP IR YAML.")
+    comp.add_argument("--output", default=str(DEFAULT_PACKAGE), help=f"target file (default {DEFAULT_PACKAGE})")
+    comp.add_argument("--image", help="pipeline image to put in the spec (default: components.base.PIPELINE_IMAGE)")
+    comp.set_defaults(func=_compile)
+
+    sm = sub.add_parser("submit", help="create a run on a Kubeflow Pipelines backend",
+                        description="Submit the compiled pipeline with kfp.Client. A bearer token is read "
+                                    "from KFP_TOKEN when set.")
+    sm.add_argument("--host", required=True, help="KFP API URL, e.g. http://localhost:8888")
+    sm.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help=f"experiment name (default {DEFAULT_EXPERIMENT})")
+    sm.add_argument("--param", action="append", metavar="KEY=VALUE",
+                    help="pipeline parameter, repeatable (dataset_uri is required)")
+    sm.add_argument("--run-name", help="run name (default: kfp picks one)")
+    sm.add_argument("--namespace", help="Kubeflow profile namespace (multi-user installs)")
+    sm.add_argument("--package", default=str(DEFAULT_PACKAGE), help="compiled pipeline YAML")
+    sm.add_argument("--no-cache", action="store_true", help="disable step caching for this run")
+    sm.set_defaults(func=_submit)

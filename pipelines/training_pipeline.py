@@ -1,0 +1,117 @@
+"""The training pipeline: ingest -> train -> evaluate -> gate -> export -> register.
+
+One ``@dsl.pipeline`` function serves both runtimes: ``gourmetgram pipeline run`` calls it
+under ``kfp.local`` (SubprocessRunner, this interpreter), and ``gourmetgram pipeline
+compile`` writes the IR YAML (``pipelines/training_pipeline.yaml``) that ``pipeline submit``
+or ``kfp run create`` sends to a Kubeflow Pipelines backend. Cluster-only settings (GPU,
+Secrets, timeouts) are ignored locally, with a warning from KFP.
+"""
+
+from typing import NamedTuple
+
+from kfp import dsl, kubernetes
+
+from components.base import MLFLOW_SECRET, MLFLOW_SECRET_ENV, OBJECT_STORE_SECRET, OBJECT_STORE_SECRET_ENV
+from components.evaluate import evaluate_model
+from components.export import export_model
+from components.ingest import ingest_and_validate
+from components.register import register_model
+from components.reject import reject_model
+from components.train import train_model
+from gourmetgram.constants import MODEL_NAME, REGISTERED_MODEL_NAME, STAGING
+
+PIPELINE_NAME = "gourmetgram-training"
+PIPELINE_FILE = "training_pipeline.yaml"  # next to this module
+
+# Cluster settings (seconds / retries); ignored by kfp.local.
+INGEST_TIMEOUT_S = 2 * 3600
+TRAIN_TIMEOUT_S = 6 * 3600
+STEP_TIMEOUT_S = 3600
+TRAIN_RETRIES = 2  # a preempted GPU node, a flaky object store
+
+
+class PipelineOutputs(NamedTuple):
+    passed: bool  # the evaluation gate's verdict
+    reasons: str  # why it failed, one per line (empty when it passed)
+    mlflow_run_id: str
+    evaluation: dsl.Artifact  # evaluation.json (+ confusion matrix PNG)
+    outcome: str  # JSON: registered version, alias and bundle location, or the rejection
+
+
+def _with_secrets(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """MLflow and object-store credentials from Kubernetes Secrets (optional: absent -> defaults)."""
+    kubernetes.use_secret_as_env(task, MLFLOW_SECRET, MLFLOW_SECRET_ENV, optional=True)
+    kubernetes.use_secret_as_env(task, OBJECT_STORE_SECRET, OBJECT_STORE_SECRET_ENV, optional=True)
+    return task
+
+
+@dsl.pipeline(name=PIPELINE_NAME,
+              description="GourmetGram Food-11: ingest + validate data, train, evaluate offline, "
+                          "and only if the gate passes export to Triton and register in MLflow.")
+def training_pipeline(dataset_uri: str, config: str = "food11", epochs: int = -1, model_name: str = MODEL_NAME,
+                      stage: str = STAGING, registered_model_name: str = REGISTERED_MODEL_NAME
+                      ) -> PipelineOutputs:
+    """``dataset_uri``: folder, archive or URL in the Food-11 layout. ``config``: ``demo``,
+    ``food11`` or a YAML path in the image. ``epochs``: -1 = from the config, 0 = untrained
+    (proves the gate). ``model_name``: the Triton model name. ``stage``: the registry alias.
+    """
+    ingest = ingest_and_validate(dataset_uri=dataset_uri).set_display_name("ingest + validate data")
+    ingest.set_caching_options(False)  # the same URI may hold new data
+    _with_secrets(ingest)
+    kubernetes.set_timeout(ingest, INGEST_TIMEOUT_S)
+
+    train = train_model(dataset=ingest.outputs["dataset"], config=config, epochs=epochs)
+    train.set_display_name("train")
+    train.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
+    train.set_cpu_request("2").set_memory_request("8Gi").set_memory_limit("16Gi")
+    train.set_retry(num_retries=TRAIN_RETRIES, backoff_duration="60s", backoff_factor=2.0)
+    train.set_caching_options(True)
+    _with_secrets(train)
+    kubernetes.add_toleration(train, key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")
+    kubernetes.set_timeout(train, TRAIN_TIMEOUT_S)
+
+    evaluate = evaluate_model(dataset=ingest.outputs["dataset"], checkpoint=train.outputs["checkpoint"],
+                              config=config, mlflow_run_id=train.outputs["mlflow_run_id"])
+    evaluate.set_display_name("offline evaluation")
+    evaluate.set_caching_options(True)
+    _with_secrets(evaluate)
+    kubernetes.set_timeout(evaluate, STEP_TIMEOUT_S)
+
+    with dsl.If(evaluate.outputs["passed"] == True, name="evaluation-passed"):  # noqa: E712 (KFP condition)
+        export = export_model(dataset=ingest.outputs["dataset"], checkpoint=train.outputs["checkpoint"],
+                              config=config, model_name=model_name)
+        export.set_display_name("export to Triton (parity-checked)")
+        export.set_caching_options(True)
+        _with_secrets(export)
+        kubernetes.set_timeout(export, STEP_TIMEOUT_S)
+        # ---- DRIFT DETECTOR STEP (the lead wires it here) ------------------------------------
+        # drift_detector.build.build_detector(bundle_dir, dataset_root, ...) writes
+        # <bundle>/detector/; see also the hook in components.steps.export_step.
+        # ---------------------------------------------------------------------------------------
+        register = register_model(bundle=export.outputs["bundle"], mlflow_run_id=train.outputs["mlflow_run_id"],
+                                  stage=stage, registered_model_name=registered_model_name,
+                                  model_name=model_name, accuracy=evaluate.outputs["accuracy"],
+                                  dataset_fingerprint=ingest.outputs["fingerprint"])
+        register.set_display_name("register in MLflow")
+        register.set_caching_options(False)  # a side effect: every run registers anew
+        _with_secrets(register)
+        kubernetes.set_timeout(register, STEP_TIMEOUT_S)
+    with dsl.Else(name="evaluation-failed"):
+        reject = reject_model(reasons=evaluate.outputs["reasons"], mlflow_run_id=train.outputs["mlflow_run_id"])
+        reject.set_display_name("reject: gate failed")
+        reject.set_caching_options(False)
+        _with_secrets(reject)
+
+    return PipelineOutputs(
+        passed=evaluate.outputs["passed"], reasons=evaluate.outputs["reasons"],
+        mlflow_run_id=train.outputs["mlflow_run_id"], evaluation=evaluate.outputs["evaluation"],
+        outcome=dsl.OneOf(register.outputs["outcome"], reject.outputs["outcome"]),
+    )
+
+
+def compile_pipeline(package_path: str) -> str:
+    """Write the IR YAML for the KFP backend; returns the path."""
+    from kfp import compiler
+
+    compiler.Compiler().compile(pipeline_func=training_pipeline, package_path=str(package_path))
+    return str(package_path)

@@ -1,0 +1,294 @@
+"""The KFP training pipeline: compiled spec, local runs through the gate, submission on the wire."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gourmetgram.cli.main import main
+
+COMMITTED = Path(__file__).resolve().parent.parent / "pipelines" / "training_pipeline.yaml"
+
+
+def _compiled(tmp_path: Path) -> Path:
+    from components import base
+    from pipelines.training_pipeline import compile_pipeline
+
+    assert base.PIPELINE_IMAGE == base.DEFAULT_PIPELINE_IMAGE, "unset GOURMETGRAM_PIPELINE_IMAGE for this test"
+    return Path(compile_pipeline(str(tmp_path / "pipeline.yaml")))
+
+
+@pytest.fixture(scope="module")
+def spec_docs(tmp_path_factory) -> tuple[dict, dict]:
+    """(pipeline spec, kubernetes platform spec) of a fresh compile."""
+    docs = list(yaml.safe_load_all(_compiled(tmp_path_factory.mktemp("spec")).read_text()))
+    assert len(docs) == 2, "expected the pipeline spec and the kubernetes platform spec"
+    return docs[0], docs[1]["platforms"]["kubernetes"]
+
+
+def test_committed_yaml_is_not_stale(tmp_path):
+    fresh = _compiled(tmp_path).read_bytes()
+    assert COMMITTED.is_file(), "run `gourmetgram pipeline compile` and commit pipelines/training_pipeline.yaml"
+    assert fresh == COMMITTED.read_bytes(), (
+        "pipelines/training_pipeline.yaml is stale: run `gourmetgram pipeline compile` and commit it")
+
+
+def _all_tasks(spec: dict) -> dict[str, dict]:
+    """Every task of the pipeline, from the root DAG and from the condition sub-DAGs."""
+    tasks = dict(spec["root"]["dag"]["tasks"])
+    for comp in spec["components"].values():
+        tasks.update(comp.get("dag", {}).get("tasks", {}))
+    return tasks
+
+
+def test_spec_requests_a_gpu_retries_and_caches_training(spec_docs):
+    spec, _ = spec_docs
+    executor = spec["deploymentSpec"]["executors"]["exec-train-model"]["container"]
+    accelerator = executor["resources"]["accelerator"]
+    assert (accelerator["resourceType"], accelerator["resourceCount"]) == ("nvidia.com/gpu", "1")
+    train = spec["root"]["dag"]["tasks"]["train-model"]
+    assert train["retryPolicy"]["maxRetryCount"] == 2
+    assert train["cachingOptions"] == {"enableCache": True}
+    tasks = _all_tasks(spec)
+    # side effects and data that may change under the same URI are never cached
+    assert tasks["register-model"].get("cachingOptions", {}).get("enableCache") is not True
+    assert tasks["ingest-and-validate"].get("cachingOptions", {}).get("enableCache") is not True
+    # the steps run the project image, without a pip install at start-up
+    from components.base import PIPELINE_IMAGE
+
+    for name, ex in spec["deploymentSpec"]["executors"].items():
+        assert ex["container"]["image"] == PIPELINE_IMAGE, name
+        assert "pip install" not in " ".join(ex["container"]["command"]), name
+
+
+def test_spec_gates_export_and_register_on_the_evaluation(spec_docs):
+    spec, _ = spec_docs
+    tasks = _all_tasks(spec)
+    passed = [t for t in tasks.values() if t.get("taskInfo", {}).get("name") == "evaluation-passed"]
+    failed = [t for t in tasks.values() if t.get("taskInfo", {}).get("name") == "evaluation-failed"]
+    assert len(passed) == len(failed) == 1
+    cond = passed[0]["triggerPolicy"]["condition"]
+    assert "evaluate-model-passed" in cond and cond.replace(" ", "").endswith("==true")
+    assert failed[0]["triggerPolicy"]["condition"].startswith("!(")
+    branch = spec["components"][passed[0]["componentRef"]["name"]]["dag"]["tasks"]
+    assert set(branch) == {"export-model", "register-model"}
+    assert branch["register-model"]["dependentTasks"] == ["export-model"]
+    other = spec["components"][failed[0]["componentRef"]["name"]]["dag"]["tasks"]
+    assert set(other) == {"reject-model"}
+    assert set(spec["root"]["inputDefinitions"]["parameters"]) == {
+        "dataset_uri", "config", "epochs", "model_name", "stage", "registered_model_name"}
+
+
+def test_spec_reads_credentials_from_optional_secrets(spec_docs):
+    from components.base import MLFLOW_SECRET, OBJECT_STORE_SECRET
+
+    _, k8s = spec_docs
+    executors = k8s["deploymentSpec"]["executors"]
+    for name in ("exec-train-model", "exec-evaluate-model", "exec-register-model", "exec-reject-model"):
+        secrets = {s["secretName"]: s for s in executors[name]["secretAsEnv"]}
+        assert set(secrets) == {MLFLOW_SECRET, OBJECT_STORE_SECRET}, name
+        assert all(s["optional"] for s in secrets.values())
+        envs = {m["envVar"] for s in secrets.values() for m in s["keyToEnv"]}
+        assert {"MLFLOW_TRACKING_URI", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= envs
+    assert int(executors["exec-train-model"]["activeDeadlineSeconds"]) >= 3600
+    assert "nvidia.com/gpu" in json.dumps(executors["exec-train-model"]["tolerations"])
+
+
+def test_ingest_step_links_the_dataset_and_describes_it(demo_dataset, tmp_path):
+    from components.steps import ingest_step
+
+    info = ingest_step(str(demo_dataset), tmp_path / "dataset")
+    assert info["class_names"][:2] == ["zero", "one"] and info["num_classes"] == 10
+    assert sum(info["images"].values()) == sum(sum(c) for c in info["counts"].values())
+    src = next((demo_dataset / "training" / "class_03").iterdir())
+    dst = tmp_path / "dataset" / "training" / "class_03" / src.name
+    assert dst.read_bytes() == src.read_bytes() and dst.stat().st_ino == src.stat().st_ino  # hard link
+
+
+def test_a_bad_dataset_stops_the_pipeline_with_its_reason(demo_dataset, tmp_path, capsys):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(demo_dataset / "training", bad / "training")
+    shutil.copytree(demo_dataset / "validation", bad / "validation")
+    code = main(["pipeline", "run", "--dataset", str(bad), "--config", "demo",
+                 "--pipeline-root", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "missing split folder(s) evaluation" in err
+
+
+# -- local runs (slow) -------------------------------------------------------------------------
+
+def _registered_versions(name: str) -> list[int]:
+    from gourmetgram.tracking import configure_mlflow
+
+    mlflow = configure_mlflow()
+    return sorted(int(v.version) for v in mlflow.MlflowClient().search_model_versions(f"name='{name}'"))
+
+
+@pytest.mark.slow
+def test_local_run_trains_passes_the_gate_exports_and_registers(demo_dataset, session_home, capsys):
+    from gourmetgram import registry
+    from gourmetgram.constants import MODEL_NAME, REGISTERED_MODEL_NAME, STAGING
+
+    code = main(["pipeline", "run", "--dataset", str(demo_dataset), "--config", "demo"])
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    summary = out[out.rindex("Offline evaluation:"):]
+    assert "Verdict: PASSED" in summary and "exported and registered" in summary
+    version = registry.version_for(STAGING)
+    assert version is not None and f"version {version} (alias 'staging')" in summary
+    info = registry.get_version(version)
+    bundle = Path(info.tags[registry.TAG_BUNDLE])
+    assert bundle.parent == session_home / "models" and str(bundle) in summary
+    model_dir = bundle / "triton" / MODEL_NAME
+    assert (model_dir / "config.pbtxt").is_file() and (model_dir / "1" / "model.onnx").stat().st_size > 10_000
+    assert (model_dir / "labels.txt").read_text().split("\n")[:2] == ["zero", "one"]
+    assert float(info.tags[registry.TAG_ACCURACY]) >= 0.85
+    run_id = info.run_id
+    assert run_id and f"MLflow run:       {run_id}" in summary
+    from gourmetgram.tracking import configure_mlflow
+
+    run = configure_mlflow().get_run(run_id)
+    assert run.data.tags["gate"] == "passed" and run.data.tags["evaluation.passed"] == "true"
+    assert REGISTERED_MODEL_NAME in summary
+
+
+@pytest.mark.slow
+def test_the_gate_rejects_an_untrained_model(demo_dataset, session_home, capsys):
+    """Through `gourmetgram demo --epochs 0`: the demo reuses the dataset in $GOURMETGRAM_HOME."""
+    from gourmetgram.constants import REGISTERED_MODEL_NAME
+
+    models = session_home / "models"
+    before_bundles = sorted(models.iterdir()) if models.is_dir() else []
+    before_versions = _registered_versions(REGISTERED_MODEL_NAME)
+    code = main(["demo", "--epochs", "0"])
+    out = capsys.readouterr().out
+    assert code == 1, out[-3000:]
+    assert f"using the demo dataset in {demo_dataset}" in out
+    summary = out[out.rindex("Offline evaluation:"):]
+    assert "REJECTED by the evaluation gate" in summary and "Verdict: FAILED" in summary
+    assert "overall accuracy" in summary  # the reason, not just the verdict
+    assert "MODEL REJECTED by the evaluation gate" in out  # the reject step's own log
+    assert (sorted(models.iterdir()) if models.is_dir() else []) == before_bundles  # nothing exported
+    assert _registered_versions(REGISTERED_MODEL_NAME) == before_versions  # nothing registered
+    run_dirs = sorted((session_home / "pipeline_runs").glob("gourmetgram-training-*"))
+    assert not (run_dirs[-1] / "export-model").exists() and (run_dirs[-1] / "reject-model").is_dir()
+    from gourmetgram.tracking import configure_mlflow
+
+    run_id = out[out.rindex("MLflow run:"):].split()[2]
+    tags = configure_mlflow().get_run(run_id).data.tags
+    assert tags["gate"] == "rejected" and "overall accuracy" in tags["gate.reasons"]
+
+
+def test_demo_builds_its_dataset_only_when_absent(tmp_path, monkeypatch):
+    import argparse
+
+    from gourmetgram.cli.commands.demo import DemoContext, stage_data
+
+    monkeypatch.setenv("GOURMETGRAM_HOME", str(tmp_path))
+    ctx = DemoContext(args=argparse.Namespace(rebuild_data=False), home=tmp_path)
+    stage_data(ctx)
+    assert ctx.dataset == tmp_path / "data" / "demo" and (ctx.dataset / "classes.txt").is_file()
+    marker = ctx.dataset / "training" / "class_00" / "kept.jpg"
+    marker.write_bytes(next((ctx.dataset / "training" / "class_00").iterdir()).read_bytes())
+    stage_data(ctx)
+    assert marker.exists()  # reused, not rebuilt
+    ctx.args.rebuild_data = True
+    stage_data(ctx)
+    assert not marker.exists()
+
+
+# -- submit, up to the wire --------------------------------------------------------------------
+
+class _FakeKFP(BaseHTTPRequestHandler):
+    """Answers the KFP v2beta1 REST calls kfp.Client makes, and records them."""
+
+    requests: list[tuple[str, str, dict, dict]] = []
+
+    def _reply(self, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _record(self) -> dict:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length) or b"{}") if length else {}
+        self.requests.append((self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+        return body
+
+    def do_GET(self):  # noqa: N802
+        self._record()
+        if self.path.startswith("/apis/v2beta1/healthz"):
+            self._reply({"multi_user": False})
+        elif self.path.startswith("/apis/v2beta1/experiments"):
+            self._reply({})  # no experiment with that name yet
+        else:
+            self.send_error(404)
+
+    def do_POST(self):  # noqa: N802
+        body = self._record()
+        if self.path == "/apis/v2beta1/experiments":
+            self._reply({"experiment_id": "exp-123", "display_name": body.get("display_name")})
+        elif self.path == "/apis/v2beta1/runs":
+            self._reply({"run_id": "run-456", "display_name": body.get("display_name"),
+                         "experiment_id": body.get("experiment_id"), "state": "PENDING"})
+        else:
+            self.send_error(404)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def fake_kfp(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))  # kfp.Client reads ~/.config/kfp/context.json
+    _FakeKFP.requests = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeKFP)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", _FakeKFP.requests
+    server.shutdown()
+    server.server_close()
+
+
+def test_submit_sends_the_compiled_spec_and_parameters(fake_kfp, monkeypatch, capsys):
+    url, requests = fake_kfp
+    monkeypatch.setenv("KFP_TOKEN", "secret-token")
+    code = main(["pipeline", "submit", "--host", url, "--experiment", "food11-nightly", "--run-name", "r1",
+                 "--param", "dataset_uri=https://example.org/food11.zip", "--param", "epochs=3",
+                 "--param", "config=food11"])
+    assert code == 0, capsys.readouterr()
+    assert "run-456" in capsys.readouterr().out
+    posts = {path: (headers, body) for method, path, headers, body in requests if method == "POST"}
+    _, experiment = posts["/apis/v2beta1/experiments"]
+    assert experiment["display_name"] == "food11-nightly"
+    headers, run = posts["/apis/v2beta1/runs"]
+    assert headers.get("authorization") == "Bearer secret-token"
+    assert run["display_name"] == "r1" and run["experiment_id"] == "exp-123"
+    spec, platform = run["pipeline_spec"]["pipeline_spec"], run["pipeline_spec"]["platform_spec"]
+    assert spec["pipelineInfo"]["name"] == "gourmetgram-training"
+    assert "exec-train-model" in spec["deploymentSpec"]["executors"]
+    assert "mlflow-credentials" in json.dumps(platform)  # the Secrets travel with the run
+    assert run["runtime_config"]["parameters"] == {
+        "dataset_uri": "https://example.org/food11.zip", "epochs": 3, "config": "food11"}
+
+
+def test_submit_rejects_bad_parameters_before_the_wire(fake_kfp, capsys):
+    url, requests = fake_kfp
+    assert main(["pipeline", "submit", "--host", url, "--param", "epochs=3"]) == 2
+    assert "missing required pipeline parameter(s): dataset_uri" in capsys.readouterr().err
+    assert main(["pipeline", "submit", "--host", url, "--param", "dataset_uri=x", "--param", "epochs=many"]) == 2
+    assert "expected int" in capsys.readouterr().err
+    assert main(["pipeline", "submit", "--host", url, "--param", "dataset_uri=x", "--param", "lr=1"]) == 2
+    assert "unknown pipeline parameter 'lr'" in capsys.readouterr().err
+    assert requests == []
