@@ -1,0 +1,36 @@
+"""``python -m drift_detector --bundle DIR [--host] [--port]``: run the logger sink."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("NUMBA_CACHE_DIR", "/tmp/numba_cache")  # alibi-detect imports numba
+
+
+def main(argv: list[str] | None = None) -> int:
+    from gourmetgram.constants import DETECTOR_PORT, HOST
+    from gourmetgram.errors import UserError
+
+    parser = argparse.ArgumentParser(
+        prog="python -m drift_detector",
+        description="Drift detector: the KServe inference logger's sink (CloudEvents in, "
+        "online-MMD and label drift out on /metrics and /status).")
+    parser.add_argument("--bundle", required=True, help="exported model bundle with detector/ built")
+    parser.add_argument("--host", default=os.environ.get("DETECTOR_HOST", HOST))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("DETECTOR_PORT", DETECTOR_PORT)))
+    parser.add_argument("--max-queue", type=int, default=1000, help="events held before dropping")
+    args = parser.parse_args(argv)
+    from drift_detector.server import serve
+
+    try:
+        serve(args.bundle, host=args.host, port=args.port, max_queue=args.max_queue)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""The logger sink: an ASGI app that answers at once and detects drift off the request path.
+
+``POST /`` decodes the CloudEvent (400 if malformed), puts it on a bounded queue and
+answers 202; when the queue is full the event is dropped and counted (503), so the
+logger never waits on the detector. ONE worker thread owns the stateful detector: it
+drains the queue, embeds every queued image in one ONNX Runtime call, then feeds the
+embeddings to ``MMDDriftOnline.predict`` one at a time, in arrival order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import queue
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from drift_detector.detector import (
+    LABEL_PRIOR_FILE, DriftState, LabelDrift, detector_dir, load_mmd, trim_history,
+)
+from drift_detector.embedding import Embedder
+from drift_detector.events import BadEvent, InferenceEvent, decode_event
+from drift_detector.metrics import DetectorMetrics
+from gourmetgram.errors import UserError
+
+log = logging.getLogger("drift_detector")
+MAX_BODY_BYTES = 64 * 1024 * 1024
+
+
+class DriftService:
+    """Queue + single worker around one stateful detector."""
+
+    def __init__(self, bundle_dir: str | Path, max_queue: int = 1000, max_batch: int = 64,
+                 label_window: int = 500, onnx_threads: int = 0, start: bool = True,
+                 loaded: tuple | None = None):
+        """``loaded`` is a :func:`load_mmd` result to reuse (tests); the service then owns it."""
+        import torch
+
+        torch.set_num_threads(1)  # per-sample MMD updates: one thread is 20x faster on busy cores
+        self.bundle_dir = Path(bundle_dir)
+        self.metrics = DetectorMetrics()
+        self.embedder = Embedder(self.bundle_dir, threads=onnx_threads, max_batch=max_batch)
+        self.detector, self.settings, self.load_seconds = loaded or load_mmd(self.bundle_dir)
+        prior_path = detector_dir(self.bundle_dir) / LABEL_PRIOR_FILE
+        prior = json.loads(prior_path.read_text())
+        self.class_names: list[str] = prior["class_names"]
+        self.labels = LabelDrift(prior["prior"], window=label_window)
+        self.state = DriftState()
+        self.max_batch = max_batch
+        self.queue: queue.Queue[InferenceEvent] = queue.Queue(maxsize=max_queue)
+        self.received = self.processed = self.dropped = self.invalid = 0
+        self._count_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._idle = threading.Condition()
+        self.metrics.threshold.set(float(self.detector._detector.get_threshold(0)))
+        self.metrics.state.set(0)
+        self._worker = threading.Thread(target=self._run, name="drift-worker", daemon=True)
+        if start:
+            self._worker.start()
+
+    # ---- the HTTP side (event loop): never blocks -----------------------------------
+    def submit(self, event: InferenceEvent) -> bool:
+        kind = "request" if event.is_request else "response"
+        try:
+            self.queue.put_nowait(event)
+        except queue.Full:
+            with self._count_lock:
+                self.dropped += 1
+            self.metrics.dropped.inc()
+            return False
+        with self._count_lock:
+            self.received += 1
+        self.metrics.received.labels(kind).inc()
+        self.metrics.backlog.set(self.queue.qsize())
+        return True
+
+    def reject(self) -> None:
+        with self._count_lock:
+            self.invalid += 1
+        self.metrics.invalid.inc()
+
+    # ---- the worker thread: the only user of the detector ---------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                first = self.queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            batch = [first]
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._process(batch)
+            except Exception:  # a bug must not kill the only worker
+                log.exception("drift worker failed on a batch of %d events", len(batch))
+            finally:
+                with self._count_lock:
+                    self.processed += len(batch)
+                for event in batch:
+                    self.metrics.processed.labels("request" if event.is_request else "response").inc()
+                self.metrics.backlog.set(self.queue.qsize())
+                with self._idle:
+                    self._idle.notify_all()
+
+    def _process(self, batch: list[InferenceEvent]) -> None:
+        images: list[bytes] = []
+        tensors: list[np.ndarray] = []
+        for event in batch:
+            if event.is_request:
+                images.extend(event.images)
+                if event.tensors is not None:
+                    tensors.append(event.tensors)
+            else:
+                self.labels.update(event.classes)
+        if images or tensors:
+            arrays, kept = self.embedder.preprocess(images)
+            if len(kept) < len(images):
+                self.metrics.bad_images.inc(len(images) - len(kept))
+            parts = [arrays] + [t for t in tensors if t.shape[2:] == arrays.shape[2:]]
+            embeddings = self.embedder.embed_arrays(np.concatenate(parts))
+            for x in embeddings:
+                self._predict(x)
+        stat = self.labels.statistic()
+        self.metrics.label_stat.set(float("nan") if stat is None else stat)
+
+    def _predict(self, x: np.ndarray) -> None:
+        data = self.detector.predict(x, return_test_stat=True)["data"]
+        trim_history(self.detector)
+        self.state.record(data)
+        m = self.metrics
+        m.test_stat.set(self.state.test_stat)
+        m.threshold.set(self.state.threshold)
+        m.state.set(int(self.state.is_drift))
+        if self.state.is_drift:
+            m.drift_events.inc()
+
+    # ---- control --------------------------------------------------------------------
+    def wait_idle(self, timeout: float = 60.0) -> bool:
+        """Block until every accepted event is processed (tests, benchmarks)."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self.processed < self.received:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(min(left, 0.2))
+        return True
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._worker.is_alive():
+            self._worker.join(timeout=5)
+
+    def status(self) -> dict:
+        s = self.state
+        stat = self.labels.statistic()
+        return {
+            "t": s.t, "test_stat": s.test_stat, "threshold": s.threshold, "is_drift": s.is_drift,
+            "drift_flags": s.drift_flags, "first_drift_t": s.first_drift_t,
+            "recent_drift_t": list(s.recent_drift_t),
+            "received": self.received, "processed": self.processed, "dropped": self.dropped,
+            "invalid": self.invalid, "backlog": self.queue.qsize(),
+            "label_drift": {"statistic": stat, "window": len(self.labels.window),
+                            "distribution": self.labels.distribution().round(4).tolist(),
+                            "prior": self.labels.prior.round(4).tolist(),
+                            "class_names": self.class_names},
+            "detector": {k: self.settings.get(k) for k in
+                         ("window_size", "ert", "n_bootstraps", "n_reference", "seed")},
+            "load_seconds": round(self.load_seconds, 3),
+        }
+
+
+def _lifespan(service: DriftService):
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        service.stop()
+
+    return lifespan
+
+
+def create_app(service: DriftService) -> Starlette:
+    """The HTTP contract is KServe's logger sink: POST / with binary-mode CloudEvent headers."""
+
+    async def receive(request: Request) -> Response:
+        body = await request.body()
+        if len(body) > MAX_BODY_BYTES:
+            service.reject()
+            return JSONResponse({"error": f"event body over {MAX_BODY_BYTES} bytes"}, status_code=413)
+        try:
+            event = decode_event(request.headers, body, service.class_names)
+        except BadEvent as exc:
+            service.reject()
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        if not service.submit(event):
+            return JSONResponse({"error": "drift detector queue is full; event dropped"},
+                                status_code=503)
+        return JSONResponse({"accepted": True, "id": event.id}, status_code=202)
+
+    async def metrics(request: Request) -> Response:
+        service.metrics.backlog.set(service.queue.qsize())
+        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def status(request: Request) -> Response:
+        return JSONResponse(service.status())
+
+    async def health(request: Request) -> Response:
+        alive = service._worker.is_alive()
+        return JSONResponse({"status": "ok" if alive else "worker stopped"},
+                            status_code=200 if alive else 503)
+
+    return Starlette(routes=[
+        Route("/", receive, methods=["POST"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/status", status, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+    ], lifespan=_lifespan(service))
+
+
+def serve(bundle_dir: str | Path, host: str = "127.0.0.1", port: int = 8070, max_queue: int = 1000,
+          log_level: str = "info") -> None:
+    import uvicorn
+
+    if not Path(bundle_dir).is_dir():
+        raise UserError(f"bundle folder {bundle_dir} does not exist")
+    service = DriftService(bundle_dir, max_queue=max_queue)
+    log.warning("drift detector loaded in %.2fs; listening on http://%s:%d/", service.load_seconds, host, port)
+    uvicorn.run(create_app(service), host=host, port=port, log_level=log_level, access_log=False)
