@@ -1,0 +1,308 @@
+"""Monitoring as code: alert rules (promtool), dashboards, and the metric names they use.
+
+One rules file (charts/gourmetgram/rules/gourmetgram.rules.yml) is both the chart's
+PrometheusRule and the local Prometheus's rule file. Its promtool unit tests fire every
+alert with synthetic series while healthy neighbours stay quiet. Every metric a rule or a
+dashboard names must be one the code exports: the names are collected from the
+prometheus_client definitions in transformers/, detectors/ and gourmetgram/ (contract 2),
+plus kserve's own (scanned from the installed package) and Triton's (allow-listed).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gourmetgram import manifests
+from gourmetgram.constants import PRODUCTION, REPO_ROOT, STAGING
+
+PROMTOOL = shutil.which("promtool")
+needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (Debian package `prometheus`)")
+
+# Code that exports metrics (contract 2): the transformer, the detector, the gateway.
+METRIC_SOURCE_DIRS = ("transformers", "detectors", "gourmetgram")
+# Series no prometheus_client definition here produces. Kept small on purpose, each with why:
+EXTERNAL_METRIC_PATTERNS = (
+    # Triton's C++ metrics endpoint (:8002): nv_inference_*, nv_gpu_*, nv_cpu_*.
+    re.compile(r"nv_[a-z0-9_]+"),
+    # Knative queue-proxy's request counter; the local gateway renders the same name by hand
+    # (gourmetgram/local/gateway.py RequestCounter) because prometheus_client would add _total.
+    re.compile(r"revision_app_request_count"),
+)
+
+_PROMQL_KEYWORDS = {"and", "or", "unless", "bool", "by", "without", "on", "ignoring", "group_left",
+                    "group_right", "offset", "inf", "nan"}
+_METRIC_CLASSES = {"Counter", "Gauge", "Histogram", "Summary", "Info", "Enum"}
+
+
+# --- metric names exported by code ------------------------------------------------------
+
+def _exported_series(kind: str, name: str) -> set[str]:
+    """The series names prometheus_client exposes for one metric definition."""
+    if kind == "Counter":
+        base = name[: -len("_total")] if name.endswith("_total") else name
+        return {f"{base}_total", f"{base}_created"}
+    if kind == "Histogram":
+        return {f"{name}_bucket", f"{name}_sum", f"{name}_count", f"{name}_created"}
+    if kind == "Summary":
+        return {name, f"{name}_sum", f"{name}_count", f"{name}_created"}
+    if kind == "Info":
+        return {f"{name}_info"}
+    return {name}
+
+
+def _string(node: ast.AST, constants: dict[str, str]) -> str | None:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.Name):
+        return constants.get(node.id)
+    return None
+
+
+def metric_definitions(source: str) -> dict[str, str]:
+    """``{metric name: kind}`` for every prometheus_client metric constructed in ``source``.
+
+    Handles ``Counter("x", ...)``, ``prometheus_client.Counter(name="x")``, a module-level
+    string constant as the name, and ``namespace=``/``subsystem=`` prefixes.
+    """
+    tree = ast.parse(source)
+    constants = {
+        target.id: node.value.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+    found = {}
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        kind = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
+        if kind not in _METRIC_CLASSES:
+            continue
+        kwargs = {kw.arg: kw.value for kw in node.keywords if kw.arg}
+        name_node = node.args[0] if node.args else kwargs.get("name")
+        name = _string(name_node, constants) if name_node is not None else None
+        if not name:
+            continue
+        prefix = [_string(kwargs[k], constants) for k in ("namespace", "subsystem") if k in kwargs]
+        found["_".join([p for p in prefix if p] + [name])] = kind
+    return found
+
+
+def scan_metric_definitions(roots: list[Path]) -> dict[str, str]:
+    """Metric definitions in every ``*.py`` under ``roots``."""
+    found: dict[str, str] = {}
+    for root in roots:
+        files = [root] if root.is_file() else sorted(root.rglob("*.py"))
+        for path in files:
+            if "__pycache__" in path.parts:
+                continue
+            try:
+                found.update(metric_definitions(path.read_text()))
+            except SyntaxError:
+                continue
+    return found
+
+
+def exported_series(definitions: dict[str, str]) -> set[str]:
+    return {series for name, kind in definitions.items() for series in _exported_series(kind, name)}
+
+
+def kserve_metric_file() -> Path:
+    spec = importlib.util.find_spec("kserve")  # located, not imported (it is slow)
+    return Path(next(iter(spec.submodule_search_locations))) / "metrics.py"
+
+
+# --- metric names referenced by rules and dashboards ------------------------------------
+
+def referenced_metrics(expr: str) -> set[str]:
+    """Metric names in a PromQL expression (functions, keywords, labels and ranges removed)."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`', '""', expr)
+    text = re.sub(r"\{[^}]*\}", " ", text)
+    text = re.sub(r"\[[^\]]*\]", " ", text)
+    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
+    text = re.sub(r"\boffset\s+\S+", " ", text)
+    names = set()
+    for match in re.finditer(r"(?<![\w.$])[A-Za-z_:][A-Za-z0-9_:]*", text):
+        token = match.group(0)
+        if text[match.end():].lstrip().startswith("("):
+            continue  # a function or an aggregation
+        if token.lower() in _PROMQL_KEYWORDS:
+            continue
+        names.add(token)
+    return names
+
+
+def rule_expressions(rules: dict) -> dict[str, str]:
+    return {r.get("alert") or r["record"]: r["expr"] for g in rules["groups"] for r in g["rules"]}
+
+
+def dashboard_expressions(dashboard: dict) -> list[str]:
+    exprs = []
+    for panel in dashboard["panels"]:
+        exprs.extend(t["expr"] for t in panel.get("targets", []) if t.get("expr"))
+    for var in dashboard.get("templating", {}).get("list", []):
+        query = var.get("query")
+        query = query.get("query") if isinstance(query, dict) else query
+        match = re.match(r"\s*label_values\(\s*([^,)]+)", query or "")
+        if var.get("type") == "query" and match:
+            exprs.append(match.group(1))
+    return exprs
+
+
+def unknown_metrics(expressions: dict[str, str], exported: set[str]) -> dict[str, set[str]]:
+    """``{where: names}`` for metric names nobody exports (recording rules' names count)."""
+    unknown = {}
+    for where, expr in expressions.items():
+        missing = {
+            n for n in referenced_metrics(expr)
+            if n not in exported and ":" not in n and not any(p.fullmatch(n) for p in EXTERNAL_METRIC_PATTERNS)
+        }
+        if missing:
+            unknown[where] = missing
+    return unknown
+
+
+def load_dashboards() -> dict[str, dict]:
+    return {p.name: json.loads(p.read_text()) for p in sorted(manifests.DASHBOARD_DIR.glob("*.json"))}
+
+
+def all_monitoring_expressions() -> dict[str, str]:
+    exprs = {f"rule {k}": v for k, v in rule_expressions(yaml.safe_load(manifests.RULES_FILE.read_text())).items()}
+    for name, dashboard in load_dashboards().items():
+        for i, expr in enumerate(dashboard_expressions(dashboard)):
+            exprs[f"dashboard {name} #{i}"] = expr
+    return exprs
+
+
+def _promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([PROMTOOL, *args], capture_output=True, text=True, cwd=cwd, timeout=60)
+
+
+# --- rules ------------------------------------------------------------------------------
+
+@needs_promtool
+def test_rules_file_passes_promtool_check():
+    result = _promtool("check", "rules", str(manifests.RULES_FILE))
+    assert result.returncode == 0, result.stdout + result.stderr
+    rules = yaml.safe_load(manifests.RULES_FILE.read_text())
+    count = sum(len(g["rules"]) for g in rules["groups"])
+    assert f"SUCCESS: {count} rules found" in result.stdout
+
+
+@needs_promtool
+def test_promtool_unit_tests_fire_every_alert():
+    result = _promtool("test", "rules", manifests.RULES_TEST_FILE.name, cwd=manifests.RULES_TEST_FILE.parent)
+    assert result.returncode == 0, result.stdout + result.stderr
+    alerts = {r["alert"] for g in yaml.safe_load(manifests.RULES_FILE.read_text())["groups"] for r in g["rules"] if "alert" in r}
+    assert alerts >= {"GourmetGramHighErrorRate", "GourmetGramHighLatencyP95", "GourmetGramLowConfidence",
+                      "GourmetGramDriftDetected", "GourmetGramDetectorBacklog"}
+    cases = [c for t in yaml.safe_load(manifests.RULES_TEST_FILE.read_text())["tests"] for c in t["alert_rule_test"]]
+    fired = {c["alertname"] for c in cases if c.get("exp_alerts")}
+    assert fired == alerts, f"alerts without a firing test: {alerts - fired}"
+    assert any(not c.get("exp_alerts") for c in cases)  # and a case where nothing fires yet
+
+
+@needs_promtool
+def test_promtool_tests_catch_a_broken_threshold(tmp_path):
+    """The unit tests are not vacuous: loosen one threshold and they fail."""
+    for name in (manifests.RULES_FILE.name, manifests.RULES_TEST_FILE.name):
+        shutil.copy(manifests.RULES_FILE.parent / name, tmp_path / name)
+    rules = tmp_path / manifests.RULES_FILE.name
+    text = rules.read_text()
+    assert "> 0.05" in text
+    rules.write_text(text.replace("> 0.05", "> 0.5", 1))
+    result = _promtool("test", "rules", manifests.RULES_TEST_FILE.name, cwd=tmp_path)
+    assert result.returncode != 0
+    assert "GourmetGramHighErrorRate" in result.stdout + result.stderr
+
+
+@needs_promtool
+def test_the_chart_renders_the_same_rules_file(tmp_path):
+    objects = manifests.render_objects(PRODUCTION)
+    rule = next(o for o in objects if o["kind"] == "PrometheusRule")
+    assert rule["spec"]["groups"] == yaml.safe_load(manifests.RULES_FILE.read_text())["groups"]
+    assert rule["metadata"]["labels"]["release"]  # kube-prometheus-stack's ruleSelector
+    extracted = tmp_path / "from-chart.rules.yml"
+    extracted.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    assert _promtool("check", "rules", str(extracted)).returncode == 0
+    # one release carries the cluster-wide rules and dashboards, not both stages
+    assert not any(o["kind"] == "PrometheusRule" for o in manifests.render_objects(STAGING))
+
+
+# --- dashboards -------------------------------------------------------------------------
+
+def test_dashboards_are_valid_and_shipped_as_configmaps():
+    dashboards = load_dashboards()
+    assert set(dashboards) == {"service.json", "predictions.json", "drift.json", "triton.json"}
+    uids = [d["uid"] for d in dashboards.values()]
+    assert len(set(uids)) == len(uids)
+    for name, dashboard in dashboards.items():
+        ids = [p["id"] for p in dashboard["panels"]]
+        assert len(set(ids)) == len(ids), name
+        assert all(p.get("targets") for p in dashboard["panels"]), name
+    configmaps = {
+        o["metadata"]["name"]: o for o in manifests.render_objects(PRODUCTION) if o["kind"] == "ConfigMap"
+    }
+    for name, dashboard in dashboards.items():
+        cm = configmaps[f"gourmetgram-dashboard-{name.removesuffix('.json')}"]
+        assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+        assert json.loads(cm["data"][name]) == dashboard
+
+
+# --- metric names -----------------------------------------------------------------------
+
+def test_promql_name_extraction():
+    expr = ('sum by (le, revision) (rate(foo_bucket{a="b", c=~"x|y(z)"}[$__rate_interval])) '
+            '/ on(job) group_left bar_total offset 5m > bool 1e3 and baz:rate5m or max(qux) without (le)')
+    assert referenced_metrics(expr) == {"foo_bucket", "bar_total", "baz:rate5m", "qux"}
+
+
+def test_scanner_reads_prometheus_client_definitions(tmp_path):
+    source = tmp_path / "m.py"
+    source.write_text(
+        "import prometheus_client\nfrom prometheus_client import Counter, Gauge, Histogram\n"
+        "NAME = 'drift_backlog'\n"
+        "A = Counter('predicted_class_total', 'doc', ['class_name'])\n"
+        "B = prometheus_client.Histogram(name='prediction_confidence', documentation='d')\n"
+        "C = Gauge(NAME, 'queued events')\n"
+        "D = Counter('sent', 'd', namespace='logger_events')\n"
+    )
+    definitions = scan_metric_definitions([tmp_path])
+    assert definitions == {"predicted_class_total": "Counter", "prediction_confidence": "Histogram",
+                           "drift_backlog": "Gauge", "logger_events_sent": "Counter"}
+    series = exported_series(definitions)
+    assert {"predicted_class_total", "prediction_confidence_bucket", "prediction_confidence_count",
+            "drift_backlog", "logger_events_sent_total"} <= series
+    assert "prediction_confidence" not in series  # a histogram has no bare series
+
+
+def test_checker_flags_a_metric_nobody_exports():
+    exported = exported_series(scan_metric_definitions([kserve_metric_file()]))
+    assert "request_predict_seconds_bucket" in exported  # kserve's own, scanned from the package
+    unknown = unknown_metrics(
+        {"ok": "rate(request_predict_seconds_count[5m])", "triton": "rate(nv_inference_count[1m])",
+         "bad": "increase(nobody_exports_this_total[5m]) > 0"},
+        exported,
+    )
+    assert unknown == {"bad": {"nobody_exports_this_total"}}
+
+
+def test_every_metric_in_rules_and_dashboards_is_exported():
+    roots = [REPO_ROOT / d for d in METRIC_SOURCE_DIRS]
+    ours = scan_metric_definitions(roots)
+    if not ours:
+        pytest.skip("no prometheus_client metric definitions in transformers/, detectors/, gourmetgram/ yet")
+    exported = exported_series(ours) | exported_series(scan_metric_definitions([kserve_metric_file()]))
+    unknown = unknown_metrics(all_monitoring_expressions(), exported)
+    assert unknown == {}, f"named by rules/dashboards but exported by no code: {unknown}"
