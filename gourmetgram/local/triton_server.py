@@ -71,6 +71,9 @@ def make_infer_fn(model_path: Path, input_name: str, output_name: str, threads: 
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(1, threads)
     options.inter_op_num_threads = 1
+    # Idle ORT threads spin waiting for work; on a few shared cores that burns the CPU the
+    # transformer and gateway need (measured: ~8 CPU ms per image, benchmarks/serving_performance.py).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
     onnx_input = session.get_inputs()[0].name
 

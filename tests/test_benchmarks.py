@@ -1,0 +1,69 @@
+"""The serving benchmark and its seed-style baseline server, run for real (no speed asserted)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "benchmarks" / "serving_performance.py"
+ROW = re.compile(r"^(limit|baseline|served)\s+(-|\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$")
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import serving_performance as sp  # noqa: E402
+
+
+def test_percentiles_and_ratios():
+    assert sp.percentiles(list(range(1, 101))) == pytest.approx((50.5, 95.05, 99.01))
+    points = [sp.Point("limit", 0, 8, 64, 0, 1.0, 100.0, 1, 1, 1),
+              sp.Point("baseline", 1, 1, 20, 0, 1.0, 20.0, 1, 1, 1),
+              sp.Point("baseline", 4, 1, 25, 0, 1.0, 25.0, 1, 1, 1),
+              sp.Point("served", 1, 1, 30, 0, 1.0, 30.0, 1, 1, 1),
+              sp.Point("served", 4, 1, 80, 0, 1.0, 80.0, 1, 1, 1)]
+    ratios = sp.summarise(points)
+    assert ratios["served_best/limit"] == pytest.approx(0.8)
+    assert ratios["served_best/baseline_best"] == pytest.approx(80 / 25)
+    assert ratios["served/baseline@c1"] == pytest.approx(1.5)
+    assert ratios["served/limit@c4"] == pytest.approx(0.8)
+
+
+def test_baseline_server_predicts_and_rejects_bad_input(tmp_path):
+    settings = sp.Settings(image_size=32, width_mult=0.5)
+    checkpoint, _ = sp.make_bundle(tmp_path, settings)
+    jpeg = sp.make_images(1, (64, 48))[0]
+    with sp.baseline_server(checkpoint, tmp_path / "baseline.log") as (port, _pid):
+        url = f"http://127.0.0.1:{port}/predict"
+        ok = httpx.post(url, json={"image": base64.b64encode(jpeg).decode()}, timeout=30)
+        assert ok.status_code == 200, ok.text
+        body = ok.json()
+        assert body["prediction"].startswith("class_") and 0 < body["probability"] <= 1
+        assert httpx.post(url, json={"image": "not base64!"}, timeout=30).status_code == 400
+        assert httpx.post(url, json={"image": base64.b64encode(b"GIF89a").decode()},
+                          timeout=30).status_code == 400
+        assert httpx.post(url, json={}, timeout=30).status_code == 422
+
+
+@pytest.mark.slow
+def test_quick_benchmark_prints_every_row_and_positive_ratios(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(BENCH), "--quick", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    rows = [m.groups() for line in proc.stdout.splitlines() if (m := ROW.match(line.strip()))]
+    seen = {(r[0], r[1]) for r in rows}
+    assert {("limit", "-"), ("baseline", "1"), ("baseline", "4"), ("served", "1"), ("served", "4")} <= seen
+    for r in rows:
+        assert int(r[4]) == 0, f"errors in row {r}"  # every request answered correctly
+        assert float(r[5]) > 0
+    result = json.loads(out.read_text())
+    for key in ("served_best/limit", "served_best/baseline_best", "served/baseline@c1", "served/baseline@c4"):
+        assert result["ratios"][key] > 0
+        assert key in proc.stdout
+    assert result["stages"]["decode_preprocess_ms_per_image"] > 0
