@@ -193,15 +193,30 @@ def export_step(checkpoint: str | Path, dataset_dir: str | Path, config: str, bu
     images = parity_images(dataset_dir, model.spec.image_size)
     result = export_bundle(model, bundle_dir, cfg.export, model_name=model_name, parity_images=images,
                            overwrite=True)
-    # ---- DRIFT DETECTOR HOOK ---------------------------------------------------------------
-    # The lead wires drift_detector.build.build_detector(bundle_dir, dataset_dir, ...) here: it
-    # writes <bundle>/detector/ (contract 1), so the bundle artifact carries the detector.
-    # ----------------------------------------------------------------------------------------
     p = result.parity
     print(f"exported {model_name} to {result.bundle_dir} ({result.size_bytes / 1e6:.1f} MB); parity: "
           f"max |logit diff| {p.max_abs_diff:.2e}, top-1 agreement {p.top1_agreement:.3f} on "
           f"{p.n_images} images", flush=True)
     return result
+
+
+# -- drift detector ----------------------------------------------------------------------------
+
+def detector_step(bundle_dir: str | Path, dataset_dir: str | Path, served_bundle_dir: str | Path) -> dict:
+    """Copy the exported bundle and add ``detector/``: online MMD on training embeddings.
+
+    Artifacts are immutable, so the served bundle (what register tags and serving loads)
+    is a new artifact: the exported bundle plus the detector built from its own feature
+    extractor. -> the detector's settings (``detector/detector.json``).
+    """
+    from drift_detector.build import build_detector
+
+    served = Path(served_bundle_dir)
+    shutil.copytree(bundle_dir, served, dirs_exist_ok=True)
+    folder = build_detector(served, dataset_dir)
+    settings = json.loads((folder / "detector.json").read_text())
+    print(f"drift detector built in {folder}", flush=True)
+    return settings
 
 
 # -- register / reject -------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from typing import NamedTuple
 from kfp import dsl, kubernetes
 
 from components.base import MLFLOW_SECRET, MLFLOW_SECRET_ENV, OBJECT_STORE_SECRET, OBJECT_STORE_SECRET_ENV
+from components.detector import build_drift_detector
 from components.evaluate import evaluate_model
 from components.export import export_model
 from components.ingest import ingest_and_validate
@@ -84,11 +85,11 @@ def training_pipeline(dataset_uri: str, config: str = "food11", epochs: int = -1
         export.set_caching_options(True)
         _with_secrets(export)
         kubernetes.set_timeout(export, STEP_TIMEOUT_S)
-        # ---- DRIFT DETECTOR STEP (the lead wires it here) ------------------------------------
-        # drift_detector.build.build_detector(bundle_dir, dataset_root, ...) writes
-        # <bundle>/detector/; see also the hook in components.steps.export_step.
-        # ---------------------------------------------------------------------------------------
-        register = register_model(bundle=export.outputs["bundle"], mlflow_run_id=train.outputs["mlflow_run_id"],
+        detector = build_drift_detector(bundle=export.outputs["bundle"], dataset=ingest.outputs["dataset"])
+        detector.set_display_name("build drift detector")
+        detector.set_caching_options(True)
+        kubernetes.set_timeout(detector, STEP_TIMEOUT_S)
+        register = register_model(bundle=detector.outputs["served_bundle"], mlflow_run_id=train.outputs["mlflow_run_id"],
                                   stage=stage, registered_model_name=registered_model_name,
                                   model_name=model_name, accuracy=evaluate.outputs["accuracy"],
                                   dataset_fingerprint=ingest.outputs["fingerprint"])

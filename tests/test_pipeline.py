@@ -76,8 +76,9 @@ def test_spec_gates_export_and_register_on_the_evaluation(spec_docs):
     assert "evaluate-model-passed" in cond and cond.replace(" ", "").endswith("==true")
     assert failed[0]["triggerPolicy"]["condition"].startswith("!(")
     branch = spec["components"][passed[0]["componentRef"]["name"]]["dag"]["tasks"]
-    assert set(branch) == {"export-model", "register-model"}
-    assert branch["register-model"]["dependentTasks"] == ["export-model"]
+    assert set(branch) == {"export-model", "build-drift-detector", "register-model"}
+    assert branch["build-drift-detector"]["dependentTasks"] == ["export-model"]
+    assert branch["register-model"]["dependentTasks"] == ["build-drift-detector"]
     other = spec["components"][failed[0]["componentRef"]["name"]]["dag"]["tasks"]
     assert set(other) == {"reject-model"}
     assert set(spec["root"]["inputDefinitions"]["parameters"]) == {
@@ -150,6 +151,7 @@ def test_local_run_trains_passes_the_gate_exports_and_registers(demo_dataset, se
     model_dir = bundle / "triton" / MODEL_NAME
     assert (model_dir / "config.pbtxt").is_file() and (model_dir / "1" / "model.onnx").stat().st_size > 10_000
     assert (model_dir / "labels.txt").read_text().split("\n")[:2] == ["zero", "one"]
+    assert (bundle / "detector" / "detector.json").is_file()  # the drift detector travels with the model
     assert float(info.tags[registry.TAG_ACCURACY]) >= 0.85
     run_id = info.run_id
     assert run_id and f"MLflow run:       {run_id}" in summary

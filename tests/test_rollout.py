@@ -32,6 +32,7 @@ from gourmetgram.data.demo import DEMO_CLASSES
 from gourmetgram.data.layout import list_images
 from gourmetgram.errors import ConfigError, UserError
 from gourmetgram.export import export_bundle
+from gourmetgram.local.traffic import BackgroundTraffic
 from gourmetgram.model import ModelSpec, build_model, predict_logits
 from gourmetgram.preprocessing import preprocess_bytes
 from gourmetgram.rollout import analysis
@@ -275,37 +276,6 @@ def _predict(url: str, blob: bytes, headers: dict | None = None) -> httpx.Respon
     return httpx.post(f"{url}/v1/models/{MODEL}:predict", json=body, headers=headers, timeout=60)
 
 
-class Load:
-    """Background traffic through the gateway (what production users would send)."""
-
-    def __init__(self, url: str, images: list[bytes], workers: int = 3) -> None:
-        self.url, self.images, self.stop_event = url, images, threading.Event()
-        self.codes: list[int] = []
-        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(workers)]
-
-    def _run(self, i: int) -> None:
-        with httpx.Client(timeout=60) as client:
-            n = i
-            while not self.stop_event.is_set():
-                body = {"instances": [{"image": {"b64": base64.b64encode(
-                    self.images[n % len(self.images)]).decode()}}]}
-                try:
-                    self.codes.append(client.post(f"{self.url}/v1/models/{MODEL}:predict", json=body).status_code)
-                except httpx.HTTPError:
-                    self.codes.append(-1)
-                n += 1
-
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop_event.set()
-        for t in self.threads:
-            t.join(timeout=30)
-
-
 def _metric(text: str, name: str, **labels: str) -> float:
     total = 0.0
     for line in text.splitlines():
@@ -388,7 +358,7 @@ def test_auto_promotes_a_good_canary(stack, prometheus, registered, images, caps
     revs = _revisions(stack)
     canary = max(revs)
     started = time.monotonic()
-    with Load(stack.gateway_url, images) as load:
+    with BackgroundTraffic(stack.gateway_url, images) as load:
         rc = _auto(stack, prometheus)
     took = time.monotonic() - started
     out = capsys.readouterr().out
@@ -415,7 +385,7 @@ def test_auto_rolls_back_a_bad_canary(stack, prometheus, registered, bundles, im
     assert canary not in stable and registry.version_for(CANARY) == registered["bad"]
     capsys.readouterr()
     started = time.monotonic()
-    with Load(stack.gateway_url, images) as load:
+    with BackgroundTraffic(stack.gateway_url, images) as load:
         rc = _auto(stack, prometheus)
     took = time.monotonic() - started
     out = capsys.readouterr().out

@@ -1,0 +1,51 @@
+"""Client traffic for the local stack: one request, a batch of them, or steady background load."""
+
+from __future__ import annotations
+
+import base64
+import threading
+from typing import Sequence
+
+import httpx
+
+from gourmetgram.constants import MODEL_NAME
+
+
+def v1_body(image: bytes) -> dict:
+    """The KServe v1 request for one image (the prediction API's contract)."""
+    return {"instances": [{"image": {"b64": base64.b64encode(image).decode()}}]}
+
+
+def predict(client: httpx.Client, url: str, image: bytes, model: str = MODEL_NAME) -> httpx.Response:
+    return client.post(f"{url}/v1/models/{model}:predict", json=v1_body(image))
+
+
+class BackgroundTraffic:
+    """Users sending images round-robin until stopped (what production would see)."""
+
+    def __init__(self, url: str, images: Sequence[bytes], workers: int = 3, model: str = MODEL_NAME) -> None:
+        self.url, self.images, self.model = url, list(images), model
+        self.stop_event = threading.Event()
+        self.codes: list[int] = []  # HTTP status per request; -1 for a connection failure
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(workers)]
+
+    def _run(self, offset: int) -> None:
+        with httpx.Client(timeout=60) as client:
+            n = offset
+            while not self.stop_event.is_set():
+                try:
+                    code = predict(client, self.url, self.images[n % len(self.images)], self.model).status_code
+                except httpx.HTTPError:
+                    code = -1
+                self.codes.append(code)
+                n += 1
+
+    def __enter__(self) -> "BackgroundTraffic":
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop_event.set()
+        for thread in self.threads:
+            thread.join(timeout=60)
