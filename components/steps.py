@@ -200,6 +200,69 @@ def export_step(checkpoint: str | Path, dataset_dir: str | Path, config: str, bu
     return result
 
 
+# -- quantize (optional) -----------------------------------------------------------------------
+
+def _copy_bundle(src: str | Path, dst: str | Path) -> Path:
+    dst = Path(dst)
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst, copy_function=_link_or_copy)
+    return dst
+
+
+def quantize_step(bundle_dir: str | Path, dataset_dir: str | Path, config: str | RunConfig, out_dir: str | Path,
+                  model_name: str, enabled: bool = True, min_speedup: float = 1.0) -> dict:
+    """Write to ``out_dir`` the bundle to serve: INT8 when it passes the config's accuracy
+    gate and is faster, else a copy of the FP32 bundle (artifacts are immutable).
+
+    ``enabled=False`` copies the FP32 bundle through untouched (the pipeline's
+    ``quantize`` parameter is off). -> ``{"precision", "quantized", "reason", "report",
+    "size_bytes"}``; ``report`` is :meth:`QuantizationReport.to_dict` or None. ``config``
+    is a name/path (the pipeline) or a loaded :class:`RunConfig`.
+    """
+    from gourmetgram.export import TRITON_DIR
+    from gourmetgram.quantize import quantize_bundle, select_bundle
+
+    out = Path(out_dir)
+    report, precision = None, "fp32"
+    if not enabled:
+        _copy_bundle(bundle_dir, out)
+        reason = "quantization is off (pipeline parameter quantize=false)"
+    else:
+        cfg = config if isinstance(config, RunConfig) else resolve_config(config)
+        candidate = out.parent / f".{out.name}.int8"
+        shutil.rmtree(candidate, ignore_errors=True)
+        try:
+            report = quantize_bundle(bundle_dir, dataset_dir, candidate, cfg.export, method="static",
+                                     model_name=model_name, overwrite=True)
+            print(report.summary(), flush=True)
+            chosen = select_bundle(bundle_dir, candidate, report, min_speedup=min_speedup)
+            if chosen == candidate:
+                if out.exists():
+                    shutil.rmtree(out)
+                candidate.replace(out)
+                precision = "int8"
+                reason = f"INT8 passed the accuracy gate and is x{report.speedup:.2f} faster"
+            else:
+                _copy_bundle(bundle_dir, out)
+                reason = (f"INT8 failed the accuracy gate: {'; '.join(report.problems)}" if not report.passed
+                          else f"INT8 passed the accuracy gate but is not faster (x{report.speedup:.2f} "
+                               f"< x{min_speedup:g})")
+        finally:
+            shutil.rmtree(candidate, ignore_errors=True)
+    size = sum(p.stat().st_size for p in (out / TRITON_DIR).rglob("*") if p.is_file())
+    print(f"serving the {precision.upper()} bundle: {reason}", flush=True)
+    return {"precision": precision, "quantized": precision == "int8", "reason": reason,
+            "report": _finite(report.to_dict()) if report is not None else None, "size_bytes": size}
+
+
+def _finite(doc: dict) -> dict:
+    """NaN/inf -> None: artifact metadata is a protobuf Struct on the cluster (no NaN in JSON)."""
+    import math
+
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in doc.items()}
+
+
 # -- drift detector ----------------------------------------------------------------------------
 
 def detector_step(bundle_dir: str | Path, dataset_dir: str | Path, served_bundle_dir: str | Path) -> dict:
@@ -282,6 +345,7 @@ def register_step(mlflow_run_id: str, bundle_uri: str, bundle_path: str | Path, 
         "alias": stage, "bundle_uri": bundle, "triton_repo": triton_repo, "pipeline_artifact": bundle_uri,
         "size_bytes": int(bundle_metadata.get("size_bytes", 0) or 0),
         "parity": bundle_metadata.get("parity", {}), "reasons": [],
+        "precision": str(bundle_metadata.get("precision", "fp32")),
     }
     print(f"registered {registered_model_name} version {version} with alias {stage!r}; "
           f"bundle at {bundle}", flush=True)

@@ -1,4 +1,4 @@
-"""The training pipeline: ingest -> train -> evaluate -> gate -> export -> register.
+"""The training pipeline: ingest -> train -> evaluate -> gate -> export -> [INT8] -> detector -> register.
 
 One ``@dsl.pipeline`` function serves both runtimes: ``gourmetgram pipeline run`` calls it
 under ``kfp.local`` (SubprocessRunner, this interpreter), and ``gourmetgram pipeline
@@ -16,6 +16,7 @@ from components.detector import build_drift_detector
 from components.evaluate import evaluate_model
 from components.export import export_model
 from components.ingest import ingest_and_validate
+from components.quantize import quantize_model
 from components.register import register_model
 from components.reject import reject_model
 from components.train import train_model
@@ -48,13 +49,15 @@ def _with_secrets(task: dsl.PipelineTask) -> dsl.PipelineTask:
 
 @dsl.pipeline(name=PIPELINE_NAME,
               description="GourmetGram Food-11: ingest + validate data, train, evaluate offline, "
-                          "and only if the gate passes export to Triton and register in MLflow.")
+                          "and only if the gate passes export to Triton (optionally INT8) and register in MLflow.")
 def training_pipeline(dataset_uri: str, config: str = "food11", epochs: int = -1, model_name: str = MODEL_NAME,
-                      stage: str = STAGING, registered_model_name: str = REGISTERED_MODEL_NAME
-                      ) -> PipelineOutputs:
+                      stage: str = STAGING, registered_model_name: str = REGISTERED_MODEL_NAME,
+                      quantize: bool = False) -> PipelineOutputs:
     """``dataset_uri``: folder, archive or URL in the Food-11 layout. ``config``: ``demo``,
     ``food11`` or a YAML path in the image. ``epochs``: -1 = from the config, 0 = untrained
     (proves the gate). ``model_name``: the Triton model name. ``stage``: the registry alias.
+    ``quantize``: serve the INT8 variant when it passes its accuracy gate and is faster
+    (off: the quantize step passes the FP32 bundle through).
     """
     ingest = ingest_and_validate(dataset_uri=dataset_uri).set_display_name("ingest + validate data")
     ingest.set_caching_options(False)  # the same URI may hold new data
@@ -85,7 +88,13 @@ def training_pipeline(dataset_uri: str, config: str = "food11", epochs: int = -1
         export.set_caching_options(True)
         _with_secrets(export)
         kubernetes.set_timeout(export, STEP_TIMEOUT_S)
-        detector = build_drift_detector(bundle=export.outputs["bundle"], dataset=ingest.outputs["dataset"])
+        # Always runs (one linear chain, no branch outputs to merge); quantize=false -> pass-through.
+        quant = quantize_model(exported=export.outputs["bundle"], dataset=ingest.outputs["dataset"],
+                               config=config, model_name=model_name, enabled=quantize)
+        quant.set_display_name("INT8 variant (accuracy-gated, optional)")
+        quant.set_caching_options(True)
+        kubernetes.set_timeout(quant, STEP_TIMEOUT_S)
+        detector = build_drift_detector(bundle=quant.outputs["bundle"], dataset=ingest.outputs["dataset"])
         detector.set_display_name("build drift detector")
         detector.set_caching_options(True)
         kubernetes.set_timeout(detector, STEP_TIMEOUT_S)

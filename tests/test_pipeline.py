@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -76,13 +77,112 @@ def test_spec_gates_export_and_register_on_the_evaluation(spec_docs):
     assert "evaluate-model-passed" in cond and cond.replace(" ", "").endswith("==true")
     assert failed[0]["triggerPolicy"]["condition"].startswith("!(")
     branch = spec["components"][passed[0]["componentRef"]["name"]]["dag"]["tasks"]
-    assert set(branch) == {"export-model", "build-drift-detector", "register-model"}
-    assert branch["build-drift-detector"]["dependentTasks"] == ["export-model"]
+    assert set(branch) == {"export-model", "quantize-model", "build-drift-detector", "register-model"}
+    assert branch["quantize-model"]["dependentTasks"] == ["export-model"]
+    assert branch["build-drift-detector"]["dependentTasks"] == ["quantize-model"]
     assert branch["register-model"]["dependentTasks"] == ["build-drift-detector"]
     other = spec["components"][failed[0]["componentRef"]["name"]]["dag"]["tasks"]
     assert set(other) == {"reject-model"}
     assert set(spec["root"]["inputDefinitions"]["parameters"]) == {
-        "dataset_uri", "config", "epochs", "model_name", "stage", "registered_model_name"}
+        "dataset_uri", "config", "epochs", "model_name", "stage", "registered_model_name", "quantize"}
+
+
+def test_spec_quantizes_the_exported_bundle_only_on_request(spec_docs):
+    """The optional INT8 step sits between export and the detector: it reads the exported
+    bundle, is switched by the ``quantize`` parameter (off by default), and its bundle is
+    what the detector (and so register) gets."""
+    spec, _ = spec_docs
+    root_param = spec["root"]["inputDefinitions"]["parameters"]["quantize"]
+    assert root_param["parameterType"] == "BOOLEAN" and root_param["defaultValue"] is False
+    tasks = _all_tasks(spec)
+    quant = tasks["quantize-model"]
+    exported = quant["inputs"]["artifacts"]["exported"]["taskOutputArtifact"]
+    assert exported == {"outputArtifactKey": "bundle", "producerTask": "export-model"}
+    assert quant["inputs"]["parameters"]["enabled"]["componentInputParameter"].endswith("quantize")
+    detector_in = tasks["build-drift-detector"]["inputs"]["artifacts"]["bundle"]["taskOutputArtifact"]
+    assert detector_in == {"outputArtifactKey": "bundle", "producerTask": "quantize-model"}
+    outputs = spec["components"]["comp-quantize-model"]["outputDefinitions"]
+    assert outputs["artifacts"]["bundle"]["artifactType"]["schemaTitle"] == "system.Model"
+    assert outputs["parameters"]["precision"]["parameterType"] == "STRING"
+
+
+@pytest.fixture(scope="module")
+def small_bundle(demo_dataset, tmp_path_factory) -> Path:
+    """An untrained demo-sized model exported as a contract-1 bundle (seconds, no training)."""
+    import torch
+
+    from gourmetgram.config import load_config
+    from gourmetgram.data.layout import validate_dataset
+    from gourmetgram.export import export_bundle
+    from gourmetgram.model import ModelSpec, build_model
+
+    torch.manual_seed(0)
+    cfg = load_config("demo")
+    classes = validate_dataset(demo_dataset, check_images=False, progress=False).class_names
+    model = build_model(ModelSpec(list(classes), cfg.model.image_size, cfg.model.arch, cfg.model.width_mult,
+                                  cfg.model.dropout)).eval()
+    out = tmp_path_factory.mktemp("quant") / "fp32"
+    export_bundle(model, out, cfg.export)
+    return out
+
+
+def _onnx_bytes(bundle: Path) -> bytes:
+    from gourmetgram.constants import MODEL_NAME
+
+    return (bundle / "triton" / MODEL_NAME / "1" / "model.onnx").read_bytes()
+
+
+def _write_config(tmp_path: Path, **export) -> str:
+    from gourmetgram.constants import REPO_ROOT
+
+    doc = yaml.safe_load((REPO_ROOT / "configs" / "demo.yaml").read_text())
+    doc["export"].update(export)
+    path = tmp_path / "gate.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return str(path)
+
+
+def test_quantize_step_serves_int8_only_when_it_passes_and_is_faster(small_bundle, demo_dataset, tmp_path):
+    from components.steps import quantize_step
+    from gourmetgram.constants import MODEL_NAME
+    from gourmetgram.export import validate_bundle
+    from gourmetgram.quantize import QUANTIZATION_FILENAME
+
+    fp32_onnx = _onnx_bytes(small_bundle)
+    # off: a copy of the FP32 bundle, nothing measured
+    off = quantize_step(small_bundle, demo_dataset, "demo", tmp_path / "off", MODEL_NAME, enabled=False)
+    assert off["precision"] == "fp32" and off["report"] is None
+    assert _onnx_bytes(tmp_path / "off") == fp32_onnx and not (tmp_path / "off" / QUANTIZATION_FILENAME).exists()
+
+    # a gate INT8 cannot fail and no speed requirement: the INT8 bundle is served
+    lenient = _write_config(tmp_path, int8_min_agreement=0.0, int8_max_accuracy_drop=1.0,
+                            int8_calibration_images=32)
+    on = quantize_step(small_bundle, demo_dataset, lenient, tmp_path / "int8", MODEL_NAME, min_speedup=0.0)
+    assert on["precision"] == "int8" and on["quantized"] and on["report"]["passed"]
+    quant_doc = json.loads((tmp_path / "int8" / QUANTIZATION_FILENAME).read_text())
+    assert quant_doc["precision"] == "int8" and quant_doc["n_eval"] == on["report"]["n_eval"] > 0
+    assert len(_onnx_bytes(tmp_path / "int8")) < len(fp32_onnx) / 2  # really quantized
+    validate_bundle(tmp_path / "int8", MODEL_NAME)  # still a servable contract-1 bundle
+    assert not list(tmp_path.glob(".int8.int8*")), "the INT8 candidate folder is cleaned up"
+    json.dumps(on, allow_nan=False)  # artifact metadata must be plain JSON
+
+    # an impossible speed requirement: INT8 passed the gate but FP32 is served
+    slow = quantize_step(small_bundle, demo_dataset, lenient, tmp_path / "slow", MODEL_NAME, min_speedup=1e9)
+    assert slow["precision"] == "fp32" and "not faster" in slow["reason"] and slow["report"]["passed"]
+    assert _onnx_bytes(tmp_path / "slow") == fp32_onnx
+
+    # a gate INT8 cannot pass (agreement above 100 %; a config file may not say that, a
+    # RunConfig can): FP32 is served, with the gate's reason
+    from gourmetgram.config import load_config
+
+    demo = load_config("demo")
+    strict = dataclasses.replace(demo, export=dataclasses.replace(demo.export, int8_min_agreement=1.01,
+                                                                  int8_calibration_images=32))
+    failed = quantize_step(small_bundle, demo_dataset, strict, tmp_path / "gated", MODEL_NAME, min_speedup=0.0)
+    assert failed["precision"] == "fp32" and not failed["report"]["passed"]
+    assert "failed the accuracy gate" in failed["reason"] and "int8_min_agreement" in failed["reason"]
+    assert _onnx_bytes(tmp_path / "gated") == fp32_onnx
+    assert not (tmp_path / "gated" / QUANTIZATION_FILENAME).exists()
 
 
 def test_spec_reads_credentials_from_optional_secrets(spec_docs):

@@ -47,22 +47,46 @@ class LocalRunResult:
 
 
 class _Tee:
-    """Pass the steps' logs through and remember the marked error lines they print."""
+    """Pass the steps' logs through, line by line, and remember the marked error lines.
+
+    kfp's executor logs every step's whole input as pretty-printed JSON; that block is
+    folded into one line (it stays in the step's ``executor_output.json`` folder).
+    """
+
+    EXECUTOR_INPUT = "Got executor_input:"
 
     def __init__(self, stream, marker: str):
         self.stream, self.marker, self.found, self._partial = stream, marker, [], ""
+        self._fold: str | None = None  # the closing line of the JSON block being folded
+
+    def _line(self, line: str) -> None:
+        at = line.find(self.marker)
+        if at >= 0:
+            self.found.append(line[at + len(self.marker):].replace("\\n", "\n").strip())
+        if self._fold == "":  # the line after the marker opens the JSON block
+            self._fold = line[: len(line) - len(line.lstrip())] + "}"
+            return
+        if self._fold is not None:
+            if line.rstrip() == self._fold:
+                self._fold = None
+            return
+        if line.rstrip().endswith(self.EXECUTOR_INPUT):
+            self.stream.write(line.replace(self.EXECUTOR_INPUT, "executor input folded (see the step's folder)") + "\n")
+            self._fold = ""
+            return
+        self.stream.write(line + "\n")
 
     def write(self, text: str) -> int:
-        self.stream.write(text)
         lines = (self._partial + text).split("\n")
         self._partial = lines.pop()
         for line in lines:
-            at = line.find(self.marker)
-            if at >= 0:
-                self.found.append(line[at + len(self.marker):].replace("\\n", "\n").strip())
+            self._line(line)
         return len(text)
 
     def flush(self) -> None:
+        if self._partial:
+            self._line(self._partial)
+            self._partial = ""
         self.stream.flush()
 
     def __getattr__(self, name: str):  # encoding, isatty, fileno, ...
@@ -90,7 +114,8 @@ def check_run_inputs(dataset_uri: str, config: str, epochs: int, stage: str, mod
 
 def run_local(dataset_uri: str, config: str = "demo", epochs: int = -1, model_name: str = MODEL_NAME,
               stage: str = STAGING, registered_model_name: str = REGISTERED_MODEL_NAME,
-              pipeline_root: str | Path | None = None, enable_caching: bool = False) -> LocalRunResult:
+              pipeline_root: str | Path | None = None, enable_caching: bool = False,
+              quantize: bool = False) -> LocalRunResult:
     """Run the training pipeline with ``kfp.local``; bad input raises :class:`UserError`."""
     check_run_inputs(dataset_uri, config, epochs, stage, model_name)
     parsed = urllib.parse.urlparse(dataset_uri)
@@ -118,12 +143,14 @@ def run_local(dataset_uri: str, config: str = "demo", epochs: int = -1, model_na
     saved, sys.stdout = sys.stdout, tee
     try:
         task = training_pipeline(dataset_uri=dataset_uri, config=config, epochs=epochs, model_name=model_name,
-                                 stage=stage, registered_model_name=registered_model_name)
+                                 stage=stage, registered_model_name=registered_model_name,
+                                 quantize=quantize)
     except RuntimeError as exc:
         if tee.found:
             raise UserError(tee.found[-1]) from None
         raise PipelineFailed(ANSI.sub("", str(exc))) from None
     finally:
+        tee.flush()
         sys.stdout = saved
     seconds = time.perf_counter() - started
     out = task.outputs
@@ -150,7 +177,8 @@ def format_summary(result: LocalRunResult) -> str:
         lines += [
             "verdict:          PASSED -> exported and registered",
             f"bundle:           {o.get('bundle_uri')}",
-            f"Triton repo:      {o.get('triton_repo')}  ({size / 1e6:.1f} MB)",
+            f"Triton repo:      {o.get('triton_repo')}  ({size / 1e6:.1f} MB, "
+            f"{str(o.get('precision') or 'fp32').upper()})",
         ]
         if parity:
             lines.append(f"parity:           max |logit diff| {parity.get('max_abs_diff', float('nan')):.2e}, "
@@ -174,7 +202,8 @@ def format_summary(result: LocalRunResult) -> str:
 def _run(args: argparse.Namespace) -> int:
     try:
         result = run_local(args.dataset, args.config, args.epochs, args.model_name, args.stage,
-                           args.registered_model_name, args.pipeline_root, args.cache)
+                           args.registered_model_name, args.pipeline_root, args.cache,
+                           quantize=args.quantize)
     except PipelineFailed as exc:
         print(f"error: the pipeline failed: {exc} (the failing step's log is above)", file=sys.stderr)
         return 1
@@ -292,6 +321,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"MLflow registered model (default {REGISTERED_MODEL_NAME})")
     parser.add_argument("--pipeline-root", help="where step outputs go (default $GOURMETGRAM_HOME/pipeline_runs)")
     parser.add_argument("--cache", action="store_true", help="reuse outputs of identical earlier steps")
+    parser.add_argument("--quantize", action="store_true",
+                        help="serve the INT8 (ONNX Runtime static) variant when it passes the config's "
+                             "accuracy gate and is faster than FP32; else the FP32 bundle")
 
 
 def add_parser(subparsers) -> None:
