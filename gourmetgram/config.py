@@ -125,6 +125,24 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
+def from_mapping(cls: type, data: Any, where: str):
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
+    return _build(cls, data, where)
+
+
+def read_yaml(path: Path, what: str = "config") -> dict:
+    """A YAML mapping from ``path``, or a :class:`ConfigError` that names the file."""
+    if not path.is_file():
+        raise ConfigError(f"{what} file {path} not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping, got {type(data).__name__}")
+    return data
+
+
 def _build(cls: type, data: Any, where: str):
     if data is None:
         data = {}
@@ -190,13 +208,8 @@ def load_config(name_or_path: str | Path) -> RunConfig:
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
         raise ConfigError(f"config {name_or_path!r} not found ({path}); built-in configs: {known}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-    data = dict(data) if isinstance(data, dict) else data
-    if isinstance(data, dict):
-        data.setdefault("source", str(path))
+    data = read_yaml(path)
+    data.setdefault("source", str(path))
     cfg = _build(RunConfig, data, str(path))
     _check(cfg)
     return cfg
@@ -225,14 +238,8 @@ class SLOConfig:
 
 def load_slo(name_or_path: str | Path = "slo") -> SLOConfig:
     path = resolve_config_path(name_or_path)
-    if not path.is_file():
-        raise ConfigError(f"SLO file {path} not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-    if isinstance(data, dict):
-        data.setdefault("source", str(path))
+    data = read_yaml(path, "SLO")
+    data.setdefault("source", str(path))
     slo = _build(SLOConfig, data, str(path))
     if slo.p95_ms <= 0 or not 0 <= slo.max_error_rate <= 1 or slo.min_rps < 0 or slo.min_requests < 1:
         raise ConfigError(f"{path}: need p95_ms > 0, 0 <= max_error_rate <= 1, min_rps >= 0, min_requests >= 1")

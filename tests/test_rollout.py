@@ -78,6 +78,17 @@ def test_decide_holds_without_evidence():
     assert decide(_fig("s", p95=20.0), _fig("c", p95=60.0), T, "1m").decision == analysis.PROMOTE
 
 
+def test_class_shift_needs_significance():
+    """A small canary sample differs from stable by chance: large TVD, but not significant."""
+    stable = {c: 20.0 for c in "abcdefghij"}
+    noisy = {"a": 5.0, "b": 0.0, "c": 3.0, "d": 1.0, "e": 2.0, "f": 4.0, "g": 1.0, "h": 2.0, "i": 1.0, "j": 1.0}
+    v = decide(_fig("s", classes=stable), _fig("c", requests=60, classes=noisy), T, "1m")
+    shift = [c for c in v.checks if c.name == "class mix shift (TVD)"][0]
+    assert analysis.class_shift(_fig("s", classes=stable).class_shares(), _fig("c", classes=noisy).class_shares()) > 0.25
+    assert shift.ok and analysis.class_shift_p_value(stable, noisy) > 0.01
+    assert analysis.class_shift_p_value(stable, {"a": 60.0}) < 1e-6
+
+
 def test_class_shift_is_total_variation():
     assert analysis.class_shift({"a": 1.0}, {"a": 1.0}) == 0
     assert analysis.class_shift({"a": 1.0}, {"b": 1.0}) == 1

@@ -8,7 +8,9 @@ a heading, does one thing and records what later stages need. Add a stage by wri
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -29,6 +31,14 @@ class DemoContext:
     run: object | None = None  # gourmetgram.cli.commands.pipeline.LocalRunResult
     exit_code: int = 0
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    cleanup: contextlib.ExitStack = dataclasses.field(default_factory=contextlib.ExitStack)
+    stack: object | None = None  # gourmetgram.local.stack.LocalStack, production, once serving
+    detector_url: str = ""
+    prometheus: object | None = None  # gourmetgram.rollout.prometheus.LocalPrometheus
+
+    @property
+    def bundle(self) -> Path:
+        return Path(self.run.outcome["bundle_uri"])
 
 
 def _heading(title: str) -> None:
@@ -74,8 +84,181 @@ def stage_report(ctx: DemoContext) -> None:
     print(format_summary(ctx.run))
 
 
-# -- (serving, load test and monitoring stages are appended here; give them the predicate
-#     ``lambda ctx: ctx.run is not None and ctx.run.registered`` so a rejected model stops) --------
+# -- stage 4: serve --------------------------------------------------------------------------------
+
+SERVE_SAMPLE = 100  # evaluation images sent through the stack
+
+
+def _sample(ctx: DemoContext, n: int) -> list[tuple[Path, int]]:
+    """``n`` evaluation images in a fixed random order: users do not send photos sorted by
+    class (a class-sorted stream is a real shift of the class mix, and the detector says so)."""
+    import random
+
+    from gourmetgram.data.layout import list_images
+
+    items = list_images(ctx.dataset / "evaluation")
+    sample = items[:: max(1, len(items) // n)][:n]
+    random.Random(0).shuffle(sample)
+    return sample
+
+
+def stage_serve(ctx: DemoContext) -> None:
+    """The drift detector and the production stack (Triton, transformer, gateway) with the new
+    model; evaluation images through the gateway, compared with the offline evaluation."""
+    import httpx
+    import numpy as np
+    import onnxruntime as ort
+
+    from gourmetgram import registry
+    from gourmetgram.constants import MODEL_NAME, PRODUCTION
+    from gourmetgram.export import load_model_spec
+    from gourmetgram.local.stack import LocalStack, Ports, Service, _child_env, _get_ok
+    from gourmetgram.local.traffic import predict
+    from gourmetgram.preprocessing import preprocess_batch
+    from gourmetgram.rollout.prometheus import free_port
+
+    version = int(ctx.run.outcome["version"])
+    registry.set_stage(PRODUCTION, version)
+    print(f"registry: version {version} now also has alias {PRODUCTION!r}")
+    port = free_port()
+    ctx.detector_url = f"http://127.0.0.1:{port}"
+    detector = Service("drift-detector", [sys.executable, "-m", "drift_detector", "--bundle", str(ctx.bundle),
+                                          "--port", str(port)],
+                       ctx.home / "logs" / "demo" / "drift-detector.log",
+                       lambda: _get_ok(f"{ctx.detector_url}/health"), env=_child_env())
+    detector.start(Path.cwd())
+    ctx.cleanup.callback(detector.stop)
+    ctx.stack = LocalStack(ctx.bundle, PRODUCTION, Ports.free(), logger_url=ctx.detector_url + "/",
+                           log_dir=ctx.home / "logs" / "demo")
+    ctx.stack.start()
+    ctx.cleanup.callback(ctx.stack.stop)
+    detector.wait_ready(120)
+    for name, url in {**ctx.stack.endpoints(), "drift detector": ctx.detector_url}.items():
+        print(f"  {name:<22} {url}")
+
+    sample = _sample(ctx, SERVE_SAMPLE)
+    images = [path.read_bytes() for path, _ in sample]
+    with httpx.Client(timeout=60) as client:
+        served = [predict(client, ctx.stack.gateway_url, blob).json()["predictions"][0] for blob in images]
+    session = ort.InferenceSession(str(ctx.bundle / "triton" / MODEL_NAME / "1" / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    size = load_model_spec(ctx.bundle).image_size
+    local = session.run(None, {session.get_inputs()[0].name: preprocess_batch(images, size)})[0].argmax(1)
+    names = ctx.run.evaluation.class_names
+    print(f"\n{'image':<28} {'true':<8} {'served':<8} confidence")
+    for (path, label), pred in list(zip(sample, served))[:8]:
+        print(f"{path.parent.name + '/' + path.name:<28} {names[label]:<8} {pred['label']:<8} {pred['confidence']:.3f}")
+    agree = np.mean([p["class_index"] == int(c) for p, c in zip(served, local)])
+    accuracy = np.mean([p["class_index"] == label for p, (_, label) in zip(served, sample)])
+    print(f"\nserved {len(served)} evaluation images: accuracy {accuracy:.3f} "
+          f"(offline evaluation: {ctx.run.evaluation.metrics['eval/accuracy']:.3f} on all "
+          f"{ctx.run.evaluation.n_images}); same class as the in-process model for {agree:.1%}")
+
+
+# -- stage 5: canary rollout ---------------------------------------------------------------------
+
+DEMO_AUTO = ["--window", "15s", "--min-requests", "15", "--steps", "", "--interval", "4",
+             "--passes-per-step", "2", "--timeout", "180"]
+
+
+def _bad_candidate(ctx: DemoContext) -> Path:
+    """A deliberately bad model: the same network, its head answering one class for everything."""
+    import torch
+
+    from gourmetgram.config import load_config
+    from gourmetgram.export import export_bundle, load_model_spec
+    from gourmetgram.model import build_model
+
+    model = build_model(load_model_spec(ctx.bundle)).eval()
+    with torch.no_grad():
+        model.classifier[-1].weight.zero_()
+        model.classifier[-1].bias.zero_()
+        model.classifier[-1].bias[0] = 0.5
+    target = ctx.home / "models" / "demo-bad-candidate"
+    export_bundle(model, target, load_config(DEMO_CONFIG).export, overwrite=True)
+    return target
+
+
+def stage_canary(ctx: DemoContext) -> None:
+    """A good canary promoted and a bad one rolled back by `rollout auto` (real Prometheus)."""
+    from gourmetgram.cli.main import main
+    from gourmetgram.errors import UserError
+    from gourmetgram.local.traffic import BackgroundTraffic
+    from gourmetgram.rollout.prometheus import LocalPrometheus
+
+    gateway = ctx.stack.gateway_url
+    ctx.prometheus = LocalPrometheus(gateway, detector_url=ctx.detector_url).start()
+    ctx.cleanup.callback(ctx.prometheus.stop)
+    print(f"Prometheus at {ctx.prometheus.url} scraping the gateway, every revision and the detector")
+    images = [path.read_bytes() for path, _ in _sample(ctx, 40)]
+    gw = ["--gateway", gateway]
+    prom = ["--prometheus", ctx.prometheus.url]
+    candidates = [("the newly trained model again (a good canary)", ["--version", str(ctx.run.outcome["version"])]),
+                  ("a deliberately bad model (answers one class for everything)", ["--bundle", str(_bad_candidate(ctx))])]
+    for title, source in candidates:
+        print(f"\n--- canary: {title} at 30%")
+        if main(["rollout", "canary", "--percent", "30", *source, *gw]) != 0:
+            raise UserError("could not start the canary (see above)")
+        with BackgroundTraffic(gateway, images) as traffic:
+            decision = main(["rollout", "auto", *gw, *prom, *DEMO_AUTO])
+        failed = sum(code != 200 for code in traffic.codes)
+        print(f"rollout auto exit {decision} ({'promoted' if decision == 0 else 'rolled back / held'}); "
+              f"{len(traffic.codes)} predictions served during the rollout, {failed} failed")
+    main(["rollout", "status", *gw])
+
+
+# -- stage 6: drift -------------------------------------------------------------------------------
+
+def _darken(blob: bytes, factor: float = 0.4) -> bytes:
+    import io
+
+    from PIL import Image, ImageEnhance
+
+    out = io.BytesIO()
+    ImageEnhance.Brightness(Image.open(io.BytesIO(blob)).convert("RGB")).enhance(factor).save(out, "JPEG")
+    return out.getvalue()
+
+
+def stage_drift(ctx: DemoContext) -> None:
+    """In-distribution traffic, then darker photos: the logger feeds the detector, which raises drift."""
+    import httpx
+
+    from gourmetgram.local.traffic import predict
+
+    images = [path.read_bytes() for path, _ in _sample(ctx, 120)]
+
+    def status() -> dict:
+        return httpx.get(f"{ctx.detector_url}/status", timeout=10).json()
+
+    def settle(expected: int) -> dict:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and status().get("processed", 0) < expected:
+            time.sleep(0.5)
+        return status()
+
+    with httpx.Client(timeout=60) as client:
+        before = status().get("processed", 0)
+        for blob in images:
+            predict(client, ctx.stack.gateway_url, blob)
+        s = settle(before + len(images))
+        print(f"{len(images)} in-distribution photos: drift {'YES' if s.get('is_drift') else 'no'}, "
+              f"test statistic {s.get('test_stat', 0):.4g} (threshold {s.get('threshold', 0):.4g})")
+        detected_at = None
+        for n, blob in enumerate(images, 1):
+            predict(client, ctx.stack.gateway_url, _darken(blob))
+            s = settle(before + len(images) + n)
+            if s.get("is_drift"):
+                detected_at = n
+                break
+    if detected_at:
+        print(f"DRIFT ALARM after {detected_at} darkened photos: test statistic {s.get('test_stat', 0):.4g} > "
+              f"threshold {s.get('threshold', 0):.4g}; drift_state is 1 on {ctx.detector_url}/metrics and the "
+              f"GourmetGramDriftDetected alert rule (charts/gourmetgram/rules) fires on it")
+    else:
+        print(f"no drift flagged after {len(images)} darkened photos (status: {s})")
+    print(f"predictions are never delayed by the detector: the gateway logs asynchronously "
+          f"(dropped events: see logger_events_dropped_total on {ctx.stack.gateway_url}/metrics)")
+
 
 Stage = tuple[str, Callable[[DemoContext], None], Callable[[DemoContext], bool]]
 
@@ -85,18 +268,25 @@ STAGES: list[Stage] = [
     ("2. pipeline: ingest -> train -> evaluate -> gate -> export -> register (kfp.local)", stage_pipeline,
      lambda ctx: True),
     ("3. report", stage_report, lambda ctx: ctx.run is not None),
+    ("4. serve: drift detector + production stack (Triton, transformer, gateway) with the new model",
+     stage_serve, lambda ctx: ctx.run is not None and ctx.run.registered and not ctx.args.no_serve),
+    ("5. canary rollout: good canary promoted, bad canary rolled back (rollout auto + Prometheus)",
+     stage_canary, lambda ctx: ctx.stack is not None),
+    ("6. drift: in-distribution traffic, then darker photos -> drift alarm", stage_drift,
+     lambda ctx: ctx.stack is not None),
 ]
 
 
 def run_demo(args: argparse.Namespace) -> int:
     ctx = DemoContext(args=args, home=home())
-    for title, run, wanted in STAGES:
-        if not wanted(ctx):
-            continue
-        _heading(title)
-        started = time.perf_counter()
-        run(ctx)
-        ctx.timings[title] = time.perf_counter() - started
+    with ctx.cleanup:  # stops every service a stage started, also on Ctrl-C or an error
+        for title, run, wanted in STAGES:
+            if not wanted(ctx):
+                continue
+            _heading(title)
+            started = time.perf_counter()
+            run(ctx)
+            ctx.timings[title] = time.perf_counter() - started
     print("\nstage timings: " + ", ".join(f"{t.split(':')[0]} {s:.0f}s" for t, s in ctx.timings.items()))
     if ctx.exit_code:
         print("the model was rejected by the evaluation gate (see the reasons above)")
@@ -115,11 +305,15 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "demo", help="run the whole loop locally on the embedded demo dataset",
         description="Build the demo dataset if needed, run the training pipeline with kfp.local "
-                    "(config 'demo'), and print the evaluation report and where the model went. "
-                    "State goes to $GOURMETGRAM_HOME (default ./.gourmetgram). Exit 1 if the "
-                    "evaluation gate rejects the model.")
+                    "(config 'demo') and print the evaluation report and where the model went; then "
+                    "serve it (Triton, transformer, gateway, drift detector), roll out a good and a "
+                    "bad canary with `rollout auto`, and raise a drift alarm. State goes to "
+                    "$GOURMETGRAM_HOME (default ./.gourmetgram). Exit 1 if the evaluation gate "
+                    "rejects the model.")
     parser.add_argument("--epochs", type=_epochs, default=-1,
                         help="-1: from configs/demo.yaml; 0: untrained (watch the gate reject it)")
     parser.add_argument("--stage", default=STAGING, choices=MODEL_STAGES, help="registry alias (default staging)")
     parser.add_argument("--rebuild-data", action="store_true", help="write the demo dataset again")
+    parser.add_argument("--no-serve", action="store_true",
+                        help="stop after the pipeline (skip serving, canary rollout and drift stages)")
     parser.set_defaults(func=run_demo)
