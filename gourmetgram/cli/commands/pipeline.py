@@ -1,8 +1,10 @@
-"""``gourmetgram pipeline``: run the training pipeline locally, compile it, submit it to KFP.
+"""``gourmetgram pipeline``: run the training pipeline locally, compile the pipelines, submit them to KFP.
 
 ``run`` executes the same ``@dsl.pipeline`` function the cluster runs, under ``kfp.local``
 (SubprocessRunner with this interpreter: no containers, no pip), then prints the
 evaluation report, the gate's verdict, where the bundle went and what was registered.
+``compile`` and ``submit`` also handle the staging gate (``--pipeline staging-gate``): the
+load test of the version in staging that decides its canary.
 """
 
 from __future__ import annotations
@@ -23,6 +25,12 @@ from gourmetgram.errors import UserError
 from gourmetgram.tracking import home, tracking_uri
 
 DEFAULT_PACKAGE = REPO_ROOT / "pipelines" / "training_pipeline.yaml"
+TRAINING, STAGING_GATE = "training", "staging-gate"
+# pipeline name -> (module under pipelines/, committed package)
+PIPELINES = {
+    TRAINING: ("pipelines.training_pipeline", DEFAULT_PACKAGE),
+    STAGING_GATE: ("pipelines.staging_gate_pipeline", REPO_ROOT / "pipelines" / "staging_gate_pipeline.yaml"),
+}
 DEFAULT_EXPERIMENT = "gourmetgram"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -213,23 +221,33 @@ def _run(args: argparse.Namespace) -> int:
 
 # -- compile -----------------------------------------------------------------------------------
 
-def compile_to(output: str | Path, image: str | None = None) -> Path:
-    """Compile the pipeline to IR YAML (optionally for another pipeline image)."""
+def compile_to(output: str | Path, image: str | None = None, pipeline: str = TRAINING) -> Path:
+    """Compile one pipeline (``training`` | ``staging-gate``) to IR YAML, optionally for
+    another pipeline image."""
+    import importlib
+
+    if pipeline not in PIPELINES:
+        raise UserError(f"unknown pipeline {pipeline!r}; choose one of {', '.join(PIPELINES)}")
     if image:
-        if "pipelines.training_pipeline" in sys.modules:
+        base = sys.modules.get("components.base")  # the image is read once, when it is imported
+        if base is not None and base.PIPELINE_IMAGE != image:
             raise UserError("--image must be set before the pipeline module is imported")
         os.environ["GOURMETGRAM_PIPELINE_IMAGE"] = image
-    from pipelines.training_pipeline import compile_pipeline
-
+    module = importlib.import_module(PIPELINES[pipeline][0])
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    compile_pipeline(str(output))
+    module.compile_pipeline(str(output))
     return output
 
 
 def _compile(args: argparse.Namespace) -> int:
-    path = compile_to(args.output, args.image)
-    print(f"compiled the training pipeline to {path}")
+    # Back-compatible: --output alone compiles the training pipeline; no --output, every pipeline.
+    chosen = args.pipeline or (TRAINING if args.output else "all")
+    if chosen == "all" and args.output:
+        raise UserError("--output names one file: pass --pipeline training or --pipeline staging-gate")
+    for name in (list(PIPELINES) if chosen == "all" else [chosen]):
+        path = compile_to(args.output or PIPELINES[name][1], args.image, name)
+        print(f"compiled the {name} pipeline to {path}")
     return 0
 
 
@@ -282,7 +300,7 @@ def submit(host: str, package: str | Path, experiment: str, params: dict, run_na
 
 
 def _submit(args: argparse.Namespace) -> int:
-    package = Path(args.package)
+    package = Path(args.package or PIPELINES[args.pipeline][1])
     if not package.is_file():
         raise UserError(f"pipeline package {package} does not exist; run `gourmetgram pipeline compile`")
     if urllib.parse.urlparse(args.host).scheme not in ("http", "https"):
@@ -342,9 +360,12 @@ def add_parser(subparsers) -> None:
     add_run_arguments(run)
     run.set_defaults(func=_run)
 
-    comp = sub.add_parser("compile", help="write the pipeline's IR YAML for a KFP backend",
-                          description="Compile the pipeline function to KFP IR YAML.")
-    comp.add_argument("--output", default=str(DEFAULT_PACKAGE), help=f"target file (default {DEFAULT_PACKAGE})")
+    comp = sub.add_parser("compile", help="write the pipelines' IR YAML for a KFP backend",
+                          description="Compile the pipeline functions to KFP IR YAML: the training pipeline "
+                                      "and the staging gate, each to its committed file under pipelines/.")
+    comp.add_argument("--pipeline", choices=[*PIPELINES, "all"],
+                      help="which pipeline (default: all; with --output alone: training)")
+    comp.add_argument("--output", help="target file for ONE pipeline (default: pipelines/<name>_pipeline.yaml)")
     comp.add_argument("--image", help="pipeline image to put in the spec (default: components.base.PIPELINE_IMAGE)")
     comp.set_defaults(func=_compile)
 
@@ -353,10 +374,13 @@ def add_parser(subparsers) -> None:
                                     "from KFP_TOKEN when set.")
     sm.add_argument("--host", required=True, help="KFP API URL, e.g. http://localhost:8888")
     sm.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help=f"experiment name (default {DEFAULT_EXPERIMENT})")
+    sm.add_argument("--pipeline", choices=list(PIPELINES), default=TRAINING,
+                    help="which committed package to submit when --package is not given (default training)")
     sm.add_argument("--param", action="append", metavar="KEY=VALUE",
-                    help="pipeline parameter, repeatable (dataset_uri is required)")
+                    help="pipeline parameter, repeatable (training: dataset_uri; staging-gate: staging_url, "
+                         "version, images_uri)")
     sm.add_argument("--run-name", help="run name (default: kfp picks one)")
     sm.add_argument("--namespace", help="Kubeflow profile namespace (multi-user installs)")
-    sm.add_argument("--package", default=str(DEFAULT_PACKAGE), help="compiled pipeline YAML")
+    sm.add_argument("--package", help="compiled pipeline YAML (default: the --pipeline's committed file)")
     sm.add_argument("--no-cache", action="store_true", help="disable step caching for this run")
     sm.set_defaults(func=_submit)
