@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -24,3 +27,50 @@ def demo_dataset(session_home) -> Path:
     from gourmetgram.data.demo import build_demo_dataset
 
     return build_demo_dataset(session_home / "data" / "demo")
+
+
+@pytest.fixture()
+def kube_api():
+    """A local HTTP server standing in for the Kubernetes API server (none runs here).
+
+    ``start(obj)`` answers every GET and PATCH with ``obj`` and returns a real
+    ``kubernetes.client.ApiClient`` pointed at it plus the list of calls it recorded:
+    ``(method, path, content-type, parsed body or None)``.
+    """
+    servers = []
+
+    def start(obj: dict):
+        calls = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def _reply(self):
+                data = json.dumps(obj).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):  # noqa: N802
+                calls.append(("GET", self.path, self.headers.get("content-type"), None))
+                self._reply()
+
+            def do_PATCH(self):  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                calls.append(("PATCH", self.path, self.headers.get("content-type"), body))
+                self._reply()
+
+            def log_message(self, *args):
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        from kubernetes import client
+
+        return client.ApiClient(client.Configuration(host=f"http://127.0.0.1:{server.server_address[1]}")), calls
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()

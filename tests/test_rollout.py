@@ -15,10 +15,8 @@ import base64
 import json
 import math
 import re
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import numpy as np
@@ -142,39 +140,8 @@ ISVC = {
 
 
 @pytest.fixture()
-def api_server():
-    """A local HTTP server standing in for the Kubernetes API server: records every call."""
-    calls = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def _reply(self, obj):
-            data = json.dumps(obj).encode()
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_GET(self):  # noqa: N802
-            calls.append(("GET", self.path, self.headers.get("content-type"), None))
-            self._reply(ISVC)
-
-        def do_PATCH(self):  # noqa: N802
-            body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-            calls.append(("PATCH", self.path, self.headers.get("content-type"), body))
-            self._reply(ISVC)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    from kubernetes import client
-
-    config = client.Configuration(host=f"http://127.0.0.1:{server.server_address[1]}")
-    yield client.ApiClient(config), calls
-    server.shutdown()
-    server.server_close()
+def api_server(kube_api):
+    return kube_api(ISVC)
 
 
 def test_kube_canary_is_one_merge_patch_of_both_components(api_server):

@@ -5,9 +5,7 @@ patch, a stand-in Kubernetes API server behind the real client."""
 from __future__ import annotations
 
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -195,37 +193,8 @@ ISVC = {
 
 
 @pytest.fixture()
-def api_server():
-    """A local HTTP server standing in for the Kubernetes API server: records every call."""
-    calls = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def _reply(self, obj):
-            data = json.dumps(obj).encode()
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_GET(self):  # noqa: N802
-            calls.append(("GET", self.path, None))
-            self._reply(ISVC)
-
-        def do_PATCH(self):  # noqa: N802
-            calls.append(("PATCH", self.path, json.loads(self.rfile.read(int(self.headers["content-length"])))))
-            self._reply(ISVC)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    from kubernetes import client
-
-    yield client.ApiClient(client.Configuration(host=f"http://127.0.0.1:{server.server_address[1]}")), calls
-    server.shutdown()
-    server.server_close()
+def api_server(kube_api):
+    return kube_api(ISVC)
 
 
 MODEL_NAME_UNDER_TEST = "gourmetgram-gate-test"
@@ -259,7 +228,7 @@ def test_promote_patches_the_canary_then_moves_the_alias(registered, api_server)
     patches = [c for c in calls if c[0] == "PATCH"]
     assert len(patches) == 1
     assert patches[0][1].endswith("/namespaces/gourmetgram-production/inferenceservices/food11")
-    spec = patches[0][2]["spec"]
+    spec = patches[0][3]["spec"]
     assert spec["predictor"]["canaryTrafficPercent"] == spec["transformer"]["canaryTrafficPercent"] == 25
     assert spec["predictor"]["model"]["storageUri"] == "s3://models/7/triton"
     assert registry.version_for("canary", MODEL_NAME_UNDER_TEST) == registered
