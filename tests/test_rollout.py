@@ -183,6 +183,9 @@ def test_kube_state_from_status():
 
 
 # -- end to end: local stack + real Prometheus -------------------------------------------
+# The slow tests below are ONE scenario on one module-scoped stack, in file order: a good
+# canary is started and split-tested, then promoted by `rollout auto`, then a bad canary is
+# rolled back (starting a revision pair costs ~25 s, so they share it).
 def _export(model, path):
     export_bundle(model, path, ExportConfig(max_batch_size=16, preferred_batch_sizes=(4, 8)))
     return path
