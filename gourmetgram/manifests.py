@@ -18,6 +18,7 @@ from typing import Any, Iterable
 
 import yaml
 
+from gourmetgram.config import read_yaml
 from gourmetgram.constants import ISVC_NAMES, MODEL_NAME, PRODUCTION, REPO_ROOT, STAGING
 from gourmetgram.errors import UserError
 
@@ -64,16 +65,6 @@ def deep_merge(base: dict, override: dict) -> dict:
     return merged
 
 
-def _read_yaml(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a mapping of values")
-    return data
-
-
 def rollout_file(stage: str, chart_dir: Path = CHART_DIR) -> Path:
     """The values overlay a rollout writes for ``stage``."""
     return Path(chart_dir) / "rollout" / f"{_check_stage(stage)}.yaml"
@@ -82,10 +73,10 @@ def rollout_file(stage: str, chart_dir: Path = CHART_DIR) -> Path:
 def stage_values(stage: str, chart_dir: Path = CHART_DIR) -> dict:
     """``values-<stage>.yaml`` plus the stage's rollout overlay, if any (chart defaults excluded)."""
     chart_dir = Path(chart_dir)
-    values = _read_yaml(chart_dir / f"values-{_check_stage(stage)}.yaml")
+    values = read_yaml(chart_dir / f"values-{_check_stage(stage)}.yaml")
     overlay = rollout_file(stage, chart_dir)
     if overlay.exists():
-        values = deep_merge(values, _read_yaml(overlay))
+        values = deep_merge(values, read_yaml(overlay))
     return values
 
 
@@ -251,8 +242,8 @@ def set_rollout(
     )
     chart_dir = Path(chart_dir)
     overlay_path = rollout_file(stage, chart_dir)
-    overlay = deep_merge(_read_yaml(overlay_path) if overlay_path.exists() else {}, changes)
-    values = deep_merge(_read_yaml(chart_dir / f"values-{stage}.yaml"), overlay)
+    overlay = deep_merge(read_yaml(overlay_path) if overlay_path.exists() else {}, changes)
+    values = deep_merge(read_yaml(chart_dir / f"values-{stage}.yaml"), overlay)
     objects = _render(stage, values, chart_dir)  # fails before any file is touched
     overlay_path.parent.mkdir(parents=True, exist_ok=True)
     overlay_path.write_text(

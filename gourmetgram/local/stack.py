@@ -322,11 +322,14 @@ class LocalStack:
         self.logger_url = logger_url
         self.services: dict[str, Service] = {}
         self._check_bundle()
+        # The first revision's Triton + transformer; canaries add more pairs through the gateway.
+        self.pair = RevisionPair(self.bundle, self.revision, self.manifest, self.ports, self.host,
+                                 self.log_dir, log_suffix="")
 
     # -- endpoints -------------------------------------------------------------------------
     @property
     def triton_url(self) -> str:
-        return f"http://{self.host}:{self.ports.triton_http}"
+        return self.pair.triton_url
 
     @property
     def triton_grpc_url(self) -> str:
@@ -334,11 +337,11 @@ class LocalStack:
 
     @property
     def triton_metrics_url(self) -> str:
-        return f"http://{self.host}:{self.ports.triton_metrics}/metrics"
+        return self.pair.triton_metrics_url
 
     @property
     def transformer_url(self) -> str:
-        return f"http://{self.host}:{self.ports.transformer_http}"
+        return self.pair.transformer_url
 
     @property
     def gateway_url(self) -> str:
@@ -367,8 +370,6 @@ class LocalStack:
         validate_bundle(self.bundle, self.model_name)
 
     def _build_services(self) -> list[Service]:
-        pair = RevisionPair(self.bundle, self.revision, self.manifest, self.ports, self.host,
-                            self.log_dir, log_suffix="")
         p = self.ports
         gateway_argv = [
             sys.executable, "-m", "gourmetgram.local.gateway", "--manifest", str(self.manifest.path),
@@ -381,7 +382,7 @@ class LocalStack:
             GATEWAY, gateway_argv, self.log_dir / "gateway.log",
             lambda: _get_ok(f"{self.gateway_url}/v2/health/ready"),
             env=_child_env())
-        return [*pair.services, gateway]
+        return [*self.pair.services, gateway]
 
     def rollout(self):
         """A :class:`gourmetgram.rollout.local.LocalRollout` driving this stack's gateway."""

@@ -348,7 +348,8 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "pipeline", help="run the training pipeline locally, compile it, or submit it to Kubeflow",
         description="The KFP v2 training pipeline: ingest + validate -> train -> evaluate -> gate -> "
-                    "export to Triton -> register in MLflow.")
+                    "export to Triton -> [INT8] -> drift detector -> register in MLflow; and the staging "
+                    "gate pipeline (Locust load test -> canary or block).")
     sub = parser.add_subparsers(dest="pipeline_command", metavar="ACTION", required=True)
 
     run = sub.add_parser("run", help="run the pipeline here with kfp.local (no cluster)",
