@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from gourmetgram.config import RunConfig
-from gourmetgram.data.dataset import ImageFolderDataset
+from gourmetgram.data.dataset import ImageFolderDataset, train_loader
 from gourmetgram.data.layout import DatasetReport
 from gourmetgram.model import Classifier, ModelSpec, build_model, pick_device, save_checkpoint
 from gourmetgram.tracking import configure_mlflow
@@ -67,9 +67,8 @@ def train(dataset_root: str | Path, report: DatasetReport, cfg: RunConfig, check
 
     train_ds = ImageFolderDataset(root / "training", mc.image_size, tc.hflip, tc.crop_scale, tc.seed)
     val_ds = ImageFolderDataset(root / "validation", mc.image_size)
-    generator = torch.Generator().manual_seed(tc.seed)
-    train_dl = DataLoader(train_ds, tc.batch_size, shuffle=True, generator=generator,
-                          num_workers=tc.num_workers, drop_last=len(train_ds) > tc.batch_size)
+    train_dl = train_loader(train_ds, tc.batch_size, tc.seed, tc.num_workers,
+                            drop_last=len(train_ds) > tc.batch_size)
     val_dl = DataLoader(val_ds, tc.batch_size * 2, num_workers=tc.num_workers)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(tc.epochs, 1))

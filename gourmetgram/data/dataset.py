@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from gourmetgram.data.layout import list_images
 from gourmetgram.preprocessing import decode_image, preprocess
@@ -19,6 +19,11 @@ class ImageFolderDataset(Dataset):
 
     Evaluation uses exactly :func:`gourmetgram.preprocessing.preprocess`; training may add
     a horizontal flip and a random crop on the decoded image first (from the config).
+
+    The augmentation RNG lives on the object. In the main process (``num_workers: 0``) it
+    advances from epoch to epoch; a DataLoader worker gets a pickled COPY of it at every
+    epoch, so without :func:`seed_worker` every epoch (and every worker) would repeat the
+    same draws. Build training loaders with :func:`train_loader`.
     """
 
     def __init__(self, folder: str | Path, image_size: int, hflip: bool = False,
@@ -28,6 +33,9 @@ class ImageFolderDataset(Dataset):
         self.image_size = image_size
         self.hflip = hflip
         self.crop_scale = crop_scale
+        self.rng = random.Random(seed)
+
+    def reseed(self, seed: int) -> None:
         self.rng = random.Random(seed)
 
     def __len__(self) -> int:
@@ -57,3 +65,23 @@ class ImageFolderDataset(Dataset):
 
     def __getitem__(self, index: int):
         return torch.from_numpy(self.load(index)), self.items[index][1]
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: reseed this worker's copy of the dataset's RNG.
+
+    torch seeds each worker with ``base_seed + worker_id``, and draws ``base_seed`` from the
+    loader's generator once per epoch (per iterator): so the draws differ between epochs and
+    between workers, and a run with the same generator seed repeats exactly.
+    """
+    info = get_worker_info()
+    if info is not None and hasattr(info.dataset, "reseed"):
+        info.dataset.reseed(info.seed)
+
+
+def train_loader(dataset: Dataset, batch_size: int, seed: int, num_workers: int = 0,
+                 drop_last: bool = False) -> DataLoader:
+    """The training DataLoader: shuffled by a seeded generator, workers reseeded per epoch."""
+    return DataLoader(dataset, batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed),
+                      num_workers=num_workers, drop_last=drop_last,
+                      worker_init_fn=seed_worker if num_workers > 0 else None)
