@@ -87,9 +87,32 @@ def find_latest_bundle(root: Path | None = None) -> Path:
     models = Path(root) if root else home() / "models"
     bundles = [p for p in models.glob("*/") if (p / "triton").is_dir()] if models.is_dir() else []
     if not bundles:
-        raise UserError(f"no exported model under {models}; run the pipeline or `gourmetgram export` "
-                        "first, or pass --bundle DIR")
+        raise UserError(f"no exported model under {models}; run `gourmetgram pipeline run` or "
+                        "`gourmetgram demo` first, or pass --bundle DIR")
     return max(bundles, key=lambda p: (p / "triton").stat().st_mtime)
+
+
+def registered_bundle(stage: str) -> Path:
+    """The bundle of the model version the registry's ``stage`` alias points at.
+
+    What ``serve`` runs without ``--bundle``: the registry says what serves where, not the
+    newest folder under models/ (after ``gourmetgram demo`` that is a deliberately bad canary).
+    """
+    from gourmetgram import registry
+    from gourmetgram.tracking import tracking_uri
+
+    version = registry.version_for(stage)
+    if version is None:
+        raise UserError(
+            f"no version of {constants.REGISTERED_MODEL_NAME!r} has the registry alias {stage!r} "
+            f"(MLflow at {tracking_uri()}); run `gourmetgram pipeline run --dataset DIR --stage {stage}` "
+            f"(it registers the model it exports under that alias), or pass --bundle DIR")
+    uri = registry.bundle_for(version)
+    path = Path(uri[len("file://"):] if uri.startswith("file://") else uri).expanduser()
+    if not path.is_dir():
+        raise UserError(f"version {version} (alias {stage!r}) names the bundle {uri}, which is not a "
+                        "folder on this machine; pass --bundle DIR")
+    return path.resolve()
 
 
 def _die_with_parent() -> None:
@@ -307,7 +330,7 @@ class LocalStack:
         """``logger_url``: the inference logger's sink (the local drift detector); ``""`` turns
         the logger off; None keeps the manifest's (a cluster-only URL becomes the local
         detector port, see :func:`gourmetgram.local.gateway.local_logger_url`)."""
-        self.bundle = Path(bundle).resolve() if bundle else find_latest_bundle()
+        self.bundle = Path(bundle).resolve() if bundle else registered_bundle(stage)
         self.stage = stage
         self.ports = ports or Ports()
         self.host = host

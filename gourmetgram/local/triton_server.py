@@ -58,7 +58,7 @@ def model_dir_of(model_repository: Path, model_name: str) -> Path:
         if not needed.is_file():
             raise UserError(
                 f"{needed} does not exist: {model_repository} is not an exported Triton model "
-                f"repository for model {model_name!r} (run `gourmetgram export` first)"
+                f"repository for model {model_name!r} (export one with `gourmetgram pipeline run` or `gourmetgram demo`)"
             )
     return model_dir
 

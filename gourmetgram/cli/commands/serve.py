@@ -72,13 +72,13 @@ def _serve(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "serve", help="serve the newest exported model locally (Triton + transformer + gateway)",
+        "serve", help="serve the stage's registered model locally (Triton + transformer + gateway)",
         description="Start PyTriton with the exported model, the KServe transformer and the local "
         "gateway that reads inference_services/<stage>.yaml; stop all of them on Ctrl-C or SIGTERM.")
     parser.add_argument("--stage", choices=STAGE_CHOICES, default=constants.STAGING,
                         help="which InferenceService manifest to serve (default: %(default)s)")
-    parser.add_argument("--bundle", help="export bundle folder (default: the newest under "
-                        "$GOURMETGRAM_HOME/models/)")
+    parser.add_argument("--bundle", help="export bundle folder (default: the bundle of the version "
+                        "the MLflow registry alias --stage points at)")
     parser.add_argument("--manifest", help="InferenceService YAML (default: inference_services/<stage>.yaml)")
     parser.add_argument("--ports", nargs="+", metavar="NAME=PORT",
                         help="override ports: triton_http, triton_grpc, triton_metrics, "
