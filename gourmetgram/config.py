@@ -84,7 +84,7 @@ class ExportConfig:
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_delay_microseconds: int = 1000
     instance_count: int = 1
-    instance_kind: str = "KIND_CPU"  # KIND_GPU on the cluster's GPU nodes
+    instance_kind: str = "KIND_CPU"  # configs/food11.yaml: KIND_AUTO (GPU in production, CPU in staging)
     opset: int = 17
     parity_atol: float = 1e-3  # max |logit difference| between ONNX Runtime and PyTorch
     parity_min_agreement: float = 1.0  # share of identical top-1 classes
@@ -181,8 +181,8 @@ def _check(cfg: RunConfig) -> None:
         problems.append("export.max_batch_size must be >= 1")
     if any(b > cfg.export.max_batch_size for b in cfg.export.preferred_batch_sizes):
         problems.append("export.preferred_batch_sizes must not exceed export.max_batch_size")
-    if cfg.export.instance_kind not in ("KIND_CPU", "KIND_GPU"):
-        problems.append("export.instance_kind must be KIND_CPU or KIND_GPU")
+    if cfg.export.instance_kind not in ("KIND_CPU", "KIND_GPU", "KIND_AUTO"):
+        problems.append("export.instance_kind must be KIND_CPU, KIND_GPU or KIND_AUTO")
     if not 0 <= cfg.export.int8_min_agreement <= 1:
         problems.append("export.int8_min_agreement must be in [0, 1]")
     if not 0 <= cfg.export.int8_max_accuracy_drop <= 1:

@@ -12,6 +12,9 @@ STAGES = (STAGING, CANARY, PRODUCTION)
 MODEL_NAME = "food11"
 # The MLflow registered model name.
 REGISTERED_MODEL_NAME = "gourmetgram-food11"
+# KServe's name for the transformer container collocated in the predictor pod
+# (kserve constants.TransformerContainerName): each revision is a transformer + Triton pair.
+TRANSFORMER_CONTAINER = "transformer-container"
 # InferenceService names per stage.
 ISVC_NAMES = {STAGING: "food11-staging", PRODUCTION: "food11"}
 

@@ -19,7 +19,7 @@ from typing import Any, Iterable
 import yaml
 
 from gourmetgram.config import read_yaml
-from gourmetgram.constants import ISVC_NAMES, MODEL_NAME, PRODUCTION, REPO_ROOT, STAGING
+from gourmetgram.constants import ISVC_NAMES, MODEL_NAME, PRODUCTION, REPO_ROOT, STAGING, TRANSFORMER_CONTAINER
 from gourmetgram.errors import UserError
 
 CHART_DIR = REPO_ROOT / "charts" / "gourmetgram"
@@ -34,9 +34,12 @@ DASHBOARD_DIR = CHART_DIR / "dashboards"
 RENDERED_STAGES = (STAGING, PRODUCTION)
 ISVC_KIND = "InferenceService"
 ISVC_API_VERSION = "serving.kserve.io/v1beta1"
+# What a cluster InferenceService's storageUri may name (KServe's storage initializer schemes).
+REMOTE_URI_SCHEMES = ("s3://", "gs://", "http://", "https://", "pvc://", "oci://")
 
 # Order of objects in a rendered file: what others depend on comes first.
-_KIND_ORDER = ("Namespace", "ConfigMap", "Service", "InferenceService", "PodMonitor", "PrometheusRule")
+_KIND_ORDER = ("Namespace", "ConfigMap", "Role", "RoleBinding", "ServingRuntime", "Service", "InferenceService",
+               "PodMonitor", "PrometheusRule")
 
 _HEADER = (
     "# Rendered from charts/gourmetgram (values.yaml + values-{stage}.yaml{overlay}) by\n"
@@ -182,13 +185,26 @@ def find_inference_service(objects: Iterable[dict]) -> dict[str, Any]:
 
 
 def bundle_uri(storage_uri: str) -> str:
-    """The bundle root from either the bundle URI or its ``/triton`` model repository."""
+    """The bundle root from either the bundle URI or its ``/triton`` model repository.
+
+    A cluster InferenceService downloads it with KServe's storage initializer, so a local
+    path (which exists only on the machine that exported it) is refused here.
+    """
     uri = storage_uri.strip().rstrip("/")
     if not uri:
         raise UserError("empty storage URI")
+    if not uri.startswith(REMOTE_URI_SCHEMES):
+        raise UserError(f"{uri!r} is not an object-store URI: a cluster InferenceService reads its bundle "
+                        "from s3://<bucket>/<model>/<version> (the pipeline's register step copies it there)")
     if uri.endswith("/triton"):
         uri = uri[: -len("/triton")]
     return uri
+
+
+def transformer_container(isvc: dict) -> dict | None:
+    """The transformer container collocated in the predictor pod (None if there is none)."""
+    containers = ((isvc.get("spec") or {}).get("predictor") or {}).get("containers") or []
+    return next((c for c in containers if c.get("name") == TRANSFORMER_CONTAINER), None)
 
 
 def rollout_overrides(
@@ -201,8 +217,10 @@ def rollout_overrides(
     """Values that point a stage at another bundle and/or set or clear its canary share.
 
     ``storage_uri`` may name the bundle root or its ``triton/`` folder. ``canary_percent``
-    0..100 renders ``canaryTrafficPercent`` on BOTH transformer and predictor (0 pins all
-    traffic to the previous revision); ``promote`` removes it (100% to the latest revision).
+    0..100 renders the predictor's ``canaryTrafficPercent`` (the transformer is collocated in
+    the same revision; 0 pins all traffic to the previous revision); ``promote`` removes it
+    (100% to the latest revision). The drift detector keeps the stable bundle as its
+    reference until a promote moves it: see :func:`set_rollout`.
     """
     if promote and canary_percent is not None:
         raise UserError("choose either a canary percentage or promote, not both")
@@ -242,7 +260,16 @@ def set_rollout(
     )
     chart_dir = Path(chart_dir)
     overlay_path = rollout_file(stage, chart_dir)
-    overlay = deep_merge(read_yaml(overlay_path) if overlay_path.exists() else {}, changes)
+    previous = read_yaml(overlay_path) if overlay_path.exists() else {}
+    before = deep_merge(read_yaml(chart_dir / f"values-{stage}.yaml"), previous)
+    overlay = deep_merge(previous, changes)
+    new_bundle = (changes.get("model") or {}).get("bundleUri")
+    if promote:  # the detector judges drift against the model that now takes all traffic
+        overlay["detector"] = {**overlay.get("detector", {}), "bundleUri": ""}
+    elif new_bundle and not (before.get("detector") or {}).get("bundleUri"):
+        # a canary: the detector keeps the stable model's reference until promote
+        stable = (before.get("model") or {}).get("bundleUri") or read_yaml(chart_dir / "values.yaml")["model"]["bundleUri"]
+        overlay["detector"] = {**overlay.get("detector", {}), "bundleUri": stable}
     values = deep_merge(read_yaml(chart_dir / f"values-{stage}.yaml"), overlay)
     objects = _render(stage, values, chart_dir)  # fails before any file is touched
     overlay_path.parent.mkdir(parents=True, exist_ok=True)
@@ -259,15 +286,15 @@ def set_rollout(
 def canary_percent(isvc: dict) -> int | None:
     """The canary share of a rendered InferenceService (None when promoted)."""
     spec = isvc.get("spec", {})
-    values = {spec.get(c, {}).get("canaryTrafficPercent") for c in ("predictor", "transformer") if c in spec}
-    if len(values) > 1:
-        raise UserError(f"transformer and predictor canaryTrafficPercent differ: {sorted(values, key=str)}")
-    return values.pop() if values else None
+    if "transformer" in spec:
+        raise UserError("spec.transformer is a separate component that splits traffic on its own (kserve#1669); "
+                        f"collocate it as predictor container {TRANSFORMER_CONTAINER!r}")
+    return (spec.get("predictor") or {}).get("canaryTrafficPercent")
 
 
 def transformer_model_name(isvc: dict) -> str:
     """The ``--model_name`` the transformer container is started with (defaults to MODEL_NAME)."""
-    args = isvc["spec"]["transformer"]["containers"][0].get("args", [])
+    args = (transformer_container(isvc) or {}).get("args", [])
     for i, arg in enumerate(args):
         if arg == "--model_name" and i + 1 < len(args):
             return args[i + 1]

@@ -20,6 +20,11 @@ if ! command -v promtool >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) >/dev/null 2>&1 \
     || echo "warning: could not install prometheus (promtool); rule tests will be skipped" >&2
 fi
+# Lint for every shell script: tests/test_infra.py runs shellcheck and requires it.
+if ! command -v shellcheck >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends shellcheck) >/dev/null 2>&1 \
+    || echo "warning: could not install shellcheck; tests/test_infra.py will fail" >&2
+fi
 rm -f .venv/.installed-*
 touch "$stamp"
 echo "setup done"

@@ -33,18 +33,20 @@ def demo_dataset(session_home) -> Path:
 def kube_api():
     """A local HTTP server standing in for the Kubernetes API server (none runs here).
 
-    ``start(obj)`` answers every GET and PATCH with ``obj`` and returns a real
+    ``start(obj)`` answers every GET and PATCH with ``obj`` (or, with ``routes``, with the
+    object whose key the request path ends with) and returns a real
     ``kubernetes.client.ApiClient`` pointed at it plus the list of calls it recorded:
     ``(method, path, content-type, parsed body or None)``.
     """
     servers = []
 
-    def start(obj: dict):
+    def start(obj: dict, routes: dict[str, dict] | None = None):
         calls = []
 
         class Handler(BaseHTTPRequestHandler):
             def _reply(self):
-                data = json.dumps(obj).encode()
+                routed = [o for suffix, o in (routes or {}).items() if self.path.split("?")[0].endswith(suffix)]
+                data = json.dumps(routed[0] if routed else obj).encode()
                 self.send_response(200)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(data)))

@@ -1,9 +1,10 @@
 """The serving chart and the committed InferenceService manifests (contract 3).
 
-Everything renders offline with the Helm Go SDK; every object is schema-checked: built-in
-kinds with kubernetes-validate, the InferenceService field by field against KServe's
-generated v1beta1 models (kubernetes-validate has no CRD schemas), the Knative Service's
-pod template as a core PodSpec.
+Everything renders offline with the Helm Go SDK; every object is validated strictly
+(unknown fields rejected): built-in kinds with kubernetes-validate, custom resources
+against the real CRDs of the pinned KServe / Knative / prometheus-operator releases
+vendored in tests/schemas/ (see k8s_schemas.py), the Knative Service's pod template also as
+a core PodSpec whose feature-gated fields the install's config-features patch enables.
 """
 
 from __future__ import annotations
@@ -13,135 +14,29 @@ import shutil
 from pathlib import Path
 
 import helm_python
-import kubernetes_validate
+import k8s_schemas
 import pytest
 import yaml
 
 from gourmetgram import manifests
 from gourmetgram.cli.main import main
-from gourmetgram.constants import ISVC_NAMES, MODEL_NAME, PRODUCTION, STAGING
+from gourmetgram.config import read_yaml
+from gourmetgram.constants import ISVC_NAMES, MODEL_NAME, PRODUCTION, REPO_ROOT, STAGING, TRANSFORMER_CONTAINER
 from gourmetgram.errors import UserError
 
-K8S_VERSION = "1.30"
-SCALE_METRICS = {"cpu", "memory", "concurrency", "rps"}
-LOGGER_MODES = {"all", "request", "response"}
+# config-features as the install leaves it: upstream 1.21 defaults + infra's merge patch
+KNATIVE_FEATURES = k8s_schemas.effective_knative_features(
+    read_yaml(REPO_ROOT / "infra" / "k8s" / "knative" / "config-features.yaml"))
 
 
-# --- an offline validator for KServe InferenceServices --------------------------------
+# --- strict validation against the pinned upstream schemas (tests/schemas/, k8s_schemas.py) ---
 
-def _model_class(type_name: str):
-    import kserve.models as kserve_models
-    import kubernetes.client.models as k8s_models
-
-    for module in (kserve_models, k8s_models):
-        if hasattr(module, type_name):
-            return getattr(module, type_name)
-    return None
-
-
-_PRIMITIVES = {"str": (str,), "int": (int,), "bool": (bool,), "float": (int, float), "object": (object,)}
-
-
-def _check(value, type_name: str, path: str, errors: list[str]) -> None:
-    """Walk ``value`` against a generated OpenAPI type name; collect every mismatch."""
-    if type_name.startswith("list["):
-        if not isinstance(value, list):
-            errors.append(f"{path}: expected a list, got {type(value).__name__}")
-            return
-        for i, item in enumerate(value):
-            _check(item, type_name[5:-1], f"{path}[{i}]", errors)
-        return
-    if type_name.startswith("dict("):
-        inner = type_name[len("dict(str, "):-1]
-        if not isinstance(value, dict):
-            errors.append(f"{path}: expected a mapping, got {type(value).__name__}")
-            return
-        for key, item in value.items():
-            if inner in ("str", "ResourceQuantity") and path.endswith(("limits", "requests")):
-                ok = isinstance(item, (str, int)) and not isinstance(item, bool)  # a quantity
-                if not ok:
-                    errors.append(f"{path}.{key}: not a quantity: {item!r}")
-                continue
-            _check(item, inner, f"{path}.{key}", errors)
-        return
-    if type_name in _PRIMITIVES:
-        ok = isinstance(value, _PRIMITIVES[type_name])
-        if type_name == "int" and isinstance(value, bool):
-            ok = False
-        if not ok:
-            errors.append(f"{path}: expected {type_name}, got {value!r}")
-        return
-    cls = _model_class(type_name)
-    if cls is None:
-        errors.append(f"{path}: unknown type {type_name}")
-        return
-    if not isinstance(value, dict):
-        errors.append(f"{path}: expected an object ({type_name}), got {value!r}")
-        return
-    json_to_attr = {json_key: attr for attr, json_key in cls.attribute_map.items()}
-    for key, item in value.items():
-        attr = json_to_attr.get(key)
-        if attr is None:
-            errors.append(f"{path}.{key}: unknown field of {type_name}")
-            continue
-        _check(item, cls.openapi_types[attr], f"{path}.{key}", errors)
+def object_errors(obj: dict) -> list[str]:
+    return k8s_schemas.object_errors(obj, KNATIVE_FEATURES)
 
 
 def inference_service_errors(isvc: dict) -> list[str]:
-    """Every field known to V1beta1InferenceService's types, enums and ranges valid."""
-    errors: list[str] = []
-    if isvc.get("apiVersion") != manifests.ISVC_API_VERSION:
-        errors.append(f"apiVersion {isvc.get('apiVersion')!r}")
-    _check({k: v for k, v in isvc.items() if k != "kind"}, "V1beta1InferenceService", "isvc", errors)
-    for component in ("predictor", "transformer"):
-        spec = isvc.get("spec", {}).get(component)
-        if spec is None:
-            continue
-        if "scaleMetric" in spec and spec["scaleMetric"] not in SCALE_METRICS:
-            errors.append(f"{component}.scaleMetric {spec['scaleMetric']!r} not in {sorted(SCALE_METRICS)}")
-        if "logger" in spec and spec["logger"].get("mode", "all") not in LOGGER_MODES:
-            errors.append(f"{component}.logger.mode {spec['logger']['mode']!r}")
-        if "canaryTrafficPercent" in spec and not 0 <= spec["canaryTrafficPercent"] <= 100:
-            errors.append(f"{component}.canaryTrafficPercent {spec['canaryTrafficPercent']} outside 0..100")
-    return errors
-
-
-def knative_service_errors(ksvc: dict) -> list[str]:
-    """Top-level shape of a serving.knative.dev/v1 Service; its pod template as a core PodSpec."""
-    errors = []
-    if ksvc.get("apiVersion") != "serving.knative.dev/v1":
-        errors.append(f"apiVersion {ksvc.get('apiVersion')!r}")
-    unknown = set(ksvc.get("spec", {})) - {"template", "traffic"}
-    if unknown:
-        errors.append(f"unknown spec fields {sorted(unknown)}")
-    template = ksvc["spec"]["template"]
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "t", **template.get("metadata", {})},
-           "spec": template["spec"]}
-    try:
-        kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
-    except kubernetes_validate.ValidationError as exc:
-        errors.append(f"pod template: {'.'.join(map(str, exc.path))}: {exc.message}")
-    if len(template["spec"]["containers"]) != 1:
-        errors.append("Knative allows exactly one serving container here")
-    return errors
-
-
-def object_errors(obj: dict) -> list[str]:
-    kind = obj["kind"]
-    if kind == "InferenceService":
-        return inference_service_errors(obj)
-    if kind == "Service" and obj["apiVersion"].startswith("serving.knative.dev"):
-        return knative_service_errors(obj)
-    if obj["apiVersion"].startswith("monitoring.coreos.com"):
-        # prometheus-operator CRDs: checked structurally here, rules by promtool in test_monitoring.
-        expected = {"PodMonitor": {"selector", "podMetricsEndpoints"}, "PrometheusRule": {"groups"}}[kind]
-        missing = expected - set(obj.get("spec", {}))
-        return [f"{kind} spec lacks {sorted(missing)}"] if missing else []
-    try:
-        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
-    except kubernetes_validate.ValidationError as exc:
-        return [f"{kind}: {'.'.join(map(str, exc.path))}: {exc.message}"]
-    return []
+    return k8s_schemas.object_errors(isvc)
 
 
 # --- fixtures ---------------------------------------------------------------------------
@@ -180,25 +75,53 @@ def test_every_object_passes_its_schema(stage, canary):
     overrides = {} if canary is None else {"canary": {"trafficPercent": canary}}
     objects = manifests.render_objects(stage, overrides)
     kinds = {o["kind"] for o in objects}
-    assert {"Namespace", "InferenceService", "Service", "PodMonitor"} <= kinds
+    assert {"ServingRuntime", "InferenceService", "Service", "PodMonitor"} <= kinds
+    assert "Namespace" not in kinds  # install_platform.sh owns the namespaces (and their Secrets)
+    if stage == PRODUCTION:
+        assert {"Role", "RoleBinding", "PrometheusRule", "ConfigMap"} <= kinds
     for obj in objects:
         assert object_errors(obj) == [], obj["kind"]
         assert obj["metadata"]["labels"]["app.kubernetes.io/part-of"] == "gourmetgram"
 
 
-def test_the_isvc_validator_catches_typos_and_bad_enums(rendered):
+def test_the_validator_rejects_unknown_fields_and_bad_values(rendered):
     isvc = isvc_of(rendered[PRODUCTION])
     assert inference_service_errors(isvc) == []
     typo = yaml.safe_load(yaml.safe_dump(isvc))
     typo["spec"]["predictor"]["canaryTraficPercent"] = 10
     typo["spec"]["predictor"]["scaleMetric"] = "qps"  # the website's spelling the enum rejects
-    typo["spec"]["transformer"]["logger"]["mode"] = "both"
-    typo["spec"]["transformer"]["containers"][0]["imagePullPolicy"] = ["Always"]
+    typo["spec"]["predictor"]["logger"]["mode"] = "both"
+    typo["spec"]["predictor"]["containers"][0]["imagePullPolicy"] = ["Always"]
+    typo["spec"]["predictor"]["model"]["storageURI"] = "s3://x/y"
+    typo["metadata"]["annotation"] = {}
     errors = "\n".join(inference_service_errors(typo))
-    assert "canaryTraficPercent: unknown field" in errors
-    assert "scaleMetric 'qps'" in errors
-    assert "logger.mode 'both'" in errors
-    assert "imagePullPolicy: expected str" in errors
+    assert "'canaryTraficPercent' was unexpected" in errors
+    assert "'qps' is not one of" in errors
+    assert "'both' is not one of" in errors
+    assert "containers.0.imagePullPolicy" in errors
+    assert "'storageURI' was unexpected" in errors
+    assert "annotation" in errors  # metadata is a strict ObjectMeta
+    # the other custom resources are strict too
+    by_kind = {o["kind"]: o for o in rendered[PRODUCTION]}
+    for kind, path in (("PodMonitor", ("spec", "podMetricsEndpoints", 0)), ("ServingRuntime", ("spec",)),
+                       ("PrometheusRule", ("spec", "groups", 0)), ("Service", ("spec", "template", "spec"))):
+        bad = yaml.safe_load(yaml.safe_dump(by_kind[kind]))
+        node = bad
+        for key in path:
+            node = node[key]
+        node["scrapeIntervall"] = "15s"
+        assert any("scrapeIntervall" in e for e in object_errors(bad)), kind
+    role = yaml.safe_load(yaml.safe_dump(by_kind["Role"]))
+    role["rules"][0]["verb"] = ["get"]
+    assert object_errors(role)
+
+
+def test_knative_service_needs_the_features_the_install_enables(rendered):
+    ksvc = next(o for o in rendered[STAGING] if o["kind"] == "Service")
+    defaults = k8s_schemas.effective_knative_features(None)  # a Knative 1.21 without the patch
+    errors = "\n".join(k8s_schemas.object_errors(ksvc, defaults))
+    assert "kubernetes.podspec-init-containers" in errors
+    assert k8s_schemas.object_errors(ksvc, KNATIVE_FEATURES) == []
 
 
 def test_names_annotations_and_triton_predictor(rendered):
@@ -207,78 +130,123 @@ def test_names_annotations_and_triton_predictor(rendered):
         meta = isvc["metadata"]
         assert meta["name"] == ISVC_NAMES[stage]
         assert meta["annotations"] == {
-            "serving.kserve.io/deploymentMode": "Serverless",
+            "serving.kserve.io/deploymentMode": "Knative",
             "serving.kserve.io/enable-tag-routing": "true",
-            "serving.kserve.io/enable-prometheus-scraping": "true",
-        }
-        model = isvc["spec"]["predictor"]["model"]
+        }  # no enable-prometheus-scraping: the PodMonitor scrapes each series once
+        assert "transformer" not in isvc["spec"]  # collocated (kserve#1669)
+        predictor = isvc["spec"]["predictor"]
+        model = predictor["model"]
         assert model["modelFormat"] == {"name": "triton"}
         assert model["protocolVersion"] == "v2"
-        assert model["runtime"] == "kserve-tritonserver"
-        assert re.fullmatch(r"s3://[a-z0-9.-]+/.+/triton", model["storageUri"])
-        for component in ("predictor", "transformer"):
-            spec = isvc["spec"][component]
-            assert spec["scaleMetric"] == "concurrency"
-            assert spec["scaleTarget"] >= 1 and spec["maxReplicas"] >= max(1, spec["minReplicas"])
-            assert spec["serviceAccountName"]  # S3 credentials by reference only
+        runtime = next(o for o in objects if o["kind"] == "ServingRuntime")
+        assert model["runtime"] == runtime["metadata"]["name"]
+        assert re.fullmatch(r"s3://[a-z0-9.-]+/food11/\d+", model["storageUri"])  # s3://<bucket>/<model>/<version>
+        assert predictor["scaleMetric"] == "concurrency"
+        assert predictor["scaleTarget"] >= 1 and predictor["maxReplicas"] >= max(1, predictor["minReplicas"])
+        assert predictor["serviceAccountName"]  # S3 credentials by reference only
 
 
 def test_staging_scales_to_zero_and_production_stays_warm_on_a_gpu(rendered):
     staging, production = isvc_of(rendered[STAGING]), isvc_of(rendered[PRODUCTION])
-    for component in ("predictor", "transformer"):
-        assert staging["spec"][component]["minReplicas"] == 0
-        assert production["spec"][component]["minReplicas"] >= 1
+    assert staging["spec"]["predictor"]["minReplicas"] == 0
+    assert production["spec"]["predictor"]["minReplicas"] >= 1
     prod_res = production["spec"]["predictor"]["model"]["resources"]
     assert int(prod_res["limits"]["nvidia.com/gpu"]) == 1
     assert production["spec"]["predictor"]["nodeSelector"]
     assert "nvidia.com/gpu" not in staging["spec"]["predictor"]["model"]["resources"].get("limits", {})
 
 
-def test_transformer_speaks_v2_to_the_triton_model_it_names(rendered):
+def test_transformer_is_collocated_and_calls_its_own_triton(rendered):
     for objects in rendered.values():
         isvc = isvc_of(objects)
-        container = isvc["spec"]["transformer"]["containers"][0]
-        assert container["name"] == "kserve-container"
+        container = manifests.transformer_container(isvc)
+        assert container["name"] == TRANSFORMER_CONTAINER == "transformer-container"
         args = container["args"]
         assert args[args.index("--protocol") + 1] == "v2"  # the controller never injects it
-        # Triton serves <storageUri>/<model>/; the transformer calls /v2/models/<model_name>/infer
+        runtime = next(o for o in objects if o["kind"] == "ServingRuntime")
+        triton = runtime["spec"]["containers"][0]
+        assert triton["name"] == "kserve-container"
+        http_port = next(a.split("=")[1] for a in triton["args"] if a.startswith("--http-port="))
+        # the transformer reaches the Triton of its own revision on localhost, off its own port
+        assert args[args.index("--predictor_host") + 1] == f"localhost:{http_port}"
+        assert container["ports"] == [{"containerPort": int(args[args.index("--http_port") + 1]), "protocol": "TCP"}]
+        assert int(http_port) != container["ports"][0]["containerPort"]
+        # Triton serves <bundle>/triton/<model>/; the transformer calls /v2/models/<model_name>/infer
+        assert "--model-repository=/mnt/models/triton" in triton["args"]
         assert manifests.transformer_model_name(isvc) == MODEL_NAME
-        spec_path = args[args.index("--model_spec") + 1]
-        env = {e["name"]: e["value"] for e in container["env"]}
-        assert spec_path.startswith("/mnt/models/")
-        assert env["STORAGE_URI"] + "/triton" == isvc["spec"]["predictor"]["model"]["storageUri"]
+        assert args[args.index("--model_spec") + 1] == "/mnt/models/model_spec.json"
+        # KServe rejects STORAGE_URI on a collocated transformer: storageUri feeds both containers
+        assert "STORAGE_URI" not in {e["name"] for e in container.get("env", [])}
 
 
-def test_transformer_logs_to_the_detector_rendered_beside_it(rendered):
+def test_logger_feeds_the_detector_which_downloads_from_the_object_store(rendered):
     for objects in rendered.values():
         isvc = isvc_of(objects)
-        logger = isvc["spec"]["transformer"]["logger"]
+        logger = isvc["spec"]["predictor"]["logger"]
         assert logger["mode"] == "all"
-        assert "logger" not in isvc["spec"]["predictor"]  # one event stream: the client's images
         ksvc = next(o for o in objects if o["kind"] == "Service")
         ns = isvc["metadata"]["namespace"]
         assert ksvc["metadata"]["namespace"] == ns
         assert logger["url"] == f"http://{ksvc['metadata']['name']}.{ns}.svc.cluster.local"
         annotations = ksvc["spec"]["template"]["metadata"]["annotations"]
         assert annotations["autoscaling.knative.dev/min-scale"] == "1"
-        assert annotations["prometheus.io/scrape"] == "true"
+        init = ksvc["spec"]["template"]["spec"]["initContainers"][0]
+        assert init["image"].endswith(":v0.20.0")  # the pinned KServe's storage initializer
+        env = {e["name"]: e for e in init["env"]}
+        # KServe's storage initializer reads AWS_ENDPOINT_URL; it is required from the Secret
+        ref = env["AWS_ENDPOINT_URL"]["valueFrom"]["secretKeyRef"]
+        assert ref["name"] == init["envFrom"][0]["secretRef"]["name"] and not ref.get("optional")
+        assert init["args"][0] == isvc["spec"]["predictor"]["model"]["storageUri"]
 
 
-def test_canary_is_rendered_only_when_set_and_paired(rendered):
+def test_pod_monitors_scrape_each_port_once(rendered):
+    objects = rendered[PRODUCTION]
+    monitors = {o["metadata"]["name"]: o for o in objects if o["kind"] == "PodMonitor"}
+    isvc_monitor = monitors[ISVC_NAMES[PRODUCTION]]
+    endpoints = isvc_monitor["spec"]["podMetricsEndpoints"]
+    targets = [e.get("port") or e.get("portNumber") for e in endpoints]
+    assert targets == ["http-usermetric", "user-port", 8002]  # queue-proxy, transformer, Triton
+    assert len(set(targets)) == len(targets)
+    for endpoint in endpoints:
+        relabeled = {r["targetLabel"] for r in endpoint["relabelings"]}
+        assert {"kn_revision_name", "kn_configuration_name", "k8s_namespace_name"} <= relabeled
+    runtime = next(o for o in objects if o["kind"] == "ServingRuntime")
+    assert "--metrics-port=8002" in runtime["spec"]["containers"][0]["args"]
+    for obj in objects:  # nothing else asks to be scraped (no double counting)
+        text = yaml.safe_dump(obj)
+        assert "prometheus.io/scrape" not in text and "enable-prometheus-scraping" not in text
+        assert "enable-metric-aggregation" not in text
+    assert monitors["drift-detector"]["spec"]["podMetricsEndpoints"][0]["port"] == "user-port"
+
+
+def test_rollout_role_is_least_privilege(rendered):
+    objects = rendered[PRODUCTION]
+    role = next(o for o in objects if o["kind"] == "Role")
+    binding = next(o for o in objects if o["kind"] == "RoleBinding")
+    assert role["metadata"]["namespace"] == "gourmetgram-production"
+    assert role["rules"] == [{"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices"],
+                              "resourceNames": ["food11"], "verbs": ["get", "patch"]}]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": role["metadata"]["name"]}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": "kubeflow"}]
+    assert not any(o["kind"] in ("Role", "RoleBinding") for o in rendered[STAGING])
+
+
+def test_canary_is_one_component_and_rendered_only_when_set(rendered):
     for objects in rendered.values():
-        spec = isvc_of(objects)["spec"]
-        assert "canaryTrafficPercent" not in spec["predictor"]
-        assert "canaryTrafficPercent" not in spec["transformer"]
+        assert "canaryTrafficPercent" not in isvc_of(objects)["spec"]["predictor"]
     for percent in (0, 10, 100):
         isvc = isvc_of(manifests.render_objects(PRODUCTION, {"canary": {"trafficPercent": percent}}))
-        # kserve#1669: the components split independently, so they must carry the same share
         assert isvc["spec"]["predictor"]["canaryTrafficPercent"] == percent
-        assert isvc["spec"]["transformer"]["canaryTrafficPercent"] == percent
         assert manifests.canary_percent(isvc) == percent
     with pytest.raises(UserError, match="0..100"):
         manifests.render_objects(PRODUCTION, {"canary": {"trafficPercent": 150}})
     with pytest.raises(UserError, match="scaleMetric"):
         manifests.render_objects(STAGING, {"predictor": {"scaleMetric": "qps"}})
+    with pytest.raises(UserError, match="local path"):
+        manifests.render_objects(STAGING, {"model": {"bundleUri": "/home/me/.gourmetgram/bundles/7"}})
+    with pytest.raises(UserError, match="kserve#1669"):
+        manifests.canary_percent({"spec": {"predictor": {}, "transformer": {"canaryTrafficPercent": 5}}})
 
 
 def test_rollout_rerenders_from_values_and_stays_fresh(tmp_path):
@@ -287,22 +255,30 @@ def test_rollout_rerenders_from_values_and_stays_fresh(tmp_path):
     out = tmp_path / "inference_services"
     manifests.write_manifests(out, chart_dir=chart)
 
-    path = manifests.set_rollout(PRODUCTION, storage_uri="s3://gourmetgram-models/7/triton/",
+    def detector_bundle(objects):
+        ksvc = next(o for o in objects if o["kind"] == "Service")
+        return ksvc["spec"]["template"]["spec"]["initContainers"][0]["args"][0]
+
+    stable = isvc_of(manifests.load_manifest(out / "production.yaml"))["spec"]["predictor"]["model"]["storageUri"]
+    path = manifests.set_rollout(PRODUCTION, storage_uri="s3://gourmetgram-models/food11/7/triton/",
                                  canary_percent=20, chart_dir=chart, out_dir=out)
-    isvc = isvc_of(manifests.load_manifest(path))
-    assert isvc["spec"]["predictor"]["model"]["storageUri"] == "s3://gourmetgram-models/7/triton"
-    assert isvc["spec"]["transformer"]["containers"][0]["env"][0]["value"] == "s3://gourmetgram-models/7"
+    objects = manifests.load_manifest(path)
+    isvc = isvc_of(objects)
+    assert isvc["spec"]["predictor"]["model"]["storageUri"] == "s3://gourmetgram-models/food11/7"
     assert manifests.canary_percent(isvc) == 20
-    for component in ("predictor", "transformer"):  # both roll a new revision together
-        assert isvc["spec"][component]["annotations"]["gourmetgram.io/model-version"] == "7"
+    assert isvc["spec"]["predictor"]["annotations"]["gourmetgram.io/model-version"] == "7"
+    assert detector_bundle(objects) == stable  # the canary is judged against the stable reference
     assert manifests.stale_manifests(out, chart_dir=chart) == []  # the overlay is part of the source
 
     manifests.set_rollout(PRODUCTION, canary_percent=0, chart_dir=chart, out_dir=out)  # roll back
     assert manifests.canary_percent(isvc_of(manifests.load_manifest(path))) == 0
+    assert detector_bundle(manifests.load_manifest(path)) == stable
     manifests.set_rollout(PRODUCTION, promote=True, chart_dir=chart, out_dir=out)
-    promoted = isvc_of(manifests.load_manifest(path))
+    objects = manifests.load_manifest(path)
+    promoted = isvc_of(objects)
     assert manifests.canary_percent(promoted) is None
-    assert promoted["spec"]["predictor"]["model"]["storageUri"].endswith("/7/triton")
+    assert promoted["spec"]["predictor"]["model"]["storageUri"].endswith("/food11/7")
+    assert detector_bundle(objects) == "s3://gourmetgram-models/food11/7"  # promote moves the reference
     assert manifests.stale_manifests(out, chart_dir=chart) == []
     # staging was not touched
     assert isvc_of(manifests.load_manifest(out / "staging.yaml"))["spec"]["predictor"]["model"][
@@ -315,7 +291,7 @@ def test_bad_rollout_input_writes_nothing(tmp_path):
     shutil.copytree(manifests.CHART_DIR, chart, ignore=shutil.ignore_patterns("rollout"))
     out = tmp_path / "out"
     for kwargs, message in (({"canary_percent": 101}, "0..100"), ({"canary_percent": 5, "promote": True}, "either"),
-                            ({"storage_uri": " "}, "empty")):
+                            ({"storage_uri": " "}, "empty"), ({"storage_uri": "/tmp/bundles/7"}, "object-store URI")):
         with pytest.raises(UserError, match=message):
             manifests.set_rollout(PRODUCTION, chart_dir=chart, out_dir=out, **kwargs)
     with pytest.raises(UserError, match="canary"):
@@ -334,3 +310,16 @@ def test_cli_render_and_check(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:  # argparse rejects a stage without an InferenceService
         main(["manifests", "render", "--stage", "canary"])
     assert exc.value.code == 2
+
+
+def test_one_bundle_loads_on_every_stage(rendered):
+    """Staging has no GPU, production has one: the exported instance group must fit both."""
+    from gourmetgram.config import load_config
+    from gourmetgram.export import render_triton_config
+
+    cfg = load_config("food11")
+    assert cfg.export.instance_kind == "KIND_AUTO"
+    assert "kind: KIND_AUTO" in render_triton_config(MODEL_NAME, 224, 11, cfg.export)
+    gpus = {stage: int(isvc_of(objects)["spec"]["predictor"]["model"]["resources"].get("limits", {})
+                       .get("nvidia.com/gpu", 0)) for stage, objects in rendered.items()}
+    assert gpus == {STAGING: 0, PRODUCTION: 1}  # same bundle, CPU in staging, GPU in production

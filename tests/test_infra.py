@@ -6,6 +6,7 @@ on Chameleon needs, that credentials stay out of the code, and that the scripts 
 
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 import subprocess
@@ -113,9 +114,18 @@ def test_versions_are_pinned_and_used():
     for name in ("K3S_VERSION", "KSERVE_VERSION", "KNATIVE_SERVING_VERSION", "CERT_MANAGER_VERSION",
                  "GPU_OPERATOR_VERSION", "KUBE_PROMETHEUS_STACK_VERSION", "ISTIO_VERSION"):
         assert re.search(r"\d+\.\d+\.\d+", versions[name]), name
+    # one version set: the schemas the tests validate against are those of the pinned releases
+    schemas = REPO_ROOT / "tests" / "schemas"
+    assert (schemas / f"kserve-{versions['KSERVE_VERSION']}").is_dir()
+    assert (schemas / f"knative-serving-{versions['KNATIVE_SERVING_VERSION'].removeprefix('knative-')}").is_dir()
+    assert "kube-prometheus-stack " + versions["KUBE_PROMETHEUS_STACK_VERSION"] in (schemas / "README.md").read_text()
+    assert versions["K3S_VERSION"].startswith("v1.33.")  # Knative 1.21 needs Kubernetes >= 1.33
+    values = (REPO_ROOT / "charts" / "gourmetgram" / "values.yaml").read_text()
+    assert f"tag: {versions['TRITON_IMAGE_TAG']}" in values
+    assert f"storage-initializer:{versions['KSERVE_VERSION']}" in values
     install = (INFRA / "scripts" / "install_platform.sh").read_text()
     for name in versions:
-        if name not in ("K3S_VERSION", "HELM_VERSION"):
+        if name not in ("K3S_VERSION", "HELM_VERSION", "TRITON_IMAGE_TAG"):
             assert f"${name}" in install or f"${{{name}}}" in install, f"{name} unused by install_platform.sh"
     variables = {k: v for item in _parse_terraform()["variable"] for k, v in item.items()}
     assert variables["k3s_version"]["default"] == versions["K3S_VERSION"]
@@ -130,8 +140,127 @@ def test_lease_script_reserves_gpu_hosts():
     assert "gpu_lease.auto.tfvars.json" in script
 
 
-@pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
-def test_shell_scripts_parse():
-    for script in sorted((INFRA / "scripts").glob("*.sh")):
+def _shell_scripts() -> list[Path]:
+    return sorted({*INFRA.glob("scripts/*.sh"), *REPO_ROOT.glob("scripts/*.sh"), REPO_ROOT / ".ci" / "run"})
+
+
+def test_shell_scripts_parse_and_pass_shellcheck():
+    shellcheck = shutil.which("shellcheck")
+    assert shellcheck, "shellcheck is required (Debian package `shellcheck`, installed by scripts/setup.sh)"
+    scripts = _shell_scripts()
+    assert INFRA / "scripts" / "smoke_cluster.sh" in scripts
+    for script in scripts:
         result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
         assert result.returncode == 0, f"{script}: {result.stderr}"
+    result = subprocess.run([shellcheck, "-x", *map(str, scripts)], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- install_platform.sh against recording stand-ins for kubectl / helm / nvidia-smi --------
+
+RECORDER = """#!/usr/bin/env bash
+# stand-in: record the call (and any manifest piped in), answer like the real tool
+{ printf '%s' "$(basename "$0")"; printf ' %q' "$@"; printf '\\n'; } >> "$CALLS"
+case "$(basename "$0") $*" in
+  "kubectl create"*"--dry-run=client -o yaml"*) printf 'apiVersion: v1\\nkind: Stub\\n' ;;
+  "kubectl apply -f -") sed 's/^/  | /' >> "$CALLS" ;;
+  nvidia-smi*) printf '%s\\n' "${DRIVER_VERSIONS:-570.86.15}" | tr ',' '\\n' ;;
+esac
+exit 0
+"""
+
+
+def _run_install(tmp_path: Path, **env_overrides: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for tool in ("kubectl", "helm", "nvidia-smi"):
+        (bin_dir / tool).write_text(RECORDER)
+        (bin_dir / tool).chmod(0o755)
+    calls = tmp_path / "calls.log"
+    calls.write_text("")
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "CALLS": str(calls), "HOME": str(tmp_path),
+           "AWS_ACCESS_KEY_ID": "test-key-id", "AWS_SECRET_ACCESS_KEY": "test-key",
+           "AWS_ENDPOINT_URL": "http://minio.gourmetgram-platform.svc.cluster.local:9000",
+           "NODE_IP": "192.5.87.10", "NVIDIA_SMI": "nvidia-smi", **env_overrides}
+    env = {k: v for k, v in env.items() if v is not None}
+    result = subprocess.run(["bash", str(INFRA / "scripts" / "install_platform.sh")], env=env,
+                            capture_output=True, text=True, timeout=60)
+    return result, calls.read_text().splitlines()
+
+
+def _index(calls: list[str], *needles: str) -> int:
+    for i, call in enumerate(calls):
+        if all(n in call for n in needles):
+            return i
+    raise AssertionError(f"no call with {needles}:\n" + "\n".join(calls))
+
+
+def test_install_orders_waits_and_merge_patches_knative_config(tmp_path):
+    result, calls = _run_install(tmp_path)
+    assert result.returncode == 0, result.stderr
+    commands = [c for c in calls if not c.startswith("  | ")]
+    at = functools.partial(_index, commands)
+    # the driver check comes before anything is installed
+    assert at("nvidia-smi", "driver_version") == 0
+    # each dependency is waited for before what needs it
+    assert at("cert-manager.yaml") < at("rollout status deploy/cert-manager-webhook") < at("gpu-operator")
+    assert at("helm upgrade --install gpu-operator", "--wait") < at("istio/base")
+    assert at("istio/gateway", "--wait") < at("serving-crds.yaml")
+    assert at("serving-crds.yaml") < at("wait", "Established", "services.serving.knative.dev") < at("serving-core.yaml")
+    webhook = at("knative-serving rollout status deploy/webhook")
+    knative_patches = [i for i, c in enumerate(commands) if "knative-serving patch configmap" in c]
+    assert {commands[i].split()[5] for i in knative_patches} == {
+        "config-features", "config-deployment", "config-autoscaler", "config-observability", "config-domain"}
+    assert all(i > webhook for i in knative_patches)
+    assert all("--type merge" in commands[i] for i in knative_patches)
+    assert '{"data":{"192.5.87.10.sslip.io":""}}' in commands[at("patch configmap config-domain")].replace("\\", "")
+    # no whole-ConfigMap apply of Knative's config: only release manifests and our own objects
+    for call in calls:
+        if call.startswith("kubectl apply -f ") and not call.endswith(" -"):
+            target = call.split()[-1]
+            assert target.startswith("https://github.com/") or target.endswith("model-serviceaccount.yaml"), call
+    piped = "\n".join(c for c in calls if c.startswith("  | "))
+    assert "knative-serving" not in piped
+    # KServe after Knative is configured; its controller is waited for; Prometheus after it
+    kserve = at("helm upgrade --install kserve ", "kserve-resources", "--version v0.20.0")
+    assert max(knative_patches) < at("kserve-crd") < kserve < at("rollout status deploy/kserve-controller-manager")
+    assert "kserve.controller.gateway.domain=192.5.87.10.sslip.io" in commands[kserve]
+    assert kserve < at("kube-prometheus-stack", "--version 67.8.0")
+    # namespaces and Secrets last, with the endpoint KServe's storage initializer reads
+    for ns in ("gourmetgram-staging", "gourmetgram-production"):
+        assert at("kube-prometheus-stack") < at("create namespace", ns)
+        secret = commands[at("create secret generic gourmetgram-s3", ns)]
+        assert "AWS_ENDPOINT_URL=http://minio.gourmetgram-platform.svc.cluster.local:9000" in secret
+        assert "S3_ENDPOINT=minio.gourmetgram-platform.svc.cluster.local:9000" in secret and "S3_USE_HTTPS=0" in secret
+    assert "test-key" not in result.stdout  # credentials are never echoed
+
+
+def test_knative_config_patches_name_only_keys_knative_1_21_knows():
+    import k8s_schemas
+    import yaml
+
+    patches = sorted((INFRA / "k8s" / "knative").glob("config-*.yaml"))
+    assert patches
+    for path in patches:
+        patch = yaml.safe_load(path.read_text())
+        assert patch["metadata"]["name"] == path.stem  # the script patches the ConfigMap named by the file
+        assert k8s_schemas.knative_patch_errors(patch) == [], path
+    wrong = {"apiVersion": "v1", "kind": "ConfigMap",
+             "metadata": {"name": "config-features", "namespace": "knative-serving"},
+             "data": {"kubernetes.podspec-emptydir": "enabled"}}  # the pre-1.x spelling
+    assert k8s_schemas.knative_patch_errors(wrong) == ["config-features: unknown key 'kubernetes.podspec-emptydir' "
+                                                       "for Knative 1.21"]
+
+
+@pytest.mark.parametrize(("env", "code", "message"), [
+    ({"DRIVER_VERSIONS": "570.86.15,535.104.05"}, 1, "NVIDIA driver 535.104.05 is older than 560"),
+    ({"AWS_ENDPOINT_URL": None}, 2, "set AWS_ENDPOINT_URL"),
+    ({"AWS_ENDPOINT_URL": "minio:9000"}, 2, "http[s]://host[:port]"),
+    ({"NODE_IP": None}, 2, "set NODE_IP"),
+    ({"NVIDIA_SMI": "false"}, 3, "cannot run 'false'"),
+])
+def test_install_fails_fast_with_a_clear_message(tmp_path, env, code, message):
+    result, calls = _run_install(tmp_path, **env)
+    assert result.returncode == code, result.stdout + result.stderr
+    assert message in result.stderr
+    assert not [c for c in calls if c.startswith(("kubectl", "helm"))]  # nothing was installed

@@ -124,62 +124,71 @@ ISVC = {
     "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
     "metadata": {"name": "food11", "namespace": "gourmetgram-production"},
     "spec": {
-        "predictor": {"model": {"storageUri": "s3://models/1/triton"}},
-        "transformer": {"containers": [{"name": "kserve-container", "image": "t:1",
-                                        "args": ["--model_name", MODEL, "--protocol", "v2"],
-                                        "env": [{"name": "STORAGE_URI", "value": "s3://models/1"},
-                                                {"name": "OTHER", "value": "x"}]}]},
+        "predictor": {"model": {"storageUri": "s3://models/1"},
+                      "containers": [{"name": "transformer-container", "image": "t:1",
+                                      "args": ["--model_name", MODEL, "--protocol", "v2"]}]},
     },
-    "status": {"components": {"transformer": {
-        "latestRolledoutRevision": "food11-transformer-00001",
-        "traffic": [{"revisionName": "food11-transformer-00002", "percent": 30, "latestRevision": True,
+    "status": {"components": {"predictor": {
+        "latestRolledoutRevision": "food11-predictor-00001",
+        "traffic": [{"revisionName": "food11-predictor-00002", "percent": 30, "latestRevision": True,
                      "tag": "latest"},
-                    {"revisionName": "food11-transformer-00001", "percent": 70, "latestRevision": False,
+                    {"revisionName": "food11-predictor-00001", "percent": 70, "latestRevision": False,
                      "tag": "prev"}]}}},
 }
+# The drift detector as the chart renders it (a Knative Service with a storage initializer).
+DETECTOR = {
+    "apiVersion": "serving.knative.dev/v1", "kind": "Service",
+    "metadata": {"name": "drift-detector", "namespace": "gourmetgram-production"},
+    "spec": {"template": {"spec": {
+        "initContainers": [{"name": "storage-initializer", "image": "kserve/storage-initializer:v0.20.0",
+                            "args": ["s3://models/1", "/mnt/models"]}],
+        "containers": [{"name": "drift-detector", "image": "d:1"}]}}},
+}
+ISVC_PATH = "/apis/serving.kserve.io/v1beta1/namespaces/gourmetgram-production/inferenceservices/food11"
+DETECTOR_PATH = "/apis/serving.knative.dev/v1/namespaces/gourmetgram-production/services/drift-detector"
 
 
 @pytest.fixture()
 def api_server(kube_api):
-    return kube_api(ISVC)
+    return kube_api(ISVC, routes={"/services/drift-detector": DETECTOR})
 
 
-def test_kube_canary_is_one_merge_patch_of_both_components(api_server):
+def test_kube_canary_is_one_merge_patch_of_the_collocated_predictor(api_server):
     api_client, calls = api_server
     kube = KubeRollout("food11", "gourmetgram-production", api_client)
     kube.canary("s3://models/7/triton", 20, version=7)
-    path = "/apis/serving.kserve.io/v1beta1/namespaces/gourmetgram-production/inferenceservices/food11"
     patches = [c for c in calls if c[0] == "PATCH"]
     assert len(patches) == 1
     method, got_path, content_type, body = patches[0]
-    assert got_path == path and content_type == "application/merge-patch+json"
-    spec = body["spec"]
-    assert spec["predictor"]["canaryTrafficPercent"] == spec["transformer"]["canaryTrafficPercent"] == 20
-    assert spec["predictor"]["model"]["storageUri"] == "s3://models/7/triton"
-    env = spec["transformer"]["containers"][0]["env"]
-    assert {"name": "STORAGE_URI", "value": "s3://models/7"} in env and {"name": "OTHER", "value": "x"} in env
-    assert spec["transformer"]["containers"][0]["args"] == ["--model_name", MODEL, "--protocol", "v2"]
-    assert spec["predictor"]["annotations"] == spec["transformer"]["annotations"] == {
-        "gourmetgram.io/model-version": "7"}
+    assert got_path == ISVC_PATH and content_type == "application/merge-patch+json"
+    # one component: the transformer is a container of the same revision (kserve#1669)
+    assert body == {"spec": {"predictor": {"canaryTrafficPercent": 20, "model": {"storageUri": "s3://models/7"},
+                                           "annotations": {"gourmetgram.io/model-version": "7"}}}}
 
     calls.clear()
-    kube.promote()
     kube.rollback()
     kube.set_percent(50)
-    bodies = [c[3]["spec"] for c in calls if c[0] == "PATCH"]
-    assert [b["predictor"]["canaryTrafficPercent"] for b in bodies] == [None, 0, 50]
-    assert all(b["transformer"]["canaryTrafficPercent"] == b["predictor"]["canaryTrafficPercent"] for b in bodies)
-    assert all(c[2] == "application/merge-patch+json" for c in calls if c[0] == "PATCH")
+    kube.promote()
+    patches = [c for c in calls if c[0] == "PATCH"]
+    assert [p[1] for p in patches] == [ISVC_PATH, ISVC_PATH, ISVC_PATH, DETECTOR_PATH]
+    assert [p[3]["spec"]["predictor"]["canaryTrafficPercent"] for p in patches[:3]] == [0, 50, None]
+    assert all(c[2] == "application/merge-patch+json" for c in patches)
+    # promote moves the detector's reference to the bundle the InferenceService now serves
+    template = patches[3][3]["spec"]["template"]
+    assert template["spec"]["initContainers"][0]["args"] == ["s3://models/1", "/mnt/models"]
+    assert template["metadata"]["annotations"] == {"gourmetgram.io/reference-bundle": "s3://models/1"}
     with pytest.raises(UserError):
         kube.canary("s3://models/8", 101)
+    with pytest.raises(UserError, match="object-store URI"):  # a local path never reaches the cluster
+        kube.canary("/home/me/.gourmetgram/bundles/8", 10)
 
 
 def test_kube_state_from_status():
-    state = state_from_isvc({**ISVC, "spec": {**ISVC["spec"], "transformer": {
-        **ISVC["spec"]["transformer"], "canaryTrafficPercent": 30}}})
+    state = state_from_isvc({**ISVC, "spec": {**ISVC["spec"], "predictor": {
+        **ISVC["spec"]["predictor"], "canaryTrafficPercent": 30}}})
     assert (state.stable, state.canary, state.canary_percent) == (
-        "food11-transformer-00001", "food11-transformer-00002", 30)
-    assert state.configuration == "food11-transformer" and state.model_name == MODEL
+        "food11-predictor-00001", "food11-predictor-00002", 30)
+    assert state.configuration == "food11-predictor" and state.model_name == MODEL
 
 
 # -- end to end: local stack + real Prometheus -------------------------------------------

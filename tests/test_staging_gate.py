@@ -184,10 +184,9 @@ ISVC = {
     "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
     "metadata": {"name": "food11", "namespace": "gourmetgram-production"},
     "spec": {
-        "predictor": {"model": {"storageUri": "s3://models/1/triton"}},
-        "transformer": {"containers": [{"name": "kserve-container", "image": "t:1",
-                                        "args": ["--model_name", "food11", "--protocol", "v2"],
-                                        "env": [{"name": "STORAGE_URI", "value": "s3://models/1"}]}]},
+        "predictor": {"model": {"storageUri": "s3://models/1"},
+                      "containers": [{"name": "transformer-container", "image": "t:1",
+                                      "args": ["--model_name", "food11", "--protocol", "v2"]}]},
     },
 }
 
@@ -229,8 +228,8 @@ def test_promote_patches_the_canary_then_moves_the_alias(registered, api_server)
     assert len(patches) == 1
     assert patches[0][1].endswith("/namespaces/gourmetgram-production/inferenceservices/food11")
     spec = patches[0][3]["spec"]
-    assert spec["predictor"]["canaryTrafficPercent"] == spec["transformer"]["canaryTrafficPercent"] == 25
-    assert spec["predictor"]["model"]["storageUri"] == "s3://models/7/triton"
+    assert spec["predictor"]["canaryTrafficPercent"] == 25 and "transformer" not in spec
+    assert spec["predictor"]["model"]["storageUri"] == "s3://models/7"
     assert registry.version_for("canary", MODEL_NAME_UNDER_TEST) == registered
     tags = registry.get_version(registered, MODEL_NAME_UNDER_TEST).tags
     assert tags["staging.loadtest"] == "passed" and tags["staging.loadtest.summary"] == "SLO: PASS"

@@ -29,7 +29,7 @@ on both:
   lists every revision's metrics endpoints in Prometheus HTTP-SD form.
 
 Run: ``python -m gourmetgram.local.gateway --manifest inference_services/staging.yaml
---revision food11-staging-transformer-00001=http://127.0.0.1:8080``.
+--revision food11-staging-predictor-00001=http://127.0.0.1:8080``.
 """
 
 from __future__ import annotations
@@ -108,8 +108,8 @@ class Revision:
 
 
 def configuration_name(manifest: ServiceManifest) -> str:
-    """The Knative Configuration KServe creates for the transformer component."""
-    return f"{manifest.name}-transformer"
+    """The Knative Configuration KServe creates for the predictor (transformer collocated in it)."""
+    return f"{manifest.name}-predictor"
 
 
 def revision_name(manifest: ServiceManifest, generation: int = 1) -> str:

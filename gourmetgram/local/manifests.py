@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from gourmetgram import constants
+from gourmetgram.constants import TRANSFORMER_CONTAINER
 from gourmetgram.errors import ConfigError
 
 ISVC_API_VERSION = "serving.kserve.io/v1beta1"
@@ -111,12 +112,12 @@ def parse_manifest(documents: list[Any], path: Path | None = None) -> ServiceMan
     if not name:
         raise ConfigError(f"{where}: the InferenceService has no metadata.name")
     predictor = _get(isvc, "spec", "predictor") or {}
-    transformer = _get(isvc, "spec", "transformer") or {}
-    containers = transformer.get("containers") or []
-    args: list[str] = []
-    if containers:
-        args = [str(a) for a in (containers[0].get("args") or [])]
-    canary = transformer.get("canaryTrafficPercent", predictor.get("canaryTrafficPercent"))
+    if _get(isvc, "spec", "transformer") is not None:
+        raise ConfigError(f"{where}: spec.transformer splits traffic apart from the predictor (kserve#1669); "
+                          f"the transformer must be the predictor's {TRANSFORMER_CONTAINER!r} container")
+    container = next((c for c in predictor.get("containers") or [] if c.get("name") == TRANSFORMER_CONTAINER), {})
+    args = [str(a) for a in (container.get("args") or [])]
+    canary = predictor.get("canaryTrafficPercent")
     if canary is not None:
         try:
             canary = int(canary)
@@ -128,7 +129,7 @@ def parse_manifest(documents: list[Any], path: Path | None = None) -> ServiceMan
         name=str(name),
         namespace=str(_get(isvc, "metadata", "namespace") or "default"),
         canary_traffic_percent=canary,
-        logger=_logger(transformer) or _logger(predictor),
+        logger=_logger(predictor),
         transformer_args=tuple(args),
         storage_uri=_get(predictor, "model", "storageUri"),
         annotations={str(k): str(v) for k, v in (_get(isvc, "metadata", "annotations") or {}).items()},

@@ -1,15 +1,13 @@
 """Roll out on the cluster: patch the InferenceService through the Kubernetes API.
 
-A canary is ONE JSON merge patch that sets ``canaryTrafficPercent`` and the new bundle on
-BOTH components (predictor ``model.storageUri`` = ``<bundle>/triton``, transformer
-``STORAGE_URI`` env), so Knative creates the predictor and transformer revisions
-together; promote removes the field (merge-patch null), rollback sets it to 0. The
-revision names come from ``status.components.transformer`` (``latestRolledoutRevision`` =
-stable, the ``latest`` traffic target = canary), which is what the PromQL selects on.
-
-Known limit (kserve#1669): on the cluster the two components still split traffic
-independently, so a canary transformer may call a stable predictor; locally the gateway
-keeps each revision's pair together.
+The transformer is collocated in the predictor pod (kserve#1669), so one component and
+one ``canaryTrafficPercent`` decide the split, and each revision is a transformer + Triton
+pair. A canary is ONE JSON merge patch that sets the percentage, the new bundle
+(``model.storageUri``, the bundle root) and the version annotation; promote removes the
+percentage (merge-patch null) and moves the drift detector's reference to the promoted
+bundle; rollback sets it to 0. Revision names come from ``status.components.predictor``
+(``latestRolledoutRevision`` = stable, the ``latest`` traffic target = canary), which is
+what the PromQL selects on.
 """
 
 from __future__ import annotations
@@ -17,13 +15,16 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from gourmetgram.constants import MODEL_NAME
 from gourmetgram.errors import UserError
-from gourmetgram.manifests import bundle_uri
+from gourmetgram.manifests import bundle_uri, transformer_container
 from gourmetgram.rollout.analysis import RolloutState
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
-COMPONENTS = ("predictor", "transformer")
+KNATIVE_GROUP, KNATIVE_VERSION, KNATIVE_PLURAL = "serving.knative.dev", "v1", "services"
 VERSION_ANNOTATION = "gourmetgram.io/model-version"
+REFERENCE_ANNOTATION = "gourmetgram.io/reference-bundle"
+DETECTOR_NAME = "drift-detector"
 
 
 def _api(api_client=None):
@@ -45,56 +46,59 @@ def canary_patch(isvc: dict, storage_uri: str, percent: int, version: str | None
     """The one merge patch that starts a canary of ``storage_uri`` at ``percent``%."""
     if isinstance(percent, bool) or not isinstance(percent, int) or not 0 <= percent <= 100:
         raise UserError(f"canary percentage must be an integer in 0..100, got {percent!r}")
-    root = bundle_uri(storage_uri)
-    spec = isvc.get("spec", {})
-    if "transformer" not in spec:
-        raise UserError(f"InferenceService {isvc.get('metadata', {}).get('name')} has no transformer")
-    containers = copy.deepcopy(spec["transformer"].get("containers") or [])
-    if not containers:
-        raise UserError("the transformer has no containers to point at the new bundle")
-    env = [e for e in containers[0].get("env", []) if e.get("name") != "STORAGE_URI"]
-    containers[0]["env"] = env + [{"name": "STORAGE_URI", "value": root}]
-    annotations = {VERSION_ANNOTATION: str(version)} if version is not None else None
-    patch: dict[str, Any] = {"spec": {
-        "predictor": {"canaryTrafficPercent": percent, "model": {"storageUri": f"{root}/triton"}},
-        "transformer": {"canaryTrafficPercent": percent, "containers": containers},
-    }}
-    if annotations:
-        for c in COMPONENTS:
-            patch["spec"][c]["annotations"] = annotations
-    return patch
+    root = bundle_uri(storage_uri)  # refuses local paths
+    if transformer_container(isvc) is None:
+        raise UserError(f"InferenceService {isvc.get('metadata', {}).get('name')} has no collocated "
+                        "transformer-container in its predictor; re-apply inference_services/*.yaml")
+    predictor: dict[str, Any] = {"canaryTrafficPercent": percent, "model": {"storageUri": root}}
+    if version is not None:
+        predictor["annotations"] = {VERSION_ANNOTATION: str(version)}
+    return {"spec": {"predictor": predictor}}
 
 
 def percent_patch(percent: int | None) -> dict:
-    """``canaryTrafficPercent`` on both components (None removes it: promote)."""
-    return {"spec": {c: {"canaryTrafficPercent": percent} for c in COMPONENTS}}
+    """``canaryTrafficPercent`` of the predictor (None removes it: promote)."""
+    return {"spec": {"predictor": {"canaryTrafficPercent": percent}}}
+
+
+def detector_patch(ksvc: dict, bundle: str) -> dict:
+    """Point the drift detector's storage-initializer at ``bundle`` (a new revision, a fresh window)."""
+    root = bundle_uri(bundle)
+    template = copy.deepcopy(((ksvc.get("spec") or {}).get("template")) or {})
+    inits = template.get("spec", {}).get("initContainers") or []
+    init = next((c for c in inits if c.get("name") == "storage-initializer"), None)
+    if init is None or not init.get("args"):
+        raise UserError(f"{DETECTOR_NAME} has no storage-initializer init container to repoint")
+    init["args"] = [root, *init["args"][1:]]
+    return {"spec": {"template": {
+        "metadata": {"annotations": {REFERENCE_ANNOTATION: root}},
+        "spec": {"initContainers": inits},  # a merge patch replaces lists whole
+    }}}
 
 
 class KubeRollout:
     """:class:`gourmetgram.rollout.analysis.RolloutBackend` for an InferenceService on a cluster."""
 
-    def __init__(self, name: str, namespace: str, api_client=None) -> None:
-        self.name, self.namespace = name, namespace
+    def __init__(self, name: str, namespace: str, api_client=None, detector: str | None = DETECTOR_NAME) -> None:
+        self.name, self.namespace, self.detector = name, namespace, detector
         self.api = _api(api_client)
 
-    def get(self) -> dict:
+    def _call(self, what: str, fn, *args):
         from kubernetes.client.exceptions import ApiException
 
         try:
-            return self.api.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, self.name)
+            return fn(*args)
         except ApiException as exc:
-            raise UserError(f"cannot read InferenceService {self.namespace}/{self.name}: "
-                            f"{exc.status} {exc.reason}") from None
+            raise UserError(f"cannot {what}: {exc.status} {exc.reason} {exc.body or ''}".rstrip()) from None
+
+    def get(self) -> dict:
+        return self._call(f"read InferenceService {self.namespace}/{self.name}",
+                          self.api.get_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL, self.name)
 
     def patch(self, body: dict) -> dict:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            return self.api.patch_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL,
-                                                           self.name, body)
-        except ApiException as exc:
-            raise UserError(f"cannot patch InferenceService {self.namespace}/{self.name}: "
-                            f"{exc.status} {exc.reason} {exc.body or ''}") from None
+        return self._call(f"patch InferenceService {self.namespace}/{self.name}",
+                          self.api.patch_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL,
+                          self.name, body)
 
     def canary(self, storage_uri: str, percent: int, version: str | int | None = None) -> dict:
         return self.patch(canary_patch(self.get(), storage_uri, percent,
@@ -104,7 +108,20 @@ class KubeRollout:
         self.patch(percent_patch(percent))
 
     def promote(self) -> None:
-        self.patch(percent_patch(None))
+        isvc = self.patch(percent_patch(None))
+        if self.detector:
+            bundle = (((isvc.get("spec") or {}).get("predictor") or {}).get("model") or {}).get("storageUri")
+            if bundle:
+                self.update_detector(bundle)
+
+    def update_detector(self, bundle: str) -> dict:
+        """Move the drift detector's reference embeddings to ``bundle`` (after a promote)."""
+        where = f"Knative Service {self.namespace}/{self.detector}"
+        ksvc = self._call(f"read {where}", self.api.get_namespaced_custom_object, KNATIVE_GROUP,
+                          KNATIVE_VERSION, self.namespace, KNATIVE_PLURAL, self.detector)
+        return self._call(f"patch {where}", self.api.patch_namespaced_custom_object, KNATIVE_GROUP,
+                          KNATIVE_VERSION, self.namespace, KNATIVE_PLURAL, self.detector,
+                          detector_patch(ksvc, bundle))
 
     def rollback(self) -> None:
         self.patch(percent_patch(0))
@@ -114,10 +131,10 @@ class KubeRollout:
 
 
 def state_from_isvc(isvc: dict) -> RolloutState:
-    """Stable and canary transformer revisions from ``status.components.transformer``."""
+    """Stable and canary revisions from ``status.components.predictor``."""
     meta, spec = isvc.get("metadata", {}), isvc.get("spec", {})
     name = meta.get("name", "")
-    status = (isvc.get("status") or {}).get("components", {}).get("transformer", {})
+    status = (isvc.get("status") or {}).get("components", {}).get("predictor", {})
     traffic = status.get("traffic") or []
     stable = status.get("latestRolledoutRevision")
     canary = None
@@ -126,13 +143,13 @@ def state_from_isvc(isvc: dict) -> RolloutState:
             canary = target.get("revisionName") or status.get("latestReadyRevision")
         if target.get("tag") == "prev":
             stable = target.get("revisionName") or stable
-    percent = spec.get("transformer", {}).get("canaryTrafficPercent")
+    percent = spec.get("predictor", {}).get("canaryTrafficPercent")
     if canary == stable:
         canary = None
-    args = (spec.get("transformer", {}).get("containers") or [{}])[0].get("args", [])
-    model = next((args[i + 1] for i, a in enumerate(args[:-1]) if a == "--model_name"), "food11")
+    args = (transformer_container(isvc) or {}).get("args", [])
+    model = next((args[i + 1] for i, a in enumerate(args[:-1]) if a == "--model_name"), MODEL_NAME)
     revisions = tuple({"name": t.get("revisionName"), "percent": t.get("percent"), "tag": t.get("tag")}
                       for t in traffic)
     return RolloutState(inferenceservice=name, namespace=meta.get("namespace", "default"),
-                        configuration=f"{name}-transformer", model_name=model, stable=stable,
+                        configuration=f"{name}-predictor", model_name=model, stable=stable,
                         canary=canary, canary_percent=percent if canary else None, revisions=revisions)

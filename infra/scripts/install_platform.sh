@@ -1,73 +1,128 @@
 #!/usr/bin/env bash
 # Install the serving platform on the k3s cluster, every version pinned in infra/versions.env:
-# cert-manager -> NVIDIA GPU operator -> Istio -> Knative Serving (+ net-istio) -> KServe ->
-# kube-prometheus-stack, then the GourmetGram namespaces with their model-store credentials.
+# NVIDIA driver check -> cert-manager -> NVIDIA GPU operator -> Istio -> Knative Serving
+# (+ net-istio; ConfigMaps merge-patched once its webhook is ready) -> KServe (Knative mode)
+# -> kube-prometheus-stack -> the GourmetGram namespaces with their model-store Secret.
 #
-#   export KUBECONFIG=~/gourmetgram-kubeconfig       # see terraform output kubeconfig_tunnel
-#   export AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=... S3_ENDPOINT=minio.example.org:9000
+#   export KUBECONFIG=~/gourmetgram-kubeconfig       # see infra/README.md
+#   export NODE_IP=<server floating ip>              # or DOMAIN=models.example.org
+#   export AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=... AWS_ENDPOINT_URL=http://<s3 host>:9000
 #   infra/scripts/install_platform.sh
-#   kubectl apply -f inference_services/staging.yaml
+#
+# Exit codes: 0 ok, 1 a check failed (NVIDIA driver too old), 2 bad input (missing tool or
+# variable), 3 a dependency unavailable (the node cannot be reached for nvidia-smi).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 INFRA="$HERE/.."
-# shellcheck source=../versions.env
+# shellcheck source=SCRIPTDIR/../versions.env
 source "$INFRA/versions.env"
 
-for tool in kubectl helm; do
-  command -v "$tool" >/dev/null || { echo "error: $tool not found (helm $HELM_VERSION)" >&2; exit 2; }
-done
-: "${AWS_ACCESS_KEY_ID:?set AWS_ACCESS_KEY_ID for the model store}"
-: "${AWS_SECRET_ACCESS_KEY:?set AWS_SECRET_ACCESS_KEY for the model store}"
-S3_ENDPOINT=${S3_ENDPOINT:-s3.amazonaws.com}
-S3_USE_HTTPS=${S3_USE_HTTPS:-1}
+die() { echo "error: $2" >&2; exit "$1"; }
+step() { echo "== $*"; }
 
-echo "== cert-manager $CERT_MANAGER_VERSION"
+for tool in kubectl helm; do
+  command -v "$tool" >/dev/null || die 2 "$tool not found on PATH (helm $HELM_VERSION, kubectl for Kubernetes ${K3S_VERSION%%+*})"
+done
+[[ -n "${AWS_ACCESS_KEY_ID:-}" ]] || die 2 "set AWS_ACCESS_KEY_ID for the model store"
+[[ -n "${AWS_SECRET_ACCESS_KEY:-}" ]] || die 2 "set AWS_SECRET_ACCESS_KEY for the model store"
+# No AWS default: KServe's storage initializer and the detector read AWS_ENDPOINT_URL, and a
+# missing one silently sends every download to AWS.
+[[ -n "${AWS_ENDPOINT_URL:-}" ]] || die 2 "set AWS_ENDPOINT_URL to the S3/MinIO endpoint holding the models bucket (http[s]://host:port)"
+[[ "$AWS_ENDPOINT_URL" =~ ^(https?)://([^/]+)/?$ ]] || die 2 "AWS_ENDPOINT_URL must look like http[s]://host[:port], got '$AWS_ENDPOINT_URL'"
+S3_ENDPOINT=${BASH_REMATCH[2]}
+if [[ ${BASH_REMATCH[1]} == https ]]; then S3_USE_HTTPS=1; else S3_USE_HTTPS=0; fi
+S3_VERIFY_SSL=${S3_VERIFY_SSL:-$S3_USE_HTTPS}
+# External route: Knative's default domain (svc.cluster.local) makes every service cluster-local.
+if [[ -z "${DOMAIN:-}" ]]; then
+  [[ -n "${NODE_IP:-}" ]] || die 2 "set NODE_IP (the server's floating IP, for <ip>.sslip.io) or DOMAIN (a DNS name pointing at it)"
+  DOMAIN="${NODE_IP}.sslip.io"
+fi
+[[ "$DOMAIN" =~ ^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$ && "$DOMAIN" == *.* ]] || die 2 "DOMAIN '$DOMAIN' is not a DNS name"
+
+# --- the node's NVIDIA driver against Triton's CUDA (before anything is installed) ----------
+# NVIDIA_SMI runs nvidia-smi where the GPU is: over SSH by default, or `nvidia-smi` when this
+# script runs on the node itself.
+read -r -a nvidia_smi <<< "${NVIDIA_SMI:-ssh -o BatchMode=yes cc@${NODE_IP:-$DOMAIN} nvidia-smi}"
+step "NVIDIA driver (Triton $TRITON_IMAGE_TAG needs >= $MIN_NVIDIA_DRIVER)"
+if ! drivers=$("${nvidia_smi[@]}" --query-gpu=driver_version --format=csv,noheader); then
+  die 3 "cannot run '${nvidia_smi[*]}' on the GPU node; set NVIDIA_SMI to a command that reaches it"
+fi
+[[ -n "$drivers" ]] || die 1 "nvidia-smi lists no GPU: the node has no working NVIDIA driver"
+while read -r driver; do
+  [[ "$driver" =~ ^([0-9]+)\. ]] || die 1 "nvidia-smi reported an unreadable driver version '$driver'"
+  if (( BASH_REMATCH[1] < MIN_NVIDIA_DRIVER )); then
+    die 1 "NVIDIA driver $driver is older than $MIN_NVIDIA_DRIVER, which Triton $TRITON_IMAGE_TAG (CUDA 12.6) needs; use a newer CC-Ubuntu CUDA image or pin an older Triton (runtime.tag in charts/gourmetgram/values.yaml)"
+  fi
+  echo "driver $driver ok"
+done <<< "$drivers"
+
+step "cert-manager $CERT_MANAGER_VERSION"
 kubectl apply -f "https://github.com/cert-manager/cert-manager/releases/download/${CERT_MANAGER_VERSION}/cert-manager.yaml"
 kubectl -n cert-manager rollout status deploy/cert-manager-webhook --timeout=300s
 
-echo "== NVIDIA GPU operator $GPU_OPERATOR_VERSION"
+step "NVIDIA GPU operator $GPU_OPERATOR_VERSION"
 helm repo add nvidia https://helm.ngc.nvidia.com/nvidia --force-update >/dev/null
 helm upgrade --install gpu-operator nvidia/gpu-operator --version "$GPU_OPERATOR_VERSION" \
   --namespace gpu-operator --create-namespace --wait --timeout 15m \
   -f "$INFRA/k8s/gpu-operator-values.yaml"
 
-echo "== Istio $ISTIO_VERSION"
+step "Istio $ISTIO_VERSION"
 helm repo add istio https://istio-release.storage.googleapis.com/charts --force-update >/dev/null
 helm upgrade --install istio-base istio/base --version "$ISTIO_VERSION" -n istio-system --create-namespace --wait
 helm upgrade --install istiod istio/istiod --version "$ISTIO_VERSION" -n istio-system --wait
 helm upgrade --install istio-ingressgateway istio/gateway --version "$ISTIO_VERSION" -n istio-system --wait
 
-echo "== Knative Serving $KNATIVE_SERVING_VERSION (net-istio $KNATIVE_NET_ISTIO_VERSION)"
+step "Knative Serving $KNATIVE_SERVING_VERSION (net-istio $KNATIVE_NET_ISTIO_VERSION)"
 kn_base="https://github.com/knative/serving/releases/download/${KNATIVE_SERVING_VERSION}"
 kubectl apply -f "$kn_base/serving-crds.yaml"
+kubectl wait --for=condition=Established --timeout=120s crd/services.serving.knative.dev
 kubectl apply -f "$kn_base/serving-core.yaml"
 kubectl apply -f "https://github.com/knative/net-istio/releases/download/${KNATIVE_NET_ISTIO_VERSION}/net-istio.yaml"
-kubectl apply -f "$INFRA/k8s/knative-config.yaml"
+# The webhook validates every change to Knative's ConfigMaps: wait for it, then merge-patch
+# only the keys GourmetGram needs (a whole-ConfigMap apply drops queue-sidecar-image, which
+# the webhook rejects).
+kubectl -n knative-serving rollout status deploy/webhook --timeout=300s
 kubectl -n knative-serving rollout status deploy/controller --timeout=300s
+for patch in "$INFRA"/k8s/knative/config-*.yaml; do
+  kubectl -n knative-serving patch configmap "$(basename "$patch" .yaml)" --type merge --patch-file "$patch"
+done
+kubectl -n knative-serving patch configmap config-domain --type merge \
+  -p "{\"data\":{\"$DOMAIN\":\"\"}}"
+kubectl -n knative-serving rollout status deploy/net-istio-controller --timeout=300s
 
-echo "== KServe $KSERVE_VERSION (Serverless mode, Triton runtime)"
-helm upgrade --install kserve-crd oci://ghcr.io/kserve/charts/kserve-crd --version "$KSERVE_VERSION" --wait
-helm upgrade --install kserve oci://ghcr.io/kserve/charts/kserve --version "$KSERVE_VERSION" \
-  -n kserve --create-namespace --wait -f "$INFRA/k8s/kserve-values.yaml"
+step "KServe $KSERVE_VERSION (Knative mode, external domain $DOMAIN)"
+helm upgrade --install kserve-crd oci://ghcr.io/kserve/charts/kserve-crd --version "$KSERVE_VERSION" \
+  -n kserve --create-namespace --wait
+helm upgrade --install kserve oci://ghcr.io/kserve/charts/kserve-resources --version "$KSERVE_VERSION" \
+  -n kserve --wait -f "$INFRA/k8s/kserve-values.yaml" \
+  --set "kserve.controller.gateway.domain=$DOMAIN"
+kubectl -n kserve rollout status deploy/kserve-controller-manager --timeout=300s
 
-echo "== kube-prometheus-stack $KUBE_PROMETHEUS_STACK_VERSION"
+step "kube-prometheus-stack $KUBE_PROMETHEUS_STACK_VERSION"
 helm repo add prometheus-community https://prometheus-community.github.io/helm-charts --force-update >/dev/null
 helm upgrade --install kube-prometheus-stack prometheus-community/kube-prometheus-stack \
   --version "$KUBE_PROMETHEUS_STACK_VERSION" -n monitoring --create-namespace --wait --timeout 15m \
   -f "$INFRA/k8s/kube-prometheus-stack-values.yaml"
 
-echo "== GourmetGram namespaces and model-store credentials (from the environment, never files)"
+step "GourmetGram namespaces and model-store credentials (from the environment, never files)"
+# The namespaces are created here, not by the chart (one owner): the Secret must exist first.
 for ns in gourmetgram-staging gourmetgram-production; do
   kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply -f -
+  kubectl label namespace "$ns" --overwrite app.kubernetes.io/part-of=gourmetgram
   kubectl -n "$ns" create secret generic gourmetgram-s3 \
     --from-literal=AWS_ACCESS_KEY_ID="$AWS_ACCESS_KEY_ID" \
     --from-literal=AWS_SECRET_ACCESS_KEY="$AWS_SECRET_ACCESS_KEY" \
+    --from-literal=AWS_ENDPOINT_URL="$AWS_ENDPOINT_URL" \
     --from-literal=S3_ENDPOINT="$S3_ENDPOINT" \
     --from-literal=S3_USE_HTTPS="$S3_USE_HTTPS" \
+    --from-literal=S3_VERIFY_SSL="$S3_VERIFY_SSL" \
     --dry-run=client -o yaml | kubectl apply -f -
+  # KServe's credential builder turns these annotations into the storage initializer's env.
   kubectl -n "$ns" annotate secret gourmetgram-s3 --overwrite \
-    serving.kserve.io/s3-endpoint="$S3_ENDPOINT" serving.kserve.io/s3-usehttps="$S3_USE_HTTPS"
+    serving.kserve.io/s3-endpoint="$S3_ENDPOINT" serving.kserve.io/s3-usehttps="$S3_USE_HTTPS" \
+    serving.kserve.io/s3-verifyssl="$S3_VERIFY_SSL"
   kubectl -n "$ns" apply -f "$INFRA/k8s/model-serviceaccount.yaml"
 done
-echo "platform ready: kubectl apply -f inference_services/staging.yaml"
+echo "platform ready; external URLs: http://<isvc>-<namespace>.$DOMAIN"
+echo "next: kubectl apply -f inference_services/staging.yaml && infra/scripts/smoke_cluster.sh"

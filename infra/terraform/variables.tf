@@ -65,5 +65,5 @@ variable "admin_cidr" {
 variable "k3s_version" {
   description = "Pinned k3s release (keep in step with infra/versions.env)."
   type        = string
-  default     = "v1.30.6+k3s1"
+  default     = "v1.33.5+k3s1"
 }

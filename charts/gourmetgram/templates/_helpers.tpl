@@ -11,13 +11,13 @@ gourmetgram.io/stage: {{ .Values.stage }}
 
 {{/* The bundle root without a trailing slash. */}}
 {{- define "gourmetgram.bundleUri" -}}
-{{- required "model.bundleUri is required" .Values.model.bundleUri | trimSuffix "/" -}}
+{{- $uri := required "model.bundleUri is required" .Values.model.bundleUri | trimSuffix "/" -}}
+{{- if not (regexMatch "^(s3|gs|https?|pvc|oci)://" $uri) -}}
+{{- fail (printf "model.bundleUri %q is not an object-store URI (s3://<bucket>/<model>/<version>): a cluster InferenceService cannot read a local path" $uri) -}}
+{{- end -}}
+{{- $uri -}}
 {{- end -}}
 
-{{/* KServe storageUri: the Triton model repository inside the bundle (contract 1). */}}
-{{- define "gourmetgram.storageUri" -}}
-{{- printf "%s/triton" (include "gourmetgram.bundleUri" .) -}}
-{{- end -}}
 
 {{/* In-cluster URL of the drift detector (the logger sink). */}}
 {{- define "gourmetgram.detectorUrl" -}}
@@ -33,4 +33,9 @@ gourmetgram.io/stage: {{ .Values.stage }}
 {{- end -}}
 true
 {{- end -}}
+{{- end -}}
+
+{{/* The bundle the drift detector takes its reference from (the stable model). */}}
+{{- define "gourmetgram.detectorBundleUri" -}}
+{{- default (include "gourmetgram.bundleUri" .) .Values.detector.bundleUri | trimSuffix "/" -}}
 {{- end -}}

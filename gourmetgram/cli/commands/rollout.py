@@ -42,7 +42,7 @@ def _canary_version(backend) -> str | None:
         return revisions[-1].get("version") if revisions else None
     from gourmetgram.rollout.kube import VERSION_ANNOTATION
 
-    annotations = backend.get().get("spec", {}).get("transformer", {}).get("annotations") or {}
+    annotations = backend.get().get("spec", {}).get("predictor", {}).get("annotations") or {}
     return annotations.get(VERSION_ANNOTATION)
 
 
