@@ -1,5 +1,5 @@
 # The two commands a newcomer needs (see README.md).
-.PHONY: demo test setup
+.PHONY: demo test lint setup
 
 setup:
 	@./scripts/setup.sh
@@ -7,5 +7,8 @@ setup:
 demo: setup
 	.venv/bin/gourmetgram demo
 
-test: setup
+lint: setup
+	.venv/bin/ruff check .
+
+test: lint
 	.venv/bin/python -m pytest

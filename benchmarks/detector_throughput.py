@@ -168,9 +168,9 @@ def main() -> int:
             try:
                 status(port)
                 break
-            except Exception:
+            except Exception as exc:
                 if proc.poll() is not None or time.perf_counter() - t0 > 180:
-                    raise RuntimeError("detector server did not start")
+                    raise RuntimeError("detector server did not start") from exc
                 time.sleep(0.2)
         print(f"server start to ready: {time.perf_counter() - t0:.1f}s")
         payloads = [(headers(i), body(img)) for i, img in enumerate(stream)]

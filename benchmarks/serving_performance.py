@@ -174,7 +174,7 @@ def make_images(n: int, size: tuple[int, int], seed: int = 0, quality: int = 90)
     digits, _ = load_digits()
     rng = random.Random(seed)
     out = []
-    for i in range(n):
+    for _ in range(n):
         photo = render_digit(digits[rng.randrange(len(digits))], rng)
         photo = photo.resize(size, Image.BICUBIC)
         buf = io.BytesIO()

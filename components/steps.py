@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from gourmetgram.config import RunConfig, load_config, override
-from gourmetgram.constants import STAGES, SPLITS
+from gourmetgram.constants import SPLITS, STAGES
 from gourmetgram.errors import ConfigError, DatasetError, UserError
 
 # A step prints this before failing on bad input, so the local CLI can show the reason

@@ -165,8 +165,7 @@ def quantize_onnx(fp32_path: str | Path, int8_path: str | Path, method: str = "s
     Static quantization first runs ONNX Runtime's ``quant_pre_process`` (shape inference
     and graph optimisation, e.g. folding BatchNorm), as its documentation recommends.
     """
-    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_dynamic, quantize_static)
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if method not in METHODS:

@@ -20,7 +20,12 @@ from PIL import Image
 
 from drift_detector.build import build_detector
 from drift_detector.detector import (
-    LABEL_PRIOR_FILE, SETTINGS_FILE, fast_thresholds, load_mmd, thresholds_of, torch_threads,
+    LABEL_PRIOR_FILE,
+    SETTINGS_FILE,
+    fast_thresholds,
+    load_mmd,
+    thresholds_of,
+    torch_threads,
 )
 from drift_detector.events import REQUEST_TYPE, RESPONSE_TYPE
 from drift_detector.server import DriftService, create_app

@@ -14,8 +14,7 @@ from PIL import Image
 from torch import nn
 
 from gourmetgram.classes import class_dir_name, write_class_names
-from gourmetgram.config import (EvaluationConfig, FailureModeConfig, SliceConfig, TemplateConfig, load_config,
-                                override)
+from gourmetgram.config import EvaluationConfig, FailureModeConfig, SliceConfig, TemplateConfig, load_config, override
 from gourmetgram.data.demo import load_digits, split_indices
 from gourmetgram.errors import ConfigError
 from gourmetgram.evaluation import metrics as M

@@ -17,9 +17,18 @@ from onnx import numpy_helper
 from gourmetgram.config import ExportConfig
 from gourmetgram.constants import FEATURES_NAME, INPUT_NAME, MODEL_NAME, OUTPUT_NAME
 from gourmetgram.errors import UserError
-from gourmetgram.export import (ExportParityError, check_parity, enforce_parity, export_bundle,
-                                load_model_spec, read_labels, read_triton_config,
-                                render_triton_config, validate_bundle, write_triton_model)
+from gourmetgram.export import (
+    ExportParityError,
+    check_parity,
+    enforce_parity,
+    export_bundle,
+    load_model_spec,
+    read_labels,
+    read_triton_config,
+    render_triton_config,
+    validate_bundle,
+    write_triton_model,
+)
 from gourmetgram.model import Classifier, ModelSpec, load_checkpoint, save_checkpoint
 
 SPEC = ModelSpec(tuple(f"dish_{i}" for i in range(10)), image_size=64, width_mult=0.5)

@@ -14,9 +14,18 @@ from gourmetgram.config import ExportConfig
 from gourmetgram.errors import UserError
 from gourmetgram.export import export_bundle, validate_bundle
 from gourmetgram.model import ModelSpec, build_model
-from gourmetgram.quantize import (QUANTIZATION_FILENAME, ImageCalibrationReader, gate_problems,
-                                  load_split, main, quantize_bundle, quantize_onnx, run_session,
-                                  ort_session, select_bundle)
+from gourmetgram.quantize import (
+    QUANTIZATION_FILENAME,
+    ImageCalibrationReader,
+    gate_problems,
+    load_split,
+    main,
+    ort_session,
+    quantize_bundle,
+    quantize_onnx,
+    run_session,
+    select_bundle,
+)
 
 IMAGE_SIZE = 32
 

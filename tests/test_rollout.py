@@ -12,7 +12,6 @@ that makes it answer one other class for every image.
 from __future__ import annotations
 
 import base64
-import json
 import math
 import re
 import time

@@ -17,7 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from drift_detector.detector import (
-    LABEL_PRIOR_FILE, MMD_DIR, SETTINGS_FILE, detector_dir, fast_thresholds, thresholds_of,
+    LABEL_PRIOR_FILE,
+    MMD_DIR,
+    SETTINGS_FILE,
+    detector_dir,
+    fast_thresholds,
+    thresholds_of,
     torch_threads,
 )
 from drift_detector.embedding import MODEL_SPEC_FILE, Embedder

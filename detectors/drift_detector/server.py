@@ -25,7 +25,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from drift_detector.detector import (
-    LABEL_PRIOR_FILE, DriftState, LabelDrift, detector_dir, load_mmd, trim_history,
+    LABEL_PRIOR_FILE,
+    DriftState,
+    LabelDrift,
+    detector_dir,
+    load_mmd,
+    trim_history,
 )
 from drift_detector.embedding import Embedder
 from drift_detector.events import BadEvent, InferenceEvent, decode_event

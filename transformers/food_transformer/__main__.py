@@ -26,7 +26,6 @@ from gourmetgram.constants import MODEL_NAME
 from gourmetgram.errors import UserError
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m food_transformer",

@@ -300,7 +300,8 @@ def _epochs(value: str) -> int:
 
 
 def add_parser(subparsers) -> None:
-    from gourmetgram.constants import STAGES as MODEL_STAGES, STAGING
+    from gourmetgram.constants import STAGES as MODEL_STAGES
+    from gourmetgram.constants import STAGING
 
     parser = subparsers.add_parser(
         "demo", help="run the whole loop locally on the embedded demo dataset",

@@ -230,7 +230,7 @@ def compile_to(output: str | Path, image: str | None = None, pipeline: str = TRA
         raise UserError(f"unknown pipeline {pipeline!r}; choose one of {', '.join(PIPELINES)}")
     if image:
         base = sys.modules.get("components.base")  # the image is read once, when it is imported
-        if base is not None and base.PIPELINE_IMAGE != image:
+        if base is not None and image != base.PIPELINE_IMAGE:
             raise UserError("--image must be set before the pipeline module is imported")
         os.environ["GOURMETGRAM_PIPELINE_IMAGE"] = image
     module = importlib.import_module(PIPELINES[pipeline][0])
