@@ -318,6 +318,7 @@ def _model_config_pb2():
 
         path = Path(tritonclient.__file__).parent / "grpc" / "model_config_pb2.py"
         spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None, path
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         sys.modules[name] = module

@@ -84,7 +84,7 @@ def preprocess(image: Image.Image, image_size: int) -> np.ndarray:
     scale = image_size / min(width, height)
     new_w, new_h = max(image_size, round(width * scale)), max(image_size, round(height * scale))
     if (new_w, new_h) != (width, height):
-        image = image.resize((new_w, new_h), Image.BILINEAR)
+        image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
     left, top = (new_w - image_size) // 2, (new_h - image_size) // 2
     image = image.crop((left, top, left + image_size, top + image_size))
     array = np.asarray(image, dtype=np.float32) / 255.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 import time
 from pathlib import Path
@@ -31,10 +32,19 @@ class TrainResult:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed every generator and ask torch for deterministic kernels (cuDNN/cuBLAS included).
+
+    That makes a run repeatable on one machine; another CPU or GPU type still computes
+    slightly different sums, and training amplifies them, so figures differ between machines.
+    """
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.cuda.manual_seed_all(seed)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def evaluate_accuracy(model: Classifier, loader: DataLoader, device: torch.device) -> tuple[float, float]:
@@ -86,7 +96,7 @@ def train(dataset_root: str | Path, report: DatasetReport, cfg: RunConfig, check
     started = time.perf_counter()
     for epoch in range(1, tc.epochs + 1):
         model.train()
-        loss_sum = seen = correct = 0
+        loss_sum, seen, correct = 0.0, 0, 0
         bar = tqdm(train_dl, desc=f"epoch {epoch}/{tc.epochs}", unit="batch", disable=None if progress else True, leave=False)
         for x, y in bar:
             x, y = x.to(device), y.to(device)
@@ -133,6 +143,7 @@ def train(dataset_root: str | Path, report: DatasetReport, cfg: RunConfig, check
         example = np.zeros((2, 3, mc.image_size, mc.image_size), np.float32)
         mlflow.pytorch.log_model(best, name="model", input_example=example, serialization_format="pickle",
                                  pip_requirements=["torch", "torchvision"])  # skips slow inference
+        assert run is not None
         run_id = run.info.run_id
         mlflow.end_run()
     return TrainResult(str(checkpoint_path), best_acc, best_epoch, len(history), seconds, run_id, history)

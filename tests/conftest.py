@@ -14,11 +14,13 @@ os.environ.setdefault("NUMBA_CACHE_DIR", "/tmp/numba_cache")
 
 
 @pytest.fixture(scope="session")
-def session_home(tmp_path_factory) -> Path:
+def session_home(tmp_path_factory):
+    """A private GOURMETGRAM_HOME for the session; the environment is restored afterwards."""
     home = tmp_path_factory.mktemp("gghome")
-    os.environ["GOURMETGRAM_HOME"] = str(home)
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    return home
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GOURMETGRAM_HOME", str(home))
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        yield home
 
 
 @pytest.fixture(scope="session")

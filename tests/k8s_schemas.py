@@ -88,7 +88,7 @@ def _strict(node: Any) -> Any:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def crd_validator(group: str, kind: str, version: str) -> jsonschema.protocols.Validator:
     path = CRD_FILES[(group, kind)]
     for crd in _read_yaml_docs(path):
@@ -171,7 +171,7 @@ def object_errors(obj: dict, knative_features: dict[str, str] | None = None) -> 
 
 # --- Knative ConfigMaps -------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def knative_config_keys(name: str) -> frozenset[str]:
     """Keys the pinned Knative release documents for ConfigMap ``name`` (its ``_example``)."""
     path = KNATIVE_DIR / f"{name}.yaml"
@@ -187,7 +187,7 @@ def knative_config_keys(name: str) -> frozenset[str]:
     return frozenset(keys)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def knative_config_defaults(name: str) -> dict[str, str]:
     """Key -> documented default value of a pinned Knative ConfigMap (its ``_example``)."""
     (cm,) = _read_yaml_docs(KNATIVE_DIR / f"{name}.yaml")

@@ -250,10 +250,9 @@ def test_full_queue_drops_and_counts_without_blocking(bundle, loaded, eval_image
     with TestClient(create_app(svc)) as c:
         codes = [c.post("/", headers=headers(event_id=str(i)), content=v1_request([eval_images[0]])).status_code
                  for i in range(3)]
-        started = time.perf_counter()
+        # No worker runs, so an ingest that waited for room would never return: a 503 proves it does not wait.
         r = c.post("/", headers=headers(event_id="x"), content=v1_request([eval_images[0]]))
-        elapsed = time.perf_counter() - started
-        assert codes == [202] * 3 and r.status_code == 503 and elapsed < 1.0
+        assert codes == [202] * 3 and r.status_code == 503
         text = c.get("/metrics").text
         assert "drift_events_dropped_total 1.0" in text and "drift_backlog 3.0" in text
         assert c.get("/status").json()["dropped"] == 1
@@ -291,7 +290,7 @@ def test_real_uvicorn_server_accepts_logger_events(service, eval_images):
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 120
         while not server.started and time.monotonic() < deadline:
             time.sleep(0.05)
         base = f"http://127.0.0.1:{port}"

@@ -10,12 +10,12 @@ import functools
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
+import hcl2
 import pytest
 
 from gourmetgram.constants import REPO_ROOT
-
-hcl2 = pytest.importorskip("hcl2", reason="python-hcl2 not installed")
 
 INFRA = REPO_ROOT / "infra"
 TERRAFORM = INFRA / "terraform"

@@ -18,14 +18,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 
 from gourmetgram import manifests
 from gourmetgram.constants import PRODUCTION, REPO_ROOT, STAGING
-
-PROMTOOL = shutil.which("promtool")
-needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (Debian package `prometheus`)")
 
 # Code that exports metrics (contract 2): the transformer, the detector, the gateway.
 METRIC_SOURCE_DIRS = ("transformers", "detectors", "gourmetgram")
@@ -186,12 +182,14 @@ def all_monitoring_expressions() -> dict[str, str]:
 
 
 def _promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([PROMTOOL, *args], capture_output=True, text=True, cwd=cwd, timeout=60)
+    # Required, never skipped: scripts/setup.sh installs it (Debian's `prometheus` package).
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: run scripts/setup.sh as root, or `apt-get install prometheus`"
+    return subprocess.run([promtool, *args], capture_output=True, text=True, cwd=cwd, timeout=60)
 
 
 # --- rules ------------------------------------------------------------------------------
 
-@needs_promtool
 def test_rules_file_passes_promtool_check():
     result = _promtool("check", "rules", str(manifests.RULES_FILE))
     assert result.returncode == 0, result.stdout + result.stderr
@@ -200,7 +198,6 @@ def test_rules_file_passes_promtool_check():
     assert f"SUCCESS: {count} rules found" in result.stdout
 
 
-@needs_promtool
 def test_promtool_unit_tests_fire_every_alert():
     result = _promtool("test", "rules", manifests.RULES_TEST_FILE.name, cwd=manifests.RULES_TEST_FILE.parent)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -213,7 +210,6 @@ def test_promtool_unit_tests_fire_every_alert():
     assert any(not c.get("exp_alerts") for c in cases)  # and a case where nothing fires yet
 
 
-@needs_promtool
 def test_promtool_tests_catch_a_broken_threshold(tmp_path):
     """The unit tests are not vacuous: loosen one threshold and they fail."""
     for name in (manifests.RULES_FILE.name, manifests.RULES_TEST_FILE.name):
@@ -227,7 +223,6 @@ def test_promtool_tests_catch_a_broken_threshold(tmp_path):
     assert "GourmetGramHighErrorRate" in result.stdout + result.stderr
 
 
-@needs_promtool
 def test_the_chart_renders_the_same_rules_file(tmp_path):
     objects = manifests.render_objects(PRODUCTION)
     rule = next(o for o in objects if o["kind"] == "PrometheusRule")
@@ -301,8 +296,7 @@ def test_checker_flags_a_metric_nobody_exports():
 def test_every_metric_in_rules_and_dashboards_is_exported():
     roots = [REPO_ROOT / d for d in METRIC_SOURCE_DIRS]
     ours = scan_metric_definitions(roots)
-    if not ours:
-        pytest.skip("no prometheus_client metric definitions in transformers/, detectors/, gourmetgram/ yet")
+    assert ours, "found no prometheus_client metric definitions: the scan is broken"
     exported = exported_series(ours) | exported_series(scan_metric_definitions([kserve_metric_file()]))
     unknown = unknown_metrics(all_monitoring_expressions(), exported)
     assert unknown == {}, f"named by rules/dashboards but exported by no code: {unknown}"

@@ -5,7 +5,6 @@ patch, a stand-in Kubernetes API server behind the real client."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -158,7 +157,6 @@ def test_loadtest_step_gates_a_real_staging_stack(demo_dataset, tmp_path_factory
     work = tmp_path_factory.mktemp("gate-loadtest")
     images = str(demo_dataset / "evaluation")
     with LocalStack(bundle, "staging", Ports.free(), logger_url="", log_dir=work / "logs") as stack:
-        started = time.perf_counter()
         ok = loadtest_step(stack.gateway_url, images, work / "lenient", _slo(work / "lenient.yaml", 30000),
                            users=2, run_time="6s", quiet=True)
         assert ok.passed, ok.reasons
@@ -175,7 +173,6 @@ def test_loadtest_step_gates_a_real_staging_stack(demo_dataset, tmp_path_factory
         assert not bad.passed
         assert any(r.startswith("p95 ") and r.endswith("> 1 ms") for r in bad.reasons), bad.reasons
         assert "SLO: FAIL" in bad.format()
-        assert time.perf_counter() - started < 60
 
 
 # -- the branches: a real registry, the cluster at the wire --------------------------------

@@ -54,7 +54,7 @@ def _vectorised_configure_thresholds(self) -> None:
     k_col_sums = k.sum(0)
     # MMD of every bootstrap at every window offset, (B, W), in chunks: the gathered
     # (chunk, 2W-1, 2W-1) kernel blocks would take gigabytes for all bootstraps at once.
-    mmds_all = []
+    chunks: list[torch.Tensor] = []
     for lo in range(0, len(y_all), BOOTSTRAP_CHUNK):
         y_inds = y_all[lo:lo + BOOTSTRAP_CHUNK]
         k_yy = k[y_inds[:, :, None], y_inds[:, None, :]]
@@ -69,8 +69,8 @@ def _vectorised_configure_thresholds(self) -> None:
             sub_offdiag = sub.sum((1, 2)) - sub.diagonal(dim1=1, dim2=2).sum(1)
             columns.append(k_xx_sums + sub_offdiag / (w_size * (w_size - 1))
                            - 2 * k_xy_col_sums[:, w:w + w_size].sum(1))
-        mmds_all.append(torch.stack(columns, 1).cpu())
-    mmds_all = torch.cat(mmds_all)
+        chunks.append(torch.stack(columns, 1).cpu())
+    mmds_all = torch.cat(chunks)
     # Sequential filtering as in alibi: a bootstrap whose MMD crossed the threshold at
     # step w takes no part in the later steps.
     thresholds = []
@@ -162,10 +162,10 @@ class LabelDrift:
     """
 
     def __init__(self, prior: Sequence[float], window: int = 500, min_count: int = 50):
-        prior = np.asarray(prior, dtype=np.float64)
-        if prior.ndim != 1 or prior.sum() <= 0:
+        frequencies = np.asarray(prior, dtype=np.float64)
+        if frequencies.ndim != 1 or frequencies.sum() <= 0:
             raise UserError("label prior must be a non-empty list of class frequencies")
-        self.prior = prior / prior.sum()
+        self.prior = frequencies / frequencies.sum()
         self.window: collections.deque[int] = collections.deque(maxlen=window)
         self.min_count = min_count
         self._lock = threading.Lock()  # the worker writes, /status and /metrics read

@@ -96,6 +96,8 @@ def _request_payload(body: Any, event: InferenceEvent) -> None:
             return
         if datatype in ("FP32", "FP16", "FP64"):
             shape = tensor.get("shape")
+            if not isinstance(shape, list):
+                raise BadEvent(f"inputs[0] has no shape list: {shape!r}")
             try:
                 array = np.asarray(_flatten(data), dtype=np.float32).reshape(shape)
             except (TypeError, ValueError) as exc:

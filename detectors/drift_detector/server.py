@@ -145,8 +145,8 @@ class DriftService:
         trim_history(self.detector)
         self.state.record(data)
         m = self.metrics
-        m.test_stat.set(self.state.test_stat)
-        m.threshold.set(self.state.threshold)
+        m.test_stat.set(self.state.test_stat if self.state.test_stat is not None else float("nan"))
+        m.threshold.set(self.state.threshold if self.state.threshold is not None else float("nan"))
         m.state.set(int(self.state.is_drift))
         if self.state.is_drift:
             m.drift_events.inc()

@@ -34,7 +34,7 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
 def glyph_mask(digit: np.ndarray, size: int) -> Image.Image:
     """8x8 intensities in [0, 1] -> a smooth ``size`` x ``size`` alpha mask."""
     mask = Image.fromarray((digit * 255).astype(np.uint8), mode="L")
-    return mask.resize((size, size), Image.BICUBIC).filter(ImageFilter.GaussianBlur(size / 64))
+    return mask.resize((size, size), Image.Resampling.BICUBIC).filter(ImageFilter.GaussianBlur(size / 64))
 
 
 def textured_background(rng: random.Random, size: int, dark: bool | None = None) -> Image.Image:
@@ -44,7 +44,7 @@ def textured_background(rng: random.Random, size: int, dark: bool | None = None)
     base = np.array([rng.uniform(0, 90) if dark else rng.uniform(150, 255) for _ in range(3)], np.float32)
     noise = np.random.default_rng(rng.randrange(2**32)).normal(0, 18, (size // 8, size // 8, 3))
     texture = np.asarray(
-        Image.fromarray(np.clip(noise + 128, 0, 255).astype(np.uint8)).resize((size, size), Image.BICUBIC),
+        Image.fromarray(np.clip(noise + 128, 0, 255).astype(np.uint8)).resize((size, size), Image.Resampling.BICUBIC),
         np.float32,
     ) - 128
     return Image.fromarray(np.clip(base + texture, 0, 255).astype(np.uint8), mode="RGB")
@@ -57,7 +57,8 @@ def ink_colour(rng: random.Random, background: Image.Image, contrast: float = 1.
         level = 127 - 120 * contrast
     else:
         level = 128 + 120 * contrast
-    return tuple(int(np.clip(level + rng.uniform(-25, 25), 0, 255)) for _ in range(3))
+    r, g, b = (int(np.clip(level + rng.uniform(-25, 25), 0, 255)) for _ in range(3))
+    return r, g, b
 
 
 def render_digit(digit: np.ndarray, rng: random.Random, size: int = DEMO_IMAGE_SIZE,

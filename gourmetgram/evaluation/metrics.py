@@ -18,8 +18,8 @@ def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_classes: 
 
 
 def accuracy(y_true: Sequence[int], y_pred: Sequence[int]) -> float:
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    return float((y_true == y_pred).mean()) if len(y_true) else float("nan")
+    truth, pred = np.asarray(y_true), np.asarray(y_pred)
+    return float(np.mean(truth == pred)) if len(truth) else float("nan")
 
 
 def per_class_accuracy(cm: np.ndarray) -> list[float]:

@@ -37,7 +37,7 @@ FOOD_DIR = re.compile(r"^(\d{2})$")  # the course's foods/05/ naming
 def _fit(image: Image.Image, side: int) -> Image.Image:
     scale = side / max(image.size)
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    return image if size == image.size else image.resize(size, Image.BICUBIC)
+    return image if size == image.size else image.resize(size, Image.Resampling.BICUBIC)
 
 
 def compose_image(food: Image.Image, background: Image.Image, extra: Image.Image | None = None,

@@ -608,6 +608,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "a cluster-only URL becomes the local detector)")
     p.add_argument("--no-logger", action="store_true", help="do not send logger CloudEvents")
     p.add_argument("--logger-queue", type=int, default=1000, help="logger queue size (default: %(default)s)")
+    p.add_argument("--logger-timeout", type=float, default=2.0,
+                   help="seconds the logger waits on its sink per event before counting a drop (default: %(default)s)")
     p.add_argument("--host", default=constants.HOST, help="address to bind (default: %(default)s)")
     p.add_argument("--port", type=int, default=constants.GATEWAY_PORT)
     p.add_argument("--timeout", type=float, default=60.0, help="upstream timeout in seconds")
@@ -625,7 +627,8 @@ def main(argv: list[str] | None = None) -> int:
             r.percent = 0
         gateway = Gateway(load_manifest(args.manifest), revisions, timeout_s=args.timeout,
                           logger_url=args.logger_url, logger_enabled=not args.no_logger,
-                          logger_queue=args.logger_queue, log_dir=args.log_dir, host=args.host)
+                          logger_queue=args.logger_queue, logger_timeout_s=args.logger_timeout,
+                          log_dir=args.log_dir, host=args.host)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -326,10 +326,11 @@ class LocalStack:
                  manifest: str | Path | ServiceManifest | None = None,
                  log_dir: str | Path | None = None,
                  start_timeout_s: float = START_TIMEOUT_S,
-                 logger_url: str | None = None) -> None:
+                 logger_url: str | None = None, logger_timeout_s: float | None = None) -> None:
         """``logger_url``: the inference logger's sink (the local drift detector); ``""`` turns
         the logger off; None keeps the manifest's (a cluster-only URL becomes the local
-        detector port, see :func:`gourmetgram.local.gateway.local_logger_url`)."""
+        detector port, see :func:`gourmetgram.local.gateway.local_logger_url`).
+        ``logger_timeout_s``: how long the logger waits on its sink per event (the gateway's default if None)."""
         self.bundle = Path(bundle).resolve() if bundle else registered_bundle(stage)
         self.stage = stage
         self.ports = ports or Ports()
@@ -343,6 +344,7 @@ class LocalStack:
         self.log_dir = Path(log_dir) if log_dir else home() / "logs" / f"serve-{stage}"
         self.start_timeout_s = start_timeout_s
         self.logger_url = logger_url
+        self.logger_timeout_s = logger_timeout_s
         self.services: dict[str, Service] = {}
         self._check_bundle()
         # The first revision's Triton + transformer; canaries add more pairs through the gateway.
@@ -401,6 +403,8 @@ class LocalStack:
             "--triton-metrics", self.triton_metrics_url, "--log-dir", str(self.log_dir)]
         if self.logger_url is not None:
             gateway_argv += ["--logger-url", self.logger_url] if self.logger_url else ["--no-logger"]
+        if self.logger_timeout_s is not None:
+            gateway_argv += ["--logger-timeout", str(self.logger_timeout_s)]
         gateway = Service(
             GATEWAY, gateway_argv, self.log_dir / "gateway.log",
             lambda: _get_ok(f"{self.gateway_url}/v2/health/ready"),

@@ -44,7 +44,7 @@ def record_predictions(
     try:
         hist = PREDICTION_CONFIDENCE.labels(model_name=model_name, revision=revision)
         for pred in predictions:
-            hist.observe(float(pred["confidence"]))
+            hist.observe(float(pred["confidence"]))  # type: ignore[arg-type]  # a number, or the except below
             PREDICTED_CLASS.labels(
                 model_name=model_name, revision=revision, class_name=str(pred["label"])
             ).inc()

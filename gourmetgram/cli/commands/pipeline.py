@@ -19,10 +19,14 @@ import time
 import urllib.parse
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gourmetgram.constants import MODEL_NAME, REGISTERED_MODEL_NAME, REPO_ROOT, STAGES, STAGING
 from gourmetgram.errors import UserError
 from gourmetgram.tracking import home, tracking_uri
+
+if TYPE_CHECKING:  # torch stays out of the CLI's start-up
+    from gourmetgram.evaluation.suite import EvaluationResult
 
 DEFAULT_PACKAGE = REPO_ROOT / "pipelines" / "training_pipeline.yaml"
 TRAINING, STAGING_GATE = "training", "staging-gate"
@@ -44,7 +48,7 @@ class LocalRunResult:
     passed: bool
     reasons: list[str]
     mlflow_run_id: str
-    evaluation: object  # gourmetgram.evaluation.suite.EvaluationResult
+    evaluation: EvaluationResult
     outcome: dict  # register_step / reject_step outcome
     seconds: float
     pipeline_root: str
@@ -64,7 +68,8 @@ class _Tee:
     EXECUTOR_INPUT = "Got executor_input:"
 
     def __init__(self, stream, marker: str):
-        self.stream, self.marker, self.found, self._partial = stream, marker, [], ""
+        self.stream, self.marker, self._partial = stream, marker, ""
+        self.found: list[str] = []
         self._fold: str | None = None  # the closing line of the JSON block being folded
 
     def _line(self, line: str) -> None:
