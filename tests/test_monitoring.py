@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from gourmetgram import manifests
+from gourmetgram import manifests, metric_names
 from gourmetgram.constants import PRODUCTION, REPO_ROOT, STAGING
 
 # Code that exports metrics (contract 2): the transformer, the detector, the gateway.
@@ -29,10 +29,10 @@ METRIC_SOURCE_DIRS = ("transformers", "detectors", "gourmetgram")
 EXTERNAL_METRIC_PATTERNS = (
     # Triton's C++ metrics endpoint (:8002): nv_inference_*, nv_gpu_*, nv_cpu_*.
     re.compile(r"nv_[a-z0-9_]+"),
-    # Knative queue-proxy's request counter; the local gateway renders the same name by hand
-    # (gourmetgram/local/gateway.py RequestCounter) because prometheus_client would add _total.
-    re.compile(r"revision_app_request_count"),
 )
+# Knative queue-proxy's request histogram: the names are defined once, in
+# gourmetgram/metric_names.py, and the local gateway exports them with prometheus_client.
+METRIC_NAMES_FILE = REPO_ROOT / "gourmetgram" / "metric_names.py"
 
 _PROMQL_KEYWORDS = {"and", "or", "unless", "bool", "by", "without", "on", "ignoring", "group_left",
                     "group_right", "offset", "inf", "nan"}
@@ -60,23 +60,42 @@ def _string(node: ast.AST, constants: dict[str, str]) -> str | None:
         return node.value
     if isinstance(node, ast.Name):
         return constants.get(node.id)
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+        return constants.get(node.attr)  # ``qp.REQUEST_DURATION`` (metric_names imported as a module)
     return None
+
+
+def string_constants(tree: ast.AST) -> dict[str, str]:
+    """Module-level ``NAME = "text"`` and ``NAME = f"{OTHER}_suffix"`` assignments."""
+    found: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Assign) or len(node.targets) != 1 or not isinstance(node.targets[0], ast.Name):
+            continue
+        value = node.value
+        if isinstance(value, ast.Constant) and isinstance(value.value, str):
+            found[node.targets[0].id] = value.value
+        elif isinstance(value, ast.JoinedStr):
+            parts = [p.value if isinstance(p, ast.Constant) else found.get(getattr(p.value, "id", ""))
+                     for p in value.values]
+            if all(isinstance(p, str) for p in parts):
+                found[node.targets[0].id] = "".join(parts)
+    return found
+
+
+def metric_name_constants() -> dict[str, str]:
+    """The shared metric names (gourmetgram/metric_names.py), for code that imports them."""
+    return string_constants(ast.parse(METRIC_NAMES_FILE.read_text()))
 
 
 def metric_definitions(source: str) -> dict[str, str]:
     """``{metric name: kind}`` for every prometheus_client metric constructed in ``source``.
 
     Handles ``Counter("x", ...)``, ``prometheus_client.Counter(name="x")``, a module-level
-    string constant as the name, and ``namespace=``/``subsystem=`` prefixes.
+    string constant or a name from gourmetgram/metric_names.py (``qp.REQUEST_DURATION``) as the
+    name, and ``namespace=``/``subsystem=`` prefixes.
     """
     tree = ast.parse(source)
-    constants = {
-        target.id: node.value.value
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
-        for target in node.targets
-        if isinstance(target, ast.Name)
-    }
+    constants = {**metric_name_constants(), **string_constants(tree)}
     found = {}
     for node in ast.walk(tree):
         if not isinstance(node, ast.Call):
@@ -300,3 +319,92 @@ def test_every_metric_in_rules_and_dashboards_is_exported():
     exported = exported_series(ours) | exported_series(scan_metric_definitions([kserve_metric_file()]))
     unknown = unknown_metrics(all_monitoring_expressions(), exported)
     assert unknown == {}, f"named by rules/dashboards but exported by no code: {unknown}"
+
+
+# --- queue-proxy's metric: the names of the installed Knative, one definition ------------
+
+QUEUE_PROXY_SERIES = re.compile(re.escape(metric_names.REQUEST_DURATION) + r"_(bucket|sum|count)\b")
+
+
+def _label_names(expr: str) -> set[str]:
+    """Label names in matchers ``{a="x", b=~"y"}`` and in ``by (...)``/``without (...)``."""
+    names = set()
+    for matcher in re.findall(r"\{([^}]*)\}", re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)):
+        names |= {m.group(1) for m in re.finditer(r"([A-Za-z_]\w*)\s*(?:=~|!~|!=|=)", matcher)}
+    for group in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr):
+        names |= {n.strip() for n in group.split(",") if n.strip()}
+    return names
+
+
+def queue_proxy_expressions() -> dict[str, str]:
+    """Every rule, dashboard and canary-analysis expression that reads queue-proxy's metric."""
+    from gourmetgram.rollout.analysis import RolloutState, queries
+
+    state = RolloutState("food11", "ns", "food11-predictor", "food11", "food11-predictor-00001",
+                         "food11-predictor-00002", 10)
+    exprs = {**all_monitoring_expressions(), **{f"analysis {k}": v for k, v in queries(state, "2m").items()}}
+    return {k: v for k, v in exprs.items() if QUEUE_PROXY_SERIES.search(v)}
+
+
+def test_retired_knative_names_are_gone():
+    """Knative 1.19+ queue-proxy no longer exports revision_app_request_*: nothing may read them."""
+    texts = {str(p): p.read_text() for p in [manifests.RULES_FILE, manifests.RULES_TEST_FILE,
+                                              *manifests.DASHBOARD_DIR.glob("*.json"),
+                                              *(REPO_ROOT / "inference_services").glob("*.yaml")]}
+    for root in METRIC_SOURCE_DIRS:
+        texts |= {str(p): p.read_text() for p in (REPO_ROOT / root).rglob("*.py") if p != METRIC_NAMES_FILE}
+    for retired in metric_names.RETIRED:
+        assert not [where for where, text in texts.items() if retired in text], retired
+
+
+def test_queue_proxy_series_use_only_the_defined_labels():
+    exprs = queue_proxy_expressions()
+    # the request panels, both serving alerts and the three analysis queries read it
+    assert {"rule GourmetGramHighErrorRate", "rule GourmetGramHighLatencyP95", "analysis requests",
+            "analysis errors", "analysis p95_ms"} <= set(exprs)
+    assert sum(k.startswith("dashboard service.json") for k in exprs) >= 5
+    allowed = set(metric_names.LABELS) | {"le"}
+    for where, expr in exprs.items():
+        if where.startswith("dashboard") and "(" not in expr:
+            continue  # a label_values() variable
+        assert _label_names(expr) <= allowed, (where, _label_names(expr) - allowed)
+    # 5xx are selected by status code (Knative 1.21 has no status-class label)
+    assert metric_names.SERVER_ERROR in exprs["rule GourmetGramHighErrorRate"]
+    assert metric_names.SERVER_ERROR in exprs["analysis errors"]
+
+
+def test_label_extraction():
+    expr = 'sum by (a, le) (rate(m_bucket{b="x{y}", c=~"5.."}[5m])) / sum without (d) (m{e!="1"})'
+    assert _label_names(expr) == {"a", "le", "b", "c", "d", "e"}
+
+
+def test_podmonitor_gives_queue_proxy_series_the_labels_the_queries_select_on():
+    """On the cluster the revision/configuration/namespace labels come from the PodMonitor
+    (Knative 1.21 puts them on target_info only): it must set exactly the defined names."""
+    monitor = next(o for o in manifests.render_objects(PRODUCTION)
+                   if o["kind"] == "PodMonitor" and o["metadata"]["name"] == "food11")
+    endpoint = next(e for e in monitor["spec"]["podMetricsEndpoints"] if e.get("port") == "http-usermetric")
+    targets = {r["targetLabel"] for r in endpoint["relabelings"] if r.get("sourceLabels")}
+    assert targets == set(metric_names.RESOURCE_LABELS)
+
+
+def test_the_gateway_exports_the_defined_series():
+    """The local gateway's /metrics text has queue-proxy's series and labels, nothing retired."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from gourmetgram.local.gateway import Gateway, Revision
+    from gourmetgram.local.manifests import load_manifest
+
+    gateway = Gateway(load_manifest(REPO_ROOT / "inference_services" / "staging.yaml"),
+                      [Revision("food11-staging-predictor-00001", "http://127.0.0.1:9")], logger_enabled=False)
+    gateway.observe(gateway.revisions[0], 503, 0.0)
+    families = {f.name: f for f in text_string_to_metric_families(gateway.metrics_text())}
+    family = families[metric_names.REQUEST_DURATION]
+    assert family.type == "histogram"
+    count = next(s for s in family.samples if s.name == metric_names.REQUEST_COUNT)
+    assert count.value == 1 and set(count.labels) == set(metric_names.LABELS)
+    assert count.labels[metric_names.STATUS_CODE] == "503"
+    assert count.labels[metric_names.REVISION] == "food11-staging-predictor-00001"
+    buckets = sorted({float(s.labels["le"]) for s in family.samples if s.name == metric_names.REQUEST_DURATION_BUCKET})
+    assert buckets[:-1] == [float(b) for b in metric_names.LATENCY_BUCKETS_S]
+    assert not any(r in gateway.metrics_text() for r in metric_names.RETIRED)

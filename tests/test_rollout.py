@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 
+from gourmetgram import metric_names as qp
 from gourmetgram.cli.main import main
 from gourmetgram.config import ExportConfig
 from gourmetgram.constants import CANARY, PRODUCTION
@@ -93,13 +94,18 @@ def test_class_shift_is_total_variation():
 
 
 def test_queries_select_both_revisions_of_the_transformer():
-    state = RolloutState("food11", "ns", "food11-transformer", MODEL, "food11-transformer-00001",
-                         "food11-transformer-00002", 30)
+    state = RolloutState("food11", "ns", "food11-predictor", MODEL, "food11-predictor-00001",
+                         "food11-predictor-00002", 30)
     q = queries(state, "2m")
-    sel = 'revision_name=~"food11-transformer-00001|food11-transformer-00002"'
-    assert sel in q["requests"] and 'configuration_name="food11-transformer"' in q["requests"]
-    assert 'response_code_class="5xx"' in q["errors"] and "[2m]" in q["errors"]
-    assert q["p95_ms"].startswith("histogram_quantile(0.95,") and "revision_app_request_latencies_bucket" in q["p95_ms"]
+    # Knative 1.21 queue-proxy names (gourmetgram/metric_names.py)
+    sel = 'kn_revision_name=~"food11-predictor-00001|food11-predictor-00002"'
+    assert sel in q["requests"] and 'kn_configuration_name="food11-predictor"' in q["requests"]
+    assert 'k8s_namespace_name="ns"' in q["requests"]
+    assert q["requests"].startswith("sum by (kn_revision_name) (increase(kn_serving_invocation_duration_seconds_count{")
+    assert 'http_response_status_code=~"5.."' in q["errors"] and "[2m]" in q["errors"]
+    # seconds on the wire, milliseconds in the thresholds
+    assert q["p95_ms"].startswith("1000 * histogram_quantile(0.95,")
+    assert "kn_serving_invocation_duration_seconds_bucket" in q["p95_ms"]
     assert 'model_name="food11"' in q["confidence"] and "predicted_class_total" in q["classes"]
     with pytest.raises(ConfigError):
         queries(state, "two minutes")
@@ -331,7 +337,7 @@ def test_canary_split_tags_and_pairing(stack, registered, images, capsys):
         assert after_triton[name] - before_triton[name] == served_by[name], name
         assert predicted(name) - before_pred[name] == served_by[name], name
     gw = httpx.get(f"{stack.gateway_url}/metrics").text
-    assert _metric(gw, "revision_app_request_count", revision_name=canary, response_code="200") >= served_by[canary]
+    assert _metric(gw, qp.REQUEST_COUNT, **{qp.REVISION: canary, qp.STATUS_CODE: "200"}) >= served_by[canary]
 
 
 def _auto(stack, prometheus, *extra):

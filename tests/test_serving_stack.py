@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 
+from gourmetgram import metric_names as qp
 from gourmetgram.config import ExportConfig
 from gourmetgram.constants import REPO_ROOT
 from gourmetgram.data.demo import DEMO_CLASSES
@@ -171,7 +172,7 @@ def test_unknown_model_is_404(stack, eval_images):
 
 
 def test_metrics_count_what_was_served(stack, eval_images):
-    labels = {"namespace_name": stack.manifest.namespace, "revision_name": stack.revision}
+    labels = {qp.NAMESPACE: stack.manifest.namespace, qp.REVISION: stack.revision}
     before_gw = httpx.get(f"{stack.gateway_url}/metrics").text
     before_tf = httpx.get(f"{stack.transformer_url}/metrics").text
     blobs = [b for b, _ in eval_images[:7]]
@@ -184,12 +185,13 @@ def test_metrics_count_what_was_served(stack, eval_images):
     def delta(before, after, name, **extra):
         return metric_sum(after, name, **extra) - metric_sum(before, name, **extra)
 
-    assert delta(before_gw, after_gw, "revision_app_request_count", response_code="200", **labels) == 2
-    assert delta(before_gw, after_gw, "revision_app_request_count", response_code_class="4xx", **labels) == 1
-    assert delta(before_gw, after_gw, "revision_app_request_latencies_count", **labels) == 3
+    # queue-proxy's (Knative 1.21) request histogram: its _count is the request count
+    assert delta(before_gw, after_gw, qp.REQUEST_COUNT, **{qp.STATUS_CODE: "200"}, **labels) == 2
+    assert delta(before_gw, after_gw, qp.REQUEST_COUNT, **{qp.STATUS_CODE: "400"}, **labels) == 1
+    assert delta(before_gw, after_gw, qp.REQUEST_COUNT, **labels) == 3
     assert delta(before_tf, after_tf, "predicted_class_total", model_name=MODEL,
                  revision=stack.revision) == 7
-    assert "# TYPE revision_app_request_count counter" in after_gw
+    assert f"# TYPE {qp.REQUEST_DURATION} histogram" in after_gw
 
 
 def test_predict_cli_prints_a_table(stack, eval_images, tmp_path, capsys):

@@ -2,7 +2,8 @@
 
 On the cluster a request to an InferenceService passes the Istio ingress, which picks a
 Knative revision (by ``canaryTrafficPercent`` or by tag), and that revision's queue-proxy,
-which counts it (``revision_app_request_count``, ``revision_app_request_latencies``), and
+which measures it (``kn_serving_invocation_duration_seconds``, Knative 1.21; the names are
+in gourmetgram/metric_names.py), and
 the KServe agent, which sends the request and its response to the logger's sink as
 CloudEvents. Locally this small ASGI app does the same for transformer processes on
 localhost, under the SAME metric names, so the same PromQL, dashboards and alert rules work
@@ -40,10 +41,8 @@ import dataclasses
 import logging
 import random
 import sys
-import threading
 import time
 import uuid
-from collections import defaultdict
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -58,12 +57,10 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from gourmetgram import constants
+from gourmetgram import metric_names as qp
 from gourmetgram.errors import UserError
 from gourmetgram.local.manifests import ServiceManifest, load_manifest
 
-# Knative queue-proxy's latency buckets (milliseconds).
-LATENCY_BUCKETS_MS = (5, 10, 20, 40, 60, 80, 100, 150, 200, 250, 300, 350, 400, 450, 500, 600,
-                      700, 800, 900, 1000, 2000, 5000, 10000, 20000, 50000, 100000)
 MAX_BODY_BYTES = 64 * 1024 * 1024
 # Headers that describe one hop, not the request (RFC 9110 7.6.1), plus what httpx recomputes.
 HOP_HEADERS = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
@@ -128,41 +125,6 @@ def local_logger_url(url: str) -> str:
     if host.endswith((".svc", ".cluster.local")) or ".svc." in host:
         return f"http://{constants.HOST}:{constants.DETECTOR_PORT}/"
     return url
-
-
-class RequestCounter:
-    """``revision_app_request_count`` exactly as queue-proxy exposes it (no ``_total`` suffix).
-
-    prometheus_client's Counter always appends ``_total``, which would break the PromQL
-    written for the cluster, so this one counter renders its own text.
-    """
-
-    NAME = "revision_app_request_count"
-    LABELS = ("namespace_name", "configuration_name", "revision_name", "response_code",
-              "response_code_class")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._counts: dict[tuple[str, ...], int] = defaultdict(int)
-
-    def inc(self, *labels: str) -> None:
-        with self._lock:
-            self._counts[labels] += 1
-
-    def value(self, **labels: str) -> int:
-        """Sum over the series matching ``labels`` (tests, benchmarks)."""
-        with self._lock:
-            return sum(n for key, n in self._counts.items()
-                       if all(dict(zip(self.LABELS, key)).get(k) == v for k, v in labels.items()))
-
-    def render(self) -> str:
-        lines = [f"# HELP {self.NAME} The number of requests that are routed to the revision.",
-                 f"# TYPE {self.NAME} counter"]
-        with self._lock:
-            for key, n in sorted(self._counts.items()):
-                labels = ",".join(f'{k}="{v}"' for k, v in zip(self.LABELS, key))
-                lines.append(f"{self.NAME}{{{labels}}} {n}")
-        return "\n".join(lines) + "\n"
 
 
 class InferenceLogger:
@@ -272,11 +234,11 @@ class Gateway:
         self._pairs: dict[str, object] = {}  # revision name -> RevisionPair this gateway started
         self._control_lock = asyncio.Lock()
         self.registry = CollectorRegistry()
-        self.request_count = RequestCounter()
-        self.request_latency = Histogram(
-            "revision_app_request_latencies", "The response time in millisecond",
-            ["namespace_name", "configuration_name", "revision_name"],
-            buckets=LATENCY_BUCKETS_MS, registry=self.registry)
+        # queue-proxy's request histogram (its _count is the request count), same name, labels
+        # and buckets as Knative 1.21 exports it with the chart's PodMonitor labels.
+        self.request_duration = Histogram(
+            qp.REQUEST_DURATION, "The duration of task execution", list(qp.LABELS),
+            buckets=qp.LATENCY_BUCKETS_S, registry=self.registry)
         self.logger_sent = Counter("logger_events_sent", "Inference logger CloudEvents sent",
                                    ["inferenceservice"], registry=self.registry)
         self.logger_dropped = Counter("logger_events_dropped", "Inference logger CloudEvents dropped",
@@ -351,10 +313,8 @@ class Gateway:
         return response
 
     def observe(self, revision: Revision, status: int, started: float) -> None:
-        self.request_count.inc(self.manifest.namespace, self.configuration, revision.name,
-                               str(status), f"{status // 100}xx")
-        self.request_latency.labels(self.manifest.namespace, self.configuration,
-                                    revision.name).observe((time.perf_counter() - started) * 1000)
+        self.request_duration.labels(self.manifest.namespace, self.configuration, revision.name,
+                                     str(status)).observe(time.perf_counter() - started)
 
     async def _send(self, request: Request, revision: Revision, body: bytes | None = None) -> Response:
         if body is None:
@@ -513,7 +473,7 @@ class Gateway:
 
     # -- app -----------------------------------------------------------------------------
     def metrics_text(self) -> str:
-        return self.request_count.render() + generate_latest(self.registry).decode()
+        return generate_latest(self.registry).decode()
 
     def app(self) -> Starlette:
         @asynccontextmanager

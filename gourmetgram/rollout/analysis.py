@@ -1,9 +1,10 @@
 """Canary analysis: compare the canary revision with the stable one and decide.
 
 The figures come from Prometheus through ONE set of PromQL queries (:func:`queries`),
-used against the local Prometheus and the cluster's alike: the queue-proxy metrics
-(``revision_app_request_count``/``_latencies``, the local gateway exposes the same) give
-requests, 5xx share and p95 latency per ``revision_name``; the transformer's
+used against the local Prometheus and the cluster's alike: queue-proxy's request histogram
+(Knative 1.21 ``kn_serving_invocation_duration_seconds``, names in gourmetgram/metric_names.py;
+the local gateway exposes the same) gives requests, 5xx share and p95 latency per
+``kn_revision_name``; the transformer's
 ``prediction_confidence`` and ``predicted_class_total`` (labelled with the same revision
 name: Knative's ``K_REVISION``) give mean confidence and the predicted-class mix.
 Thresholds (``configs/rollout.yaml``) are canary-vs-stable deltas, never absolute
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Callable, Protocol
 
+from gourmetgram import metric_names as qp
 from gourmetgram.config import from_mapping, read_yaml
 from gourmetgram.constants import CONFIG_DIR
 from gourmetgram.errors import ConfigError, UserError
@@ -108,15 +110,17 @@ def queries(state: RolloutState, window: str) -> dict[str, str]:
     """The PromQL for the analysis: one definition for the local stack and the cluster."""
     check_window(window)
     revs = "|".join(r for r in (state.stable, state.canary) if r)
-    serving = _selector(namespace_name=state.namespace, configuration_name=state.configuration,
-                        **{"revision_name~": revs})
+    serving = _selector(**{qp.NAMESPACE: state.namespace, qp.CONFIGURATION: state.configuration,
+                           f"{qp.REVISION}~": revs})
     model = _selector(model_name=state.model_name, **{"revision~": revs})
-    errors = serving[:-1] + ',response_code_class="5xx"}'
+    errors = serving[:-1] + f",{qp.SERVER_ERROR}}}"
+    by_rev = f"sum by ({qp.REVISION})"
     return {
-        "requests": f"sum by (revision_name) (increase(revision_app_request_count{serving}[{window}]))",
-        "errors": f"sum by (revision_name) (increase(revision_app_request_count{errors}[{window}]))",
-        "p95_ms": ("histogram_quantile(0.95, sum by (revision_name, le) "
-                   f"(rate(revision_app_request_latencies_bucket{serving}[{window}])))"),
+        "requests": f"{by_rev} (increase({qp.REQUEST_COUNT}{serving}[{window}]))",
+        "errors": f"{by_rev} (increase({qp.REQUEST_COUNT}{errors}[{window}]))",
+        # queue-proxy measures seconds; the thresholds and the report are in milliseconds
+        "p95_ms": (f"1000 * histogram_quantile(0.95, sum by ({qp.REVISION}, le) "
+                   f"(rate({qp.REQUEST_DURATION_BUCKET}{serving}[{window}])))"),
         "confidence": (f"sum by (revision) (rate(prediction_confidence_sum{model}[{window}])) / "
                        f"sum by (revision) (rate(prediction_confidence_count{model}[{window}]))"),
         "classes": f"sum by (revision, class_name) (increase(predicted_class_total{model}[{window}]))",
@@ -166,14 +170,14 @@ def collect(client: PrometheusClient, state: RolloutState, window: str) -> dict[
     figures = {r: Figures(r) for r in (state.stable, state.canary) if r}
     q = queries(state, window)
     for s in client.query(q["requests"]):
-        if s.labels.get("revision_name") in figures:
-            figures[s.labels["revision_name"]].requests = s.value
+        if s.labels.get(qp.REVISION) in figures:
+            figures[s.labels[qp.REVISION]].requests = s.value
     for s in client.query(q["errors"]):
-        if s.labels.get("revision_name") in figures:
-            figures[s.labels["revision_name"]].errors = s.value
+        if s.labels.get(qp.REVISION) in figures:
+            figures[s.labels[qp.REVISION]].errors = s.value
     for s in client.query(q["p95_ms"]):
-        if s.labels.get("revision_name") in figures and math.isfinite(s.value):
-            figures[s.labels["revision_name"]].p95_ms = s.value
+        if s.labels.get(qp.REVISION) in figures and math.isfinite(s.value):
+            figures[s.labels[qp.REVISION]].p95_ms = s.value
     for s in client.query(q["confidence"]):
         if s.labels.get("revision") in figures:
             figures[s.labels["revision"]].confidence = s.value
