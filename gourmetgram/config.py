@@ -1,134 +1,331 @@
 """Run configuration: one YAML file per dataset (``configs/demo.yaml``, ``configs/food11.yaml``).
 
-Sections map to frozen dataclasses. Unknown keys, wrong types and out-of-range values
-raise :class:`ConfigError` naming the file and the key, so a typo never silently falls
-back to a default.
+Sections are frozen dataclasses whose field types carry their constraints (pydantic
+``Annotated`` metadata: bounds, choices, durations). A file is validated once, when it is
+loaded (:func:`load_config`, :func:`from_mapping`), so a bad slice threshold fails before
+training, not after it. Unknown keys, wrong types and out-of-range values raise
+:class:`ConfigError` naming the file, the key path, what is wrong and what is allowed; a
+typo never silently falls back to a default.
+
+Objects built in code (tests, benchmarks) are not validated: they are not user input,
+and tests build deliberately unreachable gates that way.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, Optional, TypeVar
 
+import annotated_types
 import yaml
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+)
 
-from gourmetgram.constants import CONFIG_DIR
+from gourmetgram.constants import ARCHITECTURES, CONFIG_DIR
 from gourmetgram.errors import ConfigError
+
+T = TypeVar("T")
+
+# Every config dataclass carries this: unknown keys are refused, never ignored.
+STRICT = ConfigDict(extra="forbid")
+
+INSTANCE_KINDS = ("KIND_CPU", "KIND_GPU", "KIND_AUTO")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _one_of(*choices: str) -> AfterValidator:
+    def check(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value
+    return AfterValidator(check)
+
+
+def _none_is_empty(value: Any) -> Any:
+    return {} if value is None else value
+
+
+# On a section field: `train:` with nothing under it (YAML null) means the section's defaults.
+SECTION = BeforeValidator(_none_is_empty)
+
+
+# Scalars are strict (no "5" -> 5, no true -> 1); a float accepts an int (YAML `100`).
+Share = Annotated[StrictFloat, Field(ge=0, le=1)]  # accuracies, agreement, error rates: 0..1
+Count = Annotated[StrictInt, Field(ge=0)]
+AtLeastOne = Annotated[StrictInt, Field(ge=1)]
+Positive = Annotated[StrictFloat, Field(gt=0)]
+NonNegative = Annotated[StrictFloat, Field(ge=0)]
+Percent = Annotated[StrictInt, Field(ge=1, le=99)]  # a canary traffic share that is neither none nor all
+Name = Annotated[StrictStr, Field(min_length=1)]
+
+DURATION = re.compile(r"\d+(ms|s|m|h|d)")
+
+
+def check_duration(value: str) -> str:
+    if not DURATION.fullmatch(value):
+        raise ValueError("must be a Prometheus duration like 30s, 2m or 1h")
+    return value
+
+
+Duration = Annotated[StrictStr, AfterValidator(check_duration)]
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    arch: str = "mobilenet_v2"
-    image_size: int = 224
-    width_mult: float = 1.0
-    dropout: float = 0.2
-    pretrained_weights: Optional[str] = None
+    __pydantic_config__ = STRICT
+    arch: Annotated[StrictStr, _one_of(*ARCHITECTURES)] = "mobilenet_v2"
+    image_size: Annotated[StrictInt, Field(ge=32)] = 224
+    width_mult: Positive = 1.0
+    dropout: Annotated[StrictFloat, Field(ge=0, lt=1)] = 0.2
+    pretrained_weights: Optional[StrictStr] = None
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 20
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    patience: int = 5  # early stopping: epochs without validation improvement
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    hflip: bool = True
-    crop_scale: float = 1.0  # random crop keeps this share of each side, at least
-    num_workers: int = 0
+    __pydantic_config__ = STRICT
+    epochs: Count = 20
+    batch_size: AtLeastOne = 32
+    lr: Positive = 1e-3
+    weight_decay: NonNegative = 1e-4
+    patience: Count = 5  # early stopping: epochs without validation improvement
+    seed: Count = 0
+    device: Annotated[StrictStr, _one_of(*DEVICES)] = "auto"
+    hflip: StrictBool = True
+    crop_scale: Annotated[StrictFloat, Field(gt=0, le=1)] = 1.0  # random crop keeps this share of each side, at least
+    num_workers: Count = 0
 
 
 @dataclasses.dataclass(frozen=True)
 class SliceConfig:
-    name: str
-    path: str  # image folder in class_XX layout, relative to the dataset root
-    min_accuracy: float
-    expected_class: Optional[int] = None  # set for a one-class slice (the course's indian_dessert -> 2)
+    __pydantic_config__ = STRICT
+    name: Name
+    path: Name  # image folder in class_XX layout, relative to the dataset root
+    min_accuracy: Share
+    expected_class: Optional[Count] = None  # set for a one-class slice (the course's indian_dessert -> 2)
 
 
 @dataclasses.dataclass(frozen=True)
 class FailureModeConfig:
-    name: str
-    path: str  # image folder (flat or class_XX), relative to the dataset root
-    expected_class: int
-    min_accuracy: float
+    __pydantic_config__ = STRICT
+    name: Name
+    path: Name  # image folder (flat or class_XX), relative to the dataset root
+    expected_class: Count
+    min_accuracy: Share
 
 
 @dataclasses.dataclass(frozen=True)
 class TemplateConfig:
-    path: str  # folder with backgrounds/, extras/ and foods/class_XX/
-    min_invariance: float = 0.8  # share of compositions whose label survives bg/extra
-    min_sensitivity: float = 0.8  # share of food swaps that change the label
-    min_accuracy: Optional[float] = None  # share of compositions labelled as the food (the course's pass ratio)
-    foods_per_class: int = 1
-    seed: int = 0
+    __pydantic_config__ = STRICT
+    path: Name  # folder with backgrounds/, extras/ and foods/class_XX/
+    min_invariance: Share = 0.8  # share of compositions whose label survives bg/extra
+    min_sensitivity: Share = 0.8  # share of food swaps that change the label
+    min_accuracy: Optional[Share] = None  # share of compositions labelled as the food (the course's pass ratio)
+    foods_per_class: AtLeastOne = 1
+    seed: Count = 0
+
+
+def _unique_names(evaluation: EvaluationConfig) -> EvaluationConfig:
+    names = [s.name for s in evaluation.slices] + [f.name for f in evaluation.failure_modes]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"slice and failure mode names must be unique; repeated: {', '.join(duplicates)}")
+    return evaluation
 
 
 @dataclasses.dataclass(frozen=True)
 class EvaluationConfig:
-    min_overall_accuracy: float = 0.85
-    min_per_class_accuracy: float = 0.75
+    __pydantic_config__ = STRICT
+    min_overall_accuracy: Share = 0.85
+    min_per_class_accuracy: Share = 0.75
     slices: tuple[SliceConfig, ...] = ()
     failure_modes: tuple[FailureModeConfig, ...] = ()
     templates: Optional[TemplateConfig] = None
-    batch_size: int = 64
+    batch_size: AtLeastOne = 64
+
+
+def _batch_sizes_fit(export: ExportConfig) -> ExportConfig:
+    too_big = [b for b in export.preferred_batch_sizes if b > export.max_batch_size]
+    if too_big:
+        raise ValueError(f"preferred_batch_sizes {too_big} exceed max_batch_size {export.max_batch_size}")
+    return export
 
 
 @dataclasses.dataclass(frozen=True)
 class ExportConfig:
-    max_batch_size: int = 32
-    preferred_batch_sizes: tuple[int, ...] = ()
-    max_queue_delay_microseconds: int = 1000
-    instance_count: int = 1
-    instance_kind: str = "KIND_CPU"  # configs/food11.yaml: KIND_AUTO (GPU in production, CPU in staging)
-    opset: int = 17
-    parity_atol: float = 1e-3  # max |logit difference| between ONNX Runtime and PyTorch
-    parity_min_agreement: float = 1.0  # share of identical top-1 classes
+    __pydantic_config__ = STRICT
+    max_batch_size: AtLeastOne = 32
+    preferred_batch_sizes: tuple[AtLeastOne, ...] = ()
+    max_queue_delay_microseconds: Count = 1000
+    instance_count: AtLeastOne = 1
+    # configs/food11.yaml: KIND_AUTO (GPU in production, CPU in staging)
+    instance_kind: Annotated[StrictStr, _one_of(*INSTANCE_KINDS)] = "KIND_CPU"
+    opset: Annotated[StrictInt, Field(ge=7)] = 17
+    parity_atol: Positive = 1e-3  # max |logit difference| between ONNX Runtime and PyTorch
+    parity_min_agreement: Share = 1.0  # share of identical top-1 classes
     # INT8 variant (gourmetgram.quantize): the accuracy gate it must pass to be exported.
-    int8_min_agreement: float = 0.95  # share of evaluation images with the FP32 top-1 class
-    int8_max_accuracy_drop: float = 0.01  # FP32 accuracy minus INT8 accuracy, at most
-    int8_calibration_images: int = 128  # preprocessed training images for static calibration
-    ort_intra_op_threads: int = 0  # ONNX Runtime threads per Triton instance; 0 = cores / instances
+    int8_min_agreement: Share = 0.95  # share of evaluation images with the FP32 top-1 class
+    int8_max_accuracy_drop: Share = 0.01  # FP32 accuracy minus INT8 accuracy, at most
+    int8_calibration_images: AtLeastOne = 128  # preprocessed training images for static calibration
+    ort_intra_op_threads: Count = 0  # ONNX Runtime threads per Triton instance; 0 = cores / instances
 
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    model: ModelConfig = ModelConfig()
-    train: TrainConfig = TrainConfig()
-    evaluation: EvaluationConfig = EvaluationConfig()
-    export: ExportConfig = ExportConfig()
-    source: str = "<defaults>"
+    __pydantic_config__ = STRICT
+    model: Annotated[ModelConfig, SECTION] = ModelConfig()
+    train: Annotated[TrainConfig, SECTION] = TrainConfig()
+    evaluation: Annotated[EvaluationConfig, SECTION,
+                          AfterValidator(_unique_names)] = EvaluationConfig()
+    export: Annotated[ExportConfig, SECTION, AfterValidator(_batch_sizes_fit)] = ExportConfig()
+    source: StrictStr = "<defaults>"
 
 
-def _convert(value: Any, hint: Any, where: str) -> Any:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
+@dataclasses.dataclass(frozen=True)
+class SLOConfig:
+    """Service-level objectives a staging load test must meet (``configs/slo.yaml``)."""
+
+    __pydantic_config__ = STRICT
+    p95_ms: Positive
+    max_error_rate: Share
+    min_rps: NonNegative
+    min_requests: AtLeastOne = 20
+    source: StrictStr = "<defaults>"
+
+
+# --- validation -------------------------------------------------------------------------
+
+_ADAPTERS: dict[type, TypeAdapter] = {}  # building one costs milliseconds: once per class
+
+
+def _adapter(cls: type) -> TypeAdapter:
+    if cls not in _ADAPTERS:
+        _ADAPTERS[cls] = TypeAdapter(cls)
+    return _ADAPTERS[cls]
+
+
+def from_mapping(cls: type[T], data: Any, where: str) -> T:
+    """Validate ``data`` (a YAML mapping) into dataclass ``cls``, or a :class:`ConfigError`."""
+    try:
+        return _adapter(cls).validate_python({} if data is None else data)
+    except ValidationError as exc:
+        raise ConfigError(describe(exc, cls, where)) from None
+
+
+def _hint_at(cls: Any, loc: tuple) -> Any:
+    """The type annotation at ``loc`` below ``cls`` (None when it cannot be followed)."""
+    hint: Any = cls
+    for part in loc:
+        while typing.get_origin(hint) is Annotated:
+            hint = typing.get_args(hint)[0]
         args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if value is None:
+        if typing.get_origin(hint) in (typing.Union, types.UnionType) and args:
+            hint = args[0]
+            while typing.get_origin(hint) is Annotated:
+                hint = typing.get_args(hint)[0]
+        if isinstance(part, int) and typing.get_origin(hint) is tuple:
+            hint = typing.get_args(hint)[0]
+        elif isinstance(part, str) and dataclasses.is_dataclass(hint):
+            hints = typing.get_type_hints(hint, include_extras=True)
+            if part not in hints:
+                return None
+            hint = hints[part]
+        else:
             return None
-        return _convert(value, args[0], where)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where} must be a list, got {value!r}")
-        (item_hint, _) = typing.get_args(hint)
-        return tuple(_convert(v, item_hint, f"{where}[{i}]") for i, v in enumerate(value))
-    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-        return _build(hint, value, where)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint in (int, float, str, bool) and (not isinstance(value, hint) or (hint is int and isinstance(value, bool))):
-        raise ConfigError(f"{where} must be {hint.__name__}, got {value!r}")
-    return value
+    return hint
 
 
-def from_mapping(cls: type, data: Any, where: str):
-    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
-    return _build(cls, data, where)
+def _bounds(hint: Any) -> str:
+    """``in [0, 1]``, ``>= 1``... from the Field constraints on ``hint``."""
+    lo: Any = None
+    hi: Any = None
+    lo_open = hi_open = False
+    pending = [hint]
+    while pending:
+        h = pending.pop()
+        if typing.get_origin(h) is Annotated:
+            pending.append(typing.get_args(h)[0])
+            for meta in typing.get_args(h)[1:]:
+                for m in [meta, *getattr(meta, "metadata", [])]:
+                    if isinstance(m, annotated_types.Ge):
+                        lo, lo_open = m.ge, False
+                    elif isinstance(m, annotated_types.Gt):
+                        lo, lo_open = m.gt, True
+                    elif isinstance(m, annotated_types.Le):
+                        hi, hi_open = m.le, False
+                    elif isinstance(m, annotated_types.Lt):
+                        hi, hi_open = m.lt, True
+    if lo is not None and hi is not None:
+        return f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+    if lo is not None:
+        return f"{'>' if lo_open else '>='} {lo}"
+    if hi is not None:
+        return f"{'<' if hi_open else '<='} {hi}"
+    return ""
 
+
+_EXPECTED = {
+    "int_type": "an integer", "int_from_float": "an integer", "float_type": "a number",
+    "string_type": "a string", "bool_type": "true or false", "tuple_type": "a list", "list_type": "a list",
+    "dataclass_type": "a mapping of keys", "dataclass_args_type": "a mapping of keys",
+    "none_required": "empty",
+}
+
+
+def _path(loc: tuple) -> str:
+    """('evaluation', 'slices', 0, 'min_accuracy') -> evaluation.slices[0].min_accuracy"""
+    return ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in loc).replace(".[", "[")
+
+
+def _problem(err: Any, cls: type) -> str:
+    loc = tuple(err["loc"])
+    path = _path(loc) or "(top level)"
+    got = err.get("input")
+    kind = err["type"]
+    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+        owner = _hint_at(cls, loc[:-1])
+        while typing.get_origin(owner) is Annotated:
+            owner = typing.get_args(owner)[0]
+        # `source` is filled in by the loader, not written by people: not offered.
+        known = [f.name for f in dataclasses.fields(owner) if f.name != "source"] if dataclasses.is_dataclass(owner) else []
+        where = _path(loc[:-1]) or "the top level"
+        return f"unknown key {path!r}; allowed in {where}: {', '.join(known)}"
+    if kind == "missing" or kind == "missing_argument":
+        return f"{path} is required"
+    if kind in _EXPECTED:
+        return f"{path} must be {_EXPECTED[kind]}, got {got!r}"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        return f"{path} must be {_bounds(_hint_at(cls, loc)) or err['msg']}, got {got!r}"
+    if kind == "value_error":
+        if isinstance(got, dict):  # a check across the keys of a section
+            return f"{path}: {err['ctx']['error']}"
+        return f"{path} {err['ctx']['error']}, got {got!r}"
+    if kind == "string_too_short":
+        return f"{path} must not be empty"
+    return f"{path}: {err['msg']}, got {got!r}"
+
+
+def describe(exc: ValidationError, cls: type, where: str, limit: int = 5) -> str:
+    """One line per problem, each with the key path, what is wrong and what is allowed."""
+    problems = [_problem(err, cls) for err in exc.errors()]
+    more = f"; and {len(problems) - limit} more" if len(problems) > limit else ""
+    return f"{where}: " + "; ".join(problems[:limit]) + more
+
+
+# --- files -------------------------------------------------------------------------------
 
 def read_yaml(path: Path, what: str = "config") -> dict:
     """A YAML mapping from ``path``, or a :class:`ConfigError` that names the file."""
@@ -141,58 +338,6 @@ def read_yaml(path: Path, what: str = "config") -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping, got {type(data).__name__}")
     return data
-
-
-def _build(cls: type, data: Any, where: str):
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where} must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - fields)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(fields)}")
-    kwargs = {k: _convert(v, hints[k], f"{where}.{k}") for k, v in data.items()}
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:  # a required key is missing
-        raise ConfigError(f"{where}: {exc}") from exc
-
-
-def _check(cfg: RunConfig) -> None:
-    problems = []
-    if cfg.model.image_size < 32:
-        problems.append("model.image_size must be >= 32")
-    if cfg.train.epochs < 0:
-        problems.append("train.epochs must be >= 0")
-    if cfg.train.batch_size < 1:
-        problems.append("train.batch_size must be >= 1")
-    if cfg.train.lr <= 0:
-        problems.append("train.lr must be > 0")
-    if cfg.train.device not in ("auto", "cpu", "cuda"):
-        problems.append("train.device must be auto, cpu or cuda")
-    if not 0 < cfg.train.crop_scale <= 1:
-        problems.append("train.crop_scale must be in (0, 1]")
-    for key in ("min_overall_accuracy", "min_per_class_accuracy"):
-        if not 0 <= getattr(cfg.evaluation, key) <= 1:
-            problems.append(f"evaluation.{key} must be in [0, 1]")
-    if cfg.export.max_batch_size < 1:
-        problems.append("export.max_batch_size must be >= 1")
-    if any(b > cfg.export.max_batch_size for b in cfg.export.preferred_batch_sizes):
-        problems.append("export.preferred_batch_sizes must not exceed export.max_batch_size")
-    if cfg.export.instance_kind not in ("KIND_CPU", "KIND_GPU", "KIND_AUTO"):
-        problems.append("export.instance_kind must be KIND_CPU, KIND_GPU or KIND_AUTO")
-    if not 0 <= cfg.export.int8_min_agreement <= 1:
-        problems.append("export.int8_min_agreement must be in [0, 1]")
-    if not 0 <= cfg.export.int8_max_accuracy_drop <= 1:
-        problems.append("export.int8_max_accuracy_drop must be in [0, 1]")
-    if cfg.export.int8_calibration_images < 1:
-        problems.append("export.int8_calibration_images must be >= 1")
-    if cfg.export.ort_intra_op_threads < 0:
-        problems.append("export.ort_intra_op_threads must be >= 0 (0 = automatic)")
-    if problems:
-        raise ConfigError(f"{cfg.source}: " + "; ".join(problems))
 
 
 def resolve_config_path(name_or_path: str | Path) -> Path:
@@ -210,37 +355,24 @@ def load_config(name_or_path: str | Path) -> RunConfig:
         raise ConfigError(f"config {name_or_path!r} not found ({path}); built-in configs: {known}")
     data = read_yaml(path)
     data.setdefault("source", str(path))
-    cfg = _build(RunConfig, data, str(path))
-    _check(cfg)
-    return cfg
+    return from_mapping(RunConfig, data, str(path))
 
 
-def override(cfg: RunConfig, section: str, **changes: Any) -> RunConfig:
-    """A copy of ``cfg`` with some fields of one section replaced (pipeline parameters)."""
+def override(cfg: T, section: str, **changes: Any) -> T:
+    """A copy of a loaded config (RunConfig, RolloutConfig) with fields of one section
+    replaced (pipeline parameters, command-line options), validated like the file was."""
     changes = {k: v for k, v in changes.items() if v is not None}
     if not changes:
         return cfg
-    new = dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **changes)})
-    _check(new)
-    return new
-
-
-@dataclasses.dataclass(frozen=True)
-class SLOConfig:
-    """Service-level objectives a staging load test must meet (``configs/slo.yaml``)."""
-
-    p95_ms: float
-    max_error_rate: float
-    min_rps: float
-    min_requests: int = 20
-    source: str = "<defaults>"
+    data: dict[str, Any] = dataclasses.asdict(cfg)  # type: ignore[call-overload]
+    if not isinstance(data.get(section), dict):
+        raise ConfigError(f"no config section {section!r}")
+    data[section] = {**data[section], **changes}
+    return from_mapping(type(cfg), data, f"{data.get('source', '<config>')} with {section} overrides")
 
 
 def load_slo(name_or_path: str | Path = "slo") -> SLOConfig:
     path = resolve_config_path(name_or_path)
     data = read_yaml(path, "SLO")
     data.setdefault("source", str(path))
-    slo = _build(SLOConfig, data, str(path))
-    if slo.p95_ms <= 0 or not 0 <= slo.max_error_rate <= 1 or slo.min_rps < 0 or slo.min_requests < 1:
-        raise ConfigError(f"{path}: need p95_ms > 0, 0 <= max_error_rate <= 1, min_rps >= 0, min_requests >= 1")
-    return slo
+    return from_mapping(SLOConfig, data, str(path))

@@ -22,6 +22,9 @@ ISVC_NAMES = {STAGING: "food11-staging", PRODUCTION: "food11"}
 SPLITS = ("training", "validation", "evaluation")
 CLASS_NAMES_FILE = "classes.txt"
 
+# Model architectures gourmetgram.model builds (configs: model.arch).
+ARCHITECTURES = ("mobilenet_v2",)
+
 # Tensor names in the exported ONNX model / Triton config.
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gourmetgram.config import ExportConfig
+from gourmetgram.config import INSTANCE_KINDS, ExportConfig
 from gourmetgram.constants import FEATURES_NAME, INPUT_NAME, MODEL_NAME, OUTPUT_NAME
 from gourmetgram.errors import UserError
 from gourmetgram.model import Classifier, FeatureExtractor, ModelSpec, load_checkpoint
@@ -57,7 +57,6 @@ FEATURE_EXTRACTOR_FILENAME = "feature_extractor.onnx"
 MODEL_SPEC_FILENAME = "model_spec.json"
 PARITY_FILENAME = "parity.json"
 PLATFORM = "onnxruntime_onnx"
-INSTANCE_KINDS = ("KIND_CPU", "KIND_GPU", "KIND_AUTO")
 PARITY_BATCH = 32  # images per ONNX Runtime / PyTorch call during the parity check
 RANDOM_PARITY_IMAGES = 8
 

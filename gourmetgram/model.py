@@ -15,9 +15,8 @@ import torch
 from torch import nn
 from torchvision import models
 
+from gourmetgram.constants import ARCHITECTURES
 from gourmetgram.errors import UserError
-
-ARCHITECTURES = ("mobilenet_v2",)
 
 
 @dataclasses.dataclass(frozen=True)

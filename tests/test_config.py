@@ -1,11 +1,17 @@
-"""Config files: the built-in ones load; mistakes are named, never silently defaulted."""
+"""Config files: the built-in ones load; mistakes are named at load, never silently defaulted.
+
+Every message names the file, the key path, what is wrong and what is allowed.
+"""
 
 from __future__ import annotations
 
 import pytest
 
-from gourmetgram.config import load_config, override
+from gourmetgram.cli.main import main
+from gourmetgram.config import ExportConfig, load_config, load_slo, override
+from gourmetgram.constants import CONFIG_DIR
 from gourmetgram.errors import ConfigError
+from gourmetgram.rollout import analysis
 
 
 @pytest.mark.parametrize("name", ["demo", "food11"])
@@ -13,27 +19,98 @@ def test_builtin_configs_load(name):
     cfg = load_config(name)
     assert cfg.model.image_size in (64, 224)
     assert cfg.train.epochs > 0
+    assert cfg.evaluation.slices and all(0 <= s.min_accuracy <= 1 for s in cfg.evaluation.slices)
+    assert cfg.source == str(CONFIG_DIR / f"{name}.yaml")
 
 
-def test_unknown_key_is_named(tmp_path):
+def test_shipped_rollout_and_slo_configs_load():
+    assert analysis.load_config().auto.steps == (10, 50)
+    assert load_slo("slo").max_error_rate == 0.01
+
+
+def _write(tmp_path, text):
     path = tmp_path / "c.yaml"
-    path.write_text("train:\n  epochz: 3\n")
-    with pytest.raises(ConfigError, match=r"train: unknown key\(s\) \['epochz'\]"):
+    path.write_text(text)
+    return path
+
+
+def test_unknown_key_is_named_with_the_allowed_ones(tmp_path):
+    path = _write(tmp_path, "train:\n  epochz: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: unknown key 'train.epochz'; allowed in train: epochs, batch_size")
+
+
+def test_unknown_key_in_a_list_item(tmp_path):
+    path = _write(tmp_path, "evaluation:\n  slices:\n    - {name: a, path: p, min_acuracy: 0.5}\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'evaluation\.slices\[0\]\.min_acuracy'; "
+                                          r"allowed in evaluation\.slices\[0\]: name, path, min_accuracy"):
         load_config(path)
 
 
 def test_wrong_type_is_named(tmp_path):
-    path = tmp_path / "c.yaml"
-    path.write_text("train:\n  batch_size: lots\n")
-    with pytest.raises(ConfigError, match="train.batch_size must be int"):
+    path = _write(tmp_path, "train:\n  batch_size: lots\n")
+    with pytest.raises(ConfigError, match=f"^{path}: train.batch_size must be an integer, got 'lots'$"):
         load_config(path)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("train:\n  batch_size: '32'\n", "train.batch_size must be an integer, got '32'"),  # no silent str -> int
+    ("train:\n  hflip: 1\n", "train.hflip must be true or false, got 1"),
+    ("train: 3\n", "train must be a mapping of keys, got 3"),
+    ("export:\n  preferred_batch_sizes: 8\n", "export.preferred_batch_sizes must be a list, got 8"),
+])
+def test_wrong_types(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace(".", r"\.")):
+        load_config(_write(tmp_path, text))
 
 
 def test_out_of_range(tmp_path):
-    path = tmp_path / "c.yaml"
-    path.write_text("evaluation:\n  min_overall_accuracy: 85\n")
-    with pytest.raises(ConfigError, match=r"min_overall_accuracy must be in \[0, 1\]"):
+    path = _write(tmp_path, "evaluation:\n  min_overall_accuracy: 85\n")
+    with pytest.raises(ConfigError, match=r"evaluation.min_overall_accuracy must be in \[0, 1\], got 85"):
         load_config(path)
+
+
+def test_bad_slice_threshold_fails_at_load_before_any_training(tmp_path):
+    # The reason this validation exists: a threshold used only at evaluation time must
+    # not wait for a whole training run to be found wrong.
+    path = _write(tmp_path, "evaluation:\n  slices:\n    - {name: a, path: p, min_accuracy: 1.5}\n"
+                            "  failure_modes:\n    - {name: b, path: q, expected_class: -1, min_accuracy: 0.5}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "evaluation.slices[0].min_accuracy must be in [0, 1], got 1.5" in str(err.value)
+    assert "evaluation.failure_modes[0].expected_class must be >= 0, got -1" in str(err.value)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("train:\n  epochs: -1\n", r"train.epochs must be >= 0, got -1"),
+    ("train:\n  batch_size: 0\n", r"train.batch_size must be >= 1, got 0"),
+    ("train:\n  lr: 0\n", r"train.lr must be > 0, got 0"),
+    ("train:\n  crop_scale: 1.2\n", r"train.crop_scale must be in \(0, 1\], got 1.2"),
+    ("train:\n  device: gpu\n", r"train.device must be one of auto, cpu, cuda, got 'gpu'"),
+    ("model:\n  arch: resnet\n", r"model.arch must be one of mobilenet_v2, got 'resnet'"),
+    ("export:\n  instance_kind: GPU\n", r"export.instance_kind must be one of KIND_CPU, KIND_GPU, KIND_AUTO"),
+    ("export:\n  max_batch_size: 4\n  preferred_batch_sizes: [2, 8]\n",
+     r"export: preferred_batch_sizes \[8\] exceed max_batch_size 4"),
+    ("evaluation:\n  slices:\n    - {name: a, path: p, min_accuracy: 0.5}\n"
+     "  failure_modes:\n    - {name: a, path: q, expected_class: 1, min_accuracy: 0.5}\n",
+     r"evaluation: slice and failure mode names must be unique; repeated: a"),
+    ("evaluation:\n  slices:\n    - {name: a}\n", r"evaluation.slices\[0\].path is required"),
+])
+def test_bounds_and_choices(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(_write(tmp_path, text))
+
+
+def test_all_problems_are_reported_at_once(tmp_path):
+    path = _write(tmp_path, "train:\n  epochs: -1\n  batch_size: 0\n")
+    with pytest.raises(ConfigError, match=r"train.epochs must be >= 0, got -1; train.batch_size must be >= 1"):
+        load_config(path)
+
+
+def test_empty_section_means_defaults(tmp_path):
+    assert load_config(_write(tmp_path, "train:\nmodel:\n  image_size: 64\n")).train.epochs == 20
 
 
 def test_missing_config_lists_builtins():
@@ -42,14 +119,53 @@ def test_missing_config_lists_builtins():
 
 
 def test_invalid_yaml(tmp_path):
-    path = tmp_path / "c.yaml"
-    path.write_text("train: [unclosed\n")
+    path = _write(tmp_path, "train: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(path)
 
 
 def test_override_checks_values():
     cfg = override(load_config("demo"), "train", epochs=0)
-    assert cfg.train.epochs == 0
-    with pytest.raises(ConfigError, match="train.epochs must be >= 0"):
+    assert cfg.train.epochs == 0 and cfg.train.batch_size == load_config("demo").train.batch_size
+    with pytest.raises(ConfigError, match="demo.yaml with train overrides: train.epochs must be >= 0, got -1"):
         override(cfg, "train", epochs=-1)
+    with pytest.raises(ConfigError, match="unknown key 'train.epochz'"):
+        override(cfg, "train", epochz=3)
+    assert override(cfg, "train", epochs=None) is cfg  # unset pipeline parameters change nothing
+
+
+def test_objects_built_in_code_keep_their_shape():
+    # Tests and benchmarks build configs directly (deliberately unreachable gates too).
+    cfg = ExportConfig(max_batch_size=8, preferred_batch_sizes=(4,), int8_min_agreement=1.01)
+    assert cfg.int8_min_agreement == 1.01
+
+
+@pytest.mark.parametrize("text, message", [
+    ("analysis:\n  window: 2 minutes\n",
+     r"analysis.window must be a Prometheus duration like 30s, 2m or 1h, got '2 minutes'"),
+    ("analysis:\n  max_confidence_drop: 2\n", r"analysis.max_confidence_drop must be in \[0, 1\], got 2"),
+    ("auto:\n  steps: [50, 10]\n", r"auto.steps must be strictly increasing percentages"),
+    ("auto:\n  steps: [0, 100]\n", r"auto.steps\[0\] must be in \[1, 99\], got 0; auto.steps\[1\] must be in"),
+    ("auto:\n  interval_s: 0\n", r"auto.interval_s must be > 0, got 0"),
+    ("analysis:\n  windw: 1m\n", r"unknown key 'analysis.windw'; allowed in analysis: window, min_requests"),
+])
+def test_rollout_config_is_validated_at_load(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        analysis.load_config(_write(tmp_path, text))
+
+
+def test_slo_config_is_validated_at_load(tmp_path):
+    with pytest.raises(ConfigError, match=r"max_error_rate must be in \[0, 1\], got 2; min_rps must be >= 0"):
+        load_slo(_write(tmp_path, "p95_ms: 100\nmax_error_rate: 2\nmin_rps: -1\n"))
+    with pytest.raises(ConfigError, match="p95_ms is required"):
+        load_slo(_write(tmp_path, "max_error_rate: 0.1\nmin_rps: 1\n"))
+
+
+def test_cli_refuses_a_bad_config_with_exit_2_and_the_message(tmp_path, capsys):
+    path = _write(tmp_path, "analysis:\n  max_class_shift: 7\n")
+    assert main(["rollout", "analyze", "--config", str(path), "--gateway", "http://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: analysis.max_class_shift must be in [0, 1], got 7" in err
+    # a command-line option is validated like the file
+    assert main(["rollout", "analyze", "--window", "soon", "--gateway", "http://127.0.0.1:9"]) == 2
+    assert "analysis.window must be a Prometheus duration" in capsys.readouterr().err

@@ -17,10 +17,24 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Annotated, Callable, Protocol
+
+from pydantic import AfterValidator, Field, StrictFloat, StrictStr
 
 from gourmetgram import metric_names as qp
-from gourmetgram.config import from_mapping, read_yaml
+from gourmetgram.config import (
+    SECTION,
+    STRICT,
+    AtLeastOne,
+    Duration,
+    NonNegative,
+    Percent,
+    Positive,
+    Share,
+    check_duration,
+    from_mapping,
+    read_yaml,
+)
 from gourmetgram.constants import CONFIG_DIR
 from gourmetgram.errors import ConfigError, UserError
 from gourmetgram.rollout.prometheus import PrometheusClient
@@ -31,48 +45,56 @@ DEFAULT_CONFIG = CONFIG_DIR / "rollout.yaml"
 
 @dataclasses.dataclass(frozen=True)
 class Thresholds:
-    window: str = "2m"
-    min_requests: int = 50
-    max_error_rate_increase: float = 0.02
-    max_p95_latency_ratio: float = 1.5
-    p95_latency_slack_ms: float = 100.0
-    max_confidence_drop: float = 0.1
-    max_class_shift: float = 0.25
+    __pydantic_config__ = STRICT
+    window: Duration = "2m"
+    min_requests: AtLeastOne = 50
+    max_error_rate_increase: Share = 0.02
+    max_p95_latency_ratio: Annotated[StrictFloat, Field(ge=1)] = 1.5
+    p95_latency_slack_ms: NonNegative = 100.0
+    max_confidence_drop: Share = 0.1
+    max_class_shift: Share = 0.25
     # ... and only when the shift is significant (chi-square test of homogeneity on the
     # predicted-class counts): a few dozen canary requests differ from stable by chance.
-    class_shift_alpha: float = 0.01
+    class_shift_alpha: Annotated[StrictFloat, Field(gt=0, lt=1)] = 0.01
+
+
+def _increasing(steps: tuple[int, ...]) -> tuple[int, ...]:
+    if list(steps) != sorted(set(steps)):
+        raise ValueError("must be strictly increasing percentages, e.g. [10, 50]")
+    return steps
 
 
 @dataclasses.dataclass(frozen=True)
 class AutoConfig:
-    steps: tuple[int, ...] = (10, 50)
-    passes_per_step: int = 2
-    interval_s: float = 30.0
-    timeout_s: float = 1800.0
+    __pydantic_config__ = STRICT
+    steps: Annotated[tuple[Percent, ...], AfterValidator(_increasing)] = (10, 50)
+    passes_per_step: AtLeastOne = 2
+    interval_s: Positive = 30.0
+    timeout_s: Positive = 1800.0
 
 
 @dataclasses.dataclass(frozen=True)
 class RolloutConfig:
-    analysis: Thresholds = Thresholds()
-    auto: AutoConfig = AutoConfig()
+    __pydantic_config__ = STRICT
+    analysis: Annotated[Thresholds, SECTION] = Thresholds()
+    auto: Annotated[AutoConfig, SECTION] = AutoConfig()
+    source: StrictStr = "<defaults>"
 
 
 def load_config(path: str | Path | None = None) -> RolloutConfig:
-    """``configs/rollout.yaml`` (or ``path``), checked."""
+    """``configs/rollout.yaml`` (or ``path``), validated."""
     path = Path(path) if path else DEFAULT_CONFIG
-    config = from_mapping(RolloutConfig, read_yaml(path, "rollout config"), str(path))
-    check_window(config.analysis.window)
-    if any(not 0 < s < 100 for s in config.auto.steps) or list(config.auto.steps) != sorted(config.auto.steps):
-        raise ConfigError(f"{path}: auto.steps must be increasing percentages within 1..99")
-    return config
+    data = read_yaml(path, "rollout config")
+    data.setdefault("source", str(path))
+    return from_mapping(RolloutConfig, data, str(path))
 
 
 def check_window(window: str) -> str:
-    import re
-
-    if not re.fullmatch(r"\d+(ms|s|m|h|d)", window):
-        raise ConfigError(f"window {window!r} is not a Prometheus duration like 30s, 2m or 1h")
-    return window
+    """``window`` if it is a Prometheus duration, else a :class:`ConfigError`."""
+    try:
+        return check_duration(window)
+    except ValueError as exc:
+        raise ConfigError(f"window {window!r} {exc}") from None
 
 
 @dataclasses.dataclass(frozen=True)

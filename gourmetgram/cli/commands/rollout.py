@@ -9,10 +9,13 @@ MLflow always says what serves where.
 from __future__ import annotations
 
 import argparse
-import dataclasses
+from typing import TYPE_CHECKING
 
 from gourmetgram import constants
 from gourmetgram.errors import UserError
+
+if TYPE_CHECKING:
+    from gourmetgram.rollout.prometheus import LocalPrometheus
 
 
 def _backend(args: argparse.Namespace):
@@ -131,33 +134,26 @@ def _rollback(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace):
-    from gourmetgram.rollout.analysis import check_window, load_config
+    from gourmetgram.config import override
+    from gourmetgram.rollout.analysis import load_config
 
     config = load_config(args.config)
-    analysis = config.analysis
-    if args.window:
-        analysis = dataclasses.replace(analysis, window=check_window(args.window))
-    if args.min_requests is not None:
-        analysis = dataclasses.replace(analysis, min_requests=args.min_requests)
-    auto = config.auto
-    changes = {}
+    config = override(config, "analysis", window=args.window, min_requests=args.min_requests)
+    changes = {name: getattr(args, name, None) for name in ("interval_s", "timeout_s", "passes_per_step")}
     if getattr(args, "steps", None) is not None:
-        steps = tuple(int(s) for s in args.steps.split(",") if s.strip()) if args.steps else ()
-        if any(not 0 < s < 100 for s in steps):
-            raise UserError(f"--steps {args.steps!r}: percentages within 1..99, comma-separated")
-        changes["steps"] = steps
-    for name in ("interval_s", "timeout_s", "passes_per_step"):
-        value = getattr(args, name, None)
-        if value is not None:
-            changes[name] = value
-    return dataclasses.replace(config, analysis=analysis, auto=dataclasses.replace(auto, **changes))
+        try:
+            changes["steps"] = tuple(int(s) for s in args.steps.split(",") if s.strip()) if args.steps else ()
+        except ValueError:
+            raise UserError(f"--steps {args.steps!r}: percentages within 1..99, comma-separated") from None
+    return override(config, "auto", **changes)
 
 
 class _Prometheus:
     """The given Prometheus, or (local only) a fresh local one scraping the stack."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        self.args, self.local = args, None
+        self.args = args
+        self.local: LocalPrometheus | None = None
 
     def __enter__(self):
         from gourmetgram.rollout.prometheus import LocalPrometheus, PrometheusClient
