@@ -211,9 +211,10 @@ def images(demo_dataset) -> list[bytes]:
 
 
 @pytest.fixture(scope="module")
-def bundles(tmp_path_factory, images):
-    """stable == good (same weights, separate exports); bad answers another class for everything."""
-    root = tmp_path_factory.mktemp("rollout-models")
+def bundles(session_home, images):
+    """stable == good (same weights, separate exports); bad answers another class for everything.
+    In the model store: the gateway starts canaries only from bundles there."""
+    root = session_home / "models" / "rollout-test"
     torch.manual_seed(0)
     model = build_model(SPEC).eval()
     x = np.stack([preprocess_bytes(b, SPEC.image_size) for b in images])
@@ -322,13 +323,16 @@ def test_canary_split_tags_and_pairing(stack, registered, images, capsys):
     print(f"\nsplit: {to_canary}/{n} = {to_canary / n:.3f} to the canary (30% configured)")
 
     # tag routing: KServe's hostnames and the documented header reach one revision each
+    # (tag routes are internal: they take the stack's control token, test_security.py)
+    token = {"Authorization": f"Bearer {stack.control_token}"}
     by_host = [_predict(stack.gateway_url, images[0], {"Host": f"latest-{stack.manifest.name}."
-                                                       f"{stack.manifest.namespace}.example.com"})
+                                                       f"{stack.manifest.namespace}.example.com", **token})
                for _ in range(10)]
-    by_header = [_predict(stack.gateway_url, images[0], {"X-Gourmetgram-Tag": "prev"}) for _ in range(10)]
+    by_header = [_predict(stack.gateway_url, images[0], {"X-Gourmetgram-Tag": "prev", **token})
+                 for _ in range(10)]
     assert {r.headers["x-gourmetgram-revision"] for r in by_host} == {canary}
     assert {r.headers["x-gourmetgram-revision"] for r in by_header} == {stable}
-    assert _predict(stack.gateway_url, images[0], {"X-Gourmetgram-Tag": "blue"}).status_code == 404
+    assert _predict(stack.gateway_url, images[0], {"X-Gourmetgram-Tag": "blue", **token}).status_code == 404
 
     # pairing: every revision's Triton served exactly what its transformer was sent
     served_by = {stable: served.count(stable) + 10, canary: to_canary + 10}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 os.environ.setdefault("NUMBA_CACHE_DIR", "/tmp/numba_cache")  # alibi-detect imports numba
 
@@ -21,11 +22,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default=os.environ.get("DETECTOR_HOST", HOST))
     parser.add_argument("--port", type=int, default=int(os.environ.get("DETECTOR_PORT", DETECTOR_PORT)))
     parser.add_argument("--max-queue", type=int, default=1000, help="events held before dropping")
+    parser.add_argument("--token-file", help="require this ingest token on POST / (default: "
+                        "$GOURMETGRAM_DETECTOR_TOKEN if set, else none: restrict access otherwise, "
+                        "e.g. a NetworkPolicy on the cluster)")
     args = parser.parse_args(argv)
     from drift_detector.server import serve
+    from gourmetgram.local import control
 
     try:
-        serve(args.bundle, host=args.host, port=args.port, max_queue=args.max_queue)
+        token = (control.read_token(Path(args.token_file)) if args.token_file
+                 else os.environ.get(control.DETECTOR_TOKEN_ENV, "").strip() or None)
+        serve(args.bundle, host=args.host, port=args.port, max_queue=args.max_queue, token=token)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -2,7 +2,11 @@
 
 ``POST /`` decodes the CloudEvent (400 if malformed), puts it on a bounded queue and
 answers 202; when the queue is full the event is dropped and counted (503), so the
-logger never waits on the detector. ONE worker thread owns the stateful detector: it
+logger never waits on the detector. With an ingest token (``--token-file`` or
+``$GOURMETGRAM_DETECTOR_TOKEN``) ``POST /`` takes events only with ``Authorization: Bearer
+<token>`` (401 otherwise); on the cluster a NetworkPolicy restricts it instead (the chart's
+``detector.networkPolicy``). Bodies over the limit are refused while they stream (413).
+ONE worker thread owns the stateful detector: it
 drains the queue, embeds every queued image in one ONNX Runtime call, then feeds the
 embeddings to ``MMDDriftOnline.predict`` one at a time, in arrival order.
 """
@@ -35,7 +39,9 @@ from drift_detector.detector import (
 from drift_detector.embedding import Embedder
 from drift_detector.events import BadEvent, InferenceEvent, decode_event
 from drift_detector.metrics import DetectorMetrics
+from gourmetgram import bodylimit
 from gourmetgram.errors import UserError
+from gourmetgram.local import control
 
 log = logging.getLogger("drift_detector")
 MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -196,14 +202,22 @@ def _lifespan(service: DriftService):
     return lifespan
 
 
-def create_app(service: DriftService) -> Starlette:
-    """The HTTP contract is KServe's logger sink: POST / with binary-mode CloudEvent headers."""
+def create_app(service: DriftService, token: str | None = None) -> Starlette:
+    """The HTTP contract is KServe's logger sink: POST / with binary-mode CloudEvent headers.
+
+    ``token``: when set, events must carry it (``Authorization: Bearer``), else 401."""
 
     async def receive(request: Request) -> Response:
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
+        if token is not None and not control.authorized(request.headers, token):
             service.reject()
-            return JSONResponse({"error": f"event body over {MAX_BODY_BYTES} bytes"}, status_code=413)
+            return JSONResponse({"error": "the detector takes events only with its ingest token "
+                                          "('Authorization: Bearer <token>')"},
+                                status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        try:
+            body = await bodylimit.read_body(request, MAX_BODY_BYTES)
+        except bodylimit.BodyTooLarge as exc:
+            service.reject()
+            return JSONResponse({"error": f"event {exc}"}, status_code=413)
         try:
             event = decode_event(request.headers, body, service.class_names)
         except BadEvent as exc:
@@ -235,11 +249,12 @@ def create_app(service: DriftService) -> Starlette:
 
 
 def serve(bundle_dir: str | Path, host: str = "127.0.0.1", port: int = 8070, max_queue: int = 1000,
-          log_level: str = "info") -> None:
+          log_level: str = "info", token: str | None = None) -> None:
     import uvicorn
 
     if not Path(bundle_dir).is_dir():
         raise UserError(f"bundle folder {bundle_dir} does not exist")
     service = DriftService(bundle_dir, max_queue=max_queue)
-    log.warning("drift detector loaded in %.2fs; listening on http://%s:%d/", service.load_seconds, host, port)
-    uvicorn.run(create_app(service), host=host, port=port, log_level=log_level, access_log=False)
+    log.warning("drift detector loaded in %.2fs; listening on http://%s:%d/ (ingest %s)",
+                service.load_seconds, host, port, "needs the token" if token else "open")
+    uvicorn.run(create_app(service, token), host=host, port=port, log_level=log_level, access_log=False)

@@ -27,7 +27,11 @@ on both:
 * **Control** (the Knative controller's part, localhost only): ``GET/POST
   /_gourmetgram/rollout`` starts a canary revision from a bundle, sets its percentage,
   promotes or rolls back (``gourmetgram rollout`` drives it); ``GET /_gourmetgram/targets``
-  lists every revision's metrics endpoints in Prometheus HTTP-SD form.
+  lists every revision's metrics endpoints in Prometheus HTTP-SD form. A POST needs the
+  stack's control token, JSON, and a bundle from the model store; tag routing needs the
+  token too (:mod:`gourmetgram.local.control`).
+* **Size limits**: a body over ``max_body_bytes`` is a 413 before it is read whole or
+  logged (:mod:`gourmetgram.bodylimit`); the logger queue is bounded by bytes as well.
 
 Run: ``python -m gourmetgram.local.gateway --manifest inference_services/staging.yaml
 --revision food11-staging-predictor-00001=http://127.0.0.1:8080``.
@@ -39,7 +43,9 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import json
 import random
+import secrets
 import sys
 import time
 import uuid
@@ -56,12 +62,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from gourmetgram import constants
+from gourmetgram import bodylimit, constants
 from gourmetgram import metric_names as qp
 from gourmetgram.errors import UserError
+from gourmetgram.local import control
 from gourmetgram.local.manifests import ServiceManifest, load_manifest
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
+LOGGER_QUEUE_BYTES = 256 * 1024 * 1024  # events waiting for the sink, at most
 # Headers that describe one hop, not the request (RFC 9110 7.6.1), plus what httpx recomputes.
 HOP_HEADERS = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
                "trailer", "transfer-encoding", "upgrade", "host", "content-length"}
@@ -137,12 +145,16 @@ class InferenceLogger:
 
     def __init__(self, url: str, mode: str, inferenceservice: str, namespace: str,
                  sent: Counter, dropped: Counter, component: str = "transformer",
-                 queue_size: int = 1000, workers: int = 4, timeout_s: float = 2.0) -> None:
+                 queue_size: int = 1000, workers: int = 4, timeout_s: float = 2.0,
+                 queue_bytes: int = LOGGER_QUEUE_BYTES, sink_token: str | None = None) -> None:
         if mode not in ("all", "request", "response"):
             raise UserError(f"logger mode {mode!r} is not all, request or response")
         self.url, self.mode = url, mode
         self.inferenceservice, self.namespace, self.component = inferenceservice, namespace, component
         self.queue_size, self.workers, self.timeout_s = queue_size, workers, timeout_s
+        # Bounded by count AND bytes: 1000 large images would otherwise pin gigabytes.
+        self.queue_bytes, self.queued_bytes = queue_bytes, 0
+        self.sink_token = sink_token  # the local detector's ingest token, when it has one
         self.sent = sent.labels(inferenceservice)
         self.dropped = dropped.labels(inferenceservice)
         self.source = "http://localhost:9081/"  # where KServe's agent says events come from
@@ -155,6 +167,7 @@ class InferenceLogger:
 
     def headers(self, ce_id: str, kind: str, content_type: str, endpoint: str) -> dict[str, str]:
         return {
+            **(control.bearer(self.sink_token) if self.sink_token else {}),
             "ce-specversion": "1.0", "ce-id": ce_id, "ce-source": self.source,
             "ce-type": f"org.kubeflow.serving.inference.{kind}",
             "ce-time": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
@@ -164,21 +177,25 @@ class InferenceLogger:
         }
 
     def log(self, ce_id: str, kind: str, body: bytes, content_type: str, endpoint: str) -> None:
-        """Queue one event (``kind`` request|response); a full queue counts a drop."""
+        """Queue one event (``kind`` request|response); a full queue (by count or bytes)
+        counts a drop."""
         if not self.wants(kind):
             return
-        if self._queue is None:
+        if self._queue is None or self.queued_bytes + len(body) > self.queue_bytes:
             self.dropped.inc()
             return
         try:
             self._queue.put_nowait((self.headers(ce_id, kind, content_type, endpoint), body))
         except asyncio.QueueFull:
             self.dropped.inc()
+            return
+        self.queued_bytes += len(body)
 
     async def _deliver(self) -> None:
         assert self._queue is not None and self._client is not None
         while True:
             headers, body = await self._queue.get()
+            self.queued_bytes -= len(body)
             try:
                 r = await self._client.post(self.url, content=body, headers=headers)
                 (self.sent if r.status_code < 300 else self.dropped).inc()
@@ -218,7 +235,12 @@ class Gateway:
                  timeout_s: float = 60.0, logger_url: str | None = None, logger_enabled: bool = True,
                  logger_queue: int = 1000, logger_workers: int = 4, logger_timeout_s: float = 2.0,
                  log_dir: str | Path | None = None, host: str = constants.HOST,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, control_token: str | None = None,
+                 model_store: str | Path | None = None, max_body_bytes: int = MAX_BODY_BYTES,
+                 logger_queue_bytes: int = LOGGER_QUEUE_BYTES) -> None:
+        """``control_token``: what the control API and tag routing require (None: a random
+        one, readable as ``self.control_token``); ``model_store``: the only place canary
+        bundles may come from (default ``$GOURMETGRAM_HOME/models``)."""
         if not revisions:
             raise UserError("the gateway needs at least one revision")
         self.manifest = manifest
@@ -226,6 +248,9 @@ class Gateway:
         self.timeout_s = timeout_s
         self.host = host
         self.log_dir = Path(log_dir) if log_dir else None
+        self.control_token = control_token or secrets.token_urlsafe(32)
+        self.model_store = Path(model_store).resolve() if model_store else control.model_store()
+        self.max_body_bytes = max_body_bytes
         self.configuration = configuration_name(manifest)
         # KServe state: the canary percentage (None = no canary: latest takes 100%).
         self.canary_percent: int | None = None
@@ -254,7 +279,8 @@ class Gateway:
             self.logger = InferenceLogger(url, spec.mode if spec else "all", manifest.name,
                                           manifest.namespace, self.logger_sent, self.logger_dropped,
                                           queue_size=logger_queue, workers=logger_workers,
-                                          timeout_s=logger_timeout_s)
+                                          timeout_s=logger_timeout_s, queue_bytes=logger_queue_bytes,
+                                          sink_token=control.sink_token_for(url))
         self._client: httpx.AsyncClient | None = None
 
     # -- routing -------------------------------------------------------------------------
@@ -276,6 +302,10 @@ class Gateway:
         """The tagged revision when one is asked for, else a weighted pick by ``percent``."""
         tag = self.requested_tag(request)
         if tag is not None:
+            if not control.authorized(request.headers, self.control_token):
+                raise PermissionError(
+                    f"tag routing (header {TAG_HEADER} or a {tag}-<isvc> Host) is internal: send the "
+                    "stack's control token as 'Authorization: Bearer ...', or leave the tag out")
             revision = self.by_tag(tag)
             if revision is None:
                 raise LookupError(f"no revision is tagged {tag!r} (tags exist only while a canary "
@@ -293,10 +323,16 @@ class Gateway:
     async def forward(self, request: Request) -> Response:
         try:
             revision = self.select_revision(request)
+        except PermissionError as exc:
+            return _error(403, str(exc))
         except LookupError as exc:
             return _error(404, str(exc))
         started = time.perf_counter()
-        body = await request.body()
+        try:  # the limit holds while the body streams in, before it is logged or forwarded
+            body = await bodylimit.read_body(request, self.max_body_bytes)
+        except bodylimit.BodyTooLarge as exc:
+            self.observe(revision, 413, started)
+            return _error(413, str(exc))
         ce_id = request.headers.get("ce-id") or str(uuid.uuid4())
         endpoint = "canary" if revision.tag == LATEST and self.canary_percent is not None else "default"
         logging_this = self.logger is not None and request.method == "POST"
@@ -318,11 +354,15 @@ class Gateway:
 
     async def _send(self, request: Request, revision: Revision, body: bytes | None = None) -> Response:
         if body is None:
-            body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            return _error(413, f"request body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}")
+            try:
+                body = await bodylimit.read_body(request, self.max_body_bytes)
+            except bodylimit.BodyTooLarge as exc:
+                return _error(413, str(exc))
+        # The control token stays here: the transformer never needs it.
+        drop = {TAG_HEADER} | ({"authorization"} if control.authorized(request.headers, self.control_token)
+                               else set())
         headers = {k: v for k, v in request.headers.items()
-                   if k.lower() not in HOP_HEADERS and k.lower() != TAG_HEADER}
+                   if k.lower() not in HOP_HEADERS and k.lower() not in drop}
         url = revision.transformer_url + request.url.path
         if request.url.query:
             url += "?" + request.url.query
@@ -379,12 +419,10 @@ class Gateway:
 
     async def start_canary(self, bundle: str, percent: int, version: str | None = None) -> Revision:
         """A new latest revision from ``bundle`` (its own Triton + transformer) at ``percent``%."""
+        path = control.bundle_in_store(bundle, self.model_store)  # before any heavy import
         from gourmetgram.export import validate_bundle
         from gourmetgram.local.stack import Ports, RevisionPair
 
-        path = Path(bundle).expanduser().resolve()
-        if not path.is_dir():
-            raise UserError(f"bundle {bundle} is not a folder on this machine")
         validate_bundle(path, self.manifest.model_name)
         generation = max(generation_of(r.name) for r in self.revisions) + 1
         name = revision_name(self.manifest, generation)
@@ -499,6 +537,8 @@ class Gateway:
             # Ready when the transformer behind it is: what the ingress would report.
             try:
                 revision = self.select_revision(request)
+            except PermissionError as exc:
+                return _error(403, str(exc))
             except LookupError as exc:
                 return _error(404, str(exc))
             return await self._send(request, revision)
@@ -512,8 +552,13 @@ class Gateway:
         async def rollout(request: Request) -> Response:
             if request.method == "GET":
                 return JSONResponse(self.status())
+            refused = control.refuse(request.headers, self.control_token)
+            if refused is not None:
+                return refused
             try:
-                action = await request.json()
+                action = json.loads(await bodylimit.read_body(request, control.MAX_CONTROL_BODY_BYTES))
+            except bodylimit.BodyTooLarge as exc:
+                return _error(413, str(exc))
             except ValueError:
                 return _error(400, "the body must be JSON: {\"action\": canary|percent|promote|rollback, ...}")
             if not isinstance(action, dict):
@@ -570,6 +615,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--logger-queue", type=int, default=1000, help="logger queue size (default: %(default)s)")
     p.add_argument("--logger-timeout", type=float, default=2.0,
                    help="seconds the logger waits on its sink per event before counting a drop (default: %(default)s)")
+    p.add_argument("--logger-queue-bytes", type=int, default=LOGGER_QUEUE_BYTES,
+                   help="most bytes of events waiting for the logger sink (default: %(default)s)")
+    p.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES,
+                   help="largest request body accepted, else 413 (default: %(default)s)")
+    p.add_argument("--control-token-file",
+                   help="file holding the control API's token (default: the stack's state folder "
+                        "$GOURMETGRAM_HOME/stacks/<host>-<port>/control-token, created if missing)")
+    p.add_argument("--model-store", help="canary bundles must be inside this folder "
+                   "(default: $GOURMETGRAM_HOME/models)")
     p.add_argument("--host", default=constants.HOST, help="address to bind (default: %(default)s)")
     p.add_argument("--port", type=int, default=constants.GATEWAY_PORT)
     p.add_argument("--timeout", type=float, default=60.0, help="upstream timeout in seconds")
@@ -588,7 +642,11 @@ def main(argv: list[str] | None = None) -> int:
         gateway = Gateway(load_manifest(args.manifest), revisions, timeout_s=args.timeout,
                           logger_url=args.logger_url, logger_enabled=not args.no_logger,
                           logger_queue=args.logger_queue, logger_timeout_s=args.logger_timeout,
-                          log_dir=args.log_dir, host=args.host)
+                          log_dir=args.log_dir, host=args.host,
+                          control_token=control.gateway_token(args.control_token_file, args.host,
+                                                              args.port),
+                          model_store=args.model_store, max_body_bytes=args.max_body_bytes,
+                          logger_queue_bytes=args.logger_queue_bytes)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -28,6 +28,7 @@ import httpx
 
 from gourmetgram import constants
 from gourmetgram.errors import UserError
+from gourmetgram.local import control
 from gourmetgram.local.gateway import revision_name
 from gourmetgram.local.manifests import ServiceManifest, load_manifest, load_stage_manifest
 from gourmetgram.local.triton_server import model_dir_of, with_libpython
@@ -249,7 +250,7 @@ class RevisionPair:
             TRANSFORMER,
             [sys.executable, "-m", "food_transformer", "--model_name", m,
              "--predictor_host", f"{h}:{predictor_port}", "--protocol", protocol,
-             "--http_port", str(p.transformer_http), "--grpc_port", str(p.transformer_grpc),
+             "--host", h, "--http_port", str(p.transformer_http), "--grpc_port", str(p.transformer_grpc),
              "--model_spec", str(self.bundle / "model_spec.json"), "--revision", revision],
             log_dir / f"transformer{suffix}.log",
             lambda: _get_ok(f"{self.transformer_url}/v1/models/{m}",
@@ -345,6 +346,7 @@ class LocalStack:
         self.start_timeout_s = start_timeout_s
         self.logger_url = logger_url
         self.logger_timeout_s = logger_timeout_s
+        self.control_token: str | None = None  # written at start (gourmetgram.local.control)
         self.services: dict[str, Service] = {}
         self._check_bundle()
         # The first revision's Triton + transformer; canaries add more pairs through the gateway.
@@ -400,7 +402,8 @@ class LocalStack:
             sys.executable, "-m", "gourmetgram.local.gateway", "--manifest", str(self.manifest.path),
             "--revision", f"{self.revision}={self.transformer_url}", "--host", self.host,
             "--port", str(p.gateway), "--bundle", str(self.bundle),
-            "--triton-metrics", self.triton_metrics_url, "--log-dir", str(self.log_dir)]
+            "--triton-metrics", self.triton_metrics_url, "--log-dir", str(self.log_dir),
+            "--control-token-file", str(self.control_token_path)]
         if self.logger_url is not None:
             gateway_argv += ["--logger-url", self.logger_url] if self.logger_url else ["--no-logger"]
         if self.logger_timeout_s is not None:
@@ -415,7 +418,11 @@ class LocalStack:
         """A :class:`gourmetgram.rollout.local.LocalRollout` driving this stack's gateway."""
         from gourmetgram.rollout.local import LocalRollout
 
-        return LocalRollout(self.gateway_url)
+        return LocalRollout(self.gateway_url, self.control_token)
+
+    @property
+    def control_token_path(self) -> Path:
+        return control.token_path(self.host, self.ports.gateway)
 
     def start(self) -> "LocalStack":
         """Start every service in order and wait for each to be ready; stop all on failure."""
@@ -423,6 +430,8 @@ class LocalStack:
             raise UserError("the gateway reads the manifest from a file; pass a manifest path")
         check_ports_free(self.ports, self.host)
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        # A fresh control token per start, 0600 in the stack's state folder (the CLI reads it).
+        self.control_token = control.write_token(self.control_token_path)
         try:
             for service in self._build_services():
                 self.services[service.name] = service
@@ -441,6 +450,8 @@ class LocalStack:
         """Stop every service, last started first; safe to call twice."""
         for service in reversed(list(self.services.values())):
             service.stop()
+        if self.control_token is not None:
+            self.control_token_path.unlink(missing_ok=True)
 
     def pids(self) -> dict[str, int | None]:
         return {name: s.pid for name, s in self.services.items()}

@@ -3,7 +3,8 @@
 The gateway plays Knative's controller locally (``/_gourmetgram/rollout``): a canary is a
 new revision (its own Triton + transformer, started from the bundle) at a percentage;
 promote and rollback only move traffic. This client is what ``gourmetgram rollout``
-uses without ``--cluster``.
+uses without ``--cluster``; it sends the stack's control token (found from the gateway's
+address, see :mod:`gourmetgram.local.control`) with every change.
 """
 
 from __future__ import annotations
@@ -20,13 +21,22 @@ CANARY_START_TIMEOUT_S = 300.0  # a new Triton + transformer on busy cores
 class LocalRollout:
     """:class:`gourmetgram.rollout.analysis.RolloutBackend` for a running local stack."""
 
-    def __init__(self, gateway_url: str) -> None:
+    def __init__(self, gateway_url: str, token: str | None = None) -> None:
+        """``token``: the stack's control token; None reads it when a change is sent."""
         self.gateway_url = gateway_url.rstrip("/")
+        self._token = token
 
     def _call(self, method: str, body: dict | None = None, timeout_s: float = 30.0) -> dict:
+        from gourmetgram.local import control
+
         url = self.gateway_url + CONTROL_PATH
+        headers = {}
+        if method != "GET":  # reading the status needs no token; changing it does
+            if self._token is None:
+                self._token = control.token_for_gateway(self.gateway_url)
+            headers = control.bearer(self._token)
         try:
-            r = httpx.request(method, url, json=body, timeout=timeout_s)
+            r = httpx.request(method, url, json=body, headers=headers, timeout=timeout_s)
         except httpx.HTTPError as exc:
             raise UserError(f"the local gateway at {self.gateway_url} is not reachable ({exc}); "
                             "start the stack with `gourmetgram serve --stage production`") from exc

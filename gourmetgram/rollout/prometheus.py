@@ -144,8 +144,9 @@ class LocalPrometheus:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [self.binary, f"--config.file={config}", f"--storage.tsdb.path={self.workdir / 'data'}",
-                 f"--web.listen-address={self.host}:{self.port}", "--storage.tsdb.retention.time=1d",
-                 "--web.enable-lifecycle"],
+                 # No --web.enable-lifecycle: nothing here reloads or quits it over HTTP, so
+                 # nobody else may (stop() signals the process).
+                 f"--web.listen-address={self.host}:{self.port}", "--storage.tsdb.retention.time=1d"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + timeout_s
         client = self.client()

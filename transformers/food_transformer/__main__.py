@@ -2,27 +2,32 @@
 
     python -m food_transformer --model_name food11 --predictor_host HOST:PORT --protocol v2 \\
         [--model_spec BUNDLE/model_spec.json | --image_size 224 --labels_file labels.txt] \\
-        [--top_k 3] [--max_batch 64] [--revision NAME] [--http_port 8080]
+        [--top_k 3] [--max_batch 64] [--revision NAME] [--http_port 8080] [--host 127.0.0.1]
 
 All of kserve's ModelServer flags are accepted (``parents=[kserve.model_server.parser]``).
+It listens on ``--host`` only (127.0.0.1 unless ``$TRANSFORMER_HOST`` says otherwise; the
+container sets 0.0.0.0), over HTTP only (kserve's gRPC server is off unless
+``--enable_grpc true`` with an all-addresses host), and refuses bodies over
+``--max_body_bytes`` with 413 (:mod:`food_transformer.server`).
 Exit code 2 with a message for bad flags or files.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Sequence
 
-from kserve import ModelServer
 from kserve import model_server as kserve_model_server
 from kserve.predictor_config import PredictorConfig
 
 from food_transformer import metrics
 from food_transformer.model import DEFAULT_TOP_K, FoodTransformer
+from food_transformer.server import DEFAULT_MAX_BODY_BYTES, BoundModelServer
 from food_transformer.spec import resolve_partial
 from food_transformer.validation import DEFAULT_MAX_BATCH
-from gourmetgram.constants import MODEL_NAME
+from gourmetgram.constants import HOST, MODEL_NAME
 from gourmetgram.errors import UserError
 
 
@@ -48,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="most images accepted in one request")
     group.add_argument("--revision", default=None,
                        help="metrics label; env K_REVISION (set by Knative) wins, else 'local'")
+    group.add_argument("--host", default=os.environ.get("TRANSFORMER_HOST", HOST),
+                       help="address to listen on (kserve alone would bind 0.0.0.0)")
+    group.add_argument("--max_body_bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                       help="largest request body accepted, else 413")
+    # kserve opens a gRPC port by default; the transformer is reached over HTTP only.
+    parser.set_defaults(enable_grpc=False)
     return parser
 
 
@@ -103,23 +114,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         model, config = build_model(args, argv)
+        server = BoundModelServer(
+            args.host, args.max_body_bytes,
+            http_port=args.http_port,
+            grpc_port=args.grpc_port,
+            workers=args.workers,
+            max_threads=args.max_threads,
+            max_asyncio_workers=args.max_asyncio_workers,
+            enable_grpc=args.enable_grpc,
+            enable_docs_url=args.enable_docs_url,
+            enable_latency_logging=args.enable_latency_logging,
+            access_log_format=args.access_log_format,
+            event_loop=args.event_loop,
+            timeout_keep_alive=args.timeout_keep_alive,
+            predictor_config=config,
+        )
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    ModelServer(
-        http_port=args.http_port,
-        grpc_port=args.grpc_port,
-        workers=args.workers,
-        max_threads=args.max_threads,
-        max_asyncio_workers=args.max_asyncio_workers,
-        enable_grpc=args.enable_grpc,
-        enable_docs_url=args.enable_docs_url,
-        enable_latency_logging=args.enable_latency_logging,
-        access_log_format=args.access_log_format,
-        event_loop=args.event_loop,
-        timeout_keep_alive=args.timeout_keep_alive,
-        predictor_config=config,
-    ).start([model])
+    server.start([model])
     return 0
 
 

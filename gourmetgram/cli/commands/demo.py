@@ -122,8 +122,12 @@ def stage_serve(ctx: DemoContext) -> None:
     print(f"registry: version {version} now also has alias {PRODUCTION!r}")
     port = free_port()
     ctx.detector_url = f"http://127.0.0.1:{port}"
+    from gourmetgram.local import control
+
+    token_file = control.detector_token()[1]  # the gateway's logger sends the same token
     detector = Service("drift-detector", [sys.executable, "-m", "drift_detector", "--bundle", str(ctx.bundle),
-                                          "--port", str(port)],
+                                          "--port", str(port)]
+                       + (["--token-file", str(token_file)] if token_file else []),
                        ctx.home / "logs" / "demo" / "drift-detector.log",
                        lambda: _get_ok(f"{ctx.detector_url}/health"), env=_child_env())
     detector.start(Path.cwd())

@@ -24,8 +24,12 @@ def _build(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from drift_detector.server import serve
+    from gourmetgram.local import control
 
-    serve(args.bundle, host=args.host, port=args.port, max_queue=args.max_queue)
+    # The ingest token the local gateway's logger also sends (env, else $GOURMETGRAM_HOME/secrets).
+    token, path = control.detector_token()
+    print(f"ingest token: {path or '$' + control.DETECTOR_TOKEN_ENV}", flush=True)
+    serve(args.bundle, host=args.host, port=args.port, max_queue=args.max_queue, token=token)
     return 0
 
 

@@ -1,0 +1,66 @@
+"""kserve's ModelServer, bound to one address, REST only, with a per-request size limit.
+
+kserve 0.20's ``RESTServer`` hard-codes ``host="0.0.0.0"`` and ``ModelServer`` opens a gRPC
+port (on ``[::]``) by default, which the transformer does not use: KServe routes it HTTP.
+This subclass starts the same REST server (same app, routes, handlers and middlewares) with
+uvicorn's host set to ``host`` (127.0.0.1 locally, 0.0.0.0 in the container), refuses gRPC
+unless it may bind every address anyway, and puts :class:`gourmetgram.bodylimit.BodyLimit`
+in front of the app so a body over ``max_body_bytes`` is a 413 before kserve reads it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List
+
+from kserve import ModelServer
+from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
+from kserve.protocol.rest.server import RESTServer
+from uvicorn.importer import import_from_string
+
+from gourmetgram.bodylimit import BodyLimit
+from gourmetgram.errors import UserError
+
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024  # the gateway's limit too
+ALL_ADDRESSES = ("0.0.0.0", "::", "")
+
+
+class BoundModelServer(ModelServer):
+    """A single-process ModelServer listening on ``host`` only."""
+
+    def __init__(self, host: str, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if self.workers != 1:
+            raise UserError("--workers: the food transformer runs one uvicorn worker (its model "
+                            "talks to one predictor); scale with replicas instead")
+        if self.enable_grpc and host not in ALL_ADDRESSES:
+            raise UserError(f"--enable_grpc: kserve's gRPC server binds every address, not {host}; "
+                            "the transformer is served over HTTP only (drop --enable_grpc)")
+        if max_body_bytes < 1:
+            raise UserError("--max_body_bytes must be positive")
+        self.host, self.max_body_bytes = host, max_body_bytes
+
+    def start(self, models: List[Any]) -> None:
+        """:meth:`kserve.ModelServer.start` for one worker, with the bind address and limit."""
+        import asyncio
+
+        self._register_and_check_atleast_one_model_is_ready(models)
+        self._rest_server = RESTServer(
+            FASTAPI_APP_IMPORT_STRING, self.dataplane, self.model_repository_extension,
+            self.http_port, access_log_format=self.access_log_format, workers=1,
+            grace_period=self.grace_period, event_loop=self.event_loop,
+            timeout_keep_alive=self.timeout_keep_alive)
+        # uvicorn.Server keeps this Config object and reads .host when it binds.
+        self._rest_server.config.host = self.host
+        import_from_string(FASTAPI_APP_IMPORT_STRING).add_middleware(
+            BodyLimit, max_bytes=self.max_body_bytes)
+        self.servers.append(self._rest_server.start())
+        if self.enable_grpc:
+            from kserve.model_server import args as kserve_args
+            from kserve.protocol.grpc.server import GRPCServer
+
+            self._grpc_server = GRPCServer(self.grpc_port, self.dataplane, self.model_repository_extension,
+                                           kwargs=vars(kserve_args), grace_period=self.grace_period)
+            self.servers.append(self._grpc_server.start(self.max_threads))
+        self.setup_event_loop()
+        self.register_signal_handler()
+        asyncio.run(self._serve())
