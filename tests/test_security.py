@@ -345,3 +345,24 @@ def test_local_prometheus_has_no_lifecycle_api():
         for endpoint in ("/-/quit", "/-/reload"):
             assert http.post(prom.url + endpoint, timeout=10).status_code == 403
         assert prom.proc.poll() is None and prom.client().ready()
+
+
+# -- the detector on the cluster: a NetworkPolicy, since KServe's logger sends no token ---------
+def test_chart_restricts_who_reaches_the_detector():
+    from gourmetgram import manifests
+
+    for stage in manifests.RENDERED_STAGES:
+        objects = manifests.render_objects(stage)
+        detector = next(o for o in objects if o["kind"] == "Service"
+                        and o["apiVersion"].startswith("serving.knative.dev"))
+        pod_labels = detector["spec"]["template"]["metadata"]["labels"]
+        [policy] = [o for o in objects if o["kind"] == "NetworkPolicy"]
+        spec = policy["spec"]
+        assert policy["metadata"]["namespace"] == detector["metadata"]["namespace"]
+        # it selects the detector's pods, for ingress, and allows only the listed peers
+        assert all(pod_labels.get(k) == v for k, v in spec["podSelector"]["matchLabels"].items())
+        assert spec["policyTypes"] == ["Ingress"]
+        peers = spec["ingress"][0]["from"]
+        assert peers[0]["podSelector"]["matchExpressions"][0]["key"] == "serving.kserve.io/inferenceservice"
+        allowed = {p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for p in peers[1:]}
+        assert allowed == {"knative-serving", "istio-system", "monitoring"}
