@@ -181,6 +181,7 @@ def test_cli_finds_the_token_in_the_stack_state_folder(gateway, capsys):
     url, _proc, token = gateway
     port = int(url.rsplit(":", 1)[1])
     path = control.token_path(HOST, port)
+    assert control.token_for_gateway(url) == token
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     # the CLI sends the token: the gateway's own 400 comes back, not a 401
@@ -209,7 +210,7 @@ def test_tag_routing_needs_the_control_token(gateway):
 
 
 def test_oversized_bodies_are_refused_while_streaming(gateway):
-    url, proc, _token = gateway
+    url, proc, token = gateway
     port = int(url.rsplit(":", 1)[1])
     path = "/v1/models/food11:predict"
     # warm the code paths first, so the peak measured below is the oversized bodies' alone
@@ -226,7 +227,7 @@ def test_oversized_bodies_are_refused_while_streaming(gateway):
     assert logger["queued"] == 0 and logger["sent"] == 0 and logger["dropped"] == 0, logger
     # the control API has its own small limit
     assert raw_post(port, ROLLOUT, OVERSIZED, chunked=True,
-                    headers=control.bearer(_token)) == 413
+                    headers=control.bearer(token)) == 413
 
 
 def test_logger_queue_is_bounded_by_bytes():

@@ -31,7 +31,8 @@ import os
 import secrets
 import stat
 from pathlib import Path
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 from starlette.responses import JSONResponse
@@ -177,7 +178,7 @@ def bundle_in_store(bundle: Any, store: Path | None = None) -> Path:
     if "://" in text and not text.startswith("file://"):
         raise UserError(f"bundle {text} is not a folder in the model store {store}; the local "
                         "gateway serves only exported bundles under it")
-    path = Path(text[len("file://"):] if text.startswith("file://") else text).expanduser().resolve()
+    path = Path(text.removeprefix("file://")).expanduser().resolve()
     if path == store or not path.is_relative_to(store):
         raise UserError(f"bundle {text} is outside the model store {store}; the local gateway "
                         "starts revisions only from bundles exported there (`gourmetgram pipeline "

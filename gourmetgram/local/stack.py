@@ -109,7 +109,7 @@ def registered_bundle(stage: str) -> Path:
             f"(MLflow at {tracking_uri()}); run `gourmetgram pipeline run --dataset DIR --stage {stage}` "
             f"(it registers the model it exports under that alias), or pass --bundle DIR")
     uri = registry.bundle_for(version)
-    path = Path(uri[len("file://"):] if uri.startswith("file://") else uri).expanduser()
+    path = Path(uri.removeprefix("file://")).expanduser()
     if not path.is_dir():
         raise UserError(f"version {version} (alias {stage!r}) names the bundle {uri}, which is not a "
                         "folder on this machine; pass --bundle DIR")

@@ -10,7 +10,7 @@ in front of the app so a body over ``max_body_bytes`` is a 413 before kserve rea
 
 from __future__ import annotations
 
-from typing import Any, List
+from typing import Any
 
 from kserve import ModelServer
 from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
@@ -39,7 +39,7 @@ class BoundModelServer(ModelServer):
             raise UserError("--max_body_bytes must be positive")
         self.host, self.max_body_bytes = host, max_body_bytes
 
-    def start(self, models: List[Any]) -> None:
+    def start(self, models: list[Any]) -> None:
         """:meth:`kserve.ModelServer.start` for one worker, with the bind address and limit."""
         import asyncio
 
