@@ -30,8 +30,8 @@ import hmac
 import os
 import secrets
 import stat
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 

@@ -42,8 +42,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import logging
 import json
+import logging
 import random
 import secrets
 import sys
