@@ -20,7 +20,7 @@ from typing import Iterator
 
 from gourmetgram.config import RunConfig, load_config, override
 from gourmetgram.constants import SPLITS, STAGES
-from gourmetgram.errors import ConfigError, DatasetError, UserError
+from gourmetgram.errors import ConfigError, DatasetError, GourmetGramError, UserError
 
 # A step prints this before failing on bad input, so the local CLI can show the reason
 # (exit 2) instead of KFP's generic "task failed". (Not in components.base: the step
@@ -31,18 +31,19 @@ PARITY_IMAGES = 32  # real evaluation images used for the ONNX-vs-PyTorch parity
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn bad input into one marked line and exit status 2 (no traceback to dig through).
+    """Turn a known error into one marked line and its exit status (2 bad input, 3 a dependency
+    unavailable...; no traceback to dig through).
 
     The local CLI picks the marked line out of the step's log and reports it (exit 2);
     on the cluster the same line is the last thing in the failed pod's log.
     """
     try:
         yield
-    except UserError as exc:
+    except GourmetGramError as exc:
         message = str(exc).replace("\n", "\\n")
         print(f"{ERROR_MARKER}{message}", flush=True)
         print(f"{ERROR_MARKER}{message}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+        raise SystemExit(exc.exit_code) from None
 
 
 def resolve_config(config: str, epochs: int = -1) -> RunConfig:

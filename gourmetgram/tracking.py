@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from gourmetgram.constants import DEFAULT_HOME
+from gourmetgram.errors import DependencyUnavailable
 
 EXPERIMENT = "gourmetgram-food11"
 
@@ -30,14 +31,22 @@ def configure_mlflow(experiment: str = EXPERIMENT):
     import logging
 
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    mlflow.set_tracking_uri(tracking_uri())
-    if mlflow.get_experiment_by_name(experiment) is None:
-        location = None
-        if not os.environ.get("MLFLOW_TRACKING_URI"):
-            location = (home() / "mlartifacts").as_uri()
-        mlflow.create_experiment(experiment, artifact_location=location)
-    mlflow.set_experiment(experiment)
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        if mlflow.get_experiment_by_name(experiment) is None:
+            location = None
+            if not os.environ.get("MLFLOW_TRACKING_URI"):
+                location = (home() / "mlartifacts").as_uri()
+            mlflow.create_experiment(experiment, artifact_location=location)
+        mlflow.set_experiment(experiment)
+    except (MlflowException, OSError) as exc:
+        # The first call that touches the store: a server that is down (after MLflow's own
+        # retries) or a database that cannot be opened.
+        raise DependencyUnavailable(f"MLflow at {uri} is not available ({str(exc)[:300]}); start the tracking "
+                                    "server or set MLFLOW_TRACKING_URI to one that answers") from None
     return mlflow

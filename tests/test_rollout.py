@@ -426,5 +426,5 @@ def test_rollout_errors_are_clear(stack, capsys):
     assert main(["rollout", "canary", "--percent", "10", "--bundle", "/no/such/bundle",
                  "--gateway", stack.gateway_url]) == 2
     assert "/no/such/bundle" in capsys.readouterr().err
-    assert main(["rollout", "status", "--gateway", "http://127.0.0.1:9"]) == 2
+    assert main(["rollout", "status", "--gateway", "http://127.0.0.1:9"]) == 3  # a dependency unavailable
     assert "not reachable" in capsys.readouterr().err

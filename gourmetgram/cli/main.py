@@ -3,9 +3,8 @@
 Each module in :mod:`gourmetgram.cli.commands` adds one subcommand through
 ``add_parser(subparsers)`` and sets ``func`` (``args -> int`` exit code).
 
-Exit codes: 0 success; 1 the command ran but its check failed (an evaluation gate, an
-SLO, a rollout decision to roll back); 2 bad input (arguments, config, dataset) with the
-reason on stderr; 130 interrupted.
+Errors are mapped to exit codes here and nowhere else (by cause, see
+:mod:`gourmetgram.errors`); commands return 0 or 1 and raise for everything else.
 """
 
 from __future__ import annotations
@@ -17,9 +16,15 @@ import pkgutil
 import sys
 
 from gourmetgram import __version__
-from gourmetgram.errors import UserError
+from gourmetgram.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, GourmetGramError
 
-EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_CODES_HELP = """exit codes:
+  0    success
+  1    a check failed: the evaluation gate, an SLO, a canary analysis (rolled back)
+  2    bad input: an argument, a config file, a dataset (the reason is on stderr)
+  3    a dependency is unavailable: Prometheus, the Kubernetes API, MLflow, or a
+       service that did not come up (the message says which and what to do)
+  130  interrupted"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gourmetgram",
         description="GourmetGram Food-11 ML platform: train, evaluate, export, serve and roll out "
         "an image classifier with Kubeflow Pipelines, Triton and KServe (or locally, with no cluster).",
+        epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -47,9 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     try:
         return int(args.func(args) or EXIT_OK)
-    except UserError as exc:
+    except GourmetGramError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from gourmetgram.classes import class_dir_name
-from gourmetgram.data.demo import DEMO_IMAGE_SIZE, glyph_mask, ink_colour, render_digit, textured_background
+from gourmetgram.data.digits import DEMO_IMAGE_SIZE, glyph_mask, ink_colour, render_digit, textured_background
 from gourmetgram.evaluation.templates import FOOD_SCALE
 
 EVAL_SETS_DIR = "eval_sets"

@@ -64,9 +64,9 @@ from starlette.routing import Route
 
 from gourmetgram import bodylimit, constants
 from gourmetgram import metric_names as qp
-from gourmetgram.errors import UserError
+from gourmetgram.errors import DependencyUnavailable, UserError
 from gourmetgram.local import control
-from gourmetgram.local.manifests import ServiceManifest, load_manifest
+from gourmetgram.local.manifests import ServiceManifest, configuration_name, generation_of, load_manifest, revision_name
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
 LOGGER_QUEUE_BYTES = 256 * 1024 * 1024  # events waiting for the sink, at most
@@ -110,21 +110,6 @@ class Revision:
 
     def public(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def configuration_name(manifest: ServiceManifest) -> str:
-    """The Knative Configuration KServe creates for the predictor (transformer collocated in it)."""
-    return f"{manifest.name}-predictor"
-
-
-def revision_name(manifest: ServiceManifest, generation: int = 1) -> str:
-    """A Knative-style revision name (``<configuration>-00001``)."""
-    return f"{configuration_name(manifest)}-{generation:05d}"
-
-
-def generation_of(name: str) -> int:
-    tail = name.rsplit("-", 1)[-1]
-    return int(tail) if tail.isdigit() else 0
 
 
 def local_logger_url(url: str) -> str:
@@ -565,6 +550,8 @@ class Gateway:
                 return _error(400, "the body must be a JSON object")
             try:
                 return JSONResponse(await self.control(action))
+            except DependencyUnavailable as exc:  # the new revision did not come up
+                return _error(503, str(exc))
             except UserError as exc:
                 return _error(400, str(exc))
 

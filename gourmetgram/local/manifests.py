@@ -75,6 +75,21 @@ class ServiceManifest:
         return self.transformer_flags().get("protocol", "v2")
 
 
+def configuration_name(manifest: ServiceManifest) -> str:
+    """The Knative Configuration KServe creates for the predictor (transformer collocated in it)."""
+    return f"{manifest.name}-predictor"
+
+
+def revision_name(manifest: ServiceManifest, generation: int = 1) -> str:
+    """A Knative-style revision name (``<configuration>-00001``)."""
+    return f"{configuration_name(manifest)}-{generation:05d}"
+
+
+def generation_of(name: str) -> int:
+    tail = name.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
 def manifest_path(stage: str, directory: Path = MANIFEST_DIR) -> Path:
     """``inference_services/<stage>.yaml``; the canary stage lives in the production manifest."""
     if stage == constants.CANARY:

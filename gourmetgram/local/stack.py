@@ -27,10 +27,9 @@ from typing import Callable
 import httpx
 
 from gourmetgram import constants
-from gourmetgram.errors import UserError
+from gourmetgram.errors import DependencyUnavailable, UserError
 from gourmetgram.local import control
-from gourmetgram.local.gateway import revision_name
-from gourmetgram.local.manifests import ServiceManifest, load_manifest, load_stage_manifest
+from gourmetgram.local.manifests import ServiceManifest, load_manifest, load_stage_manifest, revision_name
 from gourmetgram.local.triton_server import model_dir_of, with_libpython
 from gourmetgram.tracking import home
 
@@ -161,7 +160,7 @@ class Service:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if not self.alive():
-                raise UserError(f"{self.name} exited with code {self.proc.returncode} while starting; "
+                raise DependencyUnavailable(f"{self.name} exited with code {self.proc.returncode} while starting; "
                                 f"log {self.log_path}:\n{self.log_tail()}")
             try:
                 if self.ready():
@@ -169,7 +168,7 @@ class Service:
             except httpx.HTTPError:
                 pass
             time.sleep(0.3)
-        raise UserError(f"{self.name} was not ready after {timeout_s:.0f} s; log {self.log_path}:\n"
+        raise DependencyUnavailable(f"{self.name} was not ready after {timeout_s:.0f} s; log {self.log_path}:\n"
                         f"{self.log_tail()}")
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
@@ -294,7 +293,7 @@ class RevisionPair:
                 deadline = time.monotonic() + timeout_s
                 while True:
                     if not service.alive():
-                        raise UserError(f"{service.name} of {self.revision} exited with code "
+                        raise DependencyUnavailable(f"{service.name} of {self.revision} exited with code "
                                         f"{service.proc.returncode} while starting; log "
                                         f"{service.log_path}:\n{service.log_tail()}")
                     try:
@@ -303,7 +302,7 @@ class RevisionPair:
                     except httpx.HTTPError:
                         pass
                     if time.monotonic() > deadline:
-                        raise UserError(f"{service.name} of {self.revision} was not ready after "
+                        raise DependencyUnavailable(f"{service.name} of {self.revision} was not ready after "
                                         f"{timeout_s:.0f} s; log {service.log_path}")
                     await asyncio.sleep(0.3)
         except BaseException:

@@ -16,7 +16,7 @@ import copy
 from typing import Any
 
 from gourmetgram.constants import MODEL_NAME
-from gourmetgram.errors import UserError
+from gourmetgram.errors import DependencyUnavailable, UserError
 from gourmetgram.manifests import bundle_uri, transformer_container
 from gourmetgram.rollout.analysis import RolloutState
 
@@ -37,7 +37,8 @@ def _api(api_client=None):
             try:
                 config.load_kube_config()
             except (config.ConfigException, OSError) as exc:
-                raise UserError(f"no Kubernetes credentials (in-cluster or kubeconfig): {exc}") from exc
+                raise DependencyUnavailable(f"no Kubernetes credentials (in-cluster or kubeconfig): {exc}; set "
+                                            "KUBECONFIG or run inside the cluster") from exc
         api_client = client.ApiClient()
     return client.CustomObjectsApi(api_client)
 
@@ -85,11 +86,21 @@ class KubeRollout:
 
     def _call(self, what: str, fn, *args):
         from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError as TransportError
 
         try:
             return fn(*args)
+        except TransportError as exc:  # connection refused, DNS, TLS: the API server is not there
+            raise DependencyUnavailable(f"cannot {what}: the Kubernetes API is not reachable ({exc}); check "
+                                        "the cluster and your kubeconfig context") from None
         except ApiException as exc:
-            raise UserError(f"cannot {what}: {exc.status} {exc.reason} {exc.body or ''}".rstrip()) from None
+            message = f"cannot {what}: {exc.status} {exc.reason} {exc.body or ''}".rstrip()
+            if exc.status in (401, 403):
+                raise DependencyUnavailable(f"{message}; the credentials in use may not do this: check "
+                                            "the ServiceAccount or kubeconfig user's RBAC") from None
+            if not exc.status or exc.status >= 500:
+                raise DependencyUnavailable(f"{message}; the Kubernetes API is failing, retry later") from None
+            raise UserError(message) from None
 
     def get(self) -> dict:
         return self._call(f"read InferenceService {self.namespace}/{self.name}",

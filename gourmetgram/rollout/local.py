@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import httpx
 
-from gourmetgram.errors import UserError
+from gourmetgram.errors import DependencyUnavailable, UserError
 from gourmetgram.rollout.analysis import RolloutState
 
 CONTROL_PATH = "/_gourmetgram/rollout"
@@ -38,14 +38,16 @@ class LocalRollout:
         try:
             r = httpx.request(method, url, json=body, headers=headers, timeout=timeout_s)
         except httpx.HTTPError as exc:
-            raise UserError(f"the local gateway at {self.gateway_url} is not reachable ({exc}); "
-                            "start the stack with `gourmetgram serve --stage production`") from exc
+            raise DependencyUnavailable(f"the local gateway at {self.gateway_url} is not reachable ({exc}); "
+                                        "start the stack with `gourmetgram serve --stage production`") from exc
         if r.status_code == 404:
             raise UserError(f"{self.gateway_url} has no rollout endpoint; is it the gourmetgram gateway?")
         try:
             data = r.json()
         except ValueError:
             raise UserError(f"{url} answered {r.status_code}: {r.text[:200]}") from None
+        if r.status_code == 503:
+            raise DependencyUnavailable(f"rollout {body and body.get('action')}: {data.get('error', data)}")
         if r.status_code != 200:
             raise UserError(f"rollout {body and body.get('action')}: {data.get('error', data)}")
         return data

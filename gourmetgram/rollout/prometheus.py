@@ -23,7 +23,7 @@ import httpx
 import yaml
 
 from gourmetgram import constants
-from gourmetgram.errors import UserError
+from gourmetgram.errors import DependencyUnavailable, UserError
 
 PROMETHEUS_BIN = "/usr/bin/prometheus"
 
@@ -50,7 +50,8 @@ class PrometheusClient:
         try:
             r = httpx.get(f"{self.url}/api/v1/query", params=params, timeout=self.timeout_s)
         except httpx.HTTPError as exc:
-            raise UserError(f"Prometheus at {self.url} is not reachable: {exc}") from exc
+            raise DependencyUnavailable(f"Prometheus at {self.url} is not reachable ({exc}); check the URL "
+                                        "(--prometheus) or start it") from exc
         body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
         if r.status_code != 200 or body.get("status") != "success":
             raise UserError(f"Prometheus rejected {promql!r}: {body.get('error') or r.text[:200]}")
@@ -116,7 +117,7 @@ class LocalPrometheus:
                  host: str = constants.HOST, scrape_interval: str = "1s",
                  rules: list[Path] | None = None, binary: str = PROMETHEUS_BIN) -> None:
         if not Path(binary).is_file():
-            raise UserError(f"{binary} not found; install Debian's `prometheus` package "
+            raise DependencyUnavailable(f"{binary} not found; install Debian's `prometheus` package "
                             "(apt-get install prometheus) or pass --prometheus URL of a running one")
         if rules is None:
             from gourmetgram.manifests import RULES_FILE
@@ -154,7 +155,8 @@ class LocalPrometheus:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 tail = self.log_path.read_text(errors="replace")[-2000:]
                 self.stop()
-                raise UserError(f"Prometheus did not start on {self.url}:\n{tail}")
+                raise DependencyUnavailable(f"Prometheus did not start on {self.url} (its log ends below; pass "
+                                            f"--prometheus URL of a running one instead):\n{tail}")
             time.sleep(0.2)
         return self
 

@@ -183,10 +183,20 @@ def _bad_candidate(ctx: DemoContext) -> Path:
     return target
 
 
+def _rollout(*argv: str) -> int:
+    """Run ``gourmetgram rollout ARGV`` in this process; errors propagate to the entry point
+    (which maps them to exit codes), so the demo stops with the rollout's own message."""
+    from gourmetgram.cli.commands import rollout
+
+    parser = argparse.ArgumentParser(prog="gourmetgram")
+    rollout.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["rollout", *argv])
+    return int(args.func(args) or 0)
+
+
 def stage_canary(ctx: DemoContext) -> None:
     """A good canary promoted and a bad one rolled back by `rollout auto` (real Prometheus)."""
-    from gourmetgram.cli.main import main
-    from gourmetgram.errors import UserError
+    from gourmetgram.errors import CheckFailed
     from gourmetgram.local.traffic import BackgroundTraffic
     from gourmetgram.rollout.prometheus import LocalPrometheus
 
@@ -201,14 +211,14 @@ def stage_canary(ctx: DemoContext) -> None:
                   ("a deliberately bad model (answers one class for everything)", ["--bundle", str(_bad_candidate(ctx))])]
     for title, source in candidates:
         print(f"\n--- canary: {title} at 30%")
-        if main(["rollout", "canary", "--percent", "30", *source, *gw]) != 0:
-            raise UserError("could not start the canary (see above)")
+        if _rollout("canary", "--percent", "30", *source, *gw) != 0:
+            raise CheckFailed("could not start the canary (see above)")
         with BackgroundTraffic(gateway, images) as traffic:
-            decision = main(["rollout", "auto", *gw, *prom, *DEMO_AUTO])
+            decision = _rollout("auto", *gw, *prom, *DEMO_AUTO)
         failed = sum(code != 200 for code in traffic.codes)
         print(f"rollout auto exit {decision} ({'promoted' if decision == 0 else 'rolled back / held'}); "
               f"{len(traffic.codes)} predictions served during the rollout, {failed} failed")
-    main(["rollout", "status", *gw])
+    _rollout("status", *gw)
 
 
 # -- stage 6: drift -------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gourmetgram.constants import MODEL_NAME, REGISTERED_MODEL_NAME, REPO_ROOT, STAGES, STAGING
-from gourmetgram.errors import UserError
+from gourmetgram.errors import DependencyUnavailable, UserError
 from gourmetgram.tracking import home, tracking_uri
 
 if TYPE_CHECKING:  # torch stays out of the CLI's start-up
@@ -316,7 +316,8 @@ def _submit(args: argparse.Namespace) -> int:
                         False if args.no_cache else None)
     except Exception as exc:  # the client raises urllib3/ApiException subclasses
         if type(exc).__module__.startswith(("urllib3", "kfp_server_api", "requests")) or isinstance(exc, OSError):
-            raise UserError(f"could not submit to {args.host}: {exc}") from None
+            raise DependencyUnavailable(f"could not submit to {args.host}: {exc}; check --host and that the KFP "
+                                        "API answers") from None
         raise
     print(f"submitted run {result.run_id} to {args.host} (experiment {args.experiment!r})")
     print(f"run details: {args.host.rstrip('/')}/#/runs/details/{result.run_id}")

@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import sys
 from pathlib import Path
 
 from gourmetgram import constants
-from gourmetgram.errors import UserError
+from gourmetgram.errors import DependencyUnavailable, UserError
 
 DEFAULT_URL = f"http://{constants.HOST}:{constants.GATEWAY_PORT}"
 
@@ -59,14 +58,14 @@ def parse_response(body: dict, protocol: str) -> list[dict]:
 
 def predict(url: str, blobs: list[bytes], protocol: str = "v1", model: str = constants.MODEL_NAME,
             timeout_s: float = 60.0) -> list[dict]:
-    """POST the images; UserError for a 4xx (bad input), RuntimeError for an unavailable service."""
+    """POST the images; UserError for a 4xx (bad input), DependencyUnavailable when the service is not."""
     import httpx
 
     target = endpoint(url, model, protocol)
     try:
         response = httpx.post(target, json=build_request(blobs, protocol), timeout=timeout_s)
     except httpx.HTTPError as exc:
-        raise RuntimeError(f"cannot reach {target}: {exc}; is `gourmetgram serve` running?") from exc
+        raise DependencyUnavailable(f"cannot reach {target}: {exc}; is `gourmetgram serve` running?") from exc
     try:
         body = response.json()
     except ValueError:
@@ -75,7 +74,8 @@ def predict(url: str, blobs: list[bytes], protocol: str = "v1", model: str = con
         raise UserError(f"{target} rejected the request ({response.status_code}): "
                         f"{body.get('error', body)}")
     if response.status_code != 200:
-        raise RuntimeError(f"{target} failed ({response.status_code}): {body.get('error', body)}")
+        raise DependencyUnavailable(f"{target} failed ({response.status_code}): {body.get('error', body)}; "
+                                    "see the service's log")
     return parse_response(body, protocol)
 
 
@@ -90,11 +90,7 @@ def format_table(names: list[str], predictions: list[dict]) -> str:
 
 def _predict(args: argparse.Namespace) -> int:
     images = read_images(args.images)
-    try:
-        predictions = predict(args.url, [b for _, b in images], args.protocol, args.model, args.timeout)
-    except RuntimeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    predictions = predict(args.url, [b for _, b in images], args.protocol, args.model, args.timeout)
     if args.json:
         print(json.dumps([{"image": n, **p} for (n, _), p in zip(images, predictions)], indent=2))
     else:

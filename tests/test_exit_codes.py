@@ -1,0 +1,132 @@
+"""Exit codes by cause, from real `gourmetgram` processes: 1 a check failed, 2 bad input,
+3 a dependency unavailable; each with a message that says what to do."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from gourmetgram.constants import REPO_ROOT
+from gourmetgram.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_CHECK_FAILED,
+    EXIT_DEPENDENCY_UNAVAILABLE,
+    BadInput,
+    CheckFailed,
+    ConfigError,
+    DatasetError,
+    DependencyUnavailable,
+    GourmetGramError,
+    UserError,
+)
+from gourmetgram.local.stack import Ports
+from gourmetgram.rollout.local import CONTROL_PATH
+
+
+def gourmetgram(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The installed entry point's code, run as its own process (what a person's shell gets)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(REPO_ROOT), str(REPO_ROOT / "transformers"), str(REPO_ROOT / "detectors"),
+         os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "gourmetgram.cli.main", *argv], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=REPO_ROOT)
+
+
+def dead_url() -> str:
+    """A localhost URL that nobody listens on (a fresh ephemeral port, not bound)."""
+    return f"http://127.0.0.1:{Ports.free().gateway}"
+
+
+def test_error_classes_carry_their_exit_codes():
+    assert UserError is BadInput  # other code keeps raising UserError
+    assert issubclass(ConfigError, BadInput) and issubclass(DatasetError, BadInput)
+    assert {cls.exit_code for cls in (BadInput, CheckFailed, DependencyUnavailable)} == {2, 1, 3}
+    assert all(issubclass(c, GourmetGramError) for c in (BadInput, CheckFailed, DependencyUnavailable))
+
+
+def test_help_documents_the_exit_codes():
+    out = gourmetgram("--help").stdout
+    assert "exit codes:" in out
+    for line in ("1    a check failed", "2    bad input", "3    a dependency is unavailable"):
+        assert line in out
+
+
+def test_bad_flag_exits_2():
+    result = gourmetgram("rollout", "canary", "--percent", "lots")
+    assert result.returncode == EXIT_BAD_INPUT
+    assert "--percent" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bad_config_exits_2_naming_the_key(tmp_path):
+    bad = tmp_path / "slo.yaml"
+    bad.write_text("p95_ms: 100\nmax_error_rate: 0.01\nmin_rps: 1\nmin_request: 5\n")
+    result = gourmetgram("loadtest", "--slo", str(bad), "--host", dead_url())
+    assert result.returncode == EXIT_BAD_INPUT
+    assert f"{bad}: unknown key 'min_request'; allowed in the top level: p95_ms" in result.stderr
+
+
+def test_unreachable_gateway_exits_3_saying_how_to_start_it():
+    result = gourmetgram("rollout", "status", "--gateway", dead_url())
+    assert result.returncode == EXIT_DEPENDENCY_UNAVAILABLE, result.stderr
+    assert "is not reachable" in result.stderr and "gourmetgram serve --stage production" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def gateway_control_api():
+    """A stand-in for the gateway's control API (GET status: a canary at 10%), so that
+    `rollout analyze` gets past the gateway and reaches Prometheus. Only the status read
+    is answered; the real gateway is tested in test_rollout.py and test_serving_stack.py."""
+    status = {"inferenceservice": "food11", "namespace": "default", "configuration": "food11-predictor",
+              "model": "food11", "latest_rolledout_revision": "food11-predictor-00001",
+              "latest_revision": "food11-predictor-00002", "canary_traffic_percent": 10,
+              "revisions": [{"name": "food11-predictor-00001"}, {"name": "food11-predictor-00002"}]}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's naming)
+            body = json.dumps(status).encode() if self.path == CONTROL_PATH else b"{}"
+            self.send_response(200 if self.path == CONTROL_PATH else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_prometheus_nobody_listens_on_exits_3(gateway_control_api):
+    prometheus = dead_url()
+    result = gourmetgram("rollout", "analyze", "--gateway", gateway_control_api, "--prometheus", prometheus)
+    assert result.returncode == EXIT_DEPENDENCY_UNAVAILABLE, result.stdout + result.stderr
+    assert f"Prometheus at {prometheus} is not reachable" in result.stderr
+    assert "check the URL (--prometheus) or start it" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missed_slo_exits_1(tmp_path):
+    # A real Locust run against an endpoint that refuses every connection: the SLO check
+    # fails (error rate, throughput), which is a failed check, not a crash.
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(images / "red.jpg")
+    result = gourmetgram("loadtest", "--host", dead_url(), "--images", str(images), "--users", "1",
+                         "--spawn-rate", "1", "--run-time", "3s", "--out", str(tmp_path / "out"))
+    assert result.returncode == EXIT_CHECK_FAILED, result.stdout + result.stderr
+    assert "SLO: FAIL" in result.stdout and "error rate" in result.stdout
+    assert (tmp_path / "out" / "summary.json").is_file()
