@@ -29,9 +29,9 @@ from gourmetgram.local.stack import Ports
 from gourmetgram.rollout.local import CONTROL_PATH
 
 
-def gourmetgram(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def gourmetgram(*argv: str, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """The installed entry point's code, run as its own process (what a person's shell gets)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+    env = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join(
         [str(REPO_ROOT), str(REPO_ROOT / "transformers"), str(REPO_ROOT / "detectors"),
          os.environ.get("PYTHONPATH", "")])}
     return subprocess.run([sys.executable, "-m", "gourmetgram.cli.main", *argv], capture_output=True, text=True,
@@ -130,3 +130,37 @@ def test_missed_slo_exits_1(tmp_path):
     assert result.returncode == EXIT_CHECK_FAILED, result.stdout + result.stderr
     assert "SLO: FAIL" in result.stdout and "error rate" in result.stdout
     assert (tmp_path / "out" / "summary.json").is_file()
+
+
+def test_kubernetes_api_nobody_listens_on_exits_3(tmp_path):
+    # A real kubeconfig naming an API server that is not there (the kubernetes client, not a stand-in).
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(f"""apiVersion: v1
+kind: Config
+clusters: [{{name: gone, cluster: {{server: "{dead_url()}"}}}}]
+users: [{{name: me, user: {{token: not-a-secret}}}}]
+contexts: [{{name: gone, context: {{cluster: gone, user: me}}}}]
+current-context: gone
+""")
+    result = gourmetgram("rollout", "status", "--cluster", env={"KUBECONFIG": str(kubeconfig)})
+    assert result.returncode == EXIT_DEPENDENCY_UNAVAILABLE, result.stderr
+    assert "the Kubernetes API is not reachable" in result.stderr and "kubeconfig context" in result.stderr
+
+
+def test_mlflow_nobody_listens_on_is_a_dependency_unavailable(tmp_path, monkeypatch):
+    import mlflow
+
+    from gourmetgram.tracking import configure_mlflow
+
+    url = dead_url()
+    monkeypatch.setenv("GOURMETGRAM_HOME", str(tmp_path))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail now, not after MLflow's back-off
+    before = mlflow.get_tracking_uri()
+    try:
+        with pytest.raises(DependencyUnavailable, match=f"MLflow at {url} is not available") as err:
+            configure_mlflow()
+    finally:
+        mlflow.set_tracking_uri(before)  # process-wide: leave it as the other tests had it
+    assert err.value.exit_code == EXIT_DEPENDENCY_UNAVAILABLE
+    assert "set MLFLOW_TRACKING_URI" in str(err.value)
