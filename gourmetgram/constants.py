@@ -39,6 +39,9 @@ TRANSFORMER_HTTP_PORT = 8080
 TRANSFORMER_GRPC_PORT = 8081
 GATEWAY_PORT = 8090
 DETECTOR_PORT = 8070
+CAPTURE_PORT = 8071  # capture sink + feedback API (closing the loop)
+BROKER_PORT = 8060  # local stand-in for the Knative Broker (logger fan-out)
+LABEL_STUDIO_PORT = 8085
 PROMETHEUS_PORT = 9090
 
 # Where local runs keep their state, relative to the working directory unless

@@ -42,6 +42,7 @@ from drift_detector.metrics import DetectorMetrics
 from gourmetgram import bodylimit
 from gourmetgram.errors import UserError
 from gourmetgram.local import control
+from gourmetgram.jsonlog import log_json
 
 log = logging.getLogger("drift_detector")
 MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -223,7 +224,10 @@ def create_app(service: DriftService, token: str | None = None) -> Starlette:
         except BadEvent as exc:
             service.reject()
             return JSONResponse({"error": str(exc)}, status_code=400)
-        if not service.submit(event):
+        accepted = service.submit(event)
+        log_json("detector", "received" if accepted else "dropped", event.id,
+                 type="request" if event.is_request else "response", size=event.size)
+        if not accepted:
             return JSONResponse({"error": "drift detector queue is full; event dropped"},
                                 status_code=503)
         return JSONResponse({"accepted": True, "id": event.id}, status_code=202)

@@ -24,6 +24,13 @@ on both:
   sent off the request path through a bounded queue; a slow or dead sink never delays or
   fails a prediction; what cannot be queued or delivered is counted in
   ``logger_events_dropped_total``.
+* **Inference id**: every prediction response carries ``X-Inference-Id``, the ``ce-id`` of its
+  logger events (the caller's ``ce-id`` when it sent a valid one, as KServe's agent keeps it),
+  so user feedback and the captured sample meet on it. The transformer gets it too, and every
+  hop writes a JSON log line with it (:mod:`gourmetgram.jsonlog`). Logger events also carry two
+  local extensions, ``revision`` and ``modelversion`` (what served the request).
+* **Feedback**: ``POST /v1/feedback`` is routed to the capture/feedback service
+  (``--feedback-url``), next to predict on the public path; 503 when none is configured.
 * **Control** (the Knative controller's part, localhost only): ``GET/POST
   /_gourmetgram/rollout`` starts a canary revision from a bundle, sets its percentage,
   promotes or rolls back (``gourmetgram rollout`` drives it); ``GET /_gourmetgram/targets``
@@ -45,6 +52,7 @@ import dataclasses
 import json
 import logging
 import random
+import re
 import secrets
 import sys
 import time
@@ -65,6 +73,7 @@ from starlette.routing import Route
 from gourmetgram import bodylimit, constants
 from gourmetgram import metric_names as qp
 from gourmetgram.errors import DependencyUnavailable, UserError
+from gourmetgram.jsonlog import INFERENCE_ID_HEADER, log_json
 from gourmetgram.local import control
 from gourmetgram.local.manifests import ServiceManifest, configuration_name, generation_of, load_manifest, revision_name
 
@@ -79,6 +88,10 @@ LATEST, PREV = "latest", "prev"
 TAG_HEADER = "x-gourmetgram-tag"
 REVISION_HEADER = "x-gourmetgram-revision"
 CONTROL_PREFIX = "/_gourmetgram"
+FEEDBACK_PATH = "/v1/feedback"
+FEEDBACK_MAX_BODY_BYTES = 64 * 1024  # the feedback service applies its own, smaller limit
+# A caller's ce-id is kept only when it is a sane id (it becomes a storage key downstream).
+INFERENCE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 WARMUP_REQUESTS = 5
 log = logging.getLogger("gourmetgram.gateway")
 
@@ -150,9 +163,11 @@ class InferenceLogger:
     def wants(self, kind: str) -> bool:
         return self.mode == "all" or self.mode == kind
 
-    def headers(self, ce_id: str, kind: str, content_type: str, endpoint: str) -> dict[str, str]:
+    def headers(self, ce_id: str, kind: str, content_type: str, endpoint: str,
+                extensions: dict[str, str] | None = None) -> dict[str, str]:
         return {
             **(control.bearer(self.sink_token) if self.sink_token else {}),
+            **{f"ce-{k}": v for k, v in (extensions or {}).items() if v},
             "ce-specversion": "1.0", "ce-id": ce_id, "ce-source": self.source,
             "ce-type": f"org.kubeflow.serving.inference.{kind}",
             "ce-time": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
@@ -161,7 +176,8 @@ class InferenceLogger:
             "content-type": content_type or "application/json",
         }
 
-    def log(self, ce_id: str, kind: str, body: bytes, content_type: str, endpoint: str) -> None:
+    def log(self, ce_id: str, kind: str, body: bytes, content_type: str, endpoint: str,
+            extensions: dict[str, str] | None = None) -> None:
         """Queue one event (``kind`` request|response); a full queue (by count or bytes)
         counts a drop."""
         if not self.wants(kind):
@@ -170,7 +186,7 @@ class InferenceLogger:
             self.dropped.inc()
             return
         try:
-            self._queue.put_nowait((self.headers(ce_id, kind, content_type, endpoint), body))
+            self._queue.put_nowait((self.headers(ce_id, kind, content_type, endpoint, extensions), body))
         except asyncio.QueueFull:
             self.dropped.inc()
             return
@@ -222,10 +238,11 @@ class Gateway:
                  log_dir: str | Path | None = None, host: str = constants.HOST,
                  seed: int | None = None, control_token: str | None = None,
                  model_store: str | Path | None = None, max_body_bytes: int = MAX_BODY_BYTES,
-                 logger_queue_bytes: int = LOGGER_QUEUE_BYTES) -> None:
+                 logger_queue_bytes: int = LOGGER_QUEUE_BYTES, feedback_url: str | None = None) -> None:
         """``control_token``: what the control API and tag routing require (None: a random
         one, readable as ``self.control_token``); ``model_store``: the only place canary
-        bundles may come from (default ``$GOURMETGRAM_HOME/models``)."""
+        bundles may come from (default ``$GOURMETGRAM_HOME/models``); ``feedback_url``: the
+        capture/feedback service ``POST /v1/feedback`` is routed to."""
         if not revisions:
             raise UserError("the gateway needs at least one revision")
         self.manifest = manifest
@@ -236,6 +253,7 @@ class Gateway:
         self.control_token = control_token or secrets.token_urlsafe(32)
         self.model_store = Path(model_store).resolve() if model_store else control.model_store()
         self.max_body_bytes = max_body_bytes
+        self.feedback_url = feedback_url.rstrip("/") if feedback_url else None
         self.configuration = configuration_name(manifest)
         # KServe state: the canary percentage (None = no canary: latest takes 100%).
         self.canary_percent: int | None = None
@@ -318,16 +336,24 @@ class Gateway:
         except bodylimit.BodyTooLarge as exc:
             self.observe(revision, 413, started)
             return _error(413, str(exc))
-        ce_id = request.headers.get("ce-id") or str(uuid.uuid4())
+        given = request.headers.get("ce-id", "")
+        ce_id = given if INFERENCE_ID_RE.match(given) else str(uuid.uuid4())
         endpoint = "canary" if revision.tag == LATEST and self.canary_percent is not None else "default"
         logging_this = self.logger is not None and request.method == "POST"
+        extensions = {"revision": revision.name, "modelversion": revision.version or ""}
         if logging_this:
-            self.logger.log(ce_id, "request", body, request.headers.get("content-type", ""), endpoint)
-        response = await self._send(request, revision, body)
+            self.logger.log(ce_id, "request", body, request.headers.get("content-type", ""), endpoint,
+                            extensions)
+        response = await self._send(request, revision, body, ce_id)
         self.observe(revision, response.status_code, started)
         if logging_this and response.status_code == 200:  # KServe logs only 200 responses
             self.logger.log(ce_id, "response", response.body, response.headers.get("content-type", ""),
-                            endpoint)
+                            endpoint, extensions)
+        if request.method == "POST":
+            log_json("gateway", "predict", ce_id, path=request.url.path, revision=revision.name,
+                     endpoint=endpoint, status=response.status_code,
+                     ms=round((time.perf_counter() - started) * 1000, 2))
+        response.headers["X-Inference-Id"] = ce_id
         response.headers[REVISION_HEADER] = revision.name
         if revision.tag:
             response.headers[TAG_HEADER] = revision.tag
@@ -337,7 +363,8 @@ class Gateway:
         self.request_duration.labels(self.manifest.namespace, self.configuration, revision.name,
                                      str(status)).observe(time.perf_counter() - started)
 
-    async def _send(self, request: Request, revision: Revision, body: bytes | None = None) -> Response:
+    async def _send(self, request: Request, revision: Revision, body: bytes | None = None,
+                    inference_id: str | None = None) -> Response:
         if body is None:
             try:
                 body = await bodylimit.read_body(request, self.max_body_bytes)
@@ -348,6 +375,8 @@ class Gateway:
                                else set())
         headers = {k: v for k, v in request.headers.items()
                    if k.lower() not in HOP_HEADERS and k.lower() not in drop}
+        if inference_id:
+            headers[INFERENCE_ID_HEADER] = inference_id
         url = revision.transformer_url + request.url.path
         if request.url.query:
             url += "?" + request.url.query
@@ -363,6 +392,30 @@ class Gateway:
         out_headers = {k: v for k, v in upstream.headers.items()
                        if k.lower() not in HOP_HEADERS and k.lower() != "content-encoding"}
         return Response(upstream.content, status_code=upstream.status_code, headers=out_headers)
+
+    async def feedback(self, request: Request) -> Response:
+        """``POST /v1/feedback`` to the capture/feedback service, as the ingress routes it."""
+        if self.feedback_url is None:
+            return _error(503, "no feedback service is configured on this gateway (--feedback-url)")
+        body = await request.body()
+        if len(body) > FEEDBACK_MAX_BODY_BYTES:
+            return _error(413, f"feedback body is {len(body)} bytes; the limit is {FEEDBACK_MAX_BODY_BYTES}")
+        assert self._client is not None
+        try:
+            upstream = await self._client.post(
+                self.feedback_url + FEEDBACK_PATH, content=body, timeout=10.0,
+                headers={"content-type": request.headers.get("content-type", "application/json")})
+        except httpx.HTTPError as exc:
+            return _error(503, f"the feedback service at {self.feedback_url} is not reachable "
+                               f"({type(exc).__name__}); try again shortly")
+        try:
+            inference_id = upstream.json().get("inference_id")
+        except ValueError:
+            inference_id = None
+        log_json("gateway", "feedback", inference_id, status=upstream.status_code)
+        out = {k: v for k, v in upstream.headers.items()
+               if k.lower() not in HOP_HEADERS and k.lower() != "content-encoding"}
+        return Response(upstream.content, status_code=upstream.status_code, headers=out)
 
     # -- rollout control (the Knative controller's part) ------------------------------------
     def status(self) -> dict:
@@ -566,6 +619,7 @@ class Gateway:
             Route("/metrics", metrics, methods=["GET"]),
             Route(f"{CONTROL_PREFIX}/rollout", rollout, methods=["GET", "POST"]),
             Route(f"{CONTROL_PREFIX}/targets", targets, methods=["GET"]),
+            Route(FEEDBACK_PATH, self.feedback, methods=["POST"]),
             Route("/v1/models/{rest:path}", self.forward, methods=["GET", "POST"]),
             Route("/v2/{rest:path}", self.forward, methods=["GET", "POST"]),
         ]
@@ -599,6 +653,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--logger-url", help="inference logger sink (default: the manifest's logger.url; "
                    "a cluster-only URL becomes the local detector)")
     p.add_argument("--no-logger", action="store_true", help="do not send logger CloudEvents")
+    p.add_argument("--feedback-url", help="the capture/feedback service that POST /v1/feedback goes to")
+    p.add_argument("--model-version", help="the first revision's registered model version (for capture)")
     p.add_argument("--logger-queue", type=int, default=1000, help="logger queue size (default: %(default)s)")
     p.add_argument("--logger-timeout", type=float, default=2.0,
                    help="seconds the logger waits on its sink per event before counting a drop (default: %(default)s)")
@@ -624,6 +680,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         revisions = [Revision.parse(r) for r in args.revision]
         revisions[0].bundle, revisions[0].triton_metrics_url = args.bundle, args.triton_metrics
+        revisions[0].version = args.model_version
         for r in revisions[1:]:
             r.percent = 0
         gateway = Gateway(load_manifest(args.manifest), revisions, timeout_s=args.timeout,
@@ -633,7 +690,7 @@ def main(argv: list[str] | None = None) -> int:
                           control_token=control.gateway_token(args.control_token_file, args.host,
                                                               args.port),
                           model_store=args.model_store, max_body_bytes=args.max_body_bytes,
-                          logger_queue_bytes=args.logger_queue_bytes)
+                          logger_queue_bytes=args.logger_queue_bytes, feedback_url=args.feedback_url)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

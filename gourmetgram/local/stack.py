@@ -326,11 +326,16 @@ class LocalStack:
                  manifest: str | Path | ServiceManifest | None = None,
                  log_dir: str | Path | None = None,
                  start_timeout_s: float = START_TIMEOUT_S,
-                 logger_url: str | None = None, logger_timeout_s: float | None = None) -> None:
-        """``logger_url``: the inference logger's sink (the local drift detector); ``""`` turns
-        the logger off; None keeps the manifest's (a cluster-only URL becomes the local
-        detector port, see :func:`gourmetgram.local.gateway.local_logger_url`).
-        ``logger_timeout_s``: how long the logger waits on its sink per event (the gateway's default if None)."""
+                 logger_url: str | None = None, logger_timeout_s: float | None = None,
+                 feedback_url: str | None = None, model_version: str | int | None = None) -> None:
+        """``logger_url``: the inference logger's sink (the local drift detector, or the local
+        broker that fans out to the detector and the capture sink); ``""`` turns the logger
+        off; None keeps the manifest's (a cluster-only URL becomes the local detector port, see
+        :func:`gourmetgram.local.gateway.local_logger_url`).
+        ``logger_timeout_s``: how long the logger waits on its sink per event (the gateway's default if None).
+        ``feedback_url``: where the gateway routes ``POST /v1/feedback`` (the capture sink).
+        ``model_version``: the registered version served, carried by the logger's events into the
+        captured samples."""
         self.bundle = Path(bundle).resolve() if bundle else registered_bundle(stage)
         self.stage = stage
         self.ports = ports or Ports()
@@ -346,6 +351,8 @@ class LocalStack:
         self.logger_url = logger_url
         self.logger_timeout_s = logger_timeout_s
         self.control_token: str | None = None  # written at start (gourmetgram.local.control)
+        self.feedback_url = feedback_url
+        self.model_version = None if model_version is None else str(model_version)
         self.services: dict[str, Service] = {}
         self._check_bundle()
         # The first revision's Triton + transformer; canaries add more pairs through the gateway.
@@ -379,6 +386,7 @@ class LocalStack:
             "predict (v1)": f"{self.gateway_url}/v1/models/{m}:predict",
             "infer (v2)": f"{self.gateway_url}/v2/models/{m}/infer",
             "gateway metrics": f"{self.gateway_url}/metrics",
+            **({"feedback": f"{self.gateway_url}/v1/feedback"} if self.feedback_url else {}),
             "transformer": self.transformer_url,
             "transformer metrics": f"{self.transformer_url}/metrics",
             "triton http": self.triton_url,
@@ -407,6 +415,10 @@ class LocalStack:
             gateway_argv += ["--logger-url", self.logger_url] if self.logger_url else ["--no-logger"]
         if self.logger_timeout_s is not None:
             gateway_argv += ["--logger-timeout", str(self.logger_timeout_s)]
+        if self.feedback_url:
+            gateway_argv += ["--feedback-url", self.feedback_url]
+        if self.model_version:
+            gateway_argv += ["--model-version", self.model_version]
         gateway = Service(
             GATEWAY, gateway_argv, self.log_dir / "gateway.log",
             lambda: _get_ok(f"{self.gateway_url}/v2/health/ready"),

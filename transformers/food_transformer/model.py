@@ -32,6 +32,7 @@ from food_transformer.spec import PartialSpec, ServingSpec, fill_from_metadata
 from food_transformer.validation import DEFAULT_MAX_BATCH, parse_v1_body, parse_v2_request
 from gourmetgram.constants import INPUT_NAME, OUTPUT_NAME
 from gourmetgram.errors import UserError
+from gourmetgram.jsonlog import inference_id_of, log_json
 from gourmetgram.preprocessing import InvalidImageError, preprocess_bytes, softmax
 
 logger = logging.getLogger(__name__)
@@ -191,6 +192,8 @@ class FoodTransformer(Model):
             names = [f"instances[{i}]" for i in range(len(blobs))]
             info = _RequestInfo("v1", None, len(blobs))
         _REQUEST.set(info)
+        log_json("transformer", "preprocess", inference_id_of(headers), model=self.name,
+                 revision=self.revision, protocol=info.protocol, instances=len(blobs))
         spec = await self._serving_spec()
         # Decoding is CPU work (Pillow releases the GIL): keep the event loop free.
         batch = await asyncio.get_running_loop().run_in_executor(

@@ -1,0 +1,114 @@
+"""Turn logger events into stored samples: object first, then the committed row.
+
+A request event carries the image(s), a response event the prediction(s); they share the
+``ce-id`` (the inference id) and may arrive in either order, or twice. Both halves upsert
+the same row (:meth:`gourmetgram.loop.store.Store.upsert_sample`), so the order does not
+matter and a redelivery changes nothing. The event is acknowledged (2xx) only after the
+transaction commits: an acknowledged capture survives a kill -9 of this process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from typing import Any, Sequence
+
+from gourmetgram import constants
+from gourmetgram.inference_events import InferenceEvent
+from gourmetgram.loop.objects import ObjectStore, sniff_type
+from gourmetgram.loop.settings import LoopSettings
+from gourmetgram.loop.store import Store
+
+STAGE_OF_ISVC = {name: stage for stage, name in constants.ISVC_NAMES.items()}
+VERSION_ANNOTATION = "gourmetgram.io/model-version"
+STAGE_ANNOTATION = "gourmetgram.io/stage"
+
+
+def sample_id(inference_id: str, instance: int) -> str:
+    """The first image of a request is the inference id itself; the k-th is ``<id>/<k>``."""
+    return inference_id if instance == 0 else f"{inference_id}/{instance}"
+
+
+def sampled(inference_id: str, rate: float) -> bool:
+    """A deterministic draw from the id, so the request and the response of one inference agree."""
+    if rate >= 1:
+        return True
+    if rate <= 0:
+        return False
+    h = int.from_bytes(hashlib.sha256(inference_id.encode()).digest()[:8], "big")
+    return h / 2**64 < rate
+
+
+def _annotations(ext: dict[str, str]) -> dict[str, Any]:
+    try:
+        value = json.loads(ext.get("annotations") or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def stage_of(ext: dict[str, str]) -> str | None:
+    """canary for the canary endpoint, else the stage of the InferenceService (or its annotation)."""
+    if ext.get("endpoint") == "canary":
+        return constants.CANARY
+    return STAGE_OF_ISVC.get(ext.get("inferenceservicename", "")) or _annotations(ext).get(STAGE_ANNOTATION)
+
+
+def _time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+class Capture:
+    """Store the samples of one event; returns what happened (for the log line and metrics)."""
+
+    def __init__(self, store: Store, objects: ObjectStore, settings: LoopSettings,
+                 class_names: Sequence[str] = ()) -> None:
+        self.store, self.objects, self.settings = store, objects, settings
+        self.class_names = list(class_names)
+
+    def meta(self, event: InferenceEvent) -> dict[str, Any]:
+        ext = event.extensions
+        return {
+            "inference_id": event.id, "model_name": constants.MODEL_NAME,
+            "model_version": ext.get("modelversion") or _annotations(ext).get(VERSION_ANNOTATION),
+            "revision": ext.get("revision") or None, "stage": stage_of(ext),
+            "inferenceservice": ext.get("inferenceservicename"), "namespace": ext.get("namespace"),
+            "endpoint": ext.get("endpoint"),
+        }
+
+    def handle(self, event: InferenceEvent) -> dict[str, Any]:
+        meta = self.meta(event)
+        if not sampled(event.id, self.settings.sampling_rate(meta["stage"])):
+            return {"outcome": "sampled_out", "stage": meta["stage"]}
+        changed = 0
+        if event.is_request:
+            if not event.images:
+                return {"outcome": "unsupported", "reason": "no encoded images (preprocessed tensors)"}
+            for k, blob in enumerate(event.images):
+                ctype = event.content_types[k] if k < len(event.content_types) else sniff_type(blob)
+                key, sha = self.objects.put_image(blob, ctype)  # the object exists before the row says so
+                changed += self.store.upsert_sample(
+                    sample_id(event.id, k), instance=k, object_key=key, content_sha256=sha,
+                    content_type=ctype, size_bytes=len(blob), requested_at=_time(event.time), **meta)
+            n = len(event.images)
+        else:
+            preds = event.predictions or [{"class_index": c} for c in event.classes]
+            for k, pred in enumerate(preds):
+                index = pred.get("class_index")
+                label = pred.get("label")
+                if label is None and isinstance(index, int) and 0 <= index < len(self.class_names):
+                    label = self.class_names[index]
+                confidence = pred.get("confidence")
+                changed += self.store.upsert_sample(
+                    sample_id(event.id, k), instance=k, label=label, class_index=index,
+                    confidence=None if confidence is None else float(confidence),
+                    top_k=pred.get("top_k"), predicted_at=_time(event.time), **meta)
+            n = len(preds)
+        return {"outcome": "stored" if changed else "duplicate", "samples": n, "stage": meta["stage"],
+                "kind": "request" if event.is_request else "response"}

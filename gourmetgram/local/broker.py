@@ -1,0 +1,232 @@
+"""A local stand-in for a Knative Eventing Broker with Triggers: the logger's fan-out.
+
+KServe's inference logger posts every event to ONE URL. On the cluster that URL is a
+Knative Broker (``http://broker-ingress.knative-eventing.svc.cluster.local/<ns>/<broker>``,
+KServe's documented pattern), and one Trigger per consumer (the drift detector, the capture
+sink) delivers a copy, retrying with back-off as the Trigger's ``delivery`` spec says. This
+small ASGI app does the same on localhost, with the same semantics:
+
+* ``POST /``: a binary-mode CloudEvent (``ce-specversion``, ``ce-id``, ``ce-type``,
+  ``ce-source`` required, else 400); each trigger whose filter matches (exact attribute
+  match, like a Trigger's ``filter.attributes``) gets a copy on its own bounded queue;
+  202 Accepted. A full queue drops that trigger's copy and counts it.
+* Delivery per trigger: a 2xx from the subscriber acknowledges the event; anything else
+  (error, timeout, 429/5xx) is retried ``retry`` times with exponential back-off from
+  ``backoff_s`` (Knative's ``retry``/``backoffPolicy: exponential``/``backoffDelay``); what is
+  still undelivered is dropped and counted (Knative would send it to a dead-letter sink).
+  A 4xx other than 429 is final (the subscriber says the event is bad).
+* ``GET /metrics``: ``broker_events_received_total``, ``broker_deliveries_total{trigger,outcome}``
+  (outcome ``acked``, ``retried``, ``dropped``, ``rejected``), ``broker_queue{trigger}``.
+
+Like Knative's InMemoryChannel, queued events live in memory: the broker is not where
+durability comes from; the subscriber's acknowledgement is (see the capture sink).
+
+Run: ``python -m gourmetgram.local.broker --port 8060 --trigger detector=http://127.0.0.1:8070/
+--trigger capture=http://127.0.0.1:8071/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import random
+import sys
+from contextlib import asynccontextmanager
+
+import httpx
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from gourmetgram import constants
+from gourmetgram.errors import UserError
+
+REQUIRED = ("ce-specversion", "ce-id", "ce-type", "ce-source")
+MAX_BODY_BYTES = 64 * 1024 * 1024
+FORWARDED = ("content-type",)
+
+
+@dataclasses.dataclass
+class Trigger:
+    """One consumer: where to deliver, which events (exact attribute match), how to retry."""
+
+    name: str
+    url: str
+    filter: dict[str, str] = dataclasses.field(default_factory=dict)
+    retry: int = 10
+    backoff_s: float = 0.2
+    max_backoff_s: float = 5.0
+    timeout_s: float = 5.0
+    queue_size: int = 10000
+    workers: int = 4
+
+    @classmethod
+    def parse(cls, text: str, **defaults) -> "Trigger":
+        """``NAME=URL[,attr=value...]`` e.g. ``detector=http://127.0.0.1:8070/,type=org.kubeflow...``."""
+        head, *filters = text.split(",")
+        name, sep, url = head.partition("=")
+        if not sep or not name or not url.startswith(("http://", "https://")):
+            raise UserError(f"trigger {text!r} is not NAME=http://HOST:PORT/[,ATTRIBUTE=VALUE...]")
+        attrs = {}
+        for f in filters:
+            key, sep, value = f.partition("=")
+            if not sep or not key:
+                raise UserError(f"trigger {text!r}: filter {f!r} is not ATTRIBUTE=VALUE")
+            attrs[key.strip().lower()] = value.strip()
+        return cls(name=name, url=url, filter=attrs, **defaults)
+
+    def matches(self, attributes: dict[str, str]) -> bool:
+        return all(attributes.get(k) == v for k, v in self.filter.items())
+
+
+class Broker:
+    def __init__(self, triggers: list[Trigger]) -> None:
+        if not triggers:
+            raise UserError("the broker needs at least one --trigger")
+        names = [t.name for t in triggers]
+        if len(set(names)) != len(names):
+            raise UserError(f"trigger names must differ: {names}")
+        self.triggers = triggers
+        self.registry = CollectorRegistry()
+        self.received = Counter("broker_events_received", "CloudEvents accepted by the broker ingress",
+                                registry=self.registry)
+        self.deliveries = Counter("broker_deliveries", "Deliveries to trigger subscribers by outcome",
+                                  ["trigger", "outcome"], registry=self.registry)
+        queued = Gauge("broker_queue", "Events waiting for delivery per trigger", ["trigger"],
+                       registry=self.registry)
+        for t in triggers:
+            for outcome in ("acked", "retried", "dropped", "rejected"):
+                self.deliveries.labels(t.name, outcome)
+            queued.labels(t.name).set_function(lambda t=t: self._queues[t.name].qsize()
+                                               if t.name in self._queues else 0)
+        self._queues: dict[str, asyncio.Queue] = {}
+        self._tasks: list[asyncio.Task] = []
+        self._client: httpx.AsyncClient | None = None
+        self._rng = random.Random()
+
+    def publish(self, headers: dict[str, str], body: bytes) -> list[str]:
+        """Fan one event out to every matching trigger's queue; the names it was queued for."""
+        attributes = {k[3:]: v for k, v in headers.items() if k.startswith("ce-")}
+        queued = []
+        for t in self.triggers:
+            if not t.matches(attributes):
+                continue
+            try:
+                self._queues[t.name].put_nowait((headers, body))
+                queued.append(t.name)
+            except asyncio.QueueFull:
+                self.deliveries.labels(t.name, "dropped").inc()
+        return queued
+
+    async def _deliver(self, trigger: Trigger) -> None:
+        q = self._queues[trigger.name]
+        assert self._client is not None
+        while True:
+            headers, body = await q.get()
+            try:
+                await self._deliver_one(trigger, headers, body)
+            finally:
+                q.task_done()
+
+    async def _deliver_one(self, trigger: Trigger, headers: dict[str, str], body: bytes) -> None:
+        delay = trigger.backoff_s
+        for attempt in range(trigger.retry + 1):
+            try:
+                r = await self._client.post(trigger.url, content=body, headers=headers,
+                                            timeout=trigger.timeout_s)
+                if r.status_code < 300:
+                    self.deliveries.labels(trigger.name, "acked").inc()
+                    return
+                if 400 <= r.status_code < 500 and r.status_code not in (404, 408, 409, 429):
+                    self.deliveries.labels(trigger.name, "rejected").inc()  # final: a bad event
+                    return
+            except httpx.HTTPError:
+                pass
+            if attempt < trigger.retry:
+                self.deliveries.labels(trigger.name, "retried").inc()
+                await asyncio.sleep(delay * (0.75 + 0.5 * self._rng.random()))
+                delay = min(delay * 2, trigger.max_backoff_s)
+        self.deliveries.labels(trigger.name, "dropped").inc()
+
+    def backlog(self) -> dict[str, int]:
+        return {name: q.qsize() for name, q in self._queues.items()}
+
+    def app(self) -> Starlette:
+        @asynccontextmanager
+        async def lifespan(_app):
+            self._client = httpx.AsyncClient(limits=httpx.Limits(max_connections=64))
+            for t in self.triggers:
+                self._queues[t.name] = asyncio.Queue(maxsize=t.queue_size)
+                self._tasks += [asyncio.create_task(self._deliver(t)) for _ in range(t.workers)]
+            try:
+                yield
+            finally:
+                # a short drain, then stop: what is left is lost, as with an InMemoryChannel
+                try:
+                    await asyncio.wait_for(asyncio.gather(*(q.join() for q in self._queues.values())), 2.0)
+                except asyncio.TimeoutError:
+                    pass
+                for task in self._tasks:
+                    task.cancel()
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+                await self._client.aclose()
+
+        async def ingress(request: Request) -> Response:
+            body = await request.body()
+            if len(body) > MAX_BODY_BYTES:
+                return JSONResponse({"error": f"event over {MAX_BODY_BYTES} bytes"}, status_code=413)
+            headers = {k.lower(): v for k, v in request.headers.items()
+                       if k.lower().startswith("ce-") or k.lower() in FORWARDED}
+            missing = [h for h in REQUIRED if not headers.get(h)]
+            if missing:
+                return JSONResponse({"error": f"not a binary-mode CloudEvent: missing {', '.join(missing)}"},
+                                    status_code=400)
+            self.received.inc()
+            queued = self.publish(headers, body)
+            return JSONResponse({"accepted": True, "triggers": queued}, status_code=202)
+
+        async def metrics(_request: Request) -> Response:
+            return PlainTextResponse(generate_latest(self.registry).decode(), media_type=CONTENT_TYPE_LATEST)
+
+        async def status(_request: Request) -> Response:
+            return JSONResponse({"triggers": [dataclasses.asdict(t) for t in self.triggers],
+                                 "backlog": self.backlog()})
+
+        async def health(_request: Request) -> Response:
+            return JSONResponse({"status": "ok"})
+
+        return Starlette(routes=[Route("/", ingress, methods=["POST"]),
+                                 Route("/metrics", metrics, methods=["GET"]),
+                                 Route("/status", status, methods=["GET"]),
+                                 Route("/healthz", health, methods=["GET"])], lifespan=lifespan)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import uvicorn
+
+    p = argparse.ArgumentParser(prog="python -m gourmetgram.local.broker",
+                                description="Local stand-in for a Knative Broker + Triggers (CloudEvents fan-out).")
+    p.add_argument("--trigger", action="append", required=True, metavar="NAME=URL[,ATTR=VALUE]",
+                   help="a subscriber and its optional exact-match filter on CloudEvent attributes")
+    p.add_argument("--retry", type=int, default=10, help="delivery retries per event (default: %(default)s)")
+    p.add_argument("--backoff", type=float, default=0.2, help="first back-off in seconds, doubled per retry")
+    p.add_argument("--queue", type=int, default=10000, help="events held per trigger before dropping")
+    p.add_argument("--host", default=constants.HOST)
+    p.add_argument("--port", type=int, default=constants.BROKER_PORT)
+    args = p.parse_args(argv)
+    try:
+        broker = Broker([Trigger.parse(t, retry=args.retry, backoff_s=args.backoff, queue_size=args.queue)
+                         for t in args.trigger])
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(broker.app(), host=args.host, port=args.port, log_level="warning", access_log=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""The loop's metadata tables (SQLAlchemy 2 declarative). Changing them needs a migration in
+``migrations/versions/`` (a test compares the models with the migrated schema)."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+from sqlalchemy import JSON, Boolean, Date, DateTime, Float, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+ANNOTATOR, USER = "annotator", "user"  # label_source values
+LABEL_SOURCES = (ANNOTATOR, USER)
+FLAGS = ("not_food", "inappropriate")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Sample(Base):
+    """One captured prediction: an image (object key) and what the model said about it.
+
+    ``sample_id`` is the inference id (the logger's ``ce-id``, the client's ``X-Inference-Id``)
+    for the first image of a request, ``<id>/<k>`` for the k-th of a multi-image request. The
+    request event fills the image half, the response event the prediction half, in either order.
+    """
+
+    __tablename__ = "samples"
+    sample_id: Mapped[str] = mapped_column(String(160), primary_key=True)
+    inference_id: Mapped[str] = mapped_column(String(128), index=True)
+    instance: Mapped[int] = mapped_column(Integer, default=0)
+    object_key: Mapped[str | None] = mapped_column(String(300))
+    content_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+    content_type: Mapped[str | None] = mapped_column(String(64))
+    size_bytes: Mapped[int | None] = mapped_column(Integer)
+    label: Mapped[str | None] = mapped_column(String(128))
+    class_index: Mapped[int | None] = mapped_column(Integer)
+    confidence: Mapped[float | None] = mapped_column(Float)
+    top_k: Mapped[list | None] = mapped_column(JSON)
+    model_name: Mapped[str | None] = mapped_column(String(128))
+    model_version: Mapped[str | None] = mapped_column(String(64), index=True)
+    revision: Mapped[str | None] = mapped_column(String(128))
+    stage: Mapped[str | None] = mapped_column(String(32), index=True)
+    inferenceservice: Mapped[str | None] = mapped_column(String(128))
+    namespace: Mapped[str | None] = mapped_column(String(128))
+    endpoint: Mapped[str | None] = mapped_column(String(32))
+    requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    predicted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    captured_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+    @property
+    def complete(self) -> bool:
+        return self.object_key is not None and self.label is not None
+
+
+class Feedback(Base):
+    """What a user said about a prediction; repeated feedback updates this row in place."""
+
+    __tablename__ = "feedback"
+    sample_id: Mapped[str] = mapped_column(ForeignKey("samples.sample_id"), primary_key=True)
+    correct: Mapped[bool] = mapped_column(Boolean)
+    correct_class: Mapped[str | None] = mapped_column(String(128))
+    flag: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updates: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class LabelTask(Base):
+    """A sample queued for labelling (once), and where it went in Label Studio."""
+
+    __tablename__ = "label_tasks"
+    sample_id: Mapped[str] = mapped_column(ForeignKey("samples.sample_id"), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(32))
+    queued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    queue_day: Mapped[date] = mapped_column(Date, index=True)
+    ls_project_id: Mapped[int | None] = mapped_column(Integer)
+    ls_task_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    pushed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Label(Base):
+    """A ground-truth label for a sample, from a human annotator or a user's correction."""
+
+    __tablename__ = "labels"
+    __table_args__ = (UniqueConstraint("sample_id", "label_source", name="uq_labels_sample_source"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sample_id: Mapped[str] = mapped_column(ForeignKey("samples.sample_id"), index=True)
+    label_source: Mapped[str] = mapped_column(String(16))
+    label: Mapped[str] = mapped_column(String(128))
+    labelled_by: Mapped[str | None] = mapped_column(String(256))
+    labelled_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    external_id: Mapped[str | None] = mapped_column(String(64))

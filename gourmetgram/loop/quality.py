@@ -1,0 +1,113 @@
+"""Counts and production accuracy from the metadata store (``loop status``, the sink's /metrics).
+
+Production accuracy per model version, two ways (SageMaker Model Monitor's model-quality
+merge, by inference id):
+
+* ``feedback``: the share of predictions users marked correct, among those with feedback
+  (biased: people answer more when something is wrong, and only some answer);
+* ``labels``: the share whose ground truth (a human annotator's label, else a user's
+  correction) equals the prediction, among labelled samples. Over the policy's uniform
+  random share this is the unbiased estimate; over all labelled samples it over-weights the
+  low-confidence and disputed ones, so both are reported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+
+from sqlalchemy import func, select
+
+from gourmetgram.loop.models import ANNOTATOR, USER, Feedback, Label, LabelTask, Sample
+
+RANDOM_REASON = "random"
+
+
+@dataclasses.dataclass
+class Accuracy:
+    correct: int = 0
+    total: int = 0
+
+    @property
+    def value(self) -> float | None:
+        return self.correct / self.total if self.total else None
+
+    def add(self, ok: bool) -> None:
+        self.total += 1
+        self.correct += int(ok)
+
+
+def feedback_kinds(fb: Feedback) -> list[str]:
+    kinds = ["correct" if fb.correct else "wrong"]
+    if fb.flag:
+        kinds.append(fb.flag)
+    if fb.correct_class:
+        kinds.append("corrected")
+    return kinds
+
+
+def feedback_counts(session) -> dict[tuple[str, str], int]:
+    """``{(model_version, kind): n}`` with kind correct|wrong|corrected|not_food|inappropriate."""
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    rows = session.execute(select(Sample.model_version, Feedback).join(Feedback, Feedback.sample_id == Sample.sample_id))
+    for version, fb in rows:
+        for kind in feedback_kinds(fb):
+            counts[(version or "unknown", kind)] += 1
+    return dict(counts)
+
+
+def ground_truth(session) -> dict[str, tuple[str, str]]:
+    """``{sample_id: (label, label_source)}``: an annotator's label wins over a user's correction."""
+    truth: dict[str, tuple[str, str]] = {}
+    for sample_id, label, source in session.execute(select(Label.sample_id, Label.label, Label.label_source)):
+        if source == ANNOTATOR or sample_id not in truth:
+            truth[sample_id] = (label, source)
+    return truth
+
+
+def production_accuracy(session) -> dict[str, dict[str, Accuracy]]:
+    """``{model_version: {"feedback": Accuracy, "labels": Accuracy, "labels_random": Accuracy}}``."""
+    out: dict[str, dict[str, Accuracy]] = defaultdict(lambda: {k: Accuracy() for k in
+                                                               ("feedback", "labels", "labels_random")})
+    for version, fb in session.execute(select(Sample.model_version, Feedback)
+                                       .join(Feedback, Feedback.sample_id == Sample.sample_id)):
+        out[version or "unknown"]["feedback"].add(bool(fb.correct))
+    truth = ground_truth(session)
+    if truth:
+        reasons = dict(session.execute(select(LabelTask.sample_id, LabelTask.reason)).all())
+        rows = session.execute(select(Sample.sample_id, Sample.model_version, Sample.label)
+                               .where(Sample.sample_id.in_(list(truth))))
+        for sample_id, version, predicted in rows:
+            if predicted is None:
+                continue
+            ok = truth[sample_id][0] == predicted
+            out[version or "unknown"]["labels"].add(ok)
+            if reasons.get(sample_id) == RANDOM_REASON:
+                out[version or "unknown"]["labels_random"].add(ok)
+    return dict(out)
+
+
+def status(session) -> dict:
+    """What ``gourmetgram loop status`` prints."""
+    def count(stmt) -> int:
+        return session.scalar(stmt) or 0
+
+    complete = (Sample.object_key.is_not(None)) & (Sample.label.is_not(None))
+    labelled_ids = select(Label.sample_id).distinct()
+    return {
+        "captured": count(select(func.count()).select_from(Sample).where(complete)),
+        "partial": count(select(func.count()).select_from(Sample).where(~complete)),
+        "with_feedback": count(select(func.count()).select_from(Feedback)),
+        "queued": count(select(func.count()).select_from(LabelTask)),
+        "pushed": count(select(func.count()).select_from(LabelTask).where(LabelTask.ls_task_id.is_not(None))),
+        "labelled": count(select(func.count()).select_from(labelled_ids.subquery())),
+        "labelled_by_annotator": count(select(func.count()).select_from(Label).where(Label.label_source == ANNOTATOR)),
+        "corrected_by_user": count(select(func.count()).select_from(Label).where(Label.label_source == USER)),
+        "by_stage": dict(session.execute(select(Sample.stage, func.count()).where(complete)
+                                         .group_by(Sample.stage)).all()),
+        "queued_by_reason": dict(session.execute(select(LabelTask.reason, func.count())
+                                                 .group_by(LabelTask.reason)).all()),
+        "accuracy": {v: {k: {"value": a.value, "correct": a.correct, "n": a.total} for k, a in d.items()}
+                     for v, d in production_accuracy(session).items()},
+        "feedback": {f"{v}/{k}": n for (v, k), n in sorted(feedback_counts(session).items())},
+    }

@@ -1,0 +1,130 @@
+"""``configs/loop.yaml``: sampling, feedback limits, the selection policy, export shares.
+
+Where things live (database URL, object store URL, Label Studio URL and token) is not in the
+file: it comes from the environment, because it differs per machine and holds secrets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+from gourmetgram.config import from_mapping, read_yaml, resolve_config_path
+from gourmetgram.constants import STAGES
+from gourmetgram.errors import ConfigError
+from gourmetgram.tracking import home
+
+# Environment variables (one definition; the README lists them).
+ENV_DB_URL = "GOURMETGRAM_LOOP_DB"  # SQLAlchemy URL; default sqlite under $GOURMETGRAM_HOME/loop/
+ENV_OBJECTS_URL = "GOURMETGRAM_LOOP_OBJECTS"  # file:///dir or s3://bucket/prefix
+ENV_S3_ENDPOINT = "GOURMETGRAM_S3_ENDPOINT_URL"  # MinIO / any S3 endpoint; creds from AWS_* vars
+ENV_LS_URL = "LABEL_STUDIO_URL"
+ENV_LS_TOKEN = "LABEL_STUDIO_API_KEY"
+ENV_LS_USERNAME = "LABEL_STUDIO_USERNAME"
+ENV_LS_PASSWORD = "LABEL_STUDIO_PASSWORD"
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptureSettings:
+    sampling: dict = dataclasses.field(default_factory=lambda: {s: 1.0 for s in STAGES})
+    max_in_flight: int = 64
+    max_event_bytes: int = 64 * 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class FeedbackSettings:
+    max_body_bytes: int = 4096
+    wait_for_capture_s: float = 2.0
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicySettings:
+    low_confidence: float = 0.6
+    wrong: bool = True
+    flagged: bool = True
+    random_share: float = 0.1
+    daily_budget: int = 200
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportSettings:
+    evaluation_share: float = 0.2
+    validation_share: float = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelStudioSettings:
+    project_title: str = "GourmetGram production samples"
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopSettings:
+    capture: CaptureSettings = CaptureSettings()
+    feedback: FeedbackSettings = FeedbackSettings()
+    policy: PolicySettings = PolicySettings()
+    export: ExportSettings = ExportSettings()
+    labelstudio: LabelStudioSettings = LabelStudioSettings()
+    source: str = "<defaults>"
+
+    def sampling_rate(self, stage: str | None) -> float:
+        return float(self.capture.sampling.get(stage or "", 1.0))
+
+
+def load_loop_settings(name_or_path: str | Path = "loop") -> LoopSettings:
+    path = resolve_config_path(name_or_path)
+    data = read_yaml(path, "loop config")
+    data.setdefault("source", str(path))
+    s = from_mapping(LoopSettings, data, str(path))
+    problems = []
+    for stage, rate in s.capture.sampling.items():
+        if stage not in STAGES:
+            problems.append(f"capture.sampling: unknown stage {stage!r} (stages: {', '.join(STAGES)})")
+        elif isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
+            problems.append(f"capture.sampling.{stage} must be a number in [0, 1]")
+    if s.capture.max_in_flight < 1:
+        problems.append("capture.max_in_flight must be >= 1")
+    if not 0 <= s.policy.low_confidence <= 1 or not 0 <= s.policy.random_share <= 1:
+        problems.append("policy.low_confidence and policy.random_share must be in [0, 1]")
+    if s.policy.daily_budget < 0:
+        problems.append("policy.daily_budget must be >= 0")
+    e = s.export
+    if e.evaluation_share <= 0 or e.validation_share <= 0 or e.evaluation_share + e.validation_share >= 1:
+        problems.append("export shares must be > 0 and sum to less than 1 (the rest is training)")
+    if problems:
+        raise ConfigError(f"{path}: " + "; ".join(problems))
+    return s
+
+
+def loop_home() -> Path:
+    path = home() / "loop"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def db_url(explicit: str | None = None) -> str:
+    return explicit or os.environ.get(ENV_DB_URL) or f"sqlite:///{loop_home() / 'loop.db'}"
+
+
+def objects_url(explicit: str | None = None) -> str:
+    return explicit or os.environ.get(ENV_OBJECTS_URL) or (loop_home() / "objects").as_uri()
+
+
+def class_names_from(bundle: str | Path | None = None, names: str | None = None) -> list[str]:
+    """Class names from ``a,b,c``, or from a bundle's ``model_spec.json`` (read as JSON: the capture
+    sink's image has no torch), or from the newest exported bundle."""
+    import json
+
+    if names:
+        return [n.strip() for n in names.split(",") if n.strip()]
+    if bundle is None:
+        from gourmetgram.local.stack import find_latest_bundle
+
+        bundle = find_latest_bundle()
+    path = Path(bundle) / "model_spec.json"
+    try:
+        return list(json.loads(path.read_text())["class_names"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"cannot read the class names from {path} ({exc}); pass an exported bundle "
+                          "or the class names") from None

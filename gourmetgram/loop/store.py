@@ -1,0 +1,167 @@
+"""The loop's metadata store: SQLAlchemy engine + alembic migrations + the writes capture needs.
+
+One class, :class:`Store`, opened from a SQLAlchemy URL (``sqlite:///...`` locally,
+``postgresql+psycopg2://...`` on the cluster). Opening migrates the schema to head, so a
+fresh database and an old one end up the same. Writes are idempotent on the sample id:
+a redelivered event updates nothing it already has.
+
+Durability: SQLite runs in WAL mode with ``synchronous=NORMAL``: a committed transaction
+survives the process being killed (kill -9); ``synchronous=FULL`` (``GOURMETGRAM_LOOP_DB_SYNC=FULL``)
+also survives power loss, at a cost per commit.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import create_engine, event, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from gourmetgram.errors import UserError
+from gourmetgram.loop.models import Base, Sample
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """SQLite returns naive datetimes; everything stored is UTC."""
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def alembic_config(url: str | None = None):
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    if url:
+        cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def _sqlite_pragmas(engine: Engine) -> None:
+    sync = os.environ.get("GOURMETGRAM_LOOP_DB_SYNC", "NORMAL").upper()
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):  # noqa: ANN001
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA synchronous={'FULL' if sync == 'FULL' else 'NORMAL'}")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+
+class Store:
+    """Engine, sessions and the schema version of one loop database."""
+
+    def __init__(self, url: str, migrate: bool = True) -> None:
+        self.url = url
+        if url.startswith("sqlite:///"):
+            path = Path(url[len("sqlite:///"):])
+            if str(path) not in ("", ":memory:"):
+                path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.engine = create_engine(url, future=True, pool_pre_ping=True)
+        except Exception as exc:  # noqa: BLE001 - a bad URL is the user's to fix
+            raise UserError(f"cannot open the loop database {url!r}: {exc}") from exc
+        self.is_sqlite = self.engine.dialect.name == "sqlite"
+        if self.is_sqlite:
+            _sqlite_pragmas(self.engine)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False, future=True)
+        # SQLite has one writer: serialise writes in-process instead of spinning on SQLITE_BUSY.
+        self.write_lock = threading.Lock() if self.is_sqlite else _NullLock()
+        if migrate:
+            self.migrate()
+
+    def migrate(self) -> None:
+        from alembic import command
+
+        cfg = alembic_config()
+        with self.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    def revision(self) -> str | None:
+        from alembic.runtime.migration import MigrationContext
+
+        with self.engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self.sessions() as s:
+            yield s
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A session whose transaction commits on exit (rolls back on error), one writer at a time."""
+        with self.write_lock, self.sessions() as s, s.begin():
+            yield s
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # -- capture writes ---------------------------------------------------------------------
+    def upsert_sample(self, sample_id: str, **fields) -> bool:
+        """Create the sample or fill in the fields it does not have yet; True if anything changed.
+
+        Idempotent: a field already set is never overwritten, so a redelivered event (same
+        id, same content) changes nothing and is reported as a duplicate (False).
+        """
+        for attempt in (1, 2):
+            try:
+                with self.write() as s:
+                    row = s.get(Sample, sample_id)
+                    if row is None:
+                        s.add(Sample(sample_id=sample_id, captured_at=utcnow(), **fields))
+                        return True
+                    changed = False
+                    for key, value in fields.items():
+                        if value is not None and getattr(row, key) is None:
+                            setattr(row, key, value)
+                            changed = True
+                    return changed
+            except IntegrityError:  # another process inserted it first: update instead
+                if attempt == 2:
+                    raise
+        return False
+
+    def get_sample(self, sample_id: str) -> Sample | None:
+        with self.session() as s:
+            return s.get(Sample, sample_id)
+
+    def count_samples(self) -> int:
+        from sqlalchemy import func
+
+        with self.session() as s:
+            return s.scalar(select(func.count()).select_from(Sample)) or 0
+
+
+class _NullLock:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def open_store(url: str | None = None) -> Store:
+    from gourmetgram.loop.settings import db_url
+
+    return Store(db_url(url))
+
+
+__all__ = ["Store", "open_store", "alembic_config", "utcnow", "as_utc", "Base"]

@@ -1,0 +1,233 @@
+"""Closing the loop, storage and policy: migrations, capture from logger events (either order,
+redelivered), the feedback API's answers, the selection policy, production accuracy, export.
+
+Everything here runs in-process on SQLite and a local object folder (seconds); the S3 path
+runs against moto's real S3 HTTP server in tests/test_loop_s3.py.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from starlette.testclient import TestClient
+
+from capture_sink.server import CaptureService, create_app
+from gourmetgram.data.layout import validate_dataset
+from gourmetgram.loop import quality
+from gourmetgram.loop.export import LINEAGE_FILE, ExportError, export_dataset, split_of
+from gourmetgram.loop.models import ANNOTATOR, Base, Label, LabelTask, Sample
+from gourmetgram.loop.objects import ObjectStore
+from gourmetgram.loop.policy import queue_samples, select_samples
+from gourmetgram.loop.settings import (
+    CaptureSettings, ExportSettings, FeedbackSettings, LoopSettings, PolicySettings, load_loop_settings,
+)
+from gourmetgram.loop.store import Store, utcnow
+from loop_helpers import CLASSES, ce_headers, image, new_id, request_body, response_body
+
+
+@pytest.fixture()
+def store(tmp_path):
+    s = Store(f"sqlite:///{tmp_path / 'loop.db'}")
+    yield s
+    s.dispose()
+
+
+@pytest.fixture()
+def objects(tmp_path):
+    return ObjectStore((tmp_path / "objects").as_uri())
+
+
+def _service(store, objects, **capture) -> CaptureService:
+    settings = LoopSettings(capture=CaptureSettings(**capture) if capture else CaptureSettings(),
+                            feedback=FeedbackSettings(wait_for_capture_s=0.0))
+    return CaptureService(store, objects, settings, CLASSES)
+
+
+def _capture(client, ce_id, blob, label="two", confidence=0.9, order=("request", "response"), **kw):
+    for kind in order:
+        body = request_body(blob) if kind == "request" else response_body(label, confidence)
+        r = client.post("/", content=body, headers=ce_headers(ce_id, kind, **kw))
+        assert r.status_code == 200, r.text
+
+
+def test_migrations_create_exactly_the_models(store):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    assert store.revision() == "0001"
+    with store.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+    Store(store.url).dispose()  # opening again is a no-op migration
+
+
+def test_capture_pairs_halves_in_either_order_and_stores_duplicates_once(store, objects):
+    service = _service(store, objects)
+    client = TestClient(create_app(service))
+    a, b = new_id(), new_id()
+    _capture(client, a, image(1), "two", 0.91)
+    _capture(client, b, image(2), "one", 0.42, order=("response", "request"), endpoint="canary")
+    for sid, label, stage in ((a, "two", "production"), (b, "one", "canary")):
+        s = store.get_sample(sid)
+        assert s.complete and s.label == label and s.stage == stage and s.model_version == "3"
+        assert s.revision == "food11-transformer-00001" and s.top_k[0]["label"] == label
+        assert objects.get(s.object_key) == (image(1) if sid == a else image(2))  # object behind the row
+    # redelivery of both halves: nothing changes, counted as duplicates
+    r1 = client.post("/", content=request_body(image(1)), headers=ce_headers(a, "request"))
+    r2 = client.post("/", content=response_body("two", 0.91), headers=ce_headers(a, "response"))
+    assert r1.json()["outcome"] == r2.json()["outcome"] == "duplicate"
+    assert store.count_samples() == 2
+    metrics = client.get("/metrics").text
+    assert "capture_events_duplicate_total 2.0" in metrics
+    # not a CloudEvent / bad payload -> 400, counted
+    assert client.post("/", content=b"{}", headers={"content-type": "application/json"}).status_code == 400
+    bad = ce_headers(new_id(), "request")
+    assert client.post("/", content=b'{"instances": 3}', headers=bad).status_code == 400
+    assert "capture_events_invalid_total 2.0" in client.get("/metrics").text
+
+
+def test_sampling_rate_per_stage_is_consistent_for_request_and_response(store, objects):
+    service = _service(store, objects, sampling={"staging": 0.0, "canary": 1.0, "production": 0.5})
+    client = TestClient(create_app(service))
+    ids = [new_id() for _ in range(60)]
+    for i, ce_id in enumerate(ids):
+        _capture(client, ce_id, image(i), isvc="food11")
+    _capture(client, new_id(), image(99), isvc="food11-staging")
+    with store.session() as s:
+        rows = s.query(Sample).all()
+    assert all(r.complete for r in rows)  # never half a sample: both halves drew the same
+    assert 10 < len(rows) < 50 and all(r.stage == "production" for r in rows)
+    assert 'capture_events_sampled_out_total{stage="staging"} 2.0' in client.get("/metrics").text
+
+
+BAD_FEEDBACK = [
+    (b"not json", 400, "must be JSON"),
+    (b"[1, 2]", 400, "JSON object"),
+    (json.dumps({"correct": True}).encode(), 400, "inference_id"),
+    (json.dumps({"inference_id": "x", "correct": "yes"}).encode(), 400, "true or false"),
+    (json.dumps({"inference_id": "x", "correct": False, "correct_class": "pizza"}).encode(), 400,
+     "valid classes: zero, one, two, three"),
+    (json.dumps({"inference_id": "x", "correct": False, "flag": "spam"}).encode(), 400, "not_food"),
+    (json.dumps({"inference_id": "x", "correct": False, "extra": 1}).encode(), 400, "unknown field"),
+    (json.dumps({"inference_id": "x" * 5000, "correct": False}).encode(), 413, "limit"),
+    (json.dumps({"inference_id": "no-such-id", "correct": False}).encode(), 404, "no captured prediction"),
+]
+
+
+@pytest.mark.parametrize("body,status,message", BAD_FEEDBACK)
+def test_bad_feedback_gets_its_4xx(store, objects, body, status, message):
+    client = TestClient(create_app(_service(store, objects)))
+    r = client.post("/v1/feedback", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == status and message in r.json()["error"], r.text
+
+
+def test_feedback_stores_updates_in_place_and_feeds_metrics(store, objects):
+    client = TestClient(create_app(_service(store, objects)))
+    ids = [new_id() for _ in range(4)]
+    for i, ce_id in enumerate(ids):
+        _capture(client, ce_id, image(10 + i), "two", 0.8)
+    r = client.post("/v1/feedback", json={"inference_id": ids[0], "correct": True})
+    assert r.status_code == 200 and r.json()["correct"] is True and r.json()["predicted_label"] == "two"
+    assert r.json()["model_version"] == "3" and r.json()["updates"] == 0
+    r = client.post("/v1/feedback", json={"inference_id": ids[0], "correct": False, "correct_class": "three"})
+    assert r.status_code == 200 and r.json()["updates"] == 1 and r.json()["correct_class"] == "three"
+    contradiction = client.post("/v1/feedback", json={"inference_id": ids[1], "correct": True, "correct_class": "one"})
+    assert contradiction.status_code == 400
+    client.post("/v1/feedback", json={"inference_id": ids[1], "correct": False, "flag": "not_food"})
+    client.post("/v1/feedback", json={"inference_id": ids[2], "correct": True})
+    with store.session() as s:
+        labels = s.query(Label).all()
+        acc = quality.production_accuracy(s)["3"]
+    assert [(l.sample_id, l.label, l.label_source) for l in labels] == [(ids[0], "three", "user")]
+    assert (acc["feedback"].correct, acc["feedback"].total) == (1, 3)
+    assert (acc["labels"].correct, acc["labels"].total) == (0, 1)
+    m = client.get("/metrics").text
+    assert 'gourmetgram_feedback{kind="wrong",model_version="3"} 2.0' in m
+    assert 'gourmetgram_feedback{kind="not_food",model_version="3"} 1.0' in m
+    assert 'gourmetgram_production_accuracy{model_version="3",source="feedback"} 0.333' in m
+    # withdrawing the correction removes the user label
+    client.post("/v1/feedback", json={"inference_id": ids[0], "correct": True})
+    with store.session() as s:
+        assert s.query(Label).count() == 0
+
+
+def _sample(store, objects, i, confidence=0.9, label="two", when=None):
+    key, sha = objects.put_image(image(i))
+    store.upsert_sample(f"s{i:03d}", inference_id=f"s{i:03d}", instance=0, object_key=key, content_sha256=sha,
+                        content_type="image/png", label=label, confidence=confidence, model_version="3")
+    return f"s{i:03d}"
+
+
+def test_policy_priorities_budget_and_queued_once(store, objects):
+    from gourmetgram.loop.feedback import record_feedback
+
+    for i in range(40):
+        _sample(store, objects, i, confidence=0.3 if i % 10 == 0 else 0.95)
+    record_feedback(store, {"inference_id": "s005", "correct": False, "correct_class": "one", "flag": None})
+    record_feedback(store, {"inference_id": "s007", "correct": True, "correct_class": None, "flag": "inappropriate"})
+    policy = PolicySettings(low_confidence=0.5, random_share=0.25, daily_budget=6, seed=1)
+    now = datetime(2026, 12, 1, 12, tzinfo=timezone.utc)
+    first = queue_samples(store, policy, now)
+    assert [r for _, r in first][:6] == ["wrong", "flagged", "low_confidence", "low_confidence",
+                                        "low_confidence", "low_confidence"]
+    assert first[0][0] == "s005" and len(first) == 6
+    assert queue_samples(store, policy, now + timedelta(hours=1)) == []  # budget spent today
+    second = queue_samples(store, policy, now + timedelta(days=1))
+    assert {r for _, r in second} == {"random"} and len(second) == 6
+    assert not {s for s, _ in first} & {s for s, _ in second}  # queued once
+    # the random share is a fixed draw per sample: about 25% of the 34 unflagged, confident samples
+    everything = PolicySettings(low_confidence=0.5, random_share=0.25, daily_budget=10_000, seed=1)
+    rest = select_samples(store, everything, now + timedelta(days=2))
+    randoms = len(rest) + len(second)
+    assert 3 <= randoms <= 17, randoms
+
+
+def test_export_splits_by_content_hash_with_lineage_and_validates(store, objects, tmp_path, demo_dataset):
+    shares = ExportSettings(evaluation_share=0.2, validation_share=0.1)
+    # the same photo captured twice (two inference ids): exported once
+    ids = [_sample(store, objects, i, label=CLASSES[i % 4]) for i in range(60)]
+    key, sha = objects.put_image(image(0))
+    store.upsert_sample("dup", inference_id="dup", object_key=key, content_sha256=sha, content_type="image/png",
+                        label="zero", confidence=0.9, model_version="4")
+    with store.write() as s:
+        for sid in ids + ["dup"]:
+            truth = CLASSES[int(sid[1:]) % 4] if sid != "dup" else "zero"
+            s.add(Label(sample_id=sid, label_source=ANNOTATOR, label=truth, labelled_by="ann@x",
+                        labelled_at=utcnow()))
+    report = export_dataset(store, objects, tmp_path / "prod", CLASSES, shares)
+    assert report.files == 60 and sum(report.per_split.values()) == 60
+    validate_dataset(tmp_path / "prod")
+    lineage = json.loads((tmp_path / "prod" / LINEAGE_FILE).read_text())
+    splits_of_hash: dict[str, set] = {}
+    for rec in lineage["samples"]:
+        splits_of_hash.setdefault(rec["content_sha256"], set()).add(rec["split"])
+        assert rec["rebalanced"] or rec["split"] == split_of(rec["content_sha256"], shares)
+        assert rec["label_source"] == ANNOTATOR
+        assert (tmp_path / "prod" / rec["file"]).is_file() and rec["model_version"] in ("3", "4")
+    assert all(len(v) == 1 for v in splits_of_hash.values())  # never in two splits
+    assert sum(r["rebalanced"] for r in lineage["samples"]) <= 12  # at most one per split and class
+    # too few labels for every split/class: a clear failure, unless added to a base dataset
+    with pytest.raises(ExportError, match="--base"):
+        with store.write() as s:
+            s.query(Label).filter(Label.sample_id.in_(ids[4:])).delete()
+        export_dataset(store, objects, tmp_path / "small", CLASSES, shares)
+    names = (demo_dataset / "classes.txt").read_text().split()
+    with store.write() as s:
+        for sid in ids[:4]:
+            s.query(Label).filter_by(sample_id=sid).update({"label": names[0]})
+    merged = export_dataset(store, objects, tmp_path / "merged", names, shares, base=demo_dataset)
+    assert merged.files >= 1
+    validate_dataset(tmp_path / "merged")
+    base_files = sum(1 for _ in (demo_dataset / "training").rglob("*.jpg"))
+    assert sum(1 for _ in (tmp_path / "merged" / "training").rglob("*.jpg")) >= base_files
+
+
+def test_loop_config_is_checked(tmp_path):
+    assert load_loop_settings().policy.daily_budget > 0
+    bad = tmp_path / "loop.yaml"
+    bad.write_text("capture:\n  sampling:\n    prod: 2\n")
+    from gourmetgram.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown stage 'prod'"):
+        load_loop_settings(bad)
