@@ -35,6 +35,8 @@ class DemoContext:
     stack: object | None = None  # gourmetgram.local.stack.LocalStack, production, once serving
     detector_url: str = ""
     prometheus: object | None = None  # gourmetgram.rollout.prometheus.LocalPrometheus
+    loop: object | None = None  # gourmetgram.local.loop.LoopServices (broker + capture sink)
+    label_studio: object | None = None  # gourmetgram.loop.labelstudio.LabelStudioServer, starting
 
     @property
     def bundle(self) -> Path:
@@ -120,6 +122,7 @@ def stage_serve(ctx: DemoContext) -> None:
     version = int(ctx.run.outcome["version"])
     registry.set_stage(PRODUCTION, version)
     print(f"registry: version {version} now also has alias {PRODUCTION!r}")
+    ctx.label_studio = _start_label_studio(ctx)  # slow to come up: started first, awaited in stage 5
     port = free_port()
     ctx.detector_url = f"http://127.0.0.1:{port}"
     from gourmetgram.local import control
@@ -132,12 +135,20 @@ def stage_serve(ctx: DemoContext) -> None:
                        lambda: _get_ok(f"{ctx.detector_url}/health"), env=_child_env())
     detector.start(Path.cwd())
     ctx.cleanup.callback(detector.stop)
-    ctx.stack = LocalStack(ctx.bundle, PRODUCTION, Ports.free(), logger_url=ctx.detector_url + "/",
+    from gourmetgram.local.loop import LoopServices
+
+    # the logger's fan-out: broker -> drift detector + capture sink (closing the loop)
+    ctx.loop = LoopServices(ctx.bundle, ctx.home / "logs" / "demo", detector_url=ctx.detector_url).start()
+    ctx.cleanup.callback(ctx.loop.stop)
+    ctx.stack = LocalStack(ctx.bundle, PRODUCTION, Ports.free(), logger_url=ctx.loop.broker_url + "/",
+                           feedback_url=ctx.loop.capture_url, model_version=version,
                            log_dir=ctx.home / "logs" / "demo")
     ctx.stack.start()
     ctx.cleanup.callback(ctx.stack.stop)
     detector.wait_ready(120)
-    for name, url in {**ctx.stack.endpoints(), "drift detector": ctx.detector_url}.items():
+    for name, url in {**ctx.stack.endpoints(), "drift detector": ctx.detector_url,
+                      "broker (logger fan-out)": ctx.loop.broker_url,
+                      "capture sink": ctx.loop.capture_url}.items():
         print(f"  {name:<22} {url}")
 
     sample = _sample(ctx, SERVE_SAMPLE)
@@ -159,7 +170,147 @@ def stage_serve(ctx: DemoContext) -> None:
           f"{ctx.run.evaluation.n_images}); same class as the in-process model for {agree:.1%}")
 
 
-# -- stage 5: canary rollout ---------------------------------------------------------------------
+# -- stage 5: closing the loop -----------------------------------------------------------------------
+
+LOOP_PHOTOS = 60  # "new" user photos (evaluation images re-encoded: new bytes, new content hash)
+LOOP_FEEDBACK = 30
+
+
+def _label_studio_credentials(ctx: DemoContext) -> dict[str, str]:
+    """LABEL_STUDIO_USERNAME/PASSWORD/API_KEY from the environment, else generated once for this
+    machine and kept (mode 600) next to Label Studio's data, so its first user stays valid."""
+    import json
+    import os
+    import secrets
+
+    from gourmetgram.loop.settings import ENV_LS_PASSWORD, ENV_LS_TOKEN, ENV_LS_USERNAME, loop_home
+
+    path = loop_home() / "label-studio-credentials.json"
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    creds = {ENV_LS_USERNAME: os.environ.get(ENV_LS_USERNAME) or saved.get(ENV_LS_USERNAME) or "admin@gourmetgram.local",
+             ENV_LS_PASSWORD: os.environ.get(ENV_LS_PASSWORD) or saved.get(ENV_LS_PASSWORD) or secrets.token_urlsafe(12),
+             ENV_LS_TOKEN: os.environ.get(ENV_LS_TOKEN) or saved.get(ENV_LS_TOKEN) or secrets.token_hex(20)}
+    if creds != saved:
+        path.write_text(json.dumps(creds))
+        path.chmod(0o600)
+    return creds
+
+
+def _start_label_studio(ctx: DemoContext):
+    """Label Studio in its own process (own venv); None (the loop stage says why) if not installed."""
+    import os
+
+    from gourmetgram.loop.labelstudio import LabelStudioServer, LabelStudioUnavailable
+    from gourmetgram.loop.settings import loop_home
+    from gourmetgram.rollout.prometheus import free_port
+
+    os.environ.update(_label_studio_credentials(ctx))
+    try:
+        server = LabelStudioServer(loop_home() / "label-studio", port=free_port(),
+                                   log_path=ctx.home / "logs" / "demo" / "label-studio.log")
+    except LabelStudioUnavailable as exc:
+        print(f"(Label Studio: {exc})")
+        return None
+    server.service.start(cwd=ctx.home)
+    ctx.cleanup.callback(server.stop)
+    return server
+
+
+def _reencode(blob: bytes) -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.open(io.BytesIO(blob)).convert("RGB").save(out, "JPEG", quality=85)
+    return out.getvalue()
+
+
+def stage_loop(ctx: DemoContext) -> None:
+    """Captured predictions, simulated user feedback, the labelling queue into Label Studio,
+    simulated annotators, annotations back, a labelled export, and the loop's status."""
+    import random
+
+    import httpx
+
+    from gourmetgram.cli.main import main
+    from gourmetgram.local.traffic import predict
+    from gourmetgram.loop.labelstudio import client
+    from gourmetgram.loop.store import open_store
+
+    store = open_store()
+
+    def served_label(sample_id: str) -> str | None:
+        row = store.get_sample(sample_id)
+        return None if row is None else row.label
+
+    rng = random.Random(0)
+    names = ctx.run.evaluation.class_names
+    sample = _sample(ctx, LOOP_PHOTOS + 40)[40:]  # others than the serve stage's first ones
+    truth: dict[str, str] = {}
+    with httpx.Client(timeout=60) as http:
+        for path, label in sample:
+            r = predict(http, ctx.stack.gateway_url, _reencode(path.read_bytes()))
+            truth[r.headers["x-inference-id"]] = names[label]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            st = http.get(f"{ctx.loop.capture_url}/status").json()
+            if st["captured"] >= len(truth):
+                break
+            time.sleep(0.5)
+        print(f"{len(truth)} new user photos served; the capture sink holds {st['captured']} predictions "
+              f"(image in the object store, prediction + model version {ctx.run.outcome['version']} in SQLite), "
+              f"every response carried X-Inference-Id")
+        print(f"\n[SIMULATED USERS] feedback on {LOOP_FEEDBACK} predictions through POST {ctx.stack.gateway_url}/v1/feedback")
+        kinds = {"correct": 0, "wrong": 0, "corrected": 0, "flagged": 0}
+        for i, (inference_id, label) in enumerate(list(truth.items())[:LOOP_FEEDBACK]):
+            body: dict = {"inference_id": inference_id}
+            served = served_label(inference_id)
+            body["correct"] = served == label
+            if not body["correct"] and rng.random() < 0.7:
+                body["correct_class"] = label
+                kinds["corrected"] += 1
+            if i % 15 == 7:
+                body["flag"] = "not_food"
+                kinds["flagged"] += 1
+            kinds["correct" if body["correct"] else "wrong"] += 1
+            r = http.post(f"{ctx.stack.gateway_url}/v1/feedback", json=body)
+            if r.status_code != 200:
+                print(f"  feedback {r.status_code}: {r.text[:200]}")
+        print("  " + ", ".join(f"{k} {v}" for k, v in kinds.items()))
+    ls = ctx.label_studio
+    if ls is None:
+        print("Label Studio is not installed (scripts/setup.sh installs it into .venv-labelstudio): "
+              "skipping the labelling queue")
+        main(["loop", "status"])
+        return
+    print(f"\nwaiting for Label Studio at {ls.url} (first start: database migrations, a minute or two)...", flush=True)
+    ls.service.wait_ready(600)
+    ls_args = ["--labelstudio-url", ls.url, "--bundle", str(ctx.bundle)]
+    main(["loop", "queue", *ls_args])
+    api = client(ls.url)
+    project = next(p for p in api.projects.list() if p.title == "GourmetGram production samples")
+    tasks = [t for t in api.tasks.list(project=project.id, fields="all") if not t.annotations]
+    print(f"\n[SIMULATED ANNOTATORS] labelling {len(tasks)} task(s) through Label Studio's API "
+          "(a stand-in for people clicking in the UI; they know the true class of these demo photos)")
+    for t in tasks:
+        label = truth.get(t.data["sample_id"]) or served_label(t.data["sample_id"])
+        api.annotations.create(id=t.id, result=[{"from_name": "label", "to_name": "image", "type": "choices",
+                                                 "value": {"choices": [label]}}])
+    main(["loop", "sync", *ls_args])
+    out = ctx.home / "data" / "production"
+    code = main(["loop", "export", "--bundle", str(ctx.bundle), "--base", str(ctx.dataset), "--output", str(out),
+                 "--overwrite"])
+    if code == 0:
+        main(["data", "validate", str(out)])
+    print()
+    main(["loop", "status"])
+    print(f"\nLabel Studio: {ls.url} (user {ls.username}; password and token in "
+          f"$GOURMETGRAM_HOME/loop/label-studio-credentials.json); it stops with the demo: "
+          "`gourmetgram loop labelstudio` starts it again")
+
+
+# -- stage 6: canary rollout ---------------------------------------------------------------------
 
 DEMO_AUTO = ["--window", "15s", "--min-requests", "15", "--steps", "", "--interval", "4",
              "--passes-per-step", "2", "--timeout", "180"]
@@ -221,7 +372,7 @@ def stage_canary(ctx: DemoContext) -> None:
     _rollout("status", *gw)
 
 
-# -- stage 6: drift -------------------------------------------------------------------------------
+# -- stage 7: drift -------------------------------------------------------------------------------
 
 def _darken(blob: bytes, factor: float = 0.4) -> bytes:
     import io
@@ -284,9 +435,11 @@ STAGES: list[Stage] = [
     ("3. report", stage_report, lambda ctx: ctx.run is not None),
     ("4. serve: drift detector + production stack (Triton, transformer, gateway) with the new model",
      stage_serve, lambda ctx: ctx.run is not None and ctx.run.registered and not ctx.args.no_serve),
-    ("5. canary rollout: good canary promoted, bad canary rolled back (rollout auto + Prometheus)",
+    ("5. closing the loop: capture, user feedback, labelling queue -> Label Studio, annotations, export",
+     stage_loop, lambda ctx: ctx.stack is not None and ctx.loop is not None),
+    ("6. canary rollout: good canary promoted, bad canary rolled back (rollout auto + Prometheus)",
      stage_canary, lambda ctx: ctx.stack is not None),
-    ("6. drift: in-distribution traffic, then darker photos -> drift alarm", stage_drift,
+    ("7. drift: in-distribution traffic, then darker photos -> drift alarm", stage_drift,
      lambda ctx: ctx.stack is not None),
 ]
 
@@ -321,7 +474,8 @@ def add_parser(subparsers) -> None:
         "demo", help="run the whole loop locally on the embedded demo dataset",
         description="Build the demo dataset if needed, run the training pipeline with kfp.local "
                     "(config 'demo') and print the evaluation report and where the model went; then "
-                    "serve it (Triton, transformer, gateway, drift detector), roll out a good and a "
+                    "serve it (Triton, transformer, gateway, drift detector, capture sink), close the "
+                    "loop (feedback, Label Studio queue, simulated annotators, export), roll out a good and a "
                     "bad canary with `rollout auto`, and raise a drift alarm. State goes to "
                     "$GOURMETGRAM_HOME (default ./.gourmetgram). Exit 1 if the evaluation gate "
                     "rejects the model.")

@@ -1,0 +1,100 @@
+"""The closing-the-loop services next to a local stack: the broker (the logger's fan-out) and
+the capture sink (+ feedback API), as supervised child processes.
+
+    with LoopServices(bundle, log_dir, detector_url=...) as loop:
+        LocalStack(bundle, "production", logger_url=loop.broker_url, feedback_url=loop.capture_url)
+
+The gateway's logger posts to the broker; the broker's triggers deliver to the capture sink
+(every event) and to the drift detector (when given), each with retries, so the detector and
+the capture sink fail independently and neither can reach a prediction.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+from gourmetgram import constants
+from gourmetgram.local.stack import Ports, Service, _child_env, _get_ok
+
+START_TIMEOUT_S = 120.0
+
+
+def _free_port(host: str) -> int:
+    return Ports.free(host).gateway
+
+
+class LoopServices:
+    def __init__(self, bundle: str | Path, log_dir: str | Path, detector_url: str | None = None,
+                 db_url: str | None = None, objects_url: str | None = None, config: str = "loop",
+                 host: str = constants.HOST, capture_port: int | None = None, broker_port: int | None = None,
+                 broker_retry: int = 10) -> None:
+        self.bundle, self.log_dir, self.host = Path(bundle), Path(log_dir), host
+        self.capture_port = capture_port or _free_port(host)
+        self.broker_port = broker_port or _free_port(host)
+        env = _child_env()
+        # the capture sink's package lives in capture/ (installed as capture_sink by setup.cfg)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(constants.REPO_ROOT / "capture"),
+                                                           env.get("PYTHONPATH")]))
+        argv = [sys.executable, "-m", "capture_sink", "--bundle", str(self.bundle), "--host", host,
+                "--port", str(self.capture_port), "--config", config]
+        if db_url:
+            argv += ["--db", db_url]
+        if objects_url:
+            argv += ["--objects", objects_url]
+        self._capture_args = (argv, env)
+        self.capture = self._capture_service()
+        triggers = ["--trigger", f"capture={self.capture_url}/"]
+        if detector_url:
+            triggers += ["--trigger", f"detector={detector_url.rstrip('/')}/"]
+        self.broker = Service(
+            "broker", [sys.executable, "-m", "gourmetgram.local.broker", "--host", host,
+                       "--port", str(self.broker_port), "--retry", str(broker_retry), *triggers],
+            self.log_dir / "broker.log", lambda: _get_ok(f"{self.broker_url}/healthz"), env=_child_env())
+
+    def _capture_service(self) -> Service:
+        argv, env = self._capture_args
+        return Service("capture-sink", argv, self.log_dir / "capture.log",
+                       lambda: _get_ok(f"{self.capture_url}/health"), env=env)
+
+    @property
+    def capture_url(self) -> str:
+        return f"http://{self.host}:{self.capture_port}"
+
+    @property
+    def broker_url(self) -> str:
+        return f"http://{self.host}:{self.broker_port}"
+
+    def start(self) -> "LoopServices":
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            for service in (self.capture, self.broker):
+                service.start(cwd=self.log_dir)
+            for service in (self.capture, self.broker):
+                service.wait_ready(START_TIMEOUT_S)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def kill_capture(self) -> None:
+        """SIGKILL the capture sink (fault tests): no chance to flush or answer anything."""
+        os.killpg(self.capture.pid, signal.SIGKILL)
+        self.capture.proc.wait(10)
+
+    def restart_capture(self) -> None:
+        self.capture = self._capture_service()
+        self.capture.start(cwd=self.log_dir)
+        self.capture.wait_ready(START_TIMEOUT_S)
+
+    def stop(self) -> None:
+        for service in (self.broker, self.capture):
+            service.stop()
+
+    def __enter__(self) -> "LoopServices":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
