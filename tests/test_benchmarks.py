@@ -67,3 +67,17 @@ def test_quick_benchmark_prints_every_row_and_positive_ratios(tmp_path):
         assert result["ratios"][key] > 0
         assert key in proc.stdout
     assert result["stages"]["decode_preprocess_ms_per_image"] > 0
+
+
+@pytest.mark.slow
+def test_capture_benchmark_quick_run_reports_every_figure(tmp_path):
+    out = tmp_path / "capture.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "capture_throughput.py"), "--quick",
+                           "--json", str(out)], capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    served, alone = figures["served"], figures["capture_alone"]
+    assert served["served"] > 0 and served["errors"] == 0
+    assert served["captured"] >= served["served"]  # every prediction of the run was captured
+    assert alone["stored"] == alone["predictions"] and figures["ratio_capture_alone_over_served"] > 0
+    assert figures["storage_per_1000"]["object_bytes"] > 0 and "capture alone / served" in proc.stdout

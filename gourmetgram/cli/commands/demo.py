@@ -234,6 +234,7 @@ def stage_loop(ctx: DemoContext) -> None:
     import httpx
 
     from gourmetgram.cli.main import main
+    from gourmetgram.errors import UserError
     from gourmetgram.local.traffic import predict
     from gourmetgram.loop.labelstudio import client
     from gourmetgram.loop.store import open_store
@@ -285,7 +286,12 @@ def stage_loop(ctx: DemoContext) -> None:
         main(["loop", "status"])
         return
     print(f"\nwaiting for Label Studio at {ls.url} (first start: database migrations, a minute or two)...", flush=True)
-    ls.service.wait_ready(600)
+    try:
+        ls.service.wait_ready(600)
+    except UserError as exc:
+        print(f"Label Studio did not come up ({exc}); skipping the labelling queue")
+        main(["loop", "status"])
+        return
     ls_args = ["--labelstudio-url", ls.url, "--bundle", str(ctx.bundle)]
     main(["loop", "queue", *ls_args])
     api = client(ls.url)

@@ -45,15 +45,35 @@ def _serve(args: argparse.Namespace) -> int:
     from gourmetgram.local.stack import LocalStack
 
     ports = parse_ports(args.ports, args.free_ports)
+    loop = None
+    extra: dict = {}
+    if args.loop:
+        from gourmetgram.local.loop import LoopServices
+        from gourmetgram.local.stack import find_latest_bundle
+        from gourmetgram.tracking import home
+
+        # the logger goes to the broker, which fans out to the detector's port and the capture sink
+        bundle = args.bundle or find_latest_bundle()
+        loop = LoopServices(bundle, home() / "logs" / f"serve-{args.stage}", host=args.host,
+                            detector_url=f"http://{args.host}:{constants.DETECTOR_PORT}/",
+                            capture_port=None if args.free_ports else constants.CAPTURE_PORT,
+                            broker_port=None if args.free_ports else constants.BROKER_PORT)
+        extra = {"logger_url": loop.broker_url + "/", "feedback_url": loop.capture_url,
+                 "model_version": args.model_version}
     stack = LocalStack(bundle=args.bundle, stage=args.stage, ports=ports, host=args.host,
-                       manifest=args.manifest)
+                       manifest=args.manifest, **extra)
     signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM stops as cleanly as Ctrl-C
     print(f"starting {stack.manifest.name} ({args.stage}) from {stack.bundle}; logs in {stack.log_dir}",
           flush=True)
     try:
+        if loop is not None:
+            loop.start()
         with stack:
             print("ready:")
-            for name, url in stack.endpoints().items():
+            endpoints = stack.endpoints()
+            if loop is not None:
+                endpoints.update({"broker (logger fan-out)": loop.broker_url, "capture sink": loop.capture_url})
+            for name, url in endpoints.items():
                 print(f"  {name:<20} {url}")
             print("Ctrl-C to stop.", flush=True)
             while True:
@@ -66,6 +86,9 @@ def _serve(args: argparse.Namespace) -> int:
                 time.sleep(1.0)
     except KeyboardInterrupt:
         print("stopping...", flush=True)
+    finally:
+        if loop is not None:
+            loop.stop()
     print("stopped.", flush=True)
     return 0
 
@@ -85,4 +108,8 @@ def add_parser(subparsers) -> None:
                         "transformer_http, transformer_grpc, gateway")
     parser.add_argument("--free-ports", action="store_true", help="start from free ephemeral ports")
     parser.add_argument("--host", default=constants.HOST, help="address to bind (default: %(default)s)")
+    parser.add_argument("--loop", action="store_true",
+                        help="also start the capture sink + feedback API (8071) and the broker (8060) that "
+                        "fans the logger's events out to it and to the drift detector (8070)")
+    parser.add_argument("--model-version", help="registered version of the bundle (recorded with captures)")
     parser.set_defaults(func=_serve)
