@@ -140,10 +140,10 @@ def served_run(bundle: Path, images: list[bytes], root: Path, duration: float, c
 
 def capture_alone(bundle: Path, images: list[bytes], root: Path, n: int, concurrency: int = 8) -> dict:
     import httpx
+    from loop_helpers import ce_headers, request_body
 
     from gourmetgram.data.demo import DEMO_CLASSES
     from gourmetgram.local.loop import LoopServices
-    from loop_helpers import ce_headers, request_body
 
     db = f"sqlite:///{root / 'loop.db'}"
     loop = LoopServices(bundle, root / "logs", db_url=db, objects_url=(root / "objects").as_uri())

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from loop_helpers import ce_headers, new_id, request_body
 
 from gourmetgram.local.stack import Ports, Service, _child_env, _get_ok
-from loop_helpers import ce_headers, new_id, request_body
 
 
 class Subscriber:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from loop_helpers import CLASSES, image
 
 from gourmetgram.cli.main import main
 from gourmetgram.loop.objects import ObjectStore
 from gourmetgram.loop.store import Store
-from loop_helpers import CLASSES, image
 
 
 @pytest.fixture()

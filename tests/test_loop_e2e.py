@@ -21,6 +21,7 @@ import time
 import httpx
 import pytest
 import torch
+from loop_helpers import ce_headers, request_body
 
 from gourmetgram.cli.main import main
 from gourmetgram.config import ExportConfig
@@ -29,7 +30,6 @@ from gourmetgram.data.layout import list_images
 from gourmetgram.export import export_bundle
 from gourmetgram.local.traffic import predict
 from gourmetgram.model import ModelSpec, build_model
-from loop_helpers import ce_headers, request_body
 
 pytestmark = pytest.mark.slow
 VERSION = "7"
@@ -200,8 +200,8 @@ def test_queue_label_in_label_studio_sync_and_export(chain, served, demo_dataset
 
     with store.session() as s:
         labels = s.query(Label).filter_by(label_source="annotator").all()
-    assert len(labels) == len(tasks) and all("admin@gourmetgram.local" in l.labelled_by for l in labels)
-    assert all(l.label == truth[l.sample_id] for l in labels if l.sample_id in truth)
+    assert len(labels) == len(tasks) and all("admin@gourmetgram.local" in lb.labelled_by for lb in labels)
+    assert all(lb.label == truth[lb.sample_id] for lb in labels if lb.sample_id in truth)
 
     out_dir = tmp_path / "production"
     assert main(["loop", "export", *chain["args"], "--output", str(out_dir), "--base", str(demo_dataset)]) == 0
@@ -242,8 +242,8 @@ def test_capture_sink_killed_under_load_loses_nothing(chain, served, demo_datase
         t.join(60)
     assert len(results) > 10 and all(code == 200 for code, _ in results)  # no prediction failed
     # acknowledged before the kill: logged "stored" after the commit, before the 200
-    acked = {json.loads(l)["inference_id"] for l in killed_log.splitlines()
-             if l.startswith('{"') and '"event":"stored"' in l}
+    acked = {json.loads(line)["inference_id"] for line in killed_log.splitlines()
+             if line.startswith('{"') and '"event":"stored"' in line}
     loop.restart_capture()
     store = _store(chain)
     ids = {i for _, i in results}

@@ -10,6 +10,7 @@ import time
 
 import httpx
 import pytest
+from loop_helpers import CLASSES, ce_headers, image, new_id, request_body, response_body
 from starlette.testclient import TestClient
 
 from capture_sink.server import CaptureService, create_app
@@ -17,7 +18,6 @@ from gourmetgram.local.stack import Ports
 from gourmetgram.loop.objects import ObjectStore, content_key
 from gourmetgram.loop.settings import FeedbackSettings, LoopSettings
 from gourmetgram.loop.store import Store
-from loop_helpers import CLASSES, ce_headers, image, new_id, request_body, response_body
 
 
 @pytest.fixture(scope="module")

@@ -11,20 +11,25 @@ import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from loop_helpers import CLASSES, ce_headers, image, new_id, request_body, response_body
 from starlette.testclient import TestClient
 
 from capture_sink.server import CaptureService, create_app
 from gourmetgram.data.layout import validate_dataset
 from gourmetgram.loop import quality
 from gourmetgram.loop.export import LINEAGE_FILE, ExportError, export_dataset, split_of
-from gourmetgram.loop.models import ANNOTATOR, Base, Label, LabelTask, Sample
+from gourmetgram.loop.models import ANNOTATOR, Base, Label, Sample
 from gourmetgram.loop.objects import ObjectStore
 from gourmetgram.loop.policy import queue_samples, select_samples
 from gourmetgram.loop.settings import (
-    CaptureSettings, ExportSettings, FeedbackSettings, LoopSettings, PolicySettings, load_loop_settings,
+    CaptureSettings,
+    ExportSettings,
+    FeedbackSettings,
+    LoopSettings,
+    PolicySettings,
+    load_loop_settings,
 )
 from gourmetgram.loop.store import Store, utcnow
-from loop_helpers import CLASSES, ce_headers, image, new_id, request_body, response_body
 
 
 @pytest.fixture()
@@ -139,7 +144,7 @@ def test_feedback_stores_updates_in_place_and_feeds_metrics(store, objects):
     with store.session() as s:
         labels = s.query(Label).all()
         acc = quality.production_accuracy(s)["3"]
-    assert [(l.sample_id, l.label, l.label_source) for l in labels] == [(ids[0], "three", "user")]
+    assert [(lb.sample_id, lb.label, lb.label_source) for lb in labels] == [(ids[0], "three", "user")]
     assert (acc["feedback"].correct, acc["feedback"].total) == (1, 3)
     assert (acc["labels"].correct, acc["labels"].total) == (0, 1)
     m = client.get("/metrics").text

@@ -154,7 +154,7 @@ def export_dataset(store: Store, objects: ObjectStore, out: str | Path, class_na
 
     with store.session() as s:
         truth = quality.ground_truth(s)
-        labels = {(l.sample_id, l.label_source): l for l in s.scalars(select(Label))}
+        labels = {(x.sample_id, x.label_source): x for x in s.scalars(select(Label))}
         samples = {x.sample_id: x for x in s.scalars(select(Sample).where(Sample.sample_id.in_(list(truth))))}
 
     # one image, one label: the newest label for each content hash

@@ -11,7 +11,6 @@ Exit codes: 0 ok; 1 a check failed (export cannot make a valid dataset); 2 bad i
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
@@ -60,8 +59,8 @@ def format_status(st: dict) -> str:
         lines.append(f"{'model version':<14} {'feedback acc':>12} {'n':>5} {'label acc':>10} {'n':>5} "
                      f"{'random-share acc':>16} {'n':>5}")
         for version, acc in sorted(st["accuracy"].items()):
-            f, l, r = acc["feedback"], acc["labels"], acc["labels_random"]
-            lines.append(f"{version:<14} {_pct(f['value']):>12} {f['n']:>5} {_pct(l['value']):>10} {l['n']:>5} "
+            f, lab, r = acc["feedback"], acc["labels"], acc["labels_random"]
+            lines.append(f"{version:<14} {_pct(f['value']):>12} {f['n']:>5} {_pct(lab['value']):>10} {lab['n']:>5} "
                          f"{_pct(r['value']):>16} {r['n']:>5}")
     if st["feedback"]:
         lines.append("feedback by version/kind: " + ", ".join(f"{k} {v}" for k, v in st["feedback"].items()))

@@ -1,12 +1,11 @@
 """loop tables: samples, feedback, label_tasks, labels
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-12-01 04:08:44.188631
 """
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0001'
 down_revision = None
