@@ -96,12 +96,13 @@ def record_feedback(store: Store, fb: dict[str, Any], wait_s: float = 0.0) -> tu
                                  f"the prediction {sample.label!r}; send correct: false with the right class")
     now = utcnow()
     with store.write() as s:
-        row = s.get(Feedback, sample_id)
-        created = row is None
-        if created:
+        existing = s.get(Feedback, sample_id)
+        created = existing is None
+        if existing is None:
             row = Feedback(sample_id=sample_id, created_at=now, updates=0)
             s.add(row)
         else:
+            row = existing
             row.updates += 1
         row.correct, row.correct_class, row.flag, row.updated_at = (
             fb["correct"], fb["correct_class"], fb["flag"], now)

@@ -69,9 +69,9 @@ class LabelStudioServer:
 
         self.data_dir = Path(data_dir)
         self.port, self.host = port, host
-        self.username = username or os.environ.get(ENV_LS_USERNAME)
-        self.password = password or os.environ.get(ENV_LS_PASSWORD)
-        self.token = token or os.environ.get(ENV_LS_TOKEN)
+        self.username = username or os.environ.get(ENV_LS_USERNAME) or ""
+        self.password = password or os.environ.get(ENV_LS_PASSWORD) or ""
+        self.token = token or os.environ.get(ENV_LS_TOKEN) or ""
         missing = [name for name, v in ((ENV_LS_USERNAME, self.username), (ENV_LS_PASSWORD, self.password),
                                         (ENV_LS_TOKEN, self.token)) if not v]
         if missing:
@@ -170,6 +170,7 @@ class LabelQueue:
         return p.id
 
     def _image_ref(self, sample: Sample) -> str:
+        assert sample.object_key is not None, "only complete samples are queued"
         if self.objects.protocol == "file":
             data = self.objects.get(sample.object_key)
             return f"data:{sample.content_type or 'image/jpeg'};base64,{base64.b64encode(data).decode()}"

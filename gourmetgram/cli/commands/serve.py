@@ -49,11 +49,15 @@ def _serve(args: argparse.Namespace) -> int:
     extra: dict = {}
     if args.loop:
         from gourmetgram.local.loop import LoopServices
-        from gourmetgram.local.stack import find_latest_bundle
+        from gourmetgram.local.stack import registered_bundle
         from gourmetgram.tracking import home
 
         # the logger goes to the broker, which fans out to the detector's port and the capture sink
-        bundle = args.bundle or find_latest_bundle()
+        bundle = args.bundle or registered_bundle(args.stage)
+        if args.model_version is None and not args.bundle:
+            from gourmetgram import registry
+
+            args.model_version = registry.version_for(args.stage)
         loop = LoopServices(bundle, home() / "logs" / f"serve-{args.stage}", host=args.host,
                             detector_url=f"http://{args.host}:{constants.DETECTOR_PORT}/",
                             capture_port=None if args.free_ports else constants.CAPTURE_PORT,
@@ -111,5 +115,6 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--loop", action="store_true",
                         help="also start the capture sink + feedback API (8071) and the broker (8060) that "
                         "fans the logger's events out to it and to the drift detector (8070)")
-    parser.add_argument("--model-version", help="registered version of the bundle (recorded with captures)")
+    parser.add_argument("--model-version", help="registered version of the bundle, recorded with captures "
+                        "(default: the version the stage's registry alias points at, without --bundle)")
     parser.set_defaults(func=_serve)
