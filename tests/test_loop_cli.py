@@ -50,3 +50,33 @@ def test_queue_without_a_token_is_exit_2(paths, capsys, monkeypatch):
 def test_export_with_too_few_labels_fails_with_the_reason(paths, tmp_path, capsys):
     code = main(["loop", "export", *paths, "--class-names", ",".join(CLASSES), "--output", str(tmp_path / "out")])
     assert code == 1 and "--base" in capsys.readouterr().err
+
+
+def test_gateway_inference_id_header_and_feedback_route_without_services():
+    """The gateway's contract parts that need no running service: every predict response names
+    its inference id (a client's sane ce-id is kept, anything else replaced), and /v1/feedback
+    without a feedback service is a 503 that says so."""
+    import re as _re
+
+    from starlette.testclient import TestClient
+
+    from gourmetgram.local.gateway import Gateway, Revision
+    from gourmetgram.local.manifests import load_stage_manifest
+    from gourmetgram.local.stack import Ports
+
+    dead = f"http://127.0.0.1:{Ports.free().gateway}"
+    gw = Gateway(load_stage_manifest("production"), [Revision("food11-transformer-00001", dead)],
+                 logger_enabled=False)
+    with TestClient(gw.app()) as client:
+        r = client.post("/v1/models/food11:predict", json={"instances": []}, headers={"ce-id": "app-123"})
+        assert r.status_code == 503 and r.headers["x-inference-id"] == "app-123"
+        r = client.post("/v1/models/food11:predict", json={}, headers={"ce-id": "../../etc/passwd"})
+        assert _re.fullmatch(r"[0-9a-f-]{36}", r.headers["x-inference-id"])
+        fb = client.post("/v1/feedback", json={"inference_id": "x", "correct": True})
+        assert fb.status_code == 503 and "--feedback-url" in fb.json()["error"]
+    gw2 = Gateway(load_stage_manifest("production"), [Revision("food11-transformer-00001", dead)],
+                  logger_enabled=False, feedback_url=dead)
+    with TestClient(gw2.app()) as client:
+        fb = client.post("/v1/feedback", json={"inference_id": "x", "correct": True})
+        assert fb.status_code == 503 and "not reachable" in fb.json()["error"]
+        assert client.post("/v1/feedback", content=b"x" * 70_000).status_code == 413
