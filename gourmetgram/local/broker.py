@@ -33,6 +33,7 @@ import dataclasses
 import random
 import sys
 from contextlib import asynccontextmanager
+from functools import partial
 
 import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
@@ -101,12 +102,15 @@ class Broker:
         for t in triggers:
             for outcome in ("acked", "retried", "dropped", "rejected"):
                 self.deliveries.labels(t.name, outcome)
-            queued.labels(t.name).set_function(lambda t=t: self._queues[t.name].qsize()
-                                               if t.name in self._queues else 0)
+            queued.labels(t.name).set_function(partial(self._backlog_of, t.name))
         self._queues: dict[str, asyncio.Queue] = {}
         self._tasks: list[asyncio.Task] = []
         self._client: httpx.AsyncClient | None = None
         self._rng = random.Random()
+
+    def _backlog_of(self, name: str) -> float:
+        q = self._queues.get(name)
+        return float(q.qsize()) if q is not None else 0.0
 
     def publish(self, headers: dict[str, str], body: bytes) -> list[str]:
         """Fan one event out to every matching trigger's queue; the names it was queued for."""
@@ -133,6 +137,7 @@ class Broker:
                 q.task_done()
 
     async def _deliver_one(self, trigger: Trigger, headers: dict[str, str], body: bytes) -> None:
+        assert self._client is not None, "the broker's HTTP client starts with the app"
         delay = trigger.backoff_s
         for attempt in range(trigger.retry + 1):
             try:

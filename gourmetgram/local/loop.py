@@ -81,8 +81,10 @@ class LoopServices:
 
     def kill_capture(self) -> None:
         """SIGKILL the capture sink (fault tests): no chance to flush or answer anything."""
-        os.killpg(self.capture.pid, signal.SIGKILL)
-        self.capture.proc.wait(10)
+        proc = self.capture.proc
+        assert proc is not None, "the capture sink was not started"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
 
     def restart_capture(self) -> None:
         self.capture = self._capture_service()

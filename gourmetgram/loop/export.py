@@ -161,13 +161,13 @@ def export_dataset(store: Store, objects: ObjectStore, out: str | Path, class_na
     by_hash: dict[str, list[tuple[Sample, str, str]]] = defaultdict(list)
     for sid, (label, source) in truth.items():
         sample = samples.get(sid)
-        if sample is None or sample.object_key is None or label not in class_names:
+        if sample is None or sample.object_key is None or sample.content_sha256 is None or label not in class_names:
             continue
         by_hash[sample.content_sha256].append((sample, label, source))
     conflicts = []
     chosen: dict[str, tuple[Sample, str, str]] = {}
     for sha, items in by_hash.items():
-        items.sort(key=lambda it: as_utc(labels[(it[0].sample_id, it[2])].labelled_at))
+        items.sort(key=lambda it: as_utc(labels[(it[0].sample_id, it[2])].labelled_at).timestamp())
         if len({label for _, label, _ in items}) > 1:
             conflicts.append(f"{sha[:12]}: {sorted({label for _, label, _ in items})} (kept {items[-1][1]!r})")
         chosen[sha] = items[-1]
@@ -183,6 +183,7 @@ def export_dataset(store: Store, objects: ObjectStore, out: str | Path, class_na
     for sha in sorted(fresh):
         sample, label, source = fresh[sha]
         split = assigned[sha]
+        assert sample.object_key is not None
         data, ext = _as_jpg_or_png(objects.get(sample.object_key), sample.content_type)
         rel = Path(split) / f"class_{class_names.index(label):02d}" / f"prod_{sha[:16]}.{ext}"
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
