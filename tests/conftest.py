@@ -12,6 +12,13 @@ import pytest
 
 os.environ.setdefault("NUMBA_CACHE_DIR", "/tmp/numba_cache")
 
+try:  # the capture sink's package (capture/capture_sink) before an editable install has mapped it
+    import capture_sink  # noqa: F401
+except ImportError:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "capture"))
+
 
 @pytest.fixture(scope="session")
 def session_home(tmp_path_factory):
