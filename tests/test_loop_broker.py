@@ -22,6 +22,7 @@ class Subscriber:
 
     def __init__(self, fail_first: int = 0) -> None:
         self.ids: list[str] = []
+        self.auth: list[str | None] = []
         self.attempts = 0
         sub = self
 
@@ -32,6 +33,7 @@ class Subscriber:
                 ok = sub.attempts > fail_first
                 if ok:
                     sub.ids.append(self.headers["ce-id"])
+                    sub.auth.append(self.headers.get("authorization"))
                 self.send_response(202 if ok else 503)
                 self.send_header("content-length", "0")
                 self.end_headers()
@@ -72,9 +74,11 @@ def broker(tmp_path):
     dead_port = Ports.free().gateway  # nothing listens there
     port = Ports.free().gateway
     url = f"http://127.0.0.1:{port}"
+    token = tmp_path / "detector-token"
+    token.write_text("s3cret\n")
     svc = Service("broker", [sys.executable, "-m", "gourmetgram.local.broker", "--port", str(port),
                              "--backoff", "0.05", "--retry", "4",
-                             "--trigger", f"detector={detector.url}",
+                             "--trigger", f"detector={detector.url},token-file={token}",
                              "--trigger", f"capture={capture.url},type=org.kubeflow.serving.inference.request",
                              "--trigger", f"flaky={flaky.url}",
                              "--trigger", f"dead=http://127.0.0.1:{dead_port}/"],
@@ -98,6 +102,7 @@ def test_broker_fans_out_filters_retries_and_counts_drops(broker):
     assert _wait(lambda: len(detector.ids) == 10 and len(capture.ids) == 5 and len(flaky.ids) == 10)
     assert sorted(capture.ids) == sorted(ids)  # the type filter: requests only
     assert sorted(detector.ids) == sorted(ids * 2)
+    assert set(detector.auth) == {"Bearer s3cret"} and set(capture.auth) == {None}  # per-trigger credentials
     text = ""
 
     def settled():

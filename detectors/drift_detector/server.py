@@ -41,8 +41,8 @@ from drift_detector.events import BadEvent, InferenceEvent, decode_event
 from drift_detector.metrics import DetectorMetrics
 from gourmetgram import bodylimit
 from gourmetgram.errors import UserError
-from gourmetgram.local import control
 from gourmetgram.jsonlog import log_json
+from gourmetgram.local import control
 
 log = logging.getLogger("drift_detector")
 MAX_BODY_BYTES = 64 * 1024 * 1024

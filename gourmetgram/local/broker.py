@@ -30,10 +30,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import os
 import random
 import sys
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 
 import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
@@ -65,20 +67,34 @@ class Trigger:
     queue_size: int = 10000
     workers: int = 4
 
+    token: str | None = None  # sent as Authorization: Bearer (the local detector's ingest token)
+
     @classmethod
     def parse(cls, text: str, **defaults) -> "Trigger":
-        """``NAME=URL[,attr=value...]`` e.g. ``detector=http://127.0.0.1:8070/,type=org.kubeflow...``."""
+        """``NAME=URL[,attr=value...][,token-file=PATH|token-env=VAR]``, e.g.
+        ``detector=http://127.0.0.1:8070/,type=org.kubeflow...,token-file=/path/detector-token``."""
         head, *filters = text.split(",")
         name, sep, url = head.partition("=")
         if not sep or not name or not url.startswith(("http://", "https://")):
             raise UserError(f"trigger {text!r} is not NAME=http://HOST:PORT/[,ATTRIBUTE=VALUE...]")
-        attrs = {}
+        attrs, token = {}, None
         for f in filters:
             key, sep, value = f.partition("=")
             if not sep or not key:
                 raise UserError(f"trigger {text!r}: filter {f!r} is not ATTRIBUTE=VALUE")
-            attrs[key.strip().lower()] = value.strip()
-        return cls(name=name, url=url, filter=attrs, **defaults)
+            key, value = key.strip().lower(), value.strip()
+            if key == "token-file":
+                try:
+                    token = Path(value).read_text().strip()
+                except OSError as exc:
+                    raise UserError(f"trigger {name}: cannot read its token file {value}: {exc}") from None
+            elif key == "token-env":
+                token = os.environ.get(value, "").strip() or None
+                if token is None:
+                    raise UserError(f"trigger {name}: the environment variable {value} is empty")
+            else:
+                attrs[key] = value
+        return cls(name=name, url=url, filter=attrs, token=token, **defaults)
 
     def matches(self, attributes: dict[str, str]) -> bool:
         return all(attributes.get(k) == v for k, v in self.filter.items())
@@ -141,7 +157,8 @@ class Broker:
         delay = trigger.backoff_s
         for attempt in range(trigger.retry + 1):
             try:
-                r = await self._client.post(trigger.url, content=body, headers=headers,
+                auth = {"Authorization": f"Bearer {trigger.token}"} if trigger.token else {}
+                r = await self._client.post(trigger.url, content=body, headers={**headers, **auth},
                                             timeout=trigger.timeout_s)
                 if r.status_code < 300:
                     self.deliveries.labels(trigger.name, "acked").inc()
@@ -198,7 +215,7 @@ class Broker:
             return PlainTextResponse(generate_latest(self.registry).decode(), media_type=CONTENT_TYPE_LATEST)
 
         async def status(_request: Request) -> Response:
-            return JSONResponse({"triggers": [dataclasses.asdict(t) for t in self.triggers],
+            return JSONResponse({"triggers": [{**dataclasses.asdict(t), "token": bool(t.token)} for t in self.triggers],
                                  "backlog": self.backlog()})
 
         async def health(_request: Request) -> Response:

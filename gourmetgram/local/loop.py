@@ -22,6 +22,17 @@ from gourmetgram.local.stack import Ports, Service, _child_env, _get_ok
 START_TIMEOUT_S = 120.0
 
 
+def _detector_auth(url: str) -> str:
+    """The trigger option that makes the broker send the local detector's ingest token (what the
+    gateway's logger sends when it posts to the detector itself); none for a remote detector."""
+    from gourmetgram.local import control
+
+    if control.sink_token_for(url) is None:
+        return ""
+    _token, path = control.detector_token()
+    return f",token-file={path}" if path else f",token-env={control.DETECTOR_TOKEN_ENV}"
+
+
 def _free_port(host: str) -> int:
     return Ports.free(host).gateway
 
@@ -48,7 +59,7 @@ class LoopServices:
         self.capture = self._capture_service()
         triggers = ["--trigger", f"capture={self.capture_url}/"]
         if detector_url:
-            triggers += ["--trigger", f"detector={detector_url.rstrip('/')}/"]
+            triggers += ["--trigger", f"detector={detector_url.rstrip('/')}/{_detector_auth(detector_url)}"]
         self.broker = Service(
             "broker", [sys.executable, "-m", "gourmetgram.local.broker", "--host", host,
                        "--port", str(self.broker_port), "--retry", str(broker_retry), *triggers],
