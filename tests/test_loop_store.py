@@ -236,3 +236,6 @@ def test_loop_config_is_checked(tmp_path):
 
     with pytest.raises(ConfigError, match="unknown stage 'prod'"):
         load_loop_settings(bad)
+    bad.write_text("policy:\n  daly_budget: 3\n")
+    with pytest.raises(ConfigError, match="unknown key 'policy.daly_budget'"):
+        load_loop_settings(bad)

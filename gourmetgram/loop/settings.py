@@ -10,7 +10,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from gourmetgram.config import from_mapping, read_yaml, resolve_config_path
+from gourmetgram.config import STRICT, from_mapping, read_yaml, resolve_config_path
 from gourmetgram.constants import STAGES
 from gourmetgram.errors import ConfigError
 from gourmetgram.tracking import home
@@ -27,6 +27,7 @@ ENV_LS_PASSWORD = "LABEL_STUDIO_PASSWORD"
 
 @dataclasses.dataclass(frozen=True)
 class CaptureSettings:
+    __pydantic_config__ = STRICT  # unknown keys are refused
     sampling: dict = dataclasses.field(default_factory=lambda: {s: 1.0 for s in STAGES})
     max_in_flight: int = 64
     max_event_bytes: int = 64 * 1024 * 1024
@@ -34,12 +35,14 @@ class CaptureSettings:
 
 @dataclasses.dataclass(frozen=True)
 class FeedbackSettings:
+    __pydantic_config__ = STRICT  # unknown keys are refused
     max_body_bytes: int = 4096
     wait_for_capture_s: float = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
 class PolicySettings:
+    __pydantic_config__ = STRICT  # unknown keys are refused
     low_confidence: float = 0.6
     wrong: bool = True
     flagged: bool = True
@@ -50,17 +53,20 @@ class PolicySettings:
 
 @dataclasses.dataclass(frozen=True)
 class ExportSettings:
+    __pydantic_config__ = STRICT  # unknown keys are refused
     evaluation_share: float = 0.2
     validation_share: float = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
 class LabelStudioSettings:
+    __pydantic_config__ = STRICT  # unknown keys are refused
     project_title: str = "GourmetGram production samples"
 
 
 @dataclasses.dataclass(frozen=True)
 class LoopSettings:
+    __pydantic_config__ = STRICT  # unknown keys are refused
     capture: CaptureSettings = CaptureSettings()
     feedback: FeedbackSettings = FeedbackSettings()
     policy: PolicySettings = PolicySettings()
