@@ -20,8 +20,9 @@ PACKAGES = {
     "pipelines": REPO_ROOT / "pipelines",
     "food_transformer": REPO_ROOT / "transformers" / "food_transformer",
     "drift_detector": REPO_ROOT / "detectors" / "drift_detector",
+    "capture_sink": REPO_ROOT / "capture" / "capture_sink",
 }
-DEPLOYMENT_UNITS = ("components", "pipelines", "food_transformer", "drift_detector")
+DEPLOYMENT_UNITS = ("components", "pipelines", "food_transformer", "drift_detector", "capture_sink")
 # The app layer: orchestration that may import everything (the CLI, the local stack that runs
 # the deployment units on one machine). It still lives inside the package; it is to be moved out
 # of it later, and then this exemption goes away.

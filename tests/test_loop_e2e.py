@@ -47,9 +47,9 @@ def _wait(predicate, timeout_s: float = 60.0, every: float = 0.2) -> bool:
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory, demo_dataset):
+    from gourmetgram.local.labelstudio import LabelStudioServer
     from gourmetgram.local.loop import LoopServices
     from gourmetgram.local.stack import LocalStack, Ports
-    from gourmetgram.loop.labelstudio import LabelStudioServer
 
     root = tmp_path_factory.mktemp("loop-e2e")
     creds = {"LABEL_STUDIO_USERNAME": "admin@gourmetgram.local", "LABEL_STUDIO_PASSWORD": secrets.token_hex(8),

@@ -1,8 +1,6 @@
 """Label Studio: the labelling tool, its own process (its own venv locally: its pins differ
-from ours), reached through ``label-studio-sdk``.
+from ours; :mod:`gourmetgram.local.labelstudio` starts it), reached through ``label-studio-sdk``.
 
-* :class:`LabelStudioServer` starts ``label-studio`` on localhost with a data folder, a first
-  user and an API token from the environment (``LABEL_STUDIO_USERNAME``/``_PASSWORD``/``_API_KEY``).
 * :class:`LabelQueue` makes the project (a ``Choices`` control over the class names), pushes
   queued samples as tasks with the model's prediction as a pre-annotation, and pulls the
   annotations back as labels (``label_source`` annotator, who and when).
@@ -15,10 +13,7 @@ from __future__ import annotations
 
 import base64
 import os
-import shutil
-import sys
 from datetime import datetime
-from pathlib import Path
 from typing import Sequence
 from xml.sax.saxutils import quoteattr
 
@@ -26,12 +21,10 @@ from gourmetgram import constants
 from gourmetgram.errors import UserError
 from gourmetgram.loop.models import ANNOTATOR, Label, LabelTask, Sample
 from gourmetgram.loop.objects import ObjectStore
-from gourmetgram.loop.settings import ENV_LS_PASSWORD, ENV_LS_TOKEN, ENV_LS_URL, ENV_LS_USERNAME
+from gourmetgram.loop.settings import ENV_LS_TOKEN, ENV_LS_URL
 from gourmetgram.loop.store import Store, utcnow
 
 FROM_NAME, TO_NAME = "label", "image"
-ENV_LS_BIN = "GOURMETGRAM_LABEL_STUDIO_BIN"
-START_TIMEOUT_S = 300.0  # Django migrations on first start: about 25 s idle, minutes on busy cores
 
 
 class LabelStudioUnavailable(UserError):
@@ -44,71 +37,6 @@ def label_config(class_names: Sequence[str]) -> str:
             f'<Header value="Which class is this photo? (the model\'s guess is pre-selected)"/>'
             f'<Choices name="{FROM_NAME}" toName="{TO_NAME}" choice="single" showInline="true">{choices}</Choices>'
             f'</View>')
-
-
-def find_label_studio() -> Path:
-    """The ``label-studio`` executable of its own venv (``scripts/setup.sh`` makes ``.venv-labelstudio``)."""
-    candidates = [os.environ.get(ENV_LS_BIN)]
-    for root in (constants.REPO_ROOT, Path(sys.prefix).parent):
-        candidates.append(str(root / ".venv-labelstudio" / "bin" / "label-studio"))
-    candidates.append(shutil.which("label-studio"))
-    for c in candidates:
-        if c and Path(c).is_file() and os.access(c, os.X_OK):
-            return Path(c)
-    raise LabelStudioUnavailable("label-studio is not installed: run scripts/setup.sh (it makes "
-                                 f".venv-labelstudio) or set {ENV_LS_BIN}")
-
-
-class LabelStudioServer:
-    """One local Label Studio process (sqlite in ``data_dir``)."""
-
-    def __init__(self, data_dir: str | Path, port: int = constants.LABEL_STUDIO_PORT,
-                 host: str = constants.HOST, username: str | None = None, password: str | None = None,
-                 token: str | None = None, log_path: str | Path | None = None) -> None:
-        from gourmetgram.local.stack import Service, _get_ok
-
-        self.data_dir = Path(data_dir)
-        self.port, self.host = port, host
-        self.username = username or os.environ.get(ENV_LS_USERNAME) or ""
-        self.password = password or os.environ.get(ENV_LS_PASSWORD) or ""
-        self.token = token or os.environ.get(ENV_LS_TOKEN) or ""
-        missing = [name for name, v in ((ENV_LS_USERNAME, self.username), (ENV_LS_PASSWORD, self.password),
-                                        (ENV_LS_TOKEN, self.token)) if not v]
-        if missing:
-            raise UserError(f"set {', '.join(missing)} in the environment (Label Studio's first user and "
-                            "its API token; never in git)")
-        binary = find_label_studio()
-        env = dict(os.environ, LABEL_STUDIO_BASE_DATA_DIR=str(self.data_dir), PYTHONUNBUFFERED="1")
-        env.pop("PYTHONPATH", None)  # its own venv, its own packages
-        env.pop("DJANGO_SETTINGS_MODULE", None)
-        argv = [str(binary), "start", "--no-browser", "--internal-host", host, "--host", self.url,
-                "--port", str(port), "--username", self.username, "--password", self.password,
-                "--user-token", self.token, "--enable-legacy-api-token"]
-        self.service = Service("label-studio", argv, Path(log_path or self.data_dir / "label-studio.log"),
-                               lambda: _get_ok(f"{self.url}/health"), env=env)
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def start(self, timeout_s: float = START_TIMEOUT_S) -> "LabelStudioServer":
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.service.start(cwd=self.data_dir)
-        try:
-            self.service.wait_ready(timeout_s)
-        except UserError as exc:
-            self.service.stop()
-            raise LabelStudioUnavailable(str(exc)) from None
-        return self
-
-    def stop(self) -> None:
-        self.service.stop()
-
-    def __enter__(self) -> "LabelStudioServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 def ls_url(explicit: str | None = None) -> str:

@@ -119,15 +119,13 @@ def objects_url(explicit: str | None = None) -> str:
 
 def class_names_from(bundle: str | Path | None = None, names: str | None = None) -> list[str]:
     """Class names from ``a,b,c``, or from a bundle's ``model_spec.json`` (read as JSON: the capture
-    sink's image has no torch), or from the newest exported bundle."""
+    sink's image has no torch)."""
     import json
 
     if names:
         return [n.strip() for n in names.split(",") if n.strip()]
     if bundle is None:
-        from gourmetgram.local.stack import find_latest_bundle
-
-        bundle = find_latest_bundle()
+        raise ConfigError("name the classes: an exported bundle or a comma-separated list")
     path = Path(bundle) / "model_spec.json"
     try:
         return list(json.loads(path.read_text())["class_names"])

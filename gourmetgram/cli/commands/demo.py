@@ -36,7 +36,7 @@ class DemoContext:
     detector_url: str = ""
     prometheus: object | None = None  # gourmetgram.rollout.prometheus.LocalPrometheus
     loop: object | None = None  # gourmetgram.local.loop.LoopServices (broker + capture sink)
-    label_studio: object | None = None  # gourmetgram.loop.labelstudio.LabelStudioServer, starting
+    label_studio: object | None = None  # gourmetgram.local.labelstudio.LabelStudioServer, starting
 
     @property
     def bundle(self) -> Path:
@@ -200,7 +200,8 @@ def _start_label_studio(ctx: DemoContext):
     """Label Studio in its own process (own venv); None (the loop stage says why) if not installed."""
     import os
 
-    from gourmetgram.loop.labelstudio import LabelStudioServer, LabelStudioUnavailable
+    from gourmetgram.local.labelstudio import LabelStudioServer
+    from gourmetgram.loop.labelstudio import LabelStudioUnavailable
     from gourmetgram.loop.settings import loop_home
     from gourmetgram.rollout.prometheus import free_port
 
@@ -226,6 +227,21 @@ def _reencode(blob: bytes) -> bytes:
     return out.getvalue()
 
 
+def _command(name: str, *argv: str) -> int:
+    """Run ``gourmetgram NAME ARGV`` in this process (``loop``, ``data``), as :func:`_rollout` does."""
+    import importlib
+
+    module = importlib.import_module(f"gourmetgram.cli.commands.{name}")
+    parser = argparse.ArgumentParser(prog="gourmetgram")
+    module.add_parser(parser.add_subparsers())
+    args = parser.parse_args([name, *argv])
+    return int(args.func(args) or 0)
+
+
+def _main(argv: list[str]) -> int:
+    return _command(argv[0], *argv[1:])
+
+
 def stage_loop(ctx: DemoContext) -> None:
     """Captured predictions, simulated user feedback, the labelling queue into Label Studio,
     simulated annotators, annotations back, a labelled export, and the loop's status."""
@@ -233,7 +249,6 @@ def stage_loop(ctx: DemoContext) -> None:
 
     import httpx
 
-    from gourmetgram.cli.main import main
     from gourmetgram.errors import UserError
     from gourmetgram.local.traffic import predict
     from gourmetgram.loop.labelstudio import client
@@ -283,17 +298,17 @@ def stage_loop(ctx: DemoContext) -> None:
     if ls is None:
         print("Label Studio is not installed (scripts/setup.sh installs it into .venv-labelstudio): "
               "skipping the labelling queue")
-        main(["loop", "status"])
+        _main(["loop", "status"])
         return
     print(f"\nwaiting for Label Studio at {ls.url} (first start: database migrations, a minute or two)...", flush=True)
     try:
         ls.service.wait_ready(600)
     except UserError as exc:
         print(f"Label Studio did not come up ({exc}); skipping the labelling queue")
-        main(["loop", "status"])
+        _main(["loop", "status"])
         return
     ls_args = ["--labelstudio-url", ls.url, "--bundle", str(ctx.bundle)]
-    main(["loop", "queue", *ls_args])
+    _main(["loop", "queue", *ls_args])
     api = client(ls.url)
     project = next(p for p in api.projects.list() if p.title == "GourmetGram production samples")
     tasks = [t for t in api.tasks.list(project=project.id, fields="all") if not t.annotations]
@@ -303,14 +318,14 @@ def stage_loop(ctx: DemoContext) -> None:
         label = truth.get(t.data["sample_id"]) or served_label(t.data["sample_id"])
         api.annotations.create(id=t.id, result=[{"from_name": "label", "to_name": "image", "type": "choices",
                                                  "value": {"choices": [label]}}])
-    main(["loop", "sync", *ls_args])
+    _main(["loop", "sync", *ls_args])
     out = ctx.home / "data" / "production"
-    code = main(["loop", "export", "--bundle", str(ctx.bundle), "--base", str(ctx.dataset), "--output", str(out),
+    code = _main(["loop", "export", "--bundle", str(ctx.bundle), "--base", str(ctx.dataset), "--output", str(out),
                  "--overwrite"])
     if code == 0:
-        main(["data", "validate", str(out)])
+        _main(["data", "validate", str(out)])
     print()
-    main(["loop", "status"])
+    _main(["loop", "status"])
     print(f"\nLabel Studio: {ls.url} (user {ls.username}; password and token in "
           f"$GOURMETGRAM_HOME/loop/label-studio-credentials.json); it stops with the demo: "
           "`gourmetgram loop labelstudio` starts it again")

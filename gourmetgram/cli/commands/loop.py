@@ -38,7 +38,12 @@ def _settings(args):
 def _classes(args) -> list[str]:
     from gourmetgram.loop.settings import class_names_from
 
-    return class_names_from(args.bundle, args.class_names)
+    bundle = args.bundle
+    if bundle is None and not args.class_names:
+        from gourmetgram.local.stack import find_latest_bundle
+
+        bundle = find_latest_bundle()  # every bundle of one model has the same classes
+    return class_names_from(bundle, args.class_names)
 
 
 def _pct(value) -> str:
@@ -145,7 +150,8 @@ def _labelstudio(args) -> int:
     import signal
     import time
 
-    from gourmetgram.loop.labelstudio import LabelStudioServer, LabelStudioUnavailable
+    from gourmetgram.local.labelstudio import LabelStudioServer
+    from gourmetgram.loop.labelstudio import LabelStudioUnavailable
     from gourmetgram.loop.settings import loop_home
 
     server = LabelStudioServer(args.data_dir or loop_home() / "label-studio", port=args.port)
