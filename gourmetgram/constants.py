@@ -43,6 +43,7 @@ CAPTURE_PORT = 8071  # capture sink + feedback API (closing the loop)
 BROKER_PORT = 8060  # local stand-in for the Knative Broker (logger fan-out)
 LABEL_STUDIO_PORT = 8085
 PROMETHEUS_PORT = 9090
+RETRAIN_RECEIVER_PORT = 8073  # Alertmanager webhook -> retrain trigger receiver
 
 # Where local runs keep their state, relative to the working directory unless
 # GOURMETGRAM_HOME is set.

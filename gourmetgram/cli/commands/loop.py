@@ -3,7 +3,8 @@
 ``status`` (captured, feedback, queued, labelled, production accuracy per model version),
 ``queue`` (select by the policy and push to Label Studio), ``sync`` (pull annotations),
 ``export`` (labelled production data in the Food-11 layout with lineage), ``labelstudio``
-(start a local Label Studio with credentials from the environment).
+(start a local Label Studio with credentials from the environment), ``retrain`` and ``receiver``
+(the re-training triggers: :mod:`gourmetgram.local.retrain_cli`).
 
 Exit codes: 0 ok; 1 a check failed (export cannot make a valid dataset); 2 bad input;
 3 a dependency is unavailable (Label Studio not installed, down, or refusing the token).
@@ -222,3 +223,6 @@ def add_parser(subparsers) -> None:
     p.add_argument("--port", type=int, default=LABEL_STUDIO_PORT, help="(default: %(default)s)")
     p.add_argument("--data-dir", help="Label Studio's data folder (default: $GOURMETGRAM_HOME/loop/label-studio)")
     p.set_defaults(func=_labelstudio)
+    from gourmetgram.local.retrain_cli import add_retrain_parsers
+
+    add_retrain_parsers(sub, common)

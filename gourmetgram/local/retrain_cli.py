@@ -1,0 +1,94 @@
+"""``gourmetgram loop retrain`` and ``gourmetgram loop receiver``: the retrain triggers by hand
+and as the Alertmanager webhook receiver (added to the ``loop`` command's parser)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _trigger(args: argparse.Namespace):
+    from gourmetgram.local.retrain import build_trigger
+    from gourmetgram.retrain.settings import load_retrain_settings
+
+    return build_trigger(load_retrain_settings(args.retrain_config), args.db, args.kfp_host,
+                         args.kfp_package, args.namespace, args.state_dir)
+
+
+def _retrain(args: argparse.Namespace) -> int:
+    from gourmetgram.errors import DependencyUnavailable
+    from gourmetgram.retrain.policy import DRIFT, MANUAL
+    from gourmetgram.retrain.trigger import LaunchFailed
+
+    trigger, _ = _trigger(args)
+    alerts = [MANUAL] if args.force else []
+    if args.drift:
+        alerts.append(DRIFT)
+    if not args.if_needed and not args.force and not args.drift:
+        decision = trigger.evaluate(alerts)
+        print(f"{'would start' if decision.start else 'would not start'}: {decision.message}")
+        return 0 if decision.start else 1
+    try:
+        outcome = trigger.fire(alerts, source="cli")
+    except LaunchFailed as exc:
+        raise DependencyUnavailable(str(exc)) from None
+    if not outcome.started:
+        print(f"no retrain: {outcome.decision.message}")
+        return 1
+    details = ", ".join(f"{k} {v}" for k, v in outcome.details.items())
+    print(f"started retrain {outcome.run_id}: {outcome.decision.message} ({details})")
+    return 0
+
+
+def _receiver(args: argparse.Namespace) -> int:
+    from gourmetgram.local.retrain import serve
+
+    trigger, signals = _trigger(args)
+    token = None
+    if args.token_file:
+        try:
+            with open(args.token_file) as f:
+                token = f.read().strip()
+        except OSError as exc:
+            print(f"error: cannot read the token file: {exc}", file=sys.stderr)
+            return 2
+    print(f"retrain receiver on http://{args.host}:{args.port}/alerts (Alertmanager webhook); "
+          f"launcher {trigger.launcher.kind}; state in {trigger.lock.path.parent}", flush=True)
+    try:
+        serve(trigger, args.host, args.port, token, signals.feedback_counts)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def add_retrain_parsers(sub, common) -> None:
+    from gourmetgram.constants import HOST, RETRAIN_RECEIVER_PORT
+
+    def options(p):
+        common(p)
+        p.add_argument("--retrain-config", default="retrain",
+                       help="retrain config name or path (default: %(default)s)")
+        p.add_argument("--kfp-host", help="start runs on this KFP API (kfp.Client) instead of kfp.local")
+        p.add_argument("--kfp-package", help="compiled pipeline (default: pipelines/training_pipeline.yaml)")
+        p.add_argument("--namespace", help="Kubeflow profile namespace (multi-user installs)")
+        p.add_argument("--state-dir", help="lock and run history (default: $GOURMETGRAM_HOME/retrain)")
+
+    p = sub.add_parser("retrain", help="re-train when a trigger fires and the guard rails allow it",
+                       description="Apply the retrain policy (configs/retrain.yaml): triggers schedule, "
+                       "drift, degradation (production accuracy from feedback); guard rails minimum new "
+                       "labels, cool-down, one run at a time. Exit 0: started (or would start); 1: not "
+                       "needed or held back, with the reason.")
+    options(p)
+    p.add_argument("--if-needed", action="store_true", help="start a run when the policy says so")
+    p.add_argument("--drift", action="store_true", help="count a drift alert as received")
+    p.add_argument("--force", action="store_true",
+                   help="a manual trigger (the guard rails still apply)")
+    p.set_defaults(func=_retrain)
+    p = sub.add_parser("receiver", help="serve the Alertmanager webhook that starts retrains",
+                       description="POST /alerts takes Alertmanager's webhook (v4); GET /status, /metrics.")
+    options(p)
+    p.add_argument("--host", default=HOST, help="(default: %(default)s)")
+    p.add_argument("--port", type=int, default=RETRAIN_RECEIVER_PORT, help="(default: %(default)s)")
+    p.add_argument("--token-file", help="require 'Authorization: Bearer <token>' (default: "
+                   "$GOURMETGRAM_RETRAIN_TOKEN if set)")
+    p.set_defaults(func=_receiver)

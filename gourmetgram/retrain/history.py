@@ -1,0 +1,58 @@
+"""The retrain history: one JSON line per started run (what the cool-down and the "new labels
+since the last retrain" guard read), and its outcome when the run ends."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from gourmetgram.retrain.policy import LastRun
+from gourmetgram.tracking import home
+
+
+def retrain_home() -> Path:
+    path = home() / "retrain"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class History:
+    def __init__(self, path: str | Path | None = None):
+        self.path = Path(path) if path else retrain_home() / "history.jsonl"
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps(record, default=str) + "\n"
+        with open(self.path, "a") as f:  # one write per line: lines from two processes never interleave
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def records(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return []
+        out = []
+        for line in self.path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue  # a torn last line from a crash
+        return out
+
+    def last_started(self) -> LastRun | None:
+        records = self.records()
+        failed = {r.get("run_id") for r in records if r.get("event") == "failed_to_start"}
+        starts = [r for r in records if r.get("event") == "started" and r.get("run_id") not in failed]
+        if not starts:
+            return None
+        r = starts[-1]
+        return LastRun(run_id=r["run_id"], started_at=parse_time(r["started_at"]),
+                       labels_at_start=int(r.get("labels_at_start", 0)), reasons=tuple(r.get("reasons", ())))
+
+
+def parse_time(value: str) -> datetime:
+    t = datetime.fromisoformat(value)
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)

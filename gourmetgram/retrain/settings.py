@@ -1,0 +1,99 @@
+"""``configs/retrain.yaml``: triggers, the degradation rule, guard rails, what a run trains on.
+
+Validated once, at load, like every config (:func:`gourmetgram.config.from_mapping`): unknown
+keys, wrong types, out-of-range values and malformed durations are refused with the key path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AfterValidator, Field, StrictInt, StrictStr
+
+from gourmetgram.config import (
+    SECTION,
+    STRICT,
+    AtLeastOne,
+    Count,
+    Duration,
+    Name,
+    Share,
+    from_mapping,
+    read_yaml,
+    resolve_config_path,
+)
+from gourmetgram.constants import PRODUCTION, STAGES
+
+_UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration_s(value: str) -> float:
+    """``30s`` / ``6h`` / ``7d`` -> seconds (the format :data:`gourmetgram.config.Duration` checks)."""
+    unit = "ms" if value.endswith("ms") else value[-1]
+    return int(value[: -len(unit)]) * _UNIT_S[unit]
+
+
+def _stage(value: str) -> str:
+    if value not in STAGES:
+        raise ValueError(f"must be one of {', '.join(STAGES)}")
+    return value
+
+
+def _cron(value: str) -> str:
+    # KFP recurring runs take six fields (seconds first); the backend checks the rest.
+    if len(value.split()) != 6:
+        raise ValueError("must be a six-field cron expression (seconds first), e.g. '0 0 3 * * 1'")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class TriggerSettings:
+    __pydantic_config__ = STRICT
+    schedule_every: Duration = "7d"
+    cron: Annotated[StrictStr, AfterValidator(_cron)] = "0 0 3 * * 1"
+    drift_alerts: tuple[Name, ...] = ("GourmetGramDriftDetected",)
+    degradation_alerts: tuple[Name, ...] = ("GourmetGramProductionAccuracyLow",)
+
+
+@dataclasses.dataclass(frozen=True)
+class DegradationSettings:
+    __pydantic_config__ = STRICT
+    threshold: Share = 0.7
+    window: Duration = "1h"
+    min_feedback: AtLeastOne = 20
+    stage: Annotated[StrictStr, AfterValidator(_stage)] = PRODUCTION
+
+
+@dataclasses.dataclass(frozen=True)
+class GuardSettings:
+    __pydantic_config__ = STRICT
+    min_new_labels: Count = 50
+    cooldown: Duration = "6h"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    __pydantic_config__ = STRICT
+    dataset_uri: StrictStr = ""
+    config: Name = "demo"
+    epochs: Annotated[StrictInt, Field(ge=-1)] = -1
+    experiment: Name = "gourmetgram-retrain"
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrainSettings:
+    __pydantic_config__ = STRICT
+    triggers: Annotated[TriggerSettings, SECTION] = TriggerSettings()
+    degradation: Annotated[DegradationSettings, SECTION] = DegradationSettings()
+    guards: Annotated[GuardSettings, SECTION] = GuardSettings()
+    run: Annotated[RunSettings, SECTION] = RunSettings()
+    source: str = "<defaults>"
+
+
+def load_retrain_settings(name_or_path: str | Path = "retrain") -> RetrainSettings:
+    path = resolve_config_path(name_or_path)
+    data = read_yaml(path, "retrain config")
+    data.setdefault("source", str(path))
+    return from_mapping(RetrainSettings, data, str(path))
