@@ -31,6 +31,10 @@ on both:
   local extensions, ``revision`` and ``modelversion`` (what served the request).
 * **Feedback**: ``POST /v1/feedback`` is routed to the capture/feedback service
   (``--feedback-url``), next to predict on the public path; 503 when none is configured.
+* **Shadow** (Istio's VirtualService ``mirror``/``mirrorPercentage`` on the cluster): a share
+  of model requests is also copied, fire-and-forget, to a shadow revision whose answers go
+  only to the logger's sink (``ce-endpoint: shadow``, ``ce-shadow: true``, the mirrored
+  request's ``ce-id``), never to the client (:mod:`gourmetgram.local.shadow`).
 * **Control** (the Knative controller's part, localhost only): ``GET/POST
   /_gourmetgram/rollout`` starts a canary revision from a bundle, sets its percentage,
   promotes or rolls back (``gourmetgram rollout`` drives it); ``GET /_gourmetgram/targets``
@@ -76,6 +80,7 @@ from gourmetgram.errors import DependencyUnavailable, UserError
 from gourmetgram.jsonlog import INFERENCE_ID_HEADER, log_json
 from gourmetgram.local import control
 from gourmetgram.local.manifests import ServiceManifest, configuration_name, generation_of, load_manifest, revision_name
+from gourmetgram.local.shadow import ShadowMirror
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
 LOGGER_QUEUE_BYTES = 256 * 1024 * 1024  # events waiting for the sink, at most
@@ -84,7 +89,7 @@ HOP_HEADERS = {"connection", "keep-alive", "proxy-authenticate", "proxy-authoriz
                "trailer", "transfer-encoding", "upgrade", "host", "content-length"}
 
 
-LATEST, PREV = "latest", "prev"
+LATEST, PREV, SHADOW = "latest", "prev", "shadow"
 TAG_HEADER = "x-gourmetgram-tag"
 REVISION_HEADER = "x-gourmetgram-revision"
 CONTROL_PREFIX = "/_gourmetgram"
@@ -166,6 +171,7 @@ class InferenceLogger:
     def headers(self, ce_id: str, kind: str, content_type: str, endpoint: str,
                 extensions: dict[str, str] | None = None) -> dict[str, str]:
         return {
+            **{f"ce-{k}": v for k, v in (extensions or {}).items() if v},
             **(control.bearer(self.sink_token) if self.sink_token else {}),
             **{f"ce-{k}": v for k, v in (extensions or {}).items() if v},
             "ce-specversion": "1.0", "ce-id": ce_id, "ce-source": self.source,
@@ -275,6 +281,7 @@ class Gateway:
         self.logger_dropped.labels(manifest.name)
         Gauge("logger_events_queued", "Inference logger CloudEvents waiting to be sent",
               registry=self.registry).set_function(lambda: self.logger.backlog if self.logger else 0)
+        self.shadow = ShadowMirror(self.registry, manifest.name)
         self.logger: InferenceLogger | None = None
         spec = manifest.logger
         if logger_enabled and (spec or logger_url):
@@ -344,8 +351,11 @@ class Gateway:
         if logging_this:
             self.logger.log(ce_id, "request", body, request.headers.get("content-type", ""), endpoint,
                             extensions)
+        mirrored = self._mirror(request, ce_id, body)
         response = await self._send(request, revision, body, ce_id)
         self.observe(revision, response.status_code, started)
+        if mirrored and response.status_code == 200:
+            self.shadow.record_production(ce_id, response.body)
         if logging_this and response.status_code == 200:  # KServe logs only 200 responses
             self.logger.log(ce_id, "response", response.body, response.headers.get("content-type", ""),
                             endpoint, extensions)
@@ -358,6 +368,16 @@ class Gateway:
         if revision.tag:
             response.headers[TAG_HEADER] = revision.tag
         return response
+
+    def _mirror(self, request: Request, ce_id: str, body: bytes) -> bool:
+        """Copy a share of the model POSTs to the shadow (never waits for it)."""
+        if not self.shadow.active or request.method != "POST" or self._rng.uniform(0, 100) >= self.shadow.percent:
+            return False
+        # Neither the control token nor tag routing travels to the shadow.
+        headers = {k: v for k, v in request.headers.items()
+                   if k.lower() not in HOP_HEADERS and k.lower() not in (TAG_HEADER, "authorization")}
+        headers[INFERENCE_ID_HEADER] = ce_id  # the shadow's transformer logs the same id
+        return self.shadow.mirror(ce_id, request.url.path, request.url.query, body, headers, self.logger)
 
     def observe(self, revision: Revision, status: int, started: float) -> None:
         self.request_duration.labels(self.manifest.namespace, self.configuration, revision.name,
@@ -426,6 +446,7 @@ class Gateway:
             "latest_rolledout_revision": self.rolled_out,
             "latest_revision": self.revisions[-1].name,
             "revisions": [r.public() for r in self.revisions],
+            "shadow": self.shadow.status(),
             "logger": None if self.logger is None else {
                 "url": self.logger.url, "mode": self.logger.mode,
                 "sent": self.logger.sent._value.get(), "dropped": self.logger.dropped._value.get(),
@@ -477,6 +498,46 @@ class Gateway:
         self._apply_split()
         await self._retire(replaced)
         return self.revisions[-1]
+
+    async def start_shadow(self, bundle: str, percent: int, version: str | None = None) -> Revision:
+        """A shadow revision from ``bundle`` (its own Triton + transformer) mirrored ``percent``%
+        of model requests; it replaces a running shadow. It never takes client traffic."""
+        path = control.bundle_in_store(bundle, self.model_store)
+        from gourmetgram.export import validate_bundle
+        from gourmetgram.local.stack import Ports, RevisionPair
+
+        validate_bundle(path, self.manifest.model_name)
+        previous = self.shadow.revision
+        generation = generation_of(previous.name) + 1 if previous is not None else 1
+        name = f"{self.manifest.name}-{SHADOW}-predictor-{generation:05d}"
+        log_dir = self.log_dir or Path.cwd()
+        pair = RevisionPair(path, name, self.manifest, Ports.free(self.host), self.host, log_dir)
+        await pair.start_async(cwd=log_dir)
+        self._pairs[name] = pair
+        await self._warm_up(pair.transformer_url)
+        revision = Revision(name, pair.transformer_url, 0, SHADOW, str(path), version,
+                            pair.triton_metrics_url)
+        self.shadow.attach(revision, percent)
+        if previous is not None:
+            await self._stop_pair(previous.name)
+        return revision
+
+    async def stop_shadow(self) -> None:
+        previous = self.shadow.revision
+        if previous is None:
+            raise UserError("no shadow revision is running")
+        self.shadow.detach()
+        await self._stop_pair(previous.name)
+
+    def shadow_pids(self) -> dict[str, int | None]:
+        """The shadow's processes (what a fault test kills)."""
+        pair = self._pairs.get(self.shadow.revision.name) if self.shadow.revision else None
+        return {s.name: s.pid for s in pair.services} if pair is not None else {}  # type: ignore[attr-defined]
+
+    async def _stop_pair(self, name: str) -> None:
+        pair = self._pairs.pop(name, None)
+        if pair is not None:
+            await asyncio.to_thread(pair.stop)  # type: ignore[attr-defined]
 
     async def _warm_up(self, transformer_url: str, requests: int = WARMUP_REQUESTS) -> None:
         """A few predictions straight to a new transformer before it takes traffic, so the
@@ -530,15 +591,28 @@ class Gateway:
                 await self.promote()
             elif kind == "rollback":
                 await self.rollback()
+            elif kind == "shadow":
+                if action.get("bundle"):
+                    await self.start_shadow(str(action["bundle"]), 100 if percent is None else percent,
+                                            None if action.get("version") is None else str(action["version"]))
+                elif self.shadow.revision is None:
+                    raise UserError("no shadow revision is running: start one with a bundle")
+                elif percent is None:
+                    raise UserError("action shadow needs a bundle (start) or a percent (re-weight)")
+                else:
+                    self.shadow.percent = percent
+            elif kind == "shadow_stop":
+                await self.stop_shadow()
             else:
-                raise UserError(f"unknown action {kind!r}; use canary, percent, promote or rollback")
+                raise UserError(f"unknown action {kind!r}; use canary, percent, promote, rollback, "
+                                "shadow or shadow_stop")
             log.warning("rollout %s: %s", kind, [(r.name, r.percent, r.tag) for r in self.revisions])
             return self.status()
 
     def targets(self) -> list[dict]:
         """Prometheus HTTP service discovery: every revision's transformer and Triton metrics."""
         groups = []
-        for r in self.revisions:
+        for r in [*self.revisions, *([self.shadow.revision] if self.shadow.revision else [])]:
             labels = {"gourmetgram_revision": r.name}
             groups.append({"targets": [urlsplit(r.transformer_url).netloc],
                            "labels": {**labels, "gourmetgram_component": "transformer"}})
@@ -558,9 +632,11 @@ class Gateway:
                                              limits=httpx.Limits(max_connections=256))
             if self.logger is not None:
                 await self.logger.start()
+            await self.shadow.start()
             try:
                 yield
             finally:
+                await self.shadow.stop()
                 if self.logger is not None:
                     await self.logger.stop()
                 await self._client.aclose()
@@ -611,6 +687,14 @@ class Gateway:
         async def targets(_request: Request) -> Response:
             return JSONResponse(self.targets())
 
+        async def shadow(request: Request) -> Response:
+            # The pairs are predictions on users' requests: behind the token, like tag routing.
+            if not control.authorized(request.headers, self.control_token):
+                return _error(401, "the shadow's answers need the stack's control token "
+                                   "('Authorization: Bearer <token>'; `gourmetgram rollout shadow` sends it)")
+            return JSONResponse({"shadow": self.shadow.status(), "pids": self.shadow_pids(),
+                                 "pairs": self.shadow.pairs()})
+
         routes = [
             Route("/", index, methods=["GET"]),
             Route("/healthz", live, methods=["GET"]),
@@ -620,6 +704,7 @@ class Gateway:
             Route(f"{CONTROL_PREFIX}/rollout", rollout, methods=["GET", "POST"]),
             Route(f"{CONTROL_PREFIX}/targets", targets, methods=["GET"]),
             Route(FEEDBACK_PATH, self.feedback, methods=["POST"]),
+            Route(f"{CONTROL_PREFIX}/shadow", shadow, methods=["GET"]),
             Route("/v1/models/{rest:path}", self.forward, methods=["GET", "POST"]),
             Route("/v2/{rest:path}", self.forward, methods=["GET", "POST"]),
         ]

@@ -74,10 +74,27 @@ class AutoConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ShadowThresholds:
+    """Shadow vs production on the same requests (:mod:`gourmetgram.rollout.shadow`)."""
+
+    __pydantic_config__ = STRICT
+    min_pairs: AtLeastOne = 50
+    # The 95% Wilson interval's LOWER bound of the agreement rate must reach this.
+    min_agreement: Share = 0.7
+    max_class_shift: Share = 0.25
+    class_shift_alpha: Annotated[StrictFloat, Field(gt=0, lt=1)] = 0.01
+    max_confidence_drop: Share = 0.1
+    confidence_alpha: Annotated[StrictFloat, Field(gt=0, lt=1)] = 0.01
+    min_labelled: AtLeastOne = 20
+    max_accuracy_drop: Share = 0.02
+
+
+@dataclasses.dataclass(frozen=True)
 class RolloutConfig:
     __pydantic_config__ = STRICT
     analysis: Annotated[Thresholds, SECTION] = Thresholds()
     auto: Annotated[AutoConfig, SECTION] = AutoConfig()
+    shadow: Annotated[ShadowThresholds, SECTION] = ShadowThresholds()
     source: StrictStr = "<defaults>"
 
 

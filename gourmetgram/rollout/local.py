@@ -15,6 +15,7 @@ from gourmetgram.errors import DependencyUnavailable, UserError
 from gourmetgram.rollout.analysis import RolloutState
 
 CONTROL_PATH = "/_gourmetgram/rollout"
+SHADOW_PATH = "/_gourmetgram/shadow"
 CANARY_START_TIMEOUT_S = 300.0  # a new Triton + transformer on busy cores
 
 
@@ -71,6 +72,33 @@ class LocalRollout:
 
     def rollback(self) -> None:
         self._call("POST", {"action": "rollback"})
+
+    # -- shadow (mirrored traffic, answers never served) ---------------------------------------
+    def shadow_start(self, bundle: str, percent: int, version: int | str | None = None) -> dict:
+        return self._call("POST", {"action": "shadow", "bundle": str(bundle), "percent": percent,
+                                   "version": None if version is None else str(version)},
+                          timeout_s=CANARY_START_TIMEOUT_S)
+
+    def shadow_percent(self, percent: int) -> dict:
+        return self._call("POST", {"action": "shadow", "percent": percent})
+
+    def shadow_stop(self) -> dict:
+        return self._call("POST", {"action": "shadow_stop"}, timeout_s=120.0)
+
+    def shadow_detail(self) -> dict:
+        """The shadow's status, its processes and the production/shadow answer pairs kept."""
+        from gourmetgram.local import control
+
+        if self._token is None:
+            self._token = control.token_for_gateway(self.gateway_url)
+        url = self.gateway_url + SHADOW_PATH
+        try:
+            r = httpx.get(url, headers=control.bearer(self._token), timeout=30.0)
+        except httpx.HTTPError as exc:
+            raise UserError(f"the local gateway at {self.gateway_url} is not reachable ({exc})") from exc
+        if r.status_code != 200:
+            raise UserError(f"{url} answered {r.status_code}: {r.text[:200]}")
+        return r.json()
 
 
 def state_from_status(status: dict) -> RolloutState:

@@ -199,6 +199,94 @@ def _auto(args: argparse.Namespace) -> int:
     return 0 if decision == PROMOTE else 1
 
 
+def _local_shadow(args: argparse.Namespace):
+    if args.cluster:
+        raise UserError("on the cluster the shadow is declared in the chart (values `shadow:`: "
+                        "enabled, version/storageUri, percent; `helm upgrade`), not started by this "
+                        "command; see README 'Shadow deployment'")
+    from gourmetgram.rollout.local import LocalRollout
+
+    return LocalRollout(args.gateway)
+
+
+def _print_shadow(status: dict | None) -> None:
+    if not status:
+        print("shadow: none (start one with `gourmetgram rollout shadow start --version N --percent P`)")
+        return
+    dropped = status.get("dropped") or {}
+    print(f"shadow: {status['name']} (version {status.get('version') or '-'}) mirrors "
+          f"{status['percent']}% of model requests; its answers are logged, never served")
+    print(f"  mirrored {status['mirrored']:.0f}, answered {status['answered']:.0f}, dropped "
+          f"{sum(dropped.values()):.0f} (" + ", ".join(f"{k} {v:.0f}" for k, v in dropped.items())
+          + f"), in flight {status['inflight']}, answer pairs kept {status['pairs']}")
+    print(f"  bundle {status.get('bundle') or '-'}")
+
+
+def _shadow_start(args: argparse.Namespace) -> int:
+    backend = _local_shadow(args)
+    bundle, version = args.bundle, args.version
+    if version is not None:
+        from gourmetgram import registry
+
+        bundle = registry.bundle_for(int(version))
+    if bundle is None:
+        raise UserError("shadow start needs --version N or --bundle DIR")
+    print(f"starting shadow {('version ' + str(version)) if version else bundle} mirroring "
+          f"{args.percent}% ...", flush=True)
+    _print_shadow(backend.shadow_start(bundle, args.percent, version).get("shadow"))
+    return 0
+
+
+def _shadow_status(args: argparse.Namespace) -> int:
+    backend = _local_shadow(args)
+    if args.percent is not None:
+        backend.shadow_percent(args.percent)
+    _print_shadow(backend.raw_status().get("shadow"))
+    return 0
+
+
+def _shadow_stop(args: argparse.Namespace) -> int:
+    backend = _local_shadow(args)
+    backend.shadow_stop()
+    print("shadow stopped: no request is mirrored any more")
+    return 0
+
+
+def _read_labels(path: str | None) -> dict[str, str]:
+    """``inference_id,label`` per line (a header line is fine): feedback or annotations."""
+    if not path:
+        return {}
+    import csv
+
+    try:
+        with open(path, newline="") as handle:
+            rows = [r for r in csv.reader(handle) if r]
+    except OSError as exc:
+        raise UserError(f"--labels {path}: {exc.strerror}") from None
+    if rows and [c.strip().lower() for c in rows[0][:2]] == ["inference_id", "label"]:
+        rows = rows[1:]
+    if any(len(r) < 2 for r in rows):
+        raise UserError(f"--labels {path}: every line must be inference_id,label")
+    return {r[0].strip(): r[1].strip() for r in rows}
+
+
+def _shadow_analyze(args: argparse.Namespace) -> int:
+    from gourmetgram.config import override
+    from gourmetgram.rollout.analysis import load_config
+    from gourmetgram.rollout.shadow import NOT_READY, decide, figures, paired_answers
+
+    thresholds = override(load_config(args.config), "shadow", min_pairs=args.min_pairs).shadow
+    backend = _local_shadow(args)
+    detail = backend.shadow_detail()
+    if not detail.get("shadow"):
+        raise UserError("no shadow revision is running: nothing to analyse")
+    production = backend.raw_status().get("latest_rolledout_revision") or "production"
+    verdict = decide(figures(paired_answers(detail["pairs"], _read_labels(args.labels))), thresholds)
+    verdict.production, verdict.shadow = production, detail["shadow"]["name"]
+    print(verdict.report())
+    return 1 if verdict.decision == NOT_READY else 0
+
+
 def _target_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gateway", default=f"http://{constants.HOST}:{constants.GATEWAY_PORT}",
                    help="local stack's gateway URL (default: %(default)s)")
@@ -228,7 +316,7 @@ def _percent(text: str) -> int:
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "rollout", help="canary rollout: canary, promote, rollback, status, analyze, auto",
+        "rollout", help="canary rollout: canary, promote, rollback, status, analyze, auto, shadow",
         description="Staged rollout of the production InferenceService: a new model version as a "
         "canary at N%% of traffic, canary analysis from Prometheus, promote or roll back. Local stack "
         "by default (the gateway splits traffic exactly as KServe does), the cluster with --cluster.")
@@ -259,6 +347,35 @@ def add_parser(subparsers) -> None:
     _analysis_args(p)
     p.add_argument("--show-queries", action="store_true", help="print the PromQL first")
     p.set_defaults(func=_analyze)
+
+    shadow = sub.add_parser(
+        "shadow", help="shadow deployment: mirror N%% of requests to a candidate, compare, never serve it",
+        description="A candidate model answers a copy of N%% of production requests; its answers "
+        "are logged (CloudEvents, endpoint shadow) and compared with production's on the same "
+        "requests, never returned to users.")
+    shadow_sub = shadow.add_subparsers(dest="shadow_command", metavar="ACTION", required=True)
+    p = shadow_sub.add_parser("start", help="start (or replace) the shadow revision")
+    _target_args(p)
+    p.add_argument("--percent", type=_percent, default=100, help="share of requests mirrored 0..100 "
+                   "(default: %(default)s)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--version", type=int, help="registered model version (its bundle.uri tag)")
+    which.add_argument("--bundle", help="an export bundle folder in the model store")
+    p.set_defaults(func=_shadow_start)
+    p = shadow_sub.add_parser("status", help="what is mirrored, answered and dropped")
+    _target_args(p)
+    p.add_argument("--percent", type=_percent, help="first re-weight the mirrored share")
+    p.set_defaults(func=_shadow_status)
+    p = shadow_sub.add_parser("stop", help="stop mirroring and the shadow's processes")
+    _target_args(p)
+    p.set_defaults(func=_shadow_stop)
+    p = shadow_sub.add_parser("analyze", help="compare shadow with production on the same requests; "
+                              "exit 1 when not ready for a canary")
+    _target_args(p)
+    p.add_argument("--config", help="rollout config (default: configs/rollout.yaml, section shadow)")
+    p.add_argument("--labels", help="CSV of inference_id,label (feedback/annotations) for accuracy")
+    p.add_argument("--min-pairs", type=int, help="answer pairs needed before deciding")
+    p.set_defaults(func=_shadow_analyze)
 
     p = sub.add_parser("auto", help="analyse in a loop: raise the canary step by step, promote or roll back")
     _target_args(p)
