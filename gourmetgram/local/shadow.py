@@ -29,13 +29,18 @@ import collections
 import dataclasses
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-if TYPE_CHECKING:
-    from gourmetgram.local.gateway import InferenceLogger
+
+class InferenceLogger(Protocol):
+    """What the shadow needs of :class:`gourmetgram.local.gateway.InferenceLogger` (named here,
+    not imported: the gateway imports this module)."""
+
+    def log(self, ce_id: str, kind: str, body: bytes, content_type: str, endpoint: str,
+            extensions: dict[str, str] | None = None) -> None: ...
 
 SHADOW_ENDPOINT = "shadow"
 SHADOW_EXTENSION = "shadow"  # ce-shadow: "true" on every event the shadow's answers produce
