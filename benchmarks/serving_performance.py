@@ -360,23 +360,19 @@ def baseline_server(checkpoint: Path, log_path: Path) -> Iterator[tuple[int, int
             proc.wait(timeout=10)
 
 
-def write_manifest(path: Path, model_name: str = MODEL_NAME) -> Path:
-    """A minimal staging InferenceService for the benchmark: no inference logger, so no
-    detector is needed and the figures are the request path alone."""
+def write_manifest(path: Path) -> Path:
+    """The staging InferenceService as rendered from the chart, without its inference logger:
+    no detector is needed, so the figures are the request path alone."""
     import yaml
 
-    doc = {
-        "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
-        "metadata": {"name": "food11-bench", "namespace": "gourmetgram-bench",
-                     "annotations": {"serving.kserve.io/deploymentMode": "Serverless"}},
-        "spec": {
-            "predictor": {"model": {"modelFormat": {"name": "triton"}, "protocolVersion": "v2",
-                                    "runtime": "kserve-tritonserver", "storageUri": "file:///bundle/triton"}},
-            "transformer": {"containers": [{"name": "kserve-container", "image": "food-transformer",
-                                            "args": ["--model_name", model_name, "--protocol", "v2"]}]},
-        },
-    }
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    from gourmetgram.local.manifests import MANIFEST_DIR
+
+    docs = yaml.safe_load_all((MANIFEST_DIR / "staging.yaml").read_text())
+    isvc = next(d for d in docs if d and d.get("kind") == "InferenceService")
+    isvc["spec"]["predictor"].pop("logger", None)
+    isvc["metadata"] = {"name": "food11-bench", "namespace": "gourmetgram-bench",
+                        "annotations": isvc["metadata"].get("annotations", {})}
+    path.write_text(yaml.safe_dump(isvc, sort_keys=False))
     return path
 
 
