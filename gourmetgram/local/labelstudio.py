@@ -49,7 +49,9 @@ class LabelStudioServer:
             raise UserError(f"set {', '.join(missing)} in the environment (Label Studio's first user and "
                             "its API token; never in git)")
         binary = find_label_studio()
-        env = dict(os.environ, LABEL_STUDIO_BASE_DATA_DIR=str(self.data_dir), PYTHONUNBUFFERED="1")
+        # no error reports or analytics to the vendor: the data is production photos
+        env = dict(os.environ, LABEL_STUDIO_BASE_DATA_DIR=str(self.data_dir), PYTHONUNBUFFERED="1",
+                   SENTRY_DSN="", FRONTEND_SENTRY_DSN="", COLLECT_ANALYTICS="false")
         env.pop("PYTHONPATH", None)  # its own venv, its own packages
         env.pop("DJANGO_SETTINGS_MODULE", None)
         argv = [str(binary), "start", "--no-browser", "--internal-host", host, "--host", self.url,
