@@ -17,6 +17,8 @@ REGISTERED_MODEL_NAME = "gourmetgram-food11"
 TRANSFORMER_CONTAINER = "transformer-container"
 # InferenceService names per stage.
 ISVC_NAMES = {STAGING: "food11-staging", PRODUCTION: "food11"}
+# The cluster's shadow InferenceService (chart values `shadow:`): Istio mirrors production to it.
+SHADOW_ISVC_NAME = "food11-shadow"
 
 # Dataset layout (Food-11): <root>/<split>/class_XX/*.jpg
 SPLITS = ("training", "validation", "evaluation")

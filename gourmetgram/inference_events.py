@@ -30,7 +30,7 @@ EXTENSIONS = ("inferenceservicename", "namespace", "component", "endpoint")
 # Optional extensions: KServe's ``annotations`` (JSON of the InferenceService annotations named in
 # ``logger.metadataAnnotations``) and two the local gateway adds (KServe's agent does not): the
 # revision that served and the registered model version it serves.
-LOCAL_EXTENSIONS = ("annotations", "revision", "modelversion")
+LOCAL_EXTENSIONS = ("annotations", "revision", "modelversion", "shadow")
 MAX_INSTANCES = 1024
 
 

@@ -31,6 +31,7 @@ K8S_VERSION = "1.33"
 KSERVE_DIR = SCHEMA_DIR / "kserve-v0.20.0"
 KNATIVE_DIR = SCHEMA_DIR / "knative-serving-v1.21.1"
 PROM_OPERATOR_DIR = SCHEMA_DIR / "prometheus-operator-v0.79.2"
+ISTIO_DIR = SCHEMA_DIR / "istio-1.27.1"
 
 # (group, kind) -> CRD file
 CRD_FILES = {
@@ -40,6 +41,7 @@ CRD_FILES = {
     ("monitoring.coreos.com", "PodMonitor"): PROM_OPERATOR_DIR / "monitoring.coreos.com_podmonitors.yaml",
     ("monitoring.coreos.com", "ServiceMonitor"): PROM_OPERATOR_DIR / "monitoring.coreos.com_servicemonitors.yaml",
     ("monitoring.coreos.com", "PrometheusRule"): PROM_OPERATOR_DIR / "monitoring.coreos.com_prometheusrules.yaml",
+    ("networking.istio.io", "VirtualService"): ISTIO_DIR / "virtualservice.yaml",
 }
 
 # Knative pod-spec fields that are off unless config-features enables them (v1.21 defaults).
@@ -101,6 +103,9 @@ def crd_validator(group: str, kind: str, version: str) -> jsonschema.protocols.V
                 schema["properties"]["metadata"] = {"type": "object"}
                 strict = _strict(schema)
                 strict["properties"]["metadata"] = {"type": "object"}
+                # apiVersion/kind are on every object whether a CRD lists them or not (Istio's do not)
+                for field in ("apiVersion", "kind"):
+                    strict["properties"].setdefault(field, {"type": "string"})
                 return jsonschema.Draft7Validator(strict)
     raise KeyError(f"{group}/{version} {kind} not in {path}")
 

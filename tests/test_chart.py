@@ -322,3 +322,54 @@ def test_one_bundle_loads_on_every_stage(rendered):
     gpus = {stage: int(isvc_of(objects)["spec"]["predictor"]["model"]["resources"].get("limits", {})
                        .get("nvidia.com/gpu", 0)) for stage, objects in rendered.items()}
     assert gpus == {STAGING: 0, PRODUCTION: 1}  # same bundle, CPU in staging, GPU in production
+
+
+# --- shadow deployment (issue 12): Istio mirror to a second InferenceService -----------------
+SHADOW = {"shadow": {"enabled": True, "version": "7", "bundleUri": "s3://gourmetgram-models/food11/7",
+                     "percent": 25, "host": "api.gourmetgram.example"}}
+
+
+def test_shadow_is_a_mirror_to_a_second_inference_service_and_passes_its_schemas():
+    objects = manifests.render_objects(PRODUCTION, SHADOW)
+    for obj in objects:
+        assert object_errors(obj) == [], obj["kind"]
+    isvcs = {o["metadata"]["name"]: o for o in objects if o["kind"] == "InferenceService"}
+    assert set(isvcs) == {ISVC_NAMES[PRODUCTION], "food11-shadow"}
+    shadow, production = isvcs["food11-shadow"], isvcs[ISVC_NAMES[PRODUCTION]]
+    # Standard mode: the predictor Service routes by port, so Istio's "-shadow" Host suffix is harmless.
+    assert shadow["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
+    assert shadow["spec"]["predictor"]["model"]["storageUri"] == "s3://gourmetgram-models/food11/7"
+    assert shadow["spec"]["predictor"]["annotations"]["gourmetgram.io/model-version"] == "7"
+    assert "canaryTrafficPercent" not in shadow["spec"]["predictor"]
+    # Same predictor as production otherwise (one template), production untouched.
+    assert shadow["spec"]["predictor"]["containers"] == production["spec"]["predictor"]["containers"]
+    assert production == isvc_of(manifests.render_objects(PRODUCTION))
+    [vs] = [o for o in objects if o["kind"] == "VirtualService"]
+    assert vs["apiVersion"] == "networking.istio.io/v1"
+    [route] = vs["spec"]["http"]
+    assert route["mirror"] == {"host": "food11-shadow-predictor.gourmetgram-production.svc.cluster.local",
+                               "port": {"number": 80}}
+    assert route["mirrorPercentage"] == {"value": 25}
+    assert route["rewrite"]["authority"] == "food11.gourmetgram-production.svc.cluster.local"
+    assert vs["spec"]["hosts"] == ["api.gourmetgram.example"]
+    # The strict schema catches a typo in Istio's fields.
+    typo = yaml.safe_load(yaml.safe_dump(vs))
+    typo["spec"]["http"][0]["mirrorPercent"] = {"value": 25}  # deprecated int field: wrong shape
+    typo["spec"]["http"][0]["mirrorPercentage"]["val"] = 1
+    assert object_errors(typo)
+
+
+def test_shadow_is_off_by_default_and_refuses_bad_values():
+    for stage in manifests.RENDERED_STAGES:
+        assert not any(o["kind"] == "VirtualService" for o in manifests.render_objects(stage))
+    bad = [
+        ({**SHADOW["shadow"], "percent": 150}, "shadow.percent must be within 0..100"),
+        ({**SHADOW["shadow"], "host": ""}, "shadow.host is required"),
+        ({**SHADOW["shadow"], "bundleUri": "/home/me/bundle"}, "not an object-store URI"),
+        ({**SHADOW["shadow"], "isvcName": "food11"}, "must differ"),
+    ]
+    for values, message in bad:
+        with pytest.raises(UserError, match=message):
+            manifests.render_objects(PRODUCTION, {"shadow": values})
+    with pytest.raises(UserError, match="production stage only"):
+        manifests.render_objects(STAGING, SHADOW)

@@ -4,7 +4,9 @@ The end-to-end part runs ONE production stack for the module (PyTriton, kserve t
 the gateway) with a recording CloudEvents sink as the logger's target, in file order: a
 shadow of a deliberately different model mirrors 100% -> its answers reach the sink under
 the mirrored requests' ids while clients keep getting production's -> the analysis says
-not ready -> the shadow is killed under load and no client request fails -> stop.
+not ready -> the shadow is killed under load and no client request fails -> stop. The logger posts to the
+real capture chain (broker -> capture sink on SQLite), with the recording sink subscribed in
+the drift detector's place.
 """
 
 from __future__ import annotations
@@ -127,6 +129,57 @@ def test_top1_reads_v1_answers_only():
     assert top1(b"not json") == [] and top1(b'{"outputs": []}') == []
 
 
+# -- capture: the shadow's answers next to production's, in the loop store --------------------
+def test_capture_keeps_shadow_answers_apart_and_joins_them_with_labels(tmp_path):
+    from loop_helpers import CLASSES, ce_headers, image, request_body, response_body
+    from starlette.testclient import TestClient
+
+    from capture_sink.server import CaptureService, create_app
+    from gourmetgram.loop.feedback import record_feedback
+    from gourmetgram.loop.objects import ObjectStore
+    from gourmetgram.loop.settings import CaptureSettings, FeedbackSettings, LoopSettings
+    from gourmetgram.loop.store import Store
+    from gourmetgram.rollout.shadow import captured_answers
+
+    store = Store(f"sqlite:///{tmp_path / 'loop.db'}")
+    settings = LoopSettings(capture=CaptureSettings(), feedback=FeedbackSettings(wait_for_capture_s=0.0))
+    client = TestClient(create_app(CaptureService(store, ObjectStore((tmp_path / "o").as_uri()), settings,
+                                                  CLASSES)))
+    shadow_rev = "food11-shadow-predictor-00001"
+
+    def post(ce_id, kind, body, **kw):
+        r = client.post("/", content=body, headers=ce_headers(ce_id, kind, **kw))
+        assert r.status_code == 200, r.text
+
+    # The shadow's answer arrives FIRST for "a": it must not become the production prediction.
+    post("a", "response", response_body("three", 0.4), endpoint="shadow", revision=shadow_rev)
+    post("a", "request", request_body(image(1)))
+    post("a", "response", response_body("two", 0.9))
+    post("a", "response", response_body("three", 0.4), endpoint="shadow", revision=shadow_rev)  # redelivery
+    post("b", "request", request_body(image(2)))
+    post("b", "response", response_body("one", 0.8))
+    post("b", "response", response_body("one", 0.7), endpoint="shadow", revision=shadow_rev)
+    # The cluster's shadow InferenceService says so by its name (its endpoint is "default").
+    post("c", "request", request_body(image(3)))
+    post("c", "response", response_body("zero", 0.8))
+    post("c", "response", response_body("one", 0.6), isvc="food11-shadow", revision="food11-shadow-predictor-00002")
+    try:
+        assert store.get_sample("a").label == "two" and store.get_sample("b").label == "one"
+        assert store.get_sample("c").label == "zero"
+        record_feedback(store, {"inference_id": "a", "correct": False, "correct_class": "three", "flag": None})
+        record_feedback(store, {"inference_id": "b", "correct": True, "correct_class": None, "flag": None})
+        rows = {r["sample_id"]: r for r in store.shadow_comparisons(shadow_rev)}
+        assert set(rows) == {"a", "b"}
+        assert (rows["a"]["production"], rows["a"]["shadow"], rows["a"]["label"]) == ("two", "three", "three")
+        assert (rows["b"]["production"], rows["b"]["shadow"], rows["b"]["label"]) == ("one", "one", "one")
+        f = figures(captured_answers(rows.values()))
+        assert (f.pairs, f.agreements, f.labelled, f.production_correct, f.shadow_correct) == (2, 1, 2, 1, 2)
+        latest = store.shadow_comparisons()  # default: the shadow revision captured last
+        assert [r["sample_id"] for r in latest] == ["c"] and latest[0]["shadow"] == "one"
+    finally:
+        store.dispose()
+
+
 # -- end to end on the local stack ---------------------------------------------------------
 class Sink:
     """Records the logger's CloudEvents (a stand-in for the detector / capture sink)."""
@@ -208,11 +261,27 @@ def sink():
 
 
 @pytest.fixture(scope="module")
-def stack(bundles, sink, tmp_path_factory):
+def loop(bundles, sink, tmp_path_factory):
+    """The real capture chain: the logger posts to the broker, which fans out to the capture
+    sink (SQLite + objects) and to the recording sink (in the detector's place)."""
+    from gourmetgram.local.loop import LoopServices
+
+    root = tmp_path_factory.mktemp("shadow-loop")
+    db = f"sqlite:///{root / 'loop.db'}"
+    services = LoopServices(bundles["stable"], root / "logs", detector_url=sink.url, db_url=db,
+                            objects_url=(root / "objects").as_uri()).start()
+    try:
+        yield {"db": db, "services": services}
+    finally:
+        services.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(bundles, loop, tmp_path_factory):
     from gourmetgram.local.stack import LocalStack, Ports
 
-    with LocalStack(bundles["stable"], PRODUCTION, Ports.free(), logger_url=sink.url,
-                    log_dir=tmp_path_factory.mktemp("shadow-logs")) as running:
+    with LocalStack(bundles["stable"], PRODUCTION, Ports.free(), logger_url=loop["services"].broker_url + "/",
+                    model_version="1", log_dir=tmp_path_factory.mktemp("shadow-logs")) as running:
         yield running
 
 
@@ -232,7 +301,7 @@ def _ensure_shadow(stack, bundles) -> dict:
 
 @pytest.mark.slow
 def test_mirrored_requests_reach_the_shadow_and_clients_get_production_answers(
-        stack, bundles, sink, images, capsys):
+        stack, loop, bundles, sink, images, capsys):
     with httpx.Client(timeout=60) as client:
         baseline = [_predict(client, stack.gateway_url, b).json() for b in images]
         assert main(["rollout", "shadow", "start", "--bundle", str(bundles["candidate"]),
@@ -260,6 +329,22 @@ def test_mirrored_requests_reach_the_shadow_and_clients_get_production_answers(
                 if h.get("ce-endpoint") == "default" and h["ce-type"].endswith("response")}
 
     assert _wait(lambda: set(ids) <= production())  # production's answer, under the same id
+    # Captured: the shadow's answer in its own table under the mirrored sample's id, the
+    # production sample untouched by it (its label is production's answer).
+    from gourmetgram.loop.store import Store
+
+    store = Store(loop["db"])
+    try:
+        assert _wait(lambda: len(store.shadow_comparisons()) >= len(ids), 120), store.shadow_comparisons()
+        rows = {r["sample_id"]: r for r in store.shadow_comparisons()}
+    finally:
+        store.dispose()
+    assert set(ids) <= set(rows)
+    expected = {ce_id: r.json()["predictions"][0]["label"] for ce_id, r in zip(ids, answers)}
+    for ce_id in ids:
+        row = rows[ce_id]
+        assert (row["production"], row["shadow"]) == (expected[ce_id], bundles["candidate_class"])
+        assert row["production_revision"] == stack.revision and row["revision"].startswith("food11-shadow")
     detail = _detail(stack)
     assert detail["shadow"]["answered"] >= len(ids) and detail["shadow"]["percent"] == 100
     assert {p["inference_id"] for p in detail["pairs"]} >= set(ids)
@@ -268,6 +353,10 @@ def test_mirrored_requests_reach_the_shadow_and_clients_get_production_answers(
         rc = main(["rollout", "shadow", "analyze", "--min-pairs", "10", "--gateway", stack.gateway_url])
         out = capsys.readouterr().out
         assert rc == 1 and "verdict: NOT READY" in out and "top-1 agreement" in out, out
+        # The same from the captured samples (the loop store), as on the cluster.
+        rc = main(["rollout", "shadow", "analyze", "--from-store", "--db", loop["db"], "--min-pairs", "10"])
+        out = capsys.readouterr().out
+        assert rc == 1 and "verdict: NOT READY" in out and "food11-shadow-predictor" in out, out
 
 
 @pytest.mark.slow

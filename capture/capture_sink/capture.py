@@ -84,6 +84,11 @@ class Capture:
 
     def handle(self, event: InferenceEvent) -> dict[str, Any]:
         meta = self.meta(event)
+        if (meta["endpoint"] == "shadow" or event.extensions.get("shadow") == "true"
+                or meta["inferenceservice"] == constants.SHADOW_ISVC_NAME):
+            # A shadow's answer shares the production sample's id but never reached a user: it
+            # must not fill that sample's prediction (the shadow's own table keeps it).
+            return self.handle_shadow(event, meta)
         if not sampled(event.id, self.settings.sampling_rate(meta["stage"])):
             return {"outcome": "sampled_out", "stage": meta["stage"]}
         changed = 0
@@ -112,3 +117,24 @@ class Capture:
             n = len(preds)
         return {"outcome": "stored" if changed else "duplicate", "samples": n, "stage": meta["stage"],
                 "kind": "request" if event.is_request else "response"}
+
+    def handle_shadow(self, event: InferenceEvent, meta: dict[str, Any]) -> dict[str, Any]:
+        """A shadow revision's answer: kept in its own table, keyed by the mirrored sample.
+        Never sampled out on its own: it is kept whenever it arrives (the comparison joins
+        it with whatever production sample was kept)."""
+        if event.is_request:  # the image is the production request's, already captured once
+            return {"outcome": "unsupported", "reason": "shadow request events carry nothing new"}
+        revision = meta["revision"] or meta["inferenceservice"] or "shadow"
+        changed = 0
+        preds = event.predictions or [{"class_index": c} for c in event.classes]
+        for k, pred in enumerate(preds):
+            index, label, confidence = pred.get("class_index"), pred.get("label"), pred.get("confidence")
+            if label is None and isinstance(index, int) and 0 <= index < len(self.class_names):
+                label = self.class_names[index]
+            changed += self.store.add_shadow_prediction(
+                sample_id(event.id, k), revision, inference_id=event.id, instance=k, label=label,
+                class_index=index, confidence=None if confidence is None else float(confidence),
+                top_k=pred.get("top_k"), model_version=meta["model_version"],
+                predicted_at=_time(event.time))
+        return {"outcome": "stored" if changed else "duplicate", "samples": len(preds),
+                "stage": "shadow", "kind": "shadow-response"}

@@ -134,7 +134,8 @@ class DriftService:
                 images.extend(event.images)
                 if event.tensors is not None:
                     tensors.append(event.tensors)
-            else:
+            elif not (event.extensions.get("endpoint") == "shadow"  # a shadow's answers reached no user
+                      or event.extensions.get("shadow") == "true"):
                 self.labels.update(event.classes)
         if images or tensors:
             arrays, kept = self.embedder.preprocess(images)

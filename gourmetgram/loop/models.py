@@ -91,3 +91,26 @@ class Label(Base):
     labelled_by: Mapped[str | None] = mapped_column(String(256))
     labelled_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     external_id: Mapped[str | None] = mapped_column(String(64))
+
+
+class ShadowPrediction(Base):
+    """What a shadow revision answered for a mirrored request (never shown to the user).
+
+    Keyed like the production sample it mirrors (``sample_id``: the inference id, ``/<k>``
+    for the k-th image) plus the shadow revision, so the two answers to the same request
+    join on ``sample_id``. No foreign key: the shadow's answer may arrive before the
+    production sample exists (or for a request the production capture sampled out).
+    """
+
+    __tablename__ = "shadow_predictions"
+    sample_id: Mapped[str] = mapped_column(String(160), primary_key=True)
+    revision: Mapped[str] = mapped_column(String(128), primary_key=True)
+    inference_id: Mapped[str] = mapped_column(String(128), index=True)
+    instance: Mapped[int] = mapped_column(Integer, default=0)
+    label: Mapped[str | None] = mapped_column(String(128))
+    class_index: Mapped[int | None] = mapped_column(Integer)
+    confidence: Mapped[float | None] = mapped_column(Float)
+    top_k: Mapped[list | None] = mapped_column(JSON)
+    model_version: Mapped[str | None] = mapped_column(String(64))
+    predicted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    captured_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

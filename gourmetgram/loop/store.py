@@ -25,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from gourmetgram.errors import UserError
-from gourmetgram.loop.models import Base, Sample
+from gourmetgram.loop.models import Base, Feedback, Label, Sample, ShadowPrediction
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -142,6 +142,52 @@ class Store:
                 if attempt == 2:
                     raise
         return False
+
+    def add_shadow_prediction(self, sample_id: str, revision: str, **fields) -> bool:
+        """Keep a shadow's answer once per (sample, shadow revision); a redelivery is a no-op."""
+        try:
+            with self.write() as s:
+                if s.get(ShadowPrediction, (sample_id, revision)) is not None:
+                    return False
+                s.add(ShadowPrediction(sample_id=sample_id, revision=revision, captured_at=utcnow(),
+                                       **fields))
+                return True
+        except IntegrityError:  # another process stored it first
+            return False
+
+    def shadow_comparisons(self, revision: str | None = None) -> list[dict]:
+        """Each captured shadow answer next to the production answer for the same sample, with
+        the sample's ground truth where there is one (an annotator's label first, else the
+        user's feedback: the corrected class, or the production label marked correct).
+        ``revision``: one shadow revision (default: the one captured last)."""
+        with self.session() as s:
+            if revision is None:
+                revision = s.scalar(select(ShadowPrediction.revision)
+                                    .order_by(ShadowPrediction.captured_at.desc()).limit(1))
+                if revision is None:
+                    return []
+            rows = s.execute(
+                select(ShadowPrediction, Sample).join(Sample, Sample.sample_id == ShadowPrediction.sample_id)
+                .where(ShadowPrediction.revision == revision, Sample.label.is_not(None))
+                .order_by(ShadowPrediction.captured_at)).all()
+            ids = [sample.sample_id for _, sample in rows]
+            labels: dict[str, str] = {}
+            for fb in s.scalars(select(Feedback).where(Feedback.sample_id.in_(ids))):
+                if fb.correct_class:
+                    labels[fb.sample_id] = fb.correct_class
+            by_id = {sample.sample_id: sample for _, sample in rows}
+            for fb in s.scalars(select(Feedback).where(Feedback.sample_id.in_(ids), Feedback.correct.is_(True))):
+                if fb.sample_id not in labels and by_id[fb.sample_id].label:
+                    labels[fb.sample_id] = str(by_id[fb.sample_id].label)
+            for lab in s.scalars(select(Label).where(Label.sample_id.in_(ids)).order_by(Label.label_source)):
+                if lab.label_source == "annotator" or lab.sample_id not in labels:
+                    labels[lab.sample_id] = lab.label
+            return [{"sample_id": sample.sample_id, "inference_id": sample.inference_id,
+                     "revision": shadow.revision, "production": sample.label,
+                     "production_confidence": sample.confidence, "production_revision": sample.revision,
+                     "shadow": shadow.label, "shadow_confidence": shadow.confidence,
+                     "shadow_version": shadow.model_version, "label": labels.get(sample.sample_id)}
+                    for shadow, sample in rows if shadow.label is not None]
 
     def get_sample(self, sample_id: str) -> Sample | None:
         with self.session() as s:

@@ -81,6 +81,17 @@ def paired_answers(pairs: Iterable[Mapping], labels: Mapping[str, str] | None = 
     return out
 
 
+def captured_answers(rows: Iterable[Mapping]) -> list[PairedAnswer]:
+    """The capture store's comparisons (:meth:`gourmetgram.loop.store.Store.shadow_comparisons`:
+    one row per captured sample, with the feedback/annotation label where there is one)."""
+    nan = math.nan
+    return [PairedAnswer(str(r["sample_id"]), str(r["production"]),
+                         nan if r.get("production_confidence") is None else float(r["production_confidence"]),
+                         str(r["shadow"]),
+                         nan if r.get("shadow_confidence") is None else float(r["shadow_confidence"]),
+                         r.get("label")) for r in rows]
+
+
 @dataclasses.dataclass
 class ShadowFigures:
     pairs: int = 0

@@ -9,6 +9,7 @@ MLflow always says what serves where.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from typing import TYPE_CHECKING
 
 from gourmetgram import constants
@@ -276,13 +277,35 @@ def _shadow_analyze(args: argparse.Namespace) -> int:
     from gourmetgram.rollout.shadow import NOT_READY, decide, figures, paired_answers
 
     thresholds = override(load_config(args.config), "shadow", min_pairs=args.min_pairs).shadow
-    backend = _local_shadow(args)
-    detail = backend.shadow_detail()
-    if not detail.get("shadow"):
-        raise UserError("no shadow revision is running: nothing to analyse")
-    production = backend.raw_status().get("latest_rolledout_revision") or "production"
-    verdict = decide(figures(paired_answers(detail["pairs"], _read_labels(args.labels))), thresholds)
-    verdict.production, verdict.shadow = production, detail["shadow"]["name"]
+    if args.from_store:
+        # The captured samples: shadow answers joined with production's on the inference id,
+        # with feedback and annotations as labels (works for the cluster's capture too).
+        from gourmetgram.loop.store import open_store
+        from gourmetgram.rollout.shadow import captured_answers
+
+        store = open_store(args.db)
+        try:
+            rows = store.shadow_comparisons(args.revision)
+        finally:
+            store.dispose()
+        if not rows:
+            raise UserError("the capture store holds no shadow answer joined with a production sample "
+                            "yet; is the capture sink behind the logger (`gourmetgram serve --loop`)?")
+        answers = captured_answers(rows)
+        labels = _read_labels(args.labels)
+        if labels:
+            answers = [dataclasses.replace(a, label=labels.get(a.inference_id, a.label)) for a in answers]
+        verdict = decide(figures(answers), thresholds)
+        verdict.production = ", ".join(sorted({str(r["production_revision"]) for r in rows}))
+        verdict.shadow = str(rows[0]["revision"])
+    else:
+        backend = _local_shadow(args)
+        detail = backend.shadow_detail()
+        if not detail.get("shadow"):
+            raise UserError("no shadow revision is running: nothing to analyse")
+        production = backend.raw_status().get("latest_rolledout_revision") or "production"
+        verdict = decide(figures(paired_answers(detail["pairs"], _read_labels(args.labels))), thresholds)
+        verdict.production, verdict.shadow = production, detail["shadow"]["name"]
     print(verdict.report())
     return 1 if verdict.decision == NOT_READY else 0
 
@@ -375,6 +398,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--config", help="rollout config (default: configs/rollout.yaml, section shadow)")
     p.add_argument("--labels", help="CSV of inference_id,label (feedback/annotations) for accuracy")
     p.add_argument("--min-pairs", type=int, help="answer pairs needed before deciding")
+    p.add_argument("--from-store", action="store_true", help="compare the CAPTURED answers (loop store: "
+                   "shadow predictions joined with production samples, feedback/annotations as labels) "
+                   "instead of the gateway's recent pairs")
+    p.add_argument("--db", help="loop store URL (default: $GOURMETGRAM_LOOP_DB, else the loop home's loop.db)")
+    p.add_argument("--revision", help="with --from-store: which shadow revision (default: the latest captured)")
     p.set_defaults(func=_shadow_analyze)
 
     p = sub.add_parser("auto", help="analyse in a loop: raise the canary step by step, promote or roll back")
