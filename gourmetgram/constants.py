@@ -46,6 +46,8 @@ BROKER_PORT = 8060  # local stand-in for the Knative Broker (logger fan-out)
 LABEL_STUDIO_PORT = 8085
 PROMETHEUS_PORT = 9090
 RETRAIN_RECEIVER_PORT = 8073  # Alertmanager webhook -> retrain trigger receiver
+# The web app (user page and read-only operator page), a client of the gateway's public API.
+WEBAPP_PORT = 8050
 
 # Where local runs keep their state, relative to the working directory unless
 # GOURMETGRAM_HOME is set.

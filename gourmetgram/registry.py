@@ -188,3 +188,30 @@ def bundle_for(stage_or_version: str | int, name: str = REGISTERED_MODEL_NAME) -
     if not bundle:
         raise UserError(f"version {version} of {name!r} has no {TAG_BUNDLE!r} tag; it was not exported")
     return bundle
+
+
+def list_versions(name: str = REGISTERED_MODEL_NAME) -> list[RegisteredVersion]:
+    """Every version of ``name``, newest first, with its aliases and tags; reads only.
+
+    Unlike the writers above it does not create the experiment or a local store: a
+    store that does not exist yet (no sqlite file) is a :class:`UserError`.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from gourmetgram.tracking import tracking_uri
+
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///") and not os.path.exists(uri.removeprefix("sqlite:///")):
+        raise UserError(f"no model registry yet ({uri} does not exist): run the pipeline first")
+    mlflow.set_tracking_uri(uri)
+    try:
+        found = MlflowClient().search_model_versions(f"name='{name}'")
+    except MlflowException as exc:
+        if _is_missing(exc):
+            return []
+        raise UserError(f"cannot read the model registry at {uri}: {exc.message}") from None
+    versions = [RegisteredVersion(name, int(mv.version), tuple(sorted(mv.aliases or ())), dict(mv.tags or {}),
+                                  mv.source, mv.run_id or (mv.tags or {}).get(TAG_RUN_ID)) for mv in found]
+    return sorted(versions, key=lambda v: v.version, reverse=True)

@@ -33,7 +33,7 @@ from gourmetgram.local.manifests import ServiceManifest, load_manifest, load_sta
 from gourmetgram.local.triton_server import model_dir_of, with_libpython
 from gourmetgram.tracking import home
 
-TRITON, TRANSFORMER, GATEWAY = "triton", "transformer", "gateway"
+TRITON, TRANSFORMER, GATEWAY, WEBAPP = "triton", "transformer", "gateway", "webapp"
 START_TIMEOUT_S = 180.0  # tritonserver + model load on 2 busy cores can take a minute
 STOP_TIMEOUT_S = 30.0  # PyTriton unloads the model and waits for in-flight requests
 
@@ -48,6 +48,7 @@ class Ports:
     transformer_http: int = constants.TRANSFORMER_HTTP_PORT
     transformer_grpc: int = constants.TRANSFORMER_GRPC_PORT
     gateway: int = constants.GATEWAY_PORT
+    webapp: int = constants.WEBAPP_PORT  # only bound when the stack starts the web app
 
     @classmethod
     def free(cls, host: str = constants.HOST) -> "Ports":
@@ -73,8 +74,9 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
-def check_ports_free(ports: Ports, host: str = constants.HOST) -> None:
-    busy = [f"{name}={port}" for name, port in ports.named().items() if port_in_use(host, port)]
+def check_ports_free(ports: Ports, host: str = constants.HOST, skip: tuple[str, ...] = ()) -> None:
+    busy = [f"{name}={port}" for name, port in ports.named().items()
+            if name not in skip and port_in_use(host, port)]
     if len(set(ports.named().values())) != len(ports.named()):
         raise UserError(f"the stack's ports must differ: {ports.named()}")
     if busy:
@@ -327,7 +329,8 @@ class LocalStack:
                  log_dir: str | Path | None = None,
                  start_timeout_s: float = START_TIMEOUT_S,
                  logger_url: str | None = None, logger_timeout_s: float | None = None,
-                 feedback_url: str | None = None, model_version: str | int | None = None) -> None:
+                 feedback_url: str | None = None, model_version: str | int | None = None,
+                 webapp: bool = False) -> None:
         """``logger_url``: the inference logger's sink (the local drift detector, or the local
         broker that fans out to the detector and the capture sink); ``""`` turns the logger
         off; None keeps the manifest's (a cluster-only URL becomes the local detector port, see
@@ -335,7 +338,8 @@ class LocalStack:
         ``logger_timeout_s``: how long the logger waits on its sink per event (the gateway's default if None).
         ``feedback_url``: where the gateway routes ``POST /v1/feedback`` (the capture sink).
         ``model_version``: the registered version served, carried by the logger's events into the
-        captured samples."""
+        captured samples.
+        ``webapp``: also start the web app (a client of the gateway) on ``ports.webapp``."""
         self.bundle = Path(bundle).resolve() if bundle else registered_bundle(stage)
         self.stage = stage
         self.ports = ports or Ports()
@@ -353,6 +357,7 @@ class LocalStack:
         self.control_token: str | None = None  # written at start (gourmetgram.local.control)
         self.feedback_url = feedback_url
         self.model_version = None if model_version is None else str(model_version)
+        self.webapp = webapp
         self.services: dict[str, Service] = {}
         self._check_bundle()
         # The first revision's Triton + transformer; canaries add more pairs through the gateway.
@@ -380,9 +385,23 @@ class LocalStack:
     def gateway_url(self) -> str:
         return f"http://{self.host}:{self.ports.gateway}"
 
+    @property
+    def webapp_url(self) -> str:
+        return f"http://{self.host}:{self.ports.webapp}"
+
+    @property
+    def detector_url(self) -> str:
+        """Where this stack's inference logger sends events (the drift detector), or ""."""
+        if self.logger_url is not None:
+            return self.logger_url.rstrip("/")
+        from gourmetgram.local.gateway import local_logger_url
+
+        return local_logger_url(self.manifest.logger.url).rstrip("/") if self.manifest.logger else ""
+
     def endpoints(self) -> dict[str, str]:
         m = self.model_name
-        return {
+        web = {"web app": f"{self.webapp_url}/", "operator page": f"{self.webapp_url}/operator"}
+        return {**(web if self.webapp else {}),
             "predict (v1)": f"{self.gateway_url}/v1/models/{m}:predict",
             "infer (v2)": f"{self.gateway_url}/v2/models/{m}/infer",
             "gateway metrics": f"{self.gateway_url}/metrics",
@@ -423,7 +442,25 @@ class LocalStack:
             GATEWAY, gateway_argv, self.log_dir / "gateway.log",
             lambda: _get_ok(f"{self.gateway_url}/v2/health/ready"),
             env=_child_env())
-        return [*self.pair.services, gateway]
+        return [*self.pair.services, gateway, *([self._webapp_service()] if self.webapp else [])]
+
+    def _webapp_service(self) -> Service:
+        """The web app, a plain client of the gateway's public API; its operator page reads
+        this stage's rollout status from the gateway and drift from the detector."""
+        stage = f"{self.stage}:served=local:{self.gateway_url}"
+        if self.detector_url:
+            stage += f",detector={self.detector_url}"
+        argv = [sys.executable, "-m", "gourmetgram_webapp", "--api", self.gateway_url,
+                "--model", self.model_name, "--stage", stage,
+                "--model-spec", str(self.bundle / "model_spec.json"),
+                "--host", self.host, "--port", str(self.ports.webapp)]
+        env = _child_env()
+        # The web app is its own deployment unit (webapp/); found even where the editable
+        # install predates it.
+        webapp_dir = str(constants.REPO_ROOT / "webapp")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [webapp_dir, env.get("PYTHONPATH", "")]))
+        return Service(WEBAPP, argv, self.log_dir / "webapp.log",
+                       lambda: _get_ok(f"{self.webapp_url}/healthz"), env=env)
 
     def rollout(self):
         """A :class:`gourmetgram.rollout.local.LocalRollout` driving this stack's gateway."""
@@ -439,7 +476,7 @@ class LocalStack:
         """Start every service in order and wait for each to be ready; stop all on failure."""
         if self.manifest.path is None:
             raise UserError("the gateway reads the manifest from a file; pass a manifest path")
-        check_ports_free(self.ports, self.host)
+        check_ports_free(self.ports, self.host, skip=() if self.webapp else (WEBAPP,))
         self.log_dir.mkdir(parents=True, exist_ok=True)
         # A fresh control token per start, 0600 in the stack's state folder (the CLI reads it).
         self.control_token = control.write_token(self.control_token_path)

@@ -65,7 +65,7 @@ def _serve(args: argparse.Namespace) -> int:
         extra = {"logger_url": loop.broker_url + "/", "feedback_url": loop.capture_url,
                  "model_version": args.model_version}
     stack = LocalStack(bundle=args.bundle, stage=args.stage, ports=ports, host=args.host,
-                       manifest=args.manifest, **extra)
+                       manifest=args.manifest, webapp=not args.no_webapp, **extra)
     signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM stops as cleanly as Ctrl-C
     print(f"starting {stack.manifest.name} ({args.stage}) from {stack.bundle}; logs in {stack.log_dir}",
           flush=True)
@@ -99,9 +99,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "serve", help="serve the stage's registered model locally (Triton + transformer + gateway)",
+        "serve", help="serve the stage's registered model locally (Triton + transformer + gateway + web app)",
         description="Start PyTriton with the exported model, the KServe transformer and the local "
-        "gateway that reads inference_services/<stage>.yaml; stop all of them on Ctrl-C or SIGTERM.")
+        "gateway that reads inference_services/<stage>.yaml, and the web app (user and operator pages) "
+        "in front of the gateway; stop all of them on Ctrl-C or SIGTERM.")
     parser.add_argument("--stage", choices=STAGE_CHOICES, default=constants.STAGING,
                         help="which InferenceService manifest to serve (default: %(default)s)")
     parser.add_argument("--bundle", help="export bundle folder (default: the bundle of the version "
@@ -109,8 +110,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--manifest", help="InferenceService YAML (default: inference_services/<stage>.yaml)")
     parser.add_argument("--ports", nargs="+", metavar="NAME=PORT",
                         help="override ports: triton_http, triton_grpc, triton_metrics, "
-                        "transformer_http, transformer_grpc, gateway")
+                        "transformer_http, transformer_grpc, gateway, webapp")
     parser.add_argument("--free-ports", action="store_true", help="start from free ephemeral ports")
+    parser.add_argument("--no-webapp", action="store_true",
+                        help=f"do not start the web app (default: on port {constants.WEBAPP_PORT})")
     parser.add_argument("--host", default=constants.HOST, help="address to bind (default: %(default)s)")
     parser.add_argument("--loop", action="store_true",
                         help="also start the capture sink + feedback API (8071) and the broker (8060) that "

@@ -1,0 +1,289 @@
+"""The web app's pages and their error paths, in process.
+
+The platform's public API is an in-process ASGI app speaking the contract (predict with
+``X-Inference-Id``, ``POST /v1/feedback``) so each fault can be produced on demand; the
+end-to-end tests (test_webapp_e2e.py) drive the same pages in Chromium against the real stack.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import re
+
+import httpx
+import pytest
+from PIL import Image
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from gourmetgram.errors import UserError
+from gourmetgram_webapp.app import VISITOR_COOKIE, create_app
+from gourmetgram_webapp.config import StageSource, WebConfig, read_class_names
+
+CLASSES = ("Bread", "Dessert", "Soup", "Rice")
+API = "http://api.test"
+
+
+def photo(fmt: str = "JPEG", size=(80, 60)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, (200, 120, 40)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+class FakePlatform:
+    """The public API as the contract defines it, with switches for each fault."""
+
+    def __init__(self) -> None:
+        self.model_down = False
+        self.feedback_mode = "ok"  # ok | down | missing_route
+        self.feedback: list[dict] = []
+        self.ids: list[str] = []
+        self.rollout = {"inferenceservice": "food11", "namespace": "gourmetgram-production", "model": "food11",
+                        "configuration": "food11-transformer", "canary_traffic_percent": None,
+                        "latest_rolledout_revision": "food11-transformer-00001",
+                        "latest_revision": "food11-transformer-00001",
+                        "revisions": [{"name": "food11-transformer-00001", "percent": 100, "tag": None,
+                                       "version": "3"}]}
+
+    def app(self) -> Starlette:
+        async def predict(request: Request):
+            if self.model_down:
+                return JSONResponse({"error": "predictor is not reachable"}, status_code=503)
+            body = await request.json()
+            assert body["instances"][0]["image"]["b64"]
+            inference_id = f"id-{len(self.ids)}"
+            self.ids.append(inference_id)
+            top = [{"label": "Soup", "class_index": 2, "confidence": 0.81},
+                   {"label": "Rice", "class_index": 3, "confidence": 0.12},
+                   {"label": "Bread", "class_index": 0, "confidence": 0.05},
+                   {"label": "Dessert", "class_index": 1, "confidence": 0.02}]
+            return JSONResponse({"predictions": [{**top[0], "top_k": top}]},
+                                headers={"X-Inference-Id": inference_id,
+                                         "X-Gourmetgram-Revision": "food11-transformer-00001"})
+
+        async def feedback(request: Request):
+            if self.feedback_mode == "down":
+                return JSONResponse({"error": "feedback store unavailable"}, status_code=503)
+            if self.feedback_mode == "missing_route":
+                return PlainTextResponse("Not Found", status_code=404)
+            body = await request.json()
+            if body["inference_id"] not in self.ids:
+                return JSONResponse({"error": f"unknown inference id {body['inference_id']}"}, status_code=404)
+            if body.get("correct_class") and body["correct_class"] not in CLASSES:
+                return JSONResponse({"error": f"unknown class; valid: {CLASSES}"}, status_code=400)
+            self.feedback.append(body)
+            return JSONResponse({**body, "stored": True})
+
+        async def rollout(_request: Request):
+            return JSONResponse(self.rollout)
+
+        async def status(_request: Request):
+            return JSONResponse({"t": 40, "test_stat": 0.031, "threshold": 0.049, "is_drift": False,
+                                 "processed": 40, "backlog": 0, "label_drift": {"statistic": 0.12, "window": 40}})
+
+        return Starlette(routes=[
+            Route("/v1/models/food11:predict", predict, methods=["POST"]),
+            Route("/v1/feedback", feedback, methods=["POST"]),
+            Route("/_gourmetgram/rollout", rollout, methods=["GET"]),
+            Route("/status", status, methods=["GET"]),
+        ])
+
+
+@pytest.fixture()
+def platform() -> FakePlatform:
+    return FakePlatform()
+
+
+@pytest.fixture()
+def client(platform):
+    config = WebConfig(api_url=API, class_names=CLASSES, registry=False, max_upload_bytes=200_000,
+                       stages=(StageSource("production", f"local:{API}", API),))
+    app = create_app(config, transport=httpx.ASGITransport(app=platform.app()))
+    with TestClient(app, follow_redirects=True) as c:
+        yield c
+
+
+def alert(page: str) -> str:
+    m = re.search(r'role="alert" id="error">([^<]*)<', page)
+    return html.unescape(m.group(1)) if m else ""
+
+
+def upload(client, data: bytes, name: str = "dish.jpg", field: str = "photo", mime: str = "image/jpeg"):
+    return client.post("/predict", files={field: (name, data, mime)})
+
+
+def test_upload_shows_class_confidence_top3_and_recent(client, platform):
+    r = upload(client, photo())
+    assert r.status_code == 200
+    assert re.search(r'id="predicted-class">Soup<', r.text)
+    assert "81.0%" in r.text
+    top = re.findall(r'class="top-label">([^<]+)<', r.text)
+    assert top == ["Soup", "Rice", "Bread"]
+    assert "/thumb.jpg" in r.text and r.url.path.startswith("/uploads/")
+    thumb = client.get(r.url.path + "/thumb.jpg")
+    assert thumb.status_code == 200 and Image.open(io.BytesIO(thumb.content)).size[0] <= 160
+    upload(client, photo("PNG"), "second.png", "camera", "image/png")  # the phone camera's field
+    home = client.get("/")
+    assert len(re.findall(r'class="recent-label">Soup<', home.text)) == 2
+    # another visitor (no cookie) sees none of them, and cannot open them
+    other = TestClient(client.app)
+    assert "recent-label" not in other.get("/").text
+    assert other.get(r.url.path).status_code == 404
+
+
+@pytest.mark.parametrize("data, name, status, words", [
+    (b"%PDF-1.4 not a photo", "menu.pdf", 400, "is not a photo we can read"),
+    (b"", "empty.jpg", 400, "No photo was uploaded"),
+    (photo("JPEG")[:200], "cut.jpg", 400, "is not a photo we can read"),
+    (photo("GIF"), "anim.gif", 400, "send JPEG or PNG"),
+    (b"\xff\xd8" + b"x" * 300_000, "huge.jpg", 413, "photos up to 0.2 MB are accepted"),
+])
+def test_bad_uploads_say_what_is_wrong(client, platform, data, name, status, words):
+    r = upload(client, data, name)
+    assert r.status_code == status
+    assert words in alert(r.text)
+    assert "Traceback" not in r.text and platform.ids == []  # the model was never asked
+
+
+def test_a_request_that_is_not_a_form_is_a_400_in_words(client):
+    r = client.post("/predict", content=b"garbage", headers={"content-type": "multipart/form-data; boundary=x"})
+    assert r.status_code == 400 and alert(r.text)
+    r = client.post("/predict", data={"note": "no file"})
+    assert r.status_code == 400 and "No photo was uploaded" in alert(r.text)
+
+
+def test_model_down_and_api_unreachable_are_503_in_words(platform):
+    platform.model_down = True
+    config = WebConfig(api_url=API, class_names=CLASSES, registry=False)
+    with TestClient(create_app(config, transport=httpx.ASGITransport(app=platform.app()))) as c:
+        r = upload(c, photo())
+        assert r.status_code == 503 and "not available right now (503)" in alert(r.text)
+    # nothing listens at all
+    config = WebConfig(api_url="http://127.0.0.1:9", class_names=CLASSES, registry=False)
+    with TestClient(create_app(config)) as c:
+        r = upload(c, photo())
+        assert r.status_code == 503 and "cannot be reached" in alert(r.text)
+
+
+def _result(client) -> str:
+    return upload(client, photo()).url.path
+
+
+def test_feedback_right_wrong_and_not_food_reach_the_api(client, platform):
+    path = _result(client)
+    r = client.post(path + "/feedback", data={"verdict": "right"})
+    assert r.status_code == 200 and 'id="saved"' in r.text
+    r = client.post(path + "/feedback", data={"verdict": "wrong", "correct_class": "Rice"})
+    assert r.status_code == 200 and "it is Rice" in r.text
+    r = client.post(path + "/feedback", data={"verdict": "wrong", "flag": "not_food"})
+    assert r.status_code == 200
+    assert platform.feedback == [
+        {"inference_id": "id-0", "correct": True},
+        {"inference_id": "id-0", "correct": False, "correct_class": "Rice"},
+        {"inference_id": "id-0", "correct": False, "flag": "not_food"},
+    ]
+    assert "you said: not food" in client.get("/").text
+
+
+@pytest.mark.parametrize("form, words", [
+    ({"verdict": "wrong"}, "Pick the right class"),
+    ({"verdict": "wrong", "correct_class": "Pizza"}, "'Pizza' is not one of the classes"),
+    ({"verdict": "maybe"}, "right or wrong"),
+])
+def test_feedback_form_mistakes_are_400_and_nothing_is_sent(client, platform, form, words):
+    path = _result(client)
+    r = client.post(path + "/feedback", data=form)
+    assert r.status_code == 400 and words in alert(r.text)
+    assert platform.feedback == []
+
+
+@pytest.mark.parametrize("mode, status, words", [
+    ("down", 503, "feedback store is not available right now (503)"),
+    ("missing_route", 503, "no feedback service"),
+])
+def test_feedback_store_faults_are_said_in_words(client, platform, mode, status, words):
+    path = _result(client)
+    platform.feedback_mode = mode
+    r = client.post(path + "/feedback", data={"verdict": "right"})
+    assert r.status_code == status and words in alert(r.text)
+    assert 'id="predicted-class">Soup<' in r.text  # the result stays on screen
+
+
+def test_unknown_inference_id_is_said_in_words(client, platform):
+    path = _result(client)
+    platform.ids.clear()
+    r = client.post(path + "/feedback", data={"verdict": "right"})
+    assert r.status_code == 404 and "no longer known" in alert(r.text)
+
+
+def test_operator_page_shows_canary_and_drift_and_says_what_is_missing(client, platform):
+    r = client.get("/operator")
+    assert r.status_code == 200
+    assert re.search(r'id="canary-percent-production">none<', r.text)
+    platform.rollout.update(canary_traffic_percent=25, latest_revision="food11-transformer-00002")
+    platform.rollout["revisions"] = [
+        {"name": "food11-transformer-00001", "percent": 75, "tag": "prev", "version": "3"},
+        {"name": "food11-transformer-00002", "percent": 25, "tag": "latest", "version": "4"}]
+    r = client.get("/operator")
+    assert re.search(r'id="canary-percent-production">25%<', r.text)
+    assert "food11-transformer-00002" in r.text
+    assert re.search(r'id="drift-state-production"[^>]*>no drift<', r.text)
+    assert "0.031 / 0.049" in r.text
+    assert "Not available: the feedback store" in r.text
+    assert "Not available: the model registry is not configured" in r.text
+    data = client.get("/operator.json").json()
+    assert data["stages"][0]["served"]["data"]["canary_percent"] == 25
+
+
+def test_operator_page_with_every_source_down_still_renders():
+    config = WebConfig(api_url="http://127.0.0.1:9", registry=False, feedback_summary_url="http://127.0.0.1:9/s",
+                       stages=(StageSource("staging", "local:http://127.0.0.1:9", "http://127.0.0.1:9"),
+                               StageSource("production")))
+    with TestClient(create_app(config)) as c:
+        r = c.get("/operator")
+    assert r.status_code == 200
+    reasons = re.findall(r'class="na">Not available: ([^<]+)<', r.text)
+    assert any("serving status cannot be reached" in x for x in reasons)
+    assert any("drift detector cannot be reached" in x for x in reasons)
+    assert any("feedback store cannot be reached" in x for x in reasons)
+    assert any("no serving status source is configured" in x for x in reasons)
+
+
+def test_unknown_pages_and_methods_are_pages_not_tracebacks(client):
+    r = client.get("/no/such/page")
+    assert r.status_code == 404 and "There is no page here" in alert(r.text)
+    r = client.get("/predict")
+    assert r.status_code == 405 and alert(r.text)
+    r = client.get("/uploads/nope")
+    assert r.status_code == 404 and "Upload the photo again" in alert(r.text)
+
+
+def test_pages_are_labelled_and_phone_ready(client):
+    page = client.get("/").text
+    assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in page
+    for input_id in ("photo", "camera"):
+        assert f'<label for="{input_id}">' in page
+    assert re.search(r'id="camera"[^>]*accept="image/\*"[^>]*capture', page)
+    result = client.get(_result(client)).text
+    assert '<label for="correct-class">' in result
+    assert VISITOR_COOKIE in client.cookies
+
+
+def test_stage_flag_and_class_names_parse_or_say_why(tmp_path):
+    s = StageSource.parse("production:served=kube:gourmetgram-production/food11,detector=http://d.svc/")
+    assert (s.served_kind, s.served_target, s.detector) == ("kube", "gourmetgram-production/food11", "http://d.svc")
+    for bad in ("prod:served=local:http://x", "staging:served=ftp:x", "staging:served=kube:food11",
+                "staging:color=red"):
+        with pytest.raises(UserError):
+            StageSource.parse(bad)
+    spec = tmp_path / "model_spec.json"
+    spec.write_text('{"class_names": ["a", "b"]}')
+    assert read_class_names(str(spec), None) == ("a", "b")
+    assert read_class_names(None, "x, y") == ("x", "y")
+    assert len(read_class_names(None, None)) == 11
+    with pytest.raises(UserError, match="cannot read class names"):
+        read_class_names(str(tmp_path / "missing.json"), None)

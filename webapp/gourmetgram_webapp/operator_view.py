@@ -1,0 +1,193 @@
+"""What the operator page shows, gathered from the sources a person would otherwise query.
+
+Each panel is independent: a source that is down, slow or not configured becomes a panel
+that says "not available" and why, never an error page. Nothing here changes anything:
+the page is read-only (GETs to the gateway's rollout status, the detector's ``/status``,
+the Kubernetes API's InferenceService, the MLflow registry, the feedback summary).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from typing import Any, Awaitable, Callable
+
+import httpx
+
+from gourmetgram import constants
+from gourmetgram.errors import UserError
+
+from gourmetgram_webapp.config import StageSource, WebConfig
+
+ROLLOUT_STATUS_PATH = "/_gourmetgram/rollout"
+REGISTRY_CACHE_S = 10.0
+
+
+@dataclasses.dataclass
+class Panel:
+    """One box of the page: its data, or the reason it has none."""
+
+    data: Any = None
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.data is not None
+
+    def to_dict(self) -> dict:
+        return {"available": self.ok, "data": self.data, "reason": self.reason}
+
+
+def unavailable(reason: str) -> Panel:
+    return Panel(None, reason)
+
+
+async def _guard(what: str, timeout_s: float, call: Callable[[], Awaitable[Any]]) -> Panel:
+    """Run one source; any failure is the panel's reason, said plainly."""
+    try:
+        return Panel(await asyncio.wait_for(call(), timeout_s))
+    except asyncio.TimeoutError:
+        return unavailable(f"{what} did not answer within {timeout_s:.0f} s")
+    except UserError as exc:
+        return unavailable(str(exc))
+    except httpx.HTTPError as exc:
+        return unavailable(f"{what} cannot be reached ({type(exc).__name__})")
+    except Exception as exc:  # noqa: BLE001 - a broken source must not break the page
+        return unavailable(f"{what} failed: {type(exc).__name__}: {exc}")
+
+
+# -- served: revisions and canary percentage -----------------------------------------------
+
+def served_from_local_status(status: dict) -> dict:
+    """The local gateway's rollout status, as the page shows it."""
+    from gourmetgram.rollout.local import state_from_status
+
+    state = state_from_status(status)
+    return {
+        "inferenceservice": state.inferenceservice, "namespace": state.namespace,
+        "stable": state.stable, "canary": state.canary, "canary_percent": state.canary_percent,
+        "revisions": [{"name": r.get("name"), "percent": r.get("percent"), "tag": r.get("tag"),
+                       "version": r.get("version")} for r in state.revisions],
+    }
+
+
+def served_from_isvc(isvc: dict) -> dict:
+    """An InferenceService from the Kubernetes API, as the page shows it."""
+    from gourmetgram.rollout.kube import VERSION_ANNOTATION, state_from_isvc
+
+    state = state_from_isvc(isvc)
+    annotations = (isvc.get("spec", {}).get("transformer", {}).get("annotations") or {})
+    return {
+        "inferenceservice": state.inferenceservice, "namespace": state.namespace,
+        "stable": state.stable, "canary": state.canary, "canary_percent": state.canary_percent,
+        "revisions": [{"name": r.get("name"), "percent": r.get("percent"), "tag": r.get("tag"),
+                       "version": annotations.get(VERSION_ANNOTATION) if r.get("tag") == "latest" else None}
+                      for r in state.revisions],
+    }
+
+
+async def _served(source: StageSource, client: httpx.AsyncClient) -> dict:
+    if source.served_kind == "local":
+        url = source.served_target.rstrip("/") + ROLLOUT_STATUS_PATH
+        r = await client.get(url)
+        if r.status_code != 200:
+            raise UserError(f"the gateway's rollout status answered {r.status_code}")
+        return served_from_local_status(r.json())
+
+    def read_isvc() -> dict:
+        from gourmetgram.rollout.kube import KubeRollout
+
+        namespace, _, name = source.served_target.partition("/")
+        return KubeRollout(name, namespace).get()
+
+    return served_from_isvc(await asyncio.to_thread(read_isvc))
+
+
+# -- drift ------------------------------------------------------------------------------
+
+async def _drift(source: StageSource, client: httpx.AsyncClient) -> dict:
+    r = await client.get(source.detector + "/status")
+    if r.status_code != 200:
+        raise UserError(f"the drift detector's /status answered {r.status_code}")
+    s = r.json()
+    label = s.get("label_drift") or {}
+    return {
+        "is_drift": bool(s.get("is_drift")), "test_stat": s.get("test_stat"), "threshold": s.get("threshold"),
+        "processed": s.get("processed"), "backlog": s.get("backlog"), "drift_flags": s.get("drift_flags"),
+        "label_drift_statistic": label.get("statistic"), "label_window": label.get("window"),
+    }
+
+
+# -- registry ---------------------------------------------------------------------------
+
+class RegistryReader:
+    """The MLflow registry's versions and aliases, cached briefly (MLflow calls are slow)."""
+
+    def __init__(self, cache_s: float = REGISTRY_CACHE_S) -> None:
+        self.cache_s = cache_s
+        self._at = 0.0
+        self._value: list[dict] | None = None
+        self._lock = asyncio.Lock()
+
+    async def versions(self) -> list[dict]:
+        async with self._lock:
+            if self._value is None or time.monotonic() - self._at > self.cache_s:
+                self._value = await asyncio.to_thread(self._read)
+                self._at = time.monotonic()
+            return self._value
+
+    @staticmethod
+    def _read() -> list[dict]:
+        from gourmetgram import registry
+
+        return [{"version": v.version, "aliases": list(v.aliases),
+                 "accuracy": v.tags.get(registry.TAG_ACCURACY),
+                 "passed": v.tags.get(registry.TAG_EVALUATION_PASSED),
+                 "commit": (v.tags.get(registry.TAG_GIT_COMMIT) or "")[:10]}
+                for v in registry.list_versions()]
+
+
+# -- feedback (the loop's store) -----------------------------------------------------------
+
+async def _feedback(url: str, client: httpx.AsyncClient) -> dict:
+    r = await client.get(url)
+    if r.status_code != 200:
+        raise UserError(f"the feedback summary answered {r.status_code}")
+    return r.json()
+
+
+# -- the page -----------------------------------------------------------------------------
+
+async def gather(config: WebConfig, client: httpx.AsyncClient, registry: RegistryReader | None) -> dict:
+    """Every panel of the operator page, fetched concurrently; never raises."""
+    t = config.status_timeout_s
+
+    async def stage_view(source: StageSource) -> dict:
+        served = (_guard("the serving status", t, lambda: _served(source, client)) if source.served
+                  else _none("no serving status source is configured for this stage"))
+        drift = (_guard("the drift detector", t, lambda: _drift(source, client)) if source.detector
+                 else _none("no drift detector is configured for this stage"))
+        s, d = await asyncio.gather(served, drift)
+        return {"stage": source.stage, "served": s.to_dict(), "drift": d.to_dict()}
+
+    registry_panel = (_guard("the model registry", max(t, 15.0), registry.versions) if registry
+                      else _none("the model registry is not configured"))
+    feedback_panel = (_guard("the feedback store", t, lambda: _feedback(config.feedback_summary_url, client))
+                      if config.feedback_summary_url
+                      else _none("the feedback store (production accuracy, labelling backlog) is not "
+                                 "configured on this platform yet"))
+    stages, reg, feedback = await asyncio.gather(
+        asyncio.gather(*(stage_view(s) for s in config.stages)), registry_panel, feedback_panel)
+    stage_list = list(stages)
+    if reg.ok:
+        for view in stage_list:
+            view["registered"] = [v["version"] for v in reg.data if view["stage"] in v["aliases"]]
+            if view["stage"] == constants.PRODUCTION:  # the canary alias belongs to production's rollout
+                view["registered_canary"] = [v["version"] for v in reg.data if constants.CANARY in v["aliases"]]
+    return {"stages": stage_list, "registry": reg.to_dict(), "feedback": feedback.to_dict(),
+            "model": config.model_name}
+
+
+async def _none(reason: str) -> Panel:
+    return unavailable(reason)
