@@ -38,8 +38,8 @@ ISVC_API_VERSION = "serving.kserve.io/v1beta1"
 REMOTE_URI_SCHEMES = ("s3://", "gs://", "http://", "https://", "pvc://", "oci://")
 
 # Order of objects in a rendered file: what others depend on comes first.
-_KIND_ORDER = ("Namespace", "ConfigMap", "Role", "RoleBinding", "ServingRuntime", "Service", "InferenceService",
-               "PodMonitor", "PrometheusRule")
+_KIND_ORDER = ("Namespace", "ConfigMap", "ServiceAccount", "Role", "RoleBinding", "ServingRuntime", "Service",
+               "Deployment", "Ingress", "InferenceService", "PodMonitor", "PrometheusRule")
 
 _HEADER = (
     "# Rendered from charts/gourmetgram (values.yaml + values-{stage}.yaml{overlay}) by\n"

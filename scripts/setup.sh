@@ -40,6 +40,14 @@ if ! command -v shellcheck >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v a
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends shellcheck) >/dev/null 2>&1 \
     || echo "warning: could not install shellcheck; tests/test_infra.py will fail" >&2
 fi
+# The web app's end-to-end tests drive Debian's chromium through its chromedriver (no browser
+# download); they fail, not skip, without them.
+if { ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; } \
+    && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      chromium chromium-driver fonts-dejavu-core) >/dev/null 2>&1 \
+    || echo "warning: could not install chromium/chromium-driver; the web app's browser tests will fail" >&2
+fi
 rm -f .venv/.installed-*
 touch "$stamp"
 echo "setup done"

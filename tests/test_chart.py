@@ -183,7 +183,7 @@ def test_logger_feeds_the_detector_which_downloads_from_the_object_store(rendere
         isvc = isvc_of(objects)
         logger = isvc["spec"]["predictor"]["logger"]
         assert logger["mode"] == "all"
-        ksvc = next(o for o in objects if o["kind"] == "Service")
+        ksvc = next(o for o in objects if o["kind"] == "Service" and o["apiVersion"].startswith("serving.knative"))
         ns = isvc["metadata"]["namespace"]
         assert ksvc["metadata"]["namespace"] == ns
         assert logger["url"] == f"http://{ksvc['metadata']['name']}.{ns}.svc.cluster.local"
@@ -373,3 +373,35 @@ def test_shadow_is_off_by_default_and_refuses_bad_values():
             manifests.render_objects(PRODUCTION, {"shadow": values})
     with pytest.raises(UserError, match="production stage only"):
         manifests.render_objects(STAGING, SHADOW)
+
+
+def test_webapp_renders_once_with_its_route_and_read_only_access(rendered):
+    assert not [o for o in rendered[STAGING] if o["metadata"]["name"].startswith("gourmetgram-web")]
+    objects = {(o["kind"], o["metadata"]["namespace"], o["metadata"]["name"]): o
+               for o in rendered[PRODUCTION] if o["metadata"]["name"].startswith("gourmetgram-web")}
+    ns = "gourmetgram-production"
+    deployment = objects[("Deployment", ns, "gourmetgram-web")]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    # a client of the production InferenceService's public API, never of Triton
+    assert env["GOURMETGRAM_API_URL"] == f"http://{ISVC_NAMES[PRODUCTION]}.{ns}.svc.cluster.local"
+    assert env["GOURMETGRAM_MODEL_NAME"] == MODEL_NAME
+    from gourmetgram_webapp.config import StageSource
+
+    stages = [StageSource.parse(t) for t in env["GOURMETGRAM_WEBAPP_STAGES"].split()]
+    assert [(s.stage, s.served) for s in stages] == [
+        (STAGING, "kube:gourmetgram-staging/food11-staging"), (PRODUCTION, "kube:gourmetgram-production/food11")]
+    assert stages[1].detector == "http://drift-detector.gourmetgram-production.svc.cluster.local"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["ports"][0]["containerPort"] == int(env["WEBAPP_PORT"])
+    service = objects[("Service", ns, "gourmetgram-web")]
+    assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    ingress = objects[("Ingress", ns, "gourmetgram-web")]
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": "gourmetgram-web", "port": {"name": "http"}}
+    for stage_ns in ("gourmetgram-staging", ns):  # read-only on InferenceServices, in each stage
+        role = objects[("Role", stage_ns, "gourmetgram-web-read-inferenceservices")]
+        assert role["rules"] == [{"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices"],
+                                  "verbs": ["get", "list", "watch"]}]
+        binding = objects[("RoleBinding", stage_ns, "gourmetgram-web-read-inferenceservices")]
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "gourmetgram-web", "namespace": ns}]

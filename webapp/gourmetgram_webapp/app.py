@@ -45,6 +45,7 @@ VISITOR_COOKIE = "gg_visitor"
 RECENT_PER_VISITOR = 8
 MAX_VISITORS = 2000
 THUMB_PX = 160
+DRAIN_LIMIT_BYTES = 64 * 1024 * 1024  # larger uploads are cut off without reading them
 log = logging.getLogger("gourmetgram.webapp")
 
 
@@ -229,6 +230,11 @@ async def _read_upload(request: Request, max_bytes: int) -> tuple[bytes, str]:
     """The one file of the upload form, read no further than the limit allows."""
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > max_bytes + 64 * 1024:
+        # Read (and drop) what the browser is sending before answering: a reply in the middle
+        # of an upload makes browsers show a connection error instead of this page.
+        if int(length) <= DRAIN_LIMIT_BYTES:
+            async for _chunk in request.stream():
+                pass
         raise ApiError(413, f"This photo is {_mb(int(length))}; photos up to {_mb(max_bytes)} are accepted. "
                        "Try a smaller photo.")
     try:

@@ -39,3 +39,13 @@ true
 {{- define "gourmetgram.detectorBundleUri" -}}
 {{- default (include "gourmetgram.bundleUri" .) .Values.detector.bundleUri | trimSuffix "/" -}}
 {{- end -}}
+
+{{/* The web app's --stage values: STAGE:served=kube:NS/ISVC,detector=URL, space-separated. */}}
+{{- define "gourmetgram.webappStages" -}}
+{{- $out := list -}}
+{{- range .Values.webapp.stages -}}
+{{- $detector := printf "http://%s.%s.svc.cluster.local" $.Values.detector.name .namespace -}}
+{{- $out = append $out (printf "%s:served=kube:%s/%s,detector=%s" .stage .namespace .isvc $detector) -}}
+{{- end -}}
+{{- join " " $out -}}
+{{- end -}}

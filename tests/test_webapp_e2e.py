@@ -1,0 +1,309 @@
+"""The web app in a real browser against the real local stack.
+
+Debian's headless chromium (through its chromedriver, via Selenium; no browser download)
+opens the pages the web app serves in front of the real production stack (PyTriton,
+kserve transformer, gateway with its inference logger) and the real drift detector, with
+versions in the MLflow registry. One ordered scenario, like the rollout tests: upload ->
+prediction -> recent uploads; bad files; feedback; a canary step seen on the operator
+page; the model going down last. Screenshots of both pages go to a temporary folder, or to
+``$GOURMETGRAM_SCREENSHOT_DIR`` (how docs/screenshots/ was made).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from gourmetgram.config import ExportConfig
+from gourmetgram.constants import PRODUCTION
+from gourmetgram.data.demo import DEMO_CLASSES
+from gourmetgram.data.layout import list_images
+from gourmetgram.export import export_bundle
+from gourmetgram.local.stack import TRITON, LocalStack, Ports, Service, _child_env, _get_ok
+from gourmetgram.model import ModelSpec, build_model
+
+pytestmark = pytest.mark.slow
+SPEC = ModelSpec(class_names=DEMO_CLASSES, image_size=64, width_mult=0.5)
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+PHONE = (390, 844)
+WAIT_S = 60
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory, demo_dataset):
+    """Two exports of one untrained demo model; the stable one carries a built drift detector."""
+    from drift_detector.build import build_detector
+
+    root = tmp_path_factory.mktemp("webapp-models")
+    torch.manual_seed(0)
+    model = build_model(SPEC).eval()
+    out = {}
+    for name in ("stable", "canary"):
+        out[name] = root / name
+        export_bundle(model, out[name], ExportConfig(max_batch_size=8, preferred_batch_sizes=(4,)))
+    build_detector(out["stable"], demo_dataset, seed=0)
+    return out
+
+
+@pytest.fixture(scope="module")
+def registered(session_home, bundles):
+    """Two registry versions: 1 in production, 2 the canary (what the operator page lists)."""
+    from gourmetgram import registry
+    from gourmetgram.tracking import configure_mlflow
+
+    mlflow = configure_mlflow()
+    with mlflow.start_run():
+        info = mlflow.pytorch.log_model(build_model(SPEC).eval(), name="model",
+                                        serialization_format="pickle", pip_requirements=["torch"])
+    versions = {}
+    for name, alias in (("stable", PRODUCTION), ("canary", "canary")):
+        tags = registry.version_tags(evaluation_passed=True, accuracy=0.9, dataset_fingerprint="t",
+                                     bundle_uri=str(bundles[name]))
+        versions[name] = registry.register_model(info.model_uri, tags, alias=alias)
+    return versions
+
+
+@pytest.fixture(scope="module")
+def detector(bundles, tmp_path_factory):
+    port = Ports.free().gateway
+    url = f"http://127.0.0.1:{port}"
+    service = Service("drift-detector", [sys.executable, "-m", "drift_detector", "--bundle",
+                                         str(bundles["stable"]), "--port", str(port)],
+                      tmp_path_factory.mktemp("webapp-detector") / "detector.log",
+                      lambda: _get_ok(f"{url}/health"), env=_child_env())
+    service.start(Path.cwd())
+    try:
+        service.wait_ready(180)
+        yield url
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(bundles, registered, detector, tmp_path_factory):
+    with LocalStack(bundles["stable"], PRODUCTION, Ports.free(), logger_url=detector + "/",
+                    log_dir=tmp_path_factory.mktemp("webapp-stack"), webapp=True) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Debian chromium; a missing browser fails the run (scripts/setup.sh installs it)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service as DriverService
+
+    for path in (CHROMIUM, CHROMEDRIVER):
+        if not os.access(path, os.X_OK):
+            pytest.fail(f"{path} is missing: install Debian's chromium and chromium-driver (scripts/setup.sh)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                f"--window-size={PHONE[0]},{PHONE[1]}", "--hide-scrollbars", "--force-device-scale-factor=1"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=DriverService(CHROMEDRIVER))
+    driver.set_page_load_timeout(WAIT_S)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    target = os.environ.get("GOURMETGRAM_SCREENSHOT_DIR")
+    path = Path(target) if target else tmp_path_factory.mktemp("screenshots")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def photos(demo_dataset, tmp_path_factory) -> list[Path]:
+    """A few evaluation photos (JPEG), upscaled like a phone's and written as files to upload."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("photos")
+    out = []
+    for i, (path, _label) in enumerate(list_images(demo_dataset / "evaluation")[::40][:3]):
+        target = folder / f"dinner-{i}.jpg"
+        Image.open(path).convert("RGB").resize((480, 480)).save(target, quality=90)
+        out.append(target)
+    return out
+
+
+def screenshot(driver, folder: Path, name: str) -> Path:
+    """The whole page at phone width, as a small palette PNG."""
+    from PIL import Image
+
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(PHONE[0], max(PHONE[1], min(int(height) + 20, 2400)))
+    png = driver.get_screenshot_as_png()
+    driver.set_window_size(*PHONE)
+    path = folder / f"{name}.png"
+    Image.open(io.BytesIO(png)).convert("RGB").quantize(colors=64).save(path, optimize=True)
+    return path
+
+
+def wait_for(driver, css: str, timeout: float = WAIT_S):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout).until(ec.visibility_of_element_located((By.CSS_SELECTOR, css)))
+
+
+def text(driver, css: str) -> str:
+    return wait_for(driver, css).text
+
+
+def upload(driver, stack, path: Path, field: str = "photo") -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.get(stack.webapp_url + "/")
+    driver.find_element(By.ID, field).send_keys(str(path))
+    driver.find_element(By.ID, "submit").click()
+
+
+# -- the scenario ------------------------------------------------------------------------
+
+def test_upload_shows_the_prediction_and_recent_uploads(stack, browser, photos, shots):
+    from selenium.webdriver.common.by import By
+
+    upload(browser, stack, photos[0])
+    label = text(browser, "#predicted-class")
+    assert label in DEMO_CLASSES
+    confidence = float(text(browser, "#confidence").rstrip("%"))
+    assert 0 < confidence <= 100
+    top = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#top .top-label")]
+    assert len(top) == 3 and top[0] == label and all(t in DEMO_CLASSES for t in top)
+    # the same photo straight through the gateway gets the same answer: the page adds nothing
+    import base64
+
+    body = {"instances": [{"image": {"b64": base64.b64encode(photos[0].read_bytes()).decode()}}]}
+    direct = httpx.post(f"{stack.gateway_url}/v1/models/food11:predict", json=body, timeout=60).json()
+    assert direct["predictions"][0]["label"] == label
+    # a second one from the phone-camera input; both are listed as recent uploads
+    upload(browser, stack, photos[1], field="camera")
+    wait_for(browser, "#predicted-class")
+    browser.get(stack.webapp_url + "/")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#recent li")) == 2
+    upload(browser, stack, photos[2])
+    wait_for(browser, "#predicted-class")
+    screenshot(browser, shots, "user-page")
+
+
+def test_keyboard_alone_uploads_a_photo(stack, browser, photos):
+    """Tab from the top of the page to the file input, then Enter on the button."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    browser.get(stack.webapp_url + "/")
+    body = browser.find_element(By.TAG_NAME, "body")
+    body.send_keys(Keys.TAB)
+    for _ in range(10):
+        if browser.switch_to.active_element.get_attribute("id") == "photo":
+            break
+        browser.switch_to.active_element.send_keys(Keys.TAB)
+    assert browser.switch_to.active_element.get_attribute("id") == "photo"
+    browser.switch_to.active_element.send_keys(str(photos[0]))  # what the file dialog would do
+    for _ in range(10):
+        browser.switch_to.active_element.send_keys(Keys.TAB)
+        if browser.switch_to.active_element.get_attribute("id") == "submit":
+            break
+    browser.switch_to.active_element.send_keys(Keys.ENTER)
+    assert text(browser, "#predicted-class") in DEMO_CLASSES
+
+
+def test_a_file_that_is_not_a_photo_is_said_so(stack, browser, tmp_path):
+    bad = tmp_path / "recipe.pdf"
+    bad.write_bytes(b"%PDF-1.4 this is a recipe, not a photo")
+    upload(browser, stack, bad)
+    assert "recipe.pdf is not a photo we can read" in text(browser, "#error")
+
+
+def test_an_oversized_photo_is_said_so_by_the_page_and_by_the_server(stack, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    big = tmp_path / "huge.jpg"
+    big.write_bytes(b"\xff\xd8\xff\xe0" + os.urandom(11 * 1024 * 1024))
+    browser.get(stack.webapp_url + "/")
+    browser.find_element(By.ID, "photo").send_keys(str(big))
+    assert "photos up to 10.0 MB are accepted" in text(browser, "#client-error")
+    # without the page's own check (an old browser, no JavaScript) the server says the same
+    browser.execute_script("document.getElementById('photo').removeAttribute('data-max-bytes');"
+                           "document.getElementById('upload-form').submit();")
+    assert "photos up to 10.0 MB are accepted" in text(browser, "#error")
+
+
+def test_feedback_is_sent_through_the_public_api(stack, browser, photos):
+    """Right/wrong goes to POST /v1/feedback with the prediction's X-Inference-Id.
+
+    Until the platform's feedback endpoint exists (issue 9), the page must say that the
+    answer was not saved, in words, and keep the result on screen."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    upload(browser, stack, photos[0])
+    label = text(browser, "#predicted-class")
+    other = next(c for c in DEMO_CLASSES if c != label)
+    Select(browser.find_element(By.ID, "correct-class")).select_by_visible_text(other)
+    browser.find_element(By.ID, "say-wrong").click()
+    probe = httpx.post(f"{stack.gateway_url}/v1/feedback", json={"inference_id": "x", "correct": True})
+    if probe.status_code == 404 and not probe.headers.get("content-type", "").startswith("application/json"):
+        message = text(browser, "#error")
+        assert "no feedback service" in message and "not saved" in message
+        assert text(browser, "#predicted-class") == label
+    else:
+        assert "feedback was saved" in text(browser, "#saved")
+        assert f"it is {other}" in text(browser, "#feedback-given")
+
+
+def test_operator_page_shows_the_live_canary_percentage(stack, browser, bundles, registered, shots):
+    browser.get(stack.webapp_url + "/operator")
+    assert text(browser, "#canary-percent-production") == "none"
+    assert text(browser, "#drift-state-production") in ("no drift", "DRIFT")
+    rollout = stack.rollout()
+    rollout.canary(str(bundles["canary"]), 25, version=registered["canary"])
+    browser.get(stack.webapp_url + "/operator")
+    assert text(browser, "#canary-percent-production") == "25%"
+    rollout.set_percent(50)
+    browser.refresh()
+    assert text(browser, "#canary-percent-production") == "50%"
+    page = browser.page_source
+    assert "food11-transformer-00002" in page  # the canary revision, with its traffic share
+    registry = text(browser, "#registry-panel")
+    assert "production" in registry and "canary" in registry
+    # the photos uploaded above reached the detector through the gateway's logger
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        status = httpx.get(f"{stack.detector_url}/status", timeout=5).json()
+        if status["processed"] >= 3:
+            break
+        time.sleep(1)
+    browser.refresh()
+    assert "/" in text(browser, "#drift-stat-production")
+    screenshot(browser, shots, "operator-page")
+
+
+def test_model_down_is_a_503_in_words(stack, browser, photos):
+    """Last: all traffic back to the stable revision, then its Triton stops."""
+    stack.rollout().rollback()
+    stack.stop_service(TRITON)
+    upload(browser, stack, photos[0])
+    message = text(browser, "#error")
+    assert "not available right now (503)" in message
+    assert "Traceback" not in browser.page_source
+
+
+def test_screenshots_are_small_pngs(shots):
+    for name in ("user-page", "operator-page"):
+        path = shots / f"{name}.png"
+        assert path.exists() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert path.stat().st_size < 200_000
