@@ -239,6 +239,20 @@ def test_operator_page_shows_canary_and_drift_and_says_what_is_missing(client, p
     assert data["stages"][0]["served"]["data"]["canary_percent"] == 25
 
 
+def test_feedback_panel_shows_the_loop_store_status(platform):
+    """The loop's store status (``loop status``) as production accuracy by version + backlog."""
+    loop_status = {"captured": 10, "with_feedback": 4, "queued": 5, "labelled_by_annotator": 2,
+                   "accuracy": {"3": {"feedback": {"value": 0.75, "correct": 3, "n": 4},
+                                      "labels": {"value": 0.5, "correct": 1, "n": 2}}}}
+    app = platform.app()
+    app.router.routes.append(Route("/loop/status", lambda _r: JSONResponse(loop_status), methods=["GET"]))
+    config = WebConfig(api_url=API, registry=False, feedback_summary_url=f"{API}/loop/status")
+    with TestClient(create_app(config, transport=httpx.ASGITransport(app=app))) as c:
+        r = c.get("/operator")
+    assert "<td>3</td><td>4</td><td>0.750</td><td>2</td><td>0.500</td>" in r.text
+    assert re.search(r'id="backlog">3<', r.text)
+
+
 def test_operator_page_with_every_source_down_still_renders():
     config = WebConfig(api_url="http://127.0.0.1:9", registry=False, feedback_summary_url="http://127.0.0.1:9/s",
                        stages=(StageSource("staging", "local:http://127.0.0.1:9", "http://127.0.0.1:9"),

@@ -142,8 +142,9 @@ def screenshot(driver, folder: Path, name: str) -> Path:
     """The whole page at phone width, as a small palette PNG."""
     from PIL import Image
 
-    height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(PHONE[0], max(PHONE[1], min(int(height) + 20, 2400)))
+    for _ in range(2):  # the page reflows once the window is taller
+        height = driver.execute_script("return document.body.scrollHeight")
+        driver.set_window_size(PHONE[0], max(PHONE[1], min(int(height) + 140, 2600)))
     png = driver.get_screenshot_as_png()
     driver.set_window_size(*PHONE)
     path = folder / f"{name}.png"
@@ -168,7 +169,7 @@ def upload(driver, stack, path: Path, field: str = "photo") -> None:
 
     driver.get(stack.webapp_url + "/")
     driver.find_element(By.ID, field).send_keys(str(path))
-    driver.find_element(By.ID, "submit").click()
+    driver.find_element(By.ID, "tag-photo").click()
 
 
 # -- the scenario ------------------------------------------------------------------------
@@ -200,25 +201,25 @@ def test_upload_shows_the_prediction_and_recent_uploads(stack, browser, photos, 
 
 
 def test_keyboard_alone_uploads_a_photo(stack, browser, photos):
-    """Tab from the top of the page to the file input, then Enter on the button."""
-    from selenium.webdriver.common.by import By
+    """Tab from the top of the page to the file input, then to the button, Enter."""
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.keys import Keys
 
     browser.get(stack.webapp_url + "/")
-    body = browser.find_element(By.TAG_NAME, "body")
-    body.send_keys(Keys.TAB)
-    for _ in range(10):
-        if browser.switch_to.active_element.get_attribute("id") == "photo":
-            break
-        browser.switch_to.active_element.send_keys(Keys.TAB)
-    assert browser.switch_to.active_element.get_attribute("id") == "photo"
+
+    def tab_to(element_id: str) -> None:
+        for _ in range(12):
+            ActionChains(browser).send_keys(Keys.TAB).perform()  # real key presses, page-wide
+            if browser.switch_to.active_element.get_attribute("id") == element_id:
+                return
+        raise AssertionError(f"#{element_id} cannot be reached with the Tab key")
+
+    tab_to("photo")
     browser.switch_to.active_element.send_keys(str(photos[0]))  # what the file dialog would do
-    for _ in range(10):
-        browser.switch_to.active_element.send_keys(Keys.TAB)
-        if browser.switch_to.active_element.get_attribute("id") == "submit":
-            break
-    browser.switch_to.active_element.send_keys(Keys.ENTER)
+    tab_to("tag-photo")
+    ActionChains(browser).send_keys(Keys.ENTER).perform()
     assert text(browser, "#predicted-class") in DEMO_CLASSES
+    tab_to("say-right")  # the feedback buttons are reachable too
 
 
 def test_a_file_that_is_not_a_photo_is_said_so(stack, browser, tmp_path):

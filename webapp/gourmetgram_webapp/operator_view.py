@@ -150,11 +150,25 @@ class RegistryReader:
 
 # -- feedback (the loop's store) -----------------------------------------------------------
 
+def feedback_summary(status: dict) -> dict:
+    """The loop's store status (``loop status``: ``accuracy`` per model version, ``queued``,
+    ``labelled``...) as the page shows it: accuracy by version and the labelling backlog."""
+    rows = []
+    for version, kinds in sorted((status.get("accuracy") or {}).items(), key=lambda kv: str(kv[0])):
+        fb, labels = (kinds or {}).get("feedback") or {}, (kinds or {}).get("labels") or {}
+        rows.append({"version": version, "feedback": fb.get("n", 0), "accuracy": fb.get("value"),
+                     "labelled": labels.get("n", 0), "label_accuracy": labels.get("value")})
+    backlog = status.get("backlog")
+    if backlog is None and "queued" in status:
+        backlog = max(int(status["queued"]) - int(status.get("labelled_by_annotator", 0)), 0)
+    return {"accuracy_by_version": rows, "backlog": backlog, "with_feedback": status.get("with_feedback")}
+
+
 async def _feedback(url: str, client: httpx.AsyncClient) -> dict:
     r = await client.get(url)
     if r.status_code != 200:
-        raise UserError(f"the feedback summary answered {r.status_code}")
-    return r.json()
+        raise UserError(f"the feedback store's status answered {r.status_code}")
+    return feedback_summary(r.json())
 
 
 # -- the page -----------------------------------------------------------------------------

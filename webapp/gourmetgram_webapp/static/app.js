@@ -57,6 +57,6 @@
     if (!event.dataTransfer || !event.dataTransfer.files.length) return;
     inputs[0].files = event.dataTransfer.files;
     inputs[1].value = "";
-    if (check(inputs[0].files[0])) form.submit();
+    if (check(inputs[0].files[0])) HTMLFormElement.prototype.submit.call(form);
   });
 })();
