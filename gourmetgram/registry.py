@@ -206,12 +206,18 @@ def list_versions(name: str = REGISTERED_MODEL_NAME) -> list[RegisteredVersion]:
     if uri.startswith("sqlite:///") and not os.path.exists(uri.removeprefix("sqlite:///")):
         raise UserError(f"no model registry yet ({uri} does not exist): run the pipeline first")
     mlflow.set_tracking_uri(uri)
+    client = MlflowClient()
     try:
-        found = MlflowClient().search_model_versions(f"name='{name}'")
+        found = client.search_model_versions(f"name='{name}'")
+        # search results carry no aliases (MLflow 3.17, sqlite store): the registered model has them
+        aliases: dict[str, list[str]] = {}
+        for alias, version in (client.get_registered_model(name).aliases or {}).items():
+            aliases.setdefault(str(version), []).append(alias)
     except MlflowException as exc:
         if _is_missing(exc):
             return []
         raise UserError(f"cannot read the model registry at {uri}: {exc.message}") from None
-    versions = [RegisteredVersion(name, int(mv.version), tuple(sorted(mv.aliases or ())), dict(mv.tags or {}),
+    versions = [RegisteredVersion(name, int(mv.version), tuple(sorted(set(mv.aliases or ()) | set(
+                                      aliases.get(str(mv.version), [])))), dict(mv.tags or {}),
                                   mv.source, mv.run_id or (mv.tags or {}).get(TAG_RUN_ID)) for mv in found]
     return sorted(versions, key=lambda v: v.version, reverse=True)

@@ -258,8 +258,9 @@ def test_feedback_is_sent_through_the_public_api(stack, browser, photos):
     browser.find_element(By.ID, "say-wrong").click()
     probe = httpx.post(f"{stack.gateway_url}/v1/feedback", json={"inference_id": "x", "correct": True})
     if probe.status_code == 404 and not probe.headers.get("content-type", "").startswith("application/json"):
+        # without it the gateway gives no X-Inference-Id either, so nothing can be recorded
         message = text(browser, "#error")
-        assert "no feedback service" in message and "not saved" in message
+        assert "Feedback cannot be" in message
         assert text(browser, "#predicted-class") == label
     else:
         assert "feedback was saved" in text(browser, "#saved")
@@ -277,8 +278,8 @@ def test_operator_page_shows_the_live_canary_percentage(stack, browser, bundles,
     rollout.set_percent(50)
     browser.refresh()
     assert text(browser, "#canary-percent-production") == "50%"
-    page = browser.page_source
-    assert "food11-transformer-00002" in page  # the canary revision, with its traffic share
+    canary = rollout.raw_status()["latest_revision"]
+    assert canary in text(browser, "#canary-production")  # the canary revision by name
     registry = text(browser, "#registry-panel")
     assert "production" in registry and "canary" in registry
     # the photos uploaded above reached the detector through the gateway's logger
