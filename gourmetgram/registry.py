@@ -219,5 +219,5 @@ def list_versions(name: str = REGISTERED_MODEL_NAME) -> list[RegisteredVersion]:
         raise UserError(f"cannot read the model registry at {uri}: {exc.message}") from None
     versions = [RegisteredVersion(name, int(mv.version), tuple(sorted(set(mv.aliases or ()) | set(
                                       aliases.get(str(mv.version), [])))), dict(mv.tags or {}),
-                                  mv.source, mv.run_id or (mv.tags or {}).get(TAG_RUN_ID)) for mv in found]
+                                  mv.source or "", mv.run_id or (mv.tags or {}).get(TAG_RUN_ID)) for mv in found]
     return sorted(versions, key=lambda v: v.version, reverse=True)

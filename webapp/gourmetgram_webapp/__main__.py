@@ -14,7 +14,6 @@ import sys
 
 from gourmetgram import constants
 from gourmetgram.errors import UserError
-
 from gourmetgram_webapp.config import StageSource, WebConfig, read_class_names
 
 

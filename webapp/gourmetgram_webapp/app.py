@@ -35,7 +35,6 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from gourmetgram.preprocessing import InvalidImageError, decode_image
-
 from gourmetgram_webapp.api import FLAGS, ApiError, Prediction, PublicApi
 from gourmetgram_webapp.config import WebConfig
 from gourmetgram_webapp.operator_view import RegistryReader, gather
@@ -177,7 +176,7 @@ def create_app(config: WebConfig, transport: httpx.AsyncBaseTransport | None = N
         elif not upload.prediction.inference_id:
             error = ("Feedback cannot be sent for this photo: the platform did not give its prediction "
                      "an inference id.")
-        if error:
+        if error or not upload.prediction.inference_id:
             return render(request, "result.html", 400, upload=upload, error=error)
         try:
             stored = await api.feedback(upload.prediction.inference_id, verdict == "right",
@@ -199,7 +198,8 @@ def create_app(config: WebConfig, transport: httpx.AsyncBaseTransport | None = N
     async def healthz(_request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    async def http_error(request: Request, exc: HTTPException) -> Response:
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
         message = exc.detail if exc.status_code != 404 or exc.detail != "Not Found" else \
             "There is no page here."
         if exc.status_code == 405:

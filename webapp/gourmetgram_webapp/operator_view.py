@@ -17,7 +17,6 @@ import httpx
 
 from gourmetgram import constants
 from gourmetgram.errors import UserError
-
 from gourmetgram_webapp.config import StageSource, WebConfig
 
 ROLLOUT_STATUS_PATH = "/_gourmetgram/rollout"
