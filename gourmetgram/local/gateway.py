@@ -79,7 +79,14 @@ from gourmetgram import metric_names as qp
 from gourmetgram.errors import DependencyUnavailable, UserError
 from gourmetgram.jsonlog import INFERENCE_ID_HEADER, log_json
 from gourmetgram.local import control
-from gourmetgram.local.manifests import ServiceManifest, configuration_name, generation_of, load_manifest, revision_name
+from gourmetgram.local.manifests import (
+    ServiceManifest,
+    configuration_name,
+    generation_of,
+    load_manifest,
+    local_logger_url,
+    revision_name,
+)
 from gourmetgram.local.shadow import ShadowMirror
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -128,14 +135,6 @@ class Revision:
 
     def public(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def local_logger_url(url: str) -> str:
-    """A cluster-only sink (``*.svc``/``*.cluster.local``) becomes the local detector's port."""
-    host = urlsplit(url).hostname or ""
-    if host.endswith((".svc", ".cluster.local")) or ".svc." in host:
-        return f"http://{constants.HOST}:{constants.DETECTOR_PORT}/"
-    return url
 
 
 class InferenceLogger:

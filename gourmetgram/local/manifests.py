@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -168,3 +169,11 @@ def load_manifest(path: str | Path) -> ServiceManifest:
 
 def load_stage_manifest(stage: str, directory: Path = MANIFEST_DIR) -> ServiceManifest:
     return load_manifest(manifest_path(stage, directory))
+
+
+def local_logger_url(url: str) -> str:
+    """A cluster-only sink (``*.svc``/``*.cluster.local``) becomes the local detector's port."""
+    host = urlsplit(url).hostname or ""
+    if host.endswith((".svc", ".cluster.local")) or ".svc." in host:
+        return f"http://{constants.HOST}:{constants.DETECTOR_PORT}/"
+    return url

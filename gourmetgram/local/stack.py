@@ -29,7 +29,7 @@ import httpx
 from gourmetgram import constants
 from gourmetgram.errors import DependencyUnavailable, UserError
 from gourmetgram.local import control
-from gourmetgram.local.manifests import ServiceManifest, load_manifest, load_stage_manifest, revision_name
+from gourmetgram.local.manifests import ServiceManifest, load_manifest, load_stage_manifest, local_logger_url, revision_name
 from gourmetgram.local.triton_server import model_dir_of, with_libpython
 from gourmetgram.tracking import home
 
@@ -334,7 +334,7 @@ class LocalStack:
         """``logger_url``: the inference logger's sink (the local drift detector, or the local
         broker that fans out to the detector and the capture sink); ``""`` turns the logger
         off; None keeps the manifest's (a cluster-only URL becomes the local detector port, see
-        :func:`gourmetgram.local.gateway.local_logger_url`).
+        :func:`gourmetgram.local.manifests.local_logger_url`).
         ``logger_timeout_s``: how long the logger waits on its sink per event (the gateway's default if None).
         ``feedback_url``: where the gateway routes ``POST /v1/feedback`` (the capture sink).
         ``model_version``: the registered version served, carried by the logger's events into the
@@ -394,8 +394,6 @@ class LocalStack:
         """Where this stack's inference logger sends events (the drift detector), or ""."""
         if self.logger_url is not None:
             return self.logger_url.rstrip("/")
-        from gourmetgram.local.gateway import local_logger_url
-
         return local_logger_url(self.manifest.logger.url).rstrip("/") if self.manifest.logger else ""
 
     def endpoints(self) -> dict[str, str]:
