@@ -37,16 +37,17 @@ WAIT_S = 60
 
 
 @pytest.fixture(scope="module")
-def bundles(tmp_path_factory, demo_dataset):
-    """Two exports of one untrained demo model; the stable one carries a built drift detector."""
+def bundles(session_home, demo_dataset):
+    """Two exports of one untrained demo model, in the model store (the only place the gateway
+    starts canaries from); the stable one carries a built drift detector."""
     from drift_detector.build import build_detector
+    from gourmetgram.local.control import model_store
 
-    root = tmp_path_factory.mktemp("webapp-models")
     torch.manual_seed(0)
     model = build_model(SPEC).eval()
     out = {}
     for name in ("stable", "canary"):
-        out[name] = root / name
+        out[name] = model_store() / f"webapp-{name}"
         export_bundle(model, out[name], ExportConfig(max_batch_size=8, preferred_batch_sizes=(4,)))
     build_detector(out["stable"], demo_dataset, seed=0)
     return out
