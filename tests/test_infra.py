@@ -171,8 +171,11 @@ exit 0
 
 def _run_install(tmp_path: Path, **env_overrides: str) -> tuple[subprocess.CompletedProcess, list[str]]:
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir(exist_ok=True)
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    keep_kubectl = env_overrides.pop("_keep_kubectl", None)
     for tool in ("kubectl", "helm", "nvidia-smi"):
+        if tool == "kubectl" and keep_kubectl:
+            continue  # a test's own kubectl stand-in
         (bin_dir / tool).write_text(RECORDER)
         (bin_dir / tool).chmod(0o755)
     calls = tmp_path / "calls.log"
@@ -217,7 +220,8 @@ def test_install_orders_waits_and_merge_patches_knative_config(tmp_path):
     for call in calls:
         if call.startswith("kubectl apply -f ") and not call.endswith(" -"):
             target = call.split()[-1]
-            assert target.startswith("https://github.com/") or target.endswith("model-serviceaccount.yaml"), call
+            assert target.startswith("https://github.com/") or target.endswith(
+                ("model-serviceaccount.yaml", "platform/mlflow.yaml")), call
     piped = "\n".join(c for c in calls if c.startswith("  | "))
     assert "knative-serving" not in piped
     # KServe after Knative is configured; its controller is waited for; Prometheus after it
@@ -253,7 +257,6 @@ def test_knative_config_patches_name_only_keys_knative_1_21_knows():
 
 @pytest.mark.parametrize(("env", "code", "message"), [
     ({"DRIVER_VERSIONS": "570.86.15,535.104.05"}, 1, "NVIDIA driver 535.104.05 is older than 560"),
-    ({"AWS_ENDPOINT_URL": None}, 2, "set AWS_ENDPOINT_URL"),
     ({"AWS_ENDPOINT_URL": "minio:9000"}, 2, "http[s]://host[:port]"),
     ({"NODE_IP": None}, 2, "set NODE_IP"),
     ({"NVIDIA_SMI": "false"}, 3, "cannot run 'false'"),
@@ -263,3 +266,116 @@ def test_install_fails_fast_with_a_clear_message(tmp_path, env, code, message):
     assert result.returncode == code, result.stdout + result.stderr
     assert message in result.stderr
     assert not [c for c in calls if c.startswith(("kubectl", "helm"))]  # nothing was installed
+
+
+# --- the training platform: MinIO, MLflow on PostgreSQL, Kubeflow Pipelines --------------------
+
+def _versions() -> dict[str, str]:
+    return dict(line.split("=", 1) for line in (INFRA / "versions.env").read_text().splitlines()
+                if line and not line.startswith("#"))
+
+
+def _secret_literals(command: str) -> dict[str, str]:
+    return dict(m.split("=", 1) for m in re.findall(r"--from-literal=(\S+)", command.replace("\\", "")))
+
+
+def test_install_brings_up_minio_mlflow_and_kfp_in_order(tmp_path):
+    result, calls = _run_install(tmp_path)
+    assert result.returncode == 0, result.stderr
+    commands = [c for c in calls if not c.startswith("  | ")]
+    at = functools.partial(_index, commands)
+    v = _versions()
+    # after monitoring: MinIO (its root Secret first), waited for
+    minio_secret = at("create secret generic minio-root")
+    minio = at("helm upgrade --install minio minio/minio", f"--version {v['MINIO_CHART_VERSION']}", "--wait")
+    assert at("kube-prometheus-stack") < at("create namespace gourmetgram-platform") < minio_secret < minio
+    assert "platform/minio-values.yaml" in commands[minio]
+    assert minio < at("rollout status deploy/minio")
+    # MLflow after MinIO (its artifact store), PostgreSQL waited for before MLflow is
+    pg_secret = at("create secret generic mlflow-postgres")
+    assert at("rollout status deploy/minio") < pg_secret < at("apply -f", "platform/mlflow.yaml")
+    assert at("platform/mlflow.yaml") < at("rollout status statefulset/postgres") < at("rollout status deploy/mlflow")
+    # KFP standalone, pinned: cluster-scoped resources, the CRD established, then the env
+    scoped = at("apply -k", "cluster-scoped-resources", f"ref={v['KFP_VERSION']}")
+    env = at("apply -k", "env/platform-agnostic", f"ref={v['KFP_VERSION']}")
+    assert at("rollout status deploy/mlflow") < scoped < at("wait", "Established", "applications.app.k8s.io") < env
+    assert env < at("kubeflow rollout status deploy/ml-pipeline")
+    # the pipeline steps' Secrets, in KFP's namespace, once it exists
+    tracking = at("kubeflow create secret generic mlflow-credentials")
+    store = at("kubeflow create secret generic object-store-credentials")
+    assert at("kubeflow rollout status deploy/ml-pipeline") < min(tracking, store)
+    assert _secret_literals(commands[tracking]) == {
+        "MLFLOW_TRACKING_URI": "http://mlflow.gourmetgram-platform.svc.cluster.local:5000"}
+    from components.base import MLFLOW_SECRET_ENV, OBJECT_STORE_SECRET_ENV
+
+    # every key the pipeline's required Secrets map is there (a missing key stops the pod)
+    assert set(MLFLOW_SECRET_ENV) <= set(_secret_literals(commands[tracking]))
+    assert set(OBJECT_STORE_SECRET_ENV) == set(_secret_literals(commands[store]))
+    assert _secret_literals(commands[store])["GOURMETGRAM_MODELS_BUCKET"] == "gourmetgram-models"
+    # the serving namespaces come last
+    assert max(tracking, store) < at("create namespace gourmetgram-staging")
+
+
+def test_install_generates_credentials_once_and_never_prints_them(tmp_path):
+    result, calls = _run_install(tmp_path, AWS_ACCESS_KEY_ID=None, AWS_SECRET_ACCESS_KEY=None,
+                                 AWS_ENDPOINT_URL=None)
+    assert result.returncode == 0, result.stderr
+    commands = [c for c in calls if not c.startswith("  | ")]
+    root = _secret_literals(commands[_index(commands, "create secret generic minio-root")])
+    assert re.fullmatch(r"[0-9a-f]{40}", root["rootPassword"]) and root["rootUser"].startswith("gourmetgram-")
+    pg = _secret_literals(commands[_index(commands, "create secret generic mlflow-postgres")])
+    assert re.fullmatch(r"[0-9a-f]{40}", pg["POSTGRES_PASSWORD"]) and pg["POSTGRES_PASSWORD"] != root["rootPassword"]
+    # one set of keys: MinIO's root, the pipelines' and KServe's storage initializer's
+    store = _secret_literals(commands[_index(commands, "kubeflow create secret generic object-store-credentials")])
+    serving = _secret_literals(commands[_index(commands, "gourmetgram-production create secret generic gourmetgram-s3")])
+    for secret in (store, serving):
+        assert (secret["AWS_ACCESS_KEY_ID"], secret["AWS_SECRET_ACCESS_KEY"]) == (root["rootUser"], root["rootPassword"])
+        assert secret["AWS_ENDPOINT_URL"] == "http://minio.gourmetgram-platform.svc.cluster.local:9000"
+    assert root["rootPassword"] not in result.stdout + result.stderr
+    assert pg["POSTGRES_PASSWORD"] not in result.stdout + result.stderr
+    # generated, not a constant of the script: another install draws other values
+    _, again = _run_install(tmp_path / "again", AWS_ACCESS_KEY_ID=None, AWS_SECRET_ACCESS_KEY=None)
+    other = _secret_literals(next(c for c in again if "create secret generic minio-root" in c))
+    assert other["rootPassword"] != root["rootPassword"]
+
+
+def test_install_keeps_the_credentials_a_previous_run_stored(tmp_path):
+    """A re-run must not rotate the keys the running MinIO/PostgreSQL were started with."""
+    import base64
+
+    stored = base64.b64encode(b"previous-secret-value").decode()
+    answer = f'  "kubectl -n gourmetgram-platform get secret"*) printf {stored} ;;\n'
+    recorder = RECORDER.replace("  nvidia-smi*)", answer + "  nvidia-smi*)")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "kubectl").write_text(recorder)
+    (bin_dir / "kubectl").chmod(0o755)
+    result, calls = _run_install(tmp_path, AWS_ACCESS_KEY_ID=None, AWS_SECRET_ACCESS_KEY=None, _keep_kubectl="1")
+    assert result.returncode == 0, result.stderr
+    root = _secret_literals(next(c for c in calls if "create secret generic minio-root" in c))
+    assert root == {"rootUser": "previous-secret-value", "rootPassword": "previous-secret-value"}
+
+
+def test_platform_manifests_are_valid_pinned_and_hold_no_secrets():
+    import k8s_schemas
+    import yaml
+
+    v = _versions()
+    docs = [d for d in yaml.safe_load_all((INFRA / "k8s" / "platform" / "mlflow.yaml").read_text()) if d]
+    assert {d["kind"] for d in docs} == {"Service", "StatefulSet", "Deployment"}
+    assert k8s_schemas.iter_errors(docs) == []
+    images = {c["name"]: c["image"] for d in docs if d["kind"] != "Service"
+              for c in d["spec"]["template"]["spec"]["containers"]}
+    assert images == {"postgres": f"docker.io/library/postgres:{v['POSTGRES_IMAGE_TAG']}",
+                      "mlflow": f"ghcr.io/gourmetgram/mlflow-server:{v['MLFLOW_VERSION']}"}
+    assert f"ARG MLFLOW_VERSION={v['MLFLOW_VERSION']}" in (INFRA / "docker" / "mlflow" / "Dockerfile").read_text()
+    mlflow = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert all("value" not in e for e in mlflow["env"] if "PASSWORD" in e["name"] or "SECRET" in e["name"])
+    assert any(a.startswith("--backend-store-uri=postgresql://") for a in mlflow["args"])
+    # MinIO: root credentials from the install's Secret, no chart default user, the models bucket
+    minio = yaml.safe_load((INFRA / "k8s" / "platform" / "minio-values.yaml").read_text())
+    assert minio["existingSecret"] == "minio-root" and minio["users"] == []
+    assert {"rootUser", "rootPassword"}.isdisjoint(minio)
+    values = yaml.safe_load((REPO_ROOT / "charts" / "gourmetgram" / "values.yaml").read_text())
+    bucket = values["model"]["bundleUri"].split("/")[2]
+    assert bucket in {b["name"] for b in minio["buckets"]}

@@ -2,12 +2,17 @@
 # Install the serving platform on the k3s cluster, every version pinned in infra/versions.env:
 # NVIDIA driver check -> cert-manager -> NVIDIA GPU operator -> Istio -> Knative Serving
 # (+ net-istio; ConfigMaps merge-patched once its webhook is ready) -> KServe (Knative mode)
-# -> kube-prometheus-stack -> the GourmetGram namespaces with their model-store Secret.
+# -> kube-prometheus-stack -> MinIO -> MLflow on PostgreSQL -> Kubeflow Pipelines (standalone)
+# -> the GourmetGram namespaces with their model-store Secret, and the pipelines' Secrets.
 #
 #   export KUBECONFIG=~/gourmetgram-kubeconfig       # see infra/README.md
 #   export NODE_IP=<server floating ip>              # or DOMAIN=models.example.org
-#   export AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=... AWS_ENDPOINT_URL=http://<s3 host>:9000
 #   infra/scripts/install_platform.sh
+#
+# Credentials are never in git: the object store's keys are AWS_ACCESS_KEY_ID /
+# AWS_SECRET_ACCESS_KEY from the environment, else the ones a previous run stored in the
+# cluster, else generated here; PostgreSQL's likewise (MLFLOW_DB_PASSWORD). AWS_ENDPOINT_URL
+# defaults to the in-cluster MinIO; set it to use another S3 endpoint for the models bucket.
 #
 # Exit codes: 0 ok, 1 a check failed (NVIDIA driver too old), 2 bad input (missing tool or
 # variable), 3 a dependency unavailable (the node cannot be reached for nvidia-smi).
@@ -20,15 +25,28 @@ source "$INFRA/versions.env"
 
 die() { echo "error: $2" >&2; exit "$1"; }
 step() { echo "== $*"; }
+# A value a previous install stored in a Secret (empty when there is none): re-running the
+# install keeps the credentials the running MinIO/PostgreSQL were started with.
+stored() { kubectl -n "$1" get secret "$2" -o "jsonpath={.data.$3}" 2>/dev/null | base64 -d 2>/dev/null || true; }
+generate() { od -An -N20 -tx1 /dev/urandom | tr -d ' \n'; }
+# Create or update a Secret from NAME=VALUE pairs without the values touching argv logs or git.
+apply_secret() {
+  local ns=$1 name=$2; shift 2
+  local args=()
+  for pair in "$@"; do args+=(--from-literal="$pair"); done
+  kubectl -n "$ns" create secret generic "$name" "${args[@]}" --dry-run=client -o yaml | kubectl apply -f -
+}
 
 for tool in kubectl helm; do
   command -v "$tool" >/dev/null || die 2 "$tool not found on PATH (helm $HELM_VERSION, kubectl for Kubernetes ${K3S_VERSION%%+*})"
 done
-[[ -n "${AWS_ACCESS_KEY_ID:-}" ]] || die 2 "set AWS_ACCESS_KEY_ID for the model store"
-[[ -n "${AWS_SECRET_ACCESS_KEY:-}" ]] || die 2 "set AWS_SECRET_ACCESS_KEY for the model store"
-# No AWS default: KServe's storage initializer and the detector read AWS_ENDPOINT_URL, and a
-# missing one silently sends every download to AWS.
-[[ -n "${AWS_ENDPOINT_URL:-}" ]] || die 2 "set AWS_ENDPOINT_URL to the S3/MinIO endpoint holding the models bucket (http[s]://host:port)"
+PLATFORM_NS=gourmetgram-platform
+MINIO_URL="http://minio.${PLATFORM_NS}.svc.cluster.local:9000"
+MLFLOW_URL="http://mlflow.${PLATFORM_NS}.svc.cluster.local:5000"
+MODELS_BUCKET=${MODELS_BUCKET:-gourmetgram-models}
+# KServe's storage initializer, the detector and the pipeline steps read AWS_ENDPOINT_URL; there
+# is no AWS default anywhere (a missing endpoint would silently send every download to AWS).
+AWS_ENDPOINT_URL=${AWS_ENDPOINT_URL:-$MINIO_URL}
 [[ "$AWS_ENDPOINT_URL" =~ ^(https?)://([^/]+)/?$ ]] || die 2 "AWS_ENDPOINT_URL must look like http[s]://host[:port], got '$AWS_ENDPOINT_URL'"
 S3_ENDPOINT=${BASH_REMATCH[2]}
 if [[ ${BASH_REMATCH[1]} == https ]]; then S3_USE_HTTPS=1; else S3_USE_HTTPS=0; fi
@@ -105,19 +123,47 @@ helm upgrade --install kube-prometheus-stack prometheus-community/kube-prometheu
   --version "$KUBE_PROMETHEUS_STACK_VERSION" -n monitoring --create-namespace --wait --timeout 15m \
   -f "$INFRA/k8s/kube-prometheus-stack-values.yaml"
 
+step "object store: MinIO chart $MINIO_CHART_VERSION in $PLATFORM_NS"
+kubectl create namespace "$PLATFORM_NS" --dry-run=client -o yaml | kubectl apply -f -
+AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-$(stored "$PLATFORM_NS" minio-root rootUser)}
+AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-gourmetgram-$(generate | cut -c1-8)}
+AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-$(stored "$PLATFORM_NS" minio-root rootPassword)}
+AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-$(generate)}
+apply_secret "$PLATFORM_NS" minio-root "rootUser=$AWS_ACCESS_KEY_ID" "rootPassword=$AWS_SECRET_ACCESS_KEY"
+helm repo add minio https://charts.min.io/ --force-update >/dev/null
+helm upgrade --install minio minio/minio --version "$MINIO_CHART_VERSION" -n "$PLATFORM_NS" \
+  --wait --timeout 10m -f "$INFRA/k8s/platform/minio-values.yaml"
+kubectl -n "$PLATFORM_NS" rollout status deploy/minio --timeout=300s
+
+step "MLflow $MLFLOW_VERSION on PostgreSQL $POSTGRES_IMAGE_TAG (artifacts in MinIO)"
+MLFLOW_DB_PASSWORD=${MLFLOW_DB_PASSWORD:-$(stored "$PLATFORM_NS" mlflow-postgres POSTGRES_PASSWORD)}
+MLFLOW_DB_PASSWORD=${MLFLOW_DB_PASSWORD:-$(generate)}
+apply_secret "$PLATFORM_NS" mlflow-postgres POSTGRES_USER=mlflow "POSTGRES_PASSWORD=$MLFLOW_DB_PASSWORD" POSTGRES_DB=mlflow
+kubectl apply -f "$INFRA/k8s/platform/mlflow.yaml"
+kubectl -n "$PLATFORM_NS" rollout status statefulset/postgres --timeout=300s
+kubectl -n "$PLATFORM_NS" rollout status deploy/mlflow --timeout=600s
+
+step "Kubeflow Pipelines $KFP_VERSION (standalone)"
+kfp_base="github.com/kubeflow/pipelines/manifests/kustomize"
+kubectl apply -k "$kfp_base/cluster-scoped-resources?ref=$KFP_VERSION"
+kubectl wait --for=condition=Established --timeout=120s crd/applications.app.k8s.io
+kubectl apply -k "$kfp_base/env/platform-agnostic?ref=$KFP_VERSION"
+kubectl -n kubeflow rollout status deploy/ml-pipeline --timeout=900s
+# The pipeline steps' Secrets (components/base.py: required, so a step never falls back to a
+# per-pod sqlite MLflow or to AWS).
+apply_secret kubeflow mlflow-credentials "MLFLOW_TRACKING_URI=$MLFLOW_URL"
+apply_secret kubeflow object-store-credentials "AWS_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID" \
+  "AWS_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY" "AWS_ENDPOINT_URL=$AWS_ENDPOINT_URL" \
+  "MLFLOW_S3_ENDPOINT_URL=$AWS_ENDPOINT_URL" "GOURMETGRAM_MODELS_BUCKET=$MODELS_BUCKET"
+
 step "GourmetGram namespaces and model-store credentials (from the environment, never files)"
 # The namespaces are created here, not by the chart (one owner): the Secret must exist first.
 for ns in gourmetgram-staging gourmetgram-production; do
   kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply -f -
   kubectl label namespace "$ns" --overwrite app.kubernetes.io/part-of=gourmetgram
-  kubectl -n "$ns" create secret generic gourmetgram-s3 \
-    --from-literal=AWS_ACCESS_KEY_ID="$AWS_ACCESS_KEY_ID" \
-    --from-literal=AWS_SECRET_ACCESS_KEY="$AWS_SECRET_ACCESS_KEY" \
-    --from-literal=AWS_ENDPOINT_URL="$AWS_ENDPOINT_URL" \
-    --from-literal=S3_ENDPOINT="$S3_ENDPOINT" \
-    --from-literal=S3_USE_HTTPS="$S3_USE_HTTPS" \
-    --from-literal=S3_VERIFY_SSL="$S3_VERIFY_SSL" \
-    --dry-run=client -o yaml | kubectl apply -f -
+  apply_secret "$ns" gourmetgram-s3 "AWS_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID" \
+    "AWS_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY" "AWS_ENDPOINT_URL=$AWS_ENDPOINT_URL" \
+    "S3_ENDPOINT=$S3_ENDPOINT" "S3_USE_HTTPS=$S3_USE_HTTPS" "S3_VERIFY_SSL=$S3_VERIFY_SSL"
   # KServe's credential builder turns these annotations into the storage initializer's env.
   kubectl -n "$ns" annotate secret gourmetgram-s3 --overwrite \
     serving.kserve.io/s3-endpoint="$S3_ENDPOINT" serving.kserve.io/s3-usehttps="$S3_USE_HTTPS" \
@@ -125,4 +171,6 @@ for ns in gourmetgram-staging gourmetgram-production; do
   kubectl -n "$ns" apply -f "$INFRA/k8s/model-serviceaccount.yaml"
 done
 echo "platform ready; external URLs: http://<isvc>-<namespace>.$DOMAIN"
+echo "KFP: kubectl -n kubeflow port-forward svc/ml-pipeline-ui 8080:80 (then --endpoint http://localhost:8080)"
+echo "MLflow: kubectl -n $PLATFORM_NS port-forward svc/mlflow 5000:5000; models bucket s3://$MODELS_BUCKET"
 echo "next: kubectl apply -f inference_services/staging.yaml && infra/scripts/smoke_cluster.sh"
