@@ -8,12 +8,14 @@ from components.base import component
 
 
 @component
-def ingest_and_validate(dataset_uri: str, dataset: Output[Dataset]
+def ingest_and_validate(dataset_uri: str, source_version: str, dataset: Output[Dataset]
                         ) -> NamedTuple("IngestOutputs", [("fingerprint", str), ("num_classes", int)]):
     """Copy the dataset into the artifact and check its layout and every image.
 
     A bad dataset fails here with the DatasetError message, before any training.
     Metadata: source, fingerprint (sha256 of names and bytes), class names, counts.
+    ``source_version`` (from the dataset_version step) is not read: it is part of the cache
+    key, so the step is reused only while the source is unchanged.
     """
     from collections import namedtuple
 
@@ -21,6 +23,6 @@ def ingest_and_validate(dataset_uri: str, dataset: Output[Dataset]
 
     with user_errors():
         info = ingest_step(dataset_uri, dataset.path)
-    dataset.metadata.update(info)
+    dataset.metadata.update(info, source_version=source_version)
     outputs = namedtuple("IngestOutputs", ["fingerprint", "num_classes"])
     return outputs(info["fingerprint"], int(info["num_classes"]))

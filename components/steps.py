@@ -314,37 +314,46 @@ def publish_local_bundle(bundle_path: str | Path, name: str) -> Path:
     return target
 
 
-def serving_uri(artifact_uri: str) -> str:
-    """KFP's ``minio://bucket/key`` is S3 to everyone else (KServe's storage initializer)."""
-    return "s3://" + artifact_uri[len("minio://"):] if artifact_uri.startswith("minio://") else artifact_uri
-
-
 def register_step(mlflow_run_id: str, bundle_uri: str, bundle_path: str | Path, bundle_metadata: dict,
                   stage: str, registered_model_name: str, model_name: str, accuracy: float,
                   dataset_fingerprint: str) -> dict:
     """Register the training run's model under ``stage``'s alias, tagged with its bundle.
 
-    A local run first copies the bundle to ``$GOURMETGRAM_HOME/models/<run id>/`` and tags
-    that path; on the cluster the tag is the bundle's object-store URI.
+    A local run (``kfp.local``: the artifact is a path) first copies the bundle to
+    ``$GOURMETGRAM_HOME/models/<run id>/`` and tags that path. On the cluster the bundle is
+    copied to the models bucket, ``s3://<bucket>/<model_name>/<version>`` (what an
+    InferenceService's storageUri reads), never left at KFP's internal artifact path: the
+    version is registered first (its number names the folder), the bundle uploaded and
+    checked, and only then tagged and given the alias, so an alias never points at a
+    version whose bundle is missing.
     """
-    from gourmetgram.registry import register_model, version_tags
+    from gourmetgram import objectstore
+    from gourmetgram.registry import register_model, set_stage
 
     check_stage(stage)
     if not mlflow_run_id:
         raise UserError("no MLflow run id from the training step; cannot register")
+    model_uri = logged_model_uri(mlflow_run_id)
     if is_local_uri(bundle_uri):
         bundle = str(publish_local_bundle(bundle_path, mlflow_run_id))
+        tags = _bundle_tags(bundle, mlflow_run_id, model_name, accuracy, dataset_fingerprint)
+        version = register_model(model_uri, tags, alias=stage, name=registered_model_name)
     else:
-        bundle = serving_uri(bundle_uri)
-    triton_repo = bundle.rstrip("/") + "/triton"
-    tags = version_tags(evaluation_passed=True, accuracy=accuracy, dataset_fingerprint=dataset_fingerprint,
-                        bundle_uri=bundle, run_id=mlflow_run_id)
-    tags.update({"triton.repo": triton_repo, "triton.model_name": model_name})
-    version = register_model(logged_model_uri(mlflow_run_id), tags, alias=stage, name=registered_model_name)
+        objectstore.endpoint_url()  # fail before registering when the store is not configured
+        tags = _bundle_tags("", mlflow_run_id, model_name, accuracy, dataset_fingerprint)
+        version = register_model(model_uri, {k: v for k, v in tags.items() if v}, alias=None,
+                                 name=registered_model_name)
+        bundle = objectstore.models_uri(model_name, version)
+        files = objectstore.upload_tree(bundle_path, bundle)
+        print(f"copied {len(files)} files of the served bundle to {bundle}", flush=True)
+        _tag_version(version, registered_model_name,
+                     _bundle_tags(bundle, mlflow_run_id, model_name, accuracy, dataset_fingerprint))
+        set_stage(stage, version, registered_model_name)
     _set_run_tags(mlflow_run_id, {"gate": "passed", "registered_version": str(version)})
     outcome = {
         "verdict": "registered", "registered_model": registered_model_name, "version": int(version),
-        "alias": stage, "bundle_uri": bundle, "triton_repo": triton_repo, "pipeline_artifact": bundle_uri,
+        "alias": stage, "bundle_uri": bundle, "triton_repo": bundle.rstrip("/") + "/triton",
+        "pipeline_artifact": bundle_uri,
         "size_bytes": int(bundle_metadata.get("size_bytes", 0) or 0),
         "parity": bundle_metadata.get("parity", {}), "reasons": [],
         "precision": str(bundle_metadata.get("precision", "fp32")),
@@ -352,6 +361,16 @@ def register_step(mlflow_run_id: str, bundle_uri: str, bundle_path: str | Path, 
     print(f"registered {registered_model_name} version {version} with alias {stage!r}; "
           f"bundle at {bundle}", flush=True)
     return outcome
+
+
+def _bundle_tags(bundle: str, run_id: str, model_name: str, accuracy: float,
+                 dataset_fingerprint: str) -> dict[str, str]:
+    from gourmetgram.registry import version_tags
+
+    tags = version_tags(evaluation_passed=True, accuracy=accuracy, dataset_fingerprint=dataset_fingerprint,
+                        bundle_uri=bundle, run_id=run_id)
+    tags.update({"triton.repo": bundle.rstrip("/") + "/triton" if bundle else "", "triton.model_name": model_name})
+    return tags
 
 
 def reject_step(reasons: str, mlflow_run_id: str = "") -> dict:

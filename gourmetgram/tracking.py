@@ -22,8 +22,26 @@ def home() -> Path:
     return path
 
 
+# Set in every pod a KFP backend runs (backend/src/v2/component/constants.go, KFP 2.17).
+KFP_POD_ENV = "KFP_POD_NAME"
+
+
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home() / 'mlflow.db'}"
+    """The MLflow server from ``MLFLOW_TRACKING_URI``; locally a sqlite file by default.
+
+    In a KFP pod there is no local default: a sqlite file there vanishes with the pod, and
+    the run, the model and the registry entry with it. Fail with a message instead.
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    if os.environ.get(KFP_POD_ENV):
+        from gourmetgram.errors import UserError
+
+        raise UserError("MLFLOW_TRACKING_URI is not set in this pipeline pod: the Kubernetes Secret "
+                        "'mlflow-credentials' (key MLFLOW_TRACKING_URI) is missing from the run's "
+                        "namespace; create it with infra/scripts/install_platform.sh")
+    return f"sqlite:///{home() / 'mlflow.db'}"
 
 
 def configure_mlflow(experiment: str = EXPERIMENT):

@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 from kfp import dsl, kubernetes
 
-from components.base import MLFLOW_SECRET, MLFLOW_SECRET_ENV, OBJECT_STORE_SECRET, OBJECT_STORE_SECRET_ENV
+from components.base import with_secrets
 from components.canary import block_canary, promote_to_canary
 from components.loadtest import loadtest_staging
 from gourmetgram.constants import ISVC_NAMES, PRODUCTION, REGISTERED_MODEL_NAME
@@ -32,13 +32,6 @@ class StagingGateOutputs(NamedTuple):
     summary: str  # the load test's figures and verdict, as text
     report: dsl.HTML  # Locust's HTML report
     outcome: str  # JSON: the canary started, or why it was blocked
-
-
-def _with_secrets(task: dsl.PipelineTask) -> dsl.PipelineTask:
-    """MLflow (and object-store) credentials from Kubernetes Secrets (optional: absent -> defaults)."""
-    kubernetes.use_secret_as_env(task, MLFLOW_SECRET, MLFLOW_SECRET_ENV, optional=True)
-    kubernetes.use_secret_as_env(task, OBJECT_STORE_SECRET, OBJECT_STORE_SECRET_ENV, optional=True)
-    return task
 
 
 @dsl.pipeline(name=PIPELINE_NAME,
@@ -63,7 +56,7 @@ def staging_gate_pipeline(staging_url: str, version: int, images_uri: str, slo: 
     loadtest.set_display_name("load test staging (SLO gate)")
     loadtest.set_caching_options(False)  # a measurement of a live endpoint is never reused
     loadtest.set_cpu_request("2").set_memory_request("1Gi")
-    _with_secrets(loadtest)
+    with_secrets(loadtest)
     kubernetes.set_timeout(loadtest, LOADTEST_TIMEOUT_S)
 
     with dsl.If(loadtest.outputs["passed"] == True, name="slo-met"):  # noqa: E712 (KFP condition)
@@ -72,14 +65,14 @@ def staging_gate_pipeline(staging_url: str, version: int, images_uri: str, slo: 
                                     isvc_namespace=isvc_namespace, isvc_name=isvc_name)
         promote.set_display_name("promote to canary")
         promote.set_caching_options(False)  # a side effect
-        _with_secrets(promote)
+        with_secrets(promote)
         kubernetes.set_timeout(promote, STEP_TIMEOUT_S)
     with dsl.Else(name="slo-missed"):
         block = block_canary(version=version, registered_model_name=registered_model_name,
                              reasons=loadtest.outputs["reasons"], summary=loadtest.outputs["summary"])
         block.set_display_name("block canary: SLOs missed")
         block.set_caching_options(False)
-        _with_secrets(block)
+        with_secrets(block)
         kubernetes.set_timeout(block, STEP_TIMEOUT_S)
 
     return StagingGateOutputs(

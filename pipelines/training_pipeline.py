@@ -11,7 +11,8 @@ from typing import NamedTuple
 
 from kfp import dsl, kubernetes
 
-from components.base import MLFLOW_SECRET, MLFLOW_SECRET_ENV, OBJECT_STORE_SECRET, OBJECT_STORE_SECRET_ENV
+from components.base import with_secrets
+from components.dataset_version import dataset_version
 from components.detector import build_drift_detector
 from components.evaluate import evaluate_model
 from components.export import export_model
@@ -30,6 +31,7 @@ INGEST_TIMEOUT_S = 2 * 3600
 TRAIN_TIMEOUT_S = 6 * 3600
 STEP_TIMEOUT_S = 3600
 TRAIN_RETRIES = 2  # a preempted GPU node, a flaky object store
+TRAIN_SHM_SIZE = "2Gi"  # /dev/shm for DataLoader workers (inside the 16Gi memory limit)
 
 
 class PipelineOutputs(NamedTuple):
@@ -38,13 +40,6 @@ class PipelineOutputs(NamedTuple):
     mlflow_run_id: str
     evaluation: dsl.Artifact  # evaluation.json (+ confusion matrix PNG)
     outcome: str  # JSON: registered version, alias and bundle location, or the rejection
-
-
-def _with_secrets(task: dsl.PipelineTask) -> dsl.PipelineTask:
-    """MLflow and object-store credentials from Kubernetes Secrets (optional: absent -> defaults)."""
-    kubernetes.use_secret_as_env(task, MLFLOW_SECRET, MLFLOW_SECRET_ENV, optional=True)
-    kubernetes.use_secret_as_env(task, OBJECT_STORE_SECRET, OBJECT_STORE_SECRET_ENV, optional=True)
-    return task
 
 
 @dsl.pipeline(name=PIPELINE_NAME,
@@ -59,9 +54,16 @@ def training_pipeline(dataset_uri: str, config: str = "food11", epochs: int = -1
     ``quantize``: serve the INT8 variant when it passes its accuracy gate and is faster
     (off: the quantize step passes the FP32 bundle through).
     """
-    ingest = ingest_and_validate(dataset_uri=dataset_uri).set_display_name("ingest + validate data")
-    ingest.set_caching_options(False)  # the same URI may hold new data
-    _with_secrets(ingest)
+    # The same URI may hold new data: ingest is keyed on what it holds now (never cached
+    # itself), so an unchanged dataset + config is a cache hit for ingest and train.
+    version = dataset_version(dataset_uri=dataset_uri).set_display_name("dataset version")
+    version.set_caching_options(False)
+    with_secrets(version)
+    kubernetes.set_timeout(version, STEP_TIMEOUT_S)
+    ingest = ingest_and_validate(dataset_uri=dataset_uri, source_version=version.output)
+    ingest.set_display_name("ingest + validate data")
+    ingest.set_caching_options(True)
+    with_secrets(ingest)
     kubernetes.set_timeout(ingest, INGEST_TIMEOUT_S)
 
     train = train_model(dataset=ingest.outputs["dataset"], config=config, epochs=epochs)
@@ -70,15 +72,19 @@ def training_pipeline(dataset_uri: str, config: str = "food11", epochs: int = -1
     train.set_cpu_request("2").set_memory_request("8Gi").set_memory_limit("16Gi")
     train.set_retry(num_retries=TRAIN_RETRIES, backoff_duration="60s", backoff_factor=2.0)
     train.set_caching_options(True)
-    _with_secrets(train)
+    with_secrets(train)
     kubernetes.add_toleration(train, key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")
     kubernetes.set_timeout(train, TRAIN_TIMEOUT_S)
+    # DataLoader workers hand batches over in shared memory; a pod's /dev/shm is 64 MiB, which
+    # kills workers ("bus error") at Food-11 batch sizes. Memory-backed, counted in the limit.
+    kubernetes.empty_dir_mount(train, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
+                               size_limit=TRAIN_SHM_SIZE)
 
     evaluate = evaluate_model(dataset=ingest.outputs["dataset"], checkpoint=train.outputs["checkpoint"],
                               config=config, mlflow_run_id=train.outputs["mlflow_run_id"])
     evaluate.set_display_name("offline evaluation")
     evaluate.set_caching_options(True)
-    _with_secrets(evaluate)
+    with_secrets(evaluate)
     kubernetes.set_timeout(evaluate, STEP_TIMEOUT_S)
 
     with dsl.If(evaluate.outputs["passed"] == True, name="evaluation-passed"):  # noqa: E712 (KFP condition)
@@ -86,7 +92,7 @@ def training_pipeline(dataset_uri: str, config: str = "food11", epochs: int = -1
                               config=config, model_name=model_name)
         export.set_display_name("export to Triton (parity-checked)")
         export.set_caching_options(True)
-        _with_secrets(export)
+        with_secrets(export)
         kubernetes.set_timeout(export, STEP_TIMEOUT_S)
         # Always runs (one linear chain, no branch outputs to merge); quantize=false -> pass-through.
         quant = quantize_model(exported=export.outputs["bundle"], dataset=ingest.outputs["dataset"],
@@ -104,13 +110,13 @@ def training_pipeline(dataset_uri: str, config: str = "food11", epochs: int = -1
                                   dataset_fingerprint=ingest.outputs["fingerprint"])
         register.set_display_name("register in MLflow")
         register.set_caching_options(False)  # a side effect: every run registers anew
-        _with_secrets(register)
+        with_secrets(register)
         kubernetes.set_timeout(register, STEP_TIMEOUT_S)
     with dsl.Else(name="evaluation-failed"):
         reject = reject_model(reasons=evaluate.outputs["reasons"], mlflow_run_id=train.outputs["mlflow_run_id"])
         reject.set_display_name("reject: gate failed")
         reject.set_caching_options(False)
-        _with_secrets(reject)
+        with_secrets(reject)
 
     return PipelineOutputs(
         passed=evaluate.outputs["passed"], reasons=evaluate.outputs["reasons"],

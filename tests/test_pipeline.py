@@ -57,9 +57,15 @@ def test_spec_requests_a_gpu_retries_and_caches_training(spec_docs):
     assert train["retryPolicy"]["maxRetryCount"] == 2
     assert train["cachingOptions"] == {"enableCache": True}
     tasks = _all_tasks(spec)
-    # side effects and data that may change under the same URI are never cached
+    # side effects are never cached
     assert tasks["register-model"].get("cachingOptions", {}).get("enableCache") is not True
-    assert tasks["ingest-and-validate"].get("cachingOptions", {}).get("enableCache") is not True
+    # the same URI may hold new data: the uncached dataset-version step names what it holds,
+    # and ingest (cached) is keyed on it, so an unchanged dataset is a hit for ingest and train
+    assert tasks["dataset-version"].get("cachingOptions", {}).get("enableCache") is not True
+    ingest = tasks["ingest-and-validate"]
+    assert ingest["cachingOptions"] == {"enableCache": True}
+    assert ingest["inputs"]["parameters"]["source_version"]["taskOutputParameter"]["producerTask"] == "dataset-version"
+    assert train["inputs"]["artifacts"]["dataset"]["taskOutputArtifact"]["producerTask"] == "ingest-and-validate"
     # the steps run the project image, without a pip install at start-up
     from components.base import PIPELINE_IMAGE
 
@@ -186,19 +192,27 @@ def test_quantize_step_serves_int8_only_when_it_passes_and_is_faster(small_bundl
     assert not (tmp_path / "gated" / QUANTIZATION_FILENAME).exists()
 
 
-def test_spec_reads_credentials_from_optional_secrets(spec_docs):
+def test_spec_reads_credentials_from_required_secrets(spec_docs):
+    """On the cluster the Secrets are required: a missing one stops the pod before it starts
+    (no per-pod sqlite MLflow, no AWS default for the object store)."""
     from components.base import MLFLOW_SECRET, OBJECT_STORE_SECRET
 
     _, k8s = spec_docs
     executors = k8s["deploymentSpec"]["executors"]
-    for name in ("exec-train-model", "exec-evaluate-model", "exec-register-model", "exec-reject-model"):
+    for name in ("exec-dataset-version", "exec-ingest-and-validate", "exec-train-model", "exec-evaluate-model",
+                 "exec-register-model", "exec-reject-model"):
         secrets = {s["secretName"]: s for s in executors[name]["secretAsEnv"]}
         assert set(secrets) == {MLFLOW_SECRET, OBJECT_STORE_SECRET}, name
-        assert all(s["optional"] for s in secrets.values())
+        assert not any(s.get("optional") for s in secrets.values()), name
         envs = {m["envVar"] for s in secrets.values() for m in s["keyToEnv"]}
-        assert {"MLFLOW_TRACKING_URI", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= envs
+        assert {"MLFLOW_TRACKING_URI", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL",
+                "GOURMETGRAM_MODELS_BUCKET"} <= envs
     assert int(executors["exec-train-model"]["activeDeadlineSeconds"]) >= 3600
     assert "nvidia.com/gpu" in json.dumps(executors["exec-train-model"]["tolerations"])
+    # DataLoader workers need a memory-backed /dev/shm (a pod's default is 64 MiB)
+    shm = executors["exec-train-model"]["emptyDirMounts"]
+    assert [(m["mountPath"], m["medium"]) for m in shm] == [("/dev/shm", "Memory")]
+    assert shm[0]["sizeLimit"].endswith("Gi")
 
 
 def test_ingest_step_links_the_dataset_and_describes_it(demo_dataset, tmp_path):

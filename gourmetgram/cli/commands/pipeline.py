@@ -116,9 +116,9 @@ def check_run_inputs(dataset_uri: str, config: str, epochs: int, stage: str, mod
         path = Path(parsed.path if parsed.scheme == "file" else dataset_uri).expanduser()
         if not path.exists():
             raise DatasetError(f"dataset {path} does not exist")
-    elif parsed.scheme not in ("http", "https"):
+    elif parsed.scheme not in ("http", "https", "s3"):
         raise DatasetError(f"unsupported dataset URI scheme {parsed.scheme!r} in {dataset_uri}; "
-                           "use a folder, an archive or an http(s) URL")
+                           "use a folder, an archive, an http(s) URL or s3://bucket/prefix")
     resolve_config(config, epochs)
     check_stage(stage)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", model_name):
@@ -362,7 +362,8 @@ def add_parser(subparsers) -> None:
                          description="Run every step as a local subprocess with this interpreter; print "
                                      "the evaluation report and where the model went. Exit 1 when the "
                                      "evaluation gate rejects the model.")
-    run.add_argument("--dataset", required=True, help="dataset folder, .zip/.tar.gz archive, or http(s) URL")
+    run.add_argument("--dataset", required=True,
+                     help="dataset folder, .zip/.tar.gz archive, http(s) URL or s3://bucket/prefix (AWS_ENDPOINT_URL)")
     run.add_argument("--config", default="food11", help="demo, food11 or a YAML path (default food11)")
     add_run_arguments(run)
     run.set_defaults(func=_run)
