@@ -1,5 +1,5 @@
 # The two commands a newcomer needs (see README.md).
-.PHONY: demo test lint setup
+.PHONY: demo test lint setup images
 
 setup:
 	@./scripts/setup.sh
@@ -12,3 +12,7 @@ lint: setup
 
 test: lint
 	.venv/bin/python -m pytest
+
+# Container images (docker buildx, tags from git; PUSH=1 REGISTRY=... to push): scripts/build_images.sh
+images:
+	./scripts/build_images.sh
