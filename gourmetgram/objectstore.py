@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from gourmetgram.errors import UserError
+from gourmetgram.errors import DependencyUnavailable, UserError
 
 ENDPOINT_ENV = ("AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL")
 # The models bucket the register step writes and storageUri reads (chart: values.yaml bundleUri).
@@ -67,9 +67,10 @@ def _reachable(what: str, call, *args, **kwargs):
         raise UserError(f"{what}: access denied by the object store ({exc}); check AWS_ACCESS_KEY_ID/"
                         "AWS_SECRET_ACCESS_KEY") from None
     except (OSError, ValueError) as exc:
-        raise UserError(f"{what}: object store unreachable or refused the request ({exc})") from None
+        raise DependencyUnavailable(f"{what}: object store at {endpoint_url()} unreachable or refused the "
+                                    f"request ({exc}); check that MinIO is up and the endpoint") from None
     except Exception as exc:  # noqa: BLE001 - botocore's endpoint/credential errors are not OSErrors
-        raise UserError(f"{what}: object store error {type(exc).__name__}: {exc}") from None
+        raise DependencyUnavailable(f"{what}: object store error {type(exc).__name__}: {exc}") from None
 
 
 def models_uri(model_name: str, version: int | str, bucket: str | None = None) -> str:

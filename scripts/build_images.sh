@@ -39,6 +39,7 @@ images=(
   "pipeline-python3.11|components/Dockerfile|"
   "food-transformer|transformers/Dockerfile|"
   "drift-detector|detectors/Dockerfile|"
+  "capture-sink|capture/Dockerfile|"
   "mlflow-server|infra/docker/mlflow/Dockerfile|$MLFLOW_VERSION"
 )
 for entry in "${images[@]}"; do

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from gourmetgram import objectstore
-from gourmetgram.errors import DatasetError, UserError
+from gourmetgram.errors import DatasetError, DependencyUnavailable, UserError
 from gourmetgram.rollout.prometheus import free_port
 
 BUCKET = "gourmetgram-models"
@@ -111,8 +111,8 @@ def test_no_endpoint_and_a_dead_endpoint_are_clear_errors(tmp_path, monkeypatch)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
-    with pytest.raises(UserError, match="bucket b"):
-        objectstore.upload_tree(bundle, "s3://b/x/1")
+    with pytest.raises(DependencyUnavailable, match="bucket b: object store"):
+        objectstore.upload_tree(bundle, "s3://b/x/1")  # exit 3: a dependency, not bad input
     with pytest.raises(UserError, match="not an s3://BUCKET/KEY"):
         objectstore.split_uri("s3:///no-bucket")
 
@@ -179,7 +179,7 @@ def test_register_with_the_store_down_moves_no_alias(logged_run, tmp_path, monke
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
-    with pytest.raises(UserError, match="object store"):
+    with pytest.raises(DependencyUnavailable, match="object store"):
         register_step(logged_run, KFP_ARTIFACT, _fake_bundle(tmp_path / "b"), {}, STAGING,
                       "gourmetgram-food11", "food11", 0.9, "fp")
     assert registry.version_for(STAGING) is None  # never an alias on a version without its bundle

@@ -92,8 +92,10 @@ def _from_object_store(uri: str, workdir: Path) -> Path:
                 fs.get_file(f"{bucket}/{key}", str(archive))
             except FileNotFoundError:
                 raise DatasetError(f"dataset archive {uri} does not exist") from None
-            except Exception as exc:  # noqa: BLE001 - endpoint/credential errors, reported as such
-                raise DatasetError(f"could not download dataset {uri}: {exc}") from None
+            except Exception as exc:  # noqa: BLE001 - endpoint/credential errors: a dependency (exit 3)
+                from gourmetgram.errors import DependencyUnavailable
+
+                raise DependencyUnavailable(f"could not download dataset {uri} from the object store: {exc}") from None
             _extract(archive, workdir / "extracted")
             return _find_root(workdir / "extracted")
         objectstore.download_tree(uri, workdir / "downloaded")
@@ -119,12 +121,13 @@ def source_version(uri: str) -> str:
     digest = hashlib.sha256()
     if parsed.scheme == "s3":
         from gourmetgram import objectstore
+        from gourmetgram.errors import UserError
 
         try:
             return "s3:" + objectstore.tree_fingerprint(uri)
         except DatasetError:
             raise
-        except Exception as exc:  # noqa: BLE001 - UserError from the store: say which dataset
+        except UserError as exc:  # bad input (no such prefix, no endpoint): say which dataset
             raise DatasetError(f"dataset {uri}: {exc}") from None
     if parsed.scheme in ("http", "https"):
         request = urllib.request.Request(uri, method="HEAD")
