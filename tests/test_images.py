@@ -71,6 +71,7 @@ def test_every_dockerfile_is_built_and_tagged_from_git(tmp_path):
     values = (REPO_ROOT / "charts" / "gourmetgram" / "values.yaml").read_text()
     assert f"image: {names['transformers/Dockerfile']}:{__version__}" in values
     assert f"image: {names['detectors/Dockerfile']}:{__version__}" in values
+    assert f"image: {names['webapp/Dockerfile']}:{__version__}" in values
     capture = (REPO_ROOT / "capture" / "deploy" / "loop.yaml").read_text()
     assert f"image: {names['capture/Dockerfile']}:{__version__}" in capture
     from components.base import DEFAULT_PIPELINE_IMAGE
