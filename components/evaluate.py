@@ -9,6 +9,7 @@ from components.base import component
 
 @component
 def evaluate_model(dataset: Input[Dataset], checkpoint: Input[Model], config: str, mlflow_run_id: str,
+                   registered_model_name: str, model_name: str,
                    metrics: Output[Metrics], confusion_matrix: Output[ClassificationMetrics],
                    report: Output[Markdown], evaluation: Output[Artifact]
                    ) -> NamedTuple("EvaluationOutputs", [("passed", bool), ("reasons", str), ("accuracy", float)]):
@@ -16,7 +17,8 @@ def evaluate_model(dataset: Input[Dataset], checkpoint: Input[Model], config: st
 
     Outputs: scalar metrics, the confusion matrix (KFP UI), a Markdown report, the full
     result as JSON (plus the confusion-matrix PNG); ``passed`` and ``reasons`` (one per line)
-    and ``accuracy`` for the gate and the registry.
+    and ``accuracy`` for the gate and the registry. The differential gate compares the
+    candidate with the model in production (``registered_model_name``) on the same sets.
     """
     import math
     from collections import namedtuple
@@ -25,7 +27,8 @@ def evaluate_model(dataset: Input[Dataset], checkpoint: Input[Model], config: st
     from components.steps import evaluate_step, reasons_text, report_markdown, user_errors
 
     with user_errors():
-        result = evaluate_step(checkpoint.path, dataset.path, config, evaluation.path, mlflow_run_id)
+        result = evaluate_step(checkpoint.path, dataset.path, config, evaluation.path, mlflow_run_id,
+                               registered_model_name, model_name)
     for key, value in result.metrics.items():
         if isinstance(value, (int, float)) and math.isfinite(value):
             metrics.log_metric(key, float(value))

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from gourmetgram.config import RunConfig, load_config, override
-from gourmetgram.constants import SPLITS, STAGES
+from gourmetgram.constants import MODEL_NAME, SPLITS, STAGES
 from gourmetgram.errors import ConfigError, DatasetError, GourmetGramError, UserError
 
 # A step prints this before failing on bad input, so the local CLI can show the reason
@@ -76,14 +76,17 @@ def _link_or_copy(src: str, dst: str) -> str:
 
 # -- ingest + validate -------------------------------------------------------------------------
 
-def ingest_step(dataset_uri: str, out_dir: str | Path) -> dict:
+def ingest_step(dataset_uri: str, out_dir: str | Path, production_dataset_uri: str = "") -> dict:
     """Bring ``dataset_uri`` (folder, archive, URL) into ``out_dir``, validate it, describe it.
 
     The dataset *is* the artifact, so every later step (another pod on the cluster) gets it
-    from the artifact store; locally the copy is hard links.
+    from the artifact store; locally the copy is hard links. ``production_dataset_uri``: a
+    labelled production dataset from ``gourmetgram loop export``, merged in (its provenance in
+    ``provenance.json``, logged to MLflow by the training step).
     """
     from gourmetgram.data.ingest import ingest
     from gourmetgram.data.layout import validate_dataset
+    from gourmetgram.data.merge import merge_production
 
     if not dataset_uri or not dataset_uri.strip():
         raise DatasetError("dataset_uri is empty; pass a dataset folder, archive or http(s) URL")
@@ -99,9 +102,22 @@ def ingest_step(dataset_uri: str, out_dir: str | Path) -> dict:
             shutil.copytree(root, out, copy_function=_link_or_copy, symlinks=False)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    provenance = None
+    if production_dataset_uri and production_dataset_uri.strip():
+        base_fp = validate_dataset(out, check_images=False, progress=False).fingerprint
+        try:
+            prod_root = ingest(production_dataset_uri.strip(), work)
+            provenance = merge_production(out, prod_root, production_dataset_uri.strip(), dataset_uri, base_fp)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        p = provenance["production"]
+        print(f"production data {production_dataset_uri}: {p['images']} labelled image(s) {p['per_split']}, "
+              f"label sources {p['label_sources']}, sha256 {p['fingerprint'][:12]}", flush=True)
     report = validate_dataset(out, check_images=True, progress=False)
     print(f"dataset {dataset_uri}: {report.summary()}", flush=True)
     return {
+        "production": None if provenance is None else {k: v for k, v in provenance["production"].items()
+                                                       if k != "sample_ids"},
         "source": dataset_uri,
         "fingerprint": report.fingerprint,
         "class_names": list(report.class_names),
@@ -126,7 +142,32 @@ def train_step(dataset_dir: str | Path, config: str, epochs: int, checkpoint_pat
     result = train(dataset_dir, report, cfg, checkpoint_path, log_to_mlflow=True, progress=True,
                    run_name=run_name)
     _set_run_tags(result.mlflow_run_id, {"config": cfg.source, "data.source": source or str(dataset_dir)})
+    _log_provenance(result.mlflow_run_id, Path(dataset_dir))
     return result
+
+
+def _log_provenance(run_id: str | None, dataset_dir: Path) -> None:
+    """Production data merged into the training set: tags (counts, fingerprints, label sources)
+    and the full provenance (sample ids) as an artifact."""
+    import json
+
+    from gourmetgram.data.merge import PROVENANCE_FILE
+
+    path = dataset_dir / PROVENANCE_FILE
+    if not run_id or not path.is_file():
+        return
+    prov = json.loads(path.read_text())
+    p = prov["production"]
+    _set_run_tags(run_id, {
+        "data.production.source": p["source"], "data.production.fingerprint": p["fingerprint"],
+        "data.production.images": p["images"], "data.production.per_split": json.dumps(p["per_split"]),
+        "data.production.label_sources": json.dumps(p["label_sources"]),
+        "data.production.model_versions": json.dumps(p["model_versions"]),
+        "data.base.fingerprint": prov["base"]["fingerprint"],
+    })
+    from gourmetgram.tracking import configure_mlflow
+
+    configure_mlflow().MlflowClient().log_artifact(run_id, str(path), artifact_path="data")
 
 
 def _set_run_tags(run_id: str | None, tags: dict[str, str]) -> None:
@@ -142,19 +183,64 @@ def _set_run_tags(run_id: str | None, tags: dict[str, str]) -> None:
 # -- evaluate ----------------------------------------------------------------------------------
 
 def evaluate_step(checkpoint: str | Path, dataset_dir: str | Path, config: str, out_dir: str | Path,
-                  mlflow_run_id: str = ""):
-    """Run the offline evaluation suite; log it next to the training run. -> EvaluationResult."""
+                  mlflow_run_id: str = "", registered_model_name: str = "", model_name: str = ""):
+    """Run the offline evaluation suite and, with ``registered_model_name``, the differential
+    gate against the model in production; log it next to the training run. -> EvaluationResult."""
     from gourmetgram.evaluation.suite import JSON_NAME, evaluate, log_evaluation
     from gourmetgram.model import load_checkpoint
 
     cfg = resolve_config(config)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    result = evaluate(load_checkpoint(checkpoint), Path(dataset_dir), cfg.evaluation, out)
+    model = load_checkpoint(checkpoint)
+    result = evaluate(model, Path(dataset_dir), cfg.evaluation, out)
+    if registered_model_name and cfg.evaluation.differential.enabled:
+        differential_gate(result, model, Path(dataset_dir), cfg.evaluation, registered_model_name,
+                          model_name or MODEL_NAME)
     result.to_json(out / JSON_NAME)
     log_evaluation(result, mlflow_run_id or None)
     print(result.format_report(), flush=True)
     return result
+
+
+def differential_gate(result, model, dataset_dir: Path, ecfg, registered_model_name: str, model_name: str) -> None:
+    """Compare with the model in ``ecfg.differential.stage`` on the same evaluation sets; a
+    candidate worse beyond the tolerance fails the gate (its checks and reasons join the result)."""
+    from gourmetgram import registry
+    from gourmetgram.evaluation import differential as D
+    from gourmetgram.evaluation.suite import Check, predict_files
+    from gourmetgram.export import load_model_spec
+
+    d = ecfg.differential
+    version = registry.version_for(d.stage, registered_model_name)
+    if version is None:
+        print(f"differential gate: no model in {d.stage} yet (first model): skipped", flush=True)
+        return
+    uri = registry.bundle_for(version, registered_model_name)
+    bundle = Path(uri.removeprefix("file://")).expanduser()
+    if not bundle.is_dir():  # an s3:// bundle: fetching it here is not built yet
+        result.comparison = {"production_version": str(version), "tolerance": d.tolerance, "passed": True,
+                             "reasons": [], "sets": [], "skipped": f"bundle {uri} is not on this machine"}
+        print(f"differential gate: {d.stage} bundle {uri} is not a local folder: skipped", flush=True)
+        return
+    spec = model.spec
+    if list(load_model_spec(bundle).class_names) != list(spec.class_names):
+        raise UserError(f"the {d.stage} model (version {version}) has other classes than the candidate; "
+                        "the differential gate cannot compare them")
+    comparison = D.compare(
+        D.evaluation_sets(dataset_dir),
+        candidate=lambda files: predict_files(model, list(files), spec.image_size, ecfg.batch_size),
+        production=D.onnx_predictor(bundle, model_name),
+        production_version=str(version), tolerance=d.tolerance, gated=d.gated_sets, min_images=d.min_images)
+    result.comparison = comparison.to_dict()
+    for row in comparison.sets:
+        if row.gated and row.candidate is not None and row.production is not None:
+            result.checks.append(Check(f"differential {row.name} vs {d.stage}", row.candidate,
+                                       row.production - d.tolerance, row.passed))
+    if not comparison.passed:
+        result.reasons.extend(comparison.reasons)
+        result.passed = False
+    print(D.format_comparison(result.comparison), flush=True)
 
 
 def report_markdown(result) -> str:

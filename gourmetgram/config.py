@@ -147,6 +147,20 @@ def _unique_names(evaluation: EvaluationConfig) -> EvaluationConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DifferentialConfig:
+    """The candidate against the model in ``stage`` on the same evaluation sets
+    (gourmetgram/evaluation/differential.py): rejected when worse by more than ``tolerance``
+    on a gated set with at least ``min_images`` images."""
+
+    __pydantic_config__ = STRICT
+    enabled: StrictBool = True
+    stage: Annotated[StrictStr, _one_of("staging", "production")] = "production"
+    tolerance: Share = 0.02
+    gated_sets: tuple[Annotated[StrictStr, _one_of("original", "production")], ...] = ("original", "production")
+    min_images: AtLeastOne = 5
+
+
+@dataclasses.dataclass(frozen=True)
 class EvaluationConfig:
     __pydantic_config__ = STRICT
     min_overall_accuracy: Share = 0.85
@@ -155,6 +169,7 @@ class EvaluationConfig:
     failure_modes: tuple[FailureModeConfig, ...] = ()
     templates: Optional[TemplateConfig] = None
     batch_size: AtLeastOne = 64
+    differential: Annotated[DifferentialConfig, SECTION] = DifferentialConfig()
 
 
 def _batch_sizes_fit(export: ExportConfig) -> ExportConfig:

@@ -47,12 +47,14 @@ class PipelineOutputs(NamedTuple):
                           "and only if the gate passes export to Triton (optionally INT8) and register in MLflow.")
 def training_pipeline(dataset_uri: str, config: str = "food11", epochs: int = -1, model_name: str = MODEL_NAME,
                       stage: str = STAGING, registered_model_name: str = REGISTERED_MODEL_NAME,
-                      quantize: bool = False) -> PipelineOutputs:
+                      quantize: bool = False, production_dataset_uri: str = "") -> PipelineOutputs:
     """``dataset_uri``: folder, archive or URL in the Food-11 layout. ``config``: ``demo``,
     ``food11`` or a YAML path in the image. ``epochs``: -1 = from the config, 0 = untrained
     (proves the gate). ``model_name``: the Triton model name. ``stage``: the registry alias.
     ``quantize``: serve the INT8 variant when it passes its accuracy gate and is faster
-    (off: the quantize step passes the FP32 bundle through).
+    (off: the quantize step passes the FP32 bundle through). ``production_dataset_uri``:
+    labelled production data from ``gourmetgram loop export``, merged with the dataset
+    (provenance to MLflow); the evaluation then also compares with the production model.
     """
     # The same URI may hold new data: ingest is keyed on what it holds now (never cached
     # itself), so an unchanged dataset + config is a cache hit for ingest and train.
@@ -60,7 +62,8 @@ def training_pipeline(dataset_uri: str, config: str = "food11", epochs: int = -1
     version.set_caching_options(False)
     with_secrets(version)
     kubernetes.set_timeout(version, STEP_TIMEOUT_S)
-    ingest = ingest_and_validate(dataset_uri=dataset_uri, source_version=version.output)
+    ingest = ingest_and_validate(dataset_uri=dataset_uri, source_version=version.output,
+                                 production_dataset_uri=production_dataset_uri)
     ingest.set_display_name("ingest + validate data")
     ingest.set_caching_options(True)
     with_secrets(ingest)
@@ -81,9 +84,11 @@ def training_pipeline(dataset_uri: str, config: str = "food11", epochs: int = -1
                                size_limit=TRAIN_SHM_SIZE)
 
     evaluate = evaluate_model(dataset=ingest.outputs["dataset"], checkpoint=train.outputs["checkpoint"],
-                              config=config, mlflow_run_id=train.outputs["mlflow_run_id"])
+                              config=config, mlflow_run_id=train.outputs["mlflow_run_id"],
+                              registered_model_name=registered_model_name, model_name=model_name)
     evaluate.set_display_name("offline evaluation")
-    evaluate.set_caching_options(True)
+    # Not cached: the differential gate reads the registry (which version is in production now).
+    evaluate.set_caching_options(False)
     with_secrets(evaluate)
     kubernetes.set_timeout(evaluate, STEP_TIMEOUT_S)
 

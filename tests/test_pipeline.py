@@ -59,6 +59,8 @@ def test_spec_requests_a_gpu_retries_and_caches_training(spec_docs):
     tasks = _all_tasks(spec)
     # side effects are never cached
     assert tasks["register-model"].get("cachingOptions", {}).get("enableCache") is not True
+    # the differential gate reads the registry: its verdict is never reused from the cache
+    assert tasks["evaluate-model"].get("cachingOptions", {}).get("enableCache") is not True
     # the same URI may hold new data: the uncached dataset-version step names what it holds,
     # and ingest (cached) is keyed on it, so an unchanged dataset is a hit for ingest and train
     assert tasks["dataset-version"].get("cachingOptions", {}).get("enableCache") is not True
@@ -91,7 +93,14 @@ def test_spec_gates_export_and_register_on_the_evaluation(spec_docs):
     other = spec["components"][failed[0]["componentRef"]["name"]]["dag"]["tasks"]
     assert set(other) == {"reject-model"}
     assert set(spec["root"]["inputDefinitions"]["parameters"]) == {
-        "dataset_uri", "config", "epochs", "model_name", "stage", "registered_model_name", "quantize"}
+        "dataset_uri", "config", "epochs", "model_name", "stage", "registered_model_name", "quantize",
+        "production_dataset_uri"}
+    assert spec["root"]["inputDefinitions"]["parameters"]["production_dataset_uri"]["isOptional"]
+    # the production export reaches ingest; the differential gate (in evaluate) knows the registry
+    ingest_params = tasks["ingest-and-validate"]["inputs"]["parameters"]
+    assert ingest_params["production_dataset_uri"]["componentInputParameter"] == "production_dataset_uri"
+    eval_params = tasks["evaluate-model"]["inputs"]["parameters"]
+    assert eval_params["registered_model_name"]["componentInputParameter"] == "registered_model_name"
 
 
 def test_spec_quantizes_the_exported_bundle_only_on_request(spec_docs):

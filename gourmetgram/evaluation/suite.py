@@ -64,6 +64,7 @@ class EvaluationResult:
     failure_modes: dict[str, dict] = dataclasses.field(default_factory=dict)  # + expected_class, predicted counts
     templates: dict | None = None  # accuracy, invariance, sensitivity, n_compositions, n_swaps, failures
     artifacts: dict[str, str] = dataclasses.field(default_factory=dict)  # confusion_matrix, json -> paths
+    comparison: dict | None = None  # the differential gate against production (differential.Comparison.to_dict)
 
     # -- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -143,6 +144,10 @@ class EvaluationResult:
             if t.get("failures"):
                 lines.append(f"  {len(t['failures'])} misclassified compositions, e.g.:")
                 lines += [f"    {f}" for f in t["failures"][:5]]
+        if self.comparison:
+            from gourmetgram.evaluation.differential import format_comparison
+
+            lines += ["", format_comparison(self.comparison)]
         lines += ["", f"Verdict: {'PASSED' if self.passed else 'FAILED'} "
                       f"({sum(c.passed for c in self.checks)}/{len(self.checks)} checks passed)"]
         lines += [f"  - {r}" for r in self.reasons]

@@ -128,7 +128,7 @@ def check_run_inputs(dataset_uri: str, config: str, epochs: int, stage: str, mod
 def run_local(dataset_uri: str, config: str = "demo", epochs: int = -1, model_name: str = MODEL_NAME,
               stage: str = STAGING, registered_model_name: str = REGISTERED_MODEL_NAME,
               pipeline_root: str | Path | None = None, enable_caching: bool = False,
-              quantize: bool = False) -> LocalRunResult:
+              quantize: bool = False, production_dataset_uri: str = "") -> LocalRunResult:
     """Run the training pipeline with ``kfp.local``; bad input raises :class:`UserError`."""
     check_run_inputs(dataset_uri, config, epochs, stage, model_name)
     parsed = urllib.parse.urlparse(dataset_uri)
@@ -157,7 +157,7 @@ def run_local(dataset_uri: str, config: str = "demo", epochs: int = -1, model_na
     try:
         task = training_pipeline(dataset_uri=dataset_uri, config=config, epochs=epochs, model_name=model_name,
                                  stage=stage, registered_model_name=registered_model_name,
-                                 quantize=quantize)
+                                 quantize=quantize, production_dataset_uri=production_dataset_uri)
     except RuntimeError as exc:
         if tee.found:
             raise UserError(tee.found[-1]) from None
@@ -216,7 +216,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         result = run_local(args.dataset, args.config, args.epochs, args.model_name, args.stage,
                            args.registered_model_name, args.pipeline_root, args.cache,
-                           quantize=args.quantize)
+                           quantize=args.quantize, production_dataset_uri=args.production_dataset or "")
     except PipelineFailed as exc:
         print(f"error: the pipeline failed: {exc} (the failing step's log is above)", file=sys.stderr)
         return 1
@@ -365,6 +365,8 @@ def add_parser(subparsers) -> None:
     run.add_argument("--dataset", required=True,
                      help="dataset folder, .zip/.tar.gz archive, http(s) URL or s3://bucket/prefix (AWS_ENDPOINT_URL)")
     run.add_argument("--config", default="food11", help="demo, food11 or a YAML path (default food11)")
+    run.add_argument("--production-dataset", help="labelled production data (`gourmetgram loop export`) merged "
+                     "with --dataset; the evaluation also compares with the model in production")
     add_run_arguments(run)
     run.set_defaults(func=_run)
 
