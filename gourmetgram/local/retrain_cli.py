@@ -41,8 +41,13 @@ def _retrain(args: argparse.Namespace) -> int:
 
 
 def _receiver(args: argparse.Namespace) -> int:
+    import logging
+
     from gourmetgram.local.retrain import serve
 
+    # every decision (started / held back / not needed) with its reason, one line each
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("gourmetgram.retrain").setLevel(logging.INFO)
     trigger, signals = _trigger(args)
     token = None
     if args.token_file:
