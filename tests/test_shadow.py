@@ -392,3 +392,15 @@ def test_shadow_stop_and_clear_errors(stack, bundles, session_home, capsys, tmp_
     r = httpx.post(f"{stack.gateway_url}/_gourmetgram/rollout", json={"action": "shadow_stop"})
     assert r.status_code == 401
     assert httpx.get(f"{stack.gateway_url}/_gourmetgram/shadow").status_code == 401
+
+
+@pytest.mark.slow
+def test_demo_shows_the_candidate_in_shadow_before_its_canary(stack, bundles, images, capsys):
+    from gourmetgram.cli.commands.demo import _shadow_first
+
+    _shadow_first(stack.gateway_url, ["--bundle", str(bundles["candidate"])], images)
+    out = capsys.readouterr().out
+    assert "shadow first" in out and "shadow analysis:" in out and "top-1 agreement" in out, out
+    if bundles["stable_never"]:
+        assert "verdict: NOT READY" in out and "shadow analysis exit 1 (not ready)" in out, out
+    assert _detail(stack)["shadow"] is None  # stopped afterwards

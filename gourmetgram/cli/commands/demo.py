@@ -366,6 +366,37 @@ def _rollout(*argv: str) -> int:
     return int(args.func(args) or 0)
 
 
+SHADOW_REQUESTS = 30
+
+
+def _shadow_first(gateway: str, source: list[str], images: list[bytes]) -> None:
+    """The candidate in shadow before its canary: it answers a copy of every request, never a
+    user, and the comparison on the same requests says whether it is ready for a canary."""
+    import httpx
+
+    from gourmetgram.errors import CheckFailed
+    from gourmetgram.local.traffic import predict
+    from gourmetgram.rollout.local import LocalRollout
+
+    gw = ["--gateway", gateway]
+    print("\n--- shadow first: the candidate answers a mirrored copy of every request, never a user")
+    if _rollout("shadow", "start", "--percent", "100", *source, *gw) != 0:
+        raise CheckFailed("could not start the shadow (see above)")
+    sent = images[:SHADOW_REQUESTS]
+    try:
+        with httpx.Client(timeout=60) as client:
+            for blob in sent:
+                predict(client, gateway, blob)
+        backend = LocalRollout(gateway)
+        deadline = time.monotonic() + 60
+        while backend.shadow_detail()["shadow"]["pairs"] < len(sent) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        decision = _rollout("shadow", "analyze", "--min-pairs", str(max(1, len(sent) - 10)), *gw)
+        print(f"shadow analysis exit {decision} ({'ready for a canary' if decision == 0 else 'not ready'})")
+    finally:
+        _rollout("shadow", "stop", *gw)
+
+
 def stage_canary(ctx: DemoContext) -> None:
     """A good canary promoted and a bad one rolled back by `rollout auto` (real Prometheus)."""
     from gourmetgram.errors import CheckFailed
@@ -381,6 +412,7 @@ def stage_canary(ctx: DemoContext) -> None:
     prom = ["--prometheus", ctx.prometheus.url]
     candidates = [("the newly trained model again (a good canary)", ["--version", str(ctx.run.outcome["version"])]),
                   ("a deliberately bad model (answers one class for everything)", ["--bundle", str(_bad_candidate(ctx))])]
+    _shadow_first(gateway, candidates[0][1], images)  # the retrained candidate, before its canary
     for title, source in candidates:
         print(f"\n--- canary: {title} at 30%")
         if _rollout("canary", "--percent", "30", *source, *gw) != 0:
@@ -458,7 +490,8 @@ STAGES: list[Stage] = [
      stage_serve, lambda ctx: ctx.run is not None and ctx.run.registered and not ctx.args.no_serve),
     ("5. closing the loop: capture, user feedback, labelling queue -> Label Studio, annotations, export",
      stage_loop, lambda ctx: ctx.stack is not None and ctx.loop is not None),
-    ("6. canary rollout: good canary promoted, bad canary rolled back (rollout auto + Prometheus)",
+    ("6. shadow, then canary rollout: the candidate in shadow first, then good canary promoted, bad "
+     "canary rolled back (rollout auto + Prometheus)",
      stage_canary, lambda ctx: ctx.stack is not None),
     ("7. drift: in-distribution traffic, then darker photos -> drift alarm", stage_drift,
      lambda ctx: ctx.stack is not None),
