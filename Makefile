@@ -1,5 +1,5 @@
 # The two commands a newcomer needs (see README.md).
-.PHONY: demo test lint setup images
+.PHONY: demo test lint lock setup images
 
 setup:
 	@./scripts/setup.sh
@@ -9,6 +9,12 @@ demo: setup
 
 lint: setup
 	.venv/bin/ruff check .
+	.venv/bin/mypy
+
+# Re-resolve requirements.txt into requirements.lock (what setup installs) after changing it.
+lock: setup
+	.venv/bin/pip-compile --quiet --strip-extras --no-emit-index-url --no-emit-find-links \
+	    --output-file requirements.lock requirements.txt
 
 test: lint
 	.venv/bin/python -m pytest

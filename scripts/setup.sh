@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-stamp_src=$(cat requirements.txt requirements-nodeps.txt setup.cfg scripts/setup.sh | sha256sum | cut -c1-16)
+stamp_src=$(cat requirements.lock requirements-nodeps.txt requirements-labelstudio.lock setup.cfg scripts/setup.sh | sha256sum | cut -c1-16)
 stamp=.venv/.installed-$stamp_src
 if [ -f "$stamp" ]; then
   exit 0
@@ -12,15 +12,16 @@ fi
 echo "setting up .venv (first time: about 3 minutes)"
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q "$(grep '^torch==' requirements.txt)" "$(grep '^torchvision==' requirements.txt)"
-.venv/bin/python -m pip install -q -r requirements.txt
+# requirements.lock is the whole resolved set CI tested (`make lock` makes it from requirements.txt).
+.venv/bin/python -m pip install -q "$(grep '^torch==' requirements.lock)" "$(grep '^torchvision==' requirements.lock)"
+.venv/bin/python -m pip install -q -r requirements.lock
 .venv/bin/python -m pip install -q --no-deps -r requirements-nodeps.txt
 # Label Studio (closing the loop) in its own venv: its pins (Django 5.2, numpy 2, Pillow 12) differ from ours.
 if [ ! -x .venv-labelstudio/bin/label-studio ]; then
   echo "installing Label Studio into .venv-labelstudio (about a minute)"
   "$PY" -m venv .venv-labelstudio
   .venv-labelstudio/bin/python -m pip install -q --upgrade pip
-  .venv-labelstudio/bin/python -m pip install -q "label-studio==1.23.2"
+  .venv-labelstudio/bin/python -m pip install -q -r requirements-labelstudio.lock
 fi
 .venv/bin/python -m pip install -q --no-deps -e .
 # Debian's prometheus package: promtool checks the alert rules, prometheus runs the local
