@@ -64,6 +64,7 @@ import uuid
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import httpx
@@ -234,6 +235,12 @@ class InferenceLogger:
             await self._client.aclose()
 
 
+class _Stoppable(Protocol):
+    """What the gateway needs of a :class:`gourmetgram.local.stack.RevisionPair` it started."""
+
+    def stop(self) -> None: ...
+
+
 class Gateway:
     """Routes model requests to transformer revisions, measures them like queue-proxy, logs them."""
 
@@ -264,7 +271,7 @@ class Gateway:
         self.canary_percent: int | None = None
         self.rolled_out = self.revisions[0].name  # status.latestRolledoutRevision
         self._rng = random.Random(seed)
-        self._pairs: dict[str, object] = {}  # revision name -> RevisionPair this gateway started
+        self._pairs: dict[str, _Stoppable] = {}  # revision name -> RevisionPair this gateway started
         self._control_lock = asyncio.Lock()
         self.registry = CollectorRegistry()
         # queue-proxy's request histogram (its _count is the request count), same name, labels
@@ -284,7 +291,7 @@ class Gateway:
         self.logger: InferenceLogger | None = None
         spec = manifest.logger
         if logger_enabled and (spec or logger_url):
-            url = logger_url or local_logger_url(spec.url)
+            url = logger_url or (local_logger_url(spec.url) if spec else "")
             self.logger = InferenceLogger(url, spec.mode if spec else "all", manifest.name,
                                           manifest.namespace, self.logger_sent, self.logger_dropped,
                                           queue_size=logger_queue, workers=logger_workers,
@@ -345,18 +352,18 @@ class Gateway:
         given = request.headers.get("ce-id", "")
         ce_id = given if INFERENCE_ID_RE.match(given) else str(uuid.uuid4())
         endpoint = "canary" if revision.tag == LATEST and self.canary_percent is not None else "default"
-        logging_this = self.logger is not None and request.method == "POST"
+        logger = self.logger if request.method == "POST" else None
         extensions = {"revision": revision.name, "modelversion": revision.version or ""}
-        if logging_this:
-            self.logger.log(ce_id, "request", body, request.headers.get("content-type", ""), endpoint,
+        if logger is not None:
+            logger.log(ce_id, "request", body, request.headers.get("content-type", ""), endpoint,
                             extensions)
         mirrored = self._mirror(request, ce_id, body)
         response = await self._send(request, revision, body, ce_id)
         self.observe(revision, response.status_code, started)
         if mirrored and response.status_code == 200:
             self.shadow.record_production(ce_id, response.body)
-        if logging_this and response.status_code == 200:  # KServe logs only 200 responses
-            self.logger.log(ce_id, "response", response.body, response.headers.get("content-type", ""),
+        if logger is not None and response.status_code == 200:  # KServe logs only 200 responses
+            logger.log(ce_id, "response", bytes(response.body), response.headers.get("content-type", ""),
                             endpoint, extensions)
         if request.method == "POST":
             log_json("gateway", "predict", ce_id, path=request.url.path, revision=revision.name,
@@ -536,7 +543,7 @@ class Gateway:
     async def _stop_pair(self, name: str) -> None:
         pair = self._pairs.pop(name, None)
         if pair is not None:
-            await asyncio.to_thread(pair.stop)  # type: ignore[attr-defined]
+            await asyncio.to_thread(pair.stop)
 
     async def _warm_up(self, transformer_url: str, requests: int = WARMUP_REQUESTS) -> None:
         """A few predictions straight to a new transformer before it takes traffic, so the

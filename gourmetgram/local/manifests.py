@@ -131,7 +131,7 @@ def parse_manifest(documents: list[Any], path: Path | None = None) -> ServiceMan
     if _get(isvc, "spec", "transformer") is not None:
         raise ConfigError(f"{where}: spec.transformer splits traffic apart from the predictor (kserve#1669); "
                           f"the transformer must be the predictor's {TRANSFORMER_CONTAINER!r} container")
-    container = next((c for c in predictor.get("containers") or [] if c.get("name") == TRANSFORMER_CONTAINER), {})
+    container: dict = next((c for c in predictor.get("containers") or [] if c.get("name") == TRANSFORMER_CONTAINER), {})
     args = [str(a) for a in (container.get("args") or [])]
     canary = predictor.get("canaryTrafficPercent")
     if canary is not None:

@@ -162,8 +162,9 @@ class Service:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if not self.alive():
-                raise DependencyUnavailable(f"{self.name} exited with code {self.proc.returncode} while starting; "
-                                f"log {self.log_path}:\n{self.log_tail()}")
+                code = self.proc.returncode if self.proc else None
+                raise DependencyUnavailable(f"{self.name} exited with code {code} while starting; "
+                                            f"log {self.log_path}:\n{self.log_tail()}")
             try:
                 if self.ready():
                     return
@@ -296,7 +297,7 @@ class RevisionPair:
                 while True:
                     if not service.alive():
                         raise DependencyUnavailable(f"{service.name} of {self.revision} exited with code "
-                                        f"{service.proc.returncode} while starting; log "
+                                        f"{service.proc.returncode if service.proc else None} while starting; log "
                                         f"{service.log_path}:\n{service.log_tail()}")
                     try:
                         if await asyncio.to_thread(service.ready):

@@ -13,10 +13,17 @@ import dataclasses
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from gourmetgram.constants import SPLITS
 from gourmetgram.tracking import home
+
+if TYPE_CHECKING:
+    from gourmetgram.cli.commands.pipeline import LocalRunResult
+    from gourmetgram.local.labelstudio import LabelStudioServer
+    from gourmetgram.local.loop import LoopServices
+    from gourmetgram.local.stack import LocalStack
+    from gourmetgram.rollout.prometheus import LocalPrometheus
 
 DEMO_CONFIG = "demo"
 
@@ -28,19 +35,46 @@ class DemoContext:
     args: argparse.Namespace
     home: Path
     dataset: Path | None = None
-    run: object | None = None  # gourmetgram.cli.commands.pipeline.LocalRunResult
+    run: LocalRunResult | None = None
     exit_code: int = 0
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
     cleanup: contextlib.ExitStack = dataclasses.field(default_factory=contextlib.ExitStack)
-    stack: object | None = None  # gourmetgram.local.stack.LocalStack, production, once serving
+    stack: LocalStack | None = None  # production, once serving
     detector_url: str = ""
-    prometheus: object | None = None  # gourmetgram.rollout.prometheus.LocalPrometheus
-    loop: object | None = None  # gourmetgram.local.loop.LoopServices (broker + capture sink)
-    label_studio: object | None = None  # gourmetgram.local.labelstudio.LabelStudioServer, starting
+    prometheus: LocalPrometheus | None = None
+    loop: LoopServices | None = None  # broker + capture sink
+    label_studio: LabelStudioServer | None = None  # starting in the background
+
+    # What a stage needs from an earlier one (a clear error if the order is ever wrong).
+    @property
+    def data(self) -> Path:
+        return _needed(self.dataset, "the demo dataset (stage data)")
+
+    @property
+    def result(self) -> LocalRunResult:
+        return _needed(self.run, "the pipeline run (stage pipeline)")
+
+    @property
+    def serving(self) -> LocalStack:
+        return _needed(self.stack, "the serving stack (stage serve)")
+
+    @property
+    def local_prometheus(self) -> LocalPrometheus:
+        return _needed(self.prometheus, "a local Prometheus (stage canary)")
+
+    @property
+    def loop_services(self) -> LoopServices:
+        return _needed(self.loop, "the loop services (stage serve)")
 
     @property
     def bundle(self) -> Path:
-        return Path(self.run.outcome["bundle_uri"])
+        return Path(self.result.outcome["bundle_uri"])
+
+
+def _needed(value, what: str):
+    if value is None:
+        raise RuntimeError(f"demo stage order: {what} has not run yet")
+    return value
 
 
 def _heading(title: str) -> None:
@@ -73,7 +107,7 @@ def stage_pipeline(ctx: DemoContext) -> None:
     from gourmetgram.cli.commands.pipeline import run_local
 
     ctx.run = run_local(str(ctx.dataset), DEMO_CONFIG, epochs=ctx.args.epochs, stage=ctx.args.stage)
-    if not ctx.run.registered:
+    if not ctx.result.registered:
         ctx.exit_code = 1
 
 
@@ -83,7 +117,7 @@ def stage_report(ctx: DemoContext) -> None:
     """The evaluation report, the gate's verdict and where everything is."""
     from gourmetgram.cli.commands.pipeline import format_summary
 
-    print(format_summary(ctx.run))
+    print(format_summary(ctx.result))
 
 
 # -- stage 4: serve --------------------------------------------------------------------------------
@@ -98,7 +132,7 @@ def _sample(ctx: DemoContext, n: int) -> list[tuple[Path, int]]:
 
     from gourmetgram.data.layout import list_images
 
-    items = list_images(ctx.dataset / "evaluation")
+    items = list_images(ctx.data / "evaluation")
     sample = items[:: max(1, len(items) // n)][:n]
     random.Random(0).shuffle(sample)
     return sample
@@ -119,7 +153,7 @@ def stage_serve(ctx: DemoContext) -> None:
     from gourmetgram.preprocessing import preprocess_batch
     from gourmetgram.rollout.prometheus import free_port
 
-    version = int(ctx.run.outcome["version"])
+    version = int(ctx.result.outcome["version"])
     registry.set_stage(PRODUCTION, version)
     print(f"registry: version {version} now also has alias {PRODUCTION!r}")
     ctx.label_studio = _start_label_studio(ctx)  # slow to come up: started first, awaited in stage 5
@@ -139,35 +173,35 @@ def stage_serve(ctx: DemoContext) -> None:
 
     # the logger's fan-out: broker -> drift detector + capture sink (closing the loop)
     ctx.loop = LoopServices(ctx.bundle, ctx.home / "logs" / "demo", detector_url=ctx.detector_url).start()
-    ctx.cleanup.callback(ctx.loop.stop)
-    ctx.stack = LocalStack(ctx.bundle, PRODUCTION, Ports.free(), logger_url=ctx.loop.broker_url + "/",
-                           feedback_url=ctx.loop.capture_url, model_version=version,
+    ctx.cleanup.callback(ctx.loop_services.stop)
+    ctx.stack = LocalStack(ctx.bundle, PRODUCTION, Ports.free(), logger_url=ctx.loop_services.broker_url + "/",
+                           feedback_url=ctx.loop_services.capture_url, model_version=version,
                            log_dir=ctx.home / "logs" / "demo")
-    ctx.stack.start()
-    ctx.cleanup.callback(ctx.stack.stop)
+    ctx.serving.start()
+    ctx.cleanup.callback(ctx.serving.stop)
     detector.wait_ready(120)
-    for name, url in {**ctx.stack.endpoints(), "drift detector": ctx.detector_url,
-                      "broker (logger fan-out)": ctx.loop.broker_url,
-                      "capture sink": ctx.loop.capture_url}.items():
+    for name, url in {**ctx.serving.endpoints(), "drift detector": ctx.detector_url,
+                      "broker (logger fan-out)": ctx.loop_services.broker_url,
+                      "capture sink": ctx.loop_services.capture_url}.items():
         print(f"  {name:<22} {url}")
 
     sample = _sample(ctx, SERVE_SAMPLE)
     images = [path.read_bytes() for path, _ in sample]
     with httpx.Client(timeout=60) as client:
-        served = [predict(client, ctx.stack.gateway_url, blob).json()["predictions"][0] for blob in images]
+        served = [predict(client, ctx.serving.gateway_url, blob).json()["predictions"][0] for blob in images]
     session = ort.InferenceSession(str(ctx.bundle / "triton" / MODEL_NAME / "1" / "model.onnx"),
                                    providers=["CPUExecutionProvider"])
     size = load_model_spec(ctx.bundle).image_size
     local = session.run(None, {session.get_inputs()[0].name: preprocess_batch(images, size)})[0].argmax(1)
-    names = ctx.run.evaluation.class_names
+    names = ctx.result.evaluation.class_names
     print(f"\n{'image':<28} {'true':<8} {'served':<8} confidence")
     for (path, label), pred in list(zip(sample, served))[:8]:
         print(f"{path.parent.name + '/' + path.name:<28} {names[label]:<8} {pred['label']:<8} {pred['confidence']:.3f}")
     agree = np.mean([p["class_index"] == int(c) for p, c in zip(served, local)])
     accuracy = np.mean([p["class_index"] == label for p, (_, label) in zip(served, sample)])
     print(f"\nserved {len(served)} evaluation images: accuracy {accuracy:.3f} "
-          f"(offline evaluation: {ctx.run.evaluation.metrics['eval/accuracy']:.3f} on all "
-          f"{ctx.run.evaluation.n_images}); same class as the in-process model for {agree:.1%}")
+          f"(offline evaluation: {ctx.result.evaluation.metrics['eval/accuracy']:.3f} on all "
+          f"{ctx.result.evaluation.n_images}); same class as the in-process model for {agree:.1%}")
 
 
 # -- stage 5: closing the loop -----------------------------------------------------------------------
@@ -261,23 +295,23 @@ def stage_loop(ctx: DemoContext) -> None:
         return None if row is None else row.label
 
     rng = random.Random(0)
-    names = ctx.run.evaluation.class_names
+    names = ctx.result.evaluation.class_names
     sample = _sample(ctx, LOOP_PHOTOS + 40)[40:]  # others than the serve stage's first ones
     truth: dict[str, str] = {}
     with httpx.Client(timeout=60) as http:
-        for path, label in sample:
-            r = predict(http, ctx.stack.gateway_url, _reencode(path.read_bytes()))
-            truth[r.headers["x-inference-id"]] = names[label]
+        for path, class_index in sample:
+            r = predict(http, ctx.serving.gateway_url, _reencode(path.read_bytes()))
+            truth[r.headers["x-inference-id"]] = names[class_index]
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            st = http.get(f"{ctx.loop.capture_url}/status").json()
+            st = http.get(f"{ctx.loop_services.capture_url}/status").json()
             if st["captured"] >= len(truth):
                 break
             time.sleep(0.5)
         print(f"{len(truth)} new user photos served; the capture sink holds {st['captured']} predictions "
-              f"(image in the object store, prediction + model version {ctx.run.outcome['version']} in SQLite), "
+              f"(image in the object store, prediction + model version {ctx.result.outcome['version']} in SQLite), "
               f"every response carried X-Inference-Id")
-        print(f"\n[SIMULATED USERS] feedback on {LOOP_FEEDBACK} predictions through POST {ctx.stack.gateway_url}/v1/feedback")
+        print(f"\n[SIMULATED USERS] feedback on {LOOP_FEEDBACK} predictions through POST {ctx.serving.gateway_url}/v1/feedback")
         kinds = {"correct": 0, "wrong": 0, "corrected": 0, "flagged": 0}
         for i, (inference_id, label) in enumerate(list(truth.items())[:LOOP_FEEDBACK]):
             body: dict = {"inference_id": inference_id}
@@ -290,7 +324,7 @@ def stage_loop(ctx: DemoContext) -> None:
                 body["flag"] = "not_food"
                 kinds["flagged"] += 1
             kinds["correct" if body["correct"] else "wrong"] += 1
-            r = http.post(f"{ctx.stack.gateway_url}/v1/feedback", json=body)
+            r = http.post(f"{ctx.serving.gateway_url}/v1/feedback", json=body)
             if r.status_code != 200:
                 print(f"  feedback {r.status_code}: {r.text[:200]}")
         print("  " + ", ".join(f"{k} {v}" for k, v in kinds.items()))
@@ -315,9 +349,9 @@ def stage_loop(ctx: DemoContext) -> None:
     print(f"\n[SIMULATED ANNOTATORS] labelling {len(tasks)} task(s) through Label Studio's API "
           "(a stand-in for people clicking in the UI; they know the true class of these demo photos)")
     for t in tasks:
-        label = truth.get(t.data["sample_id"]) or served_label(t.data["sample_id"])
+        answer = truth.get(t.data["sample_id"]) or served_label(t.data["sample_id"])
         api.annotations.create(id=t.id, result=[{"from_name": "label", "to_name": "image", "type": "choices",
-                                                 "value": {"choices": [label]}}])
+                                                 "value": {"choices": [answer]}}])
     _main(["loop", "sync", *ls_args])
     out = ctx.home / "data" / "production"
     code = _main(["loop", "export", "--bundle", str(ctx.bundle), "--base", str(ctx.dataset), "--output", str(out),
@@ -346,10 +380,12 @@ def _bad_candidate(ctx: DemoContext) -> Path:
     from gourmetgram.model import build_model
 
     model = build_model(load_model_spec(ctx.bundle)).eval()
+    head = model.classifier[-1]
+    assert isinstance(head, torch.nn.Linear)
     with torch.no_grad():
-        model.classifier[-1].weight.zero_()
-        model.classifier[-1].bias.zero_()
-        model.classifier[-1].bias[0] = 0.5
+        head.weight.zero_()
+        head.bias.zero_()
+        head.bias[0] = 0.5
     target = ctx.home / "models" / "demo-bad-candidate"
     export_bundle(model, target, load_config(DEMO_CONFIG).export, overwrite=True)
     return target
@@ -403,14 +439,14 @@ def stage_canary(ctx: DemoContext) -> None:
     from gourmetgram.local.traffic import BackgroundTraffic
     from gourmetgram.rollout.prometheus import LocalPrometheus
 
-    gateway = ctx.stack.gateway_url
+    gateway = ctx.serving.gateway_url
     ctx.prometheus = LocalPrometheus(gateway, detector_url=ctx.detector_url).start()
-    ctx.cleanup.callback(ctx.prometheus.stop)
-    print(f"Prometheus at {ctx.prometheus.url} scraping the gateway, every revision and the detector")
+    ctx.cleanup.callback(ctx.local_prometheus.stop)
+    print(f"Prometheus at {ctx.local_prometheus.url} scraping the gateway, every revision and the detector")
     images = [path.read_bytes() for path, _ in _sample(ctx, 40)]
     gw = ["--gateway", gateway]
-    prom = ["--prometheus", ctx.prometheus.url]
-    candidates = [("the newly trained model again (a good canary)", ["--version", str(ctx.run.outcome["version"])]),
+    prom = ["--prometheus", ctx.local_prometheus.url]
+    candidates = [("the newly trained model again (a good canary)", ["--version", str(ctx.result.outcome["version"])]),
                   ("a deliberately bad model (answers one class for everything)", ["--bundle", str(_bad_candidate(ctx))])]
     _shadow_first(gateway, candidates[0][1], images)  # the retrained candidate, before its canary
     for title, source in candidates:
@@ -457,13 +493,13 @@ def stage_drift(ctx: DemoContext) -> None:
     with httpx.Client(timeout=60) as client:
         before = status().get("processed", 0)
         for blob in images:
-            predict(client, ctx.stack.gateway_url, blob)
+            predict(client, ctx.serving.gateway_url, blob)
         s = settle(before + len(images))
         print(f"{len(images)} in-distribution photos: drift {'YES' if s.get('is_drift') else 'no'}, "
               f"test statistic {s.get('test_stat', 0):.4g} (threshold {s.get('threshold', 0):.4g})")
         detected_at = None
         for n, blob in enumerate(images, 1):
-            predict(client, ctx.stack.gateway_url, _darken(blob))
+            predict(client, ctx.serving.gateway_url, _darken(blob))
             s = settle(before + len(images) + n)
             if s.get("is_drift"):
                 detected_at = n
@@ -475,7 +511,7 @@ def stage_drift(ctx: DemoContext) -> None:
     else:
         print(f"no drift flagged after {len(images)} darkened photos (status: {s})")
     print(f"predictions are never delayed by the detector: the gateway logs asynchronously "
-          f"(dropped events: see logger_events_dropped_total on {ctx.stack.gateway_url}/metrics)")
+          f"(dropped events: see logger_events_dropped_total on {ctx.serving.gateway_url}/metrics)")
 
 
 Stage = tuple[str, Callable[[DemoContext], None], Callable[[DemoContext], bool]]
@@ -487,7 +523,7 @@ STAGES: list[Stage] = [
      lambda ctx: True),
     ("3. report", stage_report, lambda ctx: ctx.run is not None),
     ("4. serve: drift detector + production stack (Triton, transformer, gateway) with the new model",
-     stage_serve, lambda ctx: ctx.run is not None and ctx.run.registered and not ctx.args.no_serve),
+     stage_serve, lambda ctx: ctx.run is not None and ctx.result.registered and not ctx.args.no_serve),
     ("5. closing the loop: capture, user feedback, labelling queue -> Label Studio, annotations, export",
      stage_loop, lambda ctx: ctx.stack is not None and ctx.loop is not None),
     ("6. shadow, then canary rollout: the candidate in shadow first, then good canary promoted, bad "

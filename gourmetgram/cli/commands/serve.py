@@ -84,7 +84,7 @@ def _serve(args: argparse.Namespace) -> int:
                 dead = [s for s in stack.services.values() if not s.alive()]
                 if dead:
                     s = dead[0]
-                    print(f"error: {s.name} exited (code {s.proc.returncode}); stopping the stack. "
+                    print(f"error: {s.name} exited (code {s.proc.returncode if s.proc else None}); stopping the stack. "
                           f"Log {s.log_path}:\n{s.log_tail()}", file=sys.stderr)
                     return 1
                 time.sleep(1.0)
