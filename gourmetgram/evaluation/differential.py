@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -95,7 +95,7 @@ def _accuracy(truth: Sequence[int], predicted: Sequence[int]) -> float | None:
     return float(np.mean(np.asarray(truth) == np.asarray(predicted))) if len(truth) else None
 
 
-def compare(sets: dict[str, tuple[Sequence[Path], Sequence[int]]], candidate: Predict, production: Predict,
+def compare(sets: Mapping[str, tuple[Sequence[Path], Sequence[int]]], candidate: Predict, production: Predict,
             production_version: str, tolerance: float, gated: Sequence[str] = (ORIGINAL, PRODUCTION_SET),
             min_images: int = 1) -> Comparison:
     rows, reasons = [], []
