@@ -163,7 +163,7 @@ RECORDER = """#!/usr/bin/env bash
 case "$(basename "$0") $*" in
   "kubectl create"*"--dry-run=client -o yaml"*) printf 'apiVersion: v1\\nkind: Stub\\n' ;;
   "kubectl apply -f -") sed 's/^/  | /' >> "$CALLS" ;;
-  nvidia-smi*) printf '%s\\n' "${DRIVER_VERSIONS:-570.86.15}" | tr ',' '\\n' ;;
+  nvidia-smi*) printf '%s\\n' "${DRIVER_VERSIONS:-580.65.06}" | tr ',' '\\n' ;;
 esac
 exit 0
 """
@@ -256,7 +256,7 @@ def test_knative_config_patches_name_only_keys_knative_1_21_knows():
 
 
 @pytest.mark.parametrize(("env", "code", "message"), [
-    ({"DRIVER_VERSIONS": "570.86.15,535.104.05"}, 1, "NVIDIA driver 535.104.05 is older than 560"),
+    ({"DRIVER_VERSIONS": "580.65.06,570.86.15"}, 1, "NVIDIA driver 570.86.15 is older than 580"),
     ({"AWS_ENDPOINT_URL": "minio:9000"}, 2, "http[s]://host[:port]"),
     ({"NODE_IP": None}, 2, "set NODE_IP"),
     ({"NVIDIA_SMI": "false"}, 3, "cannot run 'false'"),

@@ -70,7 +70,7 @@ fi
 while read -r driver; do
   [[ "$driver" =~ ^([0-9]+)\. ]] || die 1 "nvidia-smi reported an unreadable driver version '$driver'"
   if (( BASH_REMATCH[1] < MIN_NVIDIA_DRIVER )); then
-    die 1 "NVIDIA driver $driver is older than $MIN_NVIDIA_DRIVER, which Triton $TRITON_IMAGE_TAG (CUDA 12.6) needs; use a newer CC-Ubuntu CUDA image or pin an older Triton (runtime.tag in charts/gourmetgram/values.yaml)"
+    die 1 "NVIDIA driver $driver is older than $MIN_NVIDIA_DRIVER, which Triton $TRITON_IMAGE_TAG (CUDA 12.6, >= 560) and the pipeline image's torch (CUDA 13.0, >= 580) need; use a newer CC-Ubuntu CUDA image"
   fi
   echo "driver $driver ok"
 done <<< "$drivers"
