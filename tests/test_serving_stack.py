@@ -211,13 +211,15 @@ def test_predict_cli_prints_a_table(stack, eval_images, tmp_path, capsys):
 def test_predictor_down_is_503_then_clean_shutdown(stack, eval_images):
     """Runs last on the shared stack: kill Triton, expect 503s, then stop everything."""
     blob = eval_images[0][0]
-    stack.stop_service(TRITON)
+    stack.stop_service(TRITON)  # stopped for good: stop_service is not a crash, nothing restarts
     r = v1(stack.gateway_url, [blob])
     assert r.status_code == 503 and "predictor" in r.json()["error"]
+    assert r.headers["retry-after"] == "1"
     gateway = stack.services[GATEWAY]
     stack.stop_service("transformer")
-    r = v1(stack.gateway_url, [blob])
-    assert r.status_code == 503 and "not reachable" in r.json()["error"]
+    r = v1(stack.gateway_url, [blob])  # the revision is not ready: the gateway answers itself
+    assert r.status_code == 503 and "is not ready" in r.json()["error"], r.text
+    assert not stack.services[TRITON].alive() and not stack.services["transformer"].alive()
     stack.stop()
     assert not gateway.alive()
     for port in stack.ports.named().values():

@@ -35,6 +35,10 @@ on both:
   of model requests is also copied, fire-and-forget, to a shadow revision whose answers go
   only to the logger's sink (``ce-endpoint: shadow``, ``ce-shadow: true``, the mirrored
   request's ``ce-id``), never to the client (:mod:`gourmetgram.local.shadow`).
+* **Crashes**: a revision whose transformer or Triton is down answers 503 with
+  ``Retry-After`` until a probe finds it ready again (:mod:`gourmetgram.local.readiness`);
+  the split does not change by itself. Canary pairs started here are restarted by this
+  process's :class:`~gourmetgram.local.supervisor.Supervisor`.
 * **Control** (the Knative controller's part, localhost only): ``GET/POST
   /_gourmetgram/rollout`` starts a canary revision from a bundle, sets its percentage,
   promotes or rolls back (``gourmetgram rollout`` drives it); ``GET /_gourmetgram/targets``
@@ -88,7 +92,9 @@ from gourmetgram.local.manifests import (
     local_logger_url,
     revision_name,
 )
+from gourmetgram.local.readiness import RevisionReadiness, probe_revision
 from gourmetgram.local.shadow import ShadowMirror
+from gourmetgram.local.supervisor import Supervisor, read_state_file
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
 LOGGER_QUEUE_BYTES = 256 * 1024 * 1024  # events waiting for the sink, at most
@@ -125,6 +131,7 @@ class Revision:
     bundle: str | None = None
     version: str | None = None
     triton_metrics_url: str | None = None
+    triton_url: str | None = None  # for the readiness probe
 
     @classmethod
     def parse(cls, text: str) -> "Revision":
@@ -250,11 +257,13 @@ class Gateway:
                  log_dir: str | Path | None = None, host: str = constants.HOST,
                  seed: int | None = None, control_token: str | None = None,
                  model_store: str | Path | None = None, max_body_bytes: int = MAX_BODY_BYTES,
-                 logger_queue_bytes: int = LOGGER_QUEUE_BYTES, feedback_url: str | None = None) -> None:
+                 logger_queue_bytes: int = LOGGER_QUEUE_BYTES, feedback_url: str | None = None,
+                 status_file: str | Path | None = None) -> None:
         """``control_token``: what the control API and tag routing require (None: a random
         one, readable as ``self.control_token``); ``model_store``: the only place canary
         bundles may come from (default ``$GOURMETGRAM_HOME/models``); ``feedback_url``: the
-        capture/feedback service ``POST /v1/feedback`` is routed to."""
+        capture/feedback service ``POST /v1/feedback`` is routed to; ``status_file``: the
+        serve supervisor's component states, shown in the status."""
         if not revisions:
             raise UserError("the gateway needs at least one revision")
         self.manifest = manifest
@@ -298,6 +307,10 @@ class Gateway:
                                           timeout_s=logger_timeout_s, queue_bytes=logger_queue_bytes,
                                           sink_token=control.sink_token_for(url))
         self._client: httpx.AsyncClient | None = None
+        # Crash handling: revisions answer 503 while not ready; canary pairs are restarted here.
+        self.readiness = RevisionReadiness(self._probe, lambda: self.revisions)
+        self.supervisor = Supervisor()
+        self.status_file = Path(status_file) if status_file else None  # the serve supervisor's
 
     # -- routing -------------------------------------------------------------------------
     def by_tag(self, tag: str) -> Revision | None:
@@ -358,7 +371,7 @@ class Gateway:
             logger.log(ce_id, "request", body, request.headers.get("content-type", ""), endpoint,
                             extensions)
         mirrored = self._mirror(request, ce_id, body)
-        response = await self._send(request, revision, body, ce_id)
+        response = await self._send_if_ready(request, revision, body, ce_id)
         self.observe(revision, response.status_code, started)
         if mirrored and response.status_code == 200:
             self.shadow.record_production(ce_id, response.body)
@@ -389,6 +402,13 @@ class Gateway:
         self.request_duration.labels(self.manifest.namespace, self.configuration, revision.name,
                                      str(status)).observe(time.perf_counter() - started)
 
+    async def _send_if_ready(self, request: Request, revision: Revision, body: bytes | None = None,
+                             inference_id: str | None = None) -> Response:
+        """503 + Retry-After for a revision that is not ready, else forward (see readiness.py)."""
+        if not self.readiness.ready(revision.name):
+            return self.readiness.unavailable(revision.name)
+        return self.readiness.observe(revision.name, await self._send(request, revision, body, inference_id))
+
     async def _send(self, request: Request, revision: Revision, body: bytes | None = None,
                     inference_id: str | None = None) -> Response:
         if body is None:
@@ -409,12 +429,13 @@ class Gateway:
         assert self._client is not None, "the gateway's HTTP client starts with the app"
         try:
             upstream = await self._client.request(request.method, url, content=body, headers=headers)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
-            return _error(503, f"transformer of revision {revision.name} at {revision.transformer_url} "
-                               f"is not reachable ({type(exc).__name__}: {exc}); is it running?")
+        except httpx.ConnectTimeout as exc:
+            return self._unreachable(revision, exc)
         except httpx.TimeoutException:
             return _error(504, f"transformer of revision {revision.name} did not answer within "
                                f"{self.timeout_s:.0f} s")
+        except httpx.TransportError as exc:  # refused, reset, closed mid-answer: it is down
+            return self._unreachable(revision, exc)
         out_headers = {k: v for k, v in upstream.headers.items()
                        if k.lower() not in HOP_HEADERS and k.lower() != "content-encoding"}
         return Response(upstream.content, status_code=upstream.status_code, headers=out_headers)
@@ -443,7 +464,21 @@ class Gateway:
                if k.lower() not in HOP_HEADERS and k.lower() != "content-encoding"}
         return Response(upstream.content, status_code=upstream.status_code, headers=out)
 
+    async def _probe(self, revision: Revision) -> str | None:
+        assert self._client is not None, "the gateway's HTTP client starts with the app"
+        return await probe_revision(self._client, revision, self.manifest.model_name)
+
+    @staticmethod
+    def _unreachable(revision: Revision, exc: Exception) -> Response:
+        return _error(503, f"transformer of revision {revision.name} at {revision.transformer_url} "
+                           f"is not reachable ({type(exc).__name__}: {exc}); is it running?")
+
     # -- rollout control (the Knative controller's part) ------------------------------------
+    def components(self) -> list[dict]:
+        """Every supervised process: the serve supervisor's (its state file) and the canaries'."""
+        own = [c for c in self.supervisor.states() if c["state"] != "stopped"]
+        return (read_state_file(self.status_file) if self.status_file else []) + own
+
     def status(self) -> dict:
         return {
             "inferenceservice": self.manifest.name, "namespace": self.manifest.namespace,
@@ -451,8 +486,10 @@ class Gateway:
             "canary_traffic_percent": self.canary_percent,
             "latest_rolledout_revision": self.rolled_out,
             "latest_revision": self.revisions[-1].name,
-            "revisions": [r.public() for r in self.revisions],
+            "revisions": [{**r.public(), "ready": self.readiness.ready(r.name),
+                           "not_ready_reason": self.readiness.reason(r.name)} for r in self.revisions],
             "shadow": self.shadow.status(),
+            "components": self.components(),
             "logger": None if self.logger is None else {
                 "url": self.logger.url, "mode": self.logger.mode,
                 "sent": self.logger.sent._value.get(), "dropped": self.logger.dropped._value.get(),
@@ -478,8 +515,11 @@ class Gateway:
         """Drop revisions from the table, then stop the pairs this gateway started for them."""
         self.revisions = [r for r in self.revisions if r.name not in names]
         for name in names:
+            self.readiness.forget(name)
             pair = self._pairs.pop(name, None)
             if pair is not None:
+                for service in pair.services:
+                    self.supervisor.forget(service)
                 await asyncio.to_thread(pair.stop)
 
     async def start_canary(self, bundle: str, percent: int, version: str | None = None) -> Revision:
@@ -495,11 +535,13 @@ class Gateway:
         pair = RevisionPair(path, name, self.manifest, Ports.free(self.host), self.host, log_dir)
         await pair.start_async(cwd=log_dir)
         self._pairs[name] = pair
+        for service in pair.services:  # restarted when they crash, as the first revision's are
+            self.supervisor.adopt(service, log_dir, revision=name)
         await self._warm_up(pair.transformer_url)
         # A latest revision that never rolled out is replaced (Knative keeps only prev/latest routed).
         replaced = {r.name for r in self.revisions if r.name != self.rolled_out}
         self.revisions.append(Revision(name, pair.transformer_url, 0, None, str(path), version,
-                                       pair.triton_metrics_url))
+                                       pair.triton_metrics_url, pair.triton_url))
         self.canary_percent = percent
         self._apply_split()
         await self._retire(replaced)
@@ -639,9 +681,12 @@ class Gateway:
             if self.logger is not None:
                 await self.logger.start()
             await self.shadow.start()
+            self.readiness.start()
             try:
                 yield
             finally:
+                self.supervisor.halt()  # no restarts while the pairs are stopped below
+                await self.readiness.stop()
                 await self.shadow.stop()
                 if self.logger is not None:
                     await self.logger.stop()
@@ -661,7 +706,7 @@ class Gateway:
                 return _error(403, str(exc))
             except LookupError as exc:
                 return _error(404, str(exc))
-            return await self._send(request, revision)
+            return await self._send_if_ready(request, revision)
 
         async def metrics(_request: Request) -> Response:
             return PlainTextResponse(self.metrics_text(), media_type=CONTENT_TYPE_LATEST)
@@ -740,6 +785,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="a transformer revision; the first is the rolled-out one")
     p.add_argument("--bundle", help="the first revision's model bundle (for status)")
     p.add_argument("--triton-metrics", help="the first revision's Triton metrics URL (for Prometheus)")
+    p.add_argument("--triton-url", help="the first revision's Triton HTTP URL (readiness probe)")
+    p.add_argument("--status-file", help="the serve supervisor's component states (shown in status)")
     p.add_argument("--log-dir", help="where canary revisions write their logs (default: cwd)")
     p.add_argument("--logger-url", help="inference logger sink (default: the manifest's logger.url; "
                    "a cluster-only URL becomes the local detector)")
@@ -772,6 +819,7 @@ def main(argv: list[str] | None = None) -> int:
         revisions = [Revision.parse(r) for r in args.revision]
         revisions[0].bundle, revisions[0].triton_metrics_url = args.bundle, args.triton_metrics
         revisions[0].version = args.model_version
+        revisions[0].triton_url = args.triton_url
         for r in revisions[1:]:
             r.percent = 0
         gateway = Gateway(load_manifest(args.manifest), revisions, timeout_s=args.timeout,
@@ -781,7 +829,8 @@ def main(argv: list[str] | None = None) -> int:
                           control_token=control.gateway_token(args.control_token_file, args.host,
                                                               args.port),
                           model_store=args.model_store, max_body_bytes=args.max_body_bytes,
-                          logger_queue_bytes=args.logger_queue_bytes, feedback_url=args.feedback_url)
+                          logger_queue_bytes=args.logger_queue_bytes, feedback_url=args.feedback_url,
+                          status_file=args.status_file)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

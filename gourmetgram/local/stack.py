@@ -1,9 +1,13 @@
-"""Start and supervise the local serving stack: Triton -> transformer -> gateway.
+"""Start and supervise the local serving stack: Triton -> transformer -> gateway (+ detector, Prometheus).
 
 Each service is a child process in its own process group (session), so stopping one
 reaches everything it started (tritonserver and its Python-backend stubs too) and a
 Ctrl-C in the terminal reaches only this supervisor, which then stops the services in
-reverse order. Use it from Python as a context manager::
+reverse order. After the first start every service is watched by a
+:class:`~gourmetgram.local.supervisor.Supervisor`: one that exits is restarted with
+back-off and nothing else is touched (a cluster's kubelet). The services are ONE list,
+:meth:`LocalStack._build_services`; a new process joins the stack with one entry there.
+Use it from Python as a context manager::
 
     with LocalStack(bundle, "staging", Ports.free()) as stack:
         httpx.post(stack.gateway_url + "/v1/models/food11:predict", json=...)
@@ -16,13 +20,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import httpx
 
@@ -30,10 +36,12 @@ from gourmetgram import constants
 from gourmetgram.errors import DependencyUnavailable, UserError
 from gourmetgram.local import control
 from gourmetgram.local.manifests import ServiceManifest, load_manifest, load_stage_manifest, local_logger_url, revision_name
+from gourmetgram.local.supervisor import INGRESS, SERVING, SIDE, Event, RestartPolicy, Supervisor
 from gourmetgram.local.triton_server import model_dir_of, with_libpython
 from gourmetgram.tracking import home
 
 TRITON, TRANSFORMER, GATEWAY, WEBAPP = "triton", "transformer", "gateway", "webapp"
+DETECTOR, PROMETHEUS = "detector", "prometheus"
 START_TIMEOUT_S = 180.0  # tritonserver + model load on 2 busy cores can take a minute
 STOP_TIMEOUT_S = 30.0  # PyTriton unloads the model and waits for in-flight requests
 
@@ -49,6 +57,8 @@ class Ports:
     transformer_grpc: int = constants.TRANSFORMER_GRPC_PORT
     gateway: int = constants.GATEWAY_PORT
     webapp: int = constants.WEBAPP_PORT  # only bound when the stack starts the web app
+    detector: int = constants.DETECTOR_PORT
+    prometheus: int = constants.PROMETHEUS_PORT
 
     @classmethod
     def free(cls, host: str = constants.HOST) -> "Ports":
@@ -74,9 +84,11 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
-def check_ports_free(ports: Ports, host: str = constants.HOST, skip: tuple[str, ...] = ()) -> None:
+def check_ports_free(ports: Ports, host: str = constants.HOST, skip: tuple[str, ...] = (),
+                     names: set[str] | None = None) -> None:
+    """``skip``: ports not checked; ``names``: only these are (those of the services that start)."""
     busy = [f"{name}={port}" for name, port in ports.named().items()
-            if name not in skip and port_in_use(host, port)]
+            if name not in skip and (names is None or name in names) and port_in_use(host, port)]
     if len(set(ports.named().values())) != len(ports.named()):
         raise UserError(f"the stack's ports must differ: {ports.named()}")
     if busy:
@@ -117,14 +129,27 @@ def registered_bundle(stage: str) -> Path:
     return path.resolve()
 
 
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM if the supervisor dies, so a killed supervisor leaves no orphans."""
+def _load_libc():
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        return ctypes.CDLL("libc.so.6", use_errno=True)
     except OSError:
-        pass
+        return None
+
+
+# Loaded once here: after fork in a threaded parent (the supervisor restarts processes from its
+# watcher threads) the child must not dlopen, which could deadlock on the loader's lock.
+_LIBC = _load_libc()
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if the supervisor dies, so a killed supervisor leaves no orphans.
+
+    The kernel sends it when the THREAD that started the child ends, so supervisors keep
+    their starting threads alive as long as the children should live."""
+    if _LIBC is not None:
+        _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 @dataclasses.dataclass
@@ -191,6 +216,21 @@ class Service:
             time.sleep(0.1)
         if _group_alive(pgid):
             _signal_group(pgid, signal.SIGKILL)
+
+
+    def kill(self, timeout_s: float = 5.0) -> None:
+        """SIGKILL the whole process group at once and wait (up to ``timeout_s``) until it is
+        gone: what is left of a crashed process must not keep its ports (a container runtime
+        does the same when a container's main process exits)."""
+        if self.proc is None:
+            return
+        pgid = self.proc.pid
+        _signal_group(pgid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while _group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 def _signal_group(pgid: int, sig: int) -> None:
@@ -322,7 +362,8 @@ class RevisionPair:
 
 
 class LocalStack:
-    """Triton (PyTriton), the KServe transformer and the gateway for one stage, on localhost."""
+    """Triton (PyTriton), the KServe transformer and the gateway for one stage, on localhost,
+    optionally with the drift detector and Prometheus; every process supervised."""
 
     def __init__(self, bundle: str | Path | None = None, stage: str = constants.STAGING,
                  ports: Ports | None = None, host: str = constants.HOST,
@@ -331,16 +372,26 @@ class LocalStack:
                  start_timeout_s: float = START_TIMEOUT_S,
                  logger_url: str | None = None, logger_timeout_s: float | None = None,
                  feedback_url: str | None = None, model_version: str | int | None = None,
-                 webapp: bool = False) -> None:
+                 webapp: bool = False, detector: bool = False, prometheus: bool = False,
+                 extra_services: Sequence[tuple[Service, str]] = (),
+                 restart_policy: RestartPolicy | None = None,
+                 on_event: Callable[[Event], None] | None = None) -> None:
         """``logger_url``: the inference logger's sink (the local drift detector, or the local
         broker that fans out to the detector and the capture sink); ``""`` turns the logger
         off; None keeps the manifest's (a cluster-only URL becomes the local detector port, see
-        :func:`gourmetgram.local.manifests.local_logger_url`).
+        :func:`gourmetgram.local.manifests.local_logger_url`), or the stack's own detector when
+        ``detector`` is on.
         ``logger_timeout_s``: how long the logger waits on its sink per event (the gateway's default if None).
         ``feedback_url``: where the gateway routes ``POST /v1/feedback`` (the capture sink).
         ``model_version``: the registered version served, carried by the logger's events into the
         captured samples.
-        ``webapp``: also start the web app (a client of the gateway) on ``ports.webapp``."""
+        ``webapp``: also start the web app (a client of the gateway) on ``ports.webapp``.
+        ``detector``: run the drift detector of the bundle (``<bundle>/detector/``, built by the
+        pipeline) on ``ports.detector``; ``prometheus``: run Debian's Prometheus scraping the stack
+        (the same config ``rollout analyze`` uses); ``extra_services``: more processes started
+        (before the gateway) and supervised with the stack, with their roles (the loop's capture
+        sink and broker). ``restart_policy``/``on_event``: how crashed processes are restarted
+        and who hears of it."""
         self.bundle = Path(bundle).resolve() if bundle else registered_bundle(stage)
         self.stage = stage
         self.ports = ports or Ports()
@@ -353,13 +404,18 @@ class LocalStack:
         self.revision = revision_name(self.manifest)
         self.log_dir = Path(log_dir) if log_dir else home() / "logs" / f"serve-{stage}"
         self.start_timeout_s = start_timeout_s
-        self.logger_url = logger_url
+        self.with_detector, self.with_prometheus = detector, prometheus
+        self.extra_services = list(extra_services)
+        self.logger_url = self.detector_url + "/" if detector and logger_url is None else logger_url
         self.logger_timeout_s = logger_timeout_s
         self.control_token: str | None = None  # written at start (gourmetgram.local.control)
         self.feedback_url = feedback_url
         self.model_version = None if model_version is None else str(model_version)
         self.webapp = webapp
         self.services: dict[str, Service] = {}
+        policy = restart_policy or RestartPolicy(start_timeout_s=start_timeout_s)
+        self.supervisor = Supervisor(policy, on_event, state_file=self.log_dir / "components.json")
+        self._prometheus_dir: Path | None = None
         self._check_bundle()
         # The first revision's Triton + transformer; canaries add more pairs through the gateway.
         self.pair = RevisionPair(self.bundle, self.revision, self.manifest, self.ports, self.host,
@@ -392,15 +448,22 @@ class LocalStack:
 
     @property
     def detector_url(self) -> str:
-        """Where this stack's inference logger sends events (the drift detector), or ""."""
+        """The drift detector: the stack's own when it runs one, else where this stack's
+        inference logger sends events, or ""."""
+        if self.with_detector:
+            return f"http://{self.host}:{self.ports.detector}"
         if self.logger_url is not None:
             return self.logger_url.rstrip("/")
         return local_logger_url(self.manifest.logger.url).rstrip("/") if self.manifest.logger else ""
 
+    @property
+    def prometheus_url(self) -> str:
+        return f"http://{self.host}:{self.ports.prometheus}"
+
     def endpoints(self) -> dict[str, str]:
         m = self.model_name
         web = {"web app": f"{self.webapp_url}/", "operator page": f"{self.webapp_url}/operator"}
-        return {**(web if self.webapp else {}),
+        out = {**(web if self.webapp else {}),
             "predict (v1)": f"{self.gateway_url}/v1/models/{m}:predict",
             "infer (v2)": f"{self.gateway_url}/v2/models/{m}/infer",
             "gateway metrics": f"{self.gateway_url}/metrics",
@@ -411,6 +474,11 @@ class LocalStack:
             "triton grpc": self.triton_grpc_url,
             "triton metrics": self.triton_metrics_url,
         }
+        if self.with_detector:
+            out["drift detector"] = f"{self.detector_url}/status"
+        if self.with_prometheus:
+            out["prometheus"] = self.prometheus_url
+        return out
 
     # -- lifecycle -------------------------------------------------------------------------
     def _check_bundle(self) -> None:
@@ -420,15 +488,28 @@ class LocalStack:
 
         model_dir_of(self.bundle / "triton", self.model_name)  # the most common mistake, said plainly
         validate_bundle(self.bundle, self.model_name)
+        if self.with_detector and not (self.bundle / "detector").is_dir():
+            raise UserError(f"{self.bundle} has no drift detector (detector/); build it with "
+                            "`gourmetgram detector build --bundle B --dataset D` or serve without it")
+        if self.with_prometheus:
+            from gourmetgram.rollout.prometheus import PROMETHEUS_BIN
 
-    def _build_services(self) -> list[Service]:
+            if not Path(PROMETHEUS_BIN).is_file():
+                raise UserError(f"{PROMETHEUS_BIN} not found; install Debian's `prometheus` package "
+                                "(scripts/setup.sh does) or serve without Prometheus")
+
+    def _build_services(self) -> list[tuple[Service, str]]:
+        """Every process of the stack, in start order, with its role (what its absence means
+        to clients: ``serving`` = 503s, ``side`` = nothing, ``ingress`` = the entry point).
+        The supervisor restarts each the same way; a new process is one more entry here."""
         p = self.ports
         gateway_argv = [
             sys.executable, "-m", "gourmetgram.local.gateway", "--manifest", str(self.manifest.path),
             "--revision", f"{self.revision}={self.transformer_url}", "--host", self.host,
             "--port", str(p.gateway), "--bundle", str(self.bundle),
-            "--triton-metrics", self.triton_metrics_url, "--log-dir", str(self.log_dir),
-            "--control-token-file", str(self.control_token_path)]
+            "--triton-metrics", self.triton_metrics_url, "--triton-url", self.triton_url,
+            "--log-dir", str(self.log_dir), "--control-token-file", str(self.control_token_path),
+            "--status-file", str(self.supervisor.state_file)]
         if self.logger_url is not None:
             gateway_argv += ["--logger-url", self.logger_url] if self.logger_url else ["--no-logger"]
         if self.logger_timeout_s is not None:
@@ -439,9 +520,41 @@ class LocalStack:
             gateway_argv += ["--model-version", self.model_version]
         gateway = Service(
             GATEWAY, gateway_argv, self.log_dir / "gateway.log",
-            lambda: _get_ok(f"{self.gateway_url}/v2/health/ready"),
+            lambda: _get_ok(f"{self.gateway_url}/v2/health/live"),
             env=_child_env())
-        return [*self.pair.services, gateway, *([self._webapp_service()] if self.webapp else [])]
+        services = [(self.pair.triton, SERVING), (self.pair.transformer, SERVING)]
+        if self.with_detector:  # before the gateway: its logger's sink, sending this token
+            token_file = control.detector_token()[1]  # None: $GOURMETGRAM_DETECTOR_TOKEN, inherited
+            services.append((Service(
+                DETECTOR, [sys.executable, "-m", "drift_detector", "--bundle", str(self.bundle),
+                           "--host", self.host, "--port", str(p.detector)]
+                + (["--token-file", str(token_file)] if token_file else []),
+                self.log_dir / "detector.log", lambda: _get_ok(f"{self.detector_url}/health"),
+                env=_child_env()), SIDE))
+        services += self.extra_services  # before the gateway: its logger's/feedback's targets
+        services.append((gateway, INGRESS))
+        if self.webapp:  # a client of the gateway: clients never see it go
+            services.append((self._webapp_service(), SIDE))
+        if self.with_prometheus:  # after the gateway: it scrapes it and finds revisions through it
+            services.append((self._prometheus_service(), SIDE))
+        # (Label Studio: one entry here, role SIDE)
+        return services
+
+    def _prometheus_service(self) -> Service:
+        from gourmetgram.rollout.prometheus import LocalPrometheus
+
+        prom = LocalPrometheus(self.gateway_url, self.detector_url if self.with_detector else None,
+                               port=self.ports.prometheus, host=self.host)
+        # Storage outlives a Prometheus restart (WAL replay) and goes when the stack stops.
+        self._prometheus_dir = Path(tempfile.mkdtemp(prefix="gg-prometheus-"))
+        return Service(PROMETHEUS, prom.command(self._prometheus_dir), self.log_dir / "prometheus.log",
+                       lambda: _get_ok(f"{self.prometheus_url}/-/ready"))
+
+    def used_ports(self) -> set[str]:
+        names = {"triton_http", "triton_grpc", "triton_metrics", "transformer_http", "transformer_grpc",
+                 "gateway"}
+        return names | ({"detector"} if self.with_detector else set()) | (
+            {"prometheus"} if self.with_prometheus else set()) | ({"webapp"} if self.webapp else set())
 
     def _webapp_service(self) -> Service:
         """The web app, a plain client of the gateway's public API; its operator page reads
@@ -472,31 +585,43 @@ class LocalStack:
         return control.token_path(self.host, self.ports.gateway)
 
     def start(self) -> "LocalStack":
-        """Start every service in order and wait for each to be ready; stop all on failure."""
+        """Start every service in order and wait for each to be ready (a first start that fails
+        stops all and raises); from then on the supervisor restarts any that exits."""
         if self.manifest.path is None:
             raise UserError("the gateway reads the manifest from a file; pass a manifest path")
-        check_ports_free(self.ports, self.host, skip=() if self.webapp else (WEBAPP,))
+        check_ports_free(self.ports, self.host, self.used_ports())
         self.log_dir.mkdir(parents=True, exist_ok=True)
         # A fresh control token per start, 0600 in the stack's state folder (the CLI reads it).
         self.control_token = control.write_token(self.control_token_path)
         try:
-            for service in self._build_services():
+            for service, role in self._build_services():
                 self.services[service.name] = service
-                service.start(cwd=self.log_dir)
-                service.wait_ready(self.start_timeout_s)
+                revision = self.revision if service in self.pair.services else None
+                self.supervisor.start(service, self.log_dir, role, revision, self.start_timeout_s)
         except BaseException:
             self.stop()
             raise
         return self
 
+    def components(self) -> list[dict]:
+        """Each supervised process: name, state, restarts, pid, last exit code."""
+        return self.supervisor.states()
+
     def stop_service(self, name: str) -> None:
-        """Stop one service (for example Triton, to see how the rest behaves without it)."""
-        self.services[name].stop()
+        """Stop one service for good (not restarted), e.g. Triton, to see how the rest behaves."""
+        service = self.services[name]
+        self.supervisor.forget(service)
+        service.stop()
 
     def stop(self) -> None:
         """Stop every service, last started first; safe to call twice."""
+        self.supervisor.halt()  # nothing restarts from here on
         for service in reversed(list(self.services.values())):
             service.stop()
+        self.supervisor.join()
+        if self._prometheus_dir is not None:
+            shutil.rmtree(self._prometheus_dir, ignore_errors=True)
+            self._prometheus_dir = None
         if self.control_token is not None:
             self.control_token_path.unlink(missing_ok=True)
 

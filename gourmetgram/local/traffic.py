@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import threading
+import time
 from typing import Sequence
 
 import httpx
@@ -21,12 +22,18 @@ def predict(client: httpx.Client, url: str, image: bytes, model: str = MODEL_NAM
 
 
 class BackgroundTraffic:
-    """Users sending images round-robin until stopped (what production would see)."""
+    """Users sending images round-robin until stopped (what production would see).
 
-    def __init__(self, url: str, images: Sequence[bytes], workers: int = 3, model: str = MODEL_NAME) -> None:
-        self.url, self.images, self.model = url, list(images), model
+    ``pause_s``: each user waits this long between requests (steady, modest load).
+    ``answers``: ``(monotonic time answered, status)`` per request, in answer order."""
+
+    def __init__(self, url: str, images: Sequence[bytes], workers: int = 3, model: str = MODEL_NAME,
+                 pause_s: float = 0.0) -> None:
+        self.url, self.images, self.model, self.pause_s = url, list(images), model, pause_s
         self.stop_event = threading.Event()
         self.codes: list[int] = []  # HTTP status per request; -1 for a connection failure
+        self.answers: list[tuple[float, int]] = []
+        self._lock = threading.Lock()
         self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(workers)]
 
     def _run(self, offset: int) -> None:
@@ -37,8 +44,12 @@ class BackgroundTraffic:
                     code = predict(client, self.url, self.images[n % len(self.images)], self.model).status_code
                 except httpx.HTTPError:
                     code = -1
-                self.codes.append(code)
+                with self._lock:
+                    self.codes.append(code)
+                    self.answers.append((time.monotonic(), code))
                 n += 1
+                if self.pause_s:
+                    self.stop_event.wait(self.pause_s)
 
     def __enter__(self) -> "BackgroundTraffic":
         for thread in self.threads:

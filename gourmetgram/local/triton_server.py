@@ -13,8 +13,10 @@ Run: ``python -m gourmetgram.local.triton_server --model-repository <bundle>/tri
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import re
 import signal
 import sys
 import sysconfig
@@ -49,6 +51,31 @@ def with_libpython(env: dict[str, str] | None = None) -> dict[str, str]:
     if not parts or parts[0] != libdir:
         env["LD_LIBRARY_PATH"] = ":".join([libdir] + [p for p in parts if p != libdir])
     return env
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale_shm(shm_dir: Path = Path("/dev/shm")) -> list[str]:
+    """Remove shared-memory regions left by a PyTriton whose process is gone.
+
+    PyTriton names them ``pytrtion<pid>-...`` after the process that started it and unlinks
+    them when it stops; a ``kill -9`` (then a supervised restart) leaves one behind each time."""
+    removed = []
+    for path in shm_dir.glob("pytrtion*-*"):
+        m = re.match(r"pytrtion(\d+)-", path.name)
+        if m and not _pid_alive(int(m.group(1))):
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed.append(path.name)
+    return removed
 
 
 def model_dir_of(model_repository: Path, model_name: str) -> Path:
@@ -153,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     # PyTriton copies os.environ when it spawns tritonserver (which spawns the stub), so
     # fixing it here, before the server starts, reaches the stub whoever launched us.
     os.environ.update(with_libpython())
+    stale = sweep_stale_shm()
+    if stale:
+        LOG.warning("removed shared memory left by crashed Triton processes: %s", ", ".join(stale))
     try:
         triton = build_triton(args.model_repository, args.model, args.host,
                               args.http_port, args.grpc_port, args.metrics_port,
@@ -164,10 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         triton.serve()  # blocks; returns on Ctrl-C/SIGTERM (it stops itself) or if Triton dies
     except KeyboardInterrupt:
-        pass
+        return 0
     finally:
         triton.stop()
-    return 0
+    # serve() came back without being asked to: tritonserver (or PyTriton's proxy) died. Say so
+    # and exit non-zero, so the supervisor reports a crash, not a clean stop.
+    LOG.error("tritonserver exited on its own (see its messages above); stopping")
+    return 1
 
 
 if __name__ == "__main__":

@@ -137,18 +137,23 @@ class LocalPrometheus:
     def client(self) -> PrometheusClient:
         return PrometheusClient(self.url)
 
+    def command(self, workdir: Path) -> list[str]:
+        """Write the config into ``workdir`` and return the command line (storage there too);
+        the local stack runs this under its supervisor, :meth:`start` runs it here."""
+        config = Path(workdir) / "prometheus.yml"
+        config.write_text(yaml.safe_dump(self.config, sort_keys=False))
+        return [self.binary, f"--config.file={config}", f"--storage.tsdb.path={Path(workdir) / 'data'}",
+                # No --web.enable-lifecycle: nothing here reloads or quits it over HTTP, so
+                # nobody else may (stop() signals the process).
+                f"--web.listen-address={self.host}:{self.port}", "--storage.tsdb.retention.time=1d"]
+
     def start(self, timeout_s: float = 30.0) -> "LocalPrometheus":
         self.workdir = Path(tempfile.mkdtemp(prefix="gg-prometheus-"))
-        config = self.workdir / "prometheus.yml"
-        config.write_text(yaml.safe_dump(self.config, sort_keys=False))
+        argv = self.command(self.workdir)
         self.log_path = self.workdir / "prometheus.log"
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [self.binary, f"--config.file={config}", f"--storage.tsdb.path={self.workdir / 'data'}",
-                 # No --web.enable-lifecycle: nothing here reloads or quits it over HTTP, so
-                 # nobody else may (stop() signals the process).
-                 f"--web.listen-address={self.host}:{self.port}", "--storage.tsdb.retention.time=1d"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + timeout_s
         client = self.client()
         while not client.ready():

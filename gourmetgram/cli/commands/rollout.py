@@ -78,8 +78,26 @@ def _print_state(backend) -> None:
               f"{r.get('version') or '-':<8} {r.get('bundle') or ''}")
 
 
+def _print_components(status: dict) -> None:
+    """The local stack's processes (the supervisor's view) and which revisions take traffic."""
+    down = [f"{r['name']} ({r.get('not_ready_reason') or 'not ready'})"
+            for r in status.get("revisions", []) if r.get("ready") is False]
+    print("  revisions not ready (answering 503): " + ("; ".join(down) if down else "none"))
+    components = status.get("components") or []
+    if not components:
+        return
+    print(f"  {'component':<12} {'revision':<32} {'state':<9} {'restarts':>8}  {'pid':>7}  last exit")
+    for c in components:
+        last = c.get("last_exit_code")
+        print(f"  {c.get('name', '-'):<12} {c.get('revision') or '-':<32} {c.get('state', '-'):<9} "
+              f"{c.get('restarts', 0):>8}  {c.get('pid') or '-':>7}  {'-' if last is None else last}")
+
+
 def _status(args: argparse.Namespace) -> int:
-    _print_state(_backend(args))
+    backend = _backend(args)
+    _print_state(backend)
+    if hasattr(backend, "raw_status"):  # local stack: also its processes
+        _print_components(backend.raw_status())
     try:
         from gourmetgram import registry
 

@@ -1,4 +1,5 @@
-"""``gourmetgram serve``: run Triton, the transformer and the gateway for one stage locally."""
+"""``gourmetgram serve``: run Triton, the transformer, the gateway, the drift detector and
+Prometheus for one stage locally, restarting any that crashes (see gourmetgram.local.supervisor)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import argparse
 import dataclasses
 import signal
 import sys
+import threading
 import time
+from pathlib import Path
 
 from gourmetgram import constants
 from gourmetgram.errors import UserError
@@ -41,37 +44,75 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def _side_services(args: argparse.Namespace, bundle: Path) -> tuple[bool, bool]:
+    """Whether to run the drift detector and Prometheus; says why not when one is skipped."""
+    from gourmetgram.rollout.prometheus import PROMETHEUS_BIN
+
+    detector = args.detector and (bundle / "detector").is_dir()
+    if args.detector and not detector:
+        print(f"note: no drift detector in {bundle} (build one: gourmetgram detector build); "
+              "serving without it", flush=True)
+    prometheus = args.prometheus and Path(PROMETHEUS_BIN).is_file()
+    if args.prometheus and not prometheus:
+        print(f"note: {PROMETHEUS_BIN} not found (apt-get install prometheus); serving without "
+              "Prometheus", flush=True)
+    return detector, prometheus
+
+
+def _printer():
+    """on_event for the supervisor: each crash with its exit code and log tail, each restart,
+    then one status line with every component's state and restart count."""
+    lock = threading.Lock()
+    holder: dict = {}
+
+    def on_event(event) -> None:
+        with lock:
+            stream = sys.stderr if event.kind in ("crashed", "gave-up") else sys.stdout
+            print(f"[{time.strftime('%H:%M:%S')}] {event.message}", file=stream, flush=True)
+            if event.log_tail:
+                tail = "\n".join("    | " + line for line in event.log_tail.splitlines())
+                print(f"    last lines of its log:\n{tail}", file=stream, flush=True)
+            if "stack" in holder:
+                print(f"status: {holder['stack'].supervisor.status_line()}", flush=True)
+
+    return on_event, holder
+
+
 def _serve(args: argparse.Namespace) -> int:
-    from gourmetgram.local.stack import LocalStack
+    from gourmetgram.local.stack import LocalStack, registered_bundle
 
     ports = parse_ports(args.ports, args.free_ports)
+    bundle = Path(args.bundle).resolve() if args.bundle else registered_bundle(args.stage)
+    detector, prometheus = _side_services(args, bundle)
+    on_event, holder = _printer()
     loop = None
     extra: dict = {}
     if args.loop:
         from gourmetgram.local.loop import LoopServices
-        from gourmetgram.local.stack import registered_bundle
+        from gourmetgram.local.supervisor import SIDE
         from gourmetgram.tracking import home
 
-        # the logger goes to the broker, which fans out to the detector's port and the capture sink
-        bundle = args.bundle or registered_bundle(args.stage)
+        # the logger goes to the broker, which fans out to the detector and the capture sink
         if args.model_version is None and not args.bundle:
             from gourmetgram import registry
 
             args.model_version = registry.version_for(args.stage)
         loop = LoopServices(bundle, home() / "logs" / f"serve-{args.stage}", host=args.host,
-                            detector_url=f"http://{args.host}:{constants.DETECTOR_PORT}/",
+                            detector_url=f"http://{args.host}:{ports.detector}/",
                             capture_port=None if args.free_ports else constants.CAPTURE_PORT,
                             broker_port=None if args.free_ports else constants.BROKER_PORT)
+        # started and restarted with the stack: one supervised entry each
         extra = {"logger_url": loop.broker_url + "/", "feedback_url": loop.capture_url,
-                 "model_version": args.model_version}
-    stack = LocalStack(bundle=args.bundle, stage=args.stage, ports=ports, host=args.host,
-                       manifest=args.manifest, webapp=not args.no_webapp, **extra)
+                 "model_version": args.model_version,
+                 "extra_services": [(loop.capture, SIDE), (loop.broker, SIDE)]}
+    stack = LocalStack(bundle=bundle, stage=args.stage, ports=ports, host=args.host,
+                       manifest=args.manifest, webapp=not args.no_webapp, detector=detector,
+                       prometheus=prometheus, on_event=on_event, **extra)
+    holder["stack"] = stack
     signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM stops as cleanly as Ctrl-C
     print(f"starting {stack.manifest.name} ({args.stage}) from {stack.bundle}; logs in {stack.log_dir}",
           flush=True)
     try:
-        if loop is not None:
-            loop.start()
         with stack:
             print("ready:")
             endpoints = stack.endpoints()
@@ -79,30 +120,28 @@ def _serve(args: argparse.Namespace) -> int:
                 endpoints.update({"broker (logger fan-out)": loop.broker_url, "capture sink": loop.capture_url})
             for name, url in endpoints.items():
                 print(f"  {name:<20} {url}")
-            print("Ctrl-C to stop.", flush=True)
-            while True:
-                dead = [s for s in stack.services.values() if not s.alive()]
-                if dead:
-                    s = dead[0]
-                    print(f"error: {s.name} exited (code {s.proc.returncode if s.proc else None}); stopping the stack. "
-                          f"Log {s.log_path}:\n{s.log_tail()}", file=sys.stderr)
-                    return 1
-                time.sleep(1.0)
+            print(f"status: {stack.supervisor.status_line()}")
+            print("a crashed process is restarted with back-off; Ctrl-C to stop.", flush=True)
+            # Exits only on Ctrl-C/SIGTERM, or when a process keeps failing to start.
+            while not stack.supervisor.gave_up.wait(1.0):
+                pass
+            print(f"error: {stack.supervisor.failure}; stopping the stack", file=sys.stderr, flush=True)
     except KeyboardInterrupt:
         print("stopping...", flush=True)
-    finally:
-        if loop is not None:
-            loop.stop()
     print("stopped.", flush=True)
-    return 0
+    return 3 if stack.supervisor.gave_up.is_set() else 0  # 3: a dependency did not come up
 
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "serve", help="serve the stage's registered model locally (Triton + transformer + gateway + web app)",
-        description="Start PyTriton with the exported model, the KServe transformer and the local "
-        "gateway that reads inference_services/<stage>.yaml, and the web app (user and operator pages) "
-        "in front of the gateway; stop all of them on Ctrl-C or SIGTERM.")
+        "serve", help="serve the stage's registered model locally (Triton + transformer + gateway + "
+        "web app + detector + Prometheus)",
+        description="Start PyTriton with the exported model, the KServe transformer, the local "
+        "gateway that reads inference_services/<stage>.yaml, the web app (user and operator pages) in "
+        "front of the gateway, the drift detector and Prometheus. A process that exits is restarted "
+        "with exponential back-off (the gateway answers 503 with Retry-After meanwhile); serve gives "
+        "up (exit 3) only when one fails to start 5 times in a row. Stop all of them with Ctrl-C or "
+        "SIGTERM.")
     parser.add_argument("--stage", choices=STAGE_CHOICES, default=constants.STAGING,
                         help="which InferenceService manifest to serve (default: %(default)s)")
     parser.add_argument("--bundle", help="export bundle folder (default: the bundle of the version "
@@ -110,7 +149,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--manifest", help="InferenceService YAML (default: inference_services/<stage>.yaml)")
     parser.add_argument("--ports", nargs="+", metavar="NAME=PORT",
                         help="override ports: triton_http, triton_grpc, triton_metrics, "
-                        "transformer_http, transformer_grpc, gateway, webapp")
+                        "transformer_http, transformer_grpc, gateway, webapp, detector, prometheus")
     parser.add_argument("--free-ports", action="store_true", help="start from free ephemeral ports")
     parser.add_argument("--no-webapp", action="store_true",
                         help=f"do not start the web app (default: on port {constants.WEBAPP_PORT})")
@@ -120,4 +159,8 @@ def add_parser(subparsers) -> None:
                         "fans the logger's events out to it and to the drift detector (8070)")
     parser.add_argument("--model-version", help="registered version of the bundle, recorded with captures "
                         "(default: the version the stage's registry alias points at, without --bundle)")
+    parser.add_argument("--no-detector", dest="detector", action="store_false",
+                        help="do not run the bundle's drift detector (default: run it when built)")
+    parser.add_argument("--no-prometheus", dest="prometheus", action="store_false",
+                        help="do not run a local Prometheus scraping the stack (default: run it)")
     parser.set_defaults(func=_serve)
