@@ -41,12 +41,12 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory, demo_dataset):
+def bundle(session_home, demo_dataset):
     from drift_detector.build import build_detector
 
     torch.manual_seed(0)
     model = build_model(ModelSpec(class_names=DEMO_CLASSES, image_size=64, width_mult=0.5)).eval()
-    path = tmp_path_factory.mktemp("faults") / "bundle"
+    path = session_home / "models" / "faults-test"  # the model store: canaries come only from there
     export_bundle(model, path, ExportConfig(max_batch_size=16, preferred_batch_sizes=(4, 8)))
     # A small detector (the default settings take longer to build and say nothing more here).
     build_detector(path, demo_dataset, n_reference=200, window_size=20, ert=1000, n_bootstraps=4000)
