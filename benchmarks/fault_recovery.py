@@ -1,7 +1,7 @@
 """Fault recovery of the local stack: ``kill -9`` each process under steady load, measure the gap.
 
-Starts the real stack (PyTriton, transformer, drift detector, gateway, Prometheus; all
-supervised, see gourmetgram/local/supervisor.py) on free ports, runs steady load (``--workers``
+Starts the real stack (PyTriton, transformer, drift detector, the loop's capture sink and
+broker, gateway, Prometheus; all supervised, see gourmetgram/local/supervisor.py) on free ports, runs steady load (``--workers``
 users, ``--pause`` s between each user's requests), and for each component in turn:
 
 * throughput (good answers/s) over ``--window`` s before the kill;
@@ -39,8 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serving_latency import load_images, resolve_bundle  # noqa: E402
 
 from gourmetgram.local.faults import kill9  # noqa: E402
+from gourmetgram.local.loop import LoopServices  # noqa: E402
 from gourmetgram.local.stack import GATEWAY, LocalStack, Ports  # noqa: E402
-from gourmetgram.local.supervisor import READY, SERVING  # noqa: E402
+from gourmetgram.local.supervisor import READY, SERVING, SIDE  # noqa: E402
 from gourmetgram.local.traffic import BackgroundTraffic  # noqa: E402
 from gourmetgram.tracking import home  # noqa: E402
 
@@ -133,8 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     detector = (bundle / "detector").is_dir()
     if not detector:
         print(f"note: {bundle} has no drift detector; running without it", file=sys.stderr)
-    stack = LocalStack(bundle, "staging", Ports.free(), log_dir=scratch / "logs", detector=detector,
-                       prometheus=not args.no_prometheus)
+    ports = Ports.free()
+    loop = LoopServices(bundle, scratch / "logs", detector_url=f"http://127.0.0.1:{ports.detector}/",
+                        db_url=f"sqlite:///{scratch / 'loop.db'}", objects_url=(scratch / "objects").as_uri())
+    stack = LocalStack(bundle, "staging", ports, log_dir=scratch / "logs", detector=detector,
+                       prometheus=not args.no_prometheus, logger_url=loop.broker_url + "/",
+                       feedback_url=loop.capture_url,
+                       extra_services=[(loop.capture, SIDE), (loop.broker, SIDE)])
     bound_s = stack.supervisor.policy.worst_recovery_s()
     load_avg = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"starting the stack from {bundle} (logs in {scratch / 'logs'}) ...", flush=True)
