@@ -589,7 +589,7 @@ class LocalStack:
         stops all and raises); from then on the supervisor restarts any that exits."""
         if self.manifest.path is None:
             raise UserError("the gateway reads the manifest from a file; pass a manifest path")
-        check_ports_free(self.ports, self.host, self.used_ports())
+        check_ports_free(self.ports, self.host, names=self.used_ports())
         self.log_dir.mkdir(parents=True, exist_ok=True)
         # A fresh control token per start, 0600 in the stack's state folder (the CLI reads it).
         self.control_token = control.write_token(self.control_token_path)
