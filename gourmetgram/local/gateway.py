@@ -68,7 +68,7 @@ import uuid
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, Sequence
 from urllib.parse import urlsplit
 
 import httpx
@@ -94,7 +94,7 @@ from gourmetgram.local.manifests import (
 )
 from gourmetgram.local.readiness import RevisionReadiness, probe_revision
 from gourmetgram.local.shadow import ShadowMirror
-from gourmetgram.local.supervisor import Supervisor, read_state_file
+from gourmetgram.local.supervisor import Process, Supervisor, read_state_file
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
 LOGGER_QUEUE_BYTES = 256 * 1024 * 1024  # events waiting for the sink, at most
@@ -244,6 +244,9 @@ class InferenceLogger:
 
 class _Stoppable(Protocol):
     """What the gateway needs of a :class:`gourmetgram.local.stack.RevisionPair` it started."""
+
+    @property
+    def services(self) -> Sequence[Process]: ...
 
     def stop(self) -> None: ...
 
