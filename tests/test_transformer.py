@@ -89,6 +89,23 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> None:
     raise TimeoutError(f"{url} not ready after {timeout}s")
 
 
+def wait_grpc(address: str, proc: subprocess.Popen, timeout: float = 90.0) -> None:
+    """kserve starts its gRPC server beside the HTTP one: HTTP ready says nothing about gRPC."""
+    import grpc
+
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}: {proc.stdout.read()[-3000:]}")
+            try:
+                grpc.channel_ready_future(channel).result(timeout=1.0)
+                return
+            except grpc.FutureTimeoutError:
+                pass
+    raise TimeoutError(f"gRPC {address} not ready after {timeout}s")
+
+
 def image_bytes(seed: int, size: tuple[int, int] = (160, 120), fmt: str = "JPEG") -> bytes:
     """A smooth random colour image (compresses like a photo)."""
     rng = np.random.default_rng(seed)
@@ -408,6 +425,7 @@ def test_entry_point_serves_over_http(predictor, onnx_path, session, tmp_path):
         assert response.json()["predictions"][0]["class_index"] == int(np.argmax(expected_probs(session, [image])))
         # gRPC ingress (v2) with the raw JPEG bytes, no base64.
         raw = image_bytes(31)
+        wait_grpc(f"127.0.0.1:{grpc_port}", proc)
         reply = asyncio.run(_grpc_infer(f"127.0.0.1:{grpc_port}", raw))
         assert reply.get_output_by_name("class_index").as_numpy().tolist() == \
             [int(np.argmax(expected_probs(session, [raw])))]
