@@ -324,6 +324,49 @@ def _submit(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- schedule (the retrain schedule trigger on the cluster) -------------------------------------
+
+def _schedule(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from gourmetgram.retrain.schedule import check_cron, create_schedule
+    from gourmetgram.retrain.settings import load_retrain_settings
+
+    if urllib.parse.urlparse(args.host).scheme not in ("http", "https"):
+        raise UserError(f"--host {args.host!r} must be an http(s) URL of the KFP API")
+    settings = load_retrain_settings(args.retrain_config)
+    cron = check_cron(args.cron or settings.triggers.cron)
+    pairs = []
+    if args.pipeline == TRAINING:  # what a triggered retrain trains on (configs/retrain.yaml, run)
+        run = settings.run
+        pairs = [f"config={run.config}", f"epochs={run.epochs}"]
+        pairs += [f"dataset_uri={run.dataset_uri}"] if run.dataset_uri else []
+    pairs += args.param or []
+    with tempfile.TemporaryDirectory(prefix="gourmetgram-schedule-") as tmp:
+        if args.package:
+            package = Path(args.package)
+            if not package.is_file():
+                raise UserError(f"pipeline package {package} does not exist")
+        else:  # compiled now, from the code this command runs: the schedule gets what is checked out
+            package = compile_to(Path(tmp) / f"{args.pipeline}.yaml", args.image, args.pipeline)
+        params = parse_params(pairs, package)
+        experiment = args.experiment or settings.run.experiment
+        try:
+            result = create_schedule(args.host, package, cron, params, args.name, experiment, args.namespace,
+                                     args.replace, description=f"GourmetGram schedule trigger ({cron})")
+        except Exception as exc:  # the client raises urllib3/ApiException subclasses
+            if type(exc).__module__.startswith(("urllib3", "kfp_server_api", "requests")) or isinstance(exc, OSError):
+                raise DependencyUnavailable(f"could not create the recurring run on {args.host}: {exc}; check "
+                                            "--host and that the KFP API answers") from None
+            raise
+    replaced = f", replacing {', '.join(result.replaced)}" if result.replaced else ""
+    print(f"scheduled {args.pipeline} pipeline as recurring run {result.recurring_run_id} ({args.name!r}, "
+          f"cron {cron!r}, experiment {experiment!r}{replaced}); parameters "
+          + ", ".join(f"{k}={v}" for k, v in sorted(params.items())))
+    print(f"details: {args.host.rstrip('/')}/#/recurringrun/details/{result.recurring_run_id}")
+    return 0
+
+
 # -- argparse ----------------------------------------------------------------------------------
 
 def _int_at_least_minus_one(value: str) -> int:
@@ -394,3 +437,25 @@ def add_parser(subparsers) -> None:
     sm.add_argument("--package", help="compiled pipeline YAML (default: the --pipeline's committed file)")
     sm.add_argument("--no-cache", action="store_true", help="disable step caching for this run")
     sm.set_defaults(func=_submit)
+
+    sc = sub.add_parser("schedule", help="create the retrain schedule: a KFP recurring run (cron)",
+                        description="Compile the pipeline and create a KFP recurring run with kfp.Client "
+                                    "(max concurrency 1, no catch-up). Cron and parameters default to "
+                                    "configs/retrain.yaml (triggers.cron; run.dataset_uri, config, epochs). "
+                                    "A bearer token is read from KFP_TOKEN when set.")
+    sc.add_argument("--host", required=True, help="KFP API URL, e.g. http://localhost:8888")
+    sc.add_argument("--cron", help="six fields, seconds first, UTC (default: the retrain config's triggers.cron)")
+    from gourmetgram.retrain.schedule import DEFAULT_NAME
+
+    sc.add_argument("--name", default=DEFAULT_NAME, help="recurring run name (default %(default)s)")
+    sc.add_argument("--replace", action="store_true", help="delete a recurring run of the same name first")
+    sc.add_argument("--experiment", help="experiment name (default: the retrain config's run.experiment)")
+    sc.add_argument("--retrain-config", default="retrain", help="retrain config name or path (default %(default)s)")
+    sc.add_argument("--pipeline", choices=list(PIPELINES), default=TRAINING, help="which pipeline (default training)")
+    sc.add_argument("--param", action="append", metavar="KEY=VALUE",
+                    help="pipeline parameter, repeatable; overrides the retrain config (e.g. "
+                         "production_dataset_uri=s3://gourmetgram/production/latest)")
+    sc.add_argument("--package", help="a compiled pipeline YAML instead of compiling now")
+    sc.add_argument("--image", help="pipeline image to compile in (default: components.base.PIPELINE_IMAGE)")
+    sc.add_argument("--namespace", help="Kubeflow profile namespace (multi-user installs)")
+    sc.set_defaults(func=_schedule)
