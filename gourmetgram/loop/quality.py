@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
+from datetime import datetime, timezone
 
 from sqlalchemy import func, select
 
@@ -111,3 +112,36 @@ def status(session) -> dict:
                      for v, d in production_accuracy(session).items()},
         "feedback": {f"{v}/{k}": n for (v, k), n in sorted(feedback_counts(session).items())},
     }
+
+
+# (revision, model_version, stage) -> [served, answers, correct]
+RevisionCounts = dict[tuple[str | None, str | None, str | None], list[int]]
+
+
+def feedback_by_revision(session, since: datetime | None = None) -> RevisionCounts:
+    """Served predictions and their feedback per (revision, model version, stage), for samples
+    captured at or after ``since``: what the canary analysis compares (canary vs stable)."""
+    complete = (Sample.object_key.is_not(None)) & (Sample.label.is_not(None))
+    stmt = (select(Sample.revision, Sample.model_version, Sample.stage, Feedback.correct)
+            .outerjoin(Feedback, Feedback.sample_id == Sample.sample_id).where(complete))
+    if since is not None:
+        stmt = stmt.where(Sample.captured_at >= since)
+    out: RevisionCounts = defaultdict(lambda: [0, 0, 0])
+    for revision, version, stage, correct in session.execute(stmt):
+        row = out[(revision, version, stage)]
+        row[0] += 1
+        if correct is not None:
+            row[1] += 1
+            row[2] += int(bool(correct))
+    return dict(out)
+
+
+def first_captured(session, revision: str | None = None, stage: str | None = None) -> datetime | None:
+    """When the first sample of ``revision`` (or of ``stage``) was captured (UTC)."""
+    stmt = select(func.min(Sample.captured_at))
+    if revision is not None:
+        stmt = stmt.where(Sample.revision == revision)
+    if stage is not None:
+        stmt = stmt.where(Sample.stage == stage)
+    value = session.scalar(stmt)
+    return None if value is None else (value if value.tzinfo else value.replace(tzinfo=timezone.utc))

@@ -9,6 +9,15 @@ the local gateway exposes the same) gives requests, 5xx share and p95 latency pe
 name: Knative's ``K_REVISION``) give mean confidence and the predicted-class mix.
 Thresholds (``configs/rollout.yaml``) are canary-vs-stable deltas, never absolute
 figures, so a canary as good as what serves passes.
+
+User feedback (``rollout analyze|auto --feedback``: the loop store, where the capture sink keeps
+every served prediction and ``POST /v1/feedback`` what users said about it) adds two checks:
+the feedback accuracy (share of answers marked correct) and the marked-wrong rate (answers
+marked wrong per served prediction), canary vs stable over the same period. Users see what
+confidence cannot: a canary whose users mark more tags wrong is rolled back even when its
+confidence and class mix look fine. Neither check has a verdict below ``min_feedback`` answers
+per revision, and each fails only when a one-sided Fisher exact test says the canary is worse
+beyond chance (like the class-mix check's chi-square test).
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Annotated, Callable, Protocol
 
-from pydantic import AfterValidator, Field, StrictFloat, StrictStr
+from pydantic import AfterValidator, Field, StrictBool, StrictFloat, StrictStr
 
 from gourmetgram import metric_names as qp
 from gourmetgram.config import (
@@ -56,6 +65,15 @@ class Thresholds:
     # ... and only when the shift is significant (chi-square test of homogeneity on the
     # predicted-class counts): a few dozen canary requests differ from stable by chance.
     class_shift_alpha: Annotated[StrictFloat, Field(gt=0, lt=1)] = 0.01
+    # User feedback (loop store), judged only with min_feedback answers on each revision and
+    # only when significant (one-sided Fisher exact test, p below feedback_alpha).
+    min_feedback: AtLeastOne = 30
+    max_feedback_accuracy_drop: Share = 0.05
+    max_wrong_rate_increase: Share = 0.05
+    feedback_alpha: Annotated[StrictFloat, Field(gt=0, lt=1)] = 0.05
+    # True: hold until both revisions have min_feedback answers (else feedback is advisory:
+    # without enough of it the other checks decide).
+    require_feedback: StrictBool = False
 
 
 def _increasing(steps: tuple[int, ...]) -> tuple[int, ...]:
@@ -166,6 +184,31 @@ def queries(state: RolloutState, window: str) -> dict[str, str]:
     }
 
 
+@dataclasses.dataclass(frozen=True)
+class FeedbackFigures:
+    """What users said about one revision's answers (the loop store), over the canary's period."""
+
+    served: int = 0  # captured predictions
+    answers: int = 0  # of those, with user feedback
+    correct: int = 0  # of those, marked correct
+
+    @property
+    def wrong(self) -> int:
+        return self.answers - self.correct
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.answers if self.answers else None
+
+    @property
+    def wrong_rate(self) -> float | None:
+        return self.wrong / self.served if self.served else None
+
+
+# The loop store's figures per revision name, for the current rollout state.
+FeedbackSource = Callable[[RolloutState], "dict[str, FeedbackFigures]"]
+
+
 @dataclasses.dataclass
 class Figures:
     """One revision's figures over the window."""
@@ -176,6 +219,7 @@ class Figures:
     p95_ms: float | None = None
     confidence: float | None = None
     classes: dict[str, float] = dataclasses.field(default_factory=dict)
+    feedback: FeedbackFigures | None = None  # None: feedback not consulted
 
     @property
     def error_rate(self) -> float:
@@ -202,6 +246,52 @@ def class_shift_p_value(a: dict[str, float], b: dict[str, float]) -> float:
     if len(classes) < 2 or not all(sum(row) > 0 for row in table):
         return 0.0 if a and b and len(classes) >= 2 else math.nan
     return float(chi2_contingency(table)[1])
+
+
+def worse_p_value(stable_bad: int, stable_good: int, canary_bad: int, canary_good: int) -> float:
+    """One-sided Fisher exact test: p-value that the canary's share of bad outcomes is no higher
+    than stable's (small p: the canary is worse beyond chance)."""
+    from scipy.stats import fisher_exact
+
+    table = [[canary_bad, canary_good], [stable_bad, stable_good]]
+    if min(canary_bad + canary_good, stable_bad + stable_good) == 0:
+        return math.nan
+    return float(fisher_exact(table, alternative="greater")[1])
+
+
+FEEDBACK_ACCURACY, WRONG_RATE = "feedback accuracy", "marked-wrong rate"
+
+
+def feedback_checks(stable: FeedbackFigures, canary: FeedbackFigures, t: Thresholds) -> list[Check]:
+    """Feedback accuracy and marked-wrong rate, canary vs stable; ``ok`` None below ``min_feedback``."""
+    enough = min(stable.answers, canary.answers) >= t.min_feedback
+    acc_ok: bool | None = None
+    wrong_ok: bool | None = None
+    acc_p = wrong_p = math.nan
+    if enough:
+        assert stable.accuracy is not None and canary.accuracy is not None
+        acc_p = worse_p_value(stable.wrong, stable.correct, canary.wrong, canary.correct)
+        acc_ok = (stable.accuracy - canary.accuracy <= t.max_feedback_accuracy_drop
+                  or not acc_p < t.feedback_alpha)
+        if stable.served and canary.served:
+            assert stable.wrong_rate is not None and canary.wrong_rate is not None
+            wrong_p = worse_p_value(stable.wrong, stable.served - stable.wrong, canary.wrong,
+                                    canary.served - canary.wrong)
+            wrong_ok = (canary.wrong_rate - stable.wrong_rate <= t.max_wrong_rate_increase
+                        or not wrong_p < t.feedback_alpha)
+
+    def cell(value: float | None, n: int) -> str:
+        return f"{_fmt(value, '.3f')} n={n}"
+
+    short = "" if enough else f"; n/a below {t.min_feedback} answers"
+    return [
+        Check(FEEDBACK_ACCURACY, cell(stable.accuracy, stable.answers), cell(canary.accuracy, canary.answers),
+              f"drop <= {t.max_feedback_accuracy_drop} or p >= {t.feedback_alpha}{short}"
+              + (f" (p={_fmt(acc_p, '.2g')})" if enough else ""), acc_ok),
+        Check(WRONG_RATE, cell(stable.wrong_rate, stable.served), cell(canary.wrong_rate, canary.served),
+              f"+ <= {t.max_wrong_rate_increase} or p >= {t.feedback_alpha}"
+              + (f" (p={_fmt(wrong_p, '.2g')})" if enough else short), wrong_ok),
+    ]
 
 
 def collect(client: PrometheusClient, state: RolloutState, window: str) -> dict[str, Figures]:
@@ -294,6 +384,17 @@ def decide(stable: Figures, canary: Figures, t: Thresholds, window: str) -> Verd
                                                 or not p_value < t.class_shift_alpha)
     checks.append(Check("class mix shift (TVD)", "", f"{_fmt(shift, '.3f')} p={_fmt(p_value, '.2g')}",
                         f"<= {t.max_class_shift} or p >= {t.class_shift_alpha}", shift_ok))
+    advisory: set[str] = set()
+    if stable.feedback is not None and canary.feedback is not None:
+        fb = feedback_checks(stable.feedback, canary.feedback, t)
+        checks += fb
+        if not t.require_feedback:
+            advisory = {c.name for c in fb}
+        if any(c.ok is False for c in fb):
+            # min_feedback answers on each revision and a significant difference: evidence
+            # enough on its own, however few requests Prometheus counted in its window.
+            failed = [c.name for c in checks[1:] if c.ok is False]
+            return Verdict(ROLLBACK, [f"{n} failed" for n in failed], checks, stable, canary, window)
     failed = [c.name for c in checks[1:] if c.ok is False]
     if failed and canary.requests > 0:
         # A canary that fails on the evidence it has is rolled back even before min_requests:
@@ -303,27 +404,33 @@ def decide(stable: Figures, canary: Figures, t: Thresholds, window: str) -> Verd
     if not enough:
         return Verdict(HOLD, [f"fewer than {t.min_requests} requests on a revision"], checks, stable,
                        canary, window)
-    missing = [c.name for c in checks[1:] if c.ok is None]
+    missing = [c.name for c in checks[1:] if c.ok is None and c.name not in advisory]
     if missing:
         return Verdict(HOLD, [f"no data for {', '.join(missing)}"], checks, stable, canary, window)
     return Verdict(PROMOTE, [], checks, stable, canary, window)
 
 
 def analyze(client: PrometheusClient, state: RolloutState, thresholds: Thresholds,
-            window: str | None = None) -> Verdict:
-    """Collect the figures for the current canary and decide."""
+            window: str | None = None, feedback: FeedbackSource | None = None) -> Verdict:
+    """Collect the figures for the current canary (and, with ``feedback``, what users said
+    about each revision) and decide."""
     if not state.canary or not state.stable or state.canary == state.stable:
         raise UserError(f"{state.inferenceservice} has no canary to analyse (revisions: "
                         f"{[r.get('name') for r in state.revisions]})")
     window = window or thresholds.window
     figures = collect(client, state, window)
+    if feedback is not None:
+        said = feedback(state)
+        for name, fig in figures.items():
+            fig.feedback = said.get(name, FeedbackFigures())
     return decide(figures[state.stable], figures[state.canary], thresholds, window)
 
 
 def run_auto(backend: RolloutBackend, client: PrometheusClient, config: RolloutConfig,
              out: Callable[[str], None] = print, sleep: Callable[[float], None] = time.sleep,
              on_promote: Callable[[], None] | None = None,
-             on_rollback: Callable[[], None] | None = None) -> str:
+             on_rollback: Callable[[], None] | None = None,
+             feedback: FeedbackSource | None = None) -> str:
     """Walk the canary through ``auto.steps``, analysing every ``interval_s``.
 
     Rolls back at the first failed analysis; raises the percentage after
@@ -342,7 +449,7 @@ def run_auto(backend: RolloutBackend, client: PrometheusClient, config: RolloutC
     while time.monotonic() - started < auto.timeout_s:
         sleep(auto.interval_s)
         state = backend.state()
-        verdict = analyze(client, state, t)
+        verdict = analyze(client, state, t, feedback=feedback)
         out(f"[{time.monotonic() - started:6.1f} s] canary at {state.canary_percent}%")
         out(verdict.report())
         if verdict.decision == ROLLBACK:

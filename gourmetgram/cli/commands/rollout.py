@@ -157,7 +157,8 @@ def _config(args: argparse.Namespace):
     from gourmetgram.rollout.analysis import load_config
 
     config = load_config(args.config)
-    config = override(config, "analysis", window=args.window, min_requests=args.min_requests)
+    config = override(config, "analysis", window=args.window, min_requests=args.min_requests,
+                      min_feedback=getattr(args, "min_feedback", None))
     changes = {name: getattr(args, name, None) for name in ("interval_s", "timeout_s", "passes_per_step")}
     if getattr(args, "steps", None) is not None:
         try:
@@ -190,6 +191,16 @@ class _Prometheus:
             self.local.stop()
 
 
+def _feedback(args: argparse.Namespace):
+    """With --feedback: what users said about each revision, from the loop store."""
+    if not getattr(args, "feedback", False):
+        return None
+    from gourmetgram.loop.store import open_store
+    from gourmetgram.rollout.feedback import StoreFeedback
+
+    return StoreFeedback(open_store(args.db))
+
+
 def _analyze(args: argparse.Namespace) -> int:
     from gourmetgram.rollout.analysis import ROLLBACK, analyze, queries
 
@@ -200,7 +211,7 @@ def _analyze(args: argparse.Namespace) -> int:
         if args.show_queries:
             for name, q in queries(state, config.analysis.window).items():
                 print(f"# {name}\n{q}")
-        verdict = analyze(client, state, config.analysis)
+        verdict = analyze(client, state, config.analysis, feedback=_feedback(args))
     print(verdict.report())
     return 1 if verdict.decision == ROLLBACK else 0
 
@@ -214,7 +225,8 @@ def _auto(args: argparse.Namespace) -> int:
     with _Prometheus(args) as client:
         decision = run_auto(backend, client, config, out=lambda s: print(s, flush=True),
                             on_promote=lambda: _aliases_after("promote", version),
-                            on_rollback=lambda: _aliases_after("rollback", version))
+                            on_rollback=lambda: _aliases_after("rollback", version),
+                            feedback=_feedback(args))
     return 0 if decision == PROMOTE else 1
 
 
@@ -343,6 +355,12 @@ def _analysis_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="rollout config (default: configs/rollout.yaml)")
     p.add_argument("--window", help="PromQL range, e.g. 30s or 5m (default: from the config)")
     p.add_argument("--min-requests", type=int, help="requests needed on each revision before deciding")
+    p.add_argument("--feedback", action="store_true", help="also compare user feedback (feedback accuracy, "
+                   "marked-wrong rate) per revision from the loop store")
+    p.add_argument("--min-feedback", type=int, help="feedback answers needed on each revision before "
+                   "feedback counts (default: from the config)")
+    p.add_argument("--db", help="with --feedback: loop store URL (default: $GOURMETGRAM_LOOP_DB, else the "
+                   "loop home's loop.db)")
 
 
 def _percent(text: str) -> int:
