@@ -176,3 +176,37 @@ def test_analyze_reads_the_store_and_rolls_back_on_feedback(store):
 def test_cli_checks_the_feedback_options(capsys):
     assert main(["rollout", "analyze", "--feedback", "--min-feedback", "0", "--gateway", "http://127.0.0.1:9"]) == 2
     assert "min_feedback" in capsys.readouterr().err
+
+
+def _drift_fix(conf_canary: float = 0.8) -> tuple[Figures, Figures]:
+    """A retrain that fixes a drifted sub-population: its class mix differs from stable's
+    (stable answered one class for the drifted photos) significantly."""
+    stable = Figures("s", 200.0, 0.0, 40.0, 0.8, {"a": 160.0, "b": 40.0})
+    canary = Figures("c", 200.0, 0.0, 40.0, conf_canary, {"a": 100.0, "b": 100.0})
+    return stable, canary
+
+
+def test_better_feedback_overrides_the_proxies():
+    stable, canary = _drift_fix()
+    assert decide(stable, canary, T, "1m").decision == analysis.ROLLBACK  # class mix alone
+    stable.feedback, canary.feedback = FeedbackFigures(200, 60, 33), FeedbackFigures(200, 60, 54)
+    v = decide(stable, canary, T, "1m")
+    assert v.decision == analysis.PROMOTE, v.report()
+    assert _check(v, analysis.CLASS_MIX).overridden and "overridden by feedback" in v.report()
+    # ... not when the canary's feedback accuracy is lower (even within chance) or the switch is off
+    canary.feedback = FeedbackFigures(200, 60, 32)
+    assert decide(stable, canary, T, "1m").decision == analysis.ROLLBACK
+    canary.feedback = FeedbackFigures(200, 60, 54)
+    off = Thresholds(min_requests=50, min_feedback=30, feedback_overrides_proxies=False)
+    assert decide(stable, canary, off, "1m").decision == analysis.ROLLBACK
+
+
+def test_required_feedback_holds_a_proxy_failure_until_it_is_there():
+    stable, canary = _drift_fix()
+    stable.feedback, canary.feedback = FeedbackFigures(200, 60, 33), FeedbackFigures(200, 10, 10)
+    need = Thresholds(min_requests=50, min_feedback=30, require_feedback=True)
+    v = decide(stable, canary, need, "1m")
+    assert v.decision == analysis.HOLD and "waiting for 30 feedback answers" in v.reasons[0]
+    # an error-rate failure is not a proxy: rolled back at once
+    canary.errors = 50.0
+    assert decide(stable, canary, need, "1m").decision == analysis.ROLLBACK

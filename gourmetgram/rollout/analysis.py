@@ -74,6 +74,10 @@ class Thresholds:
     # True: hold until both revisions have min_feedback answers (else feedback is advisory:
     # without enough of it the other checks decide).
     require_feedback: StrictBool = False
+    # True: when both feedback checks pass with enough answers and the canary's feedback accuracy
+    # is at least stable's, a failed mean-confidence or class-mix check (proxies for
+    # correctness) does not roll it back; it is reported as overridden.
+    feedback_overrides_proxies: StrictBool = True
 
 
 def _increasing(steps: tuple[int, ...]) -> tuple[int, ...]:
@@ -260,6 +264,8 @@ def worse_p_value(stable_bad: int, stable_good: int, canary_bad: int, canary_goo
 
 
 FEEDBACK_ACCURACY, WRONG_RATE = "feedback accuracy", "marked-wrong rate"
+MEAN_CONFIDENCE, CLASS_MIX = "mean confidence", "class mix shift (TVD)"
+PROXIES = (MEAN_CONFIDENCE, CLASS_MIX)  # stand-ins for correctness, which feedback measures
 
 
 def feedback_checks(stable: FeedbackFigures, canary: FeedbackFigures, t: Thresholds) -> list[Check]:
@@ -324,6 +330,7 @@ class Check:
     canary: str
     limit: str
     ok: bool | None  # None: not enough data
+    overridden: bool = False  # failed, but user feedback says the canary is at least as accurate
 
 
 @dataclasses.dataclass
@@ -342,6 +349,7 @@ class Verdict:
                  f"  {'check':<22} {'stable':>12} {'canary':>12}  {'limit':<28} result"]
         for c in self.checks:
             result = "n/a" if c.ok is None else ("ok" if c.ok else "FAIL")
+            result += " (overridden by feedback)" if c.overridden else ""
             lines.append(f"  {c.name:<22} {c.stable:>12} {c.canary:>12}  {c.limit:<28} {result}")
         top = lambda f: ", ".join(f"{k} {v:.0%}" for k, v in  # noqa: E731
                                   sorted(f.class_shares().items(), key=lambda kv: -kv[1])[:3]) or "-"
@@ -376,13 +384,13 @@ def decide(stable: Figures, canary: Figures, t: Thresholds, window: str) -> Verd
         conf_ok = None
     else:
         conf_ok = stable.confidence - canary.confidence <= t.max_confidence_drop
-    checks.append(Check("mean confidence", _fmt(stable.confidence, ".3f"), _fmt(canary.confidence, ".3f"),
+    checks.append(Check(MEAN_CONFIDENCE, _fmt(stable.confidence, ".3f"), _fmt(canary.confidence, ".3f"),
                         f"drop <= {t.max_confidence_drop}", conf_ok))
     shift = class_shift(stable.class_shares(), canary.class_shares())
     p_value = class_shift_p_value(stable.classes, canary.classes)
     shift_ok = None if math.isnan(shift) else (shift <= t.max_class_shift
                                                 or not p_value < t.class_shift_alpha)
-    checks.append(Check("class mix shift (TVD)", "", f"{_fmt(shift, '.3f')} p={_fmt(p_value, '.2g')}",
+    checks.append(Check(CLASS_MIX, "", f"{_fmt(shift, '.3f')} p={_fmt(p_value, '.2g')}",
                         f"<= {t.max_class_shift} or p >= {t.class_shift_alpha}", shift_ok))
     advisory: set[str] = set()
     if stable.feedback is not None and canary.feedback is not None:
@@ -395,7 +403,22 @@ def decide(stable: Figures, canary: Figures, t: Thresholds, window: str) -> Verd
             # enough on its own, however few requests Prometheus counted in its window.
             failed = [c.name for c in checks[1:] if c.ok is False]
             return Verdict(ROLLBACK, [f"{n} failed" for n in failed], checks, stable, canary, window)
-    failed = [c.name for c in checks[1:] if c.ok is False]
+        proxy_failed = [c for c in checks if c.name in PROXIES and c.ok is False]
+        if proxy_failed and all(c.ok for c in fb) and t.feedback_overrides_proxies:
+            assert stable.feedback.accuracy is not None and canary.feedback.accuracy is not None
+            if canary.feedback.accuracy >= stable.feedback.accuracy:
+                # Confidence and class mix stand in for correctness; the users' answers ARE
+                # correctness. A canary that fixes what users found wrong (a retrain after
+                # drift) changes its class mix on purpose.
+                for c in proxy_failed:
+                    c.overridden = True
+        elif proxy_failed and t.require_feedback and any(c.ok is None for c in fb):
+            hard = [c.name for c in checks[1:] if c.ok is False and c.name not in PROXIES]
+            if not hard:
+                return Verdict(HOLD, [f"{', '.join(c.name for c in proxy_failed)} failed: waiting for "
+                                      f"{t.min_feedback} feedback answers per revision to judge"],
+                               checks, stable, canary, window)
+    failed = [c.name for c in checks[1:] if c.ok is False and not c.overridden]
     if failed and canary.requests > 0:
         # A canary that fails on the evidence it has is rolled back even before min_requests:
         # waiting would only expose more users to it. Too few requests -> only a hold.
@@ -407,7 +430,8 @@ def decide(stable: Figures, canary: Figures, t: Thresholds, window: str) -> Verd
     missing = [c.name for c in checks[1:] if c.ok is None and c.name not in advisory]
     if missing:
         return Verdict(HOLD, [f"no data for {', '.join(missing)}"], checks, stable, canary, window)
-    return Verdict(PROMOTE, [], checks, stable, canary, window)
+    return Verdict(PROMOTE, [f"{c.name} overridden by feedback" for c in checks if c.overridden], checks, stable,
+                   canary, window)
 
 
 def analyze(client: PrometheusClient, state: RolloutState, thresholds: Thresholds,
