@@ -157,6 +157,81 @@ def test_feedback_stores_updates_in_place_and_feeds_metrics(store, objects):
         assert s.query(Label).count() == 0
 
 
+def test_metrics_export_captured_per_class_label_sources_and_the_labelling_backlog(store, objects):
+    """What the Data and Model quality dashboards read, from the database at scrape time."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from gourmetgram.loop.models import LabelTask
+
+    client = TestClient(create_app(_service(store, objects)))
+    ids = [new_id() for _ in range(6)]
+    for i, (ce_id, label) in enumerate(zip(ids, ["two", "two", "one", "three", "two", "one"])):
+        _capture(client, ce_id, image(30 + i), label, endpoint="canary" if i == 5 else "default")
+    client.post("/", content=request_body(image(99)), headers=ce_headers(new_id(), "request"))  # half: not counted
+    client.post("/v1/feedback", json={"inference_id": ids[0], "correct": False, "correct_class": "one"})
+    now = utcnow()
+    with store.write() as s:
+        for i, pushed in ((1, True), (2, False), (3, True), (4, False)):
+            s.add(LabelTask(sample_id=ids[i], reason="random", queued_at=now, queue_day=now.date(),
+                            ls_task_id=100 + i if pushed else None))
+        s.add(Label(sample_id=ids[3], label_source=ANNOTATOR, label="three", labelled_by="a@x", labelled_at=now))
+
+    def samples(name):
+        text = client.get("/metrics").text
+        return {tuple(sorted(x.labels.items())): x.value for f in text_string_to_metric_families(text)
+                for x in f.samples if x.name == name}
+
+    captured = samples("gourmetgram_captured_samples")
+    assert captured == {
+        (("class_name", "two"), ("model_version", "3"), ("stage", "production")): 3,
+        (("class_name", "one"), ("model_version", "3"), ("stage", "production")): 1,
+        (("class_name", "three"), ("model_version", "3"), ("stage", "production")): 1,
+        (("class_name", "one"), ("model_version", "3"), ("stage", "canary")): 1,
+    }
+    assert samples("gourmetgram_labels") == {(("class_name", "one"), ("source", "user")): 1,
+                                             (("class_name", "three"), ("source", "annotator")): 1}
+    # ids[3] is labelled: out of the backlog; ids[1] pushed, ids[2] and ids[4] not yet
+    assert samples("gourmetgram_labelling_backlog") == {(("state", "in_label_studio"),): 1,
+                                                        (("state", "waiting"),): 2}
+
+
+def test_the_business_metric_sql_counts_kept_and_changed_tags_per_stage_and_version(store, objects):
+    """docs/business-metric.md's SQL (quality.TAG_KEEP_RATE_SQL) on a real store: a photo with no
+    answer keeps its tag, one marked wrong (with or without a class) does not; the window is by
+    capture time; it agrees with the canary analysis's marked-wrong rate (1 - tag keep rate)."""
+    from pathlib import Path
+
+    client = TestClient(create_app(_service(store, objects)))
+    prod = [new_id() for _ in range(8)]
+    canary = [new_id() for _ in range(4)]
+    for i, ce_id in enumerate(prod):
+        _capture(client, ce_id, image(50 + i))
+    for i, ce_id in enumerate(canary):
+        _capture(client, ce_id, image(70 + i), endpoint="canary", version="4")
+    answers = {prod[0]: {"correct": True}, prod[1]: {"correct": False},
+               prod[2]: {"correct": False, "correct_class": "one"}, prod[3]: {"correct": True, "flag": "inappropriate"},
+               canary[0]: {"correct": False}, canary[1]: {"correct": False, "flag": "not_food"}}
+    for ce_id, answer in answers.items():
+        assert client.post("/v1/feedback", json={"inference_id": ce_id, **answer}).status_code == 200
+    old = utcnow() - timedelta(days=2)  # captured before the window: not counted
+    with store.write() as s:
+        s.query(Sample).filter(Sample.sample_id == prod[7]).update({"captured_at": old})
+    until = utcnow() + timedelta(minutes=1)
+    with store.session() as s:
+        rows = quality.tag_keep_rate(s, until - timedelta(days=1), until)
+        revisions = quality.feedback_by_revision(s, until - timedelta(days=1))
+    assert [(r.stage, r.model_version, r.tagged, r.answered, r.changed) for r in rows] == [
+        ("canary", "4", 4, 2, 2), ("production", "3", 7, 4, 2)]
+    assert [r.tag_keep_rate for r in rows] == pytest.approx([0.5, 5 / 7])
+    for r in rows:  # the canary analysis's marked-wrong rate over the same photos
+        served, answered, correct = next(v for (_, version, stage), v in revisions.items()
+                                         if (stage, version) == (r.stage, r.model_version))
+        assert (served, answered) == (r.tagged, r.answered)
+        assert 1 - r.tag_keep_rate == pytest.approx((answered - correct) / served)
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "business-metric.md").read_text()
+    assert quality.TAG_KEEP_RATE_SQL.strip() in doc
+
+
 def _sample(store, objects, i, confidence=0.9, label="two", when=None):
     key, sha = objects.put_image(image(i))
     store.upsert_sample(f"s{i:03d}", inference_id=f"s{i:03d}", instance=0, object_key=key, content_sha256=sha,

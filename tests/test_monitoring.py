@@ -4,8 +4,11 @@ One rules file (charts/gourmetgram/rules/gourmetgram.rules.yml) is both the char
 PrometheusRule and the local Prometheus's rule file. Its promtool unit tests fire every
 alert with synthetic series while healthy neighbours stay quiet. Every metric a rule or a
 dashboard names must be one the code exports: the names are collected from the
-prometheus_client definitions in transformers/, detectors/ and gourmetgram/ (contract 2),
-plus kserve's own (scanned from the installed package) and Triton's (allow-listed).
+prometheus_client definitions in transformers/, detectors/, capture/ and gourmetgram/
+(contract 2; metrics and custom collectors' metric families), plus kserve's own (scanned from
+the installed package) and Triton's (allow-listed); a ``level:metric:operation`` name must be
+recorded by a rule. Every dashboard query parses as PromQL (promtool, Grafana's variables
+substituted).
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ import yaml
 from gourmetgram import manifests, metric_names
 from gourmetgram.constants import PRODUCTION, REPO_ROOT, STAGING
 
-# Code that exports metrics (contract 2): the transformer, the detector, the gateway.
-METRIC_SOURCE_DIRS = ("transformers", "detectors", "gourmetgram")
+# Code that exports metrics (contract 2): the transformer, the detector, the capture sink, the
+# gateway, broker and retrain receiver.
+METRIC_SOURCE_DIRS = ("transformers", "detectors", "capture", "gourmetgram")
 # Series no prometheus_client definition here produces. Kept small on purpose, each with why:
 EXTERNAL_METRIC_PATTERNS = (
     # Triton's C++ metrics endpoint (:8002): nv_inference_*, nv_gpu_*, nv_cpu_*.
@@ -39,6 +43,9 @@ METRIC_NAMES_FILE = REPO_ROOT / "gourmetgram" / "metric_names.py"
 _PROMQL_KEYWORDS = {"and", "or", "unless", "bool", "by", "without", "on", "ignoring", "group_left",
                     "group_right", "offset", "inf", "nan"}
 _METRIC_CLASSES = {"Counter", "Gauge", "Histogram", "Summary", "Info", "Enum"}
+# Custom collectors (values read at scrape time, e.g. from the loop database) yield families.
+_FAMILY_KINDS = {"CounterMetricFamily": "Counter", "GaugeMetricFamily": "Gauge", "HistogramMetricFamily": "Histogram",
+                 "SummaryMetricFamily": "Summary", "InfoMetricFamily": "Info"}
 
 
 # --- metric names exported by code ------------------------------------------------------
@@ -104,6 +111,7 @@ def metric_definitions(source: str) -> dict[str, str]:
             continue
         func = node.func
         kind = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
+        kind = _FAMILY_KINDS.get(kind or "", kind)
         if kind not in _METRIC_CLASSES:
             continue
         kwargs = {kw.arg: kw.value for kw in node.keywords if kw.arg}
@@ -177,13 +185,18 @@ def dashboard_expressions(dashboard: dict) -> list[str]:
     return exprs
 
 
+def recorded_names(rules: dict) -> set[str]:
+    return {r["record"] for g in rules["groups"] for r in g["rules"] if "record" in r}
+
+
 def unknown_metrics(expressions: dict[str, str], exported: set[str]) -> dict[str, set[str]]:
-    """``{where: names}`` for metric names nobody exports (recording rules' names count)."""
+    """``{where: names}`` for metric names nobody exports; pass the recording rules' names in
+    ``exported`` (a ``level:metric:operation`` name no rule records is unknown too)."""
     unknown = {}
     for where, expr in expressions.items():
         missing = {
             n for n in referenced_metrics(expr)
-            if n not in exported and ":" not in n and not any(p.fullmatch(n) for p in EXTERNAL_METRIC_PATTERNS)
+            if n not in exported and not any(p.fullmatch(n) for p in EXTERNAL_METRIC_PATTERNS)
         }
         if missing:
             unknown[where] = missing
@@ -225,10 +238,15 @@ def test_promtool_unit_tests_fire_every_alert():
     alerts = {r["alert"] for g in yaml.safe_load(manifests.RULES_FILE.read_text())["groups"] for r in g["rules"] if "alert" in r}
     assert alerts >= {"GourmetGramHighErrorRate", "GourmetGramHighLatencyP95", "GourmetGramLowConfidence",
                       "GourmetGramDriftDetected", "GourmetGramDetectorBacklog"}
-    cases = [c for t in yaml.safe_load(manifests.RULES_TEST_FILE.read_text())["tests"] for c in t["alert_rule_test"]]
+    tests = yaml.safe_load(manifests.RULES_TEST_FILE.read_text())["tests"]
+    cases = [c for t in tests for c in t.get("alert_rule_test", [])]
     fired = {c["alertname"] for c in cases if c.get("exp_alerts")}
     assert fired == alerts, f"alerts without a firing test: {alerts - fired}"
     assert any(not c.get("exp_alerts") for c in cases)  # and a case where nothing fires yet
+    # every recording rule's value is checked by an expression test too
+    checked = " ".join(c["expr"] for t in tests for c in t.get("promql_expr_test", []))
+    recorded = recorded_names(yaml.safe_load(manifests.RULES_FILE.read_text()))
+    assert {r for r in recorded if r not in checked} <= {"gourmetgram:production_feedback:increase_1h"}
 
 
 def test_promtool_tests_catch_a_broken_threshold(tmp_path):
@@ -260,13 +278,22 @@ def test_the_chart_renders_the_same_rules_file(tmp_path):
 
 def test_dashboards_are_valid_and_shipped_as_configmaps():
     dashboards = load_dashboards()
-    assert set(dashboards) == {"service.json", "predictions.json", "drift.json", "triton.json"}
+    assert set(dashboards) == {"service.json", "predictions.json", "drift.json", "triton.json",
+                               "model-quality.json", "data.json"}
     uids = [d["uid"] for d in dashboards.values()]
     assert len(set(uids)) == len(uids)
     for name, dashboard in dashboards.items():
         ids = [p["id"] for p in dashboard["panels"]]
         assert len(set(ids)) == len(ids), name
         assert all(p.get("targets") for p in dashboard["panels"]), name
+        cells: set[tuple[int, int]] = set()  # panels inside Grafana's 24 columns, none on top of another
+        for p in dashboard["panels"]:
+            g = p["gridPos"]
+            assert g["x"] >= 0 and g["x"] + g["w"] <= 24 and g["h"] > 0, (name, p["title"])
+            mine = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
+            assert not cells & mine, (name, p["title"], "overlaps another panel")
+            cells |= mine
+            assert all(t["refId"] and t["datasource"]["uid"] == "${datasource}" for t in p["targets"]), name
     configmaps = {
         o["metadata"]["name"]: o for o in manifests.render_objects(PRODUCTION) if o["kind"] == "ConfigMap"
     }
@@ -274,6 +301,63 @@ def test_dashboards_are_valid_and_shipped_as_configmaps():
         cm = configmaps[f"gourmetgram-dashboard-{name.removesuffix('.json')}"]
         assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
         assert json.loads(cm["data"][name]) == dashboard
+
+
+# Grafana's variables, as Grafana substitutes them before the query reaches Prometheus.
+_GRAFANA_RANGES = re.compile(r"\$(?:__rate_interval|__interval|__range)\b|\$\{(?:__rate_interval|__interval|__range)\}")
+_GRAFANA_VARIABLE = re.compile(r"\$\{?\w+\}?")
+
+
+def as_prometheus_sees_it(expr: str) -> str:
+    return _GRAFANA_VARIABLE.sub("x", _GRAFANA_RANGES.sub("5m", expr))
+
+
+def test_every_dashboard_query_parses_as_promql(tmp_path):
+    """promtool parses each panel's query (as a recording rule), so a typo never ships."""
+    exprs = {f"{name} #{i}": as_prometheus_sees_it(e) for name, d in load_dashboards().items()
+             for i, e in enumerate(dashboard_expressions(d)) if "(" in e or "{" in e or ":" in e}
+    assert len(exprs) > 40
+    rules = {"groups": [{"name": "dashboards", "rules": [{"record": f"dashboard:query_{i}:check", "expr": e}
+                                                        for i, e in enumerate(exprs.values())]}]}
+    path = tmp_path / "dashboards.rules.yml"
+    path.write_text(yaml.safe_dump(rules))
+    result = _promtool("check", "rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    # and the check is not vacuous: a broken query is caught
+    path.write_text(yaml.safe_dump({"groups": [{"name": "x", "rules": [
+        {"record": "bad:query:check", "expr": as_prometheus_sees_it("sum by (a) (rate(x[$__rate_interval])")}]}]}))
+    assert _promtool("check", "rules", str(path)).returncode != 0
+
+
+def _queries(dashboard: dict) -> dict[str, str]:
+    return {p["title"]: " ".join(t["expr"] for t in p["targets"]) for p in dashboard["panels"]}
+
+
+def test_model_quality_dashboard_shows_accuracy_feedback_backlog_and_the_last_retrain():
+    q = _queries(load_dashboards()["model-quality.json"])
+    joined = " ".join(q.values())
+    # production accuracy by model version over time: the 1h feedback window and the all-time sources
+    assert any("gourmetgram:production_accuracy:ratio_1h" in e for e in q.values())
+    assert "by (model_version, source) (gourmetgram_production_accuracy)" in joined
+    assert "gourmetgram:feedback_rate:ratio_1h" in joined and "gourmetgram:production_feedback:increase_1h" in joined
+    assert "gourmetgram_labelling_backlog" in joined
+    assert "retrain_last_start_timestamp_seconds" in joined
+    assert "by (run_id, reasons, status, version) (retrain_last_run_info)" in joined
+    assert "gourmetgram:tag_kept:ratio_1h" in joined  # the business metric
+
+
+def test_data_dashboard_shows_captures_per_class_and_day_label_sources_queues_and_drift():
+    dashboard = load_dashboards()["data.json"]
+    per_day = next(p for p in dashboard["panels"] if "per class and day" in p["title"])
+    assert per_day["interval"] == "1d" and "[1d]" in per_day["targets"][0]["expr"]
+    assert per_day["targets"][0]["expr"].startswith("sum by (class_name)")
+    joined = " ".join(_queries(dashboard).values())
+    assert "sum by (source)" in joined and "gourmetgram_labels" in joined
+    assert {"gourmetgram_labelling_backlog", "broker_queue", "drift_backlog", "drift_test_stat"} <= referenced_metrics(joined)
+    # the capture sink runs replicas that report the same database totals: max before any sum
+    for expr in _queries(dashboard).values():
+        if "gourmetgram_captured_samples" in expr:
+            assert "max by (stage, model_version, class_name)" in expr, expr
 
 
 # --- metric names -----------------------------------------------------------------------
@@ -293,10 +377,12 @@ def test_scanner_reads_prometheus_client_definitions(tmp_path):
         "B = prometheus_client.Histogram(name='prediction_confidence', documentation='d')\n"
         "C = Gauge(NAME, 'queued events')\n"
         "D = Counter('sent', 'd', namespace='logger_events')\n"
+        "from prometheus_client.core import GaugeMetricFamily\n"
+        "E = GaugeMetricFamily('gourmetgram_labels', 'from the database', labels=['source'])\n"
     )
     definitions = scan_metric_definitions([tmp_path])
     assert definitions == {"predicted_class_total": "Counter", "prediction_confidence": "Histogram",
-                           "drift_backlog": "Gauge", "logger_events_sent": "Counter"}
+                           "drift_backlog": "Gauge", "logger_events_sent": "Counter", "gourmetgram_labels": "Gauge"}
     series = exported_series(definitions)
     assert {"predicted_class_total", "prediction_confidence_bucket", "prediction_confidence_count",
             "drift_backlog", "logger_events_sent_total"} <= series
@@ -306,12 +392,15 @@ def test_scanner_reads_prometheus_client_definitions(tmp_path):
 def test_checker_flags_a_metric_nobody_exports():
     exported = exported_series(scan_metric_definitions([kserve_metric_file()]))
     assert "request_predict_seconds_bucket" in exported  # kserve's own, scanned from the package
+    recorded = recorded_names(yaml.safe_load(manifests.RULES_FILE.read_text()))
+    assert "gourmetgram:tag_kept:ratio_1h" in recorded
     unknown = unknown_metrics(
         {"ok": "rate(request_predict_seconds_count[5m])", "triton": "rate(nv_inference_count[1m])",
-         "bad": "increase(nobody_exports_this_total[5m]) > 0"},
-        exported,
+         "bad": "increase(nobody_exports_this_total[5m]) > 0", "rule": "gourmetgram:tag_kept:ratio_1h < 0.9",
+         "no rule": "gourmetgram:nobody_records:ratio_1h"},
+        exported | recorded,
     )
-    assert unknown == {"bad": {"nobody_exports_this_total"}}
+    assert unknown == {"bad": {"nobody_exports_this_total"}, "no rule": {"gourmetgram:nobody_records:ratio_1h"}}
 
 
 def test_every_metric_in_rules_and_dashboards_is_exported():
@@ -319,8 +408,12 @@ def test_every_metric_in_rules_and_dashboards_is_exported():
     ours = scan_metric_definitions(roots)
     assert ours, "found no prometheus_client metric definitions: the scan is broken"
     exported = exported_series(ours) | exported_series(scan_metric_definitions([kserve_metric_file()]))
-    unknown = unknown_metrics(all_monitoring_expressions(), exported)
-    assert unknown == {}, f"named by rules/dashboards but exported by no code: {unknown}"
+    # the loop's metrics: the capture sink's database families and the retrain receiver's
+    assert {"gourmetgram_captured_samples", "gourmetgram_labels", "gourmetgram_labelling_backlog",
+            "retrain_last_run_info", "loop_feedback_answers_total"} <= exported
+    recorded = recorded_names(yaml.safe_load(manifests.RULES_FILE.read_text()))
+    unknown = unknown_metrics(all_monitoring_expressions(), exported | recorded)
+    assert unknown == {}, f"named by rules/dashboards but exported by no code and recorded by no rule: {unknown}"
 
 
 # --- queue-proxy's metric: the names of the installed Knative, one definition ------------

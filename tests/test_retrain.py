@@ -336,6 +336,43 @@ def test_receiver_starts_a_run_on_a_drift_alert_and_refuses_a_second(trigger):
     assert client.get("/status").json()["running"] == body["run_id"]
 
 
+def _sample_value(text: str, name: str) -> list[tuple[dict, float]]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [(dict(s.labels), s.value) for f in text_string_to_metric_families(text) for s in f.samples
+            if s.name == name]
+
+
+def test_receiver_exports_the_last_retrain_its_reasons_and_outcome(trigger, tmp_path):
+    """The Model quality dashboard's "last retrain" panels: one series, the last run only."""
+    client = TestClient(create_app(trigger))
+    assert _sample_value(client.get("/metrics").text, "retrain_last_run_info") == []  # none on record
+    first = client.post("/alerts", json=_alert()).json()
+    [(labels, value)] = _sample_value(client.get("/metrics").text, "retrain_last_run_info")  # none on record: schedule too
+    assert value == 1 and labels == {"run_id": first["run_id"], "reasons": "drift+schedule", "status": "running",
+                                     "version": ""}
+    (tmp_path / "go").touch()
+    _wait_free(trigger.lock)
+    # the stand-in job wrote no end record: started (on KFP the launcher writes none either)
+    [(labels, _)] = _sample_value(client.get("/metrics").text, "retrain_last_run_info")
+    assert labels["status"] == "started"
+    trigger.history.append({"event": "finished", "run_id": first["run_id"], "status": "registered", "version": "7"})
+    trigger.source.labels += 50
+    second = client.post("/alerts", json=_alert("GourmetGramProductionAccuracyLow")).json()
+    assert second["started"]
+    text = client.get("/metrics").text
+    [(labels, _)] = _sample_value(text, "retrain_last_run_info")  # the first run's series is gone
+    assert labels["run_id"] == second["run_id"] and labels["reasons"] == "degradation"
+    [(_, started_at)] = _sample_value(text, "retrain_last_start_timestamp_seconds")
+    assert started_at == datetime.fromisoformat(trigger.history.records()[-1]["started_at"]).timestamp()
+    assert trigger.history.finished(first["run_id"])["version"] == "7"
+    trigger.history.append({"event": "finished", "run_id": second["run_id"], "status": "rejected"})
+    (tmp_path / "go").touch()
+    _wait_free(trigger.lock)
+    [(labels, _)] = _sample_value(client.get("/metrics").text, "retrain_last_run_info")
+    assert (labels["status"], labels["version"]) == ("rejected", "")
+
+
 @pytest.mark.parametrize("body, says", [
     (b"not json", "not JSON"),
     (b"[1, 2]", "JSON object"),

@@ -38,8 +38,9 @@ log = logging.getLogger("capture_sink")
 
 
 class LoopCollector:
-    """Feedback counts and production accuracy, read from the database at scrape time (so they
-    survive restarts and count feedback from every replica)."""
+    """Feedback counts, production accuracy, captured samples per class, label sources and the
+    labelling backlog, read from the database at scrape time (so they survive restarts and
+    count what every replica stored)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -53,8 +54,23 @@ class LoopCollector:
                                 labels=["model_version", "source"])
         n = GaugeMetricFamily("gourmetgram_production_accuracy_samples", "Samples behind "
                               "gourmetgram_production_accuracy", labels=["model_version", "source"])
+        # All-time totals from the database: every replica reports the same numbers (dashboards
+        # take max over replicas) and a restart loses nothing; delta()/increase() give per day.
+        captured = GaugeMetricFamily("gourmetgram_captured_samples", "Complete captured samples by stage, "
+                                     "model version and predicted class", labels=["stage", "model_version",
+                                                                                  "class_name"])
+        labels = GaugeMetricFamily("gourmetgram_labels", "Ground-truth labels by source (annotator, user "
+                                   "correction) and class", labels=["source", "class_name"])
+        backlog = GaugeMetricFamily("gourmetgram_labelling_backlog", "Queued samples not labelled yet: waiting "
+                                    "(not in Label Studio yet) or in_label_studio", labels=["state"])
         try:
             with self.store.session() as s:
+                for (stage, version, class_name), count in quality.captured_counts(s).items():
+                    captured.add_metric([stage, version, class_name], count)
+                for (source, class_name), count in quality.label_counts(s).items():
+                    labels.add_metric([source, class_name], count)
+                for state, count in quality.labelling_backlog(s).items():
+                    backlog.add_metric([state], count)
                 for (version, kind), count in quality.feedback_counts(s).items():
                     fb.add_metric([version, kind], count)
                 for version, by_source in quality.production_accuracy(s).items():
@@ -64,7 +80,7 @@ class LoopCollector:
                             n.add_metric([version, source], a.total)
         except Exception:  # noqa: BLE001 - a scrape must not fail because the database blinked
             log.exception("loop metrics: database query failed")
-        yield from (fb, acc, n)
+        yield from (fb, acc, n, captured, labels, backlog)
 
 
 class CaptureMetrics:

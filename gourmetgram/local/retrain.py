@@ -130,6 +130,10 @@ class ReceiverMetrics:
         self.running = Gauge("retrain_running", "1 while a retrain holds the lock", registry=r)
         self.last_start = Gauge("retrain_last_start_timestamp_seconds", "When the last retrain started",
                                 registry=r)
+        # One series, the last run: why it started and how it ended (the Model quality dashboard).
+        self.last_run = Gauge("retrain_last_run_info", "The last retrain: run id, reasons ('+'-joined), "
+                              "status (running | started | registered | rejected | failed), registered "
+                              "version; value 1", ["run_id", "reasons", "status", "version"], registry=r)
         # Production feedback answers (from the loop store): the degradation rule's input.
         self.feedback = Counter("loop_feedback_answers", "User feedback answers by stage, model version and "
                                 "outcome (correct|wrong), synced from the loop store",
@@ -144,6 +148,14 @@ class ReceiverMetrics:
             if delta > 0:
                 self.feedback.labels(*key).inc(delta)
                 self._seen[key] = n
+
+    def set_last_run(self, run_id: str, reasons: tuple[str, ...], end: dict[str, Any] | None,
+                     running: bool) -> None:
+        # A KFP launcher writes no end record: "started" until the lock says running or it ends.
+        status = str(end.get("status") or "finished") if end else ("running" if running else "started")
+        version = str(end.get("version") or "") if end else ""
+        self.last_run.clear()  # only the last run, never a growing set of series
+        self.last_run.labels(run_id, "+".join(reasons) or "none", status, version).set(1)
 
     def record(self, outcome: Outcome) -> None:
         state = "started" if outcome.started else (outcome.decision.blocked_by or "not_needed")
@@ -218,6 +230,8 @@ def create_app(trigger: Trigger, token: str | None = None, feedback_counts=None)
             last = trigger.history.last_started()
             if last is not None:
                 metrics.last_start.set(last.started_at.timestamp())
+                metrics.set_last_run(last.run_id, last.reasons, trigger.history.finished(last.run_id),
+                                     running=holder is not None and holder.run_id == last.run_id)
             if feedback_counts is not None:
                 try:
                     metrics.sync_feedback(feedback_counts())

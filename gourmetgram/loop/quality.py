@@ -88,6 +88,35 @@ def production_accuracy(session) -> dict[str, dict[str, Accuracy]]:
     return dict(out)
 
 
+def captured_counts(session) -> dict[tuple[str, str, str], int]:
+    """``{(stage, model_version, predicted class): n}`` complete captured samples, all time (the
+    Data dashboard takes the daily increase; "predicted" because most samples have no label)."""
+    complete = (Sample.object_key.is_not(None)) & (Sample.label.is_not(None))
+    rows = session.execute(select(Sample.stage, Sample.model_version, Sample.label, func.count())
+                           .where(complete).group_by(Sample.stage, Sample.model_version, Sample.label))
+    return {(stage or "unknown", version or "unknown", label): int(n) for stage, version, label, n in rows}
+
+
+def label_counts(session) -> dict[tuple[str, str], int]:
+    """``{(label_source, class): n}`` labels by where they came from (annotator | user)."""
+    rows = session.execute(select(Label.label_source, Label.label, func.count())
+                           .group_by(Label.label_source, Label.label))
+    return {(source, label): int(n) for source, label, n in rows}
+
+
+def labelling_backlog(session) -> dict[str, int]:
+    """Queued samples without a label yet: ``waiting`` (not pushed to Label Studio yet) and
+    ``in_label_studio`` (pushed, not annotated). Both keys always present."""
+    labelled = select(Label.sample_id).distinct()
+    rows = session.execute(select(LabelTask.ls_task_id.is_not(None), func.count())
+                           .where(LabelTask.sample_id.not_in(labelled))
+                           .group_by(LabelTask.ls_task_id.is_not(None)))
+    out = {"waiting": 0, "in_label_studio": 0}
+    for pushed, n in rows:
+        out["in_label_studio" if pushed else "waiting"] += int(n)
+    return out
+
+
 def status(session) -> dict:
     """What ``gourmetgram loop status`` prints."""
     def count(stmt) -> int:
@@ -145,3 +174,47 @@ def first_captured(session, revision: str | None = None, stage: str | None = Non
         stmt = stmt.where(Sample.stage == stage)
     value = session.scalar(stmt)
     return None if value is None else (value if value.tzinfo else value.replace(tzinfo=timezone.utc))
+
+
+# The business metric (docs/business-metric.md quotes this text; a test keeps them equal): the
+# tag keep rate of the photos captured in [since, until), per stage and model version. A tag
+# is "changed" when its user marked it wrong (with or without the right class); a photo nobody
+# answered about keeps its tag (the product applies the suggested tag unless the user acts).
+# Portable SQL: the same text runs on SQLite here and PostgreSQL on the cluster.
+TAG_KEEP_RATE_SQL = """\
+SELECT s.stage,
+       s.model_version,
+       COUNT(*) AS tagged,
+       SUM(CASE WHEN f.sample_id IS NULL THEN 0 ELSE 1 END) AS answered,
+       SUM(CASE WHEN f.sample_id IS NULL OR f.correct THEN 0 ELSE 1 END) AS changed,
+       1.0 - SUM(CASE WHEN f.sample_id IS NULL OR f.correct THEN 0 ELSE 1 END) * 1.0 / COUNT(*)
+         AS tag_keep_rate
+FROM samples AS s
+LEFT JOIN feedback AS f ON f.sample_id = s.sample_id
+WHERE s.object_key IS NOT NULL AND s.label IS NOT NULL
+  AND s.captured_at >= :since AND s.captured_at < :until
+GROUP BY s.stage, s.model_version
+ORDER BY s.stage, s.model_version
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class TagKeepRate:
+    stage: str | None
+    model_version: str | None
+    tagged: int
+    answered: int
+    changed: int
+    tag_keep_rate: float
+
+
+def tag_keep_rate(session, since: datetime, until: datetime) -> list[TagKeepRate]:
+    """:data:`TAG_KEEP_RATE_SQL` over the photos captured in ``[since, until)``."""
+    from sqlalchemy import DateTime, bindparam, text
+
+    # bound with the column's type, so SQLite compares the same text format the rows hold
+    stmt = text(TAG_KEEP_RATE_SQL).bindparams(bindparam("since", type_=DateTime(timezone=True)),
+                                              bindparam("until", type_=DateTime(timezone=True)))
+    rows = session.execute(stmt, {"since": since.astimezone(timezone.utc), "until": until.astimezone(timezone.utc)})
+    return [TagKeepRate(stage, version, int(tagged), int(answered), int(changed), float(rate))
+            for stage, version, tagged, answered, changed, rate in rows]

@@ -53,6 +53,12 @@ class History:
                        labels_at_start=int(r.get("labels_at_start", 0)), reasons=tuple(r.get("reasons", ())))
 
 
+    def finished(self, run_id: str) -> dict[str, Any] | None:
+        """The run's end record (status registered | rejected | failed, version), if it ended."""
+        ends = [r for r in self.records() if r.get("event") == "finished" and r.get("run_id") == run_id]
+        return ends[-1] if ends else None
+
+
 def parse_time(value: str) -> datetime:
     t = datetime.fromisoformat(value)
     return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
