@@ -10,6 +10,9 @@ feature-gated pod fields open (``x-kubernetes-preserve-unknown-fields``), so a K
 Service's pod template is also checked as a core PodSpec, and the gated fields it uses
 must be enabled by the config-features patch the install applies. Knative ConfigMap
 patches may only set keys that the pinned release documents in its ``_example`` block.
+Knative Eventing's CRDs (Broker, Trigger) keep ``spec`` open for experimental features, but
+its admission webhook decodes with unknown fields disallowed: for those kinds an object that
+declares ``properties`` is closed even where the CRD preserves unknown fields.
 """
 
 from __future__ import annotations
@@ -32,6 +35,10 @@ KSERVE_DIR = SCHEMA_DIR / "kserve-v0.20.0"
 KNATIVE_DIR = SCHEMA_DIR / "knative-serving-v1.21.1"
 PROM_OPERATOR_DIR = SCHEMA_DIR / "prometheus-operator-v0.79.2"
 ISTIO_DIR = SCHEMA_DIR / "istio-1.27.1"
+EVENTING_DIR = SCHEMA_DIR / "knative-eventing-v1.21.1"
+# Groups whose webhook rejects unknown fields that the CRD itself preserves (knative.dev/pkg's
+# validation admission controller, created with disallowUnknownFields by Eventing's webhook).
+WEBHOOK_STRICT_GROUPS = frozenset({"eventing.knative.dev"})
 
 # (group, kind) -> CRD file
 CRD_FILES = {
@@ -42,6 +49,8 @@ CRD_FILES = {
     ("monitoring.coreos.com", "ServiceMonitor"): PROM_OPERATOR_DIR / "monitoring.coreos.com_servicemonitors.yaml",
     ("monitoring.coreos.com", "PrometheusRule"): PROM_OPERATOR_DIR / "monitoring.coreos.com_prometheusrules.yaml",
     ("networking.istio.io", "VirtualService"): ISTIO_DIR / "virtualservice.yaml",
+    ("eventing.knative.dev", "Broker"): EVENTING_DIR / "broker.yaml",
+    ("eventing.knative.dev", "Trigger"): EVENTING_DIR / "trigger.yaml",
 }
 
 # Knative pod-spec fields that are off unless config-features enables them (v1.21 defaults).
@@ -63,18 +72,19 @@ def _read_yaml_docs(path: Path) -> list[dict]:
         return [d for d in yaml.safe_load_all(handle) if d]
 
 
-def _strict(node: Any) -> Any:
-    """openAPIV3Schema -> JSON Schema that rejects unknown fields where the CRD defines them."""
+def _strict(node: Any, close_declared: bool = False) -> Any:
+    """openAPIV3Schema -> JSON Schema that rejects unknown fields where the CRD defines them
+    (``close_declared``: also where it declares properties but preserves unknown fields)."""
     if isinstance(node, list):
-        return [_strict(n) for n in node]
+        return [_strict(n, close_declared) for n in node]
     if not isinstance(node, dict):
         return node
     out: dict[str, Any] = {}
     for key, value in node.items():
         if key in ("properties", "patternProperties", "definitions"):
-            out[key] = {k: _strict(v) for k, v in value.items()}
+            out[key] = {k: _strict(v, close_declared) for k, v in value.items()}
         elif key in ("items", "additionalProperties", "not") or key in ("allOf", "anyOf", "oneOf"):
-            out[key] = _strict(value)
+            out[key] = _strict(value, close_declared)
         elif key.startswith("x-kubernetes-") or key in ("nullable", "format"):
             continue  # format: Kubernetes formats (int-or-string, quantity) are not JSON Schema's
         else:
@@ -85,6 +95,8 @@ def _strict(node: Any) -> Any:
     if node.get("nullable") and "type" in out:
         out["type"] = [out["type"], "null"]
     preserve = node.get("x-kubernetes-preserve-unknown-fields") or node.get("x-kubernetes-embedded-resource")
+    if close_declared and "properties" in node:
+        preserve = False
     if node.get("type") == "object" and "additionalProperties" not in node and not preserve:
         out["additionalProperties"] = False
     return out
@@ -101,7 +113,7 @@ def crd_validator(group: str, kind: str, version: str) -> jsonschema.protocols.V
                 schema = copy.deepcopy(served["schema"]["openAPIV3Schema"])
                 # metadata is checked as a real ObjectMeta below (the CRD leaves it open)
                 schema["properties"]["metadata"] = {"type": "object"}
-                strict = _strict(schema)
+                strict = _strict(schema, close_declared=group in WEBHOOK_STRICT_GROUPS)
                 strict["properties"]["metadata"] = {"type": "object"}
                 # apiVersion/kind are on every object whether a CRD lists them or not (Istio's do not)
                 for field in ("apiVersion", "kind"):
