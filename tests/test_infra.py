@@ -117,6 +117,10 @@ def test_versions_are_pinned_and_used():
     schemas = REPO_ROOT / "tests" / "schemas"
     assert (schemas / f"kserve-{versions['KSERVE_VERSION']}").is_dir()
     assert (schemas / f"knative-serving-{versions['KNATIVE_SERVING_VERSION'].removeprefix('knative-')}").is_dir()
+    eventing = schemas / f"knative-eventing-{versions['KNATIVE_EVENTING_VERSION'].removeprefix('knative-')}"
+    assert {p.name for p in eventing.glob("*.yaml")} == {"broker.yaml", "trigger.yaml"}
+    # Eventing and Serving from one Knative release line
+    assert versions["KNATIVE_EVENTING_VERSION"].rsplit(".", 1)[0] == versions["KNATIVE_SERVING_VERSION"].rsplit(".", 1)[0]
     assert "kube-prometheus-stack " + versions["KUBE_PROMETHEUS_STACK_VERSION"] in (schemas / "README.md").read_text()
     assert versions["K3S_VERSION"].startswith("v1.33.")  # Knative 1.21 needs Kubernetes >= 1.33
     values = (REPO_ROOT / "charts" / "gourmetgram" / "values.yaml").read_text()
@@ -379,3 +383,72 @@ def test_platform_manifests_are_valid_pinned_and_hold_no_secrets():
     values = yaml.safe_load((REPO_ROOT / "charts" / "gourmetgram" / "values.yaml").read_text())
     bucket = values["model"]["bundleUri"].split("/")[2]
     assert bucket in {b["name"] for b in minio["buckets"]}
+
+
+# --- closing the loop: Knative Eventing (the logger's Broker) and the loop database --------------
+
+def test_install_brings_up_knative_eventing_before_anything_uses_a_broker(tmp_path):
+    result, calls = _run_install(tmp_path)
+    assert result.returncode == 0, result.stderr
+    commands = [c for c in calls if not c.startswith("  | ")]
+    at = functools.partial(_index, commands)
+    base = f"https://github.com/knative/eventing/releases/download/{_versions()['KNATIVE_EVENTING_VERSION']}"
+    crds = at("apply -f", f"{base}/eventing-crds.yaml")
+    established = at("wait", "Established", "crd/brokers.eventing.knative.dev", "crd/triggers.eventing.knative.dev")
+    core = at("apply -f", f"{base}/eventing-core.yaml")
+    webhook = at("knative-eventing rollout status deploy/eventing-webhook")
+    channel, broker = at("apply -f", f"{base}/in-memory-channel.yaml"), at("apply -f", f"{base}/mt-channel-broker.yaml")
+    # Serving first (the Triggers' detector is a Knative Service), CRDs established before the
+    # core, its webhook ready before the channel and broker objects it validates
+    assert at("rollout status deploy/net-istio-controller") < crds < established < core < webhook < min(channel, broker)
+    # the broker's data plane is waited for before the InferenceServices can log to it
+    for deploy in ("imc-dispatcher", "mt-broker-controller", "mt-broker-ingress", "mt-broker-filter"):
+        assert broker < at(f"knative-eventing rollout status deploy/{deploy}") < at("create namespace gourmetgram-staging")
+    # the chart's Broker class is the one installed
+    values = yaml_load(REPO_ROOT / "charts" / "gourmetgram" / "values.yaml")
+    assert values["capture"]["broker"]["class"] == "MTChannelBasedBroker"
+
+
+def yaml_load(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text())
+
+
+def test_install_creates_the_loop_database_and_the_secrets_the_capture_sink_reads(tmp_path):
+    from gourmetgram import manifests
+
+    result, calls = _run_install(tmp_path, MLFLOW_DB_PASSWORD="pg-pass-1234")
+    assert result.returncode == 0, result.stderr
+    commands = [c for c in calls if not c.startswith("  | ")]
+    at = functools.partial(_index, commands)
+    # the database on the platform's PostgreSQL, once it is up, created only when missing
+    check = at("exec statefulset/postgres", "psql", "pg_database")
+    assert at("rollout status statefulset/postgres") < check < at("exec statefulset/postgres", "createdb", "gourmetgram_loop")
+    # every Secret key the rendered capture sink references exists in its namespace
+    for stage in manifests.RENDERED_STAGES:
+        objects = manifests.render_objects(stage)
+        ns = manifests.find_inference_service(objects)["metadata"]["namespace"]
+        sink = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "capture-sink")
+        refs = [e["valueFrom"]["secretKeyRef"] for e in sink["spec"]["template"]["spec"]["containers"][0]["env"]
+                if "valueFrom" in e]
+        assert refs
+        for ref in refs:
+            secret = _secret_literals(commands[at(f"{ns} create secret generic {ref['name']}")])
+            assert ref["key"] in secret, (ns, ref)
+        db = _secret_literals(commands[at(f"{ns} create secret generic gourmetgram-loop-db")])["url"]
+        assert db == ("postgresql+psycopg2://mlflow:pg-pass-1234@postgres.gourmetgram-platform.svc.cluster.local:5432/"
+                      "gourmetgram_loop")
+        # the captures bucket the chart writes to is one MinIO creates
+        objects_uri = next(e["value"] for e in sink["spec"]["template"]["spec"]["containers"][0]["env"]
+                           if e["name"] == "GOURMETGRAM_LOOP_OBJECTS")
+        minio = yaml_load(INFRA / "k8s" / "platform" / "minio-values.yaml")
+        assert objects_uri.split("/")[2] in {b["name"] for b in minio["buckets"]}
+    assert "pg-pass-1234" not in result.stdout + result.stderr
+
+
+def test_install_refuses_a_database_password_that_breaks_its_url(tmp_path):
+    result, calls = _run_install(tmp_path, MLFLOW_DB_PASSWORD="p@ss/word")
+    assert result.returncode == 2
+    assert "MLFLOW_DB_PASSWORD may hold only" in result.stderr
+    assert not [c for c in calls if c.startswith(("kubectl", "helm"))]  # nothing was installed

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Install the serving platform on the k3s cluster, every version pinned in infra/versions.env:
 # NVIDIA driver check -> cert-manager -> NVIDIA GPU operator -> Istio -> Knative Serving
-# (+ net-istio; ConfigMaps merge-patched once its webhook is ready) -> KServe (Knative mode)
-# -> kube-prometheus-stack -> MinIO -> MLflow on PostgreSQL -> Kubeflow Pipelines (standalone)
-# -> the GourmetGram namespaces with their model-store Secret, and the pipelines' Secrets.
+# (+ net-istio; ConfigMaps merge-patched once its webhook is ready) -> Knative Eventing (the
+# logger's Broker: in-memory channel + multi-tenant channel broker) -> KServe (Knative mode)
+# -> kube-prometheus-stack -> MinIO -> MLflow on PostgreSQL (+ the loop database) -> Kubeflow
+# Pipelines (standalone) -> the GourmetGram namespaces with their model-store and loop-database
+# Secrets, and the pipelines' Secrets.
 #
 #   export KUBECONFIG=~/gourmetgram-kubeconfig       # see infra/README.md
 #   export NODE_IP=<server floating ip>              # or DOMAIN=models.example.org
@@ -44,6 +46,12 @@ PLATFORM_NS=gourmetgram-platform
 MINIO_URL="http://minio.${PLATFORM_NS}.svc.cluster.local:9000"
 MLFLOW_URL="http://mlflow.${PLATFORM_NS}.svc.cluster.local:5000"
 MODELS_BUCKET=${MODELS_BUCKET:-gourmetgram-models}
+LOOP_DB_NAME=gourmetgram_loop
+# PostgreSQL's password goes into database URLs unquoted (MLflow's backend store, the loop
+# database): refuse one that would break them before anything is installed.
+if [[ -n "${MLFLOW_DB_PASSWORD:-}" && ! "$MLFLOW_DB_PASSWORD" =~ ^[A-Za-z0-9._~-]+$ ]]; then
+  die 2 "MLFLOW_DB_PASSWORD may hold only letters, digits and . _ ~ - (it is part of a database URL)"
+fi
 # KServe's storage initializer, the detector and the pipeline steps read AWS_ENDPOINT_URL; there
 # is no AWS default anywhere (a missing endpoint would silently send every download to AWS).
 AWS_ENDPOINT_URL=${AWS_ENDPOINT_URL:-$MINIO_URL}
@@ -109,6 +117,20 @@ kubectl -n knative-serving patch configmap config-domain --type merge \
   -p "{\"data\":{\"$DOMAIN\":\"\"}}"
 kubectl -n knative-serving rollout status deploy/net-istio-controller --timeout=300s
 
+step "Knative Eventing $KNATIVE_EVENTING_VERSION (the inference logger's Broker and Triggers)"
+# Idempotent: re-applying the same release changes nothing. The chart's Broker (class
+# MTChannelBasedBroker on the default InMemoryChannel) needs the channel and the broker.
+ev_base="https://github.com/knative/eventing/releases/download/${KNATIVE_EVENTING_VERSION}"
+kubectl apply -f "$ev_base/eventing-crds.yaml"
+kubectl wait --for=condition=Established --timeout=120s crd/brokers.eventing.knative.dev crd/triggers.eventing.knative.dev
+kubectl apply -f "$ev_base/eventing-core.yaml"
+kubectl -n knative-eventing rollout status deploy/eventing-webhook --timeout=300s
+kubectl apply -f "$ev_base/in-memory-channel.yaml"
+kubectl apply -f "$ev_base/mt-channel-broker.yaml"
+for deploy in eventing-controller imc-controller imc-dispatcher mt-broker-controller mt-broker-ingress mt-broker-filter; do
+  kubectl -n knative-eventing rollout status "deploy/$deploy" --timeout=300s
+done
+
 step "KServe $KSERVE_VERSION (Knative mode, external domain $DOMAIN)"
 helm upgrade --install kserve-crd oci://ghcr.io/kserve/charts/kserve-crd --version "$KSERVE_VERSION" \
   -n kserve --create-namespace --wait
@@ -143,6 +165,14 @@ kubectl apply -f "$INFRA/k8s/platform/mlflow.yaml"
 kubectl -n "$PLATFORM_NS" rollout status statefulset/postgres --timeout=300s
 kubectl -n "$PLATFORM_NS" rollout status deploy/mlflow --timeout=600s
 
+step "loop database ($LOOP_DB_NAME: captures, feedback, labels) on the same PostgreSQL"
+# The capture sink applies its own migrations; the database only has to exist.
+loop_db_exists=$(kubectl -n "$PLATFORM_NS" exec statefulset/postgres -- \
+  psql -U mlflow -d mlflow -tAc "SELECT 1 FROM pg_database WHERE datname = '$LOOP_DB_NAME'")
+if [[ "$loop_db_exists" != 1 ]]; then
+  kubectl -n "$PLATFORM_NS" exec statefulset/postgres -- createdb -U mlflow "$LOOP_DB_NAME"
+fi
+
 step "Kubeflow Pipelines $KFP_VERSION (standalone)"
 kfp_base="github.com/kubeflow/pipelines/manifests/kustomize"
 kubectl apply -k "$kfp_base/cluster-scoped-resources?ref=$KFP_VERSION"
@@ -169,6 +199,9 @@ for ns in gourmetgram-staging gourmetgram-production; do
     serving.kserve.io/s3-endpoint="$S3_ENDPOINT" serving.kserve.io/s3-usehttps="$S3_USE_HTTPS" \
     serving.kserve.io/s3-verifyssl="$S3_VERIFY_SSL"
   kubectl -n "$ns" apply -f "$INFRA/k8s/model-serviceaccount.yaml"
+  # The capture sink's metadata database (chart value capture.databaseSecret).
+  apply_secret "$ns" gourmetgram-loop-db \
+    "url=postgresql+psycopg2://mlflow:${MLFLOW_DB_PASSWORD}@postgres.${PLATFORM_NS}.svc.cluster.local:5432/${LOOP_DB_NAME}"
 done
 echo "platform ready; external URLs: http://<isvc>-<namespace>.$DOMAIN"
 echo "KFP: kubectl -n kubeflow port-forward svc/ml-pipeline-ui 8080:80 (then --endpoint http://localhost:8080)"
