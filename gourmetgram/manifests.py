@@ -37,9 +37,11 @@ ISVC_API_VERSION = "serving.kserve.io/v1beta1"
 # What a cluster InferenceService's storageUri may name (KServe's storage initializer schemes).
 REMOTE_URI_SCHEMES = ("s3://", "gs://", "http://", "https://", "pvc://", "oci://")
 
-# Order of objects in a rendered file: what others depend on comes first.
-_KIND_ORDER = ("Namespace", "ConfigMap", "ServiceAccount", "Role", "RoleBinding", "ServingRuntime", "Service",
-               "Deployment", "Ingress", "InferenceService", "PodMonitor", "PrometheusRule")
+# Order of objects in a rendered file: what others depend on comes first (a NetworkPolicy
+# before the pods it guards; the logger's Broker and Triggers before the InferenceService).
+_KIND_ORDER = ("Namespace", "ConfigMap", "ServiceAccount", "Role", "RoleBinding", "ServingRuntime", "NetworkPolicy",
+               "Service", "Deployment", "Ingress", "Broker", "Trigger", "InferenceService", "VirtualService",
+               "PodMonitor", "PrometheusRule")
 
 _HEADER = (
     "# Rendered from charts/gourmetgram (values.yaml + values-{stage}.yaml{overlay}) by\n"

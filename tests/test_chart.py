@@ -49,6 +49,16 @@ def isvc_of(objects: list[dict]) -> dict:
     return manifests.find_inference_service(objects)
 
 
+def knative_service(objects: list[dict], name: str = "drift-detector") -> dict:
+    return next(o for o in objects if o["kind"] == "Service" and o["apiVersion"] == "serving.knative.dev/v1"
+                and o["metadata"]["name"] == name)
+
+
+def one(objects: list[dict], kind: str, name: str) -> dict:
+    [obj] = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    return obj
+
+
 # --- tests ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("stage", manifests.RENDERED_STAGES)
@@ -102,8 +112,9 @@ def test_the_validator_rejects_unknown_fields_and_bad_values(rendered):
     assert "annotation" in errors  # metadata is a strict ObjectMeta
     # the other custom resources are strict too
     by_kind: dict[str, dict] = {}
-    for o in rendered[PRODUCTION]:  # the first of each kind (the Knative Service before the web app's)
+    for o in rendered[PRODUCTION]:  # the first of each kind, the detector's Knative Service for "Service"
         by_kind.setdefault(o["kind"], o)
+    by_kind["Service"] = knative_service(rendered[PRODUCTION])
     for kind, path in (("PodMonitor", ("spec", "podMetricsEndpoints", 0)), ("ServingRuntime", ("spec",)),
                        ("PrometheusRule", ("spec", "groups", 0)), ("Service", ("spec", "template", "spec"))):
         bad = yaml.safe_load(yaml.safe_dump(by_kind[kind]))
@@ -118,7 +129,7 @@ def test_the_validator_rejects_unknown_fields_and_bad_values(rendered):
 
 
 def test_knative_service_needs_the_features_the_install_enables(rendered):
-    ksvc = next(o for o in rendered[STAGING] if o["kind"] == "Service")
+    ksvc = knative_service(rendered[STAGING])
     defaults = k8s_schemas.effective_knative_features(None)  # a Knative 1.21 without the patch
     errors = "\n".join(k8s_schemas.object_errors(ksvc, defaults))
     assert "kubernetes.podspec-init-containers" in errors
@@ -181,11 +192,14 @@ def test_transformer_is_collocated_and_calls_its_own_triton(rendered):
 
 
 def test_logger_feeds_the_detector_which_downloads_from_the_object_store(rendered):
-    for objects in rendered.values():
+    for stage in rendered:
+        # capture off: the logger posts straight to the detector
+        objects = manifests.render_objects(stage, {"capture": {"enabled": False}})
+        assert not {"Broker", "Trigger"} & {o["kind"] for o in objects}
         isvc = isvc_of(objects)
         logger = isvc["spec"]["predictor"]["logger"]
         assert logger["mode"] == "all"
-        ksvc = next(o for o in objects if o["kind"] == "Service" and o["apiVersion"].startswith("serving.knative"))
+        ksvc = knative_service(objects)
         ns = isvc["metadata"]["namespace"]
         assert ksvc["metadata"]["namespace"] == ns
         assert logger["url"] == f"http://{ksvc['metadata']['name']}.{ns}.svc.cluster.local"
@@ -257,7 +271,7 @@ def test_rollout_rerenders_from_values_and_stays_fresh(tmp_path):
     manifests.write_manifests(out, chart_dir=chart)
 
     def detector_bundle(objects):
-        ksvc = next(o for o in objects if o["kind"] == "Service")
+        ksvc = knative_service(objects)
         return ksvc["spec"]["template"]["spec"]["initContainers"][0]["args"][0]
 
     stable = isvc_of(manifests.load_manifest(out / "production.yaml"))["spec"]["predictor"]["model"]["storageUri"]
@@ -346,7 +360,7 @@ def test_shadow_is_a_mirror_to_a_second_inference_service_and_passes_its_schemas
     # Same predictor as production otherwise (one template), production untouched.
     assert shadow["spec"]["predictor"]["containers"] == production["spec"]["predictor"]["containers"]
     assert production == isvc_of(manifests.render_objects(PRODUCTION))
-    [vs] = [o for o in objects if o["kind"] == "VirtualService"]
+    vs = one(objects, "VirtualService", "food11-mirror")  # (production's API host has its own)
     assert vs["apiVersion"] == "networking.istio.io/v1"
     [route] = vs["spec"]["http"]
     assert route["mirror"] == {"host": "food11-shadow-predictor.gourmetgram-production.svc.cluster.local",
@@ -363,7 +377,8 @@ def test_shadow_is_a_mirror_to_a_second_inference_service_and_passes_its_schemas
 
 def test_shadow_is_off_by_default_and_refuses_bad_values():
     for stage in manifests.RENDERED_STAGES:
-        assert not any(o["kind"] == "VirtualService" for o in manifests.render_objects(stage))
+        assert not any(o["kind"] == "VirtualService" and o["metadata"]["name"].endswith("-mirror")
+                       for o in manifests.render_objects(stage))
     bad = [
         ({**SHADOW["shadow"], "percent": 150}, "shadow.percent must be within 0..100"),
         ({**SHADOW["shadow"], "host": ""}, "shadow.host is required"),
@@ -385,8 +400,13 @@ def test_webapp_renders_once_with_its_route_and_read_only_access(rendered):
     deployment = objects[("Deployment", ns, "gourmetgram-web")]
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e.get("value") for e in container["env"]}
-    # a client of the production InferenceService's public API, never of Triton
-    assert env["GOURMETGRAM_API_URL"] == f"http://{ISVC_NAMES[PRODUCTION]}.{ns}.svc.cluster.local"
+    # a client of the production API host (predict + feedback, through Knative's local gateway),
+    # never of Triton
+    assert env["GOURMETGRAM_API_URL"] == f"http://{ISVC_NAMES[PRODUCTION]}-api.{ns}.svc.cluster.local"
+    without_route = manifests.render_objects(PRODUCTION, {"capture": {"route": {"host": ""}}})
+    web = one(without_route, "Deployment", "gourmetgram-web")["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "GOURMETGRAM_API_URL", "value": f"http://{ISVC_NAMES[PRODUCTION]}.{ns}.svc.cluster.local"} \
+        in web["env"]  # no API host: the InferenceService's own (predict only)
     assert env["GOURMETGRAM_MODEL_NAME"] == MODEL_NAME
     from gourmetgram_webapp.config import StageSource
 
@@ -407,3 +427,236 @@ def test_webapp_renders_once_with_its_route_and_read_only_access(rendered):
                                   "verbs": ["get", "list", "watch"]}]
         binding = objects[("RoleBinding", stage_ns, "gourmetgram-web-read-inferenceservices")]
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "gourmetgram-web", "namespace": ns}]
+
+
+# --- closing the loop on the cluster (issue 9): Broker, Triggers, capture sink, feedback route ---
+BROKER_INGRESS = "http://broker-ingress.knative-eventing.svc.cluster.local"
+
+
+def pod_labels(obj: dict) -> dict:
+    return obj["spec"]["template"]["metadata"]["labels"]
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    return selector.items() <= labels.items()
+
+
+@pytest.mark.parametrize("stage", manifests.RENDERED_STAGES)
+def test_logger_posts_to_the_broker_whose_triggers_reach_the_rendered_services(rendered, stage):
+    objects = rendered[stage]
+    ns = isvc_of(objects)["metadata"]["namespace"]
+    [broker] = [o for o in objects if o["kind"] == "Broker"]
+    assert broker["metadata"]["namespace"] == ns
+    assert broker["metadata"]["annotations"]["eventing.knative.dev/broker.class"] == "MTChannelBasedBroker"
+    assert broker["spec"]["delivery"]["retry"] >= 1  # each Trigger retries on its own
+    # the logger's one URL is the broker's address (Knative's multi-tenant broker ingress)
+    logger = isvc_of(objects)["spec"]["predictor"]["logger"]
+    assert logger["url"] == f"{BROKER_INGRESS}/{ns}/{broker['metadata']['name']}"
+    triggers = [o for o in objects if o["kind"] == "Trigger"]
+    assert len(triggers) == 2
+    reached = set()
+    for trigger in triggers:
+        assert trigger["spec"]["broker"] == broker["metadata"]["name"]
+        assert trigger["metadata"]["namespace"] == ns and "filter" not in trigger["spec"]  # every event
+        ref = trigger["spec"]["subscriber"]["ref"]
+        [target] = [o for o in objects if (o["apiVersion"], o["kind"], o["metadata"]["name"])
+                    == (ref["apiVersion"], ref["kind"], ref["name"])]
+        assert target["metadata"]["namespace"] == ns
+        reached.add((target["apiVersion"], target["metadata"]["name"]))
+    assert reached == {("serving.knative.dev/v1", "drift-detector"), ("v1", "capture-sink")}
+    # Knative resolves a core Service to http://<name>.<ns>.svc.cluster.local/ (port 80): the
+    # Service must listen there and lead to the sink's container port
+    service = one(objects, "Service", "capture-sink")
+    deployment = one(objects, "Deployment", "capture-sink")
+    assert selects(service["spec"]["selector"], pod_labels(deployment))
+    assert selects(deployment["spec"]["selector"]["matchLabels"], pod_labels(deployment))
+    [port] = service["spec"]["ports"]
+    assert port["port"] == 80
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    named = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert port["targetPort"] in named
+    args = container["args"]
+    assert int(args[args.index("--port") + 1]) == named[port["targetPort"]]
+    assert args[args.index("--host") + 1] == "0.0.0.0"
+    # no other pod of the release is selected by the sink's Service
+    for other in objects:
+        if other["kind"] in ("Deployment",) and other is not deployment:
+            assert not selects(service["spec"]["selector"], pod_labels(other))
+    assert not selects(service["spec"]["selector"], pod_labels(knative_service(objects)))
+
+
+def test_capture_off_renders_no_loop_objects_and_a_detector_only_policy():
+    for stage in manifests.RENDERED_STAGES:
+        objects = manifests.render_objects(stage, {"capture": {"enabled": False}})
+        names = {(o["kind"], o["metadata"]["name"]) for o in objects}
+        assert not {n for n in names if "capture" in n[1] or n[0] in ("Broker", "Trigger")}
+        [policy] = [o for o in objects if o["kind"] == "NetworkPolicy"]
+        allowed = {p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                   for p in policy["spec"]["ingress"][0]["from"] if "namespaceSelector" in p}
+        assert "knative-eventing" not in allowed
+
+
+@pytest.mark.parametrize("stage", manifests.RENDERED_STAGES)
+def test_capture_sink_takes_its_secrets_by_reference_and_its_classes_from_the_stable_bundle(rendered, stage):
+    objects = rendered[stage]
+    deployment = one(objects, "Deployment", "capture-sink")
+    spec = deployment["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    refs = {name: (e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
+            for name, e in env.items() if "valueFrom" in e}
+    assert refs == {"GOURMETGRAM_LOOP_DB": ("gourmetgram-loop-db", "url"),
+                    "GOURMETGRAM_S3_ENDPOINT_URL": ("gourmetgram-s3", "AWS_ENDPOINT_URL"),
+                    "AWS_ACCESS_KEY_ID": ("gourmetgram-s3", "AWS_ACCESS_KEY_ID"),
+                    "AWS_SECRET_ACCESS_KEY": ("gourmetgram-s3", "AWS_SECRET_ACCESS_KEY")}
+    for e in env.values():  # required keys: a missing one stops the pod, it never runs without
+        assert "value" not in e or "valueFrom" not in e
+        assert not e.get("valueFrom", {}).get("secretKeyRef", {}).get("optional")
+    assert env["GOURMETGRAM_LOOP_OBJECTS"]["value"] == f"s3://gourmetgram-captures/{stage}"
+    assert "envFrom" not in container
+    # the class names come from the stable bundle's model_spec.json, downloaded like the detector's
+    detector_init = knative_service(objects)["spec"]["template"]["spec"]["initContainers"][0]
+    [init] = spec["initContainers"]
+    assert init == detector_init
+    assert container["args"][container["args"].index("--bundle") + 1] == init["args"][1] == "/mnt/models"
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts == {"model-bundle": "/mnt/models"} and {"name": "model-bundle", "emptyDir": {}} in spec["volumes"]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert container["securityContext"]["runAsNonRoot"] is True
+    # scraped once, on its named port (production accuracy for GourmetGramProductionAccuracyLow)
+    monitor = one(objects, "PodMonitor", "capture-sink")
+    assert selects(monitor["spec"]["selector"]["matchLabels"], pod_labels(deployment))
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "http"
+
+
+def test_capture_sink_image_serves_the_paths_the_chart_routes_and_probes():
+    import types
+
+    from capture_sink.server import create_app
+
+    values = yaml.safe_load((manifests.CHART_DIR / "values.yaml").read_text())
+    dockerfile = (REPO_ROOT / "capture" / "Dockerfile").read_text()
+    assert 'ENTRYPOINT ["python", "-m", "capture_sink"]' in dockerfile
+    assert "COPY configs/loop.yaml /app/configs/loop.yaml" in dockerfile  # the per-stage sampling
+    assert f"EXPOSE {values['capture']['port']}" in dockerfile
+    app = create_app(types.SimpleNamespace(receive=lambda r: None, feedback=lambda r: None))  # type: ignore[arg-type]
+    routes = {(r.path, m) for r in app.routes for m in (r.methods or ())}
+    # events from the Trigger (POST /), the feedback route, the probes and the PodMonitor
+    assert {("/", "POST"), ("/v1/feedback", "POST"), ("/health", "GET"), ("/metrics", "GET")} <= routes
+
+
+@pytest.mark.parametrize("stage", manifests.RENDERED_STAGES)
+def test_sampling_is_configs_loop_for_the_stage_the_sink_reads_from_the_events(rendered, stage):
+    from capture_sink.capture import stage_of
+    from gourmetgram.constants import CANARY
+    from gourmetgram.loop.settings import load_loop_settings
+
+    isvc = isvc_of(rendered[stage])
+    name = isvc["metadata"]["name"]
+    # KServe's logger names the InferenceService and the endpoint in every event's extensions
+    assert stage_of({"inferenceservicename": name, "endpoint": "default"}) == stage
+    assert stage_of({"inferenceservicename": name, "endpoint": "canary"}) == CANARY
+    sampling = load_loop_settings("loop").capture.sampling
+    assert {stage, CANARY} <= set(sampling)  # each stage this release's events carry has its rate
+    env = one(rendered[stage], "Deployment", "capture-sink")["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert "GOURMETGRAM_LOOP_CONFIG" not in {e["name"] for e in env}  # the image's configs/loop.yaml
+
+
+def test_feedback_route_sits_next_to_predict_on_the_api_host(rendered):
+    from gourmetgram.local.gateway import FEEDBACK_PATH
+    from gourmetgram_webapp.api import FEEDBACK_PATH as WEBAPP_FEEDBACK
+
+    objects = rendered[PRODUCTION]
+    ns, isvc_name = "gourmetgram-production", ISVC_NAMES[PRODUCTION]
+    vs = one(objects, "VirtualService", f"{isvc_name}-api")
+    local_host = f"{isvc_name}-api.{ns}.svc.cluster.local"
+    assert vs["spec"]["hosts"] == ["api.gourmetgram.example.org", local_host]
+    assert vs["spec"]["gateways"] == ["knative-serving/knative-ingress-gateway", "knative-serving/knative-local-gateway"]
+    routes = {r["name"]: r for r in vs["spec"]["http"]}
+    assert FEEDBACK_PATH == WEBAPP_FEEDBACK == "/v1/feedback"
+    assert routes["feedback"]["match"] == [{"uri": {"exact": FEEDBACK_PATH}}]
+    [dest] = routes["feedback"]["route"]
+    service = one(objects, "Service", "capture-sink")
+    assert dest["destination"] == {"host": f"capture-sink.{ns}.svc.cluster.local",
+                                   "port": {"number": service["spec"]["ports"][0]["port"]}}
+    # predict as the InferenceService answers it (Knative's local gateway, Host rewritten)
+    assert [m["uri"]["prefix"] for m in routes["predict"]["match"]] == ["/v1/models/", "/v2/models/"]
+    assert routes["predict"]["rewrite"] == {"authority": f"{isvc_name}.{ns}.svc.cluster.local"}
+    local_gateway = routes["predict"]["route"][0]["destination"]["host"]
+    assert local_gateway == "knative-local-gateway.istio-system.svc.cluster.local"
+    # the in-cluster name resolves to the local gateway, which routes it by this VirtualService
+    alias = one(objects, "Service", f"{isvc_name}-api")
+    assert alias["spec"] == {"type": "ExternalName", "externalName": local_gateway,
+                             "ports": [{"name": "http", "port": 80}]}
+    web = one(objects, "Deployment", "gourmetgram-web")["spec"]["template"]["spec"]["containers"][0]
+    api_url = next(e["value"] for e in web["env"] if e["name"] == "GOURMETGRAM_API_URL")
+    assert api_url == f"http://{local_host}"  # the web app's feedback takes this route
+    # staging: no public API host, no route objects
+    assert not [o for o in rendered[STAGING] if o["kind"] == "VirtualService" or o["metadata"]["name"].endswith("-api")]
+
+
+@pytest.mark.parametrize("stage", manifests.RENDERED_STAGES)
+def test_network_policies_select_their_pods_and_admit_the_broker(rendered, stage):
+    objects = rendered[stage]
+    policies = {o["metadata"]["name"]: o for o in objects if o["kind"] == "NetworkPolicy"}
+    assert set(policies) == {"drift-detector", "capture-sink"}
+    sink_pods = pod_labels(one(objects, "Deployment", "capture-sink"))
+    detector_pods = pod_labels(knative_service(objects))
+    others = [pod_labels(o) for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] != "capture-sink"]
+    sink, detector = policies["capture-sink"]["spec"], policies["drift-detector"]["spec"]
+    assert selects(sink["podSelector"]["matchLabels"], sink_pods)
+    assert not any(selects(sink["podSelector"]["matchLabels"], p) for p in [detector_pods, *others])
+    assert selects(detector["podSelector"]["matchLabels"], detector_pods)
+    assert not selects(detector["podSelector"]["matchLabels"], sink_pods)
+    assert sink["policyTypes"] == ["Ingress"]
+    [rule] = sink["ingress"]
+    # only the sink's port, and only from: the broker's namespace, the gateway pods, Prometheus
+    container = one(objects, "Deployment", "capture-sink")["spec"]["template"]["spec"]["containers"][0]
+    assert rule["ports"] == [{"port": container["ports"][0]["name"], "protocol": "TCP"}]
+    peers = {(p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+              tuple(sorted(p.get("podSelector", {}).get("matchLabels", {}).items()))) for p in rule["from"]}
+    expected = {("knative-eventing", ()), ("monitoring", ())}
+    if stage == PRODUCTION:  # the API host's feedback route comes through the Istio gateway pods
+        expected.add(("istio-system", (("istio", "ingressgateway"),)))
+    assert peers == expected
+    assert all(set(p) <= {"namespaceSelector", "podSelector"} for p in rule["from"])
+    # the broker delivers to the detector too: its policy admits knative-eventing
+    allowed = {p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+               for p in detector["ingress"][0]["from"] if "namespaceSelector" in p}
+    assert "knative-eventing" in allowed
+
+
+def test_gateway_pod_labels_are_those_of_the_installed_istio_gateway():
+    """The istio/gateway chart labels its pods istio=<release name without "istio-">."""
+    install = (REPO_ROOT / "infra" / "scripts" / "install_platform.sh").read_text()
+    release = re.search(r"helm upgrade --install (\S+) istio/gateway", install).group(1)
+    values = yaml.safe_load((manifests.CHART_DIR / "values.yaml").read_text())
+    assert values["capture"]["route"]["gatewayPodLabels"] == {"istio": release.removeprefix("istio-")}
+
+
+def test_capture_refuses_bad_values():
+    with pytest.raises(UserError, match="logger.enabled"):
+        manifests.render_objects(PRODUCTION, {"logger": {"enabled": False}})
+    with pytest.raises(UserError, match="s3:// URI"):
+        manifests.render_objects(STAGING, {"capture": {"objectsUri": "/var/captures"}})
+    with pytest.raises(UserError, match="must differ"):
+        manifests.render_objects(STAGING, {"capture": {"name": "drift-detector"}})
+
+
+def test_the_validator_holds_knative_eventing_objects_to_the_webhook(rendered):
+    broker = next(o for o in rendered[PRODUCTION] if o["kind"] == "Broker")
+    trigger = next(o for o in rendered[PRODUCTION] if o["kind"] == "Trigger")
+    assert object_errors(broker) == [] and object_errors(trigger) == []
+    bad = yaml.safe_load(yaml.safe_dump(trigger))
+    bad["spec"]["subscriber"]["refs"] = bad["spec"]["subscriber"].pop("ref")  # CRD: spec preserves unknowns
+    assert any("'refs' was unexpected" in e for e in object_errors(bad))
+    bad = yaml.safe_load(yaml.safe_dump(trigger))
+    bad["spec"]["filter"] = {"attributes": {"type": "org.kubeflow.serving.inference.request"}}
+    assert object_errors(bad) == []  # attribute filters are an open map
+    bad["spec"]["filter"]["attribute"] = {}
+    assert object_errors(bad)
+    bad = yaml.safe_load(yaml.safe_dump(broker))
+    bad["spec"]["delivery"]["retries"] = 3
+    bad["spec"]["delivery"]["retry"] = "ten"
+    errors = "\n".join(object_errors(bad))
+    assert "'retries' was unexpected" in errors and "'ten' is not of type 'integer'" in errors

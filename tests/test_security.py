@@ -357,7 +357,7 @@ def test_chart_restricts_who_reaches_the_detector():
         detector = next(o for o in objects if o["kind"] == "Service"
                         and o["apiVersion"].startswith("serving.knative.dev"))
         pod_labels = detector["spec"]["template"]["metadata"]["labels"]
-        [policy] = [o for o in objects if o["kind"] == "NetworkPolicy"]
+        [policy] = [o for o in objects if o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == "drift-detector"]
         spec = policy["spec"]
         assert policy["metadata"]["namespace"] == detector["metadata"]["namespace"]
         # it selects the detector's pods, for ingress, and allows only the listed peers
@@ -366,4 +366,5 @@ def test_chart_restricts_who_reaches_the_detector():
         peers = spec["ingress"][0]["from"]
         assert peers[0]["podSelector"]["matchExpressions"][0]["key"] == "serving.kserve.io/inferenceservice"
         allowed = {p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for p in peers[1:]}
-        assert allowed == {"knative-serving", "istio-system", "monitoring"}
+        # + the capture Broker's namespace: its filter delivers the logger's events (capture on)
+        assert allowed == {"knative-serving", "istio-system", "monitoring", "knative-eventing"}

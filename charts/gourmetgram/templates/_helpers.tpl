@@ -24,6 +24,45 @@ gourmetgram.io/stage: {{ .Values.stage }}
 {{- printf "http://%s.%s.svc.cluster.local" .Values.detector.name .Values.namespace -}}
 {{- end -}}
 
+{{/* The capture Broker's address: Knative's multi-tenant broker ingress, per namespace/name. */}}
+{{- define "gourmetgram.brokerUrl" -}}
+{{- printf "http://broker-ingress.knative-eventing.svc.cluster.local/%s/%s" .Values.namespace .Values.capture.broker.name -}}
+{{- end -}}
+
+{{/* Where the logger posts: the Broker when capture is on, else the detector directly. */}}
+{{- define "gourmetgram.loggerUrl" -}}
+{{- if .Values.capture.enabled -}}
+{{- include "gourmetgram.brokerUrl" . -}}
+{{- else -}}
+{{- include "gourmetgram.detectorUrl" . -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The capture sink's object store location for captured images. */}}
+{{- define "gourmetgram.captureObjectsUri" -}}
+{{- $uri := default (printf "s3://gourmetgram-captures/%s" .Values.stage) .Values.capture.objectsUri | trimSuffix "/" -}}
+{{- if not (hasPrefix "s3://" $uri) -}}
+{{- fail (printf "capture.objectsUri %q is not an s3:// URI: the capture sink on the cluster writes to the object store" $uri) -}}
+{{- end -}}
+{{- $uri -}}
+{{- end -}}
+
+{{/* The cluster-local name of this release's API host (predict + feedback). */}}
+{{- define "gourmetgram.apiLocalHost" -}}
+{{- printf "%s-api.%s.svc.cluster.local" .Values.isvcName .Values.namespace -}}
+{{- end -}}
+
+{{/* The web app's API: explicit, else this release's API host, else the InferenceService. */}}
+{{- define "gourmetgram.webappApiUrl" -}}
+{{- if .Values.webapp.apiUrl -}}
+{{- .Values.webapp.apiUrl -}}
+{{- else if and .Values.capture.enabled .Values.capture.route.host -}}
+{{- printf "http://%s" (include "gourmetgram.apiLocalHost" .) -}}
+{{- else -}}
+{{- printf "http://%s.%s.svc.cluster.local" .Values.isvcName .Values.namespace -}}
+{{- end -}}
+{{- end -}}
+
 {{/* True when a canary percentage is set (0 is a valid value: pin to prev). */}}
 {{- define "gourmetgram.hasCanary" -}}
 {{- if not (kindIs "invalid" .Values.canary.trafficPercent) -}}
@@ -48,4 +87,32 @@ true
 {{- $out = append $out (printf "%s:served=kube:%s/%s,detector=%s" .stage .namespace .isvc $detector) -}}
 {{- end -}}
 {{- join " " $out -}}
+{{- end -}}
+
+{{/*
+KServe's storage initializer downloading the STABLE bundle (detector.bundleUri, else
+model.bundleUri) to /mnt/models (volume model-bundle): the detector's reference and the
+capture sink's class names come from it.
+*/}}
+{{- define "gourmetgram.bundleInitContainer" -}}
+- name: storage-initializer
+  image: {{ .Values.detector.storageInitializer.image }}
+  args:
+    - {{ include "gourmetgram.detectorBundleUri" . }}
+    - /mnt/models
+  envFrom:
+    - secretRef:
+        name: {{ .Values.detector.s3SecretName }}
+  env:
+    # KServe's storage initializer reads AWS_ENDPOINT_URL (not S3_ENDPOINT); without
+    # it the download goes to AWS. Required: a Secret lacking it stops the pod with
+    # CreateContainerConfigError naming the key instead of a silent AWS call.
+    - name: AWS_ENDPOINT_URL
+      valueFrom:
+        secretKeyRef:
+          name: {{ .Values.detector.s3SecretName }}
+          key: AWS_ENDPOINT_URL
+  volumeMounts:
+    - name: model-bundle
+      mountPath: /mnt/models
 {{- end -}}

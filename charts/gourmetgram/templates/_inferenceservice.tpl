@@ -43,7 +43,7 @@ spec:
     {{- if .Values.logger.enabled }}
     logger:
       mode: {{ .Values.logger.mode }}
-      url: {{ include "gourmetgram.detectorUrl" . }}
+      url: {{ include "gourmetgram.loggerUrl" . }}
     {{- end }}
     {{- with .Values.predictor.nodeSelector }}
     nodeSelector:
