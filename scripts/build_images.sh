@@ -40,6 +40,7 @@ images=(
   "food-transformer|transformers/Dockerfile|"
   "drift-detector|detectors/Dockerfile|"
   "capture-sink|capture/Dockerfile|"
+  "retrain-receiver|gourmetgram/retrain/Dockerfile|"
   "webapp|webapp/Dockerfile|"
   "mlflow-server|infra/docker/mlflow/Dockerfile|$MLFLOW_VERSION"
 )

@@ -48,6 +48,8 @@ CRD_FILES = {
     ("monitoring.coreos.com", "PodMonitor"): PROM_OPERATOR_DIR / "monitoring.coreos.com_podmonitors.yaml",
     ("monitoring.coreos.com", "ServiceMonitor"): PROM_OPERATOR_DIR / "monitoring.coreos.com_servicemonitors.yaml",
     ("monitoring.coreos.com", "PrometheusRule"): PROM_OPERATOR_DIR / "monitoring.coreos.com_prometheusrules.yaml",
+    ("monitoring.coreos.com", "AlertmanagerConfig"):
+        PROM_OPERATOR_DIR / "monitoring.coreos.com_alertmanagerconfigs.yaml.gz",
     ("networking.istio.io", "VirtualService"): ISTIO_DIR / "virtualservice.yaml",
     ("eventing.knative.dev", "Broker"): EVENTING_DIR / "broker.yaml",
     ("eventing.knative.dev", "Trigger"): EVENTING_DIR / "trigger.yaml",
@@ -66,10 +68,18 @@ KNATIVE_GATED_VOLUMES = {"emptyDir": "kubernetes.podspec-volumes-emptydir",
                          "persistentVolumeClaim": "kubernetes.podspec-persistent-volume-claim"}
 
 
+class _CrdLoader(yaml.SafeLoader):
+    """YAML as the API server reads it (1.2): a bare ``=`` (an enum value of the
+    AlertmanagerConfig CRD) is the string "=", not PyYAML's YAML 1.1 "value" tag."""
+
+
+_CrdLoader.add_constructor("tag:yaml.org,2002:value", lambda loader, node: loader.construct_scalar(node))
+
+
 def _read_yaml_docs(path: Path) -> list[dict]:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt") as handle:
-        return [d for d in yaml.safe_load_all(handle) if d]
+        return [d for d in yaml.load_all(handle, Loader=_CrdLoader) if d]
 
 
 def _strict(node: Any, close_declared: bool = False) -> Any:

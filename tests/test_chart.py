@@ -9,6 +9,7 @@ a core PodSpec whose feature-gated fields the install's config-features patch en
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 
@@ -660,3 +661,153 @@ def test_the_validator_holds_knative_eventing_objects_to_the_webhook(rendered):
     bad["spec"]["delivery"]["retry"] = "ten"
     errors = "\n".join(object_errors(bad))
     assert "'retries' was unexpected" in errors and "'ten' is not of type 'integer'" in errors
+
+
+# --- the retrain trigger receiver on the cluster ------------------------------------------
+
+RECEIVER_ON = {"retrainReceiver": {"enabled": True}, "monitoring": {"retrainReceiver": {"enabled": True}}}
+
+
+def _receiver_objects() -> dict[tuple[str, str], dict]:
+    objects = manifests.render_objects(PRODUCTION, RECEIVER_ON)
+    return {(o["kind"], o["metadata"]["name"]): o for o in objects
+            if "retrain" in o["metadata"]["name"] or o["kind"] == "AlertmanagerConfig"}
+
+
+def test_retrain_receiver_is_a_deployment_alertmanager_reaches_with_a_token_from_a_secret():
+    import urllib.parse
+
+    from gourmetgram.local.retrain_cli import build_parser
+
+    objects = _receiver_objects()
+    assert {k for k, _ in objects} == {"ServiceAccount", "PersistentVolumeClaim", "Deployment", "Service",
+                                       "NetworkPolicy", "PodMonitor", "AlertmanagerConfig"}
+    for obj in objects.values():  # strictly valid, the AlertmanagerConfig against the operator's CRD
+        assert object_errors(obj) == [], obj["kind"]
+    ns = "gourmetgram-production"
+    assert {o["metadata"]["namespace"] for o in objects.values()} == {ns}
+    deployment = objects[("Deployment", "gourmetgram-retrain-receiver")]
+    pod = deployment["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    # the container's arguments are the receiver's own (its parser accepts them)
+    args = build_parser().parse_args(["receiver", *container["args"]])
+    assert args.host == "0.0.0.0" and args.kfp_host.startswith("http://ml-pipeline.kubeflow.svc")
+    assert args.state_dir.startswith(next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == "state"))
+    # credentials only from Secrets: no literal value in the environment
+    env = {e["name"]: e for e in container["env"]}
+    assert set(env) == {"GOURMETGRAM_RETRAIN_TOKEN", "GOURMETGRAM_LOOP_DB", "KFP_TOKEN"}
+    assert all("value" not in e and "secretKeyRef" in e["valueFrom"] for e in env.values())
+    values = yaml.safe_load((manifests.CHART_DIR / "values.yaml").read_text())
+    assert env["GOURMETGRAM_LOOP_DB"]["valueFrom"]["secretKeyRef"] == values["capture"]["databaseSecret"]  # the sink's
+    # Alertmanager's webhook: the Service's in-cluster name and port, the receiver's route, the same token
+    amc = objects[("AlertmanagerConfig", "gourmetgram-retrain")]
+    (hook,) = amc["spec"]["receivers"][0]["webhookConfigs"]
+    url = urllib.parse.urlparse(hook["url"])
+    service = objects[("Service", "gourmetgram-retrain-receiver")]
+    assert url.hostname == f"{service['metadata']['name']}.{ns}.svc.cluster.local" and url.path == "/alerts"
+    (port,) = service["spec"]["ports"]
+    assert url.port == port["port"] == args.port and port["targetPort"] == container["ports"][0]["name"]
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    token = env["GOURMETGRAM_RETRAIN_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert hook["httpConfig"]["authorization"]["credentials"] == {"name": token["name"], "key": token["key"]}
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    # one receiver at a time on its lock volume
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+    volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "state")
+    assert volume["persistentVolumeClaim"]["claimName"] == "gourmetgram-retrain-receiver-state"
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] and not pod["spec"]["automountServiceAccountToken"]
+    # scraped: the degradation rule reads its loop_feedback_answers_total
+    monitor = objects[("PodMonitor", "gourmetgram-retrain-receiver")]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == container["ports"][0]["name"]
+
+
+def test_only_alertmanagers_namespace_reaches_the_receiver():
+    objects = _receiver_objects()
+    policy = objects[("NetworkPolicy", "gourmetgram-retrain-receiver")]["spec"]
+    pod_labels = objects[("Deployment", "gourmetgram-retrain-receiver")]["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert policy["policyTypes"] == ["Ingress"]
+    (rule,) = policy["ingress"]
+    assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 8073}]
+    # the namespace kube-prometheus-stack (Alertmanager) is installed into
+    install = (REPO_ROOT / "infra" / "scripts" / "install_platform.sh").read_text()
+    assert re.search(r"helm upgrade --install kube-prometheus-stack .*\n.*-n monitoring", install)
+    custom = manifests.render_objects(PRODUCTION, {**RECEIVER_ON, "retrainReceiver": {
+        "enabled": True, "networkPolicy": {"alertmanagerNamespace": "observability"}}})
+    (policy,) = [o for o in custom if o["kind"] == "NetworkPolicy" and "retrain" in o["metadata"]["name"]]
+    assert policy["spec"]["ingress"][0]["from"][0]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "observability"}
+
+
+def test_retrain_receiver_is_opt_in():
+    for stage in manifests.RENDERED_STAGES:
+        assert not [o for o in manifests.render_objects(stage) if "retrain-receiver" in o["metadata"]["name"]]
+
+
+def test_the_receivers_image_installs_what_the_receiver_imports():
+    """gourmetgram/retrain/Dockerfile has no ML stack. The receiver starts (parser, trigger over a
+    real SQLite store, KFP launcher, app) in a process where only the packages its pip line
+    installs, and their dependencies, can be imported, as in the image; optional imports
+    (urllib3's brotli, ...) fall back there as they would in the image."""
+    import subprocess
+    import sys
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    dockerfile = (REPO_ROOT / "gourmetgram" / "retrain" / "Dockerfile").read_text()
+    assert 'ENTRYPOINT ["python", "-m", "gourmetgram.local.retrain_cli", "receiver"]' in dockerfile
+    assert "COPY pipelines/training_pipeline.yaml" in dockerfile  # what the KFP launcher submits
+    pinned = re.findall(r'"([A-Za-z0-9_.-]+)==[^"]+"', dockerfile.split("RUN pip install", 1)[1].split("\n\n")[0])
+    assert "kfp" in pinned and "psycopg2-binary" in pinned
+    closure, todo = set(), [canonicalize_name(n) for n in pinned]
+    while todo:
+        name = todo.pop()
+        if name in closure:
+            continue
+        closure.add(name)
+        try:
+            requires = distribution(name).requires or []
+        except PackageNotFoundError:
+            continue  # psycopg2-binary is not installed here (no PostgreSQL)
+        for line in requires:
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(canonicalize_name(req.name))
+    probe = """
+import json, sys, tempfile
+from importlib.metadata import packages_distributions
+from packaging.utils import canonicalize_name
+allowed = set(json.loads(sys.argv[1]))
+dists = packages_distributions()
+class NotInTheImage:
+    def find_spec(self, name, path=None, target=None):
+        top = name.split(".")[0]
+        owners = {canonicalize_name(d) for d in dists.get(top, [])}
+        if top not in sys.stdlib_module_names and top != "gourmetgram" and owners and not owners & allowed:
+            raise ModuleNotFoundError(f"{name} ({', '.join(sorted(owners))}) is not in the image", name=name)
+sys.meta_path.insert(0, NotInTheImage())
+try:
+    import numpy  # noqa: F401
+    raise SystemExit("the import blocker does not work")
+except ModuleNotFoundError:
+    pass
+from gourmetgram.local.retrain_cli import build_parser
+from gourmetgram.local.retrain import build_trigger, create_app
+from gourmetgram.retrain.settings import load_retrain_settings
+import gourmetgram.cli.commands.pipeline, kfp, kfp.client, uvicorn, starlette.testclient
+build_parser().parse_args(["receiver", "--kfp-host", "http://127.0.0.1:9"])
+t, s = build_trigger(load_retrain_settings(), "sqlite:///" + tempfile.mkdtemp() + "/l.db",
+                     kfp_host="http://127.0.0.1:9", state_dir=tempfile.mkdtemp())
+client = starlette.testclient.TestClient(create_app(t, feedback_counts=s.feedback_counts))
+assert client.get("/metrics").status_code == 200 and client.get("/healthz").json() == {"ok": True}
+print("receiver started")
+"""
+    # (starlette's TestClient needs httpx, which the image does not need: allowed for the probe only)
+    allowed = sorted(closure | {"httpx", "httpcore", "h11", "packaging"})
+    out = subprocess.run([sys.executable, "-c", probe, json.dumps(allowed)], capture_output=True, text=True,
+                         timeout=180)
+    assert out.returncode == 0 and "receiver started" in out.stdout, out.stdout + out.stderr

@@ -73,6 +73,7 @@ def test_every_dockerfile_is_built_and_tagged_from_git(tmp_path):
     assert f"image: {names['detectors/Dockerfile']}:{__version__}" in values
     assert f"image: {names['webapp/Dockerfile']}:{__version__}" in values
     assert f"image: {names['capture/Dockerfile']}:{__version__}" in values  # the chart's capture sink
+    assert f"image: {names['gourmetgram/retrain/Dockerfile']}:{__version__}" in values
     from components.base import DEFAULT_PIPELINE_IMAGE
 
     assert f"{names['components/Dockerfile']}:{__version__}" == DEFAULT_PIPELINE_IMAGE

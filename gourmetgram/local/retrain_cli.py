@@ -1,5 +1,10 @@
 """``gourmetgram loop retrain`` and ``gourmetgram loop receiver``: the retrain triggers by hand
-and as the Alertmanager webhook receiver (added to the ``loop`` command's parser)."""
+and as the Alertmanager webhook receiver (added to the ``loop`` command's parser).
+
+``python -m gourmetgram.local.retrain_cli receiver ...`` runs the same commands without the rest
+of the CLI, whose other commands import the ML stack: the receiver's container image
+(``gourmetgram/retrain/Dockerfile``) has none of it.
+"""
 
 from __future__ import annotations
 
@@ -97,3 +102,31 @@ def add_retrain_parsers(sub, common) -> None:
     p.add_argument("--token-file", help="require 'Authorization: Bearer <token>' (default: "
                    "$GOURMETGRAM_RETRAIN_TOKEN if set)")
     p.set_defaults(func=_receiver)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m gourmetgram.local.retrain_cli",
+                                     description="The retrain trigger and its Alertmanager receiver.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def common(p, **_):  # the loop command's option the trigger reads (its store)
+        p.add_argument("--db", help="SQLAlchemy URL of the loop database (default: $GOURMETGRAM_LOOP_DB or "
+                       "sqlite under $GOURMETGRAM_HOME/loop/)")
+
+    add_retrain_parsers(sub, common)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from gourmetgram.errors import GourmetGramError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except GourmetGramError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
