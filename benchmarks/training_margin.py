@@ -38,9 +38,10 @@ from gourmetgram.evaluation.suite import evaluate
 from gourmetgram.model import load_checkpoint
 from gourmetgram.training import train
 
-dataset, out, epochs, seed, threads = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+dataset, out, config = sys.argv[1], Path(sys.argv[2]), sys.argv[6]
+epochs, seed, threads = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 torch.set_num_threads(threads)
-cfg = override(load_config("demo"), "train", epochs=epochs, seed=seed)
+cfg = override(load_config(config), "train", epochs=epochs, seed=seed)
 report = validate_dataset(Path(dataset), progress=False)
 trained = train(dataset, report, cfg, out / "model.pt", log_to_mlflow=False, progress=False)
 result = evaluate(load_checkpoint(trained.checkpoint), Path(dataset), cfg.evaluation, out / "eval")
@@ -53,6 +54,7 @@ print("RESULT " + json.dumps({"passed": result.passed, "epochs_run": trained.epo
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", help="demo dataset (built in a temporary folder when omitted)")
+    parser.add_argument("--config", default="demo", help="run configuration (name or YAML path)")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--kernels", default=",".join(KERNELS))
@@ -74,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                 out.mkdir()
                 env = {**os.environ, **KERNELS[kernel]}
                 proc = subprocess.run([sys.executable, "-c", CHILD, dataset, str(out), str(args.epochs), str(seed),
-                                       str(threads)], env=env, capture_output=True, text=True)
+                                       str(threads), args.config], env=env, capture_output=True, text=True)
                 line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
                 if line is None:
                     print(proc.stderr[-2000:], file=sys.stderr)
