@@ -200,12 +200,22 @@ def test_a_torn_lock_file_counts_as_stale(tmp_path):
 
 
 def test_only_one_of_many_racing_processes_gets_the_lock(tmp_path):
-    code = ("import sys, time; from gourmetgram.retrain.lock import RunLock, Busy\n"
-            "try:\n RunLock(sys.argv[1]).acquire(sys.argv[2]); print('got'); time.sleep(3)\n"
+    # The winner holds the lock until the others have answered (no sleep: a loaded machine may
+    # start the last process seconds late, and it must still find the lock held).
+    done = tmp_path / "done"
+    code = ("import os, sys, time; from gourmetgram.retrain.lock import RunLock, Busy\n"
+            "try:\n RunLock(sys.argv[1]).acquire(sys.argv[2]); print('got', flush=True)\n"
+            " while not os.path.exists(sys.argv[3]): time.sleep(0.05)\n"
             "except Busy: print('busy')\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "lock.json"), f"r{i}"],
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "lock.json"), f"r{i}", str(done)],
                               stdout=subprocess.PIPE, text=True, env=env) for i in range(4)]
+    try:
+        deadline = time.monotonic() + 120
+        while sum(p.poll() is not None for p in procs) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        done.touch()
     outs = [p.communicate(timeout=120)[0].strip() for p in procs]
     assert sorted(outs) == ["busy", "busy", "busy", "got"], outs
 
