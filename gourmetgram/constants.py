@@ -19,6 +19,9 @@ TRANSFORMER_CONTAINER = "transformer-container"
 ISVC_NAMES = {STAGING: "food11-staging", PRODUCTION: "food11"}
 # The cluster's shadow InferenceService (chart values `shadow:`): Istio mirrors production to it.
 SHADOW_ISVC_NAME = "food11-shadow"
+# The registered model version a revision serves: an annotation on the predictor (so on each
+# revision's pods), which KServe's logger copies into every event (logger.metadataAnnotations).
+MODEL_VERSION_ANNOTATION = "gourmetgram.io/model-version"
 
 # Dataset layout (Food-11): <root>/<split>/class_XX/*.jpg
 SPLITS = ("training", "validation", "evaluation")

@@ -453,6 +453,17 @@ def test_logger_posts_to_the_broker_whose_triggers_reach_the_rendered_services(r
     # the logger's one URL is the broker's address (Knative's multi-tenant broker ingress)
     logger = isvc_of(objects)["spec"]["predictor"]["logger"]
     assert logger["url"] == f"{BROKER_INGRESS}/{ns}/{broker['metadata']['name']}"
+    # KServe's agent copies the pod's version annotation into each event's `annotations`
+    # extension; the capture sink reads the version from there
+    from capture_sink.capture import Capture
+    from gourmetgram.constants import MODEL_VERSION_ANNOTATION
+    from gourmetgram.inference_events import InferenceEvent
+
+    assert logger["metadataAnnotations"] == [MODEL_VERSION_ANNOTATION]
+    version = isvc_of(objects)["spec"]["predictor"]["annotations"][MODEL_VERSION_ANNOTATION]
+    event = InferenceEvent("id-1", "org.kubeflow.serving.inference.request", "pod",
+                           {"annotations": json.dumps({MODEL_VERSION_ANNOTATION: version})})
+    assert Capture.meta(event)["model_version"] == version
     triggers = [o for o in objects if o["kind"] == "Trigger"]
     assert len(triggers) == 2
     reached = set()

@@ -21,7 +21,7 @@ from gourmetgram.loop.settings import LoopSettings
 from gourmetgram.loop.store import Store
 
 STAGE_OF_ISVC = {name: stage for stage, name in constants.ISVC_NAMES.items()}
-VERSION_ANNOTATION = "gourmetgram.io/model-version"
+VERSION_ANNOTATION = constants.MODEL_VERSION_ANNOTATION
 STAGE_ANNOTATION = "gourmetgram.io/stage"
 
 
@@ -72,7 +72,8 @@ class Capture:
         self.store, self.objects, self.settings = store, objects, settings
         self.class_names = list(class_names)
 
-    def meta(self, event: InferenceEvent) -> dict[str, Any]:
+    @staticmethod
+    def meta(event: InferenceEvent) -> dict[str, Any]:
         ext = event.extensions
         return {
             "inference_id": event.id, "model_name": constants.MODEL_NAME,

@@ -15,14 +15,14 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from gourmetgram.constants import MODEL_NAME
+from gourmetgram.constants import MODEL_NAME, MODEL_VERSION_ANNOTATION
 from gourmetgram.errors import DependencyUnavailable, UserError
 from gourmetgram.manifests import bundle_uri, transformer_container
 from gourmetgram.rollout.analysis import RolloutState
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 KNATIVE_GROUP, KNATIVE_VERSION, KNATIVE_PLURAL = "serving.knative.dev", "v1", "services"
-VERSION_ANNOTATION = "gourmetgram.io/model-version"
+VERSION_ANNOTATION = MODEL_VERSION_ANNOTATION
 REFERENCE_ANNOTATION = "gourmetgram.io/reference-bundle"
 DETECTOR_NAME = "drift-detector"
 

@@ -44,6 +44,8 @@ spec:
     logger:
       mode: {{ .Values.logger.mode }}
       url: {{ include "gourmetgram.loggerUrl" . }}
+      # each event names the version its revision serves (read from the pod's annotation above)
+      metadataAnnotations: [gourmetgram.io/model-version]
     {{- end }}
     {{- with .Values.predictor.nodeSelector }}
     nodeSelector:
