@@ -514,6 +514,28 @@ def stage_drift(ctx: DemoContext) -> None:
           f"(dropped events: see logger_events_dropped_total on {ctx.serving.gateway_url}/metrics)")
 
 
+# -- stage 8: closing the loop 2/2: the cycle --------------------------------------------------------
+
+CYCLE_USERS = 240  # uploads by simulated users before the cycle, half of them night shots (drift onset)
+CYCLE_CANARY_PERCENT = 50  # both revisions collect feedback at the same pace
+CYCLE_MIN_FEEDBACK = 15  # answers per revision before the canary is judged on feedback
+
+
+def stage_cycle(ctx: DemoContext) -> None:
+    """Drifted production traffic with user feedback, then one turn of the loop (`loop cycle`):
+    export -> retrain -> differential gate -> register -> staging gate -> canary with feedback."""
+    from gourmetgram.local.cycle import Cycle, CycleSettings, UserSettings
+    from gourmetgram.local.simulate import Behaviour
+
+    settings = CycleSettings(gateway=ctx.serving.gateway_url, base=ctx.data, train_config=DEMO_CONFIG,
+                             epochs=ctx.args.epochs, canary_percent=CYCLE_CANARY_PERCENT,
+                             min_feedback=CYCLE_MIN_FEEDBACK, timeout_s=300,
+                             users=UserSettings(before=CYCLE_USERS, behaviour=Behaviour(drifted_share=0.5)))
+    print("the same as `gourmetgram loop cycle --simulate-users "
+          f"{CYCLE_USERS} --canary-percent {CYCLE_CANARY_PERCENT} --min-feedback {CYCLE_MIN_FEEDBACK}`", flush=True)
+    Cycle(settings, out=lambda line: print(line, flush=True)).run()
+
+
 Stage = tuple[str, Callable[[DemoContext], None], Callable[[DemoContext], bool]]
 
 STAGES: list[Stage] = [
@@ -531,6 +553,9 @@ STAGES: list[Stage] = [
      stage_canary, lambda ctx: ctx.stack is not None),
     ("7. drift: in-distribution traffic, then darker photos -> drift alarm", stage_drift,
      lambda ctx: ctx.stack is not None),
+    ("8. closing the loop 2/2: night shots + user feedback -> export -> retrain -> differential gate -> "
+     "register -> staging gate -> canary analysed with feedback -> promote or roll back", stage_cycle,
+     lambda ctx: ctx.stack is not None and ctx.loop is not None and not ctx.args.no_cycle),
 ]
 
 
@@ -566,7 +591,8 @@ def add_parser(subparsers) -> None:
                     "(config 'demo') and print the evaluation report and where the model went; then "
                     "serve it (Triton, transformer, gateway, drift detector, capture sink), close the "
                     "loop (feedback, Label Studio queue, simulated annotators, export), roll out a good and a "
-                    "bad canary with `rollout auto`, and raise a drift alarm. State goes to "
+                    "bad canary with `rollout auto`, raise a drift alarm, and run one turn of the loop "
+                    "(`loop cycle`: retrain on production data, staging gate, canary with feedback). State goes to "
                     "$GOURMETGRAM_HOME (default ./.gourmetgram). Exit 1 if the evaluation gate "
                     "rejects the model.")
     parser.add_argument("--epochs", type=_epochs, default=-1,
@@ -575,4 +601,6 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--rebuild-data", action="store_true", help="write the demo dataset again")
     parser.add_argument("--no-serve", action="store_true",
                         help="stop after the pipeline (skip serving, canary rollout and drift stages)")
+    parser.add_argument("--no-cycle", action="store_true",
+                        help="skip the last stage (the loop's cycle: retrain on production data, canary with feedback)")
     parser.set_defaults(func=run_demo)

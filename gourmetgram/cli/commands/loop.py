@@ -4,7 +4,8 @@
 ``queue`` (select by the policy and push to Label Studio), ``sync`` (pull annotations),
 ``export`` (labelled production data in the Food-11 layout with lineage), ``labelstudio``
 (start a local Label Studio with credentials from the environment), ``retrain`` and ``receiver``
-(the re-training triggers: :mod:`gourmetgram.local.retrain_cli`).
+(the re-training triggers: :mod:`gourmetgram.local.retrain_cli`), ``cycle`` (one turn of the
+loop: export -> retrain -> gates -> staging -> canary with feedback: :mod:`gourmetgram.local.cycle`).
 
 Exit codes: 0 ok; 1 a check failed (export cannot make a valid dataset); 2 bad input;
 3 a dependency is unavailable (Label Studio not installed, down, or refusing the token).
@@ -226,3 +227,6 @@ def add_parser(subparsers) -> None:
     from gourmetgram.local.retrain_cli import add_retrain_parsers
 
     add_retrain_parsers(sub, common)
+    from gourmetgram.local.cycle import add_cycle_parser
+
+    add_cycle_parser(sub, common)

@@ -1,0 +1,164 @@
+"""`gourmetgram loop cycle` end to end, with small numbers, on real processes: a production
+stack with the loop (gateway -> transformer -> Triton; logger -> broker -> capture sink), simulated
+users uploading night shots and giving feedback through the public API, `loop export`, the
+training pipeline under kfp.local with the production data merged in (differential gate against
+production), the registry, a staging stack load-tested by Locust, the canary on the production
+gateway, a real Prometheus and the loop store feeding the analysis.
+
+Training numerics differ between machines, so nothing here asserts an accuracy: the training
+config's gates are opened (tolerance 1, minimum accuracies 0) and, during the canary, the users'
+feedback is SCRIPTED (a judge): the canary's answers marked correct and stable's wrong -> the
+cycle promotes v2; the reverse -> it rolls back. Latency and the proxies are relaxed in the
+rollout config for the same reason (they are judged in test_rollout/test_canary_feedback).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+import yaml
+
+from gourmetgram.config import ExportConfig
+from gourmetgram.constants import CANARY, PRODUCTION, REPO_ROOT, STAGING
+from gourmetgram.data.demo import DEMO_CLASSES
+from gourmetgram.export import export_bundle
+from gourmetgram.local.cycle import PROMOTED, ROLLED_BACK, Cycle, CycleSettings, UserSettings
+from gourmetgram.local.simulate import Behaviour
+from gourmetgram.model import ModelSpec, build_model
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def base(demo_dataset, tmp_path_factory) -> Path:
+    """Every third image of the demo dataset: the same classes and layout, less to train on."""
+    root = tmp_path_factory.mktemp("cycle-base") / "base"
+    for split_dir in (demo_dataset / s for s in ("training", "validation", "evaluation")):
+        for class_dir in sorted(split_dir.glob("class_*")):
+            target = root / split_dir.name / class_dir.name
+            target.mkdir(parents=True)
+            for path in sorted(class_dir.iterdir())[::3]:
+                shutil.copy2(path, target / path.name)
+    shutil.copy2(demo_dataset / "classes.txt", root / "classes.txt")
+    return root
+
+
+@pytest.fixture(scope="module")
+def configs(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("cycle-configs")
+    train = yaml.safe_load((REPO_ROOT / "configs" / "demo.yaml").read_text())
+    train["train"].update(epochs=1, patience=1)
+    train["evaluation"] = {"min_overall_accuracy": 0.0, "min_per_class_accuracy": 0.0, "batch_size": 64,
+                           "differential": {"stage": "production", "tolerance": 1.0,
+                                            "gated_sets": ["original", "production"], "min_images": 1}}
+    (root / "train.yaml").write_text(yaml.safe_dump(train))
+    (root / "slo.yaml").write_text("p95_ms: 600000\nmax_error_rate: 0.05\nmin_rps: 0.1\nmin_requests: 5\n")
+    (root / "rollout.yaml").write_text(
+        "analysis: {max_p95_latency_ratio: 1000, p95_latency_slack_ms: 600000, max_confidence_drop: 1.0,\n"
+        "           max_class_shift: 1.0}\n")
+    return {"train": str(root / "train.yaml"), "slo": str(root / "slo.yaml"), "rollout": str(root / "rollout.yaml")}
+
+
+@pytest.fixture(scope="module")
+def production(session_home, tmp_path_factory):
+    """v1 (an untrained model, registered, alias production) served with the loop."""
+    from gourmetgram import registry
+    from gourmetgram.local.loop import LoopServices
+    from gourmetgram.local.stack import LocalStack, Ports
+    from gourmetgram.tracking import configure_mlflow
+
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(class_names=DEMO_CLASSES, image_size=64, width_mult=0.5)).eval()
+    bundle = session_home / "models" / "cycle-v1"  # in the model store: canaries come only from there
+    export_bundle(model, bundle, ExportConfig(max_batch_size=16), overwrite=True)
+    mlflow = configure_mlflow()
+    with mlflow.start_run():
+        info = mlflow.pytorch.log_model(model, name="model", serialization_format="pickle", pip_requirements=["torch"])
+    tags = registry.version_tags(evaluation_passed=True, accuracy=0.1, dataset_fingerprint="t",
+                                 bundle_uri=str(bundle))
+    version = registry.register_model(info.model_uri, tags, alias=None)
+    registry.set_stage(PRODUCTION, version)
+    logs = tmp_path_factory.mktemp("cycle-logs")
+    loop = LoopServices(bundle, logs).start()
+    stack = LocalStack(bundle, PRODUCTION, Ports.free(), logger_url=loop.broker_url + "/",
+                       feedback_url=loop.capture_url, model_version=version, log_dir=logs)
+    try:
+        stack.start()
+        yield {"stack": stack, "v1": version}
+    finally:
+        stack.stop()
+        loop.stop()
+
+
+def _judge(gateway: str, favour_canary: bool):
+    """Scripted users: the canary's answers are right (or wrong), the stable revision's the reverse."""
+    canary: dict[str, str | None] = {}
+
+    def judge(served) -> bool:
+        if "name" not in canary:
+            canary["name"] = httpx.get(f"{gateway}/_gourmetgram/rollout", timeout=10).json()["revisions"][-1]["name"]
+        return (served.revision == canary["name"]) == favour_canary
+
+    return judge
+
+
+def _cycle(production, base, configs, favour_canary: bool, lines: list[str]):
+    gateway = production["stack"].gateway_url
+    settings = CycleSettings(
+        gateway=gateway, base=base, train_config=configs["train"], epochs=1, canary_percent=50,
+        slo=configs["slo"], staging_users=2, staging_run_time="8s", rollout_config=configs["rollout"],
+        window="15s", min_requests=5, min_feedback=10, interval_s=3.0, timeout_s=400,
+        users=UserSettings(before=60, photos=60, behaviour=Behaviour(drifted_share=0.5),
+                           judge=_judge(gateway, favour_canary)))
+    return Cycle(settings, out=lines.append).run()
+
+
+def test_cycle_promotes_v2_when_the_feedback_favours_it(production, base, configs):
+    from gourmetgram import registry
+
+    lines: list[str] = []
+    result = _cycle(production, base, configs, True, lines)
+    out = "\n".join(lines)
+    assert result.outcome == PROMOTED, out
+    assert result.exit_code == 0
+    # every step ran, in order
+    steps = [line for line in lines if line.startswith("=== cycle: ")]
+    for word, step in zip(["production traffic", "loop export", "retrain", "differential gate", "register",
+                           "staging", "canary", "result"], steps):
+        assert step.startswith(f"=== cycle: {word}"), steps
+    assert result.labels and sum(result.labels.values()) > 0  # users' corrections
+    assert set(result.accuracy) == {"original", "production"}
+    assert all(a["v1"] is not None and a["v2"] is not None for a in result.accuracy.values()), result.accuracy
+    v2 = int(result.v2 or 0)
+    assert v2 > production["v1"]
+    assert registry.version_for(PRODUCTION) == v2 and registry.version_for(CANARY) is None
+    status = httpx.get(f"{production['stack'].gateway_url}/_gourmetgram/rollout").json()
+    assert status["canary_traffic_percent"] is None and [r["version"] for r in status["revisions"]] == [str(v2)]
+    # the analysis judged the users' feedback per revision (from the loop store)
+    assert "feedback accuracy" in out and "decision: PROMOTE" in out
+    canary_fb = [fb for name, fb in result.feedback.items() if name == status["revisions"][0]["name"]][0]
+    assert canary_fb["answers"] >= 10 and canary_fb["accuracy"] == 1.0
+    assert result.drift_to_promotion_s is not None and "time from drift onset" in out
+    print("\n" + out[-3000:])
+
+
+def test_cycle_rolls_back_v2_when_its_users_mark_it_wrong(production, base, configs):
+    from gourmetgram import registry
+
+    before = registry.version_for(PRODUCTION)
+    lines: list[str] = []
+    result = _cycle(production, base, configs, False, lines)
+    out = "\n".join(lines)
+    assert result.outcome == ROLLED_BACK, out
+    assert result.exit_code == 1
+    assert "decision: ROLLBACK" in out and "feedback accuracy failed" in out
+    assert registry.version_for(PRODUCTION) == before and registry.version_for(CANARY) is None
+    assert registry.version_for(STAGING) == int(result.v2 or 0)  # registered, staged, never promoted
+    status = httpx.get(f"{production['stack'].gateway_url}/_gourmetgram/rollout").json()
+    assert status["canary_traffic_percent"] == 0
+    assert result.drift_to_promotion_s is None
+    print("\n" + out[-2000:])
