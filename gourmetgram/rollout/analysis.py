@@ -292,11 +292,11 @@ def feedback_checks(stable: FeedbackFigures, canary: FeedbackFigures, t: Thresho
     short = "" if enough else f"; n/a below {t.min_feedback} answers"
     return [
         Check(FEEDBACK_ACCURACY, cell(stable.accuracy, stable.answers), cell(canary.accuracy, canary.answers),
-              f"drop <= {t.max_feedback_accuracy_drop} or p >= {t.feedback_alpha}{short}"
-              + (f" (p={_fmt(acc_p, '.2g')})" if enough else ""), acc_ok),
+              f"drop <= {t.max_feedback_accuracy_drop} or p >= {t.feedback_alpha}"
+              + (f", p={_fmt(acc_p, '.2g')}" if enough else short), acc_ok),
         Check(WRONG_RATE, cell(stable.wrong_rate, stable.served), cell(canary.wrong_rate, canary.served),
               f"+ <= {t.max_wrong_rate_increase} or p >= {t.feedback_alpha}"
-              + (f" (p={_fmt(wrong_p, '.2g')})" if enough else short), wrong_ok),
+              + (f", p={_fmt(wrong_p, '.2g')}" if enough else short), wrong_ok),
     ]
 
 
@@ -346,11 +346,11 @@ class Verdict:
         """The evidence, as a table a person reads before trusting the decision."""
         lines = [f"canary analysis over {self.window}: stable {self.stable.revision} vs canary "
                  f"{self.canary.revision}",
-                 f"  {'check':<22} {'stable':>12} {'canary':>12}  {'limit':<28} result"]
+                 f"  {'check':<22} {'stable':>12} {'canary':>12}  {'limit':<34} result"]
         for c in self.checks:
             result = "n/a" if c.ok is None else ("ok" if c.ok else "FAIL")
             result += " (overridden by feedback)" if c.overridden else ""
-            lines.append(f"  {c.name:<22} {c.stable:>12} {c.canary:>12}  {c.limit:<28} {result}")
+            lines.append(f"  {c.name:<22} {c.stable:>12} {c.canary:>12}  {c.limit:<34} {result}")
         top = lambda f: ", ".join(f"{k} {v:.0%}" for k, v in  # noqa: E731
                                   sorted(f.class_shares().items(), key=lambda kv: -kv[1])[:3]) or "-"
         lines.append(f"  top classes  stable: {top(self.stable)}")
