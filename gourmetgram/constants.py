@@ -45,6 +45,9 @@ TRANSFORMER_GRPC_PORT = 8081
 GATEWAY_PORT = 8090
 DETECTOR_PORT = 8070
 CAPTURE_PORT = 8071  # capture sink + feedback API (closing the loop)
+# The capture sink's read-only loop summary (accuracy by version, labelling backlog): what the
+# web app's operator page reads.
+LOOP_SUMMARY_PATH = "/summary"
 BROKER_PORT = 8060  # local stand-in for the Knative Broker (logger fan-out)
 LABEL_STUDIO_PORT = 8085
 PROMETHEUS_PORT = 9090

@@ -415,6 +415,12 @@ def test_webapp_renders_once_with_its_route_and_read_only_access(rendered):
     assert [(s.stage, s.served) for s in stages] == [
         (STAGING, "kube:gourmetgram-staging/food11-staging"), (PRODUCTION, "kube:gourmetgram-production/food11")]
     assert stages[1].detector == "http://drift-detector.gourmetgram-production.svc.cluster.local"
+    # accuracy + backlog: this release's capture sink's read-only summary, through its Service
+    from gourmetgram.constants import LOOP_SUMMARY_PATH
+
+    sink = one(rendered[PRODUCTION], "Service", "capture-sink")["metadata"]
+    assert env["GOURMETGRAM_FEEDBACK_SUMMARY_URL"] == (
+        f"http://{sink['name']}.{sink['namespace']}.svc.cluster.local{LOOP_SUMMARY_PATH}")
     assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["ports"][0]["containerPort"] == int(env["WEBAPP_PORT"])
     service = objects[("Service", ns, "gourmetgram-web")]
@@ -553,8 +559,12 @@ def test_capture_sink_image_serves_the_paths_the_chart_routes_and_probes():
     assert f"EXPOSE {values['capture']['port']}" in dockerfile
     app = create_app(types.SimpleNamespace(receive=lambda r: None, feedback=lambda r: None))  # type: ignore[arg-type]
     routes = {(r.path, m) for r in app.routes for m in (r.methods or ())}
-    # events from the Trigger (POST /), the feedback route, the probes and the PodMonitor
-    assert {("/", "POST"), ("/v1/feedback", "POST"), ("/health", "GET"), ("/metrics", "GET")} <= routes
+    # events from the Trigger (POST /), the feedback route, the probes, the PodMonitor and the
+    # web app's summary (the URL the chart gives it)
+    from gourmetgram.constants import LOOP_SUMMARY_PATH
+
+    assert {("/", "POST"), ("/v1/feedback", "POST"), ("/health", "GET"), ("/metrics", "GET"),
+            (LOOP_SUMMARY_PATH, "GET")} <= routes
 
 
 @pytest.mark.parametrize("stage", manifests.RENDERED_STAGES)
@@ -622,14 +632,19 @@ def test_network_policies_select_their_pods_and_admit_the_broker(rendered, stage
     assert not selects(detector["podSelector"]["matchLabels"], sink_pods)
     assert sink["policyTypes"] == ["Ingress"]
     [rule] = sink["ingress"]
-    # only the sink's port, and only from: the broker's namespace, the gateway pods, Prometheus
+    # only the sink's port, and only from: the broker's namespace, the gateway pods, Prometheus,
+    # and (where the web app runs) this namespace's web app pods, for the operator page's summary
     container = one(objects, "Deployment", "capture-sink")["spec"]["template"]["spec"]["containers"][0]
     assert rule["ports"] == [{"port": container["ports"][0]["name"], "protocol": "TCP"}]
-    peers = {(p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+    peers = {(p.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name"),
               tuple(sorted(p.get("podSelector", {}).get("matchLabels", {}).items()))) for p in rule["from"]}
     expected = {("knative-eventing", ()), ("monitoring", ())}
     if stage == PRODUCTION:  # the API host's feedback route comes through the Istio gateway pods
         expected.add(("istio-system", (("istio", "ingressgateway"),)))
+        [web_peer] = [p["podSelector"]["matchLabels"] for p in rule["from"] if "namespaceSelector" not in p]
+        expected.add((None, tuple(sorted(web_peer.items()))))
+        assert selects(web_peer, pod_labels(one(objects, "Deployment", "gourmetgram-web")))
+        assert not selects(web_peer, sink_pods)
     assert peers == expected
     assert all(set(p) <= {"namespaceSelector", "podSelector"} for p in rule["from"])
     # the broker delivers to the detector too: its policy admits knative-eventing

@@ -263,6 +263,44 @@ def test_policy_priorities_budget_and_queued_once(store, objects):
     assert 3 <= randoms <= 17, randoms
 
 
+def test_summary_endpoint_counts_accuracy_and_backlog_read_only(store, objects):
+    """``GET /summary``: what the web app's operator page shows, counts only (no database address)."""
+    from gourmetgram.loop.feedback import record_feedback
+
+    settings = LoopSettings(feedback=FeedbackSettings(wait_for_capture_s=0.0),
+                            policy=PolicySettings(low_confidence=0.5, random_share=0.0))
+    client = TestClient(create_app(CaptureService(store, objects, settings, CLASSES)))
+    empty = client.get("/summary").json()
+    assert empty["accuracy_by_version"] == [] and empty["backlog"]["total"] == 0
+    for i in range(4):
+        _sample(store, objects, i, confidence=0.3 if i == 3 else 0.9)
+    key, sha = objects.put_image(image(99))
+    store.upsert_sample("v10", inference_id="v10", instance=0, object_key=key, content_sha256=sha,
+                        content_type="image/png", label="two", confidence=0.9, model_version="10")
+    record_feedback(store, {"inference_id": "s000", "correct": False, "correct_class": "one", "flag": None})
+    record_feedback(store, {"inference_id": "s001", "correct": False, "correct_class": None, "flag": "not_food"})
+    record_feedback(store, {"inference_id": "s002", "correct": True, "correct_class": None, "flag": None})
+    record_feedback(store, {"inference_id": "v10", "correct": True, "correct_class": None, "flag": None})
+    # s000 and s001 (marked wrong) queued; s000's correction is a label already: s001 waits
+    queue_samples(store, PolicySettings(low_confidence=0.5, random_share=0.0, daily_budget=2))
+    r = client.get("/summary")
+    assert r.status_code == 200
+    body = r.json()
+    assert [v["model_version"] for v in body["accuracy_by_version"]] == ["3", "10"]  # numbers, in order
+    v3 = body["accuracy_by_version"][0]
+    assert v3["feedback"] == {"value": 1 / 3, "correct": 1, "n": 3}
+    assert v3["labels"] == {"value": 0.0, "correct": 0, "n": 1}  # the user's correction
+    assert v3["kinds"] == {"wrong": 2, "corrected": 1, "not_food": 1, "correct": 1}
+    assert body["backlog"] == {"total": 2, "to_queue": 1, "queued": 1, "waiting": 1, "in_label_studio": 0,
+                               "to_queue_by_reason": {"wrong": 0, "flagged": 0, "low_confidence": 1, "random": 0}}
+    assert body["captured"] == 5 and body["with_feedback"] == 4
+    assert "loop.db" not in r.text and "objects" not in r.text  # nothing but counts
+    assert client.post("/summary").status_code == 405  # read-only
+    Base.metadata.drop_all(store.engine)  # the database gone: a 503 that says so, not a 500
+    r = client.get("/summary")
+    assert r.status_code == 503 and "database cannot be read" in r.json()["error"]
+
+
 def test_export_splits_by_content_hash_with_lineage_and_validates(store, objects, tmp_path, demo_dataset):
     shares = ExportSettings(evaluation_share=0.2, validation_share=0.1)
     # the same photo captured twice (two inference ids): exported once

@@ -239,18 +239,102 @@ def test_operator_page_shows_canary_and_drift_and_says_what_is_missing(client, p
     assert data["stages"][0]["served"]["data"]["canary_percent"] == 25
 
 
-def test_feedback_panel_shows_the_loop_store_status(platform):
-    """The loop's store status (``loop status``) as production accuracy by version + backlog."""
-    loop_status = {"captured": 10, "with_feedback": 4, "queued": 5, "labelled_by_annotator": 2,
-                   "accuracy": {"3": {"feedback": {"value": 0.75, "correct": 3, "n": 4},
-                                      "labels": {"value": 0.5, "correct": 1, "n": 2}}}}
-    app = platform.app()
-    app.router.routes.append(Route("/loop/status", lambda _r: JSONResponse(loop_status), methods=["GET"]))
-    config = WebConfig(api_url=API, registry=False, feedback_summary_url=f"{API}/loop/status")
-    with TestClient(create_app(config, transport=httpx.ASGITransport(app=app))) as c:
-        r = c.get("/operator")
-    assert "<td>3</td><td>4</td><td>0.750</td><td>2</td><td>0.500</td>" in r.text
-    assert re.search(r'id="backlog">3<', r.text)
+SINK = "http://capture-sink.test"
+
+
+@pytest.fixture()
+def sink(tmp_path):
+    """The real capture sink (its app, its SQLite store) in process; the web app reads only its
+    ``GET /summary``, as on the cluster, where the database is not the web app's to open."""
+    from capture_sink.server import CaptureService
+    from capture_sink.server import create_app as sink_app
+    from gourmetgram.loop.objects import ObjectStore
+    from gourmetgram.loop.settings import FeedbackSettings, LoopSettings, PolicySettings
+    from gourmetgram.loop.store import Store
+
+    store = Store(f"sqlite:///{tmp_path / 'loop.db'}")
+    objects = ObjectStore((tmp_path / "objects").as_uri())
+    settings = LoopSettings(feedback=FeedbackSettings(wait_for_capture_s=0.0),
+                            policy=PolicySettings(low_confidence=0.6, random_share=0.0))
+    service = CaptureService(store, objects, settings, CLASSES)
+    yield service, sink_app(service)
+    store.dispose()
+
+
+def _sink_sample(service, i: int, version: str, confidence: float, label: str = "Soup") -> str:
+    key, sha = service.objects.put_image(photo("PNG", (8 + i, 8)), "image/png")
+    service.store.upsert_sample(f"id-{i}", inference_id=f"id-{i}", instance=0, object_key=key,
+                                content_sha256=sha, content_type="image/png", label=label,
+                                confidence=confidence, model_version=version)
+    return f"id-{i}"
+
+
+def _operator_with(app, url: str = SINK + "/summary"):
+    """The operator page with the summary at ``url``, served by ``app`` (None: the network)."""
+    config = WebConfig(api_url=API, registry=False, feedback_summary_url=url)
+    transport = httpx.ASGITransport(app=app) if app is not None else None
+    with TestClient(create_app(config, transport=transport)) as c:
+        return c.get("/operator")
+
+
+def test_feedback_panel_shows_accuracy_by_version_and_backlog_from_the_capture_sink(sink):
+    from gourmetgram.loop.feedback import record_feedback
+    from gourmetgram.loop.models import ANNOTATOR, Label
+    from gourmetgram.loop.policy import queue_samples
+    from gourmetgram.loop.settings import PolicySettings
+    from gourmetgram.loop.store import utcnow
+
+    service, app = sink
+    r = _operator_with(app)
+    assert "no feedback yet" in r.text and re.search(r'id="backlog">0<', r.text)
+    ids = [_sink_sample(service, i, "3", c) for i, c in enumerate((0.9, 0.9, 0.3))]
+    _sink_sample(service, 3, "10", 0.95)
+    _sink_sample(service, 4, "3", 0.2)
+    record_feedback(service.store, {"inference_id": ids[0], "correct": True, "correct_class": None, "flag": None})
+    record_feedback(service.store, {"inference_id": ids[1], "correct": False, "correct_class": "Rice", "flag": None})
+    record_feedback(service.store, {"inference_id": "id-3", "correct": True, "correct_class": None, "flag": None})
+    # `loop queue` with room for two: the sample marked wrong first, then the least sure; one
+    # unsure sample waits. The corrected one already has a (user) label: not in the backlog.
+    assert queue_samples(service.store, PolicySettings(random_share=0.0, daily_budget=2)) == [
+        (ids[1], "wrong"), (ids[2], "low_confidence")]
+    r = _operator_with(app)
+    assert r.status_code == 200
+    # version 3: 2 answers, half marked right; 1 labelled (the user's correction), which says wrong
+    assert '<tr id="accuracy-v3"><td>3</td><td class="answers">2</td><td class="marked-right">0.500</td>' \
+           '<td>1</td><td>0.000</td></tr>' in r.text
+
+    assert '<tr id="accuracy-v10"><td>10</td><td class="answers">1</td><td class="marked-right">1.000</td>' in r.text
+    assert r.text.index("accuracy-v3") < r.text.index("accuracy-v10")  # versions in number order
+    assert "version 3: correct 1, corrected 1, wrong 1; version 10: correct 1." in r.text
+    assert re.search(r'id="backlog">2<', r.text)
+    assert re.search(r'id="backlog-to-queue">1 \(low confidence 1\)<', r.text)
+    assert re.search(r'id="backlog-queued">1 \(0 in Label Studio\)<', r.text)
+    # an annotator labels the queued one: it leaves the backlog
+    with service.store.write() as s:
+        s.add(Label(sample_id=ids[2], label_source=ANNOTATOR, label="Rice", labelled_at=utcnow()))
+    r = _operator_with(app)
+    assert re.search(r'id="backlog">1<', r.text) and re.search(r'id="backlog-queued">0 ', r.text)
+    data = TestClient(create_app(WebConfig(api_url=API, registry=False, feedback_summary_url=SINK + "/summary"),
+                                 transport=httpx.ASGITransport(app=app))).get("/operator.json").json()
+    assert data["feedback"]["data"]["backlog"]["total"] == 1
+
+
+def test_feedback_store_down_or_wrong_is_said_in_words(sink, platform):
+    from gourmetgram.loop.models import Base
+
+    service, app = sink
+    Base.metadata.drop_all(service.store.engine)  # the sink is up, its database is not usable
+    r = _operator_with(app)
+    assert r.status_code == 200
+    assert ("Not available: the feedback store answered 503: the feedback store&#39;s database cannot be "
+            "read (OperationalError)") in r.text
+    # nothing listens at the summary's address
+    r = _operator_with(None, "http://127.0.0.1:9/summary")
+    assert "Not available: the feedback store at http://127.0.0.1:9/summary cannot be reached" in r.text
+    # something answers, but not the summary
+    r = _operator_with(platform.app(), API + "/_gourmetgram/rollout")
+    assert "Not available: the feedback store&#39;s summary is not in the expected form" in r.text
+    assert "Traceback" not in r.text and 'id="canary-percent' not in r.text
 
 
 def test_operator_page_with_every_source_down_still_renders():
@@ -263,7 +347,7 @@ def test_operator_page_with_every_source_down_still_renders():
     reasons = re.findall(r'class="na">Not available: ([^<]+)<', r.text)
     assert any("serving status cannot be reached" in x for x in reasons)
     assert any("drift detector cannot be reached" in x for x in reasons)
-    assert any("feedback store cannot be reached" in x for x in reasons)
+    assert any("feedback store at http://127.0.0.1:9/s cannot be reached" in x for x in reasons)
     assert any("no serving status source is configured" in x for x in reasons)
 
 

@@ -1,5 +1,6 @@
 """The capture sink's HTTP side: ``POST /`` (logger CloudEvents), ``POST /v1/feedback``,
-``/metrics``, ``/status``, ``/health``.
+``/metrics``, ``/status``, ``/summary`` (read-only counts for the web app's operator page),
+``/health``.
 
 Events are bounded: at most ``capture.max_in_flight`` are worked on at once; beyond that
 the sink answers 503 at once and the broker retries later (counted in
@@ -26,6 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from capture_sink.capture import Capture
+from gourmetgram.constants import LOOP_SUMMARY_PATH
 from gourmetgram.inference_events import BadEvent, decode_event
 from gourmetgram.jsonlog import log_json
 from gourmetgram.loop import quality
@@ -198,6 +200,10 @@ class CaptureService:
         out["objects"] = self.objects.url
         return out
 
+    def summary(self) -> dict:
+        with self.store.session() as s:
+            return quality.summary(s, self.settings.policy)
+
 
 def create_app(service: CaptureService) -> Starlette:
     async def metrics(_request: Request) -> Response:
@@ -207,6 +213,15 @@ def create_app(service: CaptureService) -> Starlette:
     async def status(_request: Request) -> Response:
         return JSONResponse(await run_in_threadpool(service.status))
 
+    async def summary(_request: Request) -> Response:
+        """Read-only counts for the operator page; the database down is a 503 in words."""
+        try:
+            return JSONResponse(await run_in_threadpool(service.summary))
+        except Exception as exc:  # noqa: BLE001 - a dependency: 503, never a 500
+            log.exception("loop summary: database query failed")
+            return JSONResponse({"error": f"the feedback store's database cannot be read "
+                                          f"({type(exc).__name__}); try again shortly"}, status_code=503)
+
     async def health(_request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -215,5 +230,6 @@ def create_app(service: CaptureService) -> Starlette:
         Route("/v1/feedback", service.feedback, methods=["POST"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/status", status, methods=["GET"]),
+        Route(LOOP_SUMMARY_PATH, summary, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
     ])

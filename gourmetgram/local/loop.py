@@ -75,6 +75,11 @@ class LoopServices:
         return f"http://{self.host}:{self.capture_port}"
 
     @property
+    def summary_url(self) -> str:
+        """The capture sink's read-only loop summary (the web app's operator page reads it)."""
+        return self.capture_url + constants.LOOP_SUMMARY_PATH
+
+    @property
     def broker_url(self) -> str:
         return f"http://{self.host}:{self.broker_port}"
 

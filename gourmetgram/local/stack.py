@@ -371,7 +371,8 @@ class LocalStack:
                  log_dir: str | Path | None = None,
                  start_timeout_s: float = START_TIMEOUT_S,
                  logger_url: str | None = None, logger_timeout_s: float | None = None,
-                 feedback_url: str | None = None, model_version: str | int | None = None,
+                 feedback_url: str | None = None, feedback_summary_url: str | None = None,
+                 model_version: str | int | None = None,
                  webapp: bool = False, detector: bool = False, prometheus: bool = False,
                  extra_services: Sequence[tuple[Service, str]] = (),
                  restart_policy: RestartPolicy | None = None,
@@ -383,6 +384,8 @@ class LocalStack:
         ``detector`` is on.
         ``logger_timeout_s``: how long the logger waits on its sink per event (the gateway's default if None).
         ``feedback_url``: where the gateway routes ``POST /v1/feedback`` (the capture sink).
+        ``feedback_summary_url``: where the web app's operator page reads production accuracy and
+        the labelling backlog (the capture sink's read-only ``/summary``); None: not shown.
         ``model_version``: the registered version served, carried by the logger's events into the
         captured samples.
         ``webapp``: also start the web app (a client of the gateway) on ``ports.webapp``.
@@ -410,6 +413,7 @@ class LocalStack:
         self.logger_timeout_s = logger_timeout_s
         self.control_token: str | None = None  # written at start (gourmetgram.local.control)
         self.feedback_url = feedback_url
+        self.feedback_summary_url = feedback_summary_url
         self.model_version = None if model_version is None else str(model_version)
         self.webapp = webapp
         self.services: dict[str, Service] = {}
@@ -558,7 +562,8 @@ class LocalStack:
 
     def _webapp_service(self) -> Service:
         """The web app, a plain client of the gateway's public API; its operator page reads
-        this stage's rollout status from the gateway and drift from the detector."""
+        this stage's rollout status from the gateway, drift from the detector and, with the
+        loop, accuracy and backlog from the capture sink's summary."""
         stage = f"{self.stage}:served=local:{self.gateway_url}"
         if self.detector_url:
             stage += f",detector={self.detector_url}"
@@ -566,6 +571,8 @@ class LocalStack:
                 "--model", self.model_name, "--stage", stage,
                 "--model-spec", str(self.bundle / "model_spec.json"),
                 "--host", self.host, "--port", str(self.ports.webapp)]
+        if self.feedback_summary_url:  # the loop's counts, from the capture sink (never its database)
+            argv += ["--feedback-summary", self.feedback_summary_url]
         env = _child_env()
         # The web app is its own deployment unit (webapp/); found even where the editable
         # install predates it.

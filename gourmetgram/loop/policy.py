@@ -16,6 +16,7 @@ import hashlib
 from datetime import datetime
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from gourmetgram.loop.models import Feedback, LabelTask, Sample
 from gourmetgram.loop.settings import PolicySettings
@@ -41,6 +42,20 @@ def reason_for(sample: Sample, feedback: Feedback | None, policy: PolicySettings
     return None
 
 
+def pending(session: Session, policy: PolicySettings) -> list[tuple[str, str]]:
+    """``[(sample_id, reason)]``: every complete sample not queued yet that the policy would
+    queue, by priority (oldest first within a reason), budget aside: the labelling backlog
+    still to be queued."""
+    queued = select(LabelTask.sample_id)
+    rows = session.execute(select(Sample, Feedback).outerjoin(Feedback, Feedback.sample_id == Sample.sample_id)
+                           .where(Sample.object_key.is_not(None), Sample.label.is_not(None),
+                                  Sample.sample_id.not_in(queued))
+                           .order_by(Sample.captured_at, Sample.sample_id)).all()
+    picked = [(sample.sample_id, r) for sample, fb in rows if (r := reason_for(sample, fb, policy))]
+    picked.sort(key=lambda item: REASONS.index(item[1]))  # stable: oldest first within a reason
+    return picked
+
+
 def select_samples(store: Store, policy: PolicySettings, now: datetime | None = None) -> list[tuple[str, str]]:
     """``[(sample_id, reason)]`` to queue now: not queued before, by priority, within today's budget."""
     now = now or utcnow()
@@ -49,14 +64,7 @@ def select_samples(store: Store, policy: PolicySettings, now: datetime | None = 
         left = max(0, policy.daily_budget - used)
         if left == 0:
             return []
-        queued = select(LabelTask.sample_id)
-        rows = s.execute(select(Sample, Feedback).outerjoin(Feedback, Feedback.sample_id == Sample.sample_id)
-                         .where(Sample.object_key.is_not(None), Sample.label.is_not(None),
-                                Sample.sample_id.not_in(queued))
-                         .order_by(Sample.captured_at, Sample.sample_id)).all()
-    picked = [(sample.sample_id, r) for sample, fb in rows if (r := reason_for(sample, fb, policy))]
-    picked.sort(key=lambda item: REASONS.index(item[1]))  # stable: oldest first within a reason
-    return picked[:left]
+        return pending(s, policy)[:left]
 
 
 def queue_samples(store: Store, policy: PolicySettings, now: datetime | None = None) -> list[tuple[str, str]]:

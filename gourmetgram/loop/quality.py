@@ -218,3 +218,51 @@ def tag_keep_rate(session, since: datetime, until: datetime) -> list[TagKeepRate
     rows = session.execute(stmt, {"since": since.astimezone(timezone.utc), "until": until.astimezone(timezone.utc)})
     return [TagKeepRate(stage, version, int(tagged), int(answered), int(changed), float(rate))
             for stage, version, tagged, answered, changed, rate in rows]
+def summary(session, policy) -> dict:
+    """The loop's read-only summary for dashboards and the web app's operator page (the capture
+    sink's ``GET /summary``): production accuracy per model version and the labelling backlog.
+
+    ``backlog``: samples waiting for a person. ``to_queue``: captured samples the selection
+    policy (``policy``, :class:`gourmetgram.loop.settings.PolicySettings`) would queue and
+    ``loop queue`` has not queued yet, by reason (the daily budget aside); ``queued``: queued
+    and not yet labelled by an annotator (``in_label_studio`` of them pushed); ``total`` both.
+    Counts only: no image, no id, no database address.
+    """
+    from gourmetgram.loop.policy import REASONS, pending
+
+    def count(stmt) -> int:
+        return session.scalar(stmt) or 0
+
+    kinds: dict[str, dict[str, int]] = defaultdict(dict)
+    for (version, kind), n in feedback_counts(session).items():
+        kinds[version][kind] = n
+    versions = []
+    for version, by_source in sorted(production_accuracy(session).items(), key=lambda kv: _version_key(kv[0])):
+        row: dict = {"model_version": version}
+        for source, a in by_source.items():
+            row[source] = {"value": a.value, "correct": a.correct, "n": a.total}
+        row["kinds"] = kinds.get(version, {})
+        versions.append(row)
+    to_queue: dict[str, int] = {reason: 0 for reason in REASONS}
+    for _sample_id, reason in pending(session, policy):
+        to_queue[reason] += 1
+    queued = labelling_backlog(session)  # the same numbers as the gourmetgram_labelling_backlog gauge
+    return {
+        "accuracy_by_version": versions,
+        "backlog": {
+            "total": sum(to_queue.values()) + sum(queued.values()),
+            "to_queue": sum(to_queue.values()),
+            "to_queue_by_reason": to_queue,
+            "queued": sum(queued.values()),
+            "waiting": queued["waiting"],
+            "in_label_studio": queued["in_label_studio"],
+        },
+        "captured": count(select(func.count()).select_from(Sample)
+                          .where(Sample.object_key.is_not(None), Sample.label.is_not(None))),
+        "with_feedback": count(select(func.count()).select_from(Feedback)),
+    }
+
+
+def _version_key(version: str) -> tuple:
+    """Registry versions are numbers: 2 before 10; anything else ("unknown") after them."""
+    return (0, int(version), "") if version.isdigit() else (1, 0, version)

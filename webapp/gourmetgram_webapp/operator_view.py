@@ -149,25 +149,47 @@ class RegistryReader:
 
 # -- feedback (the loop's store) -----------------------------------------------------------
 
-def feedback_summary(status: dict) -> dict:
-    """The loop's store status (``loop status``: ``accuracy`` per model version, ``queued``,
-    ``labelled``...) as the page shows it: accuracy by version and the labelling backlog."""
-    rows = []
-    for version, kinds in sorted((status.get("accuracy") or {}).items(), key=lambda kv: str(kv[0])):
-        fb, labels = (kinds or {}).get("feedback") or {}, (kinds or {}).get("labels") or {}
-        rows.append({"version": version, "feedback": fb.get("n", 0), "accuracy": fb.get("value"),
-                     "labelled": labels.get("n", 0), "label_accuracy": labels.get("value")})
-    backlog = status.get("backlog")
-    if backlog is None and "queued" in status:
-        backlog = max(int(status["queued"]) - int(status.get("labelled_by_annotator", 0)), 0)
-    return {"accuracy_by_version": rows, "backlog": backlog, "with_feedback": status.get("with_feedback")}
+def feedback_summary(summary: dict) -> dict:
+    """The capture sink's ``GET /summary`` (:func:`gourmetgram.loop.quality.summary`) as the page
+    shows it: accuracy by model version (from feedback, from labels) and the labelling backlog."""
+    try:
+        rows = []
+        for row in summary["accuracy_by_version"]:
+            fb, labels = row.get("feedback") or {}, row.get("labels") or {}
+            kinds = row.get("kinds") or {}
+            rows.append({"version": str(row["model_version"]), "feedback": int(fb.get("n", 0)),
+                         "accuracy": fb.get("value"), "labelled": int(labels.get("n", 0)),
+                         "label_accuracy": labels.get("value"),
+                         "kinds": ", ".join(f"{k.replace('_', ' ')} {n}" for k, n in sorted(kinds.items()))})
+        b = summary["backlog"]
+        backlog = {"total": int(b["total"]), "to_queue": int(b["to_queue"]), "queued": int(b["queued"]),
+                   "in_label_studio": int(b.get("in_label_studio", 0)),
+                   "by_reason": ", ".join(f"{r.replace('_', ' ')} {n}"
+                                          for r, n in (b.get("to_queue_by_reason") or {}).items() if n)}
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise UserError(f"the feedback store's summary is not in the expected form ({type(exc).__name__}: "
+                        f"{exc})") from None
+    return {"accuracy_by_version": rows, "backlog": backlog,
+            "with_feedback": summary.get("with_feedback"), "captured": summary.get("captured")}
 
 
 async def _feedback(url: str, client: httpx.AsyncClient) -> dict:
     r = await client.get(url)
     if r.status_code != 200:
-        raise UserError(f"the feedback store's status answered {r.status_code}")
-    return feedback_summary(r.json())
+        detail = ""
+        try:
+            body = r.json()
+            detail = str(body.get("error") or "") if isinstance(body, dict) else ""
+        except ValueError:
+            pass
+        raise UserError(f"the feedback store answered {r.status_code}" + (f": {detail[:200]}" if detail else ""))
+    try:
+        body = r.json()
+    except ValueError:
+        raise UserError("the feedback store's summary is not JSON") from None
+    if not isinstance(body, dict):
+        raise UserError("the feedback store's summary is not in the expected form")
+    return feedback_summary(body)
 
 
 # -- the page -----------------------------------------------------------------------------
@@ -186,10 +208,11 @@ async def gather(config: WebConfig, client: httpx.AsyncClient, registry: Registr
 
     registry_panel = (_guard("the model registry", max(t, 15.0), registry.versions) if registry
                       else _none("the model registry is not configured"))
-    feedback_panel = (_guard("the feedback store", t, lambda: _feedback(config.feedback_summary_url, client))
-                      if config.feedback_summary_url
+    summary_url = config.feedback_summary_url
+    feedback_panel = (_guard(f"the feedback store at {summary_url}", t, lambda: _feedback(summary_url, client))
+                      if summary_url
                       else _none("the feedback store (production accuracy, labelling backlog) is not "
-                                 "configured on this platform yet"))
+                                 "configured for this page (locally: `gourmetgram serve --loop`)"))
     stages, reg, feedback = await asyncio.gather(
         asyncio.gather(*(stage_view(s) for s in config.stages)), registry_panel, feedback_panel)
     stage_list = list(stages)

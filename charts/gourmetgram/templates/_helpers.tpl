@@ -63,6 +63,16 @@ gourmetgram.io/stage: {{ .Values.stage }}
 {{- end -}}
 {{- end -}}
 
+{{/* The web app's loop summary: explicit, else this release's capture sink's GET /summary, else none.
+The web app reads the loop through the sink's API, never its database. */}}
+{{- define "gourmetgram.webappSummaryUrl" -}}
+{{- if .Values.webapp.feedbackSummaryUrl -}}
+{{- .Values.webapp.feedbackSummaryUrl -}}
+{{- else if .Values.capture.enabled -}}
+{{- printf "http://%s.%s.svc.cluster.local/summary" .Values.capture.name .Values.namespace -}}
+{{- end -}}
+{{- end -}}
+
 {{/* True when a canary percentage is set (0 is a valid value: pin to prev). */}}
 {{- define "gourmetgram.hasCanary" -}}
 {{- if not (kindIs "invalid" .Values.canary.trafficPercent) -}}

@@ -103,6 +103,7 @@ def _serve(args: argparse.Namespace) -> int:
                             broker_port=None if args.free_ports else constants.BROKER_PORT)
         # started and restarted with the stack: one supervised entry each
         extra = {"logger_url": loop.broker_url + "/", "feedback_url": loop.capture_url,
+                 "feedback_summary_url": loop.summary_url,  # the operator page's accuracy + backlog
                  "model_version": args.model_version,
                  "extra_services": [(loop.capture, SIDE), (loop.broker, SIDE)]}
     stack = LocalStack(bundle=bundle, stage=args.stage, ports=ports, host=args.host,
@@ -117,7 +118,8 @@ def _serve(args: argparse.Namespace) -> int:
             print("ready:")
             endpoints = stack.endpoints()
             if loop is not None:
-                endpoints.update({"broker (logger fan-out)": loop.broker_url, "capture sink": loop.capture_url})
+                endpoints.update({"broker (logger fan-out)": loop.broker_url, "capture sink": loop.capture_url,
+                                  "loop summary": loop.summary_url})
             for name, url in endpoints.items():
                 print(f"  {name:<20} {url}")
             print(f"status: {stack.supervisor.status_line()}")
