@@ -385,3 +385,31 @@ def test_stage_flag_and_class_names_parse_or_say_why(tmp_path):
     assert len(read_class_names(None, None)) == 11
     with pytest.raises(UserError, match="cannot read class names"):
         read_class_names(str(tmp_path / "missing.json"), None)
+
+
+def test_serve_with_the_loop_gives_the_web_app_the_capture_sinks_summary(monkeypatch, tmp_path):
+    """`serve --loop` wires the operator page to the capture sink it starts (the URL the web app
+    gets as --feedback-summary); without --loop there is none, and the page says so."""
+    import gourmetgram.local.stack as stack_module
+    from gourmetgram.cli.main import build_parser
+    from gourmetgram.constants import LOOP_SUMMARY_PATH
+
+    seen: list[dict] = []
+
+    class Stop(Exception):
+        pass
+
+    def recorder(**kwargs):
+        seen.append(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(stack_module, "LocalStack", recorder)
+    for extra in (["--loop", "--model-version", "3"], []):
+        args = build_parser().parse_args(["serve", "--stage", "production", "--bundle", str(tmp_path),
+                                          "--free-ports", "--no-prometheus", "--no-detector", *extra])
+        with pytest.raises(Stop):
+            args.func(args)
+    with_loop, without = seen
+    assert with_loop["feedback_summary_url"] == with_loop["feedback_url"] + LOOP_SUMMARY_PATH
+    assert with_loop["feedback_url"].startswith("http://127.0.0.1:") and with_loop["webapp"] is True
+    assert "feedback_summary_url" not in without

@@ -1,19 +1,20 @@
 """The web app in a real browser against the real local stack.
 
 Debian's headless chromium (through its chromedriver, via Selenium; no browser download)
-opens the pages the web app serves in front of the real production stack (PyTriton,
-kserve transformer, gateway with its inference logger) and the real drift detector, with
-versions in the MLflow registry. One ordered scenario, like the rollout tests: upload ->
-prediction -> recent uploads; bad files; feedback; a canary step seen on the operator
-page; the model going down last. Screenshots of both pages go to a temporary folder, or to
-``$GOURMETGRAM_SCREENSHOT_DIR`` (how docs/screenshots/ was made).
+opens the pages the web app serves in front of the real production stack as ``serve --loop``
+runs it (PyTriton, kserve transformer, gateway with its inference logger, the drift detector,
+the loop's broker and capture sink on SQLite), with versions in the MLflow registry. One
+ordered scenario, like the rollout tests: upload -> prediction -> recent uploads; bad files;
+feedback -> the feedback row in the loop store; a canary step and the production accuracy and
+labelling backlog seen on the operator page; the capture sink and then the model going down
+last. Screenshots of both pages go to a temporary folder, or to ``$GOURMETGRAM_SCREENSHOT_DIR``
+(how docs/screenshots/ was made).
 """
 
 from __future__ import annotations
 
 import io
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -26,7 +27,8 @@ from gourmetgram.constants import PRODUCTION
 from gourmetgram.data.demo import DEMO_CLASSES
 from gourmetgram.data.layout import list_images
 from gourmetgram.export import export_bundle
-from gourmetgram.local.stack import TRITON, LocalStack, Ports, Service, _child_env, _get_ok
+from gourmetgram.local.stack import TRITON, LocalStack, Ports
+from gourmetgram.local.supervisor import SIDE
 from gourmetgram.model import ModelSpec, build_model
 
 pytestmark = pytest.mark.slow
@@ -72,26 +74,35 @@ def registered(session_home, bundles):
 
 
 @pytest.fixture(scope="module")
-def detector(bundles, tmp_path_factory):
-    port = Ports.free().gateway
-    url = f"http://127.0.0.1:{port}"
-    service = Service("drift-detector", [sys.executable, "-m", "drift_detector", "--bundle",
-                                         str(bundles["stable"]), "--port", str(port)],
-                      tmp_path_factory.mktemp("webapp-detector") / "detector.log",
-                      lambda: _get_ok(f"{url}/health"), env=_child_env())
-    service.start(Path.cwd())
-    try:
-        service.wait_ready(180)
-        yield url
-    finally:
-        service.stop()
+def loop_db(tmp_path_factory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('webapp-loop') / 'loop.db'}"
 
 
 @pytest.fixture(scope="module")
-def stack(bundles, registered, detector, tmp_path_factory):
-    with LocalStack(bundles["stable"], PRODUCTION, Ports.free(), logger_url=detector + "/",
-                    log_dir=tmp_path_factory.mktemp("webapp-stack"), webapp=True) as running:
+def stack(bundles, registered, loop_db, tmp_path_factory):
+    """What `serve --stage production --loop` starts: the logger goes to the broker, which fans
+    out to the stack's drift detector and the capture sink; feedback is routed to the capture
+    sink, and the web app reads the loop's summary from it. Every process supervised."""
+    from gourmetgram.local.loop import LoopServices
+
+    ports, log_dir = Ports.free(), tmp_path_factory.mktemp("webapp-stack")
+    loop = LoopServices(bundles["stable"], log_dir, detector_url=f"http://127.0.0.1:{ports.detector}/",
+                        db_url=loop_db, objects_url=(log_dir / "objects").as_uri())
+    with LocalStack(bundles["stable"], PRODUCTION, ports, log_dir=log_dir, webapp=True, detector=True,
+                    logger_url=loop.broker_url + "/", feedback_url=loop.capture_url,
+                    feedback_summary_url=loop.summary_url, model_version=registered["stable"],
+                    extra_services=[(loop.capture, SIDE), (loop.broker, SIDE)]) as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def loop_store(loop_db):
+    """The loop's metadata store, read through its own API (as `loop status` does)."""
+    from gourmetgram.loop.store import Store
+
+    store = Store(loop_db)
+    yield store
+    store.dispose()
 
 
 @pytest.fixture(scope="module")
@@ -243,35 +254,78 @@ def test_an_oversized_photo_is_said_so_by_the_page_and_by_the_server(stack, brow
     assert "photos up to 10.0 MB are accepted" in text(browser, "#error")
 
 
-def test_feedback_is_sent_through_the_public_api(stack, browser, photos):
-    """Right/wrong goes to POST /v1/feedback with the prediction's X-Inference-Id.
+def until(check, what: str, timeout: float = WAIT_S):
+    """``check()``'s first truthy value, polled until ``timeout`` (a condition, never a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:.0f} s")
+        time.sleep(0.2)
 
-    Until the platform's feedback endpoint exists (issue 9), the page must say that the
-    answer was not saved, in words, and keep the result on screen."""
+
+VERDICTS = ("wrong", "right", "not_food")  # the three feedback buttons, one photo each
+
+
+@pytest.fixture(scope="module")
+def answered(stack, browser, photos, loop_store, registered) -> list[dict]:
+    """Three photos uploaded in the browser, each answered with one of the feedback buttons.
+
+    Before a button is pressed, the photo's capture has reached the loop store (gateway logger ->
+    broker -> capture sink): a person needs seconds to answer, the test none."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
-    upload(browser, stack, photos[0])
-    label = text(browser, "#predicted-class")
-    other = next(c for c in DEMO_CLASSES if c != label)
-    Select(browser.find_element(By.ID, "correct-class")).select_by_visible_text(other)
-    browser.find_element(By.ID, "say-wrong").click()
-    probe = httpx.post(f"{stack.gateway_url}/v1/feedback", json={"inference_id": "x", "correct": True})
-    if probe.status_code == 404 and not probe.headers.get("content-type", "").startswith("application/json"):
-        # without it the gateway gives no X-Inference-Id either, so nothing can be recorded
-        message = text(browser, "#error")
-        assert "Feedback cannot be" in message
-        assert text(browser, "#predicted-class") == label
-    elif probe.status_code == 503:  # a gateway with no feedback store behind it: the store is down
-        message = text(browser, "#error")
-        assert "feedback store is not available right now (503)" in message and "not saved" in message
-        assert text(browser, "#predicted-class") == label
-    else:
+    out = []
+    for photo, verdict in zip(photos, VERDICTS):
+        upload(browser, stack, photo)
+        label = text(browser, "#predicted-class")
+        inference_id = text(browser, "#inference-id")
+        sample = until(lambda i=inference_id: (s := loop_store.get_sample(i)) is not None and s.complete and s,
+                       f"the capture of {inference_id} in the loop store")
+        assert (sample.label, sample.stage, sample.model_version) == (label, PRODUCTION, str(registered["stable"]))
+        other = None
+        if verdict == "wrong":
+            other = next(c for c in DEMO_CLASSES if c != label)
+            Select(browser.find_element(By.ID, "correct-class")).select_by_visible_text(other)
+            browser.find_element(By.ID, "say-wrong").click()
+        elif verdict == "right":
+            browser.find_element(By.ID, "say-right").click()
+        else:
+            browser.find_element(By.ID, "say-not-food").click()
         assert "feedback was saved" in text(browser, "#saved")
-        assert f"it is {other}" in text(browser, "#feedback-given")
+        out.append({"inference_id": inference_id, "label": label, "verdict": verdict, "other": other,
+                    "given": text(browser, "#feedback-given")})
+    return out
 
 
-def test_operator_page_shows_the_live_canary_percentage(stack, browser, bundles, registered, shots):
+def test_feedback_buttons_store_feedback_in_the_loop_store(answered, loop_store):
+    """Each button's answer is the feedback row of that inference id, with its kind and class.
+
+    The page says "saved" only after the platform's 200, which the capture sink sends after
+    its commit: the row is there when the page says so."""
+    from gourmetgram.loop.models import Feedback, Label
+    from gourmetgram.loop.quality import feedback_kinds
+
+    expected = {"wrong": ["wrong", "corrected"], "right": ["correct"], "not_food": ["wrong", "not_food"]}
+    for a in answered:
+        with loop_store.session() as s:
+            row = s.get(Feedback, a["inference_id"])
+            labels = [(lb.label, lb.label_source) for lb in s.query(Label).filter_by(sample_id=a["inference_id"])]
+        assert row is not None, f"no feedback row for {a['inference_id']} ({a['verdict']})"
+        assert feedback_kinds(row) == expected[a["verdict"]]
+        assert row.correct is (a["verdict"] == "right")
+        assert row.correct_class == a["other"]
+        assert row.flag == ("not_food" if a["verdict"] == "not_food" else None)
+        # a correction is also a (user) label for that sample
+        assert labels == ([(a["other"], "user")] if a["verdict"] == "wrong" else [])
+    given = [a["given"] for a in answered]
+    assert f"it is {answered[0]['other']}" in given[0] and "right" in given[1] and "not food" in given[2]
+
+
+def test_operator_page_shows_the_live_canary_percentage(stack, browser, bundles, registered, answered, shots):
     browser.get(stack.webapp_url + "/operator")
     assert text(browser, "#canary-percent-production") == "none"
     assert text(browser, "#drift-state-production") in ("no drift", "DRIFT")
@@ -295,7 +349,33 @@ def test_operator_page_shows_the_live_canary_percentage(stack, browser, bundles,
         time.sleep(1)
     browser.refresh()
     assert "/" in text(browser, "#drift-stat-production")
+    # production accuracy from the three answers above (one right) and the labelling backlog,
+    # read from the capture sink's summary
+    version = str(registered["stable"])
+    assert text(browser, f"#accuracy-v{version} .answers") == "3"
+    assert text(browser, f"#accuracy-v{version} .marked-right") == "0.333"
+    assert "wrong 2" in text(browser, "#backlog-to-queue")  # marked wrong or not food: queued first
+    assert int(text(browser, "#backlog")) >= 2
+    assert text(browser, "#backlog-queued") == "0 (0 in Label Studio)"  # nobody ran `loop queue`
     screenshot(browser, shots, "operator-page")
+
+
+def test_feedback_store_down_is_said_in_words_and_predictions_go_on(stack, browser, photos):
+    """The capture sink stopped for good: the operator page says its panel is not available,
+    the rest of the page still shows, predictions still work, feedback says it was not saved."""
+    from selenium.webdriver.common.by import By
+
+    stack.stop_service("capture-sink")
+    browser.get(stack.webapp_url + "/operator")
+    panel = text(browser, "#feedback-panel")
+    assert "Not available: the feedback store at http://127.0.0.1:" in panel and "cannot be reached" in panel
+    assert text(browser, "#canary-percent-production")  # the other panels still show
+    upload(browser, stack, photos[0])
+    assert text(browser, "#predicted-class") in DEMO_CLASSES
+    browser.find_element(By.ID, "say-right").click()
+    message = text(browser, "#error")
+    assert "not available right now (503)" in message and "not saved" in message
+    assert "Traceback" not in browser.page_source
 
 
 def test_model_down_is_a_503_in_words(stack, browser, photos):
