@@ -301,9 +301,10 @@ def test_feedback_panel_shows_accuracy_by_version_and_backlog_from_the_capture_s
     assert r.status_code == 200
     # version 3: 2 answers, half marked right; 1 labelled (the user's correction), which says wrong
     assert '<tr id="accuracy-v3"><td>3</td><td class="answers">2</td><td class="marked-right">0.500</td>' \
-           '<td>1</td><td>0.000</td></tr>' in r.text
+           '<td class="labelled">1 (0.000)</td></tr>' in r.text
 
-    assert '<tr id="accuracy-v10"><td>10</td><td class="answers">1</td><td class="marked-right">1.000</td>' in r.text
+    assert '<tr id="accuracy-v10"><td>10</td><td class="answers">1</td><td class="marked-right">1.000</td>' \
+           '<td class="labelled">0</td></tr>' in r.text
     assert r.text.index("accuracy-v3") < r.text.index("accuracy-v10")  # versions in number order
     assert "version 3: correct 1, corrected 1, wrong 1; version 10: correct 1." in r.text
     assert re.search(r'id="backlog">2<', r.text)

@@ -354,6 +354,7 @@ def test_operator_page_shows_the_live_canary_percentage(stack, browser, bundles,
     version = str(registered["stable"])
     assert text(browser, f"#accuracy-v{version} .answers") == "3"
     assert text(browser, f"#accuracy-v{version} .marked-right") == "0.333"
+    assert text(browser, f"#accuracy-v{version} .labelled") == "1 (0.000)"  # the correction: a user label
     assert "wrong 2" in text(browser, "#backlog-to-queue")  # marked wrong or not food: queued first
     assert int(text(browser, "#backlog")) >= 2
     assert text(browser, "#backlog-queued") == "0 (0 in Label Studio)"  # nobody ran `loop queue`
