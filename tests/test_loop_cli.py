@@ -6,8 +6,8 @@ import pytest
 from loop_helpers import CLASSES, image
 
 from gourmetgram.cli.main import main
-from gourmetgram.loop.objects import ObjectStore
 from gourmetgram.loop.store import Store
+from gourmetgram.objectstore import ObjectStore
 
 
 @pytest.fixture()

@@ -123,7 +123,7 @@ def _complete(store, sample_id) -> bool:
 
 
 def test_every_prediction_is_captured_with_its_inference_id(chain, served):
-    from gourmetgram.loop.objects import ObjectStore
+    from gourmetgram.objectstore import ObjectStore
 
     store, objects = _store(chain), ObjectStore(chain["objects"])
     for inference_id, blob, _ in served:
@@ -253,7 +253,7 @@ def test_capture_sink_killed_under_load_loses_nothing(chain, served, demo_datase
     # a redelivered event is stored once
     some = next(iter(ids))
     blob = (chain["root"] / "objects").as_uri()
-    from gourmetgram.loop.objects import ObjectStore
+    from gourmetgram.objectstore import ObjectStore
 
     data = ObjectStore(blob).get(store.get_sample(some).object_key)
     before = store.count_samples()

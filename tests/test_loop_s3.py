@@ -3,55 +3,31 @@ own process, started here), and capture through it: object first, then the row."
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-
 import httpx
 import pytest
+from helpers import S3_CREDENTIALS, free_port, moto_s3
 from loop_helpers import CLASSES, ce_headers, image, new_id, request_body, response_body
 from starlette.testclient import TestClient
 
 from capture_sink.server import CaptureService, create_app
-from gourmetgram.local.stack import Ports
-from gourmetgram.loop.objects import ObjectStore, content_key
-from gourmetgram.loop.settings import FeedbackSettings, LoopSettings
+from gourmetgram.errors import DependencyUnavailable
+from gourmetgram.loop.settings import ENV_S3_ENDPOINT, FeedbackSettings, LoopSettings
 from gourmetgram.loop.store import Store
+from gourmetgram.objectstore import ObjectStore, content_key
 
 
 @pytest.fixture(scope="module")
-def s3_server():
-    port = Ports.free().gateway
-    env = dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(url, timeout=1)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail("moto's S3 server did not come up in 60 s")
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
-    yield url, proc
-    proc.terminate()
-    proc.wait(10)
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+def s3_server(tmp_path_factory):
+    """moto's S3 server; the stores below name its endpoint explicitly, credentials from AWS_*."""
+    with moto_s3(tmp_path_factory.mktemp("moto") / "moto.log") as url, pytest.MonkeyPatch.context() as mp:
+        for key, value in S3_CREDENTIALS.items():
+            mp.setenv(key, value)
+        yield url
 
 
 def test_s3_object_store_round_trip(s3_server):
-    url, _ = s3_server
-    store = ObjectStore("s3://captures/prod", endpoint_url=url)
+    url = s3_server
+    store = ObjectStore("s3://captures/prod", endpoint=url)
     blob = image(5)
     key, sha = store.put_image(blob)
     assert (key, sha) == content_key(blob) and key.endswith(".png")
@@ -69,9 +45,9 @@ def test_s3_object_store_round_trip(s3_server):
 
 
 def test_capture_to_s3_writes_the_object_before_the_row(s3_server, tmp_path):
-    url, proc = s3_server
+    url = s3_server
     store = Store(f"sqlite:///{tmp_path / 'loop.db'}")
-    objects = ObjectStore("s3://captures/run2", endpoint_url=url)
+    objects = ObjectStore("s3://captures/run2", endpoint=url)
     service = CaptureService(store, objects, LoopSettings(feedback=FeedbackSettings(wait_for_capture_s=0)), CLASSES)
     client = TestClient(create_app(service))
     ce_id = new_id()
@@ -96,3 +72,29 @@ def test_capture_to_s3_writes_the_object_before_the_row(s3_server, tmp_path):
     assert r.status_code == 503 and store.get_sample(lost) is None
     assert "capture_store_errors_total 1.0" in client.get("/metrics").text
     store.dispose()
+
+
+def test_the_endpoint_comes_from_the_environment_like_the_pipelines(s3_server, monkeypatch):
+    """One client: the capture store takes the same endpoint variables as the models bucket,
+    the loop's own first."""
+    url = s3_server
+    monkeypatch.delenv(ENV_S3_ENDPOINT, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", url)
+    store = ObjectStore("s3://captures/env")
+    key, _ = store.put_image(image(9))
+    assert ObjectStore("s3://captures/env", endpoint=url).get(key) == image(9)
+    monkeypatch.setenv(ENV_S3_ENDPOINT, f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    with pytest.raises(DependencyUnavailable, match=r"bucket captures in s3://captures/env: object store"):
+        ObjectStore("s3://captures/env")
+
+
+def test_capture_sink_with_its_store_down_exits_3(s3_server, tmp_path, monkeypatch, capsys):
+    from capture_sink.__main__ import main
+
+    monkeypatch.setenv(ENV_S3_ENDPOINT, f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    code = main(["--db", f"sqlite:///{tmp_path / 'loop.db'}", "--objects", "s3://captures/down",
+                 "--class-names", ",".join(CLASSES)])
+    err = capsys.readouterr().err
+    assert code == 3 and "s3://captures/down: object store at http://127.0.0.1:" in err

@@ -19,7 +19,6 @@ from gourmetgram.data.layout import validate_dataset
 from gourmetgram.loop import quality
 from gourmetgram.loop.export import LINEAGE_FILE, ExportError, export_dataset, split_of
 from gourmetgram.loop.models import ANNOTATOR, Base, Label, Sample
-from gourmetgram.loop.objects import ObjectStore
 from gourmetgram.loop.policy import queue_samples, select_samples
 from gourmetgram.loop.settings import (
     CaptureSettings,
@@ -30,6 +29,7 @@ from gourmetgram.loop.settings import (
     load_loop_settings,
 )
 from gourmetgram.loop.store import Store, utcnow
+from gourmetgram.objectstore import ObjectStore
 
 
 @pytest.fixture()

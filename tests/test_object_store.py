@@ -6,20 +6,16 @@ ingest, and the dataset version that keys the pipeline's cache."""
 from __future__ import annotations
 
 import io
-import os
-import subprocess
-import sys
-import time
 import zipfile
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
+from helpers import S3_CREDENTIALS, free_port, moto_s3
 
 from gourmetgram import objectstore
 from gourmetgram.errors import DatasetError, DependencyUnavailable, UserError
-from gourmetgram.rollout.prometheus import free_port
+from gourmetgram.loop.settings import ENV_S3_ENDPOINT
 
 BUCKET = "gourmetgram-models"
 
@@ -27,33 +23,14 @@ BUCKET = "gourmetgram-models"
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     """moto's S3 server in its own process; AWS_* and the endpoint set for this module."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                env=env, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            httpx.get(url, timeout=2)
-            break
-        except httpx.HTTPError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"moto's S3 server did not come up: {log.read_text()[-2000:]}")
-            time.sleep(0.2)
-    mp = pytest.MonkeyPatch()
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": url}.items():
-        mp.setenv(key, value)
-    mp.delenv("MLFLOW_S3_ENDPOINT_URL", raising=False)
-    mp.delenv(objectstore.MODELS_BUCKET_ENV, raising=False)
-    yield url
-    mp.undo()
-    proc.terminate()
-    proc.wait(15)
+    with moto_s3(tmp_path_factory.mktemp("moto") / "moto.log") as url:
+        mp = pytest.MonkeyPatch()
+        for key, value in {**S3_CREDENTIALS, "AWS_ENDPOINT_URL": url}.items():
+            mp.setenv(key, value)
+        for key in (ENV_S3_ENDPOINT, "MLFLOW_S3_ENDPOINT_URL", objectstore.MODELS_BUCKET_ENV):
+            mp.delenv(key, raising=False)
+        yield url
+        mp.undo()
 
 
 def _boto(url: str):

@@ -136,9 +136,9 @@ def test_capture_keeps_shadow_answers_apart_and_joins_them_with_labels(tmp_path)
 
     from capture_sink.server import CaptureService, create_app
     from gourmetgram.loop.feedback import record_feedback
-    from gourmetgram.loop.objects import ObjectStore
     from gourmetgram.loop.settings import CaptureSettings, FeedbackSettings, LoopSettings
     from gourmetgram.loop.store import Store
+    from gourmetgram.objectstore import ObjectStore
     from gourmetgram.rollout.shadow import captured_answers
 
     store = Store(f"sqlite:///{tmp_path / 'loop.db'}")

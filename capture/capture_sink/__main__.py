@@ -9,7 +9,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     from gourmetgram.constants import CAPTURE_PORT, HOST
-    from gourmetgram.errors import UserError
+    from gourmetgram.errors import GourmetGramError, UserError
 
     p = argparse.ArgumentParser(
         prog="python -m capture_sink",
@@ -30,9 +30,9 @@ def main(argv: list[str] | None = None) -> int:
         import uvicorn
 
         from capture_sink.server import CaptureService, create_app
-        from gourmetgram.loop.objects import ObjectStore
         from gourmetgram.loop.settings import class_names_from, db_url, load_loop_settings
         from gourmetgram.loop.store import Store
+        from gourmetgram.objectstore import ObjectStore
 
         settings = load_loop_settings(args.config)
         if not (args.bundle or args.class_names):
@@ -41,9 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         store = Store(db_url(args.db))
         objects = ObjectStore(args.objects)
         service = CaptureService(store, objects, settings, names)
-    except UserError as exc:
+    except GourmetGramError as exc:  # bad input: 2; the database or object store down: 3
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     print(f"capture sink: db {store.url.split('@')[-1]}, objects {objects.url}, "
           f"listening on http://{args.host}:{args.port}/", file=sys.stderr, flush=True)
     uvicorn.run(create_app(service), host=args.host, port=args.port, log_level="warning", access_log=False)

@@ -16,9 +16,9 @@ from typing import Any, Sequence
 
 from gourmetgram import constants
 from gourmetgram.inference_events import InferenceEvent
-from gourmetgram.loop.objects import ObjectStore, sniff_type
 from gourmetgram.loop.settings import LoopSettings
 from gourmetgram.loop.store import Store
+from gourmetgram.objectstore import ObjectStore, sniff_type
 
 STAGE_OF_ISVC = {name: stage for stage, name in constants.ISVC_NAMES.items()}
 VERSION_ANNOTATION = constants.MODEL_VERSION_ANNOTATION

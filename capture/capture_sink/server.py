@@ -32,9 +32,9 @@ from gourmetgram.inference_events import BadEvent, decode_event
 from gourmetgram.jsonlog import log_json
 from gourmetgram.loop import quality
 from gourmetgram.loop.feedback import FeedbackError, parse_feedback, record_feedback
-from gourmetgram.loop.objects import ObjectStore
 from gourmetgram.loop.settings import LoopSettings
 from gourmetgram.loop.store import Store
+from gourmetgram.objectstore import ObjectStore
 
 log = logging.getLogger("capture_sink")
 

@@ -84,18 +84,13 @@ def _from_object_store(uri: str, workdir: Path) -> Path:
 
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        bucket, key = objectstore.split_uri(uri)
+        _, key = objectstore.split_uri(uri)
         if _is_archive(key):
-            fs = objectstore.filesystem()
             archive = workdir / Path(key).name
-            try:
-                fs.get_file(f"{bucket}/{key}", str(archive))
+            try:  # endpoint/credential errors: a dependency (exit 3), raised by the store
+                objectstore.download_file(uri, archive)
             except FileNotFoundError:
                 raise DatasetError(f"dataset archive {uri} does not exist") from None
-            except Exception as exc:  # noqa: BLE001 - endpoint/credential errors: a dependency (exit 3)
-                from gourmetgram.errors import DependencyUnavailable
-
-                raise DependencyUnavailable(f"could not download dataset {uri} from the object store: {exc}") from None
             _extract(archive, workdir / "extracted")
             return _find_root(workdir / "extracted")
         objectstore.download_tree(uri, workdir / "downloaded")

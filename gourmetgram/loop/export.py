@@ -34,9 +34,9 @@ from gourmetgram.constants import CLASS_NAMES_FILE, SPLITS
 from gourmetgram.errors import UserError
 from gourmetgram.loop import quality
 from gourmetgram.loop.models import Label, Sample
-from gourmetgram.loop.objects import ObjectStore
 from gourmetgram.loop.settings import ExportSettings
 from gourmetgram.loop.store import Store, as_utc, utcnow
+from gourmetgram.objectstore import ObjectStore
 
 LINEAGE_FILE = "lineage.json"
 TRAINING, VALIDATION, EVALUATION = SPLITS

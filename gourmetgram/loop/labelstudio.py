@@ -20,9 +20,9 @@ from xml.sax.saxutils import quoteattr
 from gourmetgram import constants
 from gourmetgram.errors import UserError
 from gourmetgram.loop.models import ANNOTATOR, Label, LabelTask, Sample
-from gourmetgram.loop.objects import ObjectStore
 from gourmetgram.loop.settings import ENV_LS_TOKEN, ENV_LS_URL
 from gourmetgram.loop.store import Store, utcnow
+from gourmetgram.objectstore import ObjectStore
 
 FROM_NAME, TO_NAME = "label", "image"
 

@@ -26,7 +26,7 @@ def _store(args):
 
 
 def _objects(args):
-    from gourmetgram.loop.objects import ObjectStore
+    from gourmetgram.objectstore import ObjectStore
 
     return ObjectStore(args.objects)
 
