@@ -248,9 +248,9 @@ def sink(tmp_path):
     ``GET /summary``, as on the cluster, where the database is not the web app's to open."""
     from capture_sink.server import CaptureService
     from capture_sink.server import create_app as sink_app
-    from gourmetgram.loop.objects import ObjectStore
     from gourmetgram.loop.settings import FeedbackSettings, LoopSettings, PolicySettings
     from gourmetgram.loop.store import Store
+    from gourmetgram.objectstore import ObjectStore
 
     store = Store(f"sqlite:///{tmp_path / 'loop.db'}")
     objects = ObjectStore((tmp_path / "objects").as_uri())

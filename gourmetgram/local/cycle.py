@@ -156,8 +156,8 @@ class Cycle:
 
     def export(self) -> Path:
         from gourmetgram.loop.export import export_dataset
-        from gourmetgram.loop.objects import ObjectStore
         from gourmetgram.loop.settings import load_loop_settings
+        from gourmetgram.objectstore import ObjectStore
 
         self._step("loop export: labelled production data (annotators' labels, else users' corrections)")
         t0 = time.monotonic()
