@@ -187,6 +187,14 @@ def _response_payload(body: Any, event: InferenceEvent, class_names: Sequence[st
     raise BadEvent('response payload must hold "predictions" (KServe v1) or "outputs" (v2)')
 
 
+def _sniff_image(head: bytes) -> str:
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    raise BadEvent("request event body (application/octet-stream) is not a JPEG or PNG image")
+
+
 def decode_event(headers: Mapping[str, str], body: bytes,
                  class_names: Sequence[str] = ()) -> InferenceEvent:
     """Binary-mode CloudEvent (headers + raw body) -> :class:`InferenceEvent`."""
@@ -211,9 +219,12 @@ def decode_event(headers: Mapping[str, str], body: bytes,
         time=None if attrs.get("time") is None else str(attrs["time"]),
     )
     content_type = (headers.get("content-type") or "application/json").split(";")[0].strip().lower()
-    if event.is_request and content_type.startswith("image/"):
+    if event.is_request and (content_type.startswith("image/") or content_type == "application/octet-stream"):
+        # A raw image posted as the body (the transformer's application/octet-stream path).
         if not body:
             raise BadEvent("request event has an empty image body")
+        if content_type == "application/octet-stream":
+            content_type = _sniff_image(bytes(body[:8]))
         event.images = [bytes(body)]
         event.content_types = [content_type]
         return event

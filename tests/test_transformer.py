@@ -198,6 +198,9 @@ def client(predictor, onnx_path):
     server.register_model(offline)
     RESTServer("kserve.model_server:app", server.dataplane, server.model_repository_extension,
                http_port=0).create_application()
+    from food_transformer.server import add_middlewares
+
+    add_middlewares(kserve_model_server.app, 64 * 1024 * 1024)
     with TestClient(kserve_model_server.app) as c:
         yield c
 
@@ -434,3 +437,85 @@ def test_entry_point_serves_over_http(predictor, onnx_path, session, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+# ---------------------------------------------------------------- binary client paths
+
+
+@pytest.mark.parametrize("content_type, fmt", [("application/octet-stream", "JPEG"), ("image/jpeg", "JPEG"),
+                                               ("image/png", "PNG")])
+def test_raw_image_body_is_served_like_base64(client, session, content_type, fmt):
+    raw = image_bytes(40, (200, 150), fmt)
+    response = client.post(f"/v1/models/{MODEL}:predict", content=raw, headers={"content-type": content_type})
+    assert response.status_code == 200, response.text
+    (pred,) = response.json()["predictions"]
+    probs = expected_probs(session, [raw])[0]
+    assert pred["class_index"] == int(np.argmax(probs))
+    assert pred["confidence"] == pytest.approx(probs.max(), abs=1e-5)
+    same = client.post(f"/v1/models/{MODEL}:predict", json=v1(raw)).json()["predictions"][0]
+    assert same["class_index"] == pred["class_index"]
+    assert same["confidence"] == pytest.approx(pred["confidence"], abs=1e-6)
+
+
+@pytest.mark.parametrize("body, needle", [
+    (b"", "empty"),
+    (b"hello, I am plain text, not a picture", "not a JPEG or PNG"),
+    (b'{"instances": [{"image": {"b64": "AAAA"}}]}', "not a JPEG or PNG"),
+    (None, "truncated"),
+])
+def test_bad_raw_image_body_is_400(client, body, needle):
+    if body is None:
+        body = image_bytes(41, (400, 300))[:3000]
+    response = client.post(f"/v1/models/{MODEL}:predict", content=body,
+                           headers={"content-type": "application/octet-stream"})
+    assert response.status_code == 400, response.text
+    assert needle in response.json()["error"]
+
+
+def _v2_binary_bytes(images: list[bytes], request_id: str = "bin-1") -> tuple[bytes, dict]:
+    """A v2 request whose BYTES input travels in the binary tensor extension, each element the
+    image's base64 text (kserve 0.20 decodes binary BYTES elements as UTF-8, so raw image
+    bytes go over gRPC or as application/octet-stream instead)."""
+    raw = b"".join(len(e).to_bytes(4, "little") + e for e in (b64(i).encode() for i in images))
+    head = json.dumps({"id": request_id, "inputs": [{
+        "name": "image", "shape": [len(images)], "datatype": "BYTES",
+        "parameters": {"binary_data_size": len(raw)}}]}).encode()
+    return head + raw, {"content-type": "application/octet-stream",
+                        "inference-header-content-length": str(len(head))}
+
+
+def test_v2_binary_bytes_input_is_served(client, session):
+    images = [image_bytes(42), image_bytes(43, (120, 160), "PNG")]
+    body, headers = _v2_binary_bytes(images)
+    response = client.post(f"/v2/models/{MODEL}/infer", content=body, headers=headers)
+    assert response.status_code == 200, response.text
+    data = response.json()
+    assert data["id"] == "bin-1"
+    outputs = {o["name"]: o for o in data["outputs"]}
+    assert outputs["class_index"]["data"] == list(np.argmax(expected_probs(session, images), axis=1))
+
+
+def test_v2_binary_bytes_with_a_non_image_is_400(client):
+    body, headers = _v2_binary_bytes([image_bytes(44), b"GIF89a not a JPEG or PNG"])
+    response = client.post(f"/v2/models/{MODEL}/infer", content=body, headers=headers)
+    assert response.status_code == 400, response.text
+    assert "image 1" in response.json()["error"] and "not a JPEG or PNG" in response.json()["error"]
+
+
+def test_concurrent_requests_each_get_their_own_answer(client, session):
+    """Concurrent requests are decoded and predicted together; each still gets its own
+    predictions, and one client's bad photo fails only that client's request."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    images = [image_bytes(50 + i, (100 + 10 * i, 90)) for i in range(6)]
+    bodies = [v1(img) for img in images[:3]] + [v1(images[3], images[4])] + \
+        [v1(b"not an image at all")] + [v1(images[5])]
+
+    def post(body):
+        return client.post(f"/v1/models/{MODEL}:predict", json=body)
+
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        responses = list(pool.map(post, bodies))
+    assert responses[4].status_code == 400 and "instances[0]" in responses[4].json()["error"]
+    got = [p["class_index"] for i, r in enumerate(responses) if i != 4 for p in r.json()["predictions"]]
+    assert got == list(np.argmax(expected_probs(session, images), axis=1))

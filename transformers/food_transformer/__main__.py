@@ -2,7 +2,7 @@
 
     python -m food_transformer --model_name food11 --predictor_host HOST:PORT --protocol v2 \\
         [--model_spec BUNDLE/model_spec.json | --image_size 224 --labels_file labels.txt] \\
-        [--top_k 3] [--max_batch 64] [--revision NAME] [--http_port 8080] [--host 127.0.0.1]
+        [--top_k 3] [--max_batch 64] [--coalesce_images 32] [--revision NAME] [--http_port 8080] [--host 127.0.0.1]
 
 All of kserve's ModelServer flags are accepted (``parents=[kserve.model_server.parser]``).
 It listens on ``--host`` only (127.0.0.1 unless ``$TRANSFORMER_HOST`` says otherwise; the
@@ -23,7 +23,7 @@ from kserve import model_server as kserve_model_server
 from kserve.predictor_config import PredictorConfig
 
 from food_transformer import metrics
-from food_transformer.model import DEFAULT_TOP_K, FoodTransformer
+from food_transformer.model import DEFAULT_COALESCE_IMAGES, DEFAULT_TOP_K, FoodTransformer
 from food_transformer.server import DEFAULT_MAX_BODY_BYTES, BoundModelServer
 from food_transformer.spec import resolve_partial
 from food_transformer.validation import DEFAULT_MAX_BATCH
@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--top_k", type=int, default=DEFAULT_TOP_K, help="classes listed per image")
     group.add_argument("--max_batch", type=int, default=DEFAULT_MAX_BATCH,
                        help="most images accepted in one request")
+    group.add_argument("--coalesce_images", type=int, default=DEFAULT_COALESCE_IMAGES,
+                       help="most images of concurrent requests sent to the predictor in one call "
+                       "(at most Triton's max_batch_size; 1 sends each image alone)")
     group.add_argument("--revision", default=None,
                        help="metrics label; env K_REVISION (set by Knative) wins, else 'local'")
     group.add_argument("--host", default=os.environ.get("TRANSFORMER_HOST", HOST),
@@ -103,7 +106,7 @@ def build_model(args: argparse.Namespace, argv: Sequence[str]) -> tuple[FoodTran
     model_name = args.model_name if _given(argv, "--model_name") else MODEL_NAME
     model = FoodTransformer(
         model_name, config, spec, top_k=args.top_k, max_batch=args.max_batch,
-        revision=metrics.resolve_revision(args.revision),
+        revision=metrics.resolve_revision(args.revision), coalesce_images=args.coalesce_images,
     )
     model.load()
     return model, config

@@ -1,10 +1,13 @@
 """The KServe transformer: images in, Food-11 labels out, Triton (v2) in between.
 
-preprocess: validate the request, decode every image with the SAME functions training
-uses (:func:`gourmetgram.preprocessing.preprocess_bytes`), and build ONE batched v2
-request (input ``input`` FP32 [N, 3, H, W], sent in the binary tensor extension).
-predict: kserve's own client posts it to ``<predictor>/v2/models/<name>/infer``; transport
-failures and an unavailable predictor become HTTP 503 with a clear message.
+preprocess: validate the request (JSON v1/v2 with base64, v2 binary BYTES, or the raw image
+as ``application/octet-stream``), decode every image with the SAME functions training uses
+(:func:`gourmetgram.preprocessing.preprocess_bytes`); concurrent requests are decoded together
+in one executor call (:mod:`food_transformer.batching`).
+predict: the decoded images of concurrent requests go to Triton as ONE v2 request (input
+``input`` FP32 [N, 3, H, W], binary tensor extension in and out, :mod:`food_transformer.v2binary`)
+while the next ones are decoded; with ``--protocol grpc-v2`` kserve's gRPC client sends each
+request's batch. Transport failures and an unavailable predictor become HTTP 503.
 postprocess: softmax, class names, top-k; the v1 API answers ``{"predictions": [...]}``,
 the v2 API a v2 response with ``label``/``class_index``/``confidence`` outputs.
 """
@@ -22,14 +25,19 @@ import httpx
 import numpy as np
 from kserve import Model
 from kserve.errors import InferenceError, InvalidInput, ServerNotReady
-from kserve.inference_client import InferenceRESTClient, RESTConfig
-from kserve.model import append_forwardable_headers
 from kserve.predictor_config import PredictorConfig
 from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, InferResponse
 
-from food_transformer import metrics
+from food_transformer import metrics, v2binary
+from food_transformer.batching import Coalescer
 from food_transformer.spec import PartialSpec, ServingSpec, fill_from_metadata
-from food_transformer.validation import DEFAULT_MAX_BATCH, parse_v1_body, parse_v2_request
+from food_transformer.validation import (
+    DEFAULT_MAX_BATCH,
+    is_raw_image_request,
+    parse_raw_body,
+    parse_v1_body,
+    parse_v2_request,
+)
 from gourmetgram.constants import INPUT_NAME, OUTPUT_NAME
 from gourmetgram.errors import UserError
 from gourmetgram.jsonlog import inference_id_of, log_json
@@ -38,6 +46,9 @@ from gourmetgram.preprocessing import InvalidImageError, preprocess_bytes, softm
 logger = logging.getLogger(__name__)
 
 DEFAULT_TOP_K = 3
+# Most images in one coalesced predictor call: Triton's max_batch_size in the demo config; a
+# single request larger than this is still sent whole (as before coalescing).
+DEFAULT_COALESCE_IMAGES = 32
 METADATA_TIMEOUT_S = 5.0
 # Predictor HTTP answers that mean "not available right now" rather than "bad request".
 _UNAVAILABLE_STATUS = {404, 429, 502, 503, 504}
@@ -68,19 +79,30 @@ class _RequestInfo:
 _REQUEST: ContextVar[_RequestInfo | None] = ContextVar("food_transformer_request", default=None)
 
 
-def images_to_batch(blobs: Sequence[bytes], image_size: int, names: Sequence[str]) -> np.ndarray:
-    """Decode + shared preprocessing for every image -> (N, 3, H, W) float32.
+@dataclass
+class DecodedImages:
+    """What preprocess hands predict: one request's preprocessed images, not yet serialised."""
 
-    Bad images (not JPEG/PNG, truncated, too large, decompression bombs) raise
-    InvalidInput naming the instance.
-    """
-    arrays = []
-    for blob, name in zip(blobs, names):
+    arrays: list[np.ndarray]  # (3, H, W) float32 each
+    request_id: str | None
+
+    def to_infer_request(self, model_name: str) -> InferRequest:
+        batch = np.stack(self.arrays)
+        tensor = InferInput(name=INPUT_NAME, shape=list(batch.shape), datatype="FP32")
+        tensor.set_data_from_numpy(batch, binary_data=True)
+        return InferRequest(model_name=model_name, infer_inputs=[tensor], request_id=self.request_id)
+
+
+def decode_each(blobs: Sequence[bytes], image_size: int) -> list[np.ndarray | InvalidImageError]:
+    """Decode + shared preprocessing per image; a bad image is returned as its error, so
+    one client's bad photo never fails another client's request decoded in the same call."""
+    out: list[np.ndarray | InvalidImageError] = []
+    for blob in blobs:
         try:
-            arrays.append(preprocess_bytes(blob, image_size))
+            out.append(preprocess_bytes(blob, image_size))
         except InvalidImageError as exc:
-            raise InvalidInput(f"{name}: {exc}") from exc
-    return np.stack(arrays).astype(np.float32, copy=False)
+            out.append(exc)
+    return out
 
 
 def rank(probs: np.ndarray, class_names: Sequence[str], top_k: int) -> list[dict[str, Any]]:
@@ -108,19 +130,22 @@ class FoodTransformer(Model):
         top_k: int = DEFAULT_TOP_K,
         max_batch: int = DEFAULT_MAX_BATCH,
         revision: str = metrics.DEFAULT_REVISION,
+        coalesce_images: int = DEFAULT_COALESCE_IMAGES,
     ):
         super().__init__(name)
         if predictor_config.predictor_protocol not in ("v2", "grpc-v2"):
             raise UserError("the predictor (Triton) speaks only v2: use --protocol v2 or grpc-v2")
-        if top_k < 1 or max_batch < 1:
-            raise UserError("--top_k and --max_batch must be at least 1")
+        if top_k < 1 or max_batch < 1 or coalesce_images < 1:
+            raise UserError("--top_k, --max_batch and --coalesce_images must be at least 1")
         self._predictor = predictor_config
         self.partial = spec
         self.spec: ServingSpec | None = spec.complete()
         self.top_k = top_k
         self.max_batch = max_batch
         self.revision = revision
-        self._rest_client: InferenceRESTClient | None = None
+        self._http: httpx.AsyncClient | None = None  # created on the serving event loop
+        self._decoder: Coalescer[bytes, np.ndarray | InvalidImageError] = Coalescer(self._decode, 64)
+        self._infer: Coalescer[np.ndarray, np.ndarray] = Coalescer(self._infer_rest, coalesce_images)
 
     # Our own config, not kserve's process-wide context var: the handlers may run in
     # another thread or context (tests, multiple servers) and must still find it.
@@ -182,38 +207,51 @@ class FoodTransformer(Model):
             {"name": "confidence", "datatype": "FP32", "shape": [-1]},
         ]
 
-    async def preprocess(self, payload: Any, headers: Dict[str, str] | None = None) -> InferRequest:
+    def validate(self, payload: Any) -> Any:
+        return payload if isinstance(payload, DecodedImages) else super().validate(payload)
+
+    async def preprocess(self, payload: Any, headers: Dict[str, str] | None = None) -> DecodedImages:
         if isinstance(payload, InferRequest):
             blobs = parse_v2_request(payload, self.max_batch)
             names = [f"image {i}" for i in range(len(blobs))]
             info = _RequestInfo("v2", payload.id, len(blobs))
         else:
-            blobs = parse_v1_body(payload, self.max_batch)
-            names = [f"instances[{i}]" for i in range(len(blobs))]
+            if isinstance(payload, (bytes, bytearray)) and is_raw_image_request(headers):
+                blobs, names = parse_raw_body(payload), ["body"]
+            else:
+                blobs = parse_v1_body(payload, self.max_batch)
+                names = [f"instances[{i}]" for i in range(len(blobs))]
             info = _RequestInfo("v1", None, len(blobs))
         _REQUEST.set(info)
         log_json("transformer", "preprocess", inference_id_of(headers), model=self.name,
                  revision=self.revision, protocol=info.protocol, instances=len(blobs))
-        spec = await self._serving_spec()
-        # Decoding is CPU work (Pillow releases the GIL): keep the event loop free.
-        batch = await asyncio.get_running_loop().run_in_executor(
-            None, images_to_batch, blobs, spec.image_size, names
-        )
-        tensor = InferInput(name=INPUT_NAME, shape=list(batch.shape), datatype="FP32")
-        tensor.set_data_from_numpy(batch, binary_data=True)
-        return InferRequest(model_name=self.name, infer_inputs=[tensor], request_id=info.request_id)
+        await self._serving_spec()
+        decoded = await self._decoder.submit(blobs)
+        for item, name in zip(decoded, names):
+            if isinstance(item, InvalidImageError):
+                raise InvalidInput(f"{name}: {item}") from item
+        return DecodedImages(decoded, info.request_id)  # type: ignore[arg-type]  # errors raised above
+
+    async def _decode(self, blobs: list[bytes]) -> list[np.ndarray | InvalidImageError]:
+        """One executor call for every image queued meanwhile (Pillow and NumPy release the
+        GIL): the event loop keeps serving while it runs."""
+        assert self.spec is not None  # preprocess awaited _serving_spec first
+        return await asyncio.get_running_loop().run_in_executor(None, decode_each, blobs, self.spec.image_size)
 
     async def predict(
         self,
         payload: Any,
         headers: Dict[str, str] | None = None,
         response_headers: Dict[str, str] | None = None,
-    ) -> InferResponse:
+    ) -> InferResponse | np.ndarray:
         where = f"{self._predictor.predictor_host} ({self._predictor.predictor_protocol})"
         try:
             if self._predictor.predictor_protocol == "grpc-v2":
-                return await super().predict(payload, headers, response_headers)
-            return await self._rest_infer(payload, headers)
+                request = payload.to_infer_request(self.name) if isinstance(payload, DecodedImages) else payload
+                return await super().predict(request, headers, response_headers)
+            if isinstance(payload, DecodedImages):
+                return np.stack(await self._infer.submit(payload.arrays))
+            return await self._infer_request(payload)
         except httpx.HTTPStatusError as exc:
             status = exc.response.status_code
             if status in _UNAVAILABLE_STATUS:
@@ -229,23 +267,23 @@ class FoodTransformer(Model):
                 raise PredictorUnavailable(f"{where}: {code}: {exc.details()}") from exc
             raise InferenceError(f"predictor {where} failed: {code}") from exc
 
-    async def _rest_infer(self, request: InferRequest, headers: Dict[str, str] | None) -> InferResponse:
-        """POST the binary-extension v2 request with kserve's public REST client.
-
-        Not ``Model._http_predict``: kserve 0.20 adds ``Content-Type: application/json`` next
-        to the client's ``content-type: application/octet-stream``, and a v2 server that reads
-        the first one cannot parse the binary body (kserve's own server answers 400).
-        """
-        if self._rest_client is None:  # created on the serving event loop
-            self._rest_client = InferenceRESTClient(RESTConfig(
-                protocol="v2",
-                retries=self._predictor.predictor_request_retries,
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:  # created on the serving event loop, kept for its connections
+            self._http = httpx.AsyncClient(
                 timeout=self._predictor.predictor_request_timeout_seconds,
-            ))
-        return await self._rest_client.infer(
-            self._predictor.predictor_base_url, data=request, model_name=self.name,
-            headers=append_forwardable_headers(headers),
-        )
+                transport=httpx.AsyncHTTPTransport(retries=self._predictor.predictor_request_retries))
+        return self._http
+
+    async def _infer_rest(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """One binary v2 call to Triton for the images of every request queued meanwhile."""
+        logits = await v2binary.infer(self._client(), self._predictor.predictor_base_url, self.name,
+                                      images, INPUT_NAME, OUTPUT_NAME)
+        return list(logits)
+
+    async def _infer_request(self, request: InferRequest) -> np.ndarray:
+        """A ready-made InferRequest (a subclass's preprocess): its FP32 input, sent alone."""
+        tensor = request.inputs[0].as_numpy()
+        return np.stack(await self._infer.submit(list(tensor)))
 
     async def postprocess(
         self,
@@ -278,6 +316,8 @@ class FoodTransformer(Model):
 
 def _logits_of(result: Any) -> np.ndarray:
     """The ``logits`` output of a v2 response (the first output if named otherwise)."""
+    if isinstance(result, np.ndarray):
+        return result
     if isinstance(result, InferResponse):
         output = result.get_output_by_name(OUTPUT_NAME) or (result.outputs[0] if result.outputs else None)
         if output is None:

@@ -17,11 +17,41 @@ from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
 from kserve.protocol.rest.server import RESTServer
 from uvicorn.importer import import_from_string
 
+from food_transformer.validation import RAW_IMAGE_TYPE
 from gourmetgram.bodylimit import BodyLimit
 from gourmetgram.errors import UserError
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024  # the gateway's limit too
 ALL_ADDRESSES = ("0.0.0.0", "::", "")
+
+
+class RawImageBody:
+    """Lets a raw image posted to a v1 ``:predict`` path reach the transformer.
+
+    kserve 0.20 lists ``application/octet-stream`` among the JSON types
+    (``kserve.protocol.dataplane.JSON_HEADERS``), so such a body would be parsed as JSON and
+    refused before the model sees it. On ``:predict`` paths only, this relabels it
+    :data:`~food_transformer.validation.RAW_IMAGE_TYPE`, which kserve hands over as bytes;
+    v2 ``/infer`` (binary tensor extension, same Content-Type) is left alone.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].endswith(":predict"):
+            headers = scope["headers"]
+            for i, (name, value) in enumerate(headers):
+                if name == b"content-type" and value.split(b";")[0].strip().lower() == b"application/octet-stream":
+                    scope = {**scope, "headers": [*headers[:i], (name, RAW_IMAGE_TYPE.encode()), *headers[i + 1:]]}
+                    break
+        await self.app(scope, receive, send)
+
+
+def add_middlewares(app: Any, max_body_bytes: int) -> None:
+    """What the transformer adds to kserve's app: raw image bodies, then the size limit (outermost)."""
+    app.add_middleware(RawImageBody)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
 
 
 class BoundModelServer(ModelServer):
@@ -51,8 +81,7 @@ class BoundModelServer(ModelServer):
             timeout_keep_alive=self.timeout_keep_alive)
         # uvicorn.Server keeps this Config object and reads .host when it binds.
         self._rest_server.config.host = self.host
-        import_from_string(FASTAPI_APP_IMPORT_STRING).add_middleware(
-            BodyLimit, max_bytes=self.max_body_bytes)
+        add_middlewares(import_from_string(FASTAPI_APP_IMPORT_STRING), self.max_body_bytes)
         self.servers.append(self._rest_server.start())
         if self.enable_grpc:
             from kserve.model_server import args as kserve_args

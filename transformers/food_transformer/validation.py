@@ -9,7 +9,9 @@ Accepted shapes (KServe v1):
     {"instances": [{"image_bytes": {"b64": "<base64>"}}, ...]}
     {"instances": [{"image": "<base64>"}, ...]} or {"instances": ["<base64>", ...]}
 KServe v2: one BYTES input (any name), shape [N] (or [N, 1]), each element base64 text or,
-over gRPC, the raw JPEG/PNG bytes.
+over gRPC or in the v2 binary tensor extension, the raw JPEG/PNG bytes.
+Raw: one image per request, the file's bytes as the body, with ``Content-Type:
+application/octet-stream`` (or ``image/jpeg``, ``image/png``): no base64, no JSON.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import base64
 import binascii
 import math
 import re
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import orjson
 from kserve.errors import InvalidInput
@@ -34,6 +36,29 @@ EXAMPLE = '{"instances": [{"image": {"b64": "<base64 JPEG or PNG>"}}]}'
 _DATA_URL = re.compile(r"^data:[\w/+.-]*;base64,", re.IGNORECASE)
 _WHITESPACE = re.compile(r"\s+")
 _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")
+# What food_transformer.server.RawImageBody relabels application/octet-stream to on :predict.
+RAW_IMAGE_TYPE = "application/vnd.gourmetgram.image"
+RAW_CONTENT_TYPES = ("application/octet-stream", "image/jpeg", "image/png", RAW_IMAGE_TYPE)
+
+
+def is_raw_image_request(headers: Mapping[str, str] | None) -> bool:
+    """Whether the body is the image itself (Content-Type octet-stream, image/jpeg or image/png)."""
+    if not headers:
+        return False
+    value = next((v for k, v in headers.items() if k.lower() == "content-type"), "")
+    return value.split(";")[0].strip().lower() in RAW_CONTENT_TYPES
+
+
+def parse_raw_body(body: bytes | bytearray) -> list[bytes]:
+    """A raw-image request body -> [image bytes]; anything but JPEG/PNG bytes is a 400."""
+    if not body:
+        raise InvalidInput("request body is empty; send the JPEG or PNG file's bytes")
+    if not bytes(body[:8]).startswith(_IMAGE_MAGIC):
+        raise InvalidInput(
+            "request body (Content-Type application/octet-stream) is not a JPEG or PNG image; "
+            f"send the image file's bytes, or JSON ({EXAMPLE}) with Content-Type application/json"
+        )
+    return [bytes(body)]
 
 
 def parse_v1_body(payload: Any, max_batch: int = DEFAULT_MAX_BATCH) -> list[bytes]:

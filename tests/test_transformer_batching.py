@@ -1,0 +1,106 @@
+"""The transformer's coalescing and its v2 binary codec, in process (no servers)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from food_transformer import v2binary
+from food_transformer.batching import Coalescer
+
+
+def test_callers_queued_during_a_call_share_the_next_one():
+    async def scenario():
+        gate = asyncio.Event()
+        calls: list[list[int]] = []
+
+        async def double(items: list[int]) -> list[int]:
+            calls.append(items)
+            if len(calls) == 1:
+                await gate.wait()  # the first call is "in flight" while others queue
+            return [2 * x for x in items]
+
+        c = Coalescer(double, max_items=10)
+        first = asyncio.create_task(c.submit([1]))
+        await asyncio.sleep(0)
+        rest = [asyncio.create_task(c.submit(items)) for items in ([2, 3], [4], [5, 6, 7])]
+        await asyncio.sleep(0)
+        gate.set()
+        return await first, [await t for t in rest], calls
+
+    first, rest, calls = asyncio.run(scenario())
+    assert first == [2]
+    assert rest == [[4, 6], [8], [10, 12, 14]]
+    assert calls == [[1], [2, 3, 4, 5, 6, 7]]
+
+
+def test_max_items_splits_between_callers_never_inside_one():
+    async def scenario():
+        gate = asyncio.Event()
+        calls: list[list[int]] = []
+
+        async def ident(items: list[int]) -> list[int]:
+            calls.append(items)
+            if len(calls) == 1:
+                await gate.wait()
+            return items
+
+        c = Coalescer(ident, max_items=3)
+        tasks = [asyncio.create_task(c.submit(x)) for x in ([0], [1, 2], [3, 4], [5, 6, 7, 8])]
+        await asyncio.sleep(0)
+        gate.set()
+        return [await t for t in tasks], calls
+
+    results, calls = asyncio.run(scenario())
+    assert results == [[0], [1, 2], [3, 4], [5, 6, 7, 8]]
+    assert calls == [[0, 1, 2], [3, 4], [5, 6, 7, 8]]
+
+
+def test_a_failed_call_fails_its_callers_and_the_next_call_still_runs():
+    async def scenario():
+        async def boom(items: list[int]) -> list[int]:
+            if 0 in items:
+                raise RuntimeError("predictor down")
+            return items
+
+        c = Coalescer(boom, max_items=1)
+        bad = asyncio.create_task(c.submit([0]))
+        good = asyncio.create_task(c.submit([1]))
+        with pytest.raises(RuntimeError, match="predictor down"):
+            await bad
+        return await good
+
+    assert asyncio.run(scenario()) == [1]
+
+
+def test_v2_binary_request_and_response_round_trip():
+    images = [np.random.default_rng(i).random((3, 4, 4), dtype=np.float32) for i in range(3)]
+    body, head_len = v2binary.encode_request(images, "input", "logits", "id-1")
+    import json
+
+    head = json.loads(body[:head_len])
+    assert head["inputs"][0]["shape"] == [3, 3, 4, 4] and head["id"] == "id-1"
+    assert head["outputs"] == [{"name": "logits", "parameters": {"binary_data": True}}]
+    sent = np.frombuffer(body[head_len:], np.float32).reshape(3, 3, 4, 4)
+    np.testing.assert_array_equal(sent, np.stack(images))
+
+    logits = np.arange(6, dtype=np.float32).reshape(3, 2)
+    other = np.ones(3, np.float32)
+    out_head = json.dumps({"outputs": [
+        {"name": "other", "datatype": "FP32", "shape": [3], "parameters": {"binary_data_size": 12}},
+        {"name": "logits", "datatype": "FP32", "shape": [3, 2], "parameters": {"binary_data_size": 24}}]}).encode()
+    reply = out_head + other.tobytes() + logits.tobytes()
+    got = v2binary.decode_response(reply, {v2binary.HEADER_LENGTH: str(len(out_head))}, "logits")
+    np.testing.assert_array_equal(got, logits)
+    as_json = json.dumps({"outputs": [{"name": "logits", "datatype": "FP32", "shape": [3, 2],
+                                       "data": logits.ravel().tolist()}]}).encode()
+    np.testing.assert_array_equal(v2binary.decode_response(as_json, {}, "logits"), logits)
+
+
+def test_unreadable_predictor_response_is_an_inference_error():
+    from kserve.errors import InferenceError
+
+    with pytest.raises(InferenceError, match="unreadable"):
+        v2binary.decode_response(b"<html>oops</html>", {}, "logits")
