@@ -71,7 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", required=True, help="a gourmetgram checkpoint (.pt)")
     p.add_argument("--host", default=HOST)
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--threads", type=int, default=0,
+                   help="PyTorch intra-op threads (0: PyTorch's default, every core); the benchmark "
+                   "tunes this: with 1, concurrent requests use the cores side by side")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         app = create_app(args.checkpoint)
     except UserError as exc:

@@ -14,7 +14,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "benchmarks" / "serving_performance.py"
-ROW = re.compile(r"^(limit|baseline|served)\s+(-|\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$")
+ROW = re.compile(r"^(limit|baseline|served)\s+(\S+)\s+(-|\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)"
+                 r"\s+([\d.]+)\s+([\d.]+)$")
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import serving_performance as sp  # noqa: E402
@@ -22,16 +23,58 @@ import serving_performance as sp  # noqa: E402
 
 def test_percentiles_and_ratios():
     assert sp.percentiles(list(range(1, 101))) == pytest.approx((50.5, 95.05, 99.01))
-    points = [sp.Point("limit", 0, 8, 64, 0, 1.0, 100.0, 1, 1, 1),
-              sp.Point("baseline", 1, 1, 20, 0, 1.0, 20.0, 1, 1, 1),
-              sp.Point("baseline", 4, 1, 25, 0, 1.0, 25.0, 1, 1, 1),
-              sp.Point("served", 1, 1, 30, 0, 1.0, 30.0, 1, 1, 1),
-              sp.Point("served", 4, 1, 80, 0, 1.0, 80.0, 1, 1, 1)]
+    points = [sp.Point("limit", 0, 8, 64, 0, 1.0, 100.0, 1, 1, 1, variant="nospin"),
+              sp.Point("baseline", 1, 1, 20, 0, 1.0, 20.0, 1, 1, 1, variant="t1"),
+              sp.Point("baseline", 1, 1, 22, 0, 1.0, 22.0, 1, 1, 1, variant="t2"),
+              sp.Point("baseline", 4, 1, 25, 0, 1.0, 25.0, 1, 1, 1, variant="t1"),
+              sp.Point("served", 1, 1, 30, 0, 1.0, 30.0, 10, 12, 13, variant="raw"),
+              sp.Point("served", 4, 1, 90, 0, 1.0, 90.0, 1, 1, 1, variant="raw"),
+              sp.Point("served", 4, 1, 80, 0, 1.0, 80.0, 1, 1, 1, variant="json"),
+              sp.Point("served", 64, 1, 45, 0, 1.0, 45.0, 20, 35, 40, variant="raw@45/s")]
     ratios = sp.summarise(points)
-    assert ratios["served_best/limit"] == pytest.approx(0.8)
-    assert ratios["served_best/baseline_best"] == pytest.approx(80 / 25)
-    assert ratios["served/baseline@c1"] == pytest.approx(1.5)
-    assert ratios["served/limit@c4"] == pytest.approx(0.8)
+    assert ratios["served_best/limit"] == pytest.approx(0.9)
+    assert ratios["served_best/baseline_best"] == pytest.approx(90 / 25)
+    assert ratios["served[raw]/baseline@c1"] == pytest.approx(30 / 22)  # the better tuning at c=1
+    assert ratios["served[json]/limit@c4"] == pytest.approx(0.8)
+    assert ratios["half_peak_p95/single_p50"] == pytest.approx(3.5)
+    verdicts = {name: met for name, _op, _target, _value, met in sp.checks(ratios)}
+    assert verdicts == {"served_best/limit": True, "served_best/baseline_best": True,
+                        "half_peak_p95/single_p50": False}
+
+
+def test_raw_http_client_reads_keep_alive_answers(tmp_path):
+    """The load generator's own client: several answers on one connection, a 4xx seen as such."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):  # noqa: N802 - http.server's name
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            status = 200 if body.startswith(b"ok") else 400
+            reply = b'{"predictions": [' + body + b"]}"
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        client = sp.RawHTTP("127.0.0.1", port)
+        for i in range(3):
+            status, body = client.call(sp.http_request("127.0.0.1", port, "/p", f"ok{i}".encode(), "text/plain"))
+            assert (status, body) == (200, f'{{"predictions": [ok{i}]}}'.encode())
+        error = sp._call(client, sp.http_request("127.0.0.1", port, "/p", b"bad", "text/plain"), sp._ok_served)
+        assert error is not None and error.startswith("HTTP 400")
+        client.close()
+    finally:
+        server.shutdown()
 
 
 def test_baseline_server_predicts_and_rejects_bad_input(tmp_path):
@@ -57,16 +100,23 @@ def test_quick_benchmark_prints_every_row_and_positive_ratios(tmp_path):
                           capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     rows = [m.groups() for line in proc.stdout.splitlines() if (m := ROW.match(line.strip()))]
-    seen = {(r[0], r[1]) for r in rows}
-    assert {("limit", "-"), ("baseline", "1"), ("baseline", "4"), ("served", "1"), ("served", "4")} <= seen
+    seen = {(r[0], r[1], r[2]) for r in rows}
+    assert {("limit", "nospin", "-"), ("limit", "spin", "-"), ("baseline", "t1", "1"), ("baseline", "t1", "2"),
+            ("served", "json", "1"), ("served", "json", "4"), ("served", "raw", "1"), ("served", "raw", "4")} <= seen
+    assert any(r[0] == "served" and "@" in r[1] for r in rows)  # the open-loop point at half of peak
     for r in rows:
-        assert int(r[4]) == 0, f"errors in row {r}"  # every request answered correctly
-        assert float(r[5]) > 0
+        assert int(r[5]) == 0, f"errors in row {r}"  # every request answered correctly
+        assert float(r[6]) > 0
     result = json.loads(out.read_text())
-    for key in ("served_best/limit", "served_best/baseline_best", "served/baseline@c1", "served/baseline@c4"):
+    for key in ("served_best/limit", "served_best/baseline_best", "served[raw]/baseline@c1",
+                "served[json]/limit@c4", "half_peak_p95/single_p50"):
         assert result["ratios"][key] > 0
         assert key in proc.stdout
-    assert result["stages"]["decode_preprocess_ms_per_image"] > 0
+    assert [c["name"] for c in result["checks"]] == [name for name, _, _ in sp.CHECKS]
+    assert "issue 14 targets" in proc.stdout and "load average before" in proc.stdout
+    served = [p for p in result["points"] if p["target"] == "served" and "@" not in p["variant"]]
+    assert all({"gateway", "transformer", "triton"} <= set(p["cpu_ms_per_image"]) for p in served)
+    assert result["stages"]["decode_preprocess_cpu_ms_per_image"] > 0
 
 
 @pytest.mark.slow

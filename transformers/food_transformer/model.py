@@ -144,8 +144,12 @@ class FoodTransformer(Model):
         self.max_batch = max_batch
         self.revision = revision
         self._http: httpx.AsyncClient | None = None  # created on the serving event loop
-        self._decoder: Coalescer[bytes, np.ndarray | InvalidImageError] = Coalescer(self._decode, 64)
-        self._infer: Coalescer[np.ndarray, np.ndarray] = Coalescer(self._infer_rest, coalesce_images)
+        # Two of each in flight: one decoding/at Triton while the next is formed (two Triton
+        # instances, or decode on both cores when Triton is busy elsewhere).
+        self._decoder: Coalescer[bytes, np.ndarray | InvalidImageError] = Coalescer(
+            self._decode, 64, max_inflight=2)
+        self._infer: Coalescer[np.ndarray, np.ndarray] = Coalescer(
+            self._infer_rest, coalesce_images, max_inflight=2)
 
     # Our own config, not kserve's process-wide context var: the handlers may run in
     # another thread or context (tests, multiple servers) and must still find it.
