@@ -177,6 +177,59 @@ def test_control_api_needs_the_token_json_and_a_bundle_from_the_store(gateway, s
     assert http.get(url + ROLLOUT).status_code == 200
 
 
+def test_control_api_unusable_bundle_paths_are_400(gateway):
+    """A bundle path the filesystem cannot even resolve (NUL byte, unknown ~user) is the
+    caller's mistake: 400 with the model store named, not a 500."""
+    url, _proc, token = gateway
+    for bundle in ("models/\u0000x", "~no-such-user-gourmetgram/bundle"):
+        r = http.post(url + ROLLOUT, json={"action": "canary", "bundle": bundle, "percent": 10},
+                      headers=control.bearer(token))
+        assert r.status_code == 400, (bundle, r.text)
+        assert "model store" in r.json()["error"]
+
+
+def test_gateway_feedback_route_bad_bodies_and_odd_answers_are_not_500():
+    """/v1/feedback: an oversized body is refused while it streams (chunked too), and a
+    feedback service answering something other than a JSON object is passed through."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from starlette.testclient import TestClient
+
+    from gourmetgram.local.gateway import FEEDBACK_MAX_BODY_BYTES, Gateway, Revision
+    from gourmetgram.local.manifests import load_stage_manifest
+
+    class ListAnswer(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            body = b"[1, 2]"
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer((HOST, 0), ListAnswer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    service = f"http://{HOST}:{server.server_address[1]}"
+    try:
+        gw = Gateway(load_stage_manifest("production"), [Revision("food11-transformer-00001", service)],
+                     logger_enabled=False, feedback_url=service)
+        with TestClient(gw.app()) as client:
+            r = client.post("/v1/feedback", json={"inference_id": "x", "correct": True})
+            assert r.status_code == 200 and r.json() == [1, 2], r.text
+            r = client.post("/v1/feedback", content=b"")
+            assert r.status_code == 200, r.text  # the service judges an empty body
+            chunks = (b"x" * 16384 for _ in range(FEEDBACK_MAX_BODY_BYTES // 16384 + 2))
+            r = client.post("/v1/feedback", content=chunks)  # no Content-Length: chunked
+            assert r.status_code == 413 and f"limit is {FEEDBACK_MAX_BODY_BYTES}" in r.json()["error"]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_cli_finds_the_token_in_the_stack_state_folder(gateway, capsys):
     url, _proc, token = gateway
     port = int(url.rsplit(":", 1)[1])

@@ -184,6 +184,7 @@ def client(predictor, onnx_path):
     from kserve.protocol.rest.server import RESTServer
 
     from food_transformer.__main__ import build_model, build_parser
+    from food_transformer.server import use_transformer_dataplane
 
     def make(name: str, host: str, *extra: str):
         argv = ["--model_name", name, "--predictor_host", host, "--protocol", "v2", *extra]
@@ -194,6 +195,7 @@ def client(predictor, onnx_path):
     offline, _ = make("offline", f"127.0.0.1:{free_port()}", "--image_size", str(IMAGE_SIZE),
                       "--class_names", ",".join(CLASS_NAMES), "--revision", "test")
     server = ModelServer(enable_grpc=False, predictor_config=config)
+    use_transformer_dataplane(server)  # what BoundModelServer does
     server.register_model(model)
     server.register_model(offline)
     RESTServer("kserve.model_server:app", server.dataplane, server.model_repository_extension,
@@ -409,14 +411,16 @@ async def _grpc_infer(address: str, raw: bytes):
 
 @pytest.mark.slow
 def test_entry_point_serves_over_http(predictor, onnx_path, session, tmp_path):
-    """`python -m food_transformer` (the container entry point) end to end over real HTTP."""
+    """`python -m food_transformer` (the container entry point) end to end over real HTTP
+    (v1 JSON, and a v2 binary request with raw JPEG elements) and gRPC. gRPC is opt-in and
+    binds every address (as in the container), so this one process listens on 0.0.0.0."""
     port, grpc_port = free_port(), free_port()
     labels = tmp_path / "labels.txt"
     labels.write_text("\n".join(CLASS_NAMES) + "\n")
     proc = subprocess.Popen(
         [sys.executable, "-m", "food_transformer", "--model_name", MODEL, "--predictor_host",
          predictor[0], "--protocol", "v2", "--labels_file", str(labels), "--http_port", str(port),
-         "--grpc_port", str(grpc_port)],
+         "--grpc_port", str(grpc_port), "--host", "0.0.0.0", "--enable_grpc", "true"],
         env={**os.environ, "K_REVISION": "food11-predictor-00002"},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
@@ -426,6 +430,18 @@ def test_entry_point_serves_over_http(predictor, onnx_path, session, tmp_path):
         response = httpx.post(f"http://127.0.0.1:{port}/v1/models/{MODEL}:predict", json=v1(image), timeout=30)
         assert response.status_code == 200, response.text
         assert response.json()["predictions"][0]["class_index"] == int(np.argmax(expected_probs(session, [image])))
+        # v2 REST, binary tensor extension, the JPEG's own bytes as the BYTES element
+        raw_images = [image_bytes(32), image_bytes(33)]
+        body, headers = _v2_binary_bytes(raw_images, "raw-http", raw=True)
+        response = httpx.post(f"http://127.0.0.1:{port}/v2/models/{MODEL}/infer", content=body,
+                              headers=headers, timeout=30)
+        assert response.status_code == 200, response.text
+        outputs = {o["name"]: o for o in response.json()["outputs"]}
+        assert outputs["class_index"]["data"] == list(np.argmax(expected_probs(session, raw_images), axis=1))
+        bad, bad_headers = _malformed_v2_binary("header length not a number")
+        response = httpx.post(f"http://127.0.0.1:{port}/v2/models/{MODEL}/infer", content=bad,
+                              headers=bad_headers, timeout=30)
+        assert response.status_code == 400 and "whole number" in response.json()["error"], response.text
         # gRPC ingress (v2) with the raw JPEG bytes, no base64.
         raw = image_bytes(31)
         wait_grpc(f"127.0.0.1:{grpc_port}", proc)
@@ -433,7 +449,7 @@ def test_entry_point_serves_over_http(predictor, onnx_path, session, tmp_path):
         assert reply.get_output_by_name("class_index").as_numpy().tolist() == \
             [int(np.argmax(expected_probs(session, [raw])))]
         text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-        assert metric(text, "prediction_confidence_count", revision="food11-predictor-00002") == 2
+        assert metric(text, "prediction_confidence_count", revision="food11-predictor-00002") == 4
     finally:
         proc.terminate()
         proc.wait(timeout=20)
@@ -472,16 +488,16 @@ def test_bad_raw_image_body_is_400(client, body, needle):
     assert needle in response.json()["error"]
 
 
-def _v2_binary_bytes(images: list[bytes], request_id: str = "bin-1") -> tuple[bytes, dict]:
+def _v2_binary_bytes(images: list[bytes], request_id: str = "bin-1", raw: bool = False) -> tuple[bytes, dict]:
     """A v2 request whose BYTES input travels in the binary tensor extension, each element the
-    image's base64 text (kserve 0.20 decodes binary BYTES elements as UTF-8, so raw image
-    bytes go over gRPC or as application/octet-stream instead)."""
-    raw = b"".join(len(e).to_bytes(4, "little") + e for e in (b64(i).encode() for i in images))
+    image's base64 text, or with ``raw`` the image file's bytes themselves."""
+    elements = images if raw else [b64(i).encode() for i in images]
+    data = b"".join(len(e).to_bytes(4, "little") + e for e in elements)
     head = json.dumps({"id": request_id, "inputs": [{
         "name": "image", "shape": [len(images)], "datatype": "BYTES",
-        "parameters": {"binary_data_size": len(raw)}}]}).encode()
-    return head + raw, {"content-type": "application/octet-stream",
-                        "inference-header-content-length": str(len(head))}
+        "parameters": {"binary_data_size": len(data)}}]}).encode()
+    return head + data, {"content-type": "application/octet-stream",
+                         "inference-header-content-length": str(len(head))}
 
 
 def test_v2_binary_bytes_input_is_served(client, session):
@@ -500,6 +516,100 @@ def test_v2_binary_bytes_with_a_non_image_is_400(client):
     response = client.post(f"/v2/models/{MODEL}/infer", content=body, headers=headers)
     assert response.status_code == 400, response.text
     assert "image 1" in response.json()["error"] and "not a JPEG or PNG" in response.json()["error"]
+
+
+def test_v2_binary_raw_image_bytes_are_served_like_base64(client, session):
+    """Raw JPEG/PNG bytes as BYTES elements of a binary v2 request (kserve 0.20's own decoder
+    reads them as UTF-8 and answered 500): served, with the same answer as base64 text."""
+    images = [image_bytes(45), image_bytes(46, (120, 160), "PNG")]
+    body, headers = _v2_binary_bytes(images, "raw-1", raw=True)
+    assert b"\xff\xd8\xff" in body  # really the file's bytes, not base64
+    response = client.post(f"/v2/models/{MODEL}/infer", content=body, headers=headers)
+    assert response.status_code == 200, response.text
+    data = response.json()
+    assert data["id"] == "raw-1"
+    outputs = {o["name"]: o for o in data["outputs"]}
+    probs = expected_probs(session, images)
+    assert outputs["class_index"]["data"] == list(np.argmax(probs, axis=1))
+    assert outputs["confidence"]["data"] == pytest.approx(list(probs.max(axis=1)), abs=1e-5)
+    b64_body, b64_headers = _v2_binary_bytes(images, "b64-1")
+    same = client.post(f"/v2/models/{MODEL}/infer", content=b64_body, headers=b64_headers).json()
+    assert {o["name"]: o for o in same["outputs"]}["class_index"]["data"] == outputs["class_index"]["data"]
+
+
+def _malformed_v2_binary(case: str) -> tuple[bytes, dict]:
+    """A raw-image binary v2 request broken in one way."""
+    body, headers = _v2_binary_bytes([image_bytes(47)], raw=True)
+    head_len = int(headers["inference-header-content-length"])
+    head, data = body[:head_len], body[head_len:]
+    size = str(len(data)).encode()
+
+    def resized(value: bytes) -> tuple[bytes, dict]:
+        new_head = head.replace(b'"binary_data_size": ' + size, b'"binary_data_size": ' + value)
+        return new_head + data, {**headers, "inference-header-content-length": str(len(new_head))}
+
+    if case == "header length not a number":
+        return body, {**headers, "inference-header-content-length": "abc"}
+    if case == "negative header length":
+        return body, {**headers, "inference-header-content-length": "-5"}
+    if case == "header length past the body":
+        return body, {**headers, "inference-header-content-length": "9" * 30}
+    if case == "header length cuts the JSON":
+        return body, {**headers, "inference-header-content-length": "10"}
+    if case == "binary_data_size past the body":
+        return resized(b"999999999")
+    if case == "negative binary_data_size":
+        return resized(b"-1")
+    if case == "element length past its data":
+        return head + (99999).to_bytes(4, "little") + data[4:], headers
+    if case == "element cut in its length prefix":
+        return resized(str(len(data) + 2).encode())[0] + b"\x01\x00", \
+            resized(str(len(data) + 2).encode())[1]
+    if case == "shape disagrees with the elements":
+        new_head = head.replace(b'"shape": [1]', b'"shape": [2]')
+        return new_head + data, {**headers, "inference-header-content-length": str(len(new_head))}
+    if case == "no inputs list":
+        return b'{"x": 1}', {**headers, "inference-header-content-length": "8"}
+    if case == "inputs not a list":
+        return b'{"inputs": 1}', {**headers, "inference-header-content-length": "13"}
+    if case == "bytes after the last input":
+        return body + b"junk", headers
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("header length not a number", "whole number"),
+    ("negative header length", "whole number"),
+    ("header length past the body", "body is only"),
+    ("header length cuts the JSON", "not a JSON inference header"),
+    ("binary_data_size past the body", "bytes follow"),
+    ("negative binary_data_size", "non-negative"),
+    ("element length past its data", "remain"),
+    ("element cut in its length prefix", "length prefix"),
+    ("shape disagrees with the elements", "shape"),
+    ("no inputs list", '"inputs" list'),
+    ("inputs not a list", '"inputs" list'),
+    ("bytes after the last input", "follow the last binary input"),
+])
+def test_malformed_v2_binary_request_is_400(client, case, needle):
+    body, headers = _malformed_v2_binary(case)
+    response = client.post(f"/v2/models/{MODEL}/infer", content=body, headers=headers)
+    assert response.status_code == 400, response.text
+    assert needle in response.json()["error"]
+
+
+@pytest.mark.parametrize("body, headers", [
+    (b"", {"content-type": "application/octet-stream"}),
+    (b"", {"content-type": "application/json"}),
+    (b"{not json", {"content-type": "application/json"}),
+    (b"[1, 2]", {"content-type": "application/json"}),
+    (b'{"inputs": [{}]}', {"content-type": "application/json"}),
+    (b'{"inputs": []}', {"content-type": "text/plain"}),
+])
+def test_bad_v2_bodies_are_4xx(client, body, headers):
+    """Empty, malformed or wrongly typed v2 bodies: a client error, never a 500."""
+    response = client.post(f"/v2/models/{MODEL}/infer", content=body, headers=headers)
+    assert 400 <= response.status_code < 500, response.text
 
 
 def test_concurrent_requests_each_get_their_own_answer(client, session):

@@ -178,7 +178,11 @@ def bundle_in_store(bundle: Any, store: Path | None = None) -> Path:
     if "://" in text and not text.startswith("file://"):
         raise UserError(f"bundle {text} is not a folder in the model store {store}; the local "
                         "gateway serves only exported bundles under it")
-    path = Path(text.removeprefix("file://")).expanduser().resolve()
+    try:
+        path = Path(text.removeprefix("file://")).expanduser().resolve()
+    except (ValueError, OSError, RuntimeError) as exc:  # a NUL byte, an unknown ~user, a loop
+        raise UserError(f"bundle {text!r} is not a usable folder path ({exc}); name a bundle "
+                        f"folder inside the model store {store}") from exc
     if path == store or not path.is_relative_to(store):
         raise UserError(f"bundle {text} is outside the model store {store}; the local gateway "
                         "starts revisions only from bundles exported there (`gourmetgram pipeline "

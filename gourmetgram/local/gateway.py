@@ -447,9 +447,10 @@ class Gateway:
         """``POST /v1/feedback`` to the capture/feedback service, as the ingress routes it."""
         if self.feedback_url is None:
             return _error(503, "no feedback service is configured on this gateway (--feedback-url)")
-        body = await request.body()
-        if len(body) > FEEDBACK_MAX_BODY_BYTES:
-            return _error(413, f"feedback body is {len(body)} bytes; the limit is {FEEDBACK_MAX_BODY_BYTES}")
+        try:  # refused while it streams in, like a model request
+            body = await bodylimit.read_body(request, FEEDBACK_MAX_BODY_BYTES)
+        except bodylimit.BodyTooLarge as exc:
+            return _error(413, f"feedback {exc}")
         assert self._client is not None
         try:
             upstream = await self._client.post(
@@ -459,9 +460,10 @@ class Gateway:
             return _error(503, f"the feedback service at {self.feedback_url} is not reachable "
                                f"({type(exc).__name__}); try again shortly")
         try:
-            inference_id = upstream.json().get("inference_id")
+            answer = upstream.json()
         except ValueError:
-            inference_id = None
+            answer = None
+        inference_id = answer.get("inference_id") if isinstance(answer, dict) else None
         log_json("gateway", "feedback", inference_id, status=upstream.status_code)
         out = {k: v for k, v in upstream.headers.items()
                if k.lower() not in HOP_HEADERS and k.lower() != "content-encoding"}

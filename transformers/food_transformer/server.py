@@ -5,7 +5,8 @@ port (on ``[::]``) by default, which the transformer does not use: KServe routes
 This subclass starts the same REST server (same app, routes, handlers and middlewares) with
 uvicorn's host set to ``host`` (127.0.0.1 locally, 0.0.0.0 in the container), refuses gRPC
 unless it may bind every address anyway, and puts :class:`gourmetgram.bodylimit.BodyLimit`
-in front of the app so a body over ``max_body_bytes`` is a 413 before kserve reads it.
+in front of the app so a body over ``max_body_bytes`` is a 413 before kserve reads it. Its
+data plane (:class:`TransformerDataPlane`) reads v2 binary requests with our own decoder.
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ from __future__ import annotations
 from typing import Any
 
 from kserve import ModelServer
-from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
+from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING, INFERENCE_CONTENT_LENGTH_HEADER
+from kserve.protocol.dataplane import DataPlane
+from kserve.protocol.infer_type import InferRequest
 from kserve.protocol.rest.server import RESTServer
 from uvicorn.importer import import_from_string
 
+from food_transformer import v2binary
 from food_transformer.validation import RAW_IMAGE_TYPE
 from gourmetgram.bodylimit import BodyLimit
 from gourmetgram.errors import UserError
@@ -48,6 +52,25 @@ class RawImageBody:
         await self.app(scope, receive, send)
 
 
+class TransformerDataPlane(DataPlane):
+    """kserve's DataPlane, except that a v2 REST body that is not JSON-typed (the binary tensor
+    extension) is read by :func:`food_transformer.v2binary.decode_request`: BYTES elements stay
+    bytes, so a raw JPEG/PNG is served like base64 text, and a malformed header length, size
+    or element is a 400 that says what is wrong (kserve's decoder answers 500 to those)."""
+
+    def decode_inference_request(self, body: Any, headers: Any, model_name: str) -> InferRequest:
+        if isinstance(body, (bytes, bytearray)):
+            length = next((v for k, v in (headers or {}).items()
+                           if k.lower() == INFERENCE_CONTENT_LENGTH_HEADER), None)
+            return v2binary.decode_request(bytes(body), length, model_name)
+        return super().decode_inference_request(body, headers, model_name)
+
+
+def use_transformer_dataplane(server: ModelServer) -> None:
+    """Give ``server`` a :class:`TransformerDataPlane` (call before its REST app is built)."""
+    server.dataplane = TransformerDataPlane(model_registry=server.registered_models)
+
+
 def add_middlewares(app: Any, max_body_bytes: int) -> None:
     """What the transformer adds to kserve's app: raw image bodies, then the size limit (outermost)."""
     app.add_middleware(RawImageBody)
@@ -59,6 +82,7 @@ class BoundModelServer(ModelServer):
 
     def __init__(self, host: str, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        use_transformer_dataplane(self)
         if self.workers != 1:
             raise UserError("--workers: the food transformer runs one uvicorn worker (its model "
                             "talks to one predictor); scale with replicas instead")
