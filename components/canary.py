@@ -19,28 +19,28 @@ def promote_to_canary(version: int, registered_model_name: str, canary_percent: 
     """
     from collections import namedtuple
 
-    from components.steps import outcome_json, promote_step, user_errors
+    from components.steps import promote_step, user_errors
 
     with user_errors():
         outcome = promote_step(version, registered_model_name, canary_percent, summary,
                                isvc_namespace=isvc_namespace, isvc_name=isvc_name)
     outputs = namedtuple("PromoteOutputs", ["outcome"])
-    return outputs(outcome_json(outcome))
+    return outputs(outcome.to_json())
 
 
 @component
-def block_canary(version: int, registered_model_name: str, reasons: str, summary: str,
+def block_canary(version: int, registered_model_name: str, reasons: list, summary: str,
                  verdict: Output[Markdown]) -> NamedTuple("BlockOutputs", [("outcome", str)]):
     """Print the missed SLOs, tag the version ``staging.loadtest=failed``; no canary starts."""
     from collections import namedtuple
     from pathlib import Path
 
-    from components.steps import block_step, outcome_json, user_errors
+    from components.steps import block_step, user_errors
 
     with user_errors():
         outcome = block_step(version, registered_model_name, reasons, summary)
-    lines = "".join(f"- {r}\n" for r in outcome["reasons"])
+    lines = "".join(f"- {r}\n" for r in outcome.reasons)
     Path(verdict.path).write_text(f"# Canary blocked: version {version} missed the staging SLOs\n\n{lines}\n"
                                   f"```text\n{summary}\n```\n")
     outputs = namedtuple("BlockOutputs", ["outcome"])
-    return outputs(outcome_json(outcome))
+    return outputs(outcome.to_json())

@@ -14,6 +14,6 @@ def build_drift_detector(bundle: Input[Model], dataset: Input[Dataset], served_b
     from components.steps import detector_step, user_errors
 
     with user_errors():
-        settings = detector_step(bundle.path, dataset.path, served_bundle.path)
+        outcome = detector_step(bundle.path, dataset.path, served_bundle.path)
     served_bundle.metadata.update(dict(bundle.metadata))
-    served_bundle.metadata["detector"] = {k: v for k, v in settings.items() if isinstance(v, (int, float, str))}
+    served_bundle.metadata["detector"] = outcome.metadata()

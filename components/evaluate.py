@@ -12,11 +12,11 @@ def evaluate_model(dataset: Input[Dataset], checkpoint: Input[Model], config: st
                    registered_model_name: str, model_name: str,
                    metrics: Output[Metrics], confusion_matrix: Output[ClassificationMetrics],
                    report: Output[Markdown], evaluation: Output[Artifact]
-                   ) -> NamedTuple("EvaluationOutputs", [("passed", bool), ("reasons", str), ("accuracy", float)]):
+                   ) -> NamedTuple("EvaluationOutputs", [("passed", bool), ("reasons", list), ("accuracy", float)]):
     """Accuracy overall and per class, slices, known failure modes, template tests.
 
     Outputs: scalar metrics, the confusion matrix (KFP UI), a Markdown report, the full
-    result as JSON (plus the confusion-matrix PNG); ``passed`` and ``reasons`` (one per line)
+    result as JSON (plus the confusion-matrix PNG); ``passed`` and ``reasons`` (a list of strings)
     and ``accuracy`` for the gate and the registry. The differential gate compares the
     candidate with the model in production (``registered_model_name``) on the same sets.
     """
@@ -24,7 +24,7 @@ def evaluate_model(dataset: Input[Dataset], checkpoint: Input[Model], config: st
     from collections import namedtuple
     from pathlib import Path
 
-    from components.steps import evaluate_step, reasons_text, report_markdown, user_errors
+    from components.steps import evaluate_step, report_markdown, user_errors
 
     with user_errors():
         result = evaluate_step(checkpoint.path, dataset.path, config, evaluation.path, mlflow_run_id,
@@ -38,4 +38,4 @@ def evaluate_model(dataset: Input[Dataset], checkpoint: Input[Model], config: st
                                 "reasons": list(result.reasons)})
     accuracy = result.metrics.get("eval/accuracy", float("nan"))
     outputs = namedtuple("EvaluationOutputs", ["passed", "reasons", "accuracy"])
-    return outputs(bool(result.passed), reasons_text(result.reasons), float(accuracy))
+    return outputs(bool(result.passed), list(result.reasons), float(accuracy))

@@ -25,7 +25,7 @@ def ingest_and_validate(dataset_uri: str, source_version: str, dataset: Output[D
     from components.steps import ingest_step, user_errors
 
     with user_errors():
-        info = ingest_step(dataset_uri, dataset.path, production_dataset_uri)
-    dataset.metadata.update(info, source_version=source_version)
+        outcome = ingest_step(dataset_uri, dataset.path, production_dataset_uri)
+    dataset.metadata.update(outcome.metadata(), source_version=source_version)
     outputs = namedtuple("IngestOutputs", ["fingerprint", "num_classes"])
-    return outputs(info["fingerprint"], int(info["num_classes"]))
+    return outputs(outcome.fingerprint, outcome.num_classes)

@@ -11,19 +11,19 @@ from components.base import component
 def loadtest_staging(staging_url: str, images_uri: str, slo: str, users: int, run_time: str, version: int,
                      registered_model_name: str, report: Output[HTML], metrics: Output[Metrics],
                      results: Output[Artifact]
-                     ) -> NamedTuple("LoadTestOutputs", [("passed", bool), ("summary", str), ("reasons", str)]):
+                     ) -> NamedTuple("LoadTestOutputs", [("passed", bool), ("summary", str), ("reasons", list)]):
     """Run the Locust suite headless against ``staging_url`` and judge it by the SLOs.
 
     Checks first that ``version`` is registered (no long load test for a typo). Outputs:
     Locust's HTML report, p95 / error rate / throughput as metrics, every file Locust
     wrote (CSVs, ``summary.json``) as ``results``; ``passed``, the one-paragraph
-    ``summary`` and the missed SLOs (``reasons``, one per line) for the gate.
+    ``summary`` and the missed SLOs (``reasons``, a list of strings) for the gate.
     """
     import shutil
     from collections import namedtuple
     from pathlib import Path
 
-    from components.steps import check_version, loadtest_metrics, loadtest_step, reasons_text, user_errors
+    from components.steps import check_version, loadtest_metrics, loadtest_step, user_errors
 
     with user_errors():
         check_version(version, registered_model_name)
@@ -34,4 +34,4 @@ def loadtest_staging(staging_url: str, images_uri: str, slo: str, users: int, ru
     results.metadata.update({"passed": summary.passed, "reasons": list(summary.reasons),
                              "staging_url": staging_url, "version": int(version)})
     outputs = namedtuple("LoadTestOutputs", ["passed", "summary", "reasons"])
-    return outputs(bool(summary.passed), summary.format(), reasons_text(summary.reasons))
+    return outputs(bool(summary.passed), summary.format(), list(summary.reasons))

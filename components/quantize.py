@@ -20,11 +20,11 @@ def quantize_model(exported: Input[Model], dataset: Input[Dataset], config: str,
     from components.steps import quantize_step, user_errors
 
     with user_errors():
-        result = quantize_step(exported.path, dataset.path, config, bundle.path, model_name, enabled=enabled)
+        outcome = quantize_step(exported.path, dataset.path, config, bundle.path, model_name, enabled=enabled)
     bundle.metadata.update(dict(exported.metadata))
     bundle.metadata.update({
-        "precision": result["precision"], "size_bytes": result["size_bytes"],
+        "precision": outcome.precision, "size_bytes": outcome.size_bytes,
         "triton_repo": bundle.uri.rstrip("/") + "/triton",
-        "quantization": {"enabled": bool(enabled), "reason": result["reason"], "report": result["report"]},
+        "quantization": {"enabled": bool(enabled), "reason": outcome.reason, "report": outcome.report},
     })
-    return namedtuple("QuantizeOutputs", ["precision"])(result["precision"])
+    return namedtuple("QuantizeOutputs", ["precision"])(outcome.precision)

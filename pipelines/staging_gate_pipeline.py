@@ -31,7 +31,7 @@ class StagingGateOutputs(NamedTuple):
     passed: bool  # every SLO held
     summary: str  # the load test's figures and verdict, as text
     report: dsl.HTML  # Locust's HTML report
-    outcome: str  # JSON: the canary started, or why it was blocked
+    outcome: str  # components.steps.CanaryOutcome as JSON: the canary started, or why it was blocked
 
 
 @dsl.pipeline(name=PIPELINE_NAME,

@@ -36,10 +36,10 @@ TRAIN_SHM_SIZE = "2Gi"  # /dev/shm for DataLoader workers (inside the 16Gi memor
 
 class PipelineOutputs(NamedTuple):
     passed: bool  # the evaluation gate's verdict
-    reasons: str  # why it failed, one per line (empty when it passed)
+    reasons: list  # why it failed (empty when it passed)
     mlflow_run_id: str
     evaluation: dsl.Artifact  # evaluation.json (+ confusion matrix PNG)
-    outcome: str  # JSON: registered version, alias and bundle location, or the rejection
+    outcome: str  # components.steps.RegistrationOutcome as JSON: registered version, alias and bundle, or the rejection
 
 
 @dsl.pipeline(name=PIPELINE_NAME,

@@ -191,17 +191,18 @@ def test_ingest_merges_the_production_export_and_training_logs_its_provenance(tm
     base = _dataset(tmp_path / "base")
     export = _export(tmp_path / "export")
     info = steps.ingest_step(str(base), tmp_path / "artifact", production_dataset_uri=str(export))
-    assert info["images"] == {"training": 6, "validation": 6, "evaluation": 6}
-    assert info["production"]["images"] == 6 and "sample_ids" not in info["production"]
+    assert info.images == {"training": 6, "validation": 6, "evaluation": 6}
+    assert info.production is not None
+    assert info.production["images"] == 6 and "sample_ids" not in info.production
     assert not (base / PROVENANCE_FILE).exists()  # the base dataset itself is untouched
     mlflow = configure_mlflow()
     with mlflow.start_run() as run:
         pass
-    steps._log_provenance(run.info.run_id, tmp_path / "artifact")
+    steps.training._log_provenance(run.info.run_id, tmp_path / "artifact")
     got = mlflow.MlflowClient().get_run(run.info.run_id)
     tags = got.data.tags
     assert tags["data.production.images"] == "6" and tags["data.production.source"] == str(export)
     assert json.loads(tags["data.production.label_sources"]) == {"annotator": 3, "user": 3}
-    assert len(tags["data.base.fingerprint"]) == 64 and tags["data.production.fingerprint"] == info["production"]["fingerprint"]
+    assert len(tags["data.base.fingerprint"]) == 64 and tags["data.production.fingerprint"] == info.production["fingerprint"]
     names = [a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "data")]
     assert names == ["data/provenance.json"]

@@ -129,10 +129,10 @@ def test_register_copies_the_bundle_to_the_models_bucket(s3, logged_run, tmp_pat
     bundle = _fake_bundle(tmp_path / "served", marker=b"v1")
     outcome = register_step(logged_run, KFP_ARTIFACT, bundle, {"size_bytes": 4000}, STAGING,
                             "gourmetgram-food11", "food11", 0.9, "fp123")
-    version = outcome["version"]
+    version = outcome.version
     uri = f"s3://{BUCKET}/food11/{version}"
-    assert outcome["bundle_uri"] == uri and outcome["triton_repo"] == f"{uri}/triton"
-    assert outcome["pipeline_artifact"] == KFP_ARTIFACT  # recorded, never served from
+    assert outcome.bundle_uri == uri and outcome.triton_repo == f"{uri}/triton"
+    assert outcome.pipeline_artifact == KFP_ARTIFACT  # recorded, never served from
     assert f"food11/{version}/triton/food11/1/model.onnx" in _keys(s3, BUCKET)
     # the registry points the stage at the version, whose tag is the models-bucket URI
     assert registry.version_for(STAGING) == version
@@ -196,8 +196,8 @@ def test_ingest_reads_an_s3_dataset_and_its_version_keys_the_cache(s3, demo_data
     uri = "s3://datasets/food11-demo"
     local = ingest_step(str(demo_dataset), tmp_path / "local")
     remote = ingest_step(uri, tmp_path / "remote")
-    assert remote["fingerprint"] == local["fingerprint"]  # the same bytes, image by image
-    assert remote["images"] == local["images"] and remote["source"] == uri
+    assert remote.fingerprint == local.fingerprint  # the same bytes, image by image
+    assert remote.images == local.images and remote.source == uri
     # the version: stable while nothing changes, new when one object does
     v1 = source_version(uri)
     assert v1.startswith("s3:") and source_version(uri) == v1
@@ -217,7 +217,7 @@ def test_ingest_reads_an_s3_archive(s3, demo_dataset, tmp_path):
     client.create_bucket(Bucket="archives")
     client.put_object(Bucket="archives", Key="food11.zip", Body=buf.getvalue())
     info = ingest_step("s3://archives/food11.zip", tmp_path / "from-zip")
-    assert info["fingerprint"] == ingest_step(str(demo_dataset), tmp_path / "local")["fingerprint"]
+    assert info.fingerprint == ingest_step(str(demo_dataset), tmp_path / "local").fingerprint
 
 
 def test_bad_s3_datasets_are_dataset_errors(s3, tmp_path):
@@ -255,6 +255,6 @@ def test_register_on_a_local_run_publishes_the_bundle_locally(logged_run, tmp_pa
     bundle = _fake_bundle(tmp_path / "served")
     outcome = register_step(logged_run, str(bundle), bundle, {}, STAGING, "gourmetgram-food11", "food11", 0.9, "fp")
     local = tmp_path / "home" / "models" / logged_run
-    assert outcome["bundle_uri"] == str(local) and (local / "triton" / "food11" / "1" / "model.onnx").is_file()
-    assert registry.version_for(STAGING) == outcome["version"]
+    assert outcome.bundle_uri == str(local) and (local / "triton" / "food11" / "1" / "model.onnx").is_file()
+    assert registry.version_for(STAGING) == outcome.version
     assert registry.bundle_for(STAGING) == str(local)

@@ -167,24 +167,24 @@ def test_quantize_step_serves_int8_only_when_it_passes_and_is_faster(small_bundl
     fp32_onnx = _onnx_bytes(small_bundle)
     # off: a copy of the FP32 bundle, nothing measured
     off = quantize_step(small_bundle, demo_dataset, "demo", tmp_path / "off", MODEL_NAME, enabled=False)
-    assert off["precision"] == "fp32" and off["report"] is None
+    assert off.precision == "fp32" and off.report is None
     assert _onnx_bytes(tmp_path / "off") == fp32_onnx and not (tmp_path / "off" / QUANTIZATION_FILENAME).exists()
 
     # a gate INT8 cannot fail and no speed requirement: the INT8 bundle is served
     lenient = _write_config(tmp_path, int8_min_agreement=0.0, int8_max_accuracy_drop=1.0,
                             int8_calibration_images=32)
     on = quantize_step(small_bundle, demo_dataset, lenient, tmp_path / "int8", MODEL_NAME, min_speedup=0.0)
-    assert on["precision"] == "int8" and on["quantized"] and on["report"]["passed"]
+    assert on.precision == "int8" and on.quantized and on.report["passed"]
     quant_doc = json.loads((tmp_path / "int8" / QUANTIZATION_FILENAME).read_text())
-    assert quant_doc["precision"] == "int8" and quant_doc["n_eval"] == on["report"]["n_eval"] > 0
+    assert quant_doc["precision"] == "int8" and quant_doc["n_eval"] == on.report["n_eval"] > 0
     assert len(_onnx_bytes(tmp_path / "int8")) < len(fp32_onnx) / 2  # really quantized
     validate_bundle(tmp_path / "int8", MODEL_NAME)  # still a servable contract-1 bundle
     assert not list(tmp_path.glob(".int8.int8*")), "the INT8 candidate folder is cleaned up"
-    json.dumps(on, allow_nan=False)  # artifact metadata must be plain JSON
+    json.dumps(on.to_dict(), allow_nan=False)  # artifact metadata must be plain JSON
 
     # an impossible speed requirement: INT8 passed the gate but FP32 is served
     slow = quantize_step(small_bundle, demo_dataset, lenient, tmp_path / "slow", MODEL_NAME, min_speedup=1e9)
-    assert slow["precision"] == "fp32" and "not faster" in slow["reason"] and slow["report"]["passed"]
+    assert slow.precision == "fp32" and "not faster" in slow.reason and slow.report["passed"]
     assert _onnx_bytes(tmp_path / "slow") == fp32_onnx
 
     # a gate INT8 cannot pass (agreement above 100 %; a config file may not say that, a
@@ -194,8 +194,8 @@ def test_quantize_step_serves_int8_only_when_it_passes_and_is_faster(small_bundl
     strict = dataclasses.replace(demo, export=dataclasses.replace(demo.export, int8_min_agreement=1.01,
                                                                   int8_calibration_images=32))
     failed = quantize_step(small_bundle, demo_dataset, strict, tmp_path / "gated", MODEL_NAME, min_speedup=0.0)
-    assert failed["precision"] == "fp32" and not failed["report"]["passed"]
-    assert "failed the accuracy gate" in failed["reason"] and "int8_min_agreement" in failed["reason"]
+    assert failed.precision == "fp32" and not failed.report["passed"]
+    assert "failed the accuracy gate" in failed.reason and "int8_min_agreement" in failed.reason
     assert _onnx_bytes(tmp_path / "gated") == fp32_onnx
     assert not (tmp_path / "gated" / QUANTIZATION_FILENAME).exists()
 
@@ -227,8 +227,9 @@ def test_ingest_step_links_the_dataset_and_describes_it(demo_dataset, tmp_path):
     from components.steps import ingest_step
 
     info = ingest_step(str(demo_dataset), tmp_path / "dataset")
-    assert info["class_names"][:2] == ["zero", "one"] and info["num_classes"] == 10
-    assert sum(info["images"].values()) == sum(sum(c) for c in info["counts"].values())
+    assert info.class_names[:2] == ["zero", "one"] and info.num_classes == 10
+    assert sum(info.images.values()) == sum(sum(c) for c in info.counts.values())
+    assert info.metadata()["num_classes"] == 10 and info.metadata()["fingerprint"] == info.fingerprint
     src = next((demo_dataset / "training" / "class_03").iterdir())
     dst = tmp_path / "dataset" / "training" / "class_03" / src.name
     assert dst.read_bytes() == src.read_bytes() and dst.stat().st_ino == src.stat().st_ino  # hard link

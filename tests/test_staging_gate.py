@@ -220,7 +220,7 @@ def test_promote_patches_the_canary_then_moves_the_alias(registered, api_server)
     api_client, calls = api_server
     outcome = promote_step(registered, MODEL_NAME_UNDER_TEST, 25, "SLO: PASS", isvc_namespace="gourmetgram-production",
                            isvc_name="food11", api_client=api_client)
-    assert outcome["verdict"] == "canary" and outcome["inferenceservice"] == "gourmetgram-production/food11"
+    assert outcome.verdict == "canary" and outcome.inferenceservice == "gourmetgram-production/food11"
     patches = [c for c in calls if c[0] == "PATCH"]
     assert len(patches) == 1
     assert patches[0][1].endswith("/namespaces/gourmetgram-production/inferenceservices/food11")
@@ -238,7 +238,7 @@ def test_promote_without_a_cluster_only_moves_the_alias_and_checks_input(registe
 
     registry.clear_stage("canary", MODEL_NAME_UNDER_TEST)
     outcome = promote_step(registered, MODEL_NAME_UNDER_TEST, 10)
-    assert outcome["inferenceservice"] is None
+    assert outcome.inferenceservice == ""
     assert registry.version_for("canary", MODEL_NAME_UNDER_TEST) == registered
     with pytest.raises(UserError, match="canary_percent"):
         promote_step(registered, MODEL_NAME_UNDER_TEST, 0)
@@ -247,13 +247,14 @@ def test_promote_without_a_cluster_only_moves_the_alias_and_checks_input(registe
 
 
 def test_block_records_why_and_leaves_the_canary_alone(registered, capsys):
-    from components.steps import block_step
+    from components.steps import CanaryOutcome, block_step
     from gourmetgram import registry
 
     registry.clear_stage("canary", MODEL_NAME_UNDER_TEST)
-    outcome = block_step(registered, MODEL_NAME_UNDER_TEST, "p95 900 ms > 500 ms\nerror rate 5.00% > 1.00%\n",
+    outcome = block_step(registered, MODEL_NAME_UNDER_TEST, ["p95 900 ms > 500 ms", "error rate 5.00% > 1.00%", ""],
                          "SLO: FAIL")
-    assert outcome["verdict"] == "blocked" and outcome["reasons"] == ["p95 900 ms > 500 ms", "error rate 5.00% > 1.00%"]
+    assert outcome.verdict == "blocked" and outcome.reasons == ["p95 900 ms > 500 ms", "error rate 5.00% > 1.00%"]
+    assert CanaryOutcome.from_json(outcome.to_json()) == outcome  # what the KFP output carries
     assert "CANARY BLOCKED" in capsys.readouterr().out
     assert registry.version_for("canary", MODEL_NAME_UNDER_TEST) is None
     tags = registry.get_version(registered, MODEL_NAME_UNDER_TEST).tags

@@ -130,7 +130,7 @@ class Cycle:
         run = self.retrain(export)
         if run is None:
             return self._finish(started)
-        bundle, version = Path(run.outcome["bundle_uri"]), int(run.outcome["version"])
+        bundle, version = Path(run.outcome.bundle_uri), run.outcome.version
         if not self.staging(bundle, version):
             return self._finish(started)
         self.canary(bundle, version)
@@ -194,12 +194,12 @@ class Cycle:
                                                      "n": row["n_images"]}
         if not run.registered:
             self.result.outcome = REJECTED
-            self.result.reasons = list(run.outcome.get("reasons") or run.reasons)
+            self.result.reasons = list(run.outcome.reasons or run.reasons)
             self.out("v2 REJECTED by the evaluation gate: " + "; ".join(self.result.reasons))
             return None
-        self.result.v2 = str(run.outcome["version"])
+        self.result.v2 = str(run.outcome.version)
         self._step(f"register: {REGISTERED_MODEL_NAME} version {self.result.v2} (alias {STAGING}), "
-                   f"bundle {run.outcome['bundle_uri']}")
+                   f"bundle {run.outcome.bundle_uri}")
         return run
 
     def staging(self, bundle: Path, version: int) -> bool:
@@ -217,7 +217,7 @@ class Cycle:
                                     self.s.slo, self.s.staging_users, self.s.staging_run_time, quiet=True)
         self._time("staging + gate", t0)
         if not summary.passed:
-            block_step(version, REGISTERED_MODEL_NAME, "\n".join(summary.reasons), summary.format())
+            block_step(version, REGISTERED_MODEL_NAME, summary.reasons, summary.format())
             self.result.outcome, self.result.reasons = BLOCKED, list(summary.reasons)
             return False
         promote_step(version, REGISTERED_MODEL_NAME, self.s.canary_percent, summary.format())

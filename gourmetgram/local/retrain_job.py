@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run_local(args.dataset, args.config, args.epochs)
         print(format_summary(result), flush=True)
         record.update(status="registered" if result.registered else "rejected",
-                      version=result.outcome.get("version"), mlflow_run_id=result.mlflow_run_id,
+                      version=result.outcome.version or None, mlflow_run_id=result.mlflow_run_id,
                       reasons=result.reasons if not result.registered else [])
         code = 0 if result.registered else 1
     except BaseException as exc:  # noqa: BLE001 - record any failure, then free the lock

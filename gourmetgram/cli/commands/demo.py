@@ -68,7 +68,7 @@ class DemoContext:
 
     @property
     def bundle(self) -> Path:
-        return Path(self.result.outcome["bundle_uri"])
+        return Path(self.result.outcome.bundle_uri)
 
 
 def _needed(value, what: str):
@@ -153,7 +153,7 @@ def stage_serve(ctx: DemoContext) -> None:
     from gourmetgram.preprocessing import preprocess_batch
     from gourmetgram.rollout.prometheus import free_port
 
-    version = int(ctx.result.outcome["version"])
+    version = ctx.result.outcome.version
     registry.set_stage(PRODUCTION, version)
     print(f"registry: version {version} now also has alias {PRODUCTION!r}")
     ctx.label_studio = _start_label_studio(ctx)  # slow to come up: started first, awaited in stage 5
@@ -309,7 +309,7 @@ def stage_loop(ctx: DemoContext) -> None:
                 break
             time.sleep(0.5)
         print(f"{len(truth)} new user photos served; the capture sink holds {st['captured']} predictions "
-              f"(image in the object store, prediction + model version {ctx.result.outcome['version']} in SQLite), "
+              f"(image in the object store, prediction + model version {ctx.result.outcome.version} in SQLite), "
               f"every response carried X-Inference-Id")
         print(f"\n[SIMULATED USERS] feedback on {LOOP_FEEDBACK} predictions through POST {ctx.serving.gateway_url}/v1/feedback")
         kinds = {"correct": 0, "wrong": 0, "corrected": 0, "flagged": 0}
@@ -446,7 +446,7 @@ def stage_canary(ctx: DemoContext) -> None:
     images = [path.read_bytes() for path, _ in _sample(ctx, 40)]
     gw = ["--gateway", gateway]
     prom = ["--prometheus", ctx.local_prometheus.url]
-    candidates = [("the newly trained model again (a good canary)", ["--version", str(ctx.result.outcome["version"])]),
+    candidates = [("the newly trained model again (a good canary)", ["--version", str(ctx.result.outcome.version)]),
                   ("a deliberately bad model (answers one class for everything)", ["--bundle", str(_bad_candidate(ctx))])]
     _shadow_first(gateway, candidates[0][1], images)  # the retrained candidate, before its canary
     for title, source in candidates:

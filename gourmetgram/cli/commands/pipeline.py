@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import re
 import sys
@@ -26,6 +25,7 @@ from gourmetgram.errors import DependencyUnavailable, UserError
 from gourmetgram.tracking import home, tracking_uri
 
 if TYPE_CHECKING:  # torch stays out of the CLI's start-up
+    from components.steps import RegistrationOutcome
     from gourmetgram.evaluation.suite import EvaluationResult
 
 DEFAULT_PACKAGE = REPO_ROOT / "pipelines" / "training_pipeline.yaml"
@@ -49,17 +49,17 @@ class LocalRunResult:
     reasons: list[str]
     mlflow_run_id: str
     evaluation: EvaluationResult
-    outcome: dict  # register_step / reject_step outcome
+    outcome: RegistrationOutcome  # register_step / reject_step
     seconds: float
     pipeline_root: str
 
     @property
     def registered(self) -> bool:
-        return self.outcome.get("verdict") == "registered"
+        return self.outcome.registered
 
 
 class _Tee:
-    """Pass the steps' logs through, line by line, and remember the marked error lines.
+    """Pass the steps' logs through, line by line.
 
     kfp's executor logs every step's whole input as pretty-printed JSON; that block is
     folded into one line (it stays in the step's ``executor_output.json`` folder).
@@ -67,15 +67,11 @@ class _Tee:
 
     EXECUTOR_INPUT = "Got executor_input:"
 
-    def __init__(self, stream, marker: str):
-        self.stream, self.marker, self._partial = stream, marker, ""
-        self.found: list[str] = []
+    def __init__(self, stream):
+        self.stream, self._partial = stream, ""
         self._fold: str | None = None  # the closing line of the JSON block being folded
 
     def _line(self, line: str) -> None:
-        at = line.find(self.marker)
-        if at >= 0:
-            self.found.append(line[at + len(self.marker):].replace("\\n", "\n").strip())
         if self._fold == "":  # the line after the marker opens the JSON block
             self._fold = line[: len(line) - len(line.lstrip())] + "}"
             return
@@ -144,34 +140,43 @@ def run_local(dataset_uri: str, config: str = "demo", epochs: int = -1, model_na
 
     from kfp import local
 
-    from components.steps import ERROR_MARKER
+    from components.steps import STEP_ERRORS_ENV, RegistrationOutcome, step_errors
     from gourmetgram.evaluation.suite import JSON_NAME, EvaluationResult
     from pipelines.training_pipeline import training_pipeline
 
     local.init(local.SubprocessRunner(use_venv=False), pipeline_root=str(root), enable_caching=enable_caching)
     # GPU, Secrets, timeouts: cluster settings that kfp.local ignores by design.
     warnings.filterwarnings("ignore", message=r"Task '.*': settings .* have no effect")
-    tee = _Tee(sys.stdout, ERROR_MARKER)
+    root.mkdir(parents=True, exist_ok=True)
+    errors = root / f".step-errors-{os.getpid()}-{time.time_ns()}.jsonl"  # the steps inherit its name
+    tee = _Tee(sys.stdout)
     started = time.perf_counter()
     saved, sys.stdout = sys.stdout, tee
+    saved_env, os.environ[STEP_ERRORS_ENV] = os.environ.get(STEP_ERRORS_ENV), str(errors)
     try:
         task = training_pipeline(dataset_uri=dataset_uri, config=config, epochs=epochs, model_name=model_name,
                                  stage=stage, registered_model_name=registered_model_name,
                                  quantize=quantize, production_dataset_uri=production_dataset_uri)
     except RuntimeError as exc:
-        if tee.found:
-            raise UserError(tee.found[-1]) from None
+        found = step_errors(errors)
+        if found:
+            raise found[-1].error() from None
         raise PipelineFailed(ANSI.sub("", str(exc))) from None
     finally:
         tee.flush()
         sys.stdout = saved
+        if saved_env is None:
+            os.environ.pop(STEP_ERRORS_ENV, None)
+        else:
+            os.environ[STEP_ERRORS_ENV] = saved_env
+        errors.unlink(missing_ok=True)
     seconds = time.perf_counter() - started
     out = task.outputs
     evaluation = EvaluationResult.from_json(Path(out["evaluation"].path) / JSON_NAME)
     return LocalRunResult(
-        passed=bool(out["passed"]), reasons=[r for r in str(out["reasons"]).splitlines() if r.strip()],
-        mlflow_run_id=str(out["mlflow_run_id"]), evaluation=evaluation, outcome=json.loads(out["outcome"]),
-        seconds=seconds, pipeline_root=str(root),
+        passed=bool(out["passed"]), reasons=[str(r) for r in out["reasons"]],
+        mlflow_run_id=str(out["mlflow_run_id"]), evaluation=evaluation,
+        outcome=RegistrationOutcome.from_json(out["outcome"]), seconds=seconds, pipeline_root=str(root),
     )
 
 
@@ -185,23 +190,20 @@ def format_summary(result: LocalRunResult) -> str:
     bar = "=" * 78
     lines = [bar, result.evaluation.format_report(), bar]
     if result.registered:
-        size = o.get("size_bytes") or 0
-        parity = o.get("parity") or {}
+        parity = o.parity
         lines += [
             "verdict:          PASSED -> exported and registered",
-            f"bundle:           {o.get('bundle_uri')}",
-            f"Triton repo:      {o.get('triton_repo')}  ({size / 1e6:.1f} MB, "
-            f"{str(o.get('precision') or 'fp32').upper()})",
+            f"bundle:           {o.bundle_uri}",
+            f"Triton repo:      {o.triton_repo}  ({o.size_bytes / 1e6:.1f} MB, {(o.precision or 'fp32').upper()})",
         ]
         if parity:
             lines.append(f"parity:           max |logit diff| {parity.get('max_abs_diff', float('nan')):.2e}, "
                          f"top-1 agreement {parity.get('top1_agreement', float('nan')):.3f} "
                          f"on {int(parity.get('n_images', 0))} images")
-        lines.append(f"registered model: {o.get('registered_model')} version {o.get('version')} "
-                     f"(alias '{o.get('alias')}')")
+        lines.append(f"registered model: {o.registered_model} version {o.version} (alias '{o.alias}')")
     else:
         lines.append("verdict:          REJECTED by the evaluation gate: nothing exported or registered")
-        lines += [f"  - {r}" for r in (o.get("reasons") or result.reasons)]
+        lines += [f"  - {r}" for r in (o.reasons or result.reasons)]
     lines += [
         f"MLflow run:       {result.mlflow_run_id}",
         f"MLflow tracking:  {tracking_uri()}",
