@@ -341,6 +341,26 @@ def test_export_splits_by_content_hash_with_lineage_and_validates(store, objects
     assert sum(1 for _ in (tmp_path / "merged" / "training").rglob("*.jpg")) >= base_files
 
 
+def test_a_triggered_retrain_exports_the_labelled_production_data_first(store, objects, tmp_path, demo_dataset):
+    from gourmetgram.local.retrain_job import export_production
+    from gourmetgram.loop.models import USER
+
+    db, objects_url = store.url, objects.url
+    # nothing labelled yet: the job trains on the base dataset alone
+    assert export_production(str(demo_dataset), db, objects_url, tmp_path / "none") == ("", {})
+    names = (demo_dataset / "classes.txt").read_text().split()
+    ids = [_sample(store, objects, i, label=names[1]) for i in range(6)]
+    with store.write() as s:
+        for k, sid in enumerate(ids):
+            s.add(Label(sample_id=sid, label_source=ANNOTATOR if k < 4 else USER, label=names[0],
+                        labelled_by="ann@x", labelled_at=utcnow()))
+    path, labels = export_production(str(demo_dataset), db, objects_url, tmp_path / "prod")
+    assert path == str(tmp_path / "prod") and labels == {ANNOTATOR: 4, USER: 2}
+    assert validate_dataset(tmp_path / "prod").class_names == names  # what the pipeline merges in
+    # a base that is not a local folder (a URL for a cluster run): nothing exported here
+    assert export_production("s3://bucket/food11.tar.gz", db, objects_url, tmp_path / "x") == ("", {})
+
+
 def test_loop_config_is_checked(tmp_path):
     assert load_loop_settings().policy.daily_budget > 0
     bad = tmp_path / "loop.yaml"

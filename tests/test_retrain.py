@@ -227,7 +227,7 @@ STAND_IN = """
 import argparse, os, sys, time
 from gourmetgram.retrain.lock import RunLock
 p = argparse.ArgumentParser(); [p.add_argument(a) for a in ("--run-id", "--lock", "--history", "--dataset",
-                                                             "--config", "--epochs")]
+                                                             "--config", "--epochs", "--db")]
 a = p.parse_args()
 go = os.environ["STAND_IN_GO"]
 while not os.path.exists(go):
@@ -497,8 +497,8 @@ def test_job_runs_the_pipeline_records_the_outcome_and_frees_the_lock(tmp_path, 
     class Result:
         registered, reasons, mlflow_run_id, outcome = True, [], "mlrun", {"version": "2"}
 
-    def fake_run_local(dataset, config, epochs):
-        calls.append((dataset, config, epochs))
+    def fake_run_local(dataset, config, epochs, production_dataset_uri=""):
+        calls.append((dataset, config, epochs, production_dataset_uri))
         return Result()
 
     monkeypatch.setattr(pipeline, "run_local", fake_run_local)
@@ -508,12 +508,13 @@ def test_job_runs_the_pipeline_records_the_outcome_and_frees_the_lock(tmp_path, 
     argv = ["--run-id", "r1", "--lock", str(lock.path), "--history", str(history.path), "--dataset", "/d",
             "--config", "demo", "--epochs", "1"]
     assert retrain_job.main(argv) == 0
-    assert calls == [("/d", "demo", 1)] and lock.current() is None
+    # no local base folder to add production data to: the base alone (the export is tested in test_loop_store)
+    assert calls == [("/d", "demo", 1, "")] and lock.current() is None
     assert history.records()[-1] | {"finished_at": None} == {
         "event": "finished", "run_id": "r1", "status": "registered", "version": "2", "mlflow_run_id": "mlrun",
-        "reasons": [], "finished_at": None}
+        "reasons": [], "finished_at": None, "production_dataset": None, "labels": {}}
 
-    def broken(*a):
+    def broken(*a, **kw):
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(pipeline, "run_local", broken)
@@ -534,9 +535,9 @@ def test_loop_retrain_if_needed_exit_codes(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("STAND_IN_GO", str(tmp_path / "go"))
     (tmp_path / "go").touch()  # the stand-in job ends at once
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(sys.path))
-    monkeypatch.setattr(LocalLauncher, "__init__", lambda self, log_dir=None, command=None: (
+    monkeypatch.setattr(LocalLauncher, "__init__", lambda self, log_dir=None, command=None, db_url=None: (
         setattr(self, "log_dir", Path(log_dir)), setattr(self, "command", [sys.executable, "-c", STAND_IN]),
-        setattr(self, "_children", []))[-1])
+        setattr(self, "db_url", db_url), setattr(self, "_children", []))[-1])
     args = ["loop", "retrain", "--db", db, "--retrain-config", str(config), "--state-dir", str(tmp_path / "st")]
     assert main([*args]) == 0  # preview: would start
     assert "would start" in capsys.readouterr().out
@@ -571,3 +572,12 @@ def test_chart_routes_the_trigger_alerts_to_the_receiver():
     assert hook["url"].endswith(f":{RETRAIN_RECEIVER_PORT}/alerts") and route["receiver"] == "gourmetgram-retrain"
     assert hook["httpConfig"]["authorization"]["credentials"]["name"]  # token from a Secret, not in values
     assert not [o for o in manifests.render_objects(PRODUCTION) if o["kind"] == "AlertmanagerConfig"]  # opt-in
+
+
+def test_local_launcher_hands_the_job_the_loop_store_it_exports_from(tmp_path):
+    settings = load_retrain_settings()
+    argv = LocalLauncher(tmp_path, command=["job"], db_url="sqlite:////data/loop.db").argv(
+        "r1", settings, RunLock(tmp_path / "lock.json"), History(tmp_path / "h.jsonl"))
+    assert argv[argv.index("--db") + 1] == "sqlite:////data/loop.db"
+    assert "--db" not in LocalLauncher(tmp_path, command=["job"]).argv(
+        "r1", settings, RunLock(tmp_path / "lock.json"), History(tmp_path / "h.jsonl"))

@@ -54,16 +54,18 @@ def default_dataset(settings: RetrainSettings) -> str:
 class LocalLauncher:
     kind = LOCAL
 
-    def __init__(self, log_dir: str | Path | None = None, command: list[str] | None = None):
+    def __init__(self, log_dir: str | Path | None = None, command: list[str] | None = None,
+                 db_url: str | None = None):
         self.log_dir = Path(log_dir) if log_dir else retrain_home() / "runs"
         self.command = command  # tests: a stand-in job (same arguments appended)
+        self.db_url = db_url  # the loop store the job exports labelled production data from
         self._children: list[subprocess.Popen] = []
 
     def argv(self, run_id: str, settings: RetrainSettings, lock: RunLock, history: History) -> list[str]:
         job = self.command or [sys.executable, "-m", "gourmetgram.local.retrain_job"]
         return [*job, "--run-id", run_id, "--lock", str(lock.path), "--history", str(history.path),
                 "--dataset", default_dataset(settings), "--config", settings.run.config,
-                "--epochs", str(settings.run.epochs)]
+                "--epochs", str(settings.run.epochs), *(["--db", self.db_url] if self.db_url else [])]
 
     def start(self, run_id: str, reasons: tuple[str, ...], settings: RetrainSettings, lock: RunLock,
               history: History) -> dict[str, Any]:
@@ -270,7 +272,7 @@ def build_trigger(settings: RetrainSettings, db_url: str | None = None, kfp_host
 
     state = Path(state_dir) if state_dir else retrain_home()
     launcher: LocalLauncher | KfpLauncher = (KfpLauncher(kfp_host, kfp_package, namespace) if kfp_host
-                                             else LocalLauncher(state / "runs"))
+                                             else LocalLauncher(state / "runs", db_url=db_url))
     signals = StoreSignals(open_store(db_url))
     trigger = Trigger(settings, signals, launcher, RunLock(state / "lock.json", launcher.still_running),
                       History(state / "history.jsonl"))
