@@ -1,0 +1,278 @@
+"""The gateway's control API: the Knative controller's part, behind the stack's control token.
+
+``GET/POST /_gourmetgram/rollout`` starts a canary revision (its own Triton + transformer) from a
+bundle in the model store, sets its traffic percentage, promotes or rolls back, and starts,
+re-weights or stops a shadow revision (``gourmetgram rollout`` drives it); ``GET
+/_gourmetgram/targets`` lists every revision's metrics endpoints for Prometheus; ``GET
+/_gourmetgram/shadow`` shows the shadow's paired answers. A POST (and the shadow's answers) needs
+the token, JSON, and a bundle from the model store: the policy is
+:mod:`gourmetgram.local.control`; this module applies it to the gateway's state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import httpx
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gourmetgram import bodylimit
+from gourmetgram.errors import DependencyUnavailable, UserError
+from gourmetgram.local import control as policy
+from gourmetgram.local.gateway.discovery import Revision, http_sd_targets
+from gourmetgram.local.gateway.routing import SHADOW, Router, error
+from gourmetgram.local.manifests import generation_of, revision_name
+from gourmetgram.local.supervisor import Process, Supervisor, read_state_file
+
+CONTROL_PREFIX = "/_gourmetgram"
+WARMUP_REQUESTS = 5
+log = logging.getLogger("gourmetgram.gateway")
+
+
+class _Stoppable(Protocol):
+    """What the gateway needs of a :class:`gourmetgram.local.stack.RevisionPair` it started."""
+
+    @property
+    def services(self) -> Sequence[Process]: ...
+
+    def stop(self) -> None: ...
+
+
+class Controller(Router):
+    """Rollout and shadow control on top of the request path (the gateway sets the attributes)."""
+
+    model_store: Path
+    log_dir: Path | None
+    host: str
+    status_file: Path | None
+    supervisor: Supervisor
+    _pairs: dict[str, _Stoppable]  # revision name -> RevisionPair this gateway started
+    _control_lock: asyncio.Lock
+
+    def components(self) -> list[dict]:
+        """Every supervised process: the serve supervisor's (its state file) and the canaries'."""
+        own = [c for c in self.supervisor.states() if c["state"] != "stopped"]
+        return (read_state_file(self.status_file) if self.status_file else []) + own
+
+    def status(self) -> dict:
+        return {
+            "inferenceservice": self.manifest.name, "namespace": self.manifest.namespace,
+            "model": self.manifest.model_name, "configuration": self.configuration,
+            "canary_traffic_percent": self.canary_percent,
+            "latest_rolledout_revision": self.rolled_out,
+            "latest_revision": self.revisions[-1].name,
+            "revisions": [{**r.public(), "ready": self.readiness.ready(r.name),
+                           "not_ready_reason": self.readiness.reason(r.name)} for r in self.revisions],
+            "shadow": self.shadow.status(),
+            "components": self.components(),
+            "logger": None if self.logger is None else {
+                "url": self.logger.url, "mode": self.logger.mode,
+                "sent": self.logger.sent._value.get(), "dropped": self.logger.dropped._value.get(),
+                "queued": self.logger.backlog},
+        }
+
+    async def _retire(self, names: set[str]) -> None:
+        """Drop revisions from the table, then stop the pairs this gateway started for them."""
+        self.revisions = [r for r in self.revisions if r.name not in names]
+        for name in names:
+            self.readiness.forget(name)
+            pair = self._pairs.pop(name, None)
+            if pair is not None:
+                for service in pair.services:
+                    self.supervisor.forget(service)
+                await asyncio.to_thread(pair.stop)
+
+    async def start_canary(self, bundle: str, percent: int, version: str | None = None) -> Revision:
+        """A new latest revision from ``bundle`` (its own Triton + transformer) at ``percent``%."""
+        path = policy.bundle_in_store(bundle, self.model_store)  # before any heavy import
+        from gourmetgram.export import validate_bundle
+        from gourmetgram.local.stack import Ports, RevisionPair
+
+        validate_bundle(path, self.manifest.model_name)
+        generation = max(generation_of(r.name) for r in self.revisions) + 1
+        name = revision_name(self.manifest, generation)
+        log_dir = self.log_dir or Path.cwd()
+        pair = RevisionPair(path, name, self.manifest, Ports.free(self.host), self.host, log_dir)
+        await pair.start_async(cwd=log_dir)
+        self._pairs[name] = pair
+        for service in pair.services:  # restarted when they crash, as the first revision's are
+            self.supervisor.adopt(service, log_dir, revision=name)
+        await self._warm_up(pair.transformer_url)
+        # A latest revision that never rolled out is replaced (Knative keeps only prev/latest routed).
+        replaced = {r.name for r in self.revisions if r.name != self.rolled_out}
+        self.revisions.append(Revision(name, pair.transformer_url, 0, None, str(path), version,
+                                       pair.triton_metrics_url, pair.triton_url))
+        self.canary_percent = percent
+        self._apply_split()
+        await self._retire(replaced)
+        return self.revisions[-1]
+
+    async def start_shadow(self, bundle: str, percent: int, version: str | None = None) -> Revision:
+        """A shadow revision from ``bundle`` (its own Triton + transformer) mirrored ``percent``%
+        of model requests; it replaces a running shadow. It never takes client traffic."""
+        path = policy.bundle_in_store(bundle, self.model_store)
+        from gourmetgram.export import validate_bundle
+        from gourmetgram.local.stack import Ports, RevisionPair
+
+        validate_bundle(path, self.manifest.model_name)
+        previous = self.shadow.revision
+        generation = generation_of(previous.name) + 1 if previous is not None else 1
+        name = f"{self.manifest.name}-{SHADOW}-predictor-{generation:05d}"
+        log_dir = self.log_dir or Path.cwd()
+        pair = RevisionPair(path, name, self.manifest, Ports.free(self.host), self.host, log_dir)
+        await pair.start_async(cwd=log_dir)
+        self._pairs[name] = pair
+        await self._warm_up(pair.transformer_url)
+        revision = Revision(name, pair.transformer_url, 0, SHADOW, str(path), version,
+                            pair.triton_metrics_url)
+        self.shadow.attach(revision, percent)
+        if previous is not None:
+            await self._stop_pair(previous.name)
+        return revision
+
+    async def stop_shadow(self) -> None:
+        previous = self.shadow.revision
+        if previous is None:
+            raise UserError("no shadow revision is running")
+        self.shadow.detach()
+        await self._stop_pair(previous.name)
+
+    def shadow_pids(self) -> dict[str, int | None]:
+        """The shadow's processes (what a fault test kills)."""
+        pair = self._pairs.get(self.shadow.revision.name) if self.shadow.revision else None
+        return {s.name: s.pid for s in pair.services} if pair is not None else {}  # type: ignore[attr-defined]
+
+    async def _stop_pair(self, name: str) -> None:
+        pair = self._pairs.pop(name, None)
+        if pair is not None:
+            await asyncio.to_thread(pair.stop)
+
+    async def _warm_up(self, transformer_url: str, requests: int = WARMUP_REQUESTS) -> None:
+        """A few predictions straight to a new transformer before it takes traffic, so the
+        first users (and the canary's p95) do not pay for ONNX Runtime's and Triton's first
+        inferences. Not counted: it bypasses the revision metrics, like a readiness probe."""
+        url = f"{transformer_url}/v1/models/{self.manifest.model_name}:predict"
+        body = {"instances": [{"image": {"b64": _warmup_image()}}]}
+        assert self._client is not None
+        for _ in range(requests):
+            try:
+                await self._client.post(url, json=body)
+            except httpx.HTTPError:
+                return
+
+    async def set_percent(self, percent: int) -> None:
+        if len(self.revisions) < 2:
+            raise UserError("no canary revision: start one with a bundle first")
+        self.canary_percent = percent
+        self._apply_split()
+
+    async def promote(self) -> None:
+        """canaryTrafficPercent removed: latest takes 100% and becomes the rolled-out revision."""
+        latest = self.revisions[-1]
+        if latest.name == self.rolled_out:
+            raise UserError(f"nothing to promote: {latest.name} already serves all traffic")
+        self.rolled_out, self.canary_percent = latest.name, None
+        self._apply_split()
+        await self._retire({r.name for r in self.revisions if r is not latest})
+
+    async def rollback(self) -> None:
+        """canaryTrafficPercent 0: all traffic to prev; latest stays reachable by its tag."""
+        await self.set_percent(0)
+
+    async def control(self, action: dict) -> dict:
+        kind = action.get("action")
+        percent = action.get("percent")
+        if percent is not None and (isinstance(percent, bool) or not isinstance(percent, int)
+                                    or not 0 <= percent <= 100):
+            raise UserError(f"percent must be an integer in 0..100, got {percent!r}")
+        async with self._control_lock:
+            if kind == "canary":
+                if not action.get("bundle"):
+                    raise UserError("a canary needs a bundle")
+                await self.start_canary(str(action["bundle"]), 10 if percent is None else percent,
+                                        None if action.get("version") is None else str(action["version"]))
+            elif kind == "percent":
+                if percent is None:
+                    raise UserError("action percent needs a percent")
+                await self.set_percent(percent)
+            elif kind == "promote":
+                await self.promote()
+            elif kind == "rollback":
+                await self.rollback()
+            elif kind == "shadow":
+                if action.get("bundle"):
+                    await self.start_shadow(str(action["bundle"]), 100 if percent is None else percent,
+                                            None if action.get("version") is None else str(action["version"]))
+                elif self.shadow.revision is None:
+                    raise UserError("no shadow revision is running: start one with a bundle")
+                elif percent is None:
+                    raise UserError("action shadow needs a bundle (start) or a percent (re-weight)")
+                else:
+                    self.shadow.percent = percent
+            elif kind == "shadow_stop":
+                await self.stop_shadow()
+            else:
+                raise UserError(f"unknown action {kind!r}; use canary, percent, promote, rollback, "
+                                "shadow or shadow_stop")
+            log.warning("rollout %s: %s", kind, [(r.name, r.percent, r.tag) for r in self.revisions])
+            return self.status()
+
+    def targets(self) -> list[dict]:
+        """Prometheus HTTP service discovery: every revision's transformer and Triton metrics."""
+        return http_sd_targets([*self.revisions, *([self.shadow.revision] if self.shadow.revision else [])])
+
+    # -- HTTP ----------------------------------------------------------------------------
+    def control_routes(self) -> list[Route]:
+        return [
+            Route(f"{CONTROL_PREFIX}/rollout", self._rollout_endpoint, methods=["GET", "POST"]),
+            Route(f"{CONTROL_PREFIX}/targets", self._targets_endpoint, methods=["GET"]),
+            Route(f"{CONTROL_PREFIX}/shadow", self._shadow_endpoint, methods=["GET"]),
+        ]
+
+    async def _rollout_endpoint(self, request: Request) -> Response:
+        if request.method == "GET":
+            return JSONResponse(self.status())
+        refused = policy.refuse(request.headers, self.control_token)
+        if refused is not None:
+            return refused
+        try:
+            action = json.loads(await bodylimit.read_body(request, policy.MAX_CONTROL_BODY_BYTES))
+        except bodylimit.BodyTooLarge as exc:
+            return error(413, str(exc))
+        except ValueError:
+            return error(400, "the body must be JSON: {\"action\": canary|percent|promote|rollback, ...}")
+        if not isinstance(action, dict):
+            return error(400, "the body must be a JSON object")
+        try:
+            return JSONResponse(await self.control(action))
+        except DependencyUnavailable as exc:  # the new revision did not come up
+            return error(503, str(exc))
+        except UserError as exc:
+            return error(400, str(exc))
+
+    async def _targets_endpoint(self, _request: Request) -> Response:
+        return JSONResponse(self.targets())
+
+    async def _shadow_endpoint(self, request: Request) -> Response:
+        # The pairs are predictions on users' requests: behind the token, like tag routing.
+        if not policy.authorized(request.headers, self.control_token):
+            return error(401, "the shadow's answers need the stack's control token "
+                              "('Authorization: Bearer <token>'; `gourmetgram rollout shadow` sends it)")
+        return JSONResponse({"shadow": self.shadow.status(), "pids": self.shadow_pids(),
+                             "pairs": self.shadow.pairs()})
+
+
+def _warmup_image() -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (128, 96, 64)).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")

@@ -1,0 +1,119 @@
+"""The inference logger: KServe's logger agent, locally (CloudEvents 1.0, binary mode).
+
+Each prediction's request and 200 response go to the manifest's ``logger.url`` (locally the
+drift detector or the broker) as ``org.kubeflow.serving.inference.request|response`` events
+with one ``ce-id`` per pair and the extensions ``inferenceservicename``, ``namespace``,
+``component``, ``endpoint`` (plus the local ``revision`` and ``modelversion``). Delivery is
+off the request path through a queue bounded by count and bytes: a slow or dead sink never
+delays or fails a prediction; what cannot be queued or delivered is counted as dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+
+import httpx
+from prometheus_client import Counter
+
+from gourmetgram.errors import UserError
+from gourmetgram.local import control
+
+LOGGER_QUEUE_BYTES = 256 * 1024 * 1024  # events waiting for the sink, at most
+
+
+class InferenceLogger:
+    """KServe's logger agent, locally: binary-mode CloudEvents to ``url``, off the request path.
+
+    :meth:`log` never blocks and never raises: it puts the event on a bounded queue or,
+    when the queue is full, counts a drop. ``workers`` tasks deliver the queue with a short
+    timeout; a delivery that fails (sink down, slow, non-2xx) is counted as dropped too.
+    """
+
+    def __init__(self, url: str, mode: str, inferenceservice: str, namespace: str,
+                 sent: Counter, dropped: Counter, component: str = "transformer",
+                 queue_size: int = 1000, workers: int = 4, timeout_s: float = 2.0,
+                 queue_bytes: int = LOGGER_QUEUE_BYTES, sink_token: str | None = None) -> None:
+        if mode not in ("all", "request", "response"):
+            raise UserError(f"logger mode {mode!r} is not all, request or response")
+        self.url, self.mode = url, mode
+        self.inferenceservice, self.namespace, self.component = inferenceservice, namespace, component
+        self.queue_size, self.workers, self.timeout_s = queue_size, workers, timeout_s
+        # Bounded by count AND bytes: 1000 large images would otherwise pin gigabytes.
+        self.queue_bytes, self.queued_bytes = queue_bytes, 0
+        self.sink_token = sink_token  # the local detector's ingest token, when it has one
+        self.sent = sent.labels(inferenceservice)
+        self.dropped = dropped.labels(inferenceservice)
+        self.source = "http://localhost:9081/"  # where KServe's agent says events come from
+        self._queue: asyncio.Queue | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._client: httpx.AsyncClient | None = None
+
+    def wants(self, kind: str) -> bool:
+        return self.mode == "all" or self.mode == kind
+
+    def headers(self, ce_id: str, kind: str, content_type: str, endpoint: str,
+                extensions: dict[str, str] | None = None) -> dict[str, str]:
+        return {
+            **{f"ce-{k}": v for k, v in (extensions or {}).items() if v},
+            **(control.bearer(self.sink_token) if self.sink_token else {}),
+            **{f"ce-{k}": v for k, v in (extensions or {}).items() if v},
+            "ce-specversion": "1.0", "ce-id": ce_id, "ce-source": self.source,
+            "ce-type": f"org.kubeflow.serving.inference.{kind}",
+            "ce-time": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
+            "ce-inferenceservicename": self.inferenceservice, "ce-namespace": self.namespace,
+            "ce-component": self.component, "ce-endpoint": endpoint,
+            "content-type": content_type or "application/json",
+        }
+
+    def log(self, ce_id: str, kind: str, body: bytes, content_type: str, endpoint: str,
+            extensions: dict[str, str] | None = None) -> None:
+        """Queue one event (``kind`` request|response); a full queue (by count or bytes)
+        counts a drop."""
+        if not self.wants(kind):
+            return
+        if self._queue is None or self.queued_bytes + len(body) > self.queue_bytes:
+            self.dropped.inc()
+            return
+        try:
+            self._queue.put_nowait((self.headers(ce_id, kind, content_type, endpoint, extensions), body))
+        except asyncio.QueueFull:
+            self.dropped.inc()
+            return
+        self.queued_bytes += len(body)
+
+    async def _deliver(self) -> None:
+        assert self._queue is not None and self._client is not None
+        while True:
+            headers, body = await self._queue.get()
+            self.queued_bytes -= len(body)
+            try:
+                r = await self._client.post(self.url, content=body, headers=headers)
+                (self.sent if r.status_code < 300 else self.dropped).inc()
+            except Exception:  # noqa: BLE001 - a sink's failure is a counted drop, nothing more
+                self.dropped.inc()
+            finally:
+                self._queue.task_done()
+
+    @property
+    def backlog(self) -> int:
+        return self._queue.qsize() if self._queue else 0
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue(maxsize=self.queue_size)
+        self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.timeout_s, connect=0.5),
+                                         limits=httpx.Limits(max_connections=self.workers))
+        self._tasks = [asyncio.create_task(self._deliver()) for _ in range(self.workers)]
+
+    async def stop(self, drain_s: float = 2.0) -> None:
+        """Give queued events ``drain_s`` to go out, then cancel the workers."""
+        if self._queue is not None:
+            try:
+                await asyncio.wait_for(self._queue.join(), drain_s)
+            except asyncio.TimeoutError:
+                pass
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._client is not None:
+            await self._client.aclose()
