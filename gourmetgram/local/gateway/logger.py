@@ -17,7 +17,7 @@ import httpx
 from prometheus_client import Counter
 
 from gourmetgram.errors import UserError
-from gourmetgram.local import control
+from gourmetgram.local import control as policy  # the sink token
 
 LOGGER_QUEUE_BYTES = 256 * 1024 * 1024  # events waiting for the sink, at most
 
@@ -56,7 +56,7 @@ class InferenceLogger:
                 extensions: dict[str, str] | None = None) -> dict[str, str]:
         return {
             **{f"ce-{k}": v for k, v in (extensions or {}).items() if v},
-            **(control.bearer(self.sink_token) if self.sink_token else {}),
+            **(policy.bearer(self.sink_token) if self.sink_token else {}),
             **{f"ce-{k}": v for k, v in (extensions or {}).items() if v},
             "ce-specversion": "1.0", "ce-id": ce_id, "ce-source": self.source,
             "ce-type": f"org.kubeflow.serving.inference.{kind}",

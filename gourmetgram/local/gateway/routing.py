@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse, Response
 
 from gourmetgram import bodylimit
 from gourmetgram.jsonlog import INFERENCE_ID_HEADER, log_json
-from gourmetgram.local import control
+from gourmetgram.local import control as policy  # the token rules
 from gourmetgram.local.gateway.discovery import Revision
 from gourmetgram.local.gateway.logger import InferenceLogger
 from gourmetgram.local.manifests import ServiceManifest
@@ -90,7 +90,7 @@ class Router:
         """The tagged revision when one is asked for, else a weighted pick by ``percent``."""
         tag = self.requested_tag(request)
         if tag is not None:
-            if not control.authorized(request.headers, self.control_token):
+            if not policy.authorized(request.headers, self.control_token):
                 raise PermissionError(
                     f"tag routing (header {TAG_HEADER} or a {tag}-<isvc> Host) is internal: send the "
                     "stack's control token as 'Authorization: Bearer ...', or leave the tag out")
@@ -175,7 +175,7 @@ class Router:
             except bodylimit.BodyTooLarge as exc:
                 return error(413, str(exc))
         # The control token stays here: the transformer never needs it.
-        drop = {TAG_HEADER} | ({"authorization"} if control.authorized(request.headers, self.control_token)
+        drop = {TAG_HEADER} | ({"authorization"} if policy.authorized(request.headers, self.control_token)
                                else set())
         headers = {k: v for k, v in request.headers.items()
                    if k.lower() not in HOP_HEADERS and k.lower() not in drop}
@@ -233,6 +233,7 @@ class Router:
         return error(503, f"transformer of revision {revision.name} at {revision.transformer_url} "
                            f"is not reachable ({type(exc).__name__}: {exc}); is it running?")
 
+    # -- traffic split -----------------------------------------------------------------
     def _apply_split(self) -> None:
         """KServe's traffic for the current state (``ksvc_reconciler``)."""
         latest = self.revisions[-1]
