@@ -6,6 +6,7 @@ import argparse
 
 import pytest
 import yaml
+from helpers import free_port
 
 from gourmetgram.cli.main import build_parser, main
 
@@ -94,11 +95,7 @@ def test_submit_needs_an_http_host_and_a_package(tmp_path, capsys):
 
 def test_submit_to_an_unreachable_host_exits_3(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))
-    import socket
-
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # a port nobody listens on
     code = main(["pipeline", "submit", "--host", f"http://127.0.0.1:{port}", "--param", "dataset_uri=x"])
     assert code == 3  # the KFP API is a dependency that is unavailable
     assert "could not submit" in capsys.readouterr().err

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import free_port
 from PIL import Image
 
 from drift_detector.build import build_detector
@@ -276,15 +277,12 @@ def test_cli_bad_input_exits_2(tmp_path, capsys):
 
 def test_real_uvicorn_server_accepts_logger_events(service, eval_images):
     """Over a real socket, as the KServe agent / local gateway sends them."""
-    import socket
     import threading
 
     import httpx
     import uvicorn
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port,
                                            log_level="warning", access_log=False))
     thread = threading.Thread(target=server.run, daemon=True)

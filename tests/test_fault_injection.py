@@ -26,6 +26,7 @@ import time
 import httpx
 import pytest
 import torch
+from helpers import wait_for
 
 from gourmetgram.config import ExportConfig
 from gourmetgram.data.demo import DEMO_CLASSES
@@ -51,16 +52,6 @@ def bundle(session_home, demo_dataset):
     # A small detector (the default settings take longer to build and say nothing more here).
     build_detector(path, demo_dataset, n_reference=200, window_size=20, ert=1000, n_bootstraps=4000)
     return path
-
-
-def wait_for(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"not within {timeout_s:.0f} s: {what}")
 
 
 def metric(url: str, name: str) -> float:

@@ -12,12 +12,12 @@ import base64
 import json
 import re
 import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
 import torch
+from helpers import Sink
+from helpers import wait_until as _wait
 from prometheus_client import CollectorRegistry, Counter
 
 from gourmetgram.config import ExportConfig
@@ -34,41 +34,6 @@ LOGGER_TIMEOUT_S = 600.0
 HOLD_CAP_S = 120.0  # a held sink answers by itself after this, so nothing hangs for ever
 
 
-class Sink:
-    """Records CloudEvents; ``mode`` ok|hold (answer only once ``release`` is set); :meth:`kill` closes it."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[dict[str, str], bytes]] = []
-        self.mode = "ok"
-        self.held = 0  # events received and not answered yet
-        self.release = threading.Event()
-        sink = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                body = self.rfile.read(int(self.headers.get("content-length", 0)))
-                if sink.mode == "hold":
-                    sink.held += 1
-                    sink.release.wait(HOLD_CAP_S)
-                    sink.held -= 1
-                sink.events.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                self.send_response(202)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def kill(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def _metric(text: str, name: str) -> float:
     return sum(float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? ([0-9.eE+-]+)$", text, re.M))
 
@@ -80,7 +45,7 @@ def images(demo_dataset) -> list[bytes]:
 
 @pytest.fixture(scope="module")
 def sink():
-    s = Sink()
+    s = Sink(hold_cap_s=HOLD_CAP_S)
     yield s
     try:
         s.kill()
@@ -116,15 +81,6 @@ def _predictions(url: str, images: list[bytes], n: int) -> list[int]:
 def _counters(stack) -> tuple[float, float]:
     text = httpx.get(f"{stack.gateway_url}/metrics").text
     return _metric(text, "logger_events_sent_total"), _metric(text, "logger_events_dropped_total")
-
-
-def _wait(predicate, timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
 
 
 def test_queue_full_counts_drops_without_blocking():

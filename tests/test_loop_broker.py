@@ -6,12 +6,12 @@ from __future__ import annotations
 import re
 import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
+from helpers import wait_until as _wait
 from loop_helpers import ce_headers, new_id, request_body
 
 from gourmetgram.local.stack import Ports, Service, _child_env, _get_ok
@@ -57,15 +57,6 @@ def _metric(text: str, name: str, **labels) -> float:
         if all(got.get(k) == v for k, v in labels.items()):
             total += float(m.group(2))
     return total
-
-
-def _wait(predicate, timeout_s=30.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
 
 
 @pytest.fixture()

@@ -21,6 +21,7 @@ import time
 import httpx
 import pytest
 import torch
+from helpers import wait_until as _wait
 from loop_helpers import ce_headers, request_body
 
 from gourmetgram.cli.main import main
@@ -34,15 +35,6 @@ from gourmetgram.model import ModelSpec, build_model
 pytestmark = pytest.mark.slow
 VERSION = "7"
 N_SERVED = 30
-
-
-def _wait(predicate, timeout_s: float = 60.0, every: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(every)
-    return predicate()
 
 
 @pytest.fixture(scope="module")

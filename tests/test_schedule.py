@@ -4,12 +4,12 @@ run with the real kfp.Client, checked up to the wire against a stand-in of the K
 from __future__ import annotations
 
 import json
-import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 import pytest
+from helpers import free_port
 
 from gourmetgram.cli.main import main
 from gourmetgram.errors import UserError
@@ -159,9 +159,7 @@ def test_bad_schedules_are_refused_before_the_wire(kfp_api, capsys, argv, messag
 
 
 def test_an_unreachable_kfp_api_is_exit_3(kfp_api, capsys):
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # a port nobody listens on
     assert main(["pipeline", "schedule", "--host", f"http://127.0.0.1:{port}", "--param", "dataset_uri=x"]) == 3
     assert "could not create the recurring run" in capsys.readouterr().err
 

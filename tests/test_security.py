@@ -16,15 +16,14 @@ import json
 import os
 import socket
 import stat
-import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
+from helpers import spawn, stop, wait_http
 
 from gourmetgram.cli.main import main
 from gourmetgram.constants import HOST
@@ -40,37 +39,6 @@ ROLLOUT = "/_gourmetgram/rollout"
 
 # -- helpers --------------------------------------------------------------------------------
 http = httpx.Client(timeout=60)  # generous: a busy 2-core machine, imports on first use
-def _spawn(argv: list[str], log: Path) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with open(log, "wb") as out:
-        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, start_new_session=True)
-
-
-def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"{url}: process exited {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if http.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"{url} not ready after {timeout_s} s:\n{log.read_text()[-3000:]}")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
 def peak_rss(pid: int) -> int:
     """The process's high-water-mark resident set size (bytes), from /proc/<pid>/status."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -133,7 +101,7 @@ def gateway(session_home, tmp_path_factory):
     token_file = control.token_path(HOST, ports.gateway)
     token_file.unlink(missing_ok=True)  # the gateway writes it itself when run on its own
     log = work / "gateway.log"
-    proc = _spawn([sys.executable, "-m", "gourmetgram.local.gateway", "--manifest",
+    proc = spawn([sys.executable, "-m", "gourmetgram.local.gateway", "--manifest",
                    "inference_services/production.yaml", "--revision",
                    f"food11-transformer-00001=http://{HOST}:{ports.transformer_http}",
                    "--host", HOST, "--port", str(ports.gateway), "--log-dir", str(work),
@@ -141,10 +109,10 @@ def gateway(session_home, tmp_path_factory):
                   log)
     url = f"http://{HOST}:{ports.gateway}"
     try:
-        _wait_http(url + "/healthz", proc, log)
+        wait_http(url + "/healthz", proc, log)
         yield url, proc, control.read_token(token_file)
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 def test_control_api_needs_the_token_json_and_a_bundle_from_the_store(gateway, session_home, tmp_path):
@@ -313,15 +281,15 @@ def transformer(tmp_path_factory):
     ports = Ports.free()
     log = work / "transformer.log"
     # The predictor is not running: the transformer starts without it (ready, 503 on predict).
-    proc = _spawn([sys.executable, "-m", "food_transformer", "--model_name", "food11", "--predictor_host",
+    proc = spawn([sys.executable, "-m", "food_transformer", "--model_name", "food11", "--predictor_host",
                    f"{HOST}:{ports.triton_http}", "--protocol", "v2", "--image_size", "32",
                    "--class_names", "a,b,c", "--host", HOST, "--http_port", str(ports.transformer_http),
                    "--grpc_port", str(ports.transformer_grpc), "--max_body_bytes", str(LIMIT)], log)
     try:
-        _wait_http(f"http://{HOST}:{ports.transformer_http}/v1/models/food11", proc, log)
+        wait_http(f"http://{HOST}:{ports.transformer_http}/v1/models/food11", proc, log)
         yield ports, proc
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 def test_transformer_listens_on_the_stack_host_only(transformer):

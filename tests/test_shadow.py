@@ -17,12 +17,13 @@ import json
 import math
 import os
 import signal
-import time
 
+import helpers
 import httpx
 import numpy as np
 import pytest
 import torch
+from helpers import wait_until as _wait
 
 from gourmetgram.cli.main import main
 from gourmetgram.config import ExportConfig
@@ -181,43 +182,11 @@ def test_capture_keeps_shadow_answers_apart_and_joins_them_with_labels(tmp_path)
 
 
 # -- end to end on the local stack ---------------------------------------------------------
-class Sink:
+class Sink(helpers.Sink):
     """Records the logger's CloudEvents (a stand-in for the detector / capture sink)."""
-
-    def __init__(self) -> None:
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        self.events: list[tuple[dict[str, str], bytes]] = []
-        sink = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                body = self.rfile.read(int(self.headers.get("content-length", 0)))
-                sink.events.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                self.send_response(202)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def shadow_events(self) -> list[tuple[dict[str, str], bytes]]:
         return [(h, b) for h, b in self.events if h.get("ce-endpoint") == "shadow"]
-
-
-def _wait(predicate, timeout_s: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return predicate()
 
 
 def _predict(client: httpx.Client, url: str, blob: bytes, ce_id: str | None = None) -> httpx.Response:

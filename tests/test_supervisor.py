@@ -12,11 +12,11 @@ import os
 import signal
 import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from helpers import wait_for
 
 from gourmetgram.local.stack import Service
 from gourmetgram.local.supervisor import (
@@ -55,16 +55,6 @@ def child(tmp_path: Path, name: str, ready=None) -> Service:
     svc.ready = ready or (lambda: (tmp_path / f"{name}.pid").is_file()
                           and (tmp_path / f"{name}.pid").read_text() == str(svc.pid))
     return svc
-
-
-def wait_for(predicate, timeout_s: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture()

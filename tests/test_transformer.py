@@ -12,7 +12,6 @@ import base64
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -22,6 +21,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from helpers import free_port, wait_http
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -67,26 +67,6 @@ PREDICTOR_SCRIPT = textwrap.dedent('''
     model.load()
     ModelServer(http_port=int(os.environ["PORT"]), enable_grpc=False).start([model])
 ''') % {"size": IMAGE_SIZE, "classes": len(CLASS_NAMES), "name": MODEL}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}: {proc.stdout.read()[-3000:]}")
-        try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} not ready after {timeout}s")
 
 
 def wait_grpc(address: str, proc: subprocess.Popen, timeout: float = 90.0) -> None:
