@@ -494,8 +494,11 @@ def test_job_runs_the_pipeline_records_the_outcome_and_frees_the_lock(tmp_path, 
 
     calls = []
 
+    from components.steps.outcomes import RegistrationOutcome
+
     class Result:
-        registered, reasons, mlflow_run_id, outcome = True, [], "mlrun", {"version": "2"}
+        registered, reasons, mlflow_run_id = True, [], "mlrun"
+        outcome = RegistrationOutcome(verdict="registered", version=2)
 
     def fake_run_local(dataset, config, epochs, production_dataset_uri=""):
         calls.append((dataset, config, epochs, production_dataset_uri))
@@ -511,7 +514,7 @@ def test_job_runs_the_pipeline_records_the_outcome_and_frees_the_lock(tmp_path, 
     # no local base folder to add production data to: the base alone (the export is tested in test_loop_store)
     assert calls == [("/d", "demo", 1, "")] and lock.current() is None
     assert history.records()[-1] | {"finished_at": None} == {
-        "event": "finished", "run_id": "r1", "status": "registered", "version": "2", "mlflow_run_id": "mlrun",
+        "event": "finished", "run_id": "r1", "status": "registered", "version": 2, "mlflow_run_id": "mlrun",
         "reasons": [], "finished_at": None, "production_dataset": None, "labels": {}}
 
     def broken(*a, **kw):
