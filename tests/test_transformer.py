@@ -422,6 +422,9 @@ def test_entry_point_serves_over_http(predictor, onnx_path, session, tmp_path):
         response = httpx.post(f"http://127.0.0.1:{port}/v2/models/{MODEL}/infer", content=bad,
                               headers=bad_headers, timeout=30)
         assert response.status_code == 400 and "whole number" in response.json()["error"], response.text
+        response = httpx.post(f"http://127.0.0.1:{port}/v2/models/{MODEL}/infer", content=b"",
+                              headers={"content-type": "application/json"}, timeout=30)
+        assert response.status_code == 400 and "BYTES" in response.json()["error"], response.text
         # gRPC ingress (v2) with the raw JPEG bytes, no base64.
         raw = image_bytes(31)
         wait_grpc(f"127.0.0.1:{grpc_port}", proc)
@@ -586,10 +589,13 @@ def test_malformed_v2_binary_request_is_400(client, case, needle):
     (b'{"inputs": [{}]}', {"content-type": "application/json"}),
     (b'{"inputs": []}', {"content-type": "text/plain"}),
 ])
-def test_bad_v2_bodies_are_4xx(client, body, headers):
-    """Empty, malformed or wrongly typed v2 bodies: a client error, never a 500."""
+def test_bad_v2_bodies_are_400_with_what_to_send(client, body, headers):
+    """Empty, malformed or wrongly typed v2 bodies: a 400 in the transformer's error shape
+    (not FastAPI's 422 details) that says what to send."""
     response = client.post(f"/v2/models/{MODEL}/infer", content=body, headers=headers)
-    assert 400 <= response.status_code < 500, response.text
+    assert response.status_code == 400, response.text
+    message = response.json()["error"]
+    assert "BYTES" in message or "Inference-Header-Content-Length" in message, message
 
 
 def test_concurrent_requests_each_get_their_own_answer(client, session):

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastapi.exceptions import RequestValidationError
 from kserve import ModelServer
 from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING, INFERENCE_CONTENT_LENGTH_HEADER
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.infer_type import InferRequest
 from kserve.protocol.rest.server import RESTServer
+from starlette.responses import JSONResponse
 from uvicorn.importer import import_from_string
 
 from food_transformer import v2binary
@@ -71,10 +73,27 @@ def use_transformer_dataplane(server: ModelServer) -> None:
     server.dataplane = TransformerDataPlane(model_registry=server.registered_models)
 
 
+V2_EXAMPLE = ('{"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", '
+              '"data": ["<base64 JPEG or PNG>"]}]}')
+
+
+async def request_validation_error(request: Any, exc: RequestValidationError) -> JSONResponse:
+    """A body FastAPI cannot read as the route's model (an empty or malformed v2 request) is a
+    400 in the transformer's own error shape with what to send, not FastAPI's 422 details."""
+    problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}"
+                         for e in exc.errors()[:3])
+    hint = (f"; send JSON like {V2_EXAMPLE} (Content-Type: application/json), or the v2 binary "
+            "tensor extension with Inference-Header-Content-Length") if request.url.path.endswith("/infer") else ""
+    return JSONResponse({"error": f"request body is not a valid request for {request.url.path} "
+                                  f"({problems}){hint}"}, status_code=400)
+
+
 def add_middlewares(app: Any, max_body_bytes: int) -> None:
-    """What the transformer adds to kserve's app: raw image bodies, then the size limit (outermost)."""
+    """What the transformer adds to kserve's app: raw image bodies, then the size limit
+    (outermost), and a 400 for bodies FastAPI cannot validate."""
     app.add_middleware(RawImageBody)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_exception_handler(RequestValidationError, request_validation_error)
 
 
 class BoundModelServer(ModelServer):
