@@ -5,6 +5,7 @@ limits and end on the event, never on a fixed sleep."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import httpx
 
 from gourmetgram.rollout.prometheus import free_port
 
-__all__ = ["free_port", "wait_until", "wait_for", "wait_http", "spawn", "stop", "Sink", "moto_s3"]
+__all__ = ["free_port", "wait_until", "wait_for", "wait_http", "spawn", "stop", "Sink", "moto_s3", "FakeKFPApi"]
 
 T = TypeVar("T")
 
@@ -148,3 +149,54 @@ def moto_s3(log: Path) -> Iterator[str]:
         yield url
     finally:
         stop(proc)
+
+
+class FakeKFPApi(BaseHTTPRequestHandler):
+    """A stand-in for the KFP v2beta1 REST API (no KFP backend runs here), up to the wire that
+    the real ``kfp.Client`` speaks: health, experiments (none yet: the client creates one), every
+    request recorded as (method, path, lower-cased headers, JSON body). Subclasses answer the
+    calls their test makes in ``get``/``post`` (return a JSON body, or None for 404)."""
+
+    requests: list[tuple[str, str, dict, dict]] = []
+
+    def get(self, path: str) -> dict | None:
+        return None
+
+    def post(self, path: str, body: dict) -> dict | None:
+        return None
+
+    def _reply(self, body: dict | None) -> None:
+        if body is None:
+            self.send_error(404)
+            return
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _record(self) -> dict:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length) or b"{}") if length else {}
+        self.requests.append((self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+        return body
+
+    def do_GET(self):  # noqa: N802
+        self._record()
+        if self.path.startswith("/apis/v2beta1/healthz"):
+            self._reply({"multi_user": False})
+        elif self.path.split("?")[0] == "/apis/v2beta1/experiments":
+            self._reply({})
+        else:
+            self._reply(self.get(self.path))
+
+    def do_POST(self):  # noqa: N802
+        body = self._record()
+        if self.path == "/apis/v2beta1/experiments":
+            self._reply({"experiment_id": "exp-1", "display_name": body.get("display_name")})
+        else:
+            self._reply(self.post(self.path, body))
+
+    def log_message(self, *args):
+        pass

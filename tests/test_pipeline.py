@@ -6,11 +6,12 @@ import dataclasses
 import json
 import re
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import yaml
+from helpers import FakeKFPApi
 
 from gourmetgram.cli.main import main
 from gourmetgram.config import load_config
@@ -334,46 +335,14 @@ def test_demo_builds_its_dataset_only_when_absent(tmp_path, monkeypatch):
 
 # -- submit, up to the wire --------------------------------------------------------------------
 
-class _FakeKFP(BaseHTTPRequestHandler):
-    """Answers the KFP v2beta1 REST calls kfp.Client makes, and records them."""
+class _FakeKFP(FakeKFPApi):
+    """Answers the KFP v2beta1 calls kfp.Client makes to create a run."""
 
-    requests: list[tuple[str, str, dict, dict]] = []
-
-    def _reply(self, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _record(self) -> dict:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = json.loads(self.rfile.read(length) or b"{}") if length else {}
-        self.requests.append((self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body))
-        return body
-
-    def do_GET(self):  # noqa: N802
-        self._record()
-        if self.path.startswith("/apis/v2beta1/healthz"):
-            self._reply({"multi_user": False})
-        elif self.path.startswith("/apis/v2beta1/experiments"):
-            self._reply({})  # no experiment with that name yet
-        else:
-            self.send_error(404)
-
-    def do_POST(self):  # noqa: N802
-        body = self._record()
-        if self.path == "/apis/v2beta1/experiments":
-            self._reply({"experiment_id": "exp-123", "display_name": body.get("display_name")})
-        elif self.path == "/apis/v2beta1/runs":
-            self._reply({"run_id": "run-456", "display_name": body.get("display_name"),
-                         "experiment_id": body.get("experiment_id"), "state": "PENDING"})
-        else:
-            self.send_error(404)
-
-    def log_message(self, *args):
-        pass
+    def post(self, path: str, body: dict) -> dict | None:
+        if path == "/apis/v2beta1/runs":
+            return {"run_id": "run-456", "display_name": body.get("display_name"),
+                    "experiment_id": body.get("experiment_id"), "state": "PENDING"}
+        return None
 
 
 @pytest.fixture
@@ -401,7 +370,7 @@ def test_submit_sends_the_compiled_spec_and_parameters(fake_kfp, monkeypatch, ca
     assert experiment["display_name"] == "food11-nightly"
     headers, run = posts["/apis/v2beta1/runs"]
     assert headers.get("authorization") == "Bearer secret-token"
-    assert run["display_name"] == "r1" and run["experiment_id"] == "exp-123"
+    assert run["display_name"] == "r1" and run["experiment_id"] == "exp-1"
     spec, platform = run["pipeline_spec"]["pipeline_spec"], run["pipeline_spec"]["platform_spec"]
     assert spec["pipelineInfo"]["name"] == "gourmetgram-training"
     assert "exec-train-model" in spec["deploymentSpec"]["executors"]

@@ -8,7 +8,6 @@ malformed payloads), the KFP launcher up to the wire, the job that runs the pipe
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import signal
 import subprocess
@@ -16,11 +15,12 @@ import sys
 import threading
 import time
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import yaml
+from helpers import FakeKFPApi
 from starlette.testclient import TestClient
 
 from gourmetgram.cli.main import main
@@ -419,44 +419,20 @@ def test_receiver_answers_503_when_the_launch_fails(tmp_path):
 
 # -- KFP launcher, up to the wire ------------------------------------------------------------
 
-class _FakeKFP(BaseHTTPRequestHandler):
+class _FakeKFP(FakeKFPApi):
     """The KFP v2beta1 REST calls kfp.Client makes for a run (create, then poll its state)."""
 
-    requests: list[tuple[str, str, dict]] = []
     state = "RUNNING"
 
-    def _reply(self, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+    def get(self, path: str) -> dict | None:
+        if path.startswith("/apis/v2beta1/runs/run-789"):
+            return {"run_id": "run-789", "state": type(self).state}
+        return None
 
-    def do_GET(self):  # noqa: N802
-        self.requests.append(("GET", self.path, {}))
-        if self.path.startswith("/apis/v2beta1/healthz"):
-            self._reply({"multi_user": False})
-        elif self.path.startswith("/apis/v2beta1/experiments"):
-            self._reply({})
-        elif self.path.startswith("/apis/v2beta1/runs/run-789"):
-            self._reply({"run_id": "run-789", "state": type(self).state})
-        else:
-            self.send_error(404)
-
-    def do_POST(self):  # noqa: N802
-        length = int(self.headers.get("Content-Length") or 0)
-        body = json.loads(self.rfile.read(length) or b"{}")
-        self.requests.append(("POST", self.path, body))
-        if self.path == "/apis/v2beta1/experiments":
-            self._reply({"experiment_id": "exp-1", "display_name": body.get("display_name")})
-        elif self.path == "/apis/v2beta1/runs":
-            self._reply({"run_id": "run-789", "display_name": body.get("display_name"), "state": "PENDING"})
-        else:
-            self.send_error(404)
-
-    def log_message(self, *args):
-        pass
+    def post(self, path: str, body: dict) -> dict | None:
+        if path == "/apis/v2beta1/runs":
+            return {"run_id": "run-789", "display_name": body.get("display_name"), "state": "PENDING"}
+        return None
 
 
 @pytest.fixture()
@@ -477,7 +453,7 @@ def test_kfp_launcher_creates_the_run_and_locks_until_it_ends(fake_kfp, tmp_path
                 History(tmp_path / "h.jsonl"))
     out = t.fire([DRIFT], source="test")
     assert out.started and out.details["kfp_run_id"] == "run-789"
-    run = next(body for method, path, body in _FakeKFP.requests if method == "POST" and path == "/apis/v2beta1/runs")
+    run = next(body for method, path, _, body in _FakeKFP.requests if method == "POST" and path == "/apis/v2beta1/runs")
     assert run["runtime_config"]["parameters"] == {"dataset_uri": "s3://data/food11", "config": "demo", "epochs": -1}
     assert "drift" in run["display_name"] and out.run_id in run["display_name"]
     assert run["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "gourmetgram-training"

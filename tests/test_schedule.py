@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-from helpers import free_port
+from helpers import FakeKFPApi, free_port
 
 from gourmetgram.cli.main import main
 from gourmetgram.errors import UserError
@@ -17,60 +17,30 @@ from gourmetgram.retrain.schedule import check_cron
 from gourmetgram.retrain.settings import load_retrain_settings
 
 
-class _FakeKFP(BaseHTTPRequestHandler):
-    """Experiments and recurring runs, the calls kfp.Client makes; every request recorded."""
+class _FakeKFP(FakeKFPApi):
+    """Recurring runs, the calls kfp.Client makes for a schedule."""
 
-    requests: list[tuple[str, str, dict, dict]] = []
     recurring: dict[str, dict] = {}
 
-    def _reply(self, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _record(self) -> dict:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = json.loads(self.rfile.read(length)) if length else {}
-        self.requests.append((self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body))
-        return body
-
-    def do_GET(self):  # noqa: N802
-        self._record()
-        url = urlparse(self.path)
-        if url.path == "/apis/v2beta1/healthz":
-            self._reply({"multi_user": False})
-        elif url.path == "/apis/v2beta1/experiments":
-            self._reply({})  # no experiment with that name yet: the client creates it
-        elif url.path == "/apis/v2beta1/recurringruns":
+    def get(self, path: str) -> dict | None:
+        url = urlparse(path)
+        if url.path == "/apis/v2beta1/recurringruns":
             experiment = parse_qs(url.query).get("experiment_id", [""])[0]
-            self._reply({"recurringRuns": [r for r in self.recurring.values() if r["experiment_id"] == experiment]})
-        else:
-            self.send_error(404)
+            return {"recurringRuns": [r for r in self.recurring.values() if r["experiment_id"] == experiment]}
+        return None
 
-    def do_POST(self):  # noqa: N802
-        body = self._record()
-        if self.path == "/apis/v2beta1/experiments":
-            self._reply({"experiment_id": "exp-1", "display_name": body.get("display_name")})
-        elif self.path == "/apis/v2beta1/recurringruns":
+    def post(self, path: str, body: dict) -> dict | None:
+        if path == "/apis/v2beta1/recurringruns":
             run = {**body, "recurring_run_id": f"rr-{len(self.recurring) + 1}", "status": "ENABLED"}
             self.recurring[run["recurring_run_id"]] = run
-            self._reply(run)
-        else:
-            self.send_error(404)
+            return run
+        return None
 
     def do_DELETE(self):  # noqa: N802
         self._record()
         run_id = self.path.rsplit("/", 1)[-1]
-        if self.path.startswith("/apis/v2beta1/recurringruns/") and self.recurring.pop(run_id, None):
-            self._reply({})
-        else:
-            self.send_error(404)
-
-    def log_message(self, *args):
-        pass
+        found = self.path.startswith("/apis/v2beta1/recurringruns/") and self.recurring.pop(run_id, None)
+        self._reply({} if found else None)
 
 
 @pytest.fixture
