@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from serving_latency import load_images, resolve_bundle  # noqa: E402
 
+from gourmetgram.bundle import Bundle  # noqa: E402
 from gourmetgram.local.faults import kill9  # noqa: E402
 from gourmetgram.local.loop import LoopServices  # noqa: E402
 from gourmetgram.local.stack import GATEWAY, LocalStack, Ports  # noqa: E402
@@ -126,12 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="gg-faults-"))
     images = load_images(args.images, 40)
     bundle = resolve_bundle(args.bundle, scratch)
-    if not (bundle / "detector").is_dir() and bundle.is_relative_to(scratch):
+    if not Bundle(bundle).has_detector() and bundle.is_relative_to(scratch):
         from drift_detector.build import build_detector
 
         build_detector(bundle, home() / "data" / "demo", n_reference=200, window_size=20, ert=1000,
                        n_bootstraps=4000)
-    detector = (bundle / "detector").is_dir()
+    detector = Bundle(bundle).has_detector()
     if not detector:
         print(f"note: {bundle} has no drift detector; running without it", file=sys.stderr)
     ports = Ports.free()

@@ -36,6 +36,7 @@ from typing import Callable
 import httpx
 import numpy as np
 
+from gourmetgram.bundle import Bundle
 from gourmetgram.constants import MODEL_NAME
 from gourmetgram.errors import UserError
 from gourmetgram.local.stack import LocalStack, Ports, find_latest_bundle
@@ -99,7 +100,7 @@ def baseline_caller(bundle: Path, image_size: int) -> Callable[[bytes], None]:
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = os.cpu_count() or 1
-    session = ort.InferenceSession(str(bundle / "triton" / MODEL_NAME / "1" / "model.onnx"), options,
+    session = ort.InferenceSession(str(Bundle(bundle, MODEL_NAME).onnx_path), options,
                                    providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
 

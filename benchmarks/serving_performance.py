@@ -54,6 +54,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from gourmetgram.bundle import Bundle
 from gourmetgram.config import ExportConfig
 from gourmetgram.constants import HOST, MODEL_NAME
 from gourmetgram.errors import UserError
@@ -594,7 +595,7 @@ def run(settings: Settings, targets: Sequence[str], workdir: Path, out=sys.stdou
     print(f"load average before: {load_before} on {os.cpu_count()} cores", file=out, flush=True)
     checkpoint, bundle = make_bundle(workdir, settings)
     jpegs = make_images(settings.n_images, settings.jpeg_size)
-    onnx_path = bundle / "triton" / MODEL_NAME / "1" / "model.onnx"
+    onnx_path = Bundle(bundle, MODEL_NAME).onnx_path
     if settings.int8:
         # Static INT8 for the limit and the served path alike (the baseline stays PyTorch FP32),
         # calibrated on images the benchmark does not time (another seed).

@@ -17,12 +17,14 @@ def export_model(dataset: Input[Dataset], checkpoint: Input[Model], config: str,
     from collections import namedtuple
 
     from components.steps import export_step, user_errors
+    from gourmetgram.bundle import triton_repo_uri
 
     with user_errors():
         result = export_step(checkpoint.path, dataset.path, config, bundle.path, model_name)
-    triton_repo = bundle.uri.rstrip("/") + "/triton"
+    triton_repo = triton_repo_uri(bundle.uri)
     bundle.metadata.update({
         "framework": "onnx", "serving": "triton", "model_name": model_name, "triton_repo": triton_repo,
+        "precision": result.precision,
         "size_bytes": result.size_bytes, "parity": result.parity.to_dict(),
         "export_seconds": result.seconds,
     })

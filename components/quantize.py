@@ -18,13 +18,14 @@ def quantize_model(exported: Input[Model], dataset: Input[Dataset], config: str,
     from collections import namedtuple
 
     from components.steps import quantize_step, user_errors
+    from gourmetgram.bundle import triton_repo_uri
 
     with user_errors():
         outcome = quantize_step(exported.path, dataset.path, config, bundle.path, model_name, enabled=enabled)
     bundle.metadata.update(dict(exported.metadata))
     bundle.metadata.update({
         "precision": outcome.precision, "size_bytes": outcome.size_bytes,
-        "triton_repo": bundle.uri.rstrip("/") + "/triton",
+        "triton_repo": triton_repo_uri(bundle.uri),
         "quantization": {"enabled": bool(enabled), "reason": outcome.reason, "report": outcome.report},
     })
     return namedtuple("QuantizeOutputs", ["precision"])(outcome.precision)

@@ -44,6 +44,7 @@ T = TypeVar("T")
 STRICT = ConfigDict(extra="forbid")
 
 INSTANCE_KINDS = ("KIND_CPU", "KIND_GPU", "KIND_AUTO")
+PRECISIONS = ("fp32", "fp16")  # export.precision: the served graph's float type
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -176,6 +177,8 @@ def _batch_sizes_fit(export: ExportConfig) -> ExportConfig:
     too_big = [b for b in export.preferred_batch_sizes if b > export.max_batch_size]
     if too_big:
         raise ValueError(f"preferred_batch_sizes {too_big} exceed max_batch_size {export.max_batch_size}")
+    if export.tensorrt_fp16 and export.instance_kind == "KIND_CPU":
+        raise ValueError("tensorrt_fp16 needs GPU instances: set instance_kind to KIND_GPU or KIND_AUTO")
     return export
 
 
@@ -196,6 +199,15 @@ class ExportConfig:
     int8_max_accuracy_drop: Share = 0.01  # FP32 accuracy minus INT8 accuracy, at most
     int8_calibration_images: AtLeastOne = 128  # preprocessed training images for static calibration
     ort_intra_op_threads: Count = 0  # ONNX Runtime threads per Triton instance; 0 = cores / instances
+    # FP16 variant (issue 14): the served graph in float16 (I/O stays FP32), checked against the
+    # FP32 PyTorch model with these looser tolerances (float16 keeps ~3 significant digits).
+    precision: Annotated[StrictStr, _one_of(*PRECISIONS)] = "fp32"
+    fp16_parity_atol: Positive = 0.05  # max |logit difference| FP16 ONNX vs FP32 PyTorch
+    fp16_min_agreement: Share = 0.99  # share of identical top-1 classes
+    fp16_max_accuracy_drop: Share = 0.01  # on labelled parity images (the evaluation split)
+    # Ask Triton's onnxruntime backend for TensorRT with FP16 kernels on GPU instances
+    # (optimization.execution_accelerators); unmeasured here (no GPU).
+    tensorrt_fp16: StrictBool = False
 
 
 @dataclasses.dataclass(frozen=True)

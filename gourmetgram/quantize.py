@@ -37,12 +37,12 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from gourmetgram.bundle import QUANTIZATION_FILENAME, Bundle
 from gourmetgram.config import ExportConfig, load_config
 from gourmetgram.constants import MODEL_NAME, SPLITS
 from gourmetgram.errors import UserError
 
 METHODS = ("static", "dynamic")
-QUANTIZATION_FILENAME = "quantization.json"
 CALIBRATION_BATCH = 16
 EVAL_BATCH = 32
 
@@ -270,15 +270,6 @@ def compare(fp32_path: str | Path, int8_path: str | Path, images: np.ndarray, la
 # --------------------------------------------------------------------------- bundles
 
 
-def _model_onnx(bundle: Path, model_name: str) -> Path:
-    from gourmetgram.export import MODEL_VERSION, ONNX_FILENAME, TRITON_DIR
-
-    path = bundle / TRITON_DIR / model_name / MODEL_VERSION / ONNX_FILENAME
-    if not path.is_file():
-        raise UserError(f"{path} does not exist; is {bundle} an exported model bundle for {model_name!r}?")
-    return path
-
-
 def quantize_bundle(bundle_dir: str | Path, dataset_root: str | Path, out_dir: str | Path,
                     cfg: ExportConfig, method: str = "static", model_name: str = MODEL_NAME,
                     force: bool = False, overwrite: bool = False,
@@ -291,15 +282,13 @@ def quantize_bundle(bundle_dir: str | Path, dataset_root: str | Path, out_dir: s
     Returns the report either way, so a pipeline can log it and pick the variant.
     ``eval_images``/``calibration`` let a caller reuse arrays it already has.
     """
-    from gourmetgram.export import load_model_spec
-
     bundle, out = Path(bundle_dir).resolve(), Path(out_dir).resolve()
     if out == bundle:
         raise UserError("the INT8 bundle must go to another folder than the FP32 bundle")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out} already exists and is not empty; pick another folder or overwrite")
-    spec = load_model_spec(bundle)
-    fp32_onnx = _model_onnx(bundle, model_name)
+    spec = Bundle(bundle, model_name).load_spec()
+    fp32_onnx = Bundle(bundle, model_name).served_onnx()
     if eval_images is None:
         eval_images = load_split(dataset_root, SPLITS[2], spec.image_size)
     if method == "static" and calibration is None:
@@ -309,7 +298,7 @@ def quantize_bundle(bundle_dir: str | Path, dataset_root: str | Path, out_dir: s
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         shutil.copytree(bundle, work, dirs_exist_ok=True)
-        int8_onnx = _model_onnx(work, model_name)
+        int8_onnx = Bundle(work, model_name).served_onnx()
         quantize_onnx(fp32_onnx, int8_onnx, method, calibration)
         report = compare(fp32_onnx, int8_onnx, eval_images[0], eval_images[1], cfg, method)
         if not report.passed and not force:

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from gourmetgram.bundle import MODEL_SPEC_FILENAME
 from gourmetgram.config import RunConfig
 from gourmetgram.data.dataset import ImageFolderDataset, train_loader
 from gourmetgram.data.layout import DatasetReport
@@ -139,7 +140,7 @@ def train(dataset_root: str | Path, report: DatasetReport, cfg: RunConfig, check
 
         best = load_checkpoint(checkpoint_path)
         mlflow.log_metrics({"best_val_accuracy": best_acc, "train_seconds": seconds})
-        mlflow.log_dict(spec.to_dict(), "model_spec.json")
+        mlflow.log_dict(spec.to_dict(), MODEL_SPEC_FILENAME)
         example = np.zeros((2, 3, mc.image_size, mc.image_size), np.float32)
         mlflow.pytorch.log_model(best, name="model", input_example=example, serialization_format="pickle",
                                  pip_requirements=["torch", "torchvision"])  # skips slow inference

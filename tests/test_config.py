@@ -93,6 +93,10 @@ def test_bad_slice_threshold_fails_at_load_before_any_training(tmp_path):
     ("export:\n  instance_kind: GPU\n", r"export.instance_kind must be one of KIND_CPU, KIND_GPU, KIND_AUTO"),
     ("export:\n  max_batch_size: 4\n  preferred_batch_sizes: [2, 8]\n",
      r"export: preferred_batch_sizes \[8\] exceed max_batch_size 4"),
+    ("export:\n  precision: bf16\n", r"export.precision must be one of fp32, fp16, got 'bf16'"),
+    ("export:\n  fp16_parity_atol: 0\n", r"export.fp16_parity_atol must be > 0, got 0"),
+    ("export:\n  instance_kind: KIND_CPU\n  tensorrt_fp16: true\n",
+     r"export: tensorrt_fp16 needs GPU instances: set instance_kind to KIND_GPU or KIND_AUTO"),
     ("evaluation:\n  slices:\n    - {name: a, path: p, min_accuracy: 0.5}\n"
      "  failure_modes:\n    - {name: a, path: q, expected_class: 1, min_accuracy: 0.5}\n",
      r"evaluation: slice and failure mode names must be unique; repeated: a"),

@@ -30,6 +30,7 @@ from drift_detector.detector import (
 )
 from drift_detector.events import REQUEST_TYPE, RESPONSE_TYPE
 from drift_detector.server import DriftService, create_app
+from gourmetgram.bundle import Bundle
 from gourmetgram.data.layout import list_images
 
 SHIFT_DETECTION_BOUND = 60  # samples after the shift; measured 10-22 (window 30) over 10 orderings
@@ -147,7 +148,7 @@ def test_vectorised_bootstrap_equals_alibi():
 
 
 def test_build_writes_detector_and_load_reproduces_thresholds(bundle, loaded, demo_dataset):
-    folder = bundle / "detector"
+    folder = Bundle(bundle).detector_dir
     assert (folder / "mmd" / "config.toml").is_file()
     settings = json.loads((folder / SETTINGS_FILE).read_text())
     cd, loaded_settings, seconds = loaded
@@ -209,7 +210,7 @@ def test_v1_v2_requests_and_responses_decoded(client, service, eval_images, bund
     assert service.wait_idle(30)
     label = client.get("/status").json()["label_drift"]
     assert label["window"] == 60 and label["distribution"][3] == 1.0
-    prior = json.loads((bundle / "detector" / LABEL_PRIOR_FILE).read_text())["prior"]
+    prior = json.loads((Bundle(bundle).detector_dir / LABEL_PRIOR_FILE).read_text())["prior"]
     # All predictions in one class: total-variation distance = 1 - prior of that class.
     assert label["statistic"] == pytest.approx(1 - prior[3], abs=1e-6)
     metrics = client.get("/metrics").text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -19,10 +20,12 @@ from gourmetgram.constants import FEATURES_NAME, INPUT_NAME, MODEL_NAME, OUTPUT_
 from gourmetgram.errors import UserError
 from gourmetgram.export import (
     ExportParityError,
+    ParityReport,
     check_parity,
     enforce_parity,
     export_bundle,
     load_model_spec,
+    parse_triton_config,
     read_labels,
     read_triton_config,
     render_triton_config,
@@ -93,6 +96,42 @@ def test_config_without_preferred_sizes_and_gpu(tmp_path):
     assert tc.preferred_batch_sizes == () and tc.dynamic_batching
     assert (tc.max_batch_size, tc.instance_kind) == (64, "KIND_GPU")
     assert (tc.input_dims, tc.output_dims) == ((3, 224, 224), (11,))
+
+
+def test_config_is_written_from_the_protobuf_message_and_round_trips():
+    """config.pbtxt is Triton's ModelConfig message through text_format: parsing the text back
+    gives the same message, and every field serving relies on has its configured value."""
+    from google.protobuf import text_format
+
+    from gourmetgram.export import build_model_config
+    from gourmetgram.export.triton_config import model_config_pb2
+
+    cfg = ExportConfig(max_batch_size=16, preferred_batch_sizes=(4, 8), max_queue_delay_microseconds=250,
+                       instance_count=3, instance_kind="KIND_GPU", tensorrt_fp16=True)
+    text = render_triton_config("food11", 96, 11, cfg)
+    pb = model_config_pb2()
+    parsed = text_format.Parse(text, pb.ModelConfig())
+    assert parsed == build_model_config("food11", 96, 11, cfg)
+    assert parsed.max_batch_size == 16 and parsed.platform == "onnxruntime_onnx"
+    assert list(parsed.dynamic_batching.preferred_batch_size) == [4, 8]
+    assert parsed.dynamic_batching.max_queue_delay_microseconds == 250
+    assert [(g.count, pb.ModelInstanceGroup.Kind.Name(g.kind)) for g in parsed.instance_group] == [(3, "KIND_GPU")]
+    assert [(t.name, list(t.dims), pb.DataType.Name(t.data_type)) for t in parsed.input] == \
+        [(INPUT_NAME, [3, 96, 96], "TYPE_FP32")]
+    assert [(t.name, list(t.dims), t.label_filename) for t in parsed.output] == [(OUTPUT_NAME, [11], "labels.txt")]
+    (accel,) = parsed.optimization.execution_accelerators.gpu_execution_accelerator
+    assert accel.name == "tensorrt" and dict(accel.parameters)["precision_mode"] == "FP16"
+    tc = parse_triton_config(text)
+    assert (tc.gpu_accelerators, tc.tensorrt_precision_mode) == (("tensorrt",), "FP16")
+    # without the option there is no optimization block; a zero delay still keeps the batcher
+    plain = parse_triton_config(render_triton_config("food11", 96, 11, ExportConfig(max_queue_delay_microseconds=0)))
+    assert plain.gpu_accelerators == () and plain.dynamic_batching and plain.max_queue_delay_microseconds == 0
+    assert "optimization" not in render_triton_config("food11", 96, 11, ExportConfig())
+
+
+def test_tensorrt_on_cpu_instances_is_refused():
+    with pytest.raises(UserError, match="tensorrt_fp16 needs GPU instances"):
+        render_triton_config("food11", 96, 11, ExportConfig(instance_kind="KIND_CPU", tensorrt_fp16=True))
 
 
 def test_bad_config_file_is_a_user_error(tmp_path):
@@ -211,3 +250,65 @@ def test_read_triton_config_in_a_kserve_process(exported):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == str(CFG.max_batch_size)
+
+
+# --- FP16 variant (issue 14) ------------------------------------------------------------------
+
+FP16 = ExportConfig(max_batch_size=16, precision="fp16")
+
+
+def test_fp16_export_is_float16_inside_fp32_at_the_edges_and_parity_checked(tmp_path):
+    """export.precision fp16: the served graph's weights are float16, its input/output stay FP32
+    (so the Triton config and the transformer are unchanged), and the parity check compared it
+    with the FP32 PyTorch model, with accuracy on labelled images, before the bundle appeared."""
+    model = _model()
+    images = np.random.default_rng(3).standard_normal((16, 3, 64, 64), dtype=np.float32)
+    with torch.inference_mode():
+        labels = model(torch.from_numpy(images)).argmax(1).numpy()  # PyTorch FP32 is 100 % right
+    result = export_bundle(model, tmp_path / "b16", FP16, parity_images=images, parity_labels=labels)
+    proto = onnx.load(result.onnx_path)
+    floats = {numpy_helper.to_array(t).dtype for t in proto.graph.initializer
+              if numpy_helper.to_array(t).dtype.kind == "f"}
+    assert floats == {np.dtype(np.float16)}
+    elem = onnx.TensorProto.FLOAT
+    assert proto.graph.input[0].type.tensor_type.elem_type == elem
+    assert proto.graph.output[0].type.tensor_type.elem_type == elem
+    tc = read_triton_config(result.model_dir)
+    assert (tc.input_data_type, tc.output_data_type) == ("TYPE_FP32", "TYPE_FP32")
+
+    p = result.parity
+    assert result.precision == p.precision == "fp16" and p.n_images == 16
+    assert 0 < p.max_abs_diff <= FP16.fp16_parity_atol  # float16 rounding is visible, and bounded
+    assert p.top1_agreement >= FP16.fp16_min_agreement
+    assert p.torch_accuracy == 1.0 and p.onnx_accuracy is not None and p.accuracy_drop <= FP16.fp16_max_accuracy_drop
+    assert p.cpu_upcast_casts > 0  # ONNX Runtime CPU ran float16 nodes in float32: said, not hidden
+    doc = json.loads((Path(result.bundle_dir) / "parity.json").read_text())
+    assert doc["precision"] == "fp16" and doc["fp16_parity_atol"] == FP16.fp16_parity_atol
+    assert "parity_atol" not in doc and "not measured here" in doc["measured_on"]
+    assert validate_bundle(result.bundle_dir) == SPEC
+    # the FP16 file is about half the FP32 one
+    fp32 = export_bundle(model, tmp_path / "b32", CFG)
+    assert Path(result.onnx_path).stat().st_size < 0.6 * Path(fp32.onnx_path).stat().st_size
+    assert fp32.parity.cpu_upcast_casts == 0 and fp32.parity.onnx_accuracy is None
+
+
+def test_fp16_gate_uses_fp16_tolerances_and_accuracy(exported):
+    report = ParityReport(max_abs_diff=0.02, top1_agreement=1.0, n_images=100, feature_max_abs_diff=0.0,
+                          precision="fp16", torch_accuracy=0.90, onnx_accuracy=0.90)
+    enforce_parity(report, FP16)  # 0.02 fails the FP32 gate (1e-3) but is fine for FP16
+    with pytest.raises(ExportParityError, match=r"max \|logit diff\| 0.02 > parity_atol"):
+        enforce_parity(dataclasses.replace(report, precision="fp32"), FP16)
+    worse = dataclasses.replace(report, max_abs_diff=0.2, top1_agreement=0.95, onnx_accuracy=0.85)
+    with pytest.raises(ExportParityError, match=r"ONNX FP16 export .*max \|logit diff\| 0.2 > fp16_parity_atol "
+                       r"0.05.*top-1 agreement 0.9500 < fp16_min_agreement 0.99.*accuracy drop 0.0500"):
+        enforce_parity(worse, FP16)
+
+
+def test_fp16_export_that_fails_its_gate_leaves_nothing(tmp_path):
+    strict = ExportConfig(precision="fp16", fp16_parity_atol=1e-9)
+    with pytest.raises(ExportParityError, match="fp16_parity_atol"):
+        export_bundle(_model(), tmp_path / "bundle", strict)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(UserError, match="parity labels must be 8 class indices"):
+        export_bundle(_model(), tmp_path / "bundle", FP16, parity_images=np.zeros((8, 3, 64, 64), np.float32),
+                      parity_labels=np.full(8, 10))

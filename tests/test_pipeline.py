@@ -13,6 +13,7 @@ import pytest
 import yaml
 from helpers import FakeKFPApi
 
+from gourmetgram.bundle import Bundle
 from gourmetgram.cli.main import main
 from gourmetgram.config import load_config
 
@@ -144,9 +145,9 @@ def small_bundle(demo_dataset, tmp_path_factory) -> Path:
 
 
 def _onnx_bytes(bundle: Path) -> bytes:
-    from gourmetgram.constants import MODEL_NAME
+    from gourmetgram.bundle import Bundle
 
-    return (bundle / "triton" / MODEL_NAME / "1" / "model.onnx").read_bytes()
+    return Bundle(bundle).onnx_path.read_bytes()
 
 
 def _write_config(tmp_path: Path, **export) -> str:
@@ -273,10 +274,10 @@ def test_local_run_trains_passes_the_gate_exports_and_registers(demo_dataset, se
     info = registry.get_version(version)
     bundle = Path(info.tags[registry.TAG_BUNDLE])
     assert bundle.parent == session_home / "models" and str(bundle) in summary
-    model_dir = bundle / "triton" / MODEL_NAME
-    assert (model_dir / "config.pbtxt").is_file() and (model_dir / "1" / "model.onnx").stat().st_size > 10_000
-    assert (model_dir / "labels.txt").read_text().split("\n")[:2] == ["zero", "one"]
-    assert (bundle / "detector" / "detector.json").is_file()  # the drift detector travels with the model
+    layout = Bundle(bundle, MODEL_NAME)
+    assert layout.config_path.is_file() and layout.onnx_path.stat().st_size > 10_000
+    assert layout.labels_path.read_text().split("\n")[:2] == ["zero", "one"]
+    assert layout.detector_settings_path.is_file()  # the drift detector travels with the model
     assert float(info.tags[registry.TAG_ACCURACY]) >= load_config("demo").evaluation.min_overall_accuracy
     run_id = info.run_id
     assert run_id and re.search(rf"MLflow run:\s+{run_id}", summary)

@@ -10,25 +10,31 @@ from typing import TYPE_CHECKING
 
 from components.steps.outcomes import DetectorOutcome, QuantizeOutcome, finite
 from components.steps.runtime import copy_bundle, resolve_config
+from gourmetgram.bundle import Bundle
 from gourmetgram.config import RunConfig
 
 if TYPE_CHECKING:
     from gourmetgram.export import ExportResult
 
 PARITY_IMAGES = 32  # real evaluation images used for the ONNX-vs-PyTorch parity check
+FP16_PARITY_IMAGES = 512  # FP16 also gates on accuracy: more labelled images, so one flip is < 1 %
 
 
 def parity_images(dataset_dir: str | Path, image_size: int, limit: int = PARITY_IMAGES):
-    """Real evaluation images, spread over the classes, preprocessed as serving does."""
+    """Real evaluation images, spread over the classes, preprocessed as serving does, and
+    their labels. -> (images, labels), or (None, None) without an evaluation split."""
+    import numpy as np
+
     from gourmetgram.data.layout import list_images
     from gourmetgram.preprocessing import preprocess_batch
 
     items = list_images(Path(dataset_dir) / "evaluation")
     if not items:
-        return None
+        return None, None
     step = max(1, len(items) // limit)
     chosen = items[::step][:limit]
-    return preprocess_batch([p.read_bytes() for p, _ in chosen], image_size)
+    return (preprocess_batch([p.read_bytes() for p, _ in chosen], image_size),
+            np.array([label for _, label in chosen], dtype=np.int64))
 
 
 def export_step(checkpoint: str | Path, dataset_dir: str | Path, config: str, bundle_dir: str | Path,
@@ -39,13 +45,17 @@ def export_step(checkpoint: str | Path, dataset_dir: str | Path, config: str, bu
 
     cfg = resolve_config(config)
     model = load_checkpoint(checkpoint)
-    images = parity_images(dataset_dir, model.spec.image_size)
+    fp16 = cfg.export.precision == "fp16"
+    images, labels = parity_images(dataset_dir, model.spec.image_size,
+                                   FP16_PARITY_IMAGES if fp16 else PARITY_IMAGES)
     result = export_bundle(model, bundle_dir, cfg.export, model_name=model_name, parity_images=images,
-                           overwrite=True)
+                           parity_labels=labels, overwrite=True)
     p = result.parity
-    print(f"exported {model_name} to {result.bundle_dir} ({result.size_bytes / 1e6:.1f} MB); parity: "
-          f"max |logit diff| {p.max_abs_diff:.2e}, top-1 agreement {p.top1_agreement:.3f} on "
-          f"{p.n_images} images", flush=True)
+    accuracy = (f", accuracy {p.onnx_accuracy:.3f} vs PyTorch FP32 {p.torch_accuracy:.3f}"
+                if p.onnx_accuracy is not None and p.torch_accuracy is not None else "")
+    print(f"exported {model_name} ({result.precision.upper()}) to {result.bundle_dir} "
+          f"({result.size_bytes / 1e6:.1f} MB); parity: max |logit diff| {p.max_abs_diff:.2e}, "
+          f"top-1 agreement {p.top1_agreement:.3f} on {p.n_images} images{accuracy}", flush=True)
     return result
 
 
@@ -58,14 +68,19 @@ def quantize_step(bundle_dir: str | Path, dataset_dir: str | Path, config: str |
     ``quantize`` parameter is off). ``config`` is a name/path (the pipeline) or a loaded
     :class:`RunConfig`.
     """
-    from gourmetgram.export import TRITON_DIR
     from gourmetgram.quantize import quantize_bundle, select_bundle
 
     out = Path(out_dir)
     report, precision = None, "fp32"
+    exported = Bundle(Path(bundle_dir)).precision()
     if not enabled:
         copy_bundle(bundle_dir, out)
+        precision = exported
         reason = "quantization is off (pipeline parameter quantize=false)"
+    elif exported != "fp32":  # static INT8 calibrates an FP32 graph; an FP16 one is served as is
+        copy_bundle(bundle_dir, out)
+        precision = exported
+        reason = f"the exported bundle is {exported.upper()} (export.precision); INT8 quantizes FP32 graphs"
     else:
         cfg = config if isinstance(config, RunConfig) else resolve_config(config)
         candidate = out.parent / f".{out.name}.int8"
@@ -88,9 +103,10 @@ def quantize_step(bundle_dir: str | Path, dataset_dir: str | Path, config: str |
                                f"< x{min_speedup:g})")
         finally:
             shutil.rmtree(candidate, ignore_errors=True)
-    size = sum(p.stat().st_size for p in (out / TRITON_DIR).rglob("*") if p.is_file())
+    size = Bundle(out).triton_size_bytes()
     print(f"serving the {precision.upper()} bundle: {reason}", flush=True)
-    return QuantizeOutcome(precision="int8" if precision == "int8" else "fp32", reason=reason, size_bytes=size,
+    return QuantizeOutcome(precision="int8" if precision == "int8" else "fp16" if precision == "fp16" else "fp32",
+                           reason=reason, size_bytes=size,
                            report=finite(report.to_dict()) if report is not None else None)
 
 
@@ -107,7 +123,7 @@ def detector_step(bundle_dir: str | Path, dataset_dir: str | Path, served_bundle
     served = Path(served_bundle_dir)
     shutil.copytree(bundle_dir, served, dirs_exist_ok=True)
     folder = build_detector(served, dataset_dir)
-    settings = json.loads((folder / "detector.json").read_text())
+    settings = json.loads(Bundle(served).detector_settings_path.read_text())
     print(f"drift detector built in {folder}", flush=True)
     return DetectorOutcome(folder=str(folder), settings=settings)
 

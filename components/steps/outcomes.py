@@ -63,9 +63,10 @@ class IngestOutcome(_Outcome):
 
 @dataclasses.dataclass(frozen=True)
 class QuantizeOutcome(_Outcome):
-    """The bundle to serve: INT8 when it passed its gate and is faster, else FP32."""
+    """The bundle to serve: INT8 when it passed its gate and is faster, else the exported one
+    (FP32, or FP16 with ``export.precision: fp16``)."""
 
-    precision: Literal["fp32", "int8"]
+    precision: Literal["fp32", "fp16", "int8"]
     reason: str
     size_bytes: int
     report: dict[str, Any] | None = None  # QuantizationReport.to_dict(), finite numbers only

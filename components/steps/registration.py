@@ -8,6 +8,7 @@ from pathlib import Path
 
 from components.steps.outcomes import RegistrationOutcome
 from components.steps.runtime import check_stage, is_local_uri, link_or_copy, set_run_tags, tag_version
+from gourmetgram.bundle import triton_repo_uri
 from gourmetgram.errors import UserError
 
 
@@ -78,7 +79,7 @@ def register_step(mlflow_run_id: str, bundle_uri: str, bundle_path: str | Path, 
     set_run_tags(mlflow_run_id, {"gate": "passed", "registered_version": str(version)})
     outcome = RegistrationOutcome(
         verdict="registered", registered_model=registered_model_name, version=int(version), alias=stage,
-        bundle_uri=bundle, triton_repo=bundle.rstrip("/") + "/triton", pipeline_artifact=bundle_uri,
+        bundle_uri=bundle, triton_repo=triton_repo_uri(bundle), pipeline_artifact=bundle_uri,
         size_bytes=int(bundle_metadata.get("size_bytes", 0) or 0), parity=dict(bundle_metadata.get("parity") or {}),
         precision=str(bundle_metadata.get("precision", "fp32")))
     print(f"registered {registered_model_name} version {version} with alias {stage!r}; "
@@ -92,7 +93,7 @@ def _bundle_tags(bundle: str, run_id: str, model_name: str, accuracy: float,
 
     tags = version_tags(evaluation_passed=True, accuracy=accuracy, dataset_fingerprint=dataset_fingerprint,
                         bundle_uri=bundle, run_id=run_id)
-    tags.update({"triton.repo": bundle.rstrip("/") + "/triton" if bundle else "", "triton.model_name": model_name})
+    tags.update({"triton.repo": triton_repo_uri(bundle) if bundle else "", "triton.model_name": model_name})
     return tags
 
 

@@ -25,7 +25,8 @@ from drift_detector.detector import (
     thresholds_of,
     torch_threads,
 )
-from drift_detector.embedding import MODEL_SPEC_FILE, Embedder
+from drift_detector.embedding import Embedder
+from gourmetgram.bundle import Bundle
 from gourmetgram.constants import SPLITS
 from gourmetgram.data.layout import list_images
 from gourmetgram.errors import UserError
@@ -82,7 +83,7 @@ def build_detector(
     items = list_images(split_dir)
     if len(items) <= 2 * window_size:
         raise UserError(f"{split_dir} holds {len(items)} images; need more than {2 * window_size}")
-    class_names = json.loads((bundle_dir / MODEL_SPEC_FILE).read_text())["class_names"]
+    class_names = Bundle(Path(bundle_dir)).class_names()
     timings: dict[str, float] = {}
 
     start = time.perf_counter()

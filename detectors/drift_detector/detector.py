@@ -26,13 +26,13 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from gourmetgram.bundle import DETECTOR_SETTINGS_FILENAME, Bundle
 from gourmetgram.errors import UserError
 
 os.environ.setdefault("NUMBA_CACHE_DIR", "/tmp/numba_cache")  # alibi-detect imports numba
 
-DETECTOR_DIR = "detector"
 MMD_DIR = "mmd"
-SETTINGS_FILE = "detector.json"
+SETTINGS_FILE = DETECTOR_SETTINGS_FILENAME  # inside the bundle's detector/ (gourmetgram.bundle)
 LABEL_PRIOR_FILE = "label_prior.json"
 TRIM_HISTORY = 1000  # alibi keeps every test stat in a growing array; keep the tail only
 BOOTSTRAP_CHUNK = 2048  # bootstraps per gathered kernel block (2048 x 59 x 59 floats = 28 MB)
@@ -114,7 +114,7 @@ def thresholds_of(cd) -> list[float]:
 
 
 def detector_dir(bundle_dir: str | Path) -> Path:
-    return Path(bundle_dir) / DETECTOR_DIR
+    return Bundle(Path(bundle_dir)).detector_dir
 
 
 def load_mmd(bundle_dir: str | Path, fast: bool = True):

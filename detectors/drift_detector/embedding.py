@@ -7,29 +7,20 @@ network Triton serves, computed from the same preprocessing as training and serv
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from gourmetgram.bundle import Bundle
 from gourmetgram.constants import FEATURES_NAME, INPUT_NAME
 from gourmetgram.errors import UserError
 from gourmetgram.preprocessing import InvalidImageError, preprocess_bytes
 
-FEATURE_EXTRACTOR_FILE = "feature_extractor.onnx"
-MODEL_SPEC_FILE = "model_spec.json"
-
 
 def read_image_size(bundle_dir: str | Path) -> int:
     """The model's input size, from ``<bundle>/model_spec.json`` (contract 1)."""
-    path = Path(bundle_dir) / MODEL_SPEC_FILE
-    if not path.is_file():
-        raise UserError(f"{path} does not exist; is {bundle_dir} an exported model bundle?")
-    try:
-        return int(json.loads(path.read_text())["image_size"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{path} has no valid 'image_size': {exc}") from exc
+    return Bundle(Path(bundle_dir)).image_size()
 
 
 class Embedder:
@@ -39,7 +30,7 @@ class Embedder:
         import onnxruntime as ort
 
         bundle_dir = Path(bundle_dir)
-        model_path = bundle_dir / FEATURE_EXTRACTOR_FILE
+        model_path = Bundle(bundle_dir).feature_extractor_path
         if not model_path.is_file():
             raise UserError(f"{model_path} does not exist; export the model bundle first")
         self.image_size = read_image_size(bundle_dir)

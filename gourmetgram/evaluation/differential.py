@@ -119,13 +119,13 @@ def compare(sets: Mapping[str, tuple[Sequence[Path], Sequence[int]]], candidate:
 def onnx_predictor(bundle_dir: str | Path, model_name: str, batch_size: int = 32) -> Predict:
     """Class predictions of an exported bundle's ONNX graph (the served model), on the serving
     preprocessing."""
-    from gourmetgram.export import load_model_spec, run_onnx
+    from gourmetgram.bundle import Bundle
+    from gourmetgram.export import run_onnx
     from gourmetgram.preprocessing import preprocess_bytes
-    from gourmetgram.quantize import _model_onnx
 
-    bundle = Path(bundle_dir)
-    spec = load_model_spec(bundle)
-    path = _model_onnx(bundle, model_name)
+    bundle = Bundle(Path(bundle_dir), model_name)
+    spec = bundle.load_spec()
+    path = bundle.served_onnx()
 
     def predict(files: Sequence[Path]) -> list[int]:
         out: list[int] = []

@@ -33,6 +33,7 @@ from typing import Callable, Sequence
 import httpx
 
 from gourmetgram import constants
+from gourmetgram.bundle import Bundle
 from gourmetgram.errors import DependencyUnavailable, UserError
 from gourmetgram.local import control
 from gourmetgram.local.manifests import ServiceManifest, load_manifest, load_stage_manifest, local_logger_url, revision_name
@@ -99,11 +100,11 @@ def check_ports_free(ports: Ports, host: str = constants.HOST, skip: tuple[str, 
 def find_latest_bundle(root: Path | None = None) -> Path:
     """The newest exported bundle: ``$GOURMETGRAM_HOME/models/*/`` holding a ``triton/`` folder."""
     models = Path(root) if root else home() / "models"
-    bundles = [p for p in models.glob("*/") if (p / "triton").is_dir()] if models.is_dir() else []
+    bundles = [p for p in models.glob("*/") if Bundle(p).is_bundle()] if models.is_dir() else []
     if not bundles:
         raise UserError(f"no exported model under {models}; run `gourmetgram pipeline run` or "
                         "`gourmetgram demo` first, or pass --bundle DIR")
-    return max(bundles, key=lambda p: (p / "triton").stat().st_mtime)
+    return max(bundles, key=lambda p: Bundle(p).triton_repo.stat().st_mtime)
 
 
 def registered_bundle(stage: str) -> Path:
@@ -282,7 +283,7 @@ class RevisionPair:
         self.triton = Service(
             TRITON,
             [sys.executable, "-m", "gourmetgram.local.triton_server", "--model-repository",
-             str(self.bundle / "triton"), "--model", m, "--host", h, "--http-port", str(p.triton_http),
+             str(Bundle(self.bundle).triton_repo), "--model", m, "--host", h, "--http-port", str(p.triton_http),
              "--grpc-port", str(p.triton_grpc), "--metrics-port", str(p.triton_metrics)],
             log_dir / f"triton{suffix}.log",
             lambda: _get_ok(f"{self.triton_url}/v2/health/ready")
@@ -293,7 +294,7 @@ class RevisionPair:
             [sys.executable, "-m", "food_transformer", "--model_name", m,
              "--predictor_host", f"{h}:{predictor_port}", "--protocol", protocol,
              "--host", h, "--http_port", str(p.transformer_http), "--grpc_port", str(p.transformer_grpc),
-             "--model_spec", str(self.bundle / "model_spec.json"), "--revision", revision],
+             "--model_spec", str(Bundle(self.bundle).spec_path), "--revision", revision],
             log_dir / f"transformer{suffix}.log",
             lambda: _get_ok(f"{self.transformer_url}/v1/models/{m}",
                             lambda r: r.json().get("ready") is True),
@@ -490,9 +491,9 @@ class LocalStack:
             raise UserError(f"model bundle {self.bundle} does not exist")
         from gourmetgram.export import validate_bundle
 
-        model_dir_of(self.bundle / "triton", self.model_name)  # the most common mistake, said plainly
+        model_dir_of(Bundle(self.bundle).triton_repo, self.model_name)  # the most common mistake, said plainly
         validate_bundle(self.bundle, self.model_name)
-        if self.with_detector and not (self.bundle / "detector").is_dir():
+        if self.with_detector and not Bundle(self.bundle).has_detector():
             raise UserError(f"{self.bundle} has no drift detector (detector/); build it with "
                             "`gourmetgram detector build --bundle B --dataset D` or serve without it")
         if self.with_prometheus:
@@ -569,7 +570,7 @@ class LocalStack:
             stage += f",detector={self.detector_url}"
         argv = [sys.executable, "-m", "gourmetgram_webapp", "--api", self.gateway_url,
                 "--model", self.model_name, "--stage", stage,
-                "--model-spec", str(self.bundle / "model_spec.json"),
+                "--model-spec", str(Bundle(self.bundle).spec_path),
                 "--host", self.host, "--port", str(self.ports.webapp)]
         if self.feedback_summary_url:  # the loop's counts, from the capture sink (never its database)
             argv += ["--feedback-summary", self.feedback_summary_url]

@@ -26,6 +26,7 @@ from typing import Callable
 import numpy as np
 
 from gourmetgram import constants
+from gourmetgram.bundle import CONFIG_FILENAME, MODEL_VERSION, ONNX_FILENAME
 from gourmetgram.errors import UserError
 
 LOG = logging.getLogger("gourmetgram.triton")
@@ -81,7 +82,7 @@ def sweep_stale_shm(shm_dir: Path = Path("/dev/shm")) -> list[str]:
 def model_dir_of(model_repository: Path, model_name: str) -> Path:
     """Check the exported layout and return ``<repo>/<model>``; a clear error otherwise."""
     model_dir = Path(model_repository) / model_name
-    for needed in (model_dir / "config.pbtxt", model_dir / "1" / "model.onnx"):
+    for needed in (model_dir / CONFIG_FILENAME, model_dir / MODEL_VERSION / ONNX_FILENAME):
         if not needed.is_file():
             raise UserError(
                 f"{needed} does not exist: {model_repository} is not an exported Triton model "
@@ -124,12 +125,12 @@ def build_triton(model_repository: Path, model_name: str, host: str, http_port: 
     model_dir = model_dir_of(model_repository, model_name)
     cfg = read_triton_config(model_dir)
     if cfg.max_batch_size < 1:
-        raise UserError(f"{model_dir}/config.pbtxt has max_batch_size {cfg.max_batch_size}; the local "
+        raise UserError(f"{model_dir}/{CONFIG_FILENAME} has max_batch_size {cfg.max_batch_size}; the local "
                         "predictor needs a batching model (export with max_batch_size >= 1)")
     instances = max(1, int(cfg.instance_count or 1))
     threads = max(1, (os.cpu_count() or 1) // instances)
     infer_fns = [
-        make_infer_fn(model_dir / "1" / "model.onnx", cfg.input_name, cfg.output_name, threads)
+        make_infer_fn(model_dir / MODEL_VERSION / ONNX_FILENAME, cfg.input_name, cfg.output_name, threads)
         for _ in range(instances)
     ]
     batcher = DynamicBatcher(

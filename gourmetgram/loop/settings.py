@@ -10,6 +10,7 @@ import dataclasses
 import os
 from pathlib import Path
 
+from gourmetgram.bundle import Bundle
 from gourmetgram.config import STRICT, from_mapping, read_yaml, resolve_config_path
 from gourmetgram.constants import STAGES
 from gourmetgram.errors import ConfigError
@@ -126,7 +127,7 @@ def class_names_from(bundle: str | Path | None = None, names: str | None = None)
         return [n.strip() for n in names.split(",") if n.strip()]
     if bundle is None:
         raise ConfigError("name the classes: an exported bundle or a comma-separated list")
-    path = Path(bundle) / "model_spec.json"
+    path = Bundle(Path(bundle)).spec_path
     try:
         return list(json.loads(path.read_text())["class_names"])
     except (OSError, ValueError, KeyError, TypeError) as exc:

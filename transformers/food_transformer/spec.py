@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from gourmetgram.bundle import Bundle
 from gourmetgram.classes import FOOD11_CLASSES, class_dir_name
 from gourmetgram.errors import ConfigError
 
@@ -66,7 +67,7 @@ def read_model_spec(path: str | Path) -> PartialSpec:
     """An export bundle's model_spec.json (or the bundle folder holding it)."""
     p = Path(path)
     if p.is_dir():
-        p = p / "model_spec.json"
+        p = Bundle(p).spec_path
     if not p.is_file():
         raise ConfigError(f"model spec {p} does not exist; pass <bundle>/model_spec.json")
     try:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from gourmetgram.bundle import Bundle
 from gourmetgram.constants import SPLITS
 from gourmetgram.tracking import home
 
@@ -189,7 +190,7 @@ def stage_serve(ctx: DemoContext) -> None:
     images = [path.read_bytes() for path, _ in sample]
     with httpx.Client(timeout=60) as client:
         served = [predict(client, ctx.serving.gateway_url, blob).json()["predictions"][0] for blob in images]
-    session = ort.InferenceSession(str(ctx.bundle / "triton" / MODEL_NAME / "1" / "model.onnx"),
+    session = ort.InferenceSession(str(Bundle(ctx.bundle, MODEL_NAME).onnx_path),
                                    providers=["CPUExecutionProvider"])
     size = load_model_spec(ctx.bundle).image_size
     local = session.run(None, {session.get_inputs()[0].name: preprocess_batch(images, size)})[0].argmax(1)

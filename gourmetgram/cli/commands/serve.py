@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from gourmetgram import constants
+from gourmetgram.bundle import Bundle
 from gourmetgram.errors import UserError
 
 STAGE_CHOICES = (constants.STAGING, constants.PRODUCTION)
@@ -48,7 +49,7 @@ def _side_services(args: argparse.Namespace, bundle: Path) -> tuple[bool, bool]:
     """Whether to run the drift detector and Prometheus; says why not when one is skipped."""
     from gourmetgram.rollout.prometheus import PROMETHEUS_BIN
 
-    detector = args.detector and (bundle / "detector").is_dir()
+    detector = args.detector and Bundle(bundle).has_detector()
     if args.detector and not detector:
         print(f"note: no drift detector in {bundle} (build one: gourmetgram detector build); "
               "serving without it", flush=True)
