@@ -389,3 +389,33 @@ def test_submit_rejects_bad_parameters_before_the_wire(fake_kfp, capsys):
     assert main(["pipeline", "submit", "--host", url, "--param", "dataset_uri=x", "--param", "lr=1"]) == 2
     assert "unknown pipeline parameter 'lr'" in capsys.readouterr().err
     assert requests == []
+
+
+def test_export_step_fp16_gates_on_labelled_evaluation_images_and_quantize_passes_it_through(
+        demo_dataset, tmp_path, capsys):
+    """export.precision fp16 in the pipeline: the export step checks the FP16 graph on labelled
+    evaluation images (accuracy against PyTorch FP32), and the INT8 step serves it unchanged."""
+    import torch
+
+    from components.steps import export_step, quantize_step
+    from gourmetgram.bundle import Bundle
+    from gourmetgram.constants import MODEL_NAME
+    from gourmetgram.data.layout import validate_dataset
+    from gourmetgram.model import ModelSpec, build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    cfg = load_config("demo")
+    classes = validate_dataset(demo_dataset, check_images=False, progress=False).class_names
+    model = build_model(ModelSpec(list(classes), cfg.model.image_size, cfg.model.arch, cfg.model.width_mult,
+                                  cfg.model.dropout)).eval()
+    checkpoint = save_checkpoint(model, tmp_path / "model.pt")
+    result = export_step(checkpoint, demo_dataset, _write_config(tmp_path, precision="fp16"),
+                         tmp_path / "b16", MODEL_NAME)
+    p = result.parity
+    assert result.precision == "fp16" and p.n_images > 32  # more images than the FP32 check
+    assert p.torch_accuracy is not None and p.onnx_accuracy is not None and p.accuracy_drop <= 0.01
+    assert "(FP16)" in capsys.readouterr().out
+    assert Bundle(tmp_path / "b16").precision() == "fp16"
+    served = quantize_step(tmp_path / "b16", demo_dataset, "demo", tmp_path / "served", MODEL_NAME)
+    assert served.precision == "fp16" and served.report is None and "INT8 quantizes FP32" in served.reason
+    assert _onnx_bytes(tmp_path / "served") == _onnx_bytes(tmp_path / "b16")
