@@ -25,9 +25,9 @@ import psutil
 import pytest
 from helpers import spawn, stop, wait_http
 
+from gourmetgram import control
 from gourmetgram.cli.main import main
 from gourmetgram.constants import HOST
-from gourmetgram.local import control
 from gourmetgram.local.stack import Ports
 
 MiB = 1024 * 1024

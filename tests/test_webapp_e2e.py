@@ -43,7 +43,7 @@ def bundles(session_home, demo_dataset):
     """Two exports of one untrained demo model, in the model store (the only place the gateway
     starts canaries from); the stable one carries a built drift detector."""
     from drift_detector.build import build_detector
-    from gourmetgram.local.control import model_store
+    from gourmetgram.control import model_store
 
     torch.manual_seed(0)
     model = build_model(SPEC).eval()

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
                         "e.g. a NetworkPolicy on the cluster)")
     args = parser.parse_args(argv)
     from drift_detector.server import serve
-    from gourmetgram.local import control
+    from gourmetgram import control
 
     try:
         token = (control.read_token(Path(args.token_file)) if args.token_file

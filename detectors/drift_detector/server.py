@@ -39,10 +39,9 @@ from drift_detector.detector import (
 from drift_detector.embedding import Embedder
 from drift_detector.events import BadEvent, InferenceEvent, decode_event
 from drift_detector.metrics import DetectorMetrics
-from gourmetgram import bodylimit
+from gourmetgram import bodylimit, control
 from gourmetgram.errors import UserError
 from gourmetgram.jsonlog import log_json
-from gourmetgram.local import control
 
 log = logging.getLogger("drift_detector")
 MAX_BODY_BYTES = 64 * 1024 * 1024

@@ -25,7 +25,7 @@ START_TIMEOUT_S = 120.0
 def _detector_auth(url: str) -> str:
     """The trigger option that makes the broker send the local detector's ingest token (what the
     gateway's logger sends when it posts to the detector itself); none for a remote detector."""
-    from gourmetgram.local import control
+    from gourmetgram import control
 
     if control.sink_token_for(url) is None:
         return ""

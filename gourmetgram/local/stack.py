@@ -32,10 +32,9 @@ from typing import Callable, Sequence
 
 import httpx
 
-from gourmetgram import constants
+from gourmetgram import constants, control
 from gourmetgram.bundle import Bundle
 from gourmetgram.errors import DependencyUnavailable, UserError
-from gourmetgram.local import control
 from gourmetgram.local.manifests import ServiceManifest, load_manifest, load_stage_manifest, local_logger_url, revision_name
 from gourmetgram.local.supervisor import INGRESS, SERVING, SIDE, Event, RestartPolicy, Supervisor
 from gourmetgram.local.triton_server import model_dir_of, with_libpython
@@ -412,7 +411,7 @@ class LocalStack:
         self.extra_services = list(extra_services)
         self.logger_url = self.detector_url + "/" if detector and logger_url is None else logger_url
         self.logger_timeout_s = logger_timeout_s
-        self.control_token: str | None = None  # written at start (gourmetgram.local.control)
+        self.control_token: str | None = None  # written at start (gourmetgram.control)
         self.feedback_url = feedback_url
         self.feedback_summary_url = feedback_summary_url
         self.model_version = None if model_version is None else str(model_version)

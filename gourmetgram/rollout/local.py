@@ -4,7 +4,7 @@ The gateway plays Knative's controller locally (``/_gourmetgram/rollout``): a ca
 new revision (its own Triton + transformer, started from the bundle) at a percentage;
 promote and rollback only move traffic. This client is what ``gourmetgram rollout``
 uses without ``--cluster``; it sends the stack's control token (found from the gateway's
-address, see :mod:`gourmetgram.local.control`) with every change.
+address, see :mod:`gourmetgram.control`) with every change.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class LocalRollout:
         self._token = token
 
     def _call(self, method: str, body: dict | None = None, timeout_s: float = 30.0) -> dict:
-        from gourmetgram.local import control
+        from gourmetgram import control
 
         url = self.gateway_url + CONTROL_PATH
         headers = {}
@@ -87,7 +87,7 @@ class LocalRollout:
 
     def shadow_detail(self) -> dict:
         """The shadow's status, its processes and the production/shadow answer pairs kept."""
-        from gourmetgram.local import control
+        from gourmetgram import control
 
         if self._token is None:
             self._token = control.token_for_gateway(self.gateway_url)

@@ -160,7 +160,7 @@ def stage_serve(ctx: DemoContext) -> None:
     ctx.label_studio = _start_label_studio(ctx)  # slow to come up: started first, awaited in stage 5
     port = free_port()
     ctx.detector_url = f"http://127.0.0.1:{port}"
-    from gourmetgram.local import control
+    from gourmetgram import control
 
     token_file = control.detector_token()[1]  # the gateway's logger sends the same token
     detector = Service("drift-detector", [sys.executable, "-m", "drift_detector", "--bundle", str(ctx.bundle),

@@ -24,7 +24,7 @@ def _build(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from drift_detector.server import serve
-    from gourmetgram.local import control
+    from gourmetgram import control
 
     # The ingest token the local gateway's logger also sends (env, else $GOURMETGRAM_HOME/secrets).
     token, path = control.detector_token()

@@ -44,7 +44,7 @@ on both:
   promotes or rolls back (``gourmetgram rollout`` drives it); ``GET /_gourmetgram/targets``
   lists every revision's metrics endpoints in Prometheus HTTP-SD form. A POST needs the
   stack's control token, JSON, and a bundle from the model store; tag routing needs the
-  token too (:mod:`gourmetgram.local.control`).
+  token too (:mod:`gourmetgram.control`).
 * **Size limits**: a body over ``max_body_bytes`` is a 413 before it is read whole or
   logged (:mod:`gourmetgram.bodylimit`); the logger queue is bounded by bytes as well.
 

@@ -7,8 +7,8 @@ import argparse
 import sys
 
 from gourmetgram import constants
+from gourmetgram import control as policy
 from gourmetgram.errors import UserError
-from gourmetgram.local import control as policy
 from gourmetgram.local.gateway.discovery import Revision
 from gourmetgram.local.gateway.logger import LOGGER_QUEUE_BYTES
 from gourmetgram.local.gateway.routing import MAX_BODY_BYTES

@@ -6,7 +6,7 @@ re-weights or stops a shadow revision (``gourmetgram rollout`` drives it); ``GET
 /_gourmetgram/targets`` lists every revision's metrics endpoints for Prometheus; ``GET
 /_gourmetgram/shadow`` shows the shadow's paired answers. A POST (and the shadow's answers) needs
 the token, JSON, and a bundle from the model store: the policy is
-:mod:`gourmetgram.local.control`; this module applies it to the gateway's state.
+:mod:`gourmetgram.control`; this module applies it to the gateway's state.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gourmetgram import bodylimit
+from gourmetgram import control as policy
 from gourmetgram.errors import DependencyUnavailable, UserError
-from gourmetgram.local import control as policy
 from gourmetgram.local.gateway.discovery import Revision, http_sd_targets
 from gourmetgram.local.gateway.routing import SHADOW, Router, error
 from gourmetgram.local.manifests import generation_of, revision_name

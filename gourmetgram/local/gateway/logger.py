@@ -16,8 +16,8 @@ from datetime import datetime, timezone
 import httpx
 from prometheus_client import Counter
 
+from gourmetgram import control as policy  # the sink token
 from gourmetgram.errors import UserError
-from gourmetgram.local import control as policy  # the sink token
 
 LOGGER_QUEUE_BYTES = 256 * 1024 * 1024  # events waiting for the sink, at most
 

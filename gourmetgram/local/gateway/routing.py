@@ -27,8 +27,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gourmetgram import bodylimit
+from gourmetgram import control as policy  # the token rules
 from gourmetgram.jsonlog import INFERENCE_ID_HEADER, log_json
-from gourmetgram.local import control as policy  # the token rules
 from gourmetgram.local.gateway.discovery import Revision
 from gourmetgram.local.gateway.logger import InferenceLogger
 from gourmetgram.local.manifests import ServiceManifest

@@ -32,9 +32,9 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from gourmetgram import constants
+from gourmetgram import control as policy
 from gourmetgram import metric_names as qp
 from gourmetgram.errors import UserError
-from gourmetgram.local import control as policy
 from gourmetgram.local.gateway.control import Controller, _Stoppable
 from gourmetgram.local.gateway.discovery import Revision
 from gourmetgram.local.gateway.logger import LOGGER_QUEUE_BYTES, InferenceLogger
