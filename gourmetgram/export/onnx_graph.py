@@ -49,7 +49,11 @@ def convert_fp16(src: str | Path, dst: str | Path) -> Path:
     import onnx
     from onnxconverter_common import float16
 
-    model = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    with warnings.catch_warnings():
+        # one warning per weight below float16's range ("truncated to 1e-07"): expected, and
+        # what it does to the outputs is what the parity check measures
+        warnings.simplefilter("ignore", UserWarning)
+        model = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
     dst = Path(dst)
     onnx.save(model, str(dst))
     onnx.checker.check_model(str(dst))
