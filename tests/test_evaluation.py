@@ -275,7 +275,8 @@ def test_untrained_demo_model_fails_with_reasons(untrained_result):
     assert not result.passed
     assert result.n_images == sum(sum(row) for row in result.confusion_matrix) > 300
     assert result.metrics["eval/accuracy"] < 0.3
-    assert any(re.fullmatch(r"overall accuracy 0\.\d{3} < 0\.850", r) for r in result.reasons)
+    gate = load_config("demo").evaluation.min_overall_accuracy
+    assert any(re.fullmatch(rf"overall accuracy 0\.\d{{3}} < {gate:.3f}", r) for r in result.reasons)
     failed = {c.name for c in result.checks if not c.passed}
     assert {"overall accuracy", "slice dark_background accuracy", "template sensitivity"} <= failed
     assert len(result.reasons) == len(failed) >= 5
