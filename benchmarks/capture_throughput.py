@@ -90,9 +90,9 @@ def captured(db_url: str) -> int:
 def served_run(bundle: Path, images: list[bytes], root: Path, duration: float, concurrency: int) -> dict:
     import httpx
 
-    from gourmetgram.local.loop import LoopServices
-    from gourmetgram.local.stack import LocalStack, Ports
-    from gourmetgram.local.traffic import predict
+    from gourmetgram_app.local.loop import LoopServices
+    from gourmetgram_app.local.stack import LocalStack, Ports
+    from gourmetgram_app.local.traffic import predict
 
     db = f"sqlite:///{root / 'loop.db'}"
     with LoopServices(bundle, root / "logs", db_url=db, objects_url=(root / "objects").as_uri()) as loop, \
@@ -143,7 +143,7 @@ def capture_alone(bundle: Path, images: list[bytes], root: Path, n: int, concurr
     from loop_helpers import ce_headers, request_body
 
     from gourmetgram.data.demo import DEMO_CLASSES
-    from gourmetgram.local.loop import LoopServices
+    from gourmetgram_app.local.loop import LoopServices
 
     db = f"sqlite:///{root / 'loop.db'}"
     loop = LoopServices(bundle, root / "logs", db_url=db, objects_url=(root / "objects").as_uri())

@@ -1,7 +1,7 @@
 """Fault recovery of the local stack: ``kill -9`` each process under steady load, measure the gap.
 
 Starts the real stack (PyTriton, transformer, drift detector, the loop's capture sink and
-broker, gateway, Prometheus; all supervised, see gourmetgram/local/supervisor.py) on free ports, runs steady load (``--workers``
+broker, gateway, Prometheus; all supervised, see gourmetgram_app/local/supervisor.py) on free ports, runs steady load (``--workers``
 users, ``--pause`` s between each user's requests), and for each component in turn:
 
 * throughput (good answers/s) over ``--window`` s before the kill;
@@ -39,12 +39,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serving_latency import load_images, resolve_bundle  # noqa: E402
 
 from gourmetgram.bundle import Bundle  # noqa: E402
-from gourmetgram.local.faults import kill9  # noqa: E402
-from gourmetgram.local.loop import LoopServices  # noqa: E402
-from gourmetgram.local.stack import GATEWAY, LocalStack, Ports  # noqa: E402
-from gourmetgram.local.supervisor import READY, SERVING, SIDE  # noqa: E402
-from gourmetgram.local.traffic import BackgroundTraffic  # noqa: E402
 from gourmetgram.tracking import home  # noqa: E402
+from gourmetgram_app.local.faults import kill9  # noqa: E402
+from gourmetgram_app.local.loop import LoopServices  # noqa: E402
+from gourmetgram_app.local.stack import GATEWAY, LocalStack, Ports  # noqa: E402
+from gourmetgram_app.local.supervisor import READY, SERVING, SIDE  # noqa: E402
+from gourmetgram_app.local.traffic import BackgroundTraffic  # noqa: E402
 
 
 def good_rate(answers: list[tuple[float, int]], start: float, end: float) -> float:

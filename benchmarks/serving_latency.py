@@ -39,9 +39,9 @@ import numpy as np
 from gourmetgram.bundle import Bundle
 from gourmetgram.constants import MODEL_NAME
 from gourmetgram.errors import UserError
-from gourmetgram.local.stack import LocalStack, Ports, find_latest_bundle
 from gourmetgram.preprocessing import preprocess_bytes, softmax
 from gourmetgram.tracking import home
+from gourmetgram_app.local.stack import LocalStack, Ports, find_latest_bundle
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -9,7 +9,7 @@ One run, one model, one set of images; every measured configuration is a *cell*:
   PyTorch eager, one image per request) in its own uvicorn process, tuned: PyTorch with 1
   thread (concurrent requests side by side on the cores) and with 2, at several concurrencies;
 * **served**: gateway -> KServe transformer -> Triton (PyTriton + ONNX Runtime, dynamic
-  batching from ``config.pbtxt``), started with :class:`gourmetgram.local.stack.LocalStack`,
+  batching from ``config.pbtxt``), started with :class:`gourmetgram_app.local.stack.LocalStack`,
   with the JSON/base64 contract (``json``) and with raw JPEG bytes (``raw``,
   ``Content-Type: application/octet-stream``).
 
@@ -511,7 +511,7 @@ def write_manifest(path: Path) -> Path:
     no detector is needed, so the figures are the request path alone."""
     import yaml
 
-    from gourmetgram.local.manifests import MANIFEST_DIR
+    from gourmetgram_app.local.manifests import MANIFEST_DIR
 
     docs = yaml.safe_load_all((MANIFEST_DIR / "staging.yaml").read_text())
     isvc = next(d for d in docs if d and d.get("kind") == "InferenceService")
@@ -633,7 +633,7 @@ def run(settings: Settings, targets: Sequence[str], workdir: Path, out=sys.stdou
                         closed_loop, HOST, port, requests, c, check=_ok_baseline,
                         probe=make_probe({"server": pid}))))
         if "served" in targets:
-            from gourmetgram.local.stack import LocalStack, Ports
+            from gourmetgram_app.local.stack import LocalStack, Ports
 
             manifest = write_manifest(workdir / "staging.yaml")
             local = stack.enter_context(LocalStack(bundle, "staging", Ports.free(), manifest=manifest,

@@ -1,6 +1,6 @@
 """Client latency through the gateway with no shadow, a live shadow and a DEAD shadow.
 
-The shadow is mirrored fire-and-forget (gourmetgram/local/shadow.py), so a dead one should
+The shadow is mirrored fire-and-forget (gourmetgram_app/local/shadow.py), so a dead one should
 cost the client nothing: its copies fail to connect in a background task and are counted as
 dropped. This measures it on the real local stack (PyTriton + transformer + gateway) in one
 run, as ratios to the no-shadow baseline measured in the same run (before AND after, so
@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     n = 40 if args.quick else args.requests
     with tempfile.TemporaryDirectory(prefix="gg-shadow-bench-") as scratch:
         os.environ["GOURMETGRAM_HOME"] = scratch  # the gateway's model store and control token
-        from gourmetgram.local.stack import LocalStack, Ports
         from gourmetgram.rollout.local import LocalRollout
+        from gourmetgram_app.local.stack import LocalStack, Ports
 
         stable = demo_bundle(Path(scratch) / "models" / "stable")
         candidate = demo_bundle(Path(scratch) / "models" / "candidate")

@@ -1,7 +1,7 @@
 """Errors a person can act on, by cause.
 
 Each cause has its exit code (``exit_code``), mapped in ONE place: the CLI entry
-(:func:`gourmetgram.cli.main.main`), which prints the message and exits with it:
+(:func:`gourmetgram_app.cli.main.main`), which prints the message and exits with it:
 
 ====  ==========================  =========================================================
 code  class                       meaning

@@ -9,13 +9,13 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from gourmetgram.cli.main import main
 from gourmetgram.loop.models import Feedback, Sample
 from gourmetgram.loop.store import Store
 from gourmetgram.rollout import analysis
 from gourmetgram.rollout.analysis import FeedbackFigures, Figures, RolloutState, Thresholds, decide
 from gourmetgram.rollout.feedback import StoreFeedback
 from gourmetgram.rollout.prometheus import Sample as Series
+from gourmetgram_app.cli.main import main
 
 T = Thresholds(window="1m", min_requests=50, min_feedback=30)
 

@@ -19,10 +19,10 @@ import pytest
 import yaml
 
 from gourmetgram import manifests
-from gourmetgram.cli.main import main
 from gourmetgram.config import read_yaml
 from gourmetgram.constants import ISVC_NAMES, MODEL_NAME, PRODUCTION, REPO_ROOT, STAGING, TRANSFORMER_CONTAINER
 from gourmetgram.errors import UserError
+from gourmetgram_app.cli.main import main
 
 # config-features as the install leaves it: upstream 1.21 defaults + infra's merge patch
 KNATIVE_FEATURES = k8s_schemas.effective_knative_features(
@@ -586,7 +586,7 @@ def test_sampling_is_configs_loop_for_the_stage_the_sink_reads_from_the_events(r
 
 
 def test_feedback_route_sits_next_to_predict_on_the_api_host(rendered):
-    from gourmetgram.local.gateway import FEEDBACK_PATH
+    from gourmetgram_app.local.gateway import FEEDBACK_PATH
     from gourmetgram_webapp.api import FEEDBACK_PATH as WEBAPP_FEEDBACK
 
     objects = rendered[PRODUCTION]
@@ -704,7 +704,7 @@ def _receiver_objects() -> dict[tuple[str, str], dict]:
 def test_retrain_receiver_is_a_deployment_alertmanager_reaches_with_a_token_from_a_secret():
     import urllib.parse
 
-    from gourmetgram.local.retrain_cli import build_parser
+    from gourmetgram_app.local.retrain_cli import build_parser
 
     objects = _receiver_objects()
     assert {k for k, _ in objects} == {"ServiceAccount", "PersistentVolumeClaim", "Deployment", "Service",
@@ -786,8 +786,9 @@ def test_the_receivers_image_installs_what_the_receiver_imports():
     from packaging.utils import canonicalize_name
 
     dockerfile = (REPO_ROOT / "gourmetgram" / "retrain" / "Dockerfile").read_text()
-    assert 'ENTRYPOINT ["python", "-m", "gourmetgram.local.retrain_cli", "receiver"]' in dockerfile
+    assert 'ENTRYPOINT ["python", "-m", "gourmetgram_app.local.retrain_cli", "receiver"]' in dockerfile
     assert "COPY pipelines/training_pipeline.yaml" in dockerfile  # what the KFP launcher submits
+    assert "COPY gourmetgram/ " in dockerfile and "COPY gourmetgram_app/ " in dockerfile  # the code it runs
     pinned = re.findall(r'"([A-Za-z0-9_.-]+)==[^"]+"', dockerfile.split("RUN pip install", 1)[1].split("\n\n")[0])
     assert "kfp" in pinned and "psycopg2-binary" in pinned
     closure, todo = set(), [canonicalize_name(n) for n in pinned]
@@ -814,7 +815,7 @@ class NotInTheImage:
     def find_spec(self, name, path=None, target=None):
         top = name.split(".")[0]
         owners = {canonicalize_name(d) for d in dists.get(top, [])}
-        if top not in sys.stdlib_module_names and top != "gourmetgram" and owners and not owners & allowed:
+        if top not in sys.stdlib_module_names and top not in ("gourmetgram", "gourmetgram_app") and owners and not owners & allowed:
             raise ModuleNotFoundError(f"{name} ({', '.join(sorted(owners))}) is not in the image", name=name)
 sys.meta_path.insert(0, NotInTheImage())
 try:
@@ -822,10 +823,10 @@ try:
     raise SystemExit("the import blocker does not work")
 except ModuleNotFoundError:
     pass
-from gourmetgram.local.retrain_cli import build_parser
-from gourmetgram.local.retrain import build_trigger, create_app
+from gourmetgram_app.local.retrain_cli import build_parser
+from gourmetgram_app.local.retrain import build_trigger, create_app
 from gourmetgram.retrain.settings import load_retrain_settings
-import gourmetgram.cli.commands.pipeline, kfp, kfp.client, uvicorn, starlette.testclient
+import gourmetgram_app.cli.commands.pipeline, kfp, kfp.client, uvicorn, starlette.testclient
 build_parser().parse_args(["receiver", "--kfp-host", "http://127.0.0.1:9"])
 t, s = build_trigger(load_retrain_settings(), "sqlite:///" + tempfile.mkdtemp() + "/l.db",
                      kfp_host="http://127.0.0.1:9", state_dir=tempfile.mkdtemp())

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from helpers import free_port
 
-from gourmetgram.cli.main import build_parser, main
+from gourmetgram_app.cli.main import build_parser, main
 
 
 def _commands() -> list[list[str]]:

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import pytest
 
-from gourmetgram.cli.main import main
 from gourmetgram.config import ExportConfig, load_config, load_slo, override
 from gourmetgram.constants import CONFIG_DIR
 from gourmetgram.errors import ConfigError
 from gourmetgram.rollout import analysis
+from gourmetgram_app.cli.main import main
 
 
 @pytest.mark.parametrize("name", ["demo", "food11"])

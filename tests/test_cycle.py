@@ -26,9 +26,9 @@ from gourmetgram.config import ExportConfig
 from gourmetgram.constants import CANARY, PRODUCTION, REPO_ROOT, STAGING
 from gourmetgram.data.demo import DEMO_CLASSES
 from gourmetgram.export import export_bundle
-from gourmetgram.local.cycle import PROMOTED, ROLLED_BACK, Cycle, CycleSettings, UserSettings
-from gourmetgram.local.simulate import Behaviour
 from gourmetgram.model import ModelSpec, build_model
+from gourmetgram_app.local.cycle import PROMOTED, ROLLED_BACK, Cycle, CycleSettings, UserSettings
+from gourmetgram_app.local.simulate import Behaviour
 
 pytestmark = pytest.mark.slow
 
@@ -67,9 +67,9 @@ def configs(tmp_path_factory) -> dict[str, str]:
 def production(session_home, tmp_path_factory):
     """v1 (an untrained model, registered, alias production) served with the loop."""
     from gourmetgram import registry
-    from gourmetgram.local.loop import LoopServices
-    from gourmetgram.local.stack import LocalStack, Ports
     from gourmetgram.tracking import configure_mlflow
+    from gourmetgram_app.local.loop import LoopServices
+    from gourmetgram_app.local.stack import LocalStack, Ports
 
     torch.manual_seed(0)
     model = build_model(ModelSpec(class_names=DEMO_CLASSES, image_size=64, width_mult=0.5)).eval()

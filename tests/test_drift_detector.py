@@ -268,7 +268,7 @@ def test_metrics_expose_the_contract_names(client):
 
 
 def test_cli_bad_input_exits_2(tmp_path, capsys):
-    from gourmetgram.cli.main import main
+    from gourmetgram_app.cli.main import main
 
     assert main(["detector", "build", "--bundle", str(tmp_path / "none"), "--dataset", str(tmp_path)]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -25,8 +25,8 @@ from gourmetgram.errors import (
     GourmetGramError,
     UserError,
 )
-from gourmetgram.local.stack import Ports
 from gourmetgram.rollout.local import CONTROL_PATH
+from gourmetgram_app.local.stack import Ports
 
 
 def gourmetgram(*argv: str, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -34,7 +34,7 @@ def gourmetgram(*argv: str, timeout: float = 300, env: dict[str, str] | None = N
     env = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join(
         [str(REPO_ROOT), str(REPO_ROOT / "transformers"), str(REPO_ROOT / "detectors"),
          os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", "gourmetgram.cli.main", *argv], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "gourmetgram_app.cli.main", *argv], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=REPO_ROOT)
 
 

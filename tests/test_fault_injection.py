@@ -32,11 +32,11 @@ from gourmetgram.config import ExportConfig
 from gourmetgram.data.demo import DEMO_CLASSES
 from gourmetgram.data.layout import list_images
 from gourmetgram.export import export_bundle
-from gourmetgram.local.faults import kill9
-from gourmetgram.local.stack import DETECTOR, GATEWAY, PROMETHEUS, LocalStack, Ports
-from gourmetgram.local.supervisor import READY, SERVING
-from gourmetgram.local.traffic import BackgroundTraffic
 from gourmetgram.model import ModelSpec, build_model
+from gourmetgram_app.local.faults import kill9
+from gourmetgram_app.local.stack import DETECTOR, GATEWAY, PROMETHEUS, LocalStack, Ports
+from gourmetgram_app.local.supervisor import READY, SERVING
+from gourmetgram_app.local.traffic import BackgroundTraffic
 
 pytestmark = pytest.mark.slow
 
@@ -76,7 +76,7 @@ def prometheus_scrapes(stack: LocalStack) -> bool:
         return False
 
 
-CAPTURE, BROKER = "capture-sink", "broker"  # gourmetgram.local.loop's service names
+CAPTURE, BROKER = "capture-sink", "broker"  # gourmetgram_app.local.loop's service names
 # After its restart a side component must do its job again (captures: checked in the test).
 SIDE_CHECKS = {DETECTOR: detector_receives, PROMETHEUS: prometheus_scrapes}
 
@@ -96,8 +96,8 @@ def captured_ids(db: str) -> set[str]:
 
 
 def test_kill_9_each_component_under_load(bundle, demo_dataset, tmp_path):
-    from gourmetgram.local.loop import LoopServices
-    from gourmetgram.local.supervisor import SIDE
+    from gourmetgram_app.local.loop import LoopServices
+    from gourmetgram_app.local.supervisor import SIDE
 
     images = [p.read_bytes() for p, _ in list_images(demo_dataset / "evaluation")[:20]]
     ports = Ports.free()
@@ -159,9 +159,9 @@ def test_a_crashed_canary_is_restarted_and_only_its_share_sees_503(bundle, demo_
     import os
     import signal
 
-    from gourmetgram.cli.main import main
     from gourmetgram.constants import PRODUCTION
-    from gourmetgram.local.traffic import predict
+    from gourmetgram_app.cli.main import main
+    from gourmetgram_app.local.traffic import predict
 
     image = list_images(demo_dataset / "evaluation")[0][0].read_bytes()
     stack = LocalStack(bundle, PRODUCTION, Ports.free(), logger_url="", log_dir=tmp_path / "logs")

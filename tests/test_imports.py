@@ -16,6 +16,7 @@ from gourmetgram.constants import REPO_ROOT
 # Importable top-level name -> its folder (setup.cfg package_dir).
 PACKAGES = {
     "gourmetgram": REPO_ROOT / "gourmetgram",
+    "gourmetgram_app": REPO_ROOT / "gourmetgram_app",
     "components": REPO_ROOT / "components",
     "pipelines": REPO_ROOT / "pipelines",
     "food_transformer": REPO_ROOT / "transformers" / "food_transformer",
@@ -26,14 +27,13 @@ PACKAGES = {
 DEPLOYMENT_UNITS = ("components", "pipelines", "food_transformer", "drift_detector", "capture_sink",
                     "gourmetgram_webapp")
 # The app layer: orchestration that may import everything (the CLI, the local stack that runs
-# the deployment units on one machine). It still lives inside the package, but nothing outside
-# it imports it (test below), so lifting it out is a move of two folders.
-APP_LAYER = ("gourmetgram.cli", "gourmetgram.local")
+# the deployment units on one machine), its own package; nothing outside it imports it.
+APP_LAYER = ("gourmetgram_app",)
 
 
 # Imports made by name at run time, which ast cannot see: the CLI entry loads every module of
-# gourmetgram.cli.commands (pkgutil + importlib) to add its subcommand.
-DYNAMIC_IMPORTS = {"gourmetgram.cli.main": "gourmetgram.cli.commands."}
+# gourmetgram_app.cli.commands (pkgutil + importlib) to add its subcommand.
+DYNAMIC_IMPORTS = {"gourmetgram_app.cli.main": "gourmetgram_app.cli.commands."}
 
 
 def _modules() -> dict[str, Path]:
@@ -151,9 +151,9 @@ def test_the_graph_sees_every_kind_of_import():
     # module level, absolute
     assert "gourmetgram.constants" in graph["gourmetgram.config"]
     # inside a function (cli/commands/loadtest.py imports gourmetgram.config in its handler)
-    assert "gourmetgram.config" in graph["gourmetgram.cli.commands.loadtest"]
+    assert "gourmetgram.config" in graph["gourmetgram_app.cli.commands.loadtest"]
     # loaded by name at run time: the CLI's subcommands
-    assert "gourmetgram.cli.commands.rollout" in graph["gourmetgram.cli.main"]
+    assert "gourmetgram_app.cli.commands.rollout" in graph["gourmetgram_app.cli.main"]
     # the deployment units are in the graph
     assert any(m.startswith("food_transformer.") for m in graph)
     assert any(m.startswith("drift_detector.") for m in graph)

@@ -24,8 +24,8 @@ from gourmetgram.config import ExportConfig
 from gourmetgram.data.demo import DEMO_CLASSES
 from gourmetgram.data.layout import list_images
 from gourmetgram.export import export_bundle
-from gourmetgram.local.gateway import InferenceLogger
 from gourmetgram.model import ModelSpec, build_model
+from gourmetgram_app.local.gateway import InferenceLogger
 
 MODEL = "food11"
 # The stack's logger waits this long on the sink, so a logger on the request path would hang
@@ -55,7 +55,7 @@ def sink():
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, sink):
-    from gourmetgram.local.stack import LocalStack, Ports
+    from gourmetgram_app.local.stack import LocalStack, Ports
 
     torch.manual_seed(0)
     model = build_model(ModelSpec(class_names=DEMO_CLASSES, image_size=64, width_mult=0.5)).eval()

@@ -14,7 +14,7 @@ import pytest
 from helpers import wait_until as _wait
 from loop_helpers import ce_headers, new_id, request_body
 
-from gourmetgram.local.stack import Ports, Service, _child_env, _get_ok
+from gourmetgram_app.local.stack import Ports, Service, _child_env, _get_ok
 
 
 class Subscriber:
@@ -67,7 +67,7 @@ def broker(tmp_path):
     url = f"http://127.0.0.1:{port}"
     token = tmp_path / "detector-token"
     token.write_text("s3cret\n")
-    svc = Service("broker", [sys.executable, "-m", "gourmetgram.local.broker", "--port", str(port),
+    svc = Service("broker", [sys.executable, "-m", "gourmetgram_app.local.broker", "--port", str(port),
                              "--backoff", "0.05", "--retry", "4",
                              "--trigger", f"detector={detector.url},token-file={token}",
                              "--trigger", f"capture={capture.url},type=org.kubeflow.serving.inference.request",

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from loop_helpers import CLASSES, image
 
-from gourmetgram.cli.main import main
 from gourmetgram.loop.store import Store
 from gourmetgram.objectstore import ObjectStore
+from gourmetgram_app.cli.main import main
 
 
 @pytest.fixture()
@@ -30,7 +30,7 @@ def test_status_prints_counts(paths, capsys):
 
 
 def test_queue_without_label_studio_keeps_the_queue_and_exits_3(paths, capsys, monkeypatch):
-    from gourmetgram.local.stack import Ports
+    from gourmetgram_app.local.stack import Ports
 
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", "t0ken")
     dead = f"http://127.0.0.1:{Ports.free().gateway}"
@@ -60,9 +60,9 @@ def test_gateway_inference_id_header_and_feedback_route_without_services():
 
     from starlette.testclient import TestClient
 
-    from gourmetgram.local.gateway import Gateway, Revision
-    from gourmetgram.local.manifests import load_stage_manifest
-    from gourmetgram.local.stack import Ports
+    from gourmetgram_app.local.gateway import Gateway, Revision
+    from gourmetgram_app.local.manifests import load_stage_manifest
+    from gourmetgram_app.local.stack import Ports
 
     dead = f"http://127.0.0.1:{Ports.free().gateway}"
     gw = Gateway(load_stage_manifest("production"), [Revision("food11-transformer-00001", dead)],

@@ -24,13 +24,13 @@ import torch
 from helpers import wait_until as _wait
 from loop_helpers import ce_headers, request_body
 
-from gourmetgram.cli.main import main
 from gourmetgram.config import ExportConfig
 from gourmetgram.data.demo import DEMO_CLASSES
 from gourmetgram.data.layout import list_images
 from gourmetgram.export import export_bundle
-from gourmetgram.local.traffic import predict
 from gourmetgram.model import ModelSpec, build_model
+from gourmetgram_app.cli.main import main
+from gourmetgram_app.local.traffic import predict
 
 pytestmark = pytest.mark.slow
 VERSION = "7"
@@ -39,9 +39,9 @@ N_SERVED = 30
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory, demo_dataset):
-    from gourmetgram.local.labelstudio import LabelStudioServer
-    from gourmetgram.local.loop import LoopServices
-    from gourmetgram.local.stack import LocalStack, Ports
+    from gourmetgram_app.local.labelstudio import LabelStudioServer
+    from gourmetgram_app.local.loop import LoopServices
+    from gourmetgram_app.local.stack import LocalStack, Ports
 
     root = tmp_path_factory.mktemp("loop-e2e")
     creds = {"LABEL_STUDIO_USERNAME": "admin@gourmetgram.local", "LABEL_STUDIO_PASSWORD": secrets.token_hex(8),

@@ -342,8 +342,8 @@ def test_export_splits_by_content_hash_with_lineage_and_validates(store, objects
 
 
 def test_a_triggered_retrain_exports_the_labelled_production_data_first(store, objects, tmp_path, demo_dataset):
-    from gourmetgram.local.retrain_job import export_production
     from gourmetgram.loop.models import USER
+    from gourmetgram_app.local.retrain_job import export_production
 
     db, objects_url = store.url, objects.url
     # nothing labelled yet: the job trains on the base dataset alone

@@ -28,7 +28,7 @@ from gourmetgram.constants import PRODUCTION, REPO_ROOT, STAGING
 
 # Code that exports metrics (contract 2): the transformer, the detector, the capture sink, the
 # gateway, broker and retrain receiver.
-METRIC_SOURCE_DIRS = ("transformers", "detectors", "capture", "gourmetgram")
+METRIC_SOURCE_DIRS = ("transformers", "detectors", "capture", "gourmetgram", "gourmetgram_app")
 # Series no prometheus_client definition here produces. Kept small on purpose, each with why:
 EXTERNAL_METRIC_PATTERNS = (
     # Triton's C++ metrics endpoint (:8002): nv_inference_*, nv_gpu_*, nv_cpu_*.
@@ -491,8 +491,8 @@ def test_the_gateway_exports_the_defined_series():
     """The local gateway's /metrics text has queue-proxy's series and labels, nothing retired."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    from gourmetgram.local.gateway import Gateway, Revision
-    from gourmetgram.local.manifests import load_manifest
+    from gourmetgram_app.local.gateway import Gateway, Revision
+    from gourmetgram_app.local.manifests import load_manifest
 
     gateway = Gateway(load_manifest(REPO_ROOT / "inference_services" / "staging.yaml"),
                       [Revision("food11-staging-predictor-00001", "http://127.0.0.1:9")], logger_enabled=False)

@@ -14,8 +14,8 @@ import yaml
 from helpers import FakeKFPApi
 
 from gourmetgram.bundle import Bundle
-from gourmetgram.cli.main import main
 from gourmetgram.config import load_config
+from gourmetgram_app.cli.main import main
 
 COMMITTED = Path(__file__).resolve().parent.parent / "pipelines" / "training_pipeline.yaml"
 
@@ -319,7 +319,7 @@ def test_the_gate_rejects_an_untrained_model(demo_dataset, session_home, capsys)
 def test_demo_builds_its_dataset_only_when_absent(tmp_path, monkeypatch):
     import argparse
 
-    from gourmetgram.cli.commands.demo import DemoContext, stage_data
+    from gourmetgram_app.cli.commands.demo import DemoContext, stage_data
 
     monkeypatch.setenv("GOURMETGRAM_HOME", str(tmp_path))
     ctx = DemoContext(args=argparse.Namespace(rebuild_data=False), home=tmp_path)

@@ -23,9 +23,7 @@ import yaml
 from helpers import FakeKFPApi
 from starlette.testclient import TestClient
 
-from gourmetgram.cli.main import main
 from gourmetgram.errors import ConfigError
-from gourmetgram.local.retrain import KfpLauncher, LocalLauncher, build_trigger, create_app
 from gourmetgram.loop.models import ANNOTATOR, Feedback, Label, Sample
 from gourmetgram.loop.store import Store
 from gourmetgram.retrain.alerts import PayloadError, reasons_from
@@ -41,6 +39,8 @@ from gourmetgram.retrain.settings import (
 )
 from gourmetgram.retrain.signals import StoreSignals
 from gourmetgram.retrain.trigger import Trigger
+from gourmetgram_app.cli.main import main
+from gourmetgram_app.local.retrain import KfpLauncher, LocalLauncher, build_trigger, create_app
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
 SETTINGS = RetrainSettings(
@@ -465,8 +465,8 @@ def test_kfp_launcher_creates_the_run_and_locks_until_it_ends(fake_kfp, tmp_path
 # -- the job and the CLI ---------------------------------------------------------------------
 
 def test_job_runs_the_pipeline_records_the_outcome_and_frees_the_lock(tmp_path, monkeypatch):
-    from gourmetgram.cli.commands import pipeline
-    from gourmetgram.local import retrain_job
+    from gourmetgram_app.cli.commands import pipeline
+    from gourmetgram_app.local import retrain_job
 
     calls = []
 

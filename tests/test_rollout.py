@@ -23,19 +23,19 @@ import pytest
 import torch
 
 from gourmetgram import metric_names as qp
-from gourmetgram.cli.main import main
 from gourmetgram.config import ExportConfig
 from gourmetgram.constants import CANARY, PRODUCTION
 from gourmetgram.data.demo import DEMO_CLASSES
 from gourmetgram.data.layout import list_images
 from gourmetgram.errors import ConfigError, UserError
 from gourmetgram.export import export_bundle
-from gourmetgram.local.traffic import BackgroundTraffic
 from gourmetgram.model import ModelSpec, build_model, predict_logits
 from gourmetgram.preprocessing import preprocess_bytes
 from gourmetgram.rollout import analysis
 from gourmetgram.rollout.analysis import Figures, RolloutState, Thresholds, decide, queries
 from gourmetgram.rollout.kube import KubeRollout, state_from_isvc
+from gourmetgram_app.cli.main import main
+from gourmetgram_app.local.traffic import BackgroundTraffic
 
 MODEL = "food11"
 SPEC = ModelSpec(class_names=DEMO_CLASSES, image_size=64, width_mult=0.5)
@@ -252,7 +252,7 @@ def registered(session_home, bundles):
 
 @pytest.fixture(scope="module")
 def stack(bundles, tmp_path_factory):
-    from gourmetgram.local.stack import LocalStack, Ports
+    from gourmetgram_app.local.stack import LocalStack, Ports
 
     with LocalStack(bundles["stable"], PRODUCTION, Ports.free(), logger_url="",
                     log_dir=tmp_path_factory.mktemp("rollout-logs")) as running:

@@ -11,10 +11,10 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from helpers import FakeKFPApi, free_port
 
-from gourmetgram.cli.main import main
 from gourmetgram.errors import UserError
 from gourmetgram.retrain.schedule import check_cron
 from gourmetgram.retrain.settings import load_retrain_settings
+from gourmetgram_app.cli.main import main
 
 
 class _FakeKFP(FakeKFPApi):

@@ -26,9 +26,9 @@ import pytest
 from helpers import spawn, stop, wait_http
 
 from gourmetgram import control
-from gourmetgram.cli.main import main
 from gourmetgram.constants import HOST
-from gourmetgram.local.stack import Ports
+from gourmetgram_app.cli.main import main
+from gourmetgram_app.local.stack import Ports
 
 MiB = 1024 * 1024
 LIMIT = 1 * MiB  # the servers under test run with this body limit
@@ -101,7 +101,7 @@ def gateway(session_home, tmp_path_factory):
     token_file = control.token_path(HOST, ports.gateway)
     token_file.unlink(missing_ok=True)  # the gateway writes it itself when run on its own
     log = work / "gateway.log"
-    proc = spawn([sys.executable, "-m", "gourmetgram.local.gateway", "--manifest",
+    proc = spawn([sys.executable, "-m", "gourmetgram_app.local.gateway", "--manifest",
                    "inference_services/production.yaml", "--revision",
                    f"food11-transformer-00001=http://{HOST}:{ports.transformer_http}",
                    "--host", HOST, "--port", str(ports.gateway), "--log-dir", str(work),
@@ -163,8 +163,8 @@ def test_gateway_feedback_route_bad_bodies_and_odd_answers_are_not_500():
 
     from starlette.testclient import TestClient
 
-    from gourmetgram.local.gateway import FEEDBACK_MAX_BODY_BYTES, Gateway, Revision
-    from gourmetgram.local.manifests import load_stage_manifest
+    from gourmetgram_app.local.gateway import FEEDBACK_MAX_BODY_BYTES, Gateway, Revision
+    from gourmetgram_app.local.manifests import load_stage_manifest
 
     class ListAnswer(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802 - http.server's name
@@ -254,7 +254,7 @@ def test_oversized_bodies_are_refused_while_streaming(gateway):
 def test_logger_queue_is_bounded_by_bytes():
     from prometheus_client import CollectorRegistry, Counter
 
-    from gourmetgram.local.gateway import InferenceLogger
+    from gourmetgram_app.local.gateway import InferenceLogger
 
     async def scenario() -> tuple[int, float, int]:
         reg = CollectorRegistry()

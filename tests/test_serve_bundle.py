@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from gourmetgram import registry
-from gourmetgram.cli.main import main
 from gourmetgram.config import ExportConfig
 from gourmetgram.constants import PRODUCTION, STAGING
 from gourmetgram.errors import UserError
 from gourmetgram.export import export_bundle
 from gourmetgram.model import ModelSpec, build_model
 from gourmetgram.tracking import configure_mlflow
+from gourmetgram_app.cli.main import main
 
 SPEC = ModelSpec(tuple(f"dish_{i}" for i in range(4)), image_size=32, width_mult=0.25)
 
@@ -33,7 +33,7 @@ def home(tmp_path_factory):
 
 
 def test_serve_uses_the_stage_alias_not_the_newest_bundle(home, capsys):
-    from gourmetgram.local.stack import LocalStack, find_latest_bundle, registered_bundle
+    from gourmetgram_app.local.stack import LocalStack, find_latest_bundle, registered_bundle
 
     # No alias yet: a clear error naming the alias and the ways out, exit 2 on the CLI.
     with pytest.raises(UserError, match=rf"alias '{STAGING}'.*pipeline run.*--bundle"):
@@ -80,8 +80,8 @@ def test_messages_name_only_commands_that_exist():
     import argparse
     import re
 
-    from gourmetgram.cli.main import build_parser
     from gourmetgram.constants import REPO_ROOT
+    from gourmetgram_app.cli.main import build_parser
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     commands = set(sub.choices)

@@ -28,10 +28,10 @@ from gourmetgram.constants import REPO_ROOT
 from gourmetgram.data.demo import DEMO_CLASSES
 from gourmetgram.data.layout import list_images
 from gourmetgram.export import export_bundle
-from gourmetgram.local.manifests import load_stage_manifest
-from gourmetgram.local.stack import GATEWAY, TRITON, LocalStack, Ports, port_in_use
 from gourmetgram.model import ModelSpec, build_model, predict_logits
 from gourmetgram.preprocessing import preprocess_bytes, softmax
+from gourmetgram_app.local.manifests import load_stage_manifest
+from gourmetgram_app.local.stack import GATEWAY, TRITON, LocalStack, Ports, port_in_use
 
 pytestmark = pytest.mark.slow
 MODEL = "food11"
@@ -195,7 +195,7 @@ def test_metrics_count_what_was_served(stack, eval_images):
 
 
 def test_predict_cli_prints_a_table(stack, eval_images, tmp_path, capsys):
-    from gourmetgram.cli.main import main
+    from gourmetgram_app.cli.main import main
 
     image = tmp_path / "dish.jpg"
     image.write_bytes(eval_images[0][0])
@@ -228,7 +228,7 @@ def test_predictor_down_is_503_then_clean_shutdown(stack, eval_images):
 
 
 def test_port_in_use_and_missing_model_exit_2(model_and_bundle, session_home, tmp_path, capsys):
-    from gourmetgram.cli.main import main
+    from gourmetgram_app.cli.main import main
 
     _, bundle = model_and_bundle
     with socket.socket() as busy:
@@ -247,7 +247,7 @@ def test_serve_cli_stops_everything_on_sigterm(model_and_bundle, tmp_path):
     _, bundle = model_and_bundle
     home = tmp_path / "home"
     ports = Ports.free()
-    argv = [sys.executable, "-m", "gourmetgram.cli.main", "serve", "--bundle", str(bundle),
+    argv = [sys.executable, "-m", "gourmetgram_app.cli.main", "serve", "--bundle", str(bundle),
             "--ports", ",".join(f"{k}={v}" for k, v in ports.named().items())]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=dict(os.environ, GOURMETGRAM_HOME=str(home)), cwd=REPO_ROOT)

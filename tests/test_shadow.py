@@ -25,14 +25,11 @@ import pytest
 import torch
 from helpers import wait_until as _wait
 
-from gourmetgram.cli.main import main
 from gourmetgram.config import ExportConfig
 from gourmetgram.constants import PRODUCTION
 from gourmetgram.data.demo import DEMO_CLASSES
 from gourmetgram.data.layout import list_images
 from gourmetgram.export import export_bundle
-from gourmetgram.local.shadow import top1
-from gourmetgram.local.traffic import BackgroundTraffic
 from gourmetgram.model import ModelSpec, build_model, predict_logits
 from gourmetgram.preprocessing import preprocess_bytes
 from gourmetgram.rollout.analysis import ShadowThresholds
@@ -46,6 +43,9 @@ from gourmetgram.rollout.shadow import (
     paired_answers,
     wilson,
 )
+from gourmetgram_app.cli.main import main
+from gourmetgram_app.local.shadow import top1
+from gourmetgram_app.local.traffic import BackgroundTraffic
 
 MODEL = "food11"
 SPEC = ModelSpec(class_names=DEMO_CLASSES, image_size=64, width_mult=0.5)
@@ -233,7 +233,7 @@ def sink():
 def loop(bundles, sink, tmp_path_factory):
     """The real capture chain: the logger posts to the broker, which fans out to the capture
     sink (SQLite + objects) and to the recording sink (in the detector's place)."""
-    from gourmetgram.local.loop import LoopServices
+    from gourmetgram_app.local.loop import LoopServices
 
     root = tmp_path_factory.mktemp("shadow-loop")
     db = f"sqlite:///{root / 'loop.db'}"
@@ -247,7 +247,7 @@ def loop(bundles, sink, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def stack(bundles, loop, tmp_path_factory):
-    from gourmetgram.local.stack import LocalStack, Ports
+    from gourmetgram_app.local.stack import LocalStack, Ports
 
     with LocalStack(bundles["stable"], PRODUCTION, Ports.free(), logger_url=loop["services"].broker_url + "/",
                     model_version="1", log_dir=tmp_path_factory.mktemp("shadow-logs")) as running:
@@ -365,7 +365,7 @@ def test_shadow_stop_and_clear_errors(stack, bundles, session_home, capsys, tmp_
 
 @pytest.mark.slow
 def test_demo_shows_the_candidate_in_shadow_before_its_canary(stack, bundles, images, capsys):
-    from gourmetgram.cli.commands.demo import _shadow_first
+    from gourmetgram_app.cli.commands.demo import _shadow_first
 
     _shadow_first(stack.gateway_url, ["--bundle", str(bundles["candidate"])], images)
     out = capsys.readouterr().out

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from gourmetgram.local.simulate import DRIFTED, REGULAR, Behaviour, Photo, Population, SimulatedUsers, night_shot
+from gourmetgram_app.local.simulate import DRIFTED, REGULAR, Behaviour, Photo, Population, SimulatedUsers, night_shot
 
 
 def _gateway(wrong_on: set[str]):

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gourmetgram.cli.main import main
 from gourmetgram.errors import UserError
+from gourmetgram_app.cli.main import main
 
 COMMITTED = Path(__file__).resolve().parent.parent / "pipelines" / "staging_gate_pipeline.yaml"
 REQUIRED = {"staging_url", "version", "images_uri"}
@@ -147,8 +147,8 @@ def test_loadtest_step_gates_a_real_staging_stack(demo_dataset, tmp_path_factory
     from gourmetgram.config import ExportConfig
     from gourmetgram.data.demo import DEMO_CLASSES
     from gourmetgram.export import export_bundle
-    from gourmetgram.local.stack import LocalStack, Ports
     from gourmetgram.model import ModelSpec, build_model
+    from gourmetgram_app.local.stack import LocalStack, Ports
 
     torch.manual_seed(0)
     bundle = tmp_path_factory.mktemp("gate-models") / "demo-1"

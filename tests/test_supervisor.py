@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from helpers import wait_for
 
-from gourmetgram.local.stack import Service
-from gourmetgram.local.supervisor import (
+from gourmetgram_app.local.stack import Service
+from gourmetgram_app.local.supervisor import (
     FAILED,
     READY,
     STOPPED,
@@ -203,8 +203,8 @@ class FakeTransformer:
 def gateway_client(*transformers: FakeTransformer, percent: int | None = None):
     from starlette.testclient import TestClient
 
-    from gourmetgram.local.gateway import Gateway, Revision
-    from gourmetgram.local.manifests import load_stage_manifest
+    from gourmetgram_app.local.gateway import Gateway, Revision
+    from gourmetgram_app.local.manifests import load_stage_manifest
 
     manifest = load_stage_manifest("staging")
     revisions = [Revision(f"rev-{i}", t.url, percent=100 if i == 0 else 0) for i, t in enumerate(transformers)]
@@ -273,7 +273,7 @@ def test_a_down_canary_answers_503_for_its_share_and_the_split_stays():
 def test_shared_memory_of_a_crashed_pytriton_is_swept(tmp_path):
     import subprocess
 
-    from gourmetgram.local.triton_server import sweep_stale_shm
+    from gourmetgram_app.local.triton_server import sweep_stale_shm
 
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()

@@ -391,9 +391,9 @@ def test_stage_flag_and_class_names_parse_or_say_why(tmp_path):
 def test_serve_with_the_loop_gives_the_web_app_the_capture_sinks_summary(monkeypatch, tmp_path):
     """`serve --loop` wires the operator page to the capture sink it starts (the URL the web app
     gets as --feedback-summary); without --loop there is none, and the page says so."""
-    import gourmetgram.local.stack as stack_module
-    from gourmetgram.cli.main import build_parser
+    import gourmetgram_app.local.stack as stack_module
     from gourmetgram.constants import LOOP_SUMMARY_PATH
+    from gourmetgram_app.cli.main import build_parser
 
     seen: list[dict] = []
 

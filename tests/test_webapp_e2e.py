@@ -27,9 +27,9 @@ from gourmetgram.constants import PRODUCTION
 from gourmetgram.data.demo import DEMO_CLASSES
 from gourmetgram.data.layout import list_images
 from gourmetgram.export import export_bundle
-from gourmetgram.local.stack import TRITON, LocalStack, Ports
-from gourmetgram.local.supervisor import SIDE
 from gourmetgram.model import ModelSpec, build_model
+from gourmetgram_app.local.stack import TRITON, LocalStack, Ports
+from gourmetgram_app.local.supervisor import SIDE
 
 pytestmark = pytest.mark.slow
 SPEC = ModelSpec(class_names=DEMO_CLASSES, image_size=64, width_mult=0.5)
@@ -83,7 +83,7 @@ def stack(bundles, registered, loop_db, tmp_path_factory):
     """What `serve --stage production --loop` starts: the logger goes to the broker, which fans
     out to the stack's drift detector and the capture sink; feedback is routed to the capture
     sink, and the web app reads the loop's summary from it. Every process supervised."""
-    from gourmetgram.local.loop import LoopServices
+    from gourmetgram_app.local.loop import LoopServices
 
     ports, log_dir = Ports.free(), tmp_path_factory.mktemp("webapp-stack")
     loop = LoopServices(bundles["stable"], log_dir, detector_url=f"http://127.0.0.1:{ports.detector}/",

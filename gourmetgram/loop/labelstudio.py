@@ -1,5 +1,5 @@
 """Label Studio: the labelling tool, its own process (its own venv locally: its pins differ
-from ours; :mod:`gourmetgram.local.labelstudio` starts it), reached through ``label-studio-sdk``.
+from ours; :mod:`gourmetgram_app.local.labelstudio` starts it), reached through ``label-studio-sdk``.
 
 * :class:`LabelQueue` makes the project (a ``Choices`` control over the class names), pushes
   queued samples as tasks with the model's prediction as a pre-annotation, and pulls the

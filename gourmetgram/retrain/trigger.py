@@ -2,7 +2,7 @@
 ``gourmetgram loop retrain --if-needed`` does on demand (the same code, the same rules).
 
 The launcher is injected (a Protocol): kfp.local or kfp.Client live in the app layer
-(:mod:`gourmetgram.local.retrain`). Every decision is logged with its reason, and every start
+(:mod:`gourmetgram_app.local.retrain`). Every decision is logged with its reason, and every start
 is written to the run history before anyone can see the lock freed.
 """
 

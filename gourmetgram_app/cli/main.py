@@ -1,6 +1,6 @@
 """Entry point of the ``gourmetgram`` command.
 
-Each module in :mod:`gourmetgram.cli.commands` adds one subcommand through
+Each module in :mod:`gourmetgram_app.cli.commands` adds one subcommand through
 ``add_parser(subparsers)`` and sets ``func`` (``args -> int`` exit code).
 
 Errors are mapped to exit codes here and nowhere else (by cause, see
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    from gourmetgram.cli import commands
+    from gourmetgram_app.cli import commands
 
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         module = importlib.import_module(f"{commands.__name__}.{info.name}")

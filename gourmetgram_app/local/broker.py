@@ -21,7 +21,7 @@ small ASGI app does the same on localhost, with the same semantics:
 Like Knative's InMemoryChannel, queued events live in memory: the broker is not where
 durability comes from; the subscriber's acknowledgement is (see the capture sink).
 
-Run: ``python -m gourmetgram.local.broker --port 8060 --trigger detector=http://127.0.0.1:8070/
+Run: ``python -m gourmetgram_app.local.broker --port 8060 --trigger detector=http://127.0.0.1:8070/
 --trigger capture=http://127.0.0.1:8071/``.
 """
 
@@ -230,7 +230,7 @@ class Broker:
 def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
-    p = argparse.ArgumentParser(prog="python -m gourmetgram.local.broker",
+    p = argparse.ArgumentParser(prog="python -m gourmetgram_app.local.broker",
                                 description="Local stand-in for a Knative Broker + Triggers (CloudEvents fan-out).")
     p.add_argument("--trigger", action="append", required=True, metavar="NAME=URL[,ATTR=VALUE]",
                    help="a subscriber and its optional exact-match filter on CloudEvent attributes")

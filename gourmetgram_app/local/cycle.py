@@ -11,7 +11,7 @@ evaluation sets, the labels used, per-revision feedback during the canary, and t
 the drift onset (the first drifted upload) to the promoted v2. It drives a running production
 stack with the loop (``gourmetgram serve --stage production --loop``: the capture sink keeps
 predictions and feedback in the loop store this command reads). With ``users`` (simulated users,
-:mod:`gourmetgram.local.simulate`) the production traffic and feedback are simulated: first
+:mod:`gourmetgram_app.local.simulate`) the production traffic and feedback are simulated: first
 ``users.before`` uploads with the drifted sub-population, then users throughout the canary;
 without, the canary waits for real users' feedback (``--timeout``).
 """
@@ -27,14 +27,14 @@ from typing import Callable
 
 from gourmetgram.constants import PRODUCTION, REGISTERED_MODEL_NAME, STAGING
 from gourmetgram.errors import UserError
-from gourmetgram.local.simulate import Behaviour, Judge, Population, SimulatedUsers
+from gourmetgram_app.local.simulate import Behaviour, Judge, Population, SimulatedUsers
 
 PROMOTED, ROLLED_BACK, HELD, REJECTED, BLOCKED = "promoted", "rolled back", "held", "rejected", "blocked"
 
 
 @dataclasses.dataclass(frozen=True)
 class UserSettings:
-    """Simulated production users (see gourmetgram/local/simulate.py)."""
+    """Simulated production users (see gourmetgram_app/local/simulate.py)."""
 
     before: int = 240  # uploads before the cycle starts (drift onset: the first drifted one)
     photos: int = 300  # distinct photos (from the base dataset's training split), each also as a night shot
@@ -176,8 +176,8 @@ class Cycle:
         return out
 
     def retrain(self, export: Path):
-        from gourmetgram.cli.commands.pipeline import run_local
         from gourmetgram.evaluation.differential import format_comparison
+        from gourmetgram_app.cli.commands.pipeline import run_local
 
         self._step(f"retrain: the training pipeline (kfp.local, config {self.s.train_config}) on {self.s.base} "
                    f"+ production data {export}")
@@ -204,7 +204,7 @@ class Cycle:
 
     def staging(self, bundle: Path, version: int) -> bool:
         from components.steps import block_step, loadtest_step, promote_step
-        from gourmetgram.local.stack import LocalStack, Ports
+        from gourmetgram_app.local.stack import LocalStack, Ports
 
         self._step(f"staging: version {version} on a staging stack, then the staging gate "
                    f"(Locust, {self.s.staging_users} users for {self.s.staging_run_time}, SLOs {self.s.slo})")
@@ -234,11 +234,11 @@ class Cycle:
                         timeout_s=self.s.timeout_s)
 
     def canary(self, bundle: Path, version: int) -> None:
-        from gourmetgram.cli.commands.rollout import _aliases_after
         from gourmetgram.rollout.analysis import PROMOTE, ROLLBACK, run_auto
         from gourmetgram.rollout.feedback import StoreFeedback
         from gourmetgram.rollout.local import LocalRollout
         from gourmetgram.rollout.prometheus import LocalPrometheus
+        from gourmetgram_app.cli.commands.rollout import _aliases_after
 
         self._step(f"canary: version {version} at {self.s.canary_percent}% of production, analysed with "
                    f"user feedback (>= {self.s.min_feedback} answers per revision)")

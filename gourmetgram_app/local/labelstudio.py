@@ -11,9 +11,9 @@ from pathlib import Path
 
 from gourmetgram import constants
 from gourmetgram.errors import UserError
-from gourmetgram.local.stack import Service, _get_ok
 from gourmetgram.loop.labelstudio import LabelStudioUnavailable
 from gourmetgram.loop.settings import ENV_LS_PASSWORD, ENV_LS_TOKEN, ENV_LS_USERNAME
+from gourmetgram_app.local.stack import Service, _get_ok
 
 ENV_LS_BIN = "GOURMETGRAM_LABEL_STUDIO_BIN"
 START_TIMEOUT_S = 300.0  # Django migrations on first start: about 25 s idle, minutes on busy cores

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from gourmetgram import constants
-from gourmetgram.local.stack import Ports, Service, _child_env, _get_ok
+from gourmetgram_app.local.stack import Ports, Service, _child_env, _get_ok
 
 START_TIMEOUT_S = 120.0
 
@@ -61,7 +61,7 @@ class LoopServices:
         if detector_url:
             triggers += ["--trigger", f"detector={detector_url.rstrip('/')}/{_detector_auth(detector_url)}"]
         self.broker = Service(
-            "broker", [sys.executable, "-m", "gourmetgram.local.broker", "--host", host,
+            "broker", [sys.executable, "-m", "gourmetgram_app.local.broker", "--host", host,
                        "--port", str(self.broker_port), "--retry", str(broker_retry), *triggers],
             self.log_dir / "broker.log", lambda: _get_ok(f"{self.broker_url}/healthz"), env=_child_env())
 

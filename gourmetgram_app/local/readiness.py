@@ -12,7 +12,7 @@ the same with :class:`RevisionReadiness`:
   ``/v2/health/ready`` and, when known, its Triton's server and model readiness: the whole
   path a request takes) and marks it ready again when all answer 200.
 
-Only readiness lives here; :mod:`gourmetgram.local.supervisor` restarts the processes.
+Only readiness lives here; :mod:`gourmetgram_app.local.supervisor` restarts the processes.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Launchers (:class:`gourmetgram.retrain.trigger.Launcher`):
 
-* :class:`LocalLauncher`: a detached process (``python -m gourmetgram.local.retrain_job``)
+* :class:`LocalLauncher`: a detached process (``python -m gourmetgram_app.local.retrain_job``)
   that runs the training pipeline with ``kfp.local`` (``pipeline.run_local``), writes the
   outcome to the history and frees the lock. The lock names that process's pid, so a
   kill -9 leaves a lock the next trigger sees as stale.
@@ -62,7 +62,7 @@ class LocalLauncher:
         self._children: list[subprocess.Popen] = []
 
     def argv(self, run_id: str, settings: RetrainSettings, lock: RunLock, history: History) -> list[str]:
-        job = self.command or [sys.executable, "-m", "gourmetgram.local.retrain_job"]
+        job = self.command or [sys.executable, "-m", "gourmetgram_app.local.retrain_job"]
         return [*job, "--run-id", run_id, "--lock", str(lock.path), "--history", str(history.path),
                 "--dataset", default_dataset(settings), "--config", settings.run.config,
                 "--epochs", str(settings.run.epochs), *(["--db", self.db_url] if self.db_url else [])]
@@ -89,14 +89,14 @@ class KfpLauncher:
     kind = KFP
 
     def __init__(self, host: str, package: str | Path | None = None, namespace: str | None = None):
-        from gourmetgram.cli.commands.pipeline import DEFAULT_PACKAGE
+        from gourmetgram_app.cli.commands.pipeline import DEFAULT_PACKAGE
 
         self.host, self.namespace = host, namespace
         self.package = Path(package) if package else DEFAULT_PACKAGE
 
     def start(self, run_id: str, reasons: tuple[str, ...], settings: RetrainSettings, lock: RunLock,
               history: History) -> dict[str, Any]:
-        from gourmetgram.cli.commands.pipeline import submit
+        from gourmetgram_app.cli.commands.pipeline import submit
 
         params = {"dataset_uri": settings.run.dataset_uri, "config": settings.run.config,
                   "epochs": settings.run.epochs}

@@ -1,7 +1,7 @@
 """``gourmetgram loop retrain`` and ``gourmetgram loop receiver``: the retrain triggers by hand
 and as the Alertmanager webhook receiver (added to the ``loop`` command's parser).
 
-``python -m gourmetgram.local.retrain_cli receiver ...`` runs the same commands without the rest
+``python -m gourmetgram_app.local.retrain_cli receiver ...`` runs the same commands without the rest
 of the CLI, whose other commands import the ML stack: the receiver's container image
 (``gourmetgram/retrain/Dockerfile``) has none of it.
 """
@@ -13,8 +13,8 @@ import sys
 
 
 def _trigger(args: argparse.Namespace):
-    from gourmetgram.local.retrain import build_trigger
     from gourmetgram.retrain.settings import load_retrain_settings
+    from gourmetgram_app.local.retrain import build_trigger
 
     return build_trigger(load_retrain_settings(args.retrain_config), args.db, args.kfp_host,
                          args.kfp_package, args.namespace, args.state_dir)
@@ -48,7 +48,7 @@ def _retrain(args: argparse.Namespace) -> int:
 def _receiver(args: argparse.Namespace) -> int:
     import logging
 
-    from gourmetgram.local.retrain import serve
+    from gourmetgram_app.local.retrain import serve
 
     # every decision (started / held back / not needed) with its reason, one line each
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
@@ -105,7 +105,7 @@ def add_retrain_parsers(sub, common) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m gourmetgram.local.retrain_cli",
+    parser = argparse.ArgumentParser(prog="python -m gourmetgram_app.local.retrain_cli",
                                      description="The retrain trigger and its Alertmanager receiver.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 

@@ -1,6 +1,6 @@
-"""One triggered retrain, in its own process: ``python -m gourmetgram.local.retrain_job``.
+"""One triggered retrain, in its own process: ``python -m gourmetgram_app.local.retrain_job``.
 
-Started by :class:`gourmetgram.local.retrain.LocalLauncher`, which hands it the lock. It runs
+Started by :class:`gourmetgram_app.local.retrain.LocalLauncher`, which hands it the lock. It runs
 the training pipeline with ``kfp.local`` (the same runner as ``gourmetgram pipeline run``) on
 the base dataset plus the labelled production data it exports first (``loop export``: the
 annotators' labels, else users' corrections; none yet -> the base dataset alone), appends
@@ -50,7 +50,7 @@ def export_production(dataset: str, db: str | None, objects: str | None, out: Pa
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="gourmetgram.local.retrain_job")
+    p = argparse.ArgumentParser(prog="gourmetgram_app.local.retrain_job")
     p.add_argument("--run-id", required=True)
     p.add_argument("--lock", required=True)
     p.add_argument("--history", required=True)
@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     record: dict = {"event": "finished", "run_id": args.run_id}
     code = 1
     try:
-        from gourmetgram.cli.commands.pipeline import format_summary, run_local
         from gourmetgram.tracking import home
+        from gourmetgram_app.cli.commands.pipeline import format_summary, run_local
 
         production, labels = export_production(args.dataset, args.db, args.objects,
                                                home() / "data" / f"production-{args.run_id}")

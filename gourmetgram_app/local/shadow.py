@@ -36,7 +36,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 
 class InferenceLogger(Protocol):
-    """What the shadow needs of :class:`gourmetgram.local.gateway.logger.InferenceLogger` (named here,
+    """What the shadow needs of :class:`gourmetgram_app.local.gateway.logger.InferenceLogger` (named here,
     not imported: the gateway imports this module)."""
 
     def log(self, ce_id: str, kind: str, body: bytes, content_type: str, endpoint: str,
@@ -92,7 +92,7 @@ class ShadowMirror:
                  max_inflight: int = MAX_INFLIGHT, timeout_s: float = TIMEOUT_S) -> None:
         self.inferenceservice = inferenceservice
         self.max_inflight, self.timeout_s = max_inflight, timeout_s
-        self.revision: Any = None  # gourmetgram.local.gateway.discovery.Revision of the shadow, when one runs
+        self.revision: Any = None  # gourmetgram_app.local.gateway.discovery.Revision of the shadow, when one runs
         self.percent = 0
         self.inflight = 0
         self._client: httpx.AsyncClient | None = None

@@ -39,7 +39,7 @@ from typing import Callable, Sequence
 import httpx
 
 from gourmetgram.constants import MODEL_NAME
-from gourmetgram.local.traffic import predict
+from gourmetgram_app.local.traffic import predict
 
 REGULAR, DRIFTED = "regular", "drifted"
 REVISION_HEADER = "x-gourmetgram-revision"

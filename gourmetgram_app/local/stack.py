@@ -4,7 +4,7 @@ Each service is a child process in its own process group (session), so stopping 
 reaches everything it started (tritonserver and its Python-backend stubs too) and a
 Ctrl-C in the terminal reaches only this supervisor, which then stops the services in
 reverse order. After the first start every service is watched by a
-:class:`~gourmetgram.local.supervisor.Supervisor`: one that exits is restarted with
+:class:`~gourmetgram_app.local.supervisor.Supervisor`: one that exits is restarted with
 back-off and nothing else is touched (a cluster's kubelet). The services are ONE list,
 :meth:`LocalStack._build_services`; a new process joins the stack with one entry there.
 Use it from Python as a context manager::
@@ -35,10 +35,10 @@ import httpx
 from gourmetgram import constants, control
 from gourmetgram.bundle import Bundle
 from gourmetgram.errors import DependencyUnavailable, UserError
-from gourmetgram.local.manifests import ServiceManifest, load_manifest, load_stage_manifest, local_logger_url, revision_name
-from gourmetgram.local.supervisor import INGRESS, SERVING, SIDE, Event, RestartPolicy, Supervisor
-from gourmetgram.local.triton_server import model_dir_of, with_libpython
 from gourmetgram.tracking import home
+from gourmetgram_app.local.manifests import ServiceManifest, load_manifest, load_stage_manifest, local_logger_url, revision_name
+from gourmetgram_app.local.supervisor import INGRESS, SERVING, SIDE, Event, RestartPolicy, Supervisor
+from gourmetgram_app.local.triton_server import model_dir_of, with_libpython
 
 TRITON, TRANSFORMER, GATEWAY, WEBAPP = "triton", "transformer", "gateway", "webapp"
 DETECTOR, PROMETHEUS = "detector", "prometheus"
@@ -281,7 +281,7 @@ class RevisionPair:
         env = _child_env()
         self.triton = Service(
             TRITON,
-            [sys.executable, "-m", "gourmetgram.local.triton_server", "--model-repository",
+            [sys.executable, "-m", "gourmetgram_app.local.triton_server", "--model-repository",
              str(Bundle(self.bundle).triton_repo), "--model", m, "--host", h, "--http-port", str(p.triton_http),
              "--grpc-port", str(p.triton_grpc), "--metrics-port", str(p.triton_metrics)],
             log_dir / f"triton{suffix}.log",
@@ -380,7 +380,7 @@ class LocalStack:
         """``logger_url``: the inference logger's sink (the local drift detector, or the local
         broker that fans out to the detector and the capture sink); ``""`` turns the logger
         off; None keeps the manifest's (a cluster-only URL becomes the local detector port, see
-        :func:`gourmetgram.local.manifests.local_logger_url`), or the stack's own detector when
+        :func:`gourmetgram_app.local.manifests.local_logger_url`), or the stack's own detector when
         ``detector`` is on.
         ``logger_timeout_s``: how long the logger waits on its sink per event (the gateway's default if None).
         ``feedback_url``: where the gateway routes ``POST /v1/feedback`` (the capture sink).
@@ -508,7 +508,7 @@ class LocalStack:
         The supervisor restarts each the same way; a new process is one more entry here."""
         p = self.ports
         gateway_argv = [
-            sys.executable, "-m", "gourmetgram.local.gateway", "--manifest", str(self.manifest.path),
+            sys.executable, "-m", "gourmetgram_app.local.gateway", "--manifest", str(self.manifest.path),
             "--revision", f"{self.revision}={self.transformer_url}", "--host", self.host,
             "--port", str(p.gateway), "--bundle", str(self.bundle),
             "--triton-metrics", self.triton_metrics_url, "--triton-url", self.triton_url,

@@ -17,7 +17,7 @@ watched by its own thread:
 
 Nothing else is touched: the other components keep their processes (and pids). Whether
 clients notice is the gateway's business (503 + ``Retry-After`` while a revision is not
-ready, see :mod:`gourmetgram.local.readiness`).
+ready, see :mod:`gourmetgram_app.local.readiness`).
 
 Every state change is written to ``state_file`` (JSON), which the gateway serves in its
 status, so ``gourmetgram rollout status`` shows each component's state and restarts.
@@ -47,7 +47,7 @@ LOG_TAIL_LINES = 20
 
 
 class Process(Protocol):
-    """What the supervisor needs of a child (``gourmetgram.local.stack.Service`` is one)."""
+    """What the supervisor needs of a child (``gourmetgram_app.local.stack.Service`` is one)."""
 
     name: str
     log_path: Path

@@ -7,7 +7,7 @@ tritonserver binary it bundles and binds a Python callable; that callable runs t
 sizes, queue delay, instance count) are read from the SAME ``config.pbtxt``. Clients see
 the usual Triton HTTP/gRPC/metrics endpoints (KServe v2 protocol).
 
-Run: ``python -m gourmetgram.local.triton_server --model-repository <bundle>/triton``.
+Run: ``python -m gourmetgram_app.local.triton_server --model-repository <bundle>/triton``.
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ def _raise_interrupt(signum, frame):  # SIGTERM -> the same clean stop as Ctrl-C
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m gourmetgram.local.triton_server",
+    p = argparse.ArgumentParser(prog="python -m gourmetgram_app.local.triton_server",
                                 description="Serve an exported Triton model repository with PyTriton.")
     p.add_argument("--model-repository", required=True, type=Path, help="<bundle>/triton")
     p.add_argument("--model", default=constants.MODEL_NAME, help="model name (folder under the repository)")

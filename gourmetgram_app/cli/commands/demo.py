@@ -20,11 +20,11 @@ from gourmetgram.constants import SPLITS
 from gourmetgram.tracking import home
 
 if TYPE_CHECKING:
-    from gourmetgram.cli.commands.pipeline import LocalRunResult
-    from gourmetgram.local.labelstudio import LabelStudioServer
-    from gourmetgram.local.loop import LoopServices
-    from gourmetgram.local.stack import LocalStack
     from gourmetgram.rollout.prometheus import LocalPrometheus
+    from gourmetgram_app.cli.commands.pipeline import LocalRunResult
+    from gourmetgram_app.local.labelstudio import LabelStudioServer
+    from gourmetgram_app.local.loop import LoopServices
+    from gourmetgram_app.local.stack import LocalStack
 
 DEMO_CONFIG = "demo"
 
@@ -105,7 +105,7 @@ def stage_data(ctx: DemoContext) -> None:
 
 def stage_pipeline(ctx: DemoContext) -> None:
     """Run the KFP training pipeline locally with the demo config."""
-    from gourmetgram.cli.commands.pipeline import run_local
+    from gourmetgram_app.cli.commands.pipeline import run_local
 
     ctx.run = run_local(str(ctx.dataset), DEMO_CONFIG, epochs=ctx.args.epochs, stage=ctx.args.stage)
     if not ctx.result.registered:
@@ -116,7 +116,7 @@ def stage_pipeline(ctx: DemoContext) -> None:
 
 def stage_report(ctx: DemoContext) -> None:
     """The evaluation report, the gate's verdict and where everything is."""
-    from gourmetgram.cli.commands.pipeline import format_summary
+    from gourmetgram_app.cli.commands.pipeline import format_summary
 
     print(format_summary(ctx.result))
 
@@ -149,10 +149,10 @@ def stage_serve(ctx: DemoContext) -> None:
     from gourmetgram import registry
     from gourmetgram.constants import MODEL_NAME, PRODUCTION
     from gourmetgram.export import load_model_spec
-    from gourmetgram.local.stack import LocalStack, Ports, Service, _child_env, _get_ok
-    from gourmetgram.local.traffic import predict
     from gourmetgram.preprocessing import preprocess_batch
     from gourmetgram.rollout.prometheus import free_port
+    from gourmetgram_app.local.stack import LocalStack, Ports, Service, _child_env, _get_ok
+    from gourmetgram_app.local.traffic import predict
 
     version = ctx.result.outcome.version
     registry.set_stage(PRODUCTION, version)
@@ -170,7 +170,7 @@ def stage_serve(ctx: DemoContext) -> None:
                        lambda: _get_ok(f"{ctx.detector_url}/health"), env=_child_env())
     detector.start(Path.cwd())
     ctx.cleanup.callback(detector.stop)
-    from gourmetgram.local.loop import LoopServices
+    from gourmetgram_app.local.loop import LoopServices
 
     # the logger's fan-out: broker -> drift detector + capture sink (closing the loop)
     ctx.loop = LoopServices(ctx.bundle, ctx.home / "logs" / "demo", detector_url=ctx.detector_url).start()
@@ -235,10 +235,10 @@ def _start_label_studio(ctx: DemoContext):
     """Label Studio in its own process (own venv); None (the loop stage says why) if not installed."""
     import os
 
-    from gourmetgram.local.labelstudio import LabelStudioServer
     from gourmetgram.loop.labelstudio import LabelStudioUnavailable
     from gourmetgram.loop.settings import loop_home
     from gourmetgram.rollout.prometheus import free_port
+    from gourmetgram_app.local.labelstudio import LabelStudioServer
 
     os.environ.update(_label_studio_credentials(ctx))
     try:
@@ -266,7 +266,7 @@ def _command(name: str, *argv: str) -> int:
     """Run ``gourmetgram NAME ARGV`` in this process (``loop``, ``data``), as :func:`_rollout` does."""
     import importlib
 
-    module = importlib.import_module(f"gourmetgram.cli.commands.{name}")
+    module = importlib.import_module(f"gourmetgram_app.cli.commands.{name}")
     parser = argparse.ArgumentParser(prog="gourmetgram")
     module.add_parser(parser.add_subparsers())
     args = parser.parse_args([name, *argv])
@@ -285,9 +285,9 @@ def stage_loop(ctx: DemoContext) -> None:
     import httpx
 
     from gourmetgram.errors import UserError
-    from gourmetgram.local.traffic import predict
     from gourmetgram.loop.labelstudio import client
     from gourmetgram.loop.store import open_store
+    from gourmetgram_app.local.traffic import predict
 
     store = open_store()
 
@@ -395,7 +395,7 @@ def _bad_candidate(ctx: DemoContext) -> Path:
 def _rollout(*argv: str) -> int:
     """Run ``gourmetgram rollout ARGV`` in this process; errors propagate to the entry point
     (which maps them to exit codes), so the demo stops with the rollout's own message."""
-    from gourmetgram.cli.commands import rollout
+    from gourmetgram_app.cli.commands import rollout
 
     parser = argparse.ArgumentParser(prog="gourmetgram")
     rollout.add_parser(parser.add_subparsers())
@@ -412,8 +412,8 @@ def _shadow_first(gateway: str, source: list[str], images: list[bytes]) -> None:
     import httpx
 
     from gourmetgram.errors import CheckFailed
-    from gourmetgram.local.traffic import predict
     from gourmetgram.rollout.local import LocalRollout
+    from gourmetgram_app.local.traffic import predict
 
     gw = ["--gateway", gateway]
     print("\n--- shadow first: the candidate answers a mirrored copy of every request, never a user")
@@ -437,8 +437,8 @@ def _shadow_first(gateway: str, source: list[str], images: list[bytes]) -> None:
 def stage_canary(ctx: DemoContext) -> None:
     """A good canary promoted and a bad one rolled back by `rollout auto` (real Prometheus)."""
     from gourmetgram.errors import CheckFailed
-    from gourmetgram.local.traffic import BackgroundTraffic
     from gourmetgram.rollout.prometheus import LocalPrometheus
+    from gourmetgram_app.local.traffic import BackgroundTraffic
 
     gateway = ctx.serving.gateway_url
     ctx.prometheus = LocalPrometheus(gateway, detector_url=ctx.detector_url).start()
@@ -478,7 +478,7 @@ def stage_drift(ctx: DemoContext) -> None:
     """In-distribution traffic, then darker photos: the logger feeds the detector, which raises drift."""
     import httpx
 
-    from gourmetgram.local.traffic import predict
+    from gourmetgram_app.local.traffic import predict
 
     images = [path.read_bytes() for path, _ in _sample(ctx, 120)]
 
@@ -525,8 +525,8 @@ CYCLE_MIN_FEEDBACK = 15  # answers per revision before the canary is judged on f
 def stage_cycle(ctx: DemoContext) -> None:
     """Drifted production traffic with user feedback, then one turn of the loop (`loop cycle`):
     export -> retrain -> differential gate -> register -> staging gate -> canary with feedback."""
-    from gourmetgram.local.cycle import Cycle, CycleSettings, UserSettings
-    from gourmetgram.local.simulate import Behaviour
+    from gourmetgram_app.local.cycle import Cycle, CycleSettings, UserSettings
+    from gourmetgram_app.local.simulate import Behaviour
 
     settings = CycleSettings(gateway=ctx.serving.gateway_url, base=ctx.data, train_config=DEMO_CONFIG,
                              epochs=ctx.args.epochs, canary_percent=CYCLE_CANARY_PERCENT,
@@ -577,7 +577,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def _epochs(value: str) -> int:
-    from gourmetgram.cli.commands.pipeline import _int_at_least_minus_one
+    from gourmetgram_app.cli.commands.pipeline import _int_at_least_minus_one
 
     return _int_at_least_minus_one(value)
 

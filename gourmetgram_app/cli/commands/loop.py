@@ -4,8 +4,8 @@
 ``queue`` (select by the policy and push to Label Studio), ``sync`` (pull annotations),
 ``export`` (labelled production data in the Food-11 layout with lineage), ``labelstudio``
 (start a local Label Studio with credentials from the environment), ``retrain`` and ``receiver``
-(the re-training triggers: :mod:`gourmetgram.local.retrain_cli`), ``cycle`` (one turn of the
-loop: export -> retrain -> gates -> staging -> canary with feedback: :mod:`gourmetgram.local.cycle`).
+(the re-training triggers: :mod:`gourmetgram_app.local.retrain_cli`), ``cycle`` (one turn of the
+loop: export -> retrain -> gates -> staging -> canary with feedback: :mod:`gourmetgram_app.local.cycle`).
 
 Exit codes: 0 ok; 1 a check failed (export cannot make a valid dataset); 2 bad input;
 3 a dependency is unavailable (Label Studio not installed, down, or refusing the token).
@@ -42,7 +42,7 @@ def _classes(args) -> list[str]:
 
     bundle = args.bundle
     if bundle is None and not args.class_names:
-        from gourmetgram.local.stack import find_latest_bundle
+        from gourmetgram_app.local.stack import find_latest_bundle
 
         bundle = find_latest_bundle()  # every bundle of one model has the same classes
     return class_names_from(bundle, args.class_names)
@@ -152,9 +152,9 @@ def _labelstudio(args) -> int:
     import signal
     import time
 
-    from gourmetgram.local.labelstudio import LabelStudioServer
     from gourmetgram.loop.labelstudio import LabelStudioUnavailable
     from gourmetgram.loop.settings import loop_home
+    from gourmetgram_app.local.labelstudio import LabelStudioServer
 
     server = LabelStudioServer(args.data_dir or loop_home() / "label-studio", port=args.port)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
@@ -224,9 +224,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--port", type=int, default=LABEL_STUDIO_PORT, help="(default: %(default)s)")
     p.add_argument("--data-dir", help="Label Studio's data folder (default: $GOURMETGRAM_HOME/loop/label-studio)")
     p.set_defaults(func=_labelstudio)
-    from gourmetgram.local.retrain_cli import add_retrain_parsers
+    from gourmetgram_app.local.retrain_cli import add_retrain_parsers
 
     add_retrain_parsers(sub, common)
-    from gourmetgram.local.cycle import add_cycle_parser
+    from gourmetgram_app.local.cycle import add_cycle_parser
 
     add_cycle_parser(sub, common)

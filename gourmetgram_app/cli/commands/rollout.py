@@ -33,7 +33,7 @@ def _backend(args: argparse.Namespace):
 def _isvc(args: argparse.Namespace) -> tuple[str, str]:
     if args.name and args.namespace:
         return args.name, args.namespace
-    from gourmetgram.local.manifests import load_stage_manifest
+    from gourmetgram_app.local.manifests import load_stage_manifest
 
     manifest = load_stage_manifest(constants.PRODUCTION)
     return args.name or manifest.name, args.namespace or manifest.namespace

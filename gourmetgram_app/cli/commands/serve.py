@@ -1,5 +1,5 @@
 """``gourmetgram serve``: run Triton, the transformer, the gateway, the drift detector and
-Prometheus for one stage locally, restarting any that crashes (see gourmetgram.local.supervisor)."""
+Prometheus for one stage locally, restarting any that crashes (see gourmetgram_app.local.supervisor)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ STAGE_CHOICES = (constants.STAGING, constants.PRODUCTION)
 
 def parse_ports(items: list[str] | None, free: bool = False):
     """``NAME=PORT`` items over the defaults (or over free ports with ``--free-ports``)."""
-    from gourmetgram.local.stack import Ports
+    from gourmetgram_app.local.stack import Ports
 
     ports = Ports.free() if free else Ports()
     names = ports.named()
@@ -80,7 +80,7 @@ def _printer():
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from gourmetgram.local.stack import LocalStack, registered_bundle
+    from gourmetgram_app.local.stack import LocalStack, registered_bundle
 
     ports = parse_ports(args.ports, args.free_ports)
     bundle = Path(args.bundle).resolve() if args.bundle else registered_bundle(args.stage)
@@ -89,9 +89,9 @@ def _serve(args: argparse.Namespace) -> int:
     loop = None
     extra: dict = {}
     if args.loop:
-        from gourmetgram.local.loop import LoopServices
-        from gourmetgram.local.supervisor import SIDE
         from gourmetgram.tracking import home
+        from gourmetgram_app.local.loop import LoopServices
+        from gourmetgram_app.local.supervisor import SIDE
 
         # the logger goes to the broker, which fans out to the detector and the capture sink
         if args.model_version is None and not args.bundle:

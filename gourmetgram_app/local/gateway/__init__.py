@@ -34,11 +34,11 @@ on both:
 * **Shadow** (Istio's VirtualService ``mirror``/``mirrorPercentage`` on the cluster): a share
   of model requests is also copied, fire-and-forget, to a shadow revision whose answers go
   only to the logger's sink (``ce-endpoint: shadow``, ``ce-shadow: true``, the mirrored
-  request's ``ce-id``), never to the client (:mod:`gourmetgram.local.shadow`).
+  request's ``ce-id``), never to the client (:mod:`gourmetgram_app.local.shadow`).
 * **Crashes**: a revision whose transformer or Triton is down answers 503 with
-  ``Retry-After`` until a probe finds it ready again (:mod:`gourmetgram.local.readiness`);
+  ``Retry-After`` until a probe finds it ready again (:mod:`gourmetgram_app.local.readiness`);
   the split does not change by itself. Canary pairs started here are restarted by this
-  process's :class:`~gourmetgram.local.supervisor.Supervisor`.
+  process's :class:`~gourmetgram_app.local.supervisor.Supervisor`.
 * **Control** (the Knative controller's part, localhost only): ``GET/POST
   /_gourmetgram/rollout`` starts a canary revision from a bundle, sets its percentage,
   promotes or rolls back (``gourmetgram rollout`` drives it); ``GET /_gourmetgram/targets``
@@ -53,15 +53,15 @@ The package is split by concern: :mod:`.routing` (split, tags, forwarding, feedb
 (where revisions listen, Prometheus targets), :mod:`.server` (state, metrics, the app) and
 :mod:`.cli` (the command line). The names other modules use are importable from here.
 
-Run: ``python -m gourmetgram.local.gateway --manifest inference_services/staging.yaml
+Run: ``python -m gourmetgram_app.local.gateway --manifest inference_services/staging.yaml
 --revision food11-staging-predictor-00001=http://127.0.0.1:8080``.
 """
 
-from gourmetgram.local.gateway.cli import main, parse_args
-from gourmetgram.local.gateway.control import CONTROL_PREFIX, WARMUP_REQUESTS
-from gourmetgram.local.gateway.discovery import Revision, http_sd_targets
-from gourmetgram.local.gateway.logger import LOGGER_QUEUE_BYTES, InferenceLogger
-from gourmetgram.local.gateway.routing import (
+from gourmetgram_app.local.gateway.cli import main, parse_args
+from gourmetgram_app.local.gateway.control import CONTROL_PREFIX, WARMUP_REQUESTS
+from gourmetgram_app.local.gateway.discovery import Revision, http_sd_targets
+from gourmetgram_app.local.gateway.logger import LOGGER_QUEUE_BYTES, InferenceLogger
+from gourmetgram_app.local.gateway.routing import (
     FEEDBACK_MAX_BODY_BYTES,
     FEEDBACK_PATH,
     HOP_HEADERS,
@@ -73,7 +73,7 @@ from gourmetgram.local.gateway.routing import (
     SHADOW,
     TAG_HEADER,
 )
-from gourmetgram.local.gateway.server import Gateway
+from gourmetgram_app.local.gateway.server import Gateway
 
 __all__ = [
     "CONTROL_PREFIX", "FEEDBACK_MAX_BODY_BYTES", "FEEDBACK_PATH", "HOP_HEADERS", "INFERENCE_ID_RE",

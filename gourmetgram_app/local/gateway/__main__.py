@@ -1,7 +1,7 @@
-"""``python -m gourmetgram.local.gateway``."""
+"""``python -m gourmetgram_app.local.gateway``."""
 
 import sys
 
-from gourmetgram.local.gateway.cli import main
+from gourmetgram_app.local.gateway.cli import main
 
 sys.exit(main())

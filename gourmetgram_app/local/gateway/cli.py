@@ -1,4 +1,4 @@
-"""``python -m gourmetgram.local.gateway``: one stage's gateway from its manifest (what
+"""``python -m gourmetgram_app.local.gateway``: one stage's gateway from its manifest (what
 ``gourmetgram serve`` starts). A bad flag or manifest is exit 2."""
 
 from __future__ import annotations
@@ -9,15 +9,15 @@ import sys
 from gourmetgram import constants
 from gourmetgram import control as policy
 from gourmetgram.errors import UserError
-from gourmetgram.local.gateway.discovery import Revision
-from gourmetgram.local.gateway.logger import LOGGER_QUEUE_BYTES
-from gourmetgram.local.gateway.routing import MAX_BODY_BYTES
-from gourmetgram.local.gateway.server import Gateway
-from gourmetgram.local.manifests import load_manifest
+from gourmetgram_app.local.gateway.discovery import Revision
+from gourmetgram_app.local.gateway.logger import LOGGER_QUEUE_BYTES
+from gourmetgram_app.local.gateway.routing import MAX_BODY_BYTES
+from gourmetgram_app.local.gateway.server import Gateway
+from gourmetgram_app.local.manifests import load_manifest
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m gourmetgram.local.gateway",
+    p = argparse.ArgumentParser(prog="python -m gourmetgram_app.local.gateway",
                                 description="Local stand-in for the KServe ingress (one stage).")
     p.add_argument("--manifest", required=True, help="inference_services/<stage>.yaml")
     p.add_argument("--revision", action="append", required=True, metavar="NAME=URL",

@@ -27,10 +27,10 @@ from starlette.routing import Route
 from gourmetgram import bodylimit
 from gourmetgram import control as policy
 from gourmetgram.errors import DependencyUnavailable, UserError
-from gourmetgram.local.gateway.discovery import Revision, http_sd_targets
-from gourmetgram.local.gateway.routing import SHADOW, Router, error
-from gourmetgram.local.manifests import generation_of, revision_name
-from gourmetgram.local.supervisor import Process, Supervisor, read_state_file
+from gourmetgram_app.local.gateway.discovery import Revision, http_sd_targets
+from gourmetgram_app.local.gateway.routing import SHADOW, Router, error
+from gourmetgram_app.local.manifests import generation_of, revision_name
+from gourmetgram_app.local.supervisor import Process, Supervisor, read_state_file
 
 CONTROL_PREFIX = "/_gourmetgram"
 WARMUP_REQUESTS = 5
@@ -38,7 +38,7 @@ log = logging.getLogger("gourmetgram.gateway")
 
 
 class _Stoppable(Protocol):
-    """What the gateway needs of a :class:`gourmetgram.local.stack.RevisionPair` it started."""
+    """What the gateway needs of a :class:`gourmetgram_app.local.stack.RevisionPair` it started."""
 
     @property
     def services(self) -> Sequence[Process]: ...
@@ -94,7 +94,7 @@ class Controller(Router):
         """A new latest revision from ``bundle`` (its own Triton + transformer) at ``percent``%."""
         path = policy.bundle_in_store(bundle, self.model_store)  # before any heavy import
         from gourmetgram.export import validate_bundle
-        from gourmetgram.local.stack import Ports, RevisionPair
+        from gourmetgram_app.local.stack import Ports, RevisionPair
 
         validate_bundle(path, self.manifest.model_name)
         generation = max(generation_of(r.name) for r in self.revisions) + 1
@@ -120,7 +120,7 @@ class Controller(Router):
         of model requests; it replaces a running shadow. It never takes client traffic."""
         path = policy.bundle_in_store(bundle, self.model_store)
         from gourmetgram.export import validate_bundle
-        from gourmetgram.local.stack import Ports, RevisionPair
+        from gourmetgram_app.local.stack import Ports, RevisionPair
 
         validate_bundle(path, self.manifest.model_name)
         previous = self.shadow.revision

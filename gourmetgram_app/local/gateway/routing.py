@@ -29,11 +29,11 @@ from starlette.responses import JSONResponse, Response
 from gourmetgram import bodylimit
 from gourmetgram import control as policy  # the token rules
 from gourmetgram.jsonlog import INFERENCE_ID_HEADER, log_json
-from gourmetgram.local.gateway.discovery import Revision
-from gourmetgram.local.gateway.logger import InferenceLogger
-from gourmetgram.local.manifests import ServiceManifest
-from gourmetgram.local.readiness import RevisionReadiness, probe_revision
-from gourmetgram.local.shadow import ShadowMirror
+from gourmetgram_app.local.gateway.discovery import Revision
+from gourmetgram_app.local.gateway.logger import InferenceLogger
+from gourmetgram_app.local.manifests import ServiceManifest
+from gourmetgram_app.local.readiness import RevisionReadiness, probe_revision
+from gourmetgram_app.local.shadow import ShadowMirror
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
 # Headers that describe one hop, not the request (RFC 9110 7.6.1), plus what httpx recomputes.
@@ -53,7 +53,7 @@ def error(status: int, message: str) -> JSONResponse:
 
 
 class Router:
-    """The request path of :class:`gourmetgram.local.gateway.server.Gateway` (which sets
+    """The request path of :class:`gourmetgram_app.local.gateway.server.Gateway` (which sets
     these attributes): revision choice, forwarding, measuring, logging, mirroring."""
 
     manifest: ServiceManifest

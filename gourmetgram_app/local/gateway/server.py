@@ -8,10 +8,10 @@ the logger's sink as CloudEvents. Locally :class:`Gateway` (an ASGI app) does th
 transformer processes on localhost, under the SAME metric names, so the same PromQL,
 dashboards and alert rules work on both. By concern:
 
-* :mod:`~gourmetgram.local.gateway.routing`: traffic split, tag routing, forwarding, feedback;
-* :mod:`~gourmetgram.local.gateway.logger`: the inference logger (CloudEvents to the sink);
-* :mod:`~gourmetgram.local.gateway.control`: the token-protected control API (rollout, shadow);
-* :mod:`~gourmetgram.local.gateway.discovery`: where revisions listen, Prometheus targets;
+* :mod:`~gourmetgram_app.local.gateway.routing`: traffic split, tag routing, forwarding, feedback;
+* :mod:`~gourmetgram_app.local.gateway.logger`: the inference logger (CloudEvents to the sink);
+* :mod:`~gourmetgram_app.local.gateway.control`: the token-protected control API (rollout, shadow);
+* :mod:`~gourmetgram_app.local.gateway.discovery`: where revisions listen, Prometheus targets;
 * this module: the gateway's state and metrics, and the app that puts the routes together.
 """
 
@@ -35,14 +35,14 @@ from gourmetgram import constants
 from gourmetgram import control as policy
 from gourmetgram import metric_names as qp
 from gourmetgram.errors import UserError
-from gourmetgram.local.gateway.control import Controller, _Stoppable
-from gourmetgram.local.gateway.discovery import Revision
-from gourmetgram.local.gateway.logger import LOGGER_QUEUE_BYTES, InferenceLogger
-from gourmetgram.local.gateway.routing import FEEDBACK_PATH, MAX_BODY_BYTES, error
-from gourmetgram.local.manifests import ServiceManifest, configuration_name, local_logger_url
-from gourmetgram.local.readiness import RevisionReadiness
-from gourmetgram.local.shadow import ShadowMirror
-from gourmetgram.local.supervisor import Supervisor
+from gourmetgram_app.local.gateway.control import Controller, _Stoppable
+from gourmetgram_app.local.gateway.discovery import Revision
+from gourmetgram_app.local.gateway.logger import LOGGER_QUEUE_BYTES, InferenceLogger
+from gourmetgram_app.local.gateway.routing import FEEDBACK_PATH, MAX_BODY_BYTES, error
+from gourmetgram_app.local.manifests import ServiceManifest, configuration_name, local_logger_url
+from gourmetgram_app.local.readiness import RevisionReadiness
+from gourmetgram_app.local.shadow import ShadowMirror
+from gourmetgram_app.local.supervisor import Supervisor
 
 
 class Gateway(Controller):
