@@ -91,6 +91,7 @@ class ExportReport:
     conflicts: list[str]
     skipped_in_base: int
     base: str | None
+    labels: dict[str, int] = dataclasses.field(default_factory=dict)  # exported files by label source
 
     def summary(self) -> str:
         parts = ", ".join(f"{s} {n}" for s, n in self.per_split.items())
@@ -219,4 +220,8 @@ def export_dataset(store: Store, objects: ObjectStore, out: str | Path, class_na
         "label_conflicts": conflicts, "already_in_base": skipped, "samples": lineage,
     }, indent=1))
     validate_dataset(out, progress=False)  # what `gourmetgram data validate` checks
-    return ExportReport(out, len(lineage), per_split, conflicts, skipped, None if base_path is None else str(base_path))
+    by_source: dict[str, int] = {}
+    for rec in lineage:
+        by_source[str(rec["label_source"])] = by_source.get(str(rec["label_source"]), 0) + 1
+    return ExportReport(out, len(lineage), per_split, conflicts, skipped,
+                        None if base_path is None else str(base_path), by_source)

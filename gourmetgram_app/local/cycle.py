@@ -19,9 +19,7 @@ without, the canary waits for real users' feedback (``--timeout``).
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Callable
 
@@ -165,13 +163,12 @@ class Cycle:
         report = export_dataset(self._store(), ObjectStore(self.s.objects), out,
                                 self.class_names,
                                 load_loop_settings(self.s.loop_config).export, base=self.s.base, overwrite=True)
-        samples = json.loads((out / "lineage.json").read_text())["samples"]
-        self.result.labels = dict(Counter(s["label_source"] for s in samples))
+        self.result.labels = dict(report.labels)
         self.result.exported = dict(report.per_split)
         self.out(f"exported to {out}: {report.summary()}")
         self.out("labels used: " + (", ".join(f"{k} {v}" for k, v in sorted(self.result.labels.items())) or "none"))
         self._time("export", t0)
-        if not samples:
+        if not report.files:
             raise UserError("no labelled production sample to retrain with: collect feedback/annotations first")
         return out
 

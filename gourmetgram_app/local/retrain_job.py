@@ -25,9 +25,6 @@ def export_production(dataset: str, db: str | None, objects: str | None, out: Pa
 
     ("", {}) when there is nothing to add: the base is not a local folder, or no sample is labelled.
     """
-    import json
-    from collections import Counter
-
     from gourmetgram.data.layout import validate_dataset
     from gourmetgram.loop.export import export_dataset
     from gourmetgram.loop.settings import load_loop_settings
@@ -40,13 +37,11 @@ def export_production(dataset: str, db: str | None, objects: str | None, out: Pa
     classes = validate_dataset(Path(dataset), progress=False).class_names
     report = export_dataset(open_store(db), ObjectStore(objects), out, classes,
                             load_loop_settings().export, base=dataset, overwrite=True)
-    samples = json.loads((out / "lineage.json").read_text())["samples"]
-    labels = dict(Counter(s["label_source"] for s in samples))
-    if not samples:
+    if not report.files:
         print("production data: no labelled sample yet; training on the base dataset alone", flush=True)
         return "", {}
-    print(f"production data: exported to {out}: {report.summary()}; labels {labels}", flush=True)
-    return str(out), labels
+    print(f"production data: exported to {out}: {report.summary()}; labels {report.labels}", flush=True)
+    return str(out), report.labels
 
 
 def main(argv: list[str] | None = None) -> int:
