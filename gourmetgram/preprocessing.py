@@ -18,6 +18,10 @@ from gourmetgram.errors import UserError
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+# ((x / 255) - mean) / std as one multiply-add per channel on the uint8 pixels: the same
+# normalisation in a third of the time (it runs per served image).
+_SCALE = (1.0 / (255.0 * IMAGENET_STD)).astype(np.float32).reshape(3, 1, 1)
+_OFFSET = (-IMAGENET_MEAN / IMAGENET_STD).astype(np.float32).reshape(3, 1, 1)
 
 # Limits for untrusted images (HTTP); datasets on disk use the same checks.
 MAX_IMAGE_BYTES = 10 * 1024 * 1024
@@ -79,7 +83,8 @@ def preprocess(image: Image.Image, image_size: int) -> np.ndarray:
     Resize the short side to ``image_size`` (keeping the aspect ratio), centre-crop a
     square, scale to [0, 1] and normalise with the ImageNet mean and std.
     """
-    image = image.convert("RGB")
+    if image.mode != "RGB":  # convert() to the same mode would copy every pixel
+        image = image.convert("RGB")
     width, height = image.size
     scale = image_size / min(width, height)
     new_w, new_h = max(image_size, round(width * scale)), max(image_size, round(height * scale))
@@ -87,9 +92,11 @@ def preprocess(image: Image.Image, image_size: int) -> np.ndarray:
         image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
     left, top = (new_w - image_size) // 2, (new_h - image_size) // 2
     image = image.crop((left, top, left + image_size, top + image_size))
-    array = np.asarray(image, dtype=np.float32) / 255.0
-    array = (array - IMAGENET_MEAN) / IMAGENET_STD
-    return np.ascontiguousarray(array.transpose(2, 0, 1))
+    pixels = np.asarray(image).transpose(2, 0, 1)  # (3, H, W) view of the uint8 pixels
+    array = np.empty(pixels.shape, dtype=np.float32)  # C-contiguous, as ONNX Runtime wants it
+    np.multiply(pixels, _SCALE, out=array)
+    array += _OFFSET
+    return array
 
 
 def preprocess_bytes(data: bytes, image_size: int) -> np.ndarray:

@@ -185,6 +185,8 @@ def client(predictor, onnx_path):
     add_middlewares(kserve_model_server.app, 64 * 1024 * 1024)
     with TestClient(kserve_model_server.app) as c:
         yield c
+        for m in (model, offline):
+            c.portal.call(m.aclose)  # type: ignore[union-attr]  # set inside the with block
 
 
 def expected_probs(session, images: list[bytes]) -> np.ndarray:

@@ -134,3 +134,71 @@ def test_max_inflight_runs_calls_side_by_side_and_merges_the_rest():
     assert results == [[1], [2], [3], [4]]
     assert running == [[1], [2]]  # two calls at once, neither waited for the other
     assert sorted(map(tuple, calls[2:])) == [(3, 4)]  # what queued meanwhile went together
+
+
+def _predictor_answering(status: int, body: bytes):
+    """A real aiohttp server whose v2 infer route answers ``status`` with ``body``."""
+    from aiohttp import web
+
+    async def infer(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(status=status, body=body)
+
+    app = web.Application()
+    app.router.add_post("/v2/models/m/infer", infer)
+    return app
+
+
+@pytest.mark.parametrize("status, error, needle", [
+    (503, "PredictorUnavailable", "model m is not ready"),  # Triton's words reach the client
+    (400, "InferenceError", "unexpected shape"),
+])
+def test_predictor_error_status_maps_to_unavailable_or_inference_error(status, error, needle):
+    """What the predictor answers decides the transformer's error (503 vs 500), with its message."""
+    from aiohttp.test_utils import TestServer
+    from kserve.errors import InferenceError
+    from kserve.predictor_config import PredictorConfig
+
+    from food_transformer.model import DecodedImages, FoodTransformer, PredictorUnavailable
+    from food_transformer.spec import PartialSpec
+
+    async def scenario():
+        server = TestServer(_predictor_answering(status, f'{{"error": "{needle}"}}'.encode()))
+        await server.start_server()
+        config = PredictorConfig(predictor_host=f"127.0.0.1:{server.port}", predictor_protocol="v2")
+        model = FoodTransformer("m", config, PartialSpec(image_size=8, class_names=("a", "b")))
+        try:
+            await model.predict(DecodedImages([np.zeros((3, 8, 8), np.float32)], None))
+        except Exception as exc:  # noqa: BLE001 - the type is what is checked
+            return exc
+        finally:
+            await model.aclose()
+            await server.close()
+
+    exc = asyncio.run(scenario())
+    assert type(exc).__name__ == error and isinstance(exc, InferenceError if error == "InferenceError"
+                                                      else PredictorUnavailable)
+    assert needle in str(exc) and str(status) in str(exc)
+
+
+def test_refused_connections_are_retried_then_reported():
+    """predictor_request_retries extra attempts on a refused connection, then the error."""
+    import aiohttp
+    from helpers import free_port
+
+    attempts = 0
+
+    class CountingConnector(aiohttp.TCPConnector):
+        async def connect(self, *args, **kwargs):
+            nonlocal attempts
+            attempts += 1
+            return await super().connect(*args, **kwargs)
+
+    async def scenario():
+        async with aiohttp.ClientSession(connector=CountingConnector()) as session:
+            with pytest.raises(aiohttp.ClientConnectorError):
+                await v2binary.infer(session, f"http://127.0.0.1:{free_port()}", "m",
+                                     [np.zeros((3, 2, 2), np.float32)], "input", "logits", connect_retries=2)
+
+    asyncio.run(scenario())
+    assert attempts == 3

@@ -19,7 +19,7 @@ import re
 import struct
 from typing import Any, Mapping, Sequence
 
-import httpx
+import aiohttp
 import numpy as np
 import orjson
 from kserve.errors import InferenceError, InvalidInput
@@ -75,17 +75,38 @@ def decode_response(body: bytes, headers: Mapping[str, str], output_name: str) -
     return np.frombuffer(body, dtype=np.float32, count=int(size) // 4, offset=offset).reshape(shape)
 
 
-async def infer(client: httpx.AsyncClient, base_url: str, model_name: str, images: Sequence[np.ndarray],
+class PredictorStatusError(Exception):
+    """The predictor answered an HTTP error status (its body usually says why)."""
+
+    def __init__(self, status: int, url: str, body: bytes):
+        self.status = status
+        detail = body[:300].decode("utf-8", "replace").strip()
+        super().__init__(f"{url} answered {status}" + (f": {detail}" if detail else ""))
+
+
+async def infer(session: aiohttp.ClientSession, base_url: str, model_name: str, images: Sequence[np.ndarray],
                 input_name: str, output_name: str, headers: Mapping[str, str] | None = None,
-                timeout_s: float | None = None) -> np.ndarray:
-    """POST one binary v2 request; the logits (N, C). HTTP errors raise httpx.HTTPStatusError."""
+                connect_retries: int = 0) -> np.ndarray:
+    """POST one binary v2 request; the logits (N, C).
+
+    An error status raises :class:`PredictorStatusError`; transport failures raise aiohttp's
+    errors (``aiohttp.ClientError``, ``asyncio.TimeoutError``). A refused connection is tried
+    ``connect_retries`` more times (what httpx's transport retries did).
+    """
     body, head_len = encode_request(images, input_name, output_name)
-    response = await client.post(
-        f"{base_url}/v2/models/{model_name}/infer", content=body,
-        headers={**(headers or {}), "Content-Type": "application/octet-stream", HEADER_LENGTH: str(head_len)},
-        timeout=timeout_s)
-    response.raise_for_status()
-    return decode_response(response.content, response.headers, output_name)
+    url = f"{base_url}/v2/models/{model_name}/infer"
+    send = {**(headers or {}), "Content-Type": "application/octet-stream", HEADER_LENGTH: str(head_len)}
+    for attempt in range(connect_retries + 1):
+        try:
+            async with session.post(url, data=body, headers=send) as response:
+                content = await response.read()
+                if response.status >= 400:
+                    raise PredictorStatusError(response.status, url, content)
+                return decode_response(content, response.headers, output_name)
+        except aiohttp.ClientConnectorError:
+            if attempt == connect_retries:
+                raise
+    raise AssertionError("unreachable")  # the loop returns or raises
 
 
 def decode_request(body: bytes, header_length: str | None, model_name: str) -> InferRequest:
