@@ -100,7 +100,7 @@ class EchoTransformer:
                     return
                 seen = {"method": self.command, "path": self.path, "body_len": len(body),
                         "headers": {k.lower(): v for k, v in self.headers.items()},
-                        "header_names": [k.lower() for k in self.headers.keys()]}
+                        "header_names": [k.lower() for k in self.headers]}
                 data = json.dumps(seen).encode()
                 self.send_response(200)
                 self.send_header("content-type", "application/json")

@@ -22,8 +22,10 @@ import logging
 import time
 from typing import Any, Awaitable, Callable, Protocol
 
-import httpx
+import aiohttp
 from starlette.responses import JSONResponse, Response
+
+from gourmetgram_app.local import httpclient
 
 log = logging.getLogger("gourmetgram.gateway.readiness")
 RETRY_AFTER_S = 1
@@ -37,18 +39,19 @@ class RevisionLike(Protocol):
     triton_url: str | None
 
 
-async def probe_revision(client: httpx.AsyncClient, revision: RevisionLike, model: str) -> str | None:
+async def probe_revision(client: aiohttp.ClientSession, revision: RevisionLike, model: str) -> str | None:
     """None when the revision's transformer and Triton are ready, else why not."""
     urls = [f"{revision.transformer_url}/v2/health/ready"]
     if getattr(revision, "triton_url", None):
         urls += [f"{revision.triton_url}/v2/health/ready", f"{revision.triton_url}/v2/models/{model}/ready"]
     for url in urls:
         try:
-            r = await client.get(url, timeout=PROBE_TIMEOUT_S)
-        except httpx.HTTPError as exc:
+            async with client.get(url, timeout=httpclient.timeout(PROBE_TIMEOUT_S)) as r:
+                await r.read()  # read to the end: the connection goes back to the pool
+        except httpclient.FAILED as exc:
             return f"{url}: {type(exc).__name__}"
-        if r.status_code != 200:
-            return f"{url} answered {r.status_code}"
+        if r.status != 200:
+            return f"{url} answered {r.status}"
     return None
 
 

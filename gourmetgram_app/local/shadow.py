@@ -31,8 +31,10 @@ import json
 import logging
 from typing import Any, Protocol
 
-import httpx
+import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from gourmetgram_app.local import httpclient
 
 
 class InferenceLogger(Protocol):
@@ -95,7 +97,7 @@ class ShadowMirror:
         self.revision: Any = None  # gourmetgram_app.local.gateway.discovery.Revision of the shadow, when one runs
         self.percent = 0
         self.inflight = 0
-        self._client: httpx.AsyncClient | None = None
+        self._client: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task] = set()
         self._pairs: collections.OrderedDict[str, Pair] = collections.OrderedDict()
         self.mirrored = Counter("shadow_requests_mirrored", "Requests copied to the shadow revision",
@@ -168,20 +170,22 @@ class ShadowMirror:
         assert self._client is not None
         reason = None
         try:
-            r = await self._client.post(url, content=body, headers=headers)
-            if r.status_code != 200:
+            async with self._client.post(url, data=body or None, headers=headers, allow_redirects=False,
+                                         skip_auto_headers=httpclient.NO_CONTENT_TYPE) as r:
+                content = await r.read()
+            if r.status != 200:
                 reason = ERROR
             else:
                 self.answered.labels(self.inferenceservice, revision.name).inc()
                 if revision is self.revision:
-                    self._record(inference_id, shadow=top1(r.content))
+                    self._record(inference_id, shadow=top1(content))
                 if logger is not None:
-                    logger.log(inference_id, "response", r.content, r.headers.get("content-type", ""),
+                    logger.log(inference_id, "response", content, r.headers.get("content-type", ""),
                                SHADOW_ENDPOINT, {SHADOW_EXTENSION: "true", "revision": revision.name,
                                                  "modelversion": revision.version or ""})
-        except httpx.TimeoutException:
+        except httpclient.TIMEOUT:  # connecting too (httpx's ConnectTimeout was a timeout here)
             reason = TIMEOUT
-        except httpx.TransportError:
+        except aiohttp.ClientError:  # refused, reset, closed mid-answer
             reason = UNREACHABLE
         except Exception:  # noqa: BLE001 - a side path: whatever goes wrong is a counted drop
             log.exception("mirrored request %s failed", inference_id)
@@ -209,12 +213,11 @@ class ShadowMirror:
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
         # Its own pool: copies to a stuck shadow can never take the production pool's connections.
-        self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.timeout_s, connect=1.0),
-                                         limits=httpx.Limits(max_connections=self.max_inflight))
+        self._client = httpclient.session(limit=self.max_inflight, total_s=self.timeout_s, connect_s=1.0)
 
     async def stop(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._client is not None:
-            await self._client.aclose()
+            await self._client.close()

@@ -19,7 +19,6 @@ import logging
 from pathlib import Path
 from typing import Protocol, Sequence
 
-import httpx
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -27,6 +26,7 @@ from starlette.routing import Route
 from gourmetgram import bodylimit
 from gourmetgram import control as policy
 from gourmetgram.errors import DependencyUnavailable, UserError
+from gourmetgram_app.local import httpclient
 from gourmetgram_app.local.gateway.discovery import Revision, http_sd_targets
 from gourmetgram_app.local.gateway.routing import SHADOW, Router, error
 from gourmetgram_app.local.manifests import generation_of, revision_name
@@ -164,8 +164,9 @@ class Controller(Router):
         assert self._client is not None
         for _ in range(requests):
             try:
-                await self._client.post(url, json=body)
-            except httpx.HTTPError:
+                async with self._client.post(url, json=body, allow_redirects=False) as r:
+                    await r.read()
+            except httpclient.FAILED:
                 return
 
     async def set_percent(self, percent: int) -> None:

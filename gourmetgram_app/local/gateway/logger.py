@@ -13,11 +13,12 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime, timezone
 
-import httpx
+import aiohttp
 from prometheus_client import Counter
 
 from gourmetgram import control as policy  # the sink token
 from gourmetgram.errors import UserError
+from gourmetgram_app.local import httpclient
 
 LOGGER_QUEUE_BYTES = 256 * 1024 * 1024  # events waiting for the sink, at most
 
@@ -47,7 +48,7 @@ class InferenceLogger:
         self.source = "http://localhost:9081/"  # where KServe's agent says events come from
         self._queue: asyncio.Queue | None = None
         self._tasks: list[asyncio.Task] = []
-        self._client: httpx.AsyncClient | None = None
+        self._client: aiohttp.ClientSession | None = None
 
     def wants(self, kind: str) -> bool:
         return self.mode == "all" or self.mode == kind
@@ -88,8 +89,10 @@ class InferenceLogger:
             headers, body = await self._queue.get()
             self.queued_bytes -= len(body)
             try:
-                r = await self._client.post(self.url, content=body, headers=headers)
-                (self.sent if r.status_code < 300 else self.dropped).inc()
+                async with self._client.post(self.url, data=body, headers=headers,
+                                             allow_redirects=False) as r:
+                    await r.read()  # to the end: the connection goes back to the pool
+                (self.sent if r.status < 300 else self.dropped).inc()
             except Exception:  # noqa: BLE001 - a sink's failure is a counted drop, nothing more
                 self.dropped.inc()
             finally:
@@ -101,8 +104,7 @@ class InferenceLogger:
 
     async def start(self) -> None:
         self._queue = asyncio.Queue(maxsize=self.queue_size)
-        self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.timeout_s, connect=0.5),
-                                         limits=httpx.Limits(max_connections=self.workers))
+        self._client = httpclient.session(limit=self.workers, total_s=self.timeout_s, connect_s=0.5)
         self._tasks = [asyncio.create_task(self._deliver()) for _ in range(self.workers)]
 
     async def stop(self, drain_s: float = 2.0) -> None:
@@ -116,4 +118,4 @@ class InferenceLogger:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._client is not None:
-            await self._client.aclose()
+            await self._client.close()

@@ -16,12 +16,13 @@
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import time
 import uuid
 
-import httpx
+import aiohttp
 from prometheus_client import Histogram
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -29,6 +30,7 @@ from starlette.responses import JSONResponse, Response
 from gourmetgram import bodylimit
 from gourmetgram import control as policy  # the token rules
 from gourmetgram.jsonlog import INFERENCE_ID_HEADER, log_json
+from gourmetgram_app.local import httpclient
 from gourmetgram_app.local.gateway.discovery import Revision
 from gourmetgram_app.local.gateway.logger import InferenceLogger
 from gourmetgram_app.local.manifests import ServiceManifest
@@ -36,9 +38,12 @@ from gourmetgram_app.local.readiness import RevisionReadiness, probe_revision
 from gourmetgram_app.local.shadow import ShadowMirror
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
-# Headers that describe one hop, not the request (RFC 9110 7.6.1), plus what httpx recomputes.
+# Headers that describe one hop, not the request (RFC 9110 7.6.1), plus what the client
+# recomputes (host, content-length) and ``expect`` (the gateway has the whole body already:
+# forwarded, it would make aiohttp wait for a 100 Continue before sending it).
 HOP_HEADERS = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
-               "trailer", "transfer-encoding", "upgrade", "host", "content-length"}
+               "trailer", "transfer-encoding", "upgrade", "host", "content-length", "expect"}
+FEEDBACK_TIMEOUT_S = 10.0
 LATEST, PREV, SHADOW = "latest", "prev", "shadow"
 TAG_HEADER = "x-gourmetgram-tag"
 REVISION_HEADER = "x-gourmetgram-revision"
@@ -50,6 +55,17 @@ INFERENCE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
+
+
+def passthrough(upstream: aiohttp.ClientResponse, content: bytes) -> Response:
+    """The upstream's answer for the caller: its status, its end-to-end headers (a repeated
+    one stays repeated, byte for byte) and ``content``, already decoded (so no
+    ``Content-Encoding``; Starlette sets ``Content-Length``)."""
+    response = Response(content, status_code=upstream.status)
+    response.raw_headers.extend(
+        (name.lower(), value) for name, value in upstream.raw_headers
+        if name.lower().decode("latin-1") not in HOP_HEADERS and name.lower() != b"content-encoding")
+    return response
 
 
 class Router:
@@ -70,7 +86,7 @@ class Router:
     shadow: ShadowMirror
     readiness: RevisionReadiness
     _rng: random.Random
-    _client: httpx.AsyncClient | None
+    _client: aiohttp.ClientSession | None
 
     def by_tag(self, tag: str) -> Revision | None:
         return next((r for r in self.revisions if r.tag == tag), None)
@@ -186,17 +202,18 @@ class Router:
             url += "?" + request.url.query
         assert self._client is not None, "the gateway's HTTP client starts with the app"
         try:
-            upstream = await self._client.request(request.method, url, content=body, headers=headers)
-        except httpx.ConnectTimeout as exc:
+            async with self._client.request(request.method, url, data=body or None, headers=headers,
+                                            allow_redirects=False,
+                                            skip_auto_headers=httpclient.NO_CONTENT_TYPE) as upstream:
+                content = await upstream.read()
+        except httpclient.CONNECT_TIMEOUT as exc:
             return self._unreachable(revision, exc)
-        except httpx.TimeoutException:
+        except httpclient.TIMEOUT:
             return error(504, f"transformer of revision {revision.name} did not answer within "
                                f"{self.timeout_s:.0f} s")
-        except httpx.TransportError as exc:  # refused, reset, closed mid-answer: it is down
+        except aiohttp.ClientError as exc:  # refused, reset, closed mid-answer: it is down
             return self._unreachable(revision, exc)
-        out_headers = {k: v for k, v in upstream.headers.items()
-                       if k.lower() not in HOP_HEADERS and k.lower() != "content-encoding"}
-        return Response(upstream.content, status_code=upstream.status_code, headers=out_headers)
+        return passthrough(upstream, content)
 
     async def feedback(self, request: Request) -> Response:
         """``POST /v1/feedback`` to the capture/feedback service, as the ingress routes it."""
@@ -208,21 +225,22 @@ class Router:
             return error(413, f"feedback {exc}")
         assert self._client is not None
         try:
-            upstream = await self._client.post(
-                self.feedback_url + FEEDBACK_PATH, content=body, timeout=10.0,
-                headers={"content-type": request.headers.get("content-type", "application/json")})
-        except httpx.HTTPError as exc:
+            async with self._client.post(
+                    self.feedback_url + FEEDBACK_PATH, data=body, allow_redirects=False,
+                    timeout=httpclient.timeout(FEEDBACK_TIMEOUT_S),
+                    headers={"content-type": request.headers.get("content-type", "application/json")},
+            ) as upstream:
+                content = await upstream.read()
+        except httpclient.FAILED as exc:
             return error(503, f"the feedback service at {self.feedback_url} is not reachable "
                                f"({type(exc).__name__}); try again shortly")
         try:
-            answer = upstream.json()
+            answer = json.loads(content)
         except ValueError:
             answer = None
         inference_id = answer.get("inference_id") if isinstance(answer, dict) else None
-        log_json("gateway", "feedback", inference_id, status=upstream.status_code)
-        out = {k: v for k, v in upstream.headers.items()
-               if k.lower() not in HOP_HEADERS and k.lower() != "content-encoding"}
-        return Response(upstream.content, status_code=upstream.status_code, headers=out)
+        log_json("gateway", "feedback", inference_id, status=upstream.status)
+        return passthrough(upstream, content)
 
     async def _probe(self, revision: Revision) -> str | None:
         assert self._client is not None, "the gateway's HTTP client starts with the app"

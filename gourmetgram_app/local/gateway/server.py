@@ -23,7 +23,7 @@ import secrets
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import httpx
+import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
@@ -35,6 +35,7 @@ from gourmetgram import constants
 from gourmetgram import control as policy
 from gourmetgram import metric_names as qp
 from gourmetgram.errors import UserError
+from gourmetgram_app.local import httpclient
 from gourmetgram_app.local.gateway.control import Controller, _Stoppable
 from gourmetgram_app.local.gateway.discovery import Revision
 from gourmetgram_app.local.gateway.logger import LOGGER_QUEUE_BYTES, InferenceLogger
@@ -103,7 +104,7 @@ class Gateway(Controller):
                                           queue_size=logger_queue, workers=logger_workers,
                                           timeout_s=logger_timeout_s, queue_bytes=logger_queue_bytes,
                                           sink_token=policy.sink_token_for(url))
-        self._client: httpx.AsyncClient | None = None
+        self._client: aiohttp.ClientSession | None = None
         # Crash handling: revisions answer 503 while not ready; canary pairs are restarted here.
         self.readiness = RevisionReadiness(self._probe, lambda: self.revisions)
         self.supervisor = Supervisor()
@@ -116,8 +117,8 @@ class Gateway(Controller):
     def app(self) -> Starlette:
         @asynccontextmanager
         async def lifespan(_app):
-            self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.timeout_s, connect=2.0),
-                                             limits=httpx.Limits(max_connections=256))
+            # On the serving loop: an aiohttp session belongs to the loop it was made on.
+            self._client = httpclient.session(limit=256, total_s=self.timeout_s, connect_s=2.0)
             if self.logger is not None:
                 await self.logger.start()
             await self.shadow.start()
@@ -130,7 +131,7 @@ class Gateway(Controller):
                 await self.shadow.stop()
                 if self.logger is not None:
                     await self.logger.stop()
-                await self._client.aclose()
+                await self._client.close()
                 # in parallel: each Triton takes seconds to unload
                 await asyncio.gather(*(asyncio.to_thread(pair.stop) for pair in self._pairs.values()))
                 self._pairs.clear()
