@@ -88,10 +88,16 @@ def preprocess(image: Image.Image, image_size: int) -> np.ndarray:
     width, height = image.size
     scale = image_size / min(width, height)
     new_w, new_h = max(image_size, round(width * scale)), max(image_size, round(height * scale))
-    if (new_w, new_h) != (width, height):
-        image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
     left, top = (new_w - image_size) // 2, (new_h - image_size) // 2
-    image = image.crop((left, top, left + image_size, top + image_size))
+    if (new_w, new_h) == (width, height):
+        image = image.crop((left, top, left + image_size, top + image_size))
+    else:
+        # Resize only the centre square: the crop's region of the source (``box``), straight to
+        # the output size. Same pixels as resizing the whole image then cropping (the filter
+        # still reads the source beyond the box), without computing the columns cropped away.
+        sx, sy = width / new_w, height / new_h
+        image = image.resize((image_size, image_size), Image.Resampling.BILINEAR,
+                             box=(left * sx, top * sy, (left + image_size) * sx, (top + image_size) * sy))
     pixels = np.asarray(image).transpose(2, 0, 1)  # (3, H, W) view of the uint8 pixels
     array = np.empty(pixels.shape, dtype=np.float32)  # C-contiguous, as ONNX Runtime wants it
     np.multiply(pixels, _SCALE, out=array)
