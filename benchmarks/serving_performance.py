@@ -61,7 +61,7 @@ from gourmetgram.errors import UserError
 
 BENCH_DIR = Path(__file__).resolve().parent
 NUM_CLASSES = 11
-DEFAULT_CONCURRENCY = (1, 4, 16, 32)
+DEFAULT_CONCURRENCY = (1, 4, 16, 32, 64)
 DEFAULT_BASELINE_CONCURRENCY = (1, 2, 4)
 DEFAULT_BASELINE_THREADS = (1, 2)
 DEFAULT_BATCHES = (1, 8, 32)
@@ -728,7 +728,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="a smoke run (< 1 minute): small model, short windows")
     p.add_argument("--targets", default="limit,baseline,served", help="comma-separated subset")
-    p.add_argument("--concurrency", default=None, help="served, comma-separated (default 1,4,16,32)")
+    p.add_argument("--concurrency", default=None, help="served, comma-separated (default 1,4,16,32,64)")
     p.add_argument("--baseline-concurrency", default=None, help="comma-separated (default 1,2,4)")
     p.add_argument("--baseline-threads", default=None, help="PyTorch threads per baseline server (default 1,2)")
     p.add_argument("--variants", default=None, help="served request kinds: json,raw (default both)")

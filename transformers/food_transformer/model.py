@@ -146,12 +146,13 @@ class FoodTransformer(Model):
         self.max_batch = max_batch
         self.revision = revision
         self._http: aiohttp.ClientSession | None = None  # created on the serving event loop
-        # Two of each in flight: one decoding/at Triton while the next is formed (two Triton
-        # instances, or decode on both cores when Triton is busy elsewhere).
+        # Two decodes in flight (both cores when Triton is busy elsewhere); four Triton calls, so
+        # each of its two instances has the next call queued when one returns instead of idling
+        # through the round trip (INT8, 2 cores: +6-9% served img/s at c>=32 vs two in flight).
         self._decoder: Coalescer[bytes, np.ndarray | InvalidImageError] = Coalescer(
             self._decode, 64, max_inflight=2)
         self._infer: Coalescer[np.ndarray, np.ndarray] = Coalescer(
-            self._infer_rest, coalesce_images, max_inflight=2)
+            self._infer_rest, coalesce_images, max_inflight=4)
 
     # Our own config, not kserve's process-wide context var: the handlers may run in
     # another thread or context (tests, multiple servers) and must still find it.
