@@ -93,6 +93,20 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=10)
 
 
+class LocalHTTPServer:
+    """A ThreadingHTTPServer for ``handler`` on a free 127.0.0.1 port, serving from a daemon thread."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler], path: str = "") -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 class Sink:
     """Records the CloudEvents POSTed to it (a stand-in for the detector / capture sink).
 
@@ -122,14 +136,11 @@ class Sink:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self._http = LocalHTTPServer(Handler, "/")
+        self.url = self._http.url
 
     def kill(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._http.close()
 
 
 S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",

@@ -14,10 +14,11 @@ import json
 import socket
 import struct
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Iterator
 
 import pytest
+from helpers import LocalHTTPServer
 from starlette.testclient import TestClient
 
 from gourmetgram_app.local.gateway import Gateway, Revision
@@ -118,13 +119,11 @@ class EchoTransformer:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self._http = LocalHTTPServer(Handler)
+        self.url = self._http.url
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._http.close()
 
 
 def _gateway(url: str, **kwargs) -> tuple[Gateway, TestClient]:

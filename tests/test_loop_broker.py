@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import re
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import httpx
 import pytest
+from helpers import LocalHTTPServer
 from helpers import wait_until as _wait
 from loop_helpers import ce_headers, new_id, request_body
 
@@ -41,13 +41,11 @@ class Subscriber:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self._http = LocalHTTPServer(Handler, "/")
+        self.url = self._http.url
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._http.close()
 
 
 def _metric(text: str, name: str, **labels) -> float:

@@ -226,7 +226,7 @@ def bundles(session_home, images):
 def sink():
     s = Sink()
     yield s
-    s.server.shutdown()
+    s.kill()
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,11 @@ import json
 import os
 import signal
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
-from helpers import wait_for
+from helpers import LocalHTTPServer, wait_for
 
 from gourmetgram_app.local.stack import Service
 from gourmetgram_app.local.supervisor import (
@@ -191,13 +190,11 @@ class FakeTransformer:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self._http = LocalHTTPServer(Handler)
+        self.url = self._http.url
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._http.close()
 
 
 def gateway_client(*transformers: FakeTransformer, percent: int | None = None):
@@ -250,7 +247,7 @@ def test_a_down_revision_gets_503_retry_after_until_its_probe_passes():
                 qp.REQUEST_COUNT, {qp.REVISION: "rev-0", qp.STATUS_CODE: "503", qp.NAMESPACE: gateway.manifest.namespace,
                                    qp.CONFIGURATION: gateway.configuration}) >= 3
     finally:
-        fake.server.server_close()
+        fake.close()  # again is harmless: the socket is closed once more
 
 
 def test_a_down_canary_answers_503_for_its_share_and_the_split_stays():
