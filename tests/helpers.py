@@ -93,6 +93,13 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=10)
 
 
+class QuietHandler(BaseHTTPRequestHandler):
+    """A request handler that does not log each request to stderr."""
+
+    def log_message(self, *args):
+        pass
+
+
 class LocalHTTPServer:
     """A ThreadingHTTPServer for ``handler`` on a free 127.0.0.1 port, serving from a daemon thread."""
 
@@ -107,7 +114,7 @@ class LocalHTTPServer:
         self.server.server_close()
 
 
-class Sink:
+class Sink(LocalHTTPServer):
     """Records the CloudEvents POSTed to it (a stand-in for the detector / capture sink).
 
     ``mode`` is ``ok`` or ``hold`` (answer only once ``release`` is set, or after ``hold_cap_s``
@@ -121,7 +128,7 @@ class Sink:
         self.release = threading.Event()
         sink = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self):  # noqa: N802
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 if sink.mode == "hold":
@@ -133,14 +140,10 @@ class Sink:
                 self.send_header("content-length", "0")
                 self.end_headers()
 
-            def log_message(self, *args):
-                pass
-
-        self._http = LocalHTTPServer(Handler, "/")
-        self.url = self._http.url
+        super().__init__(Handler, "/")
 
     def kill(self) -> None:
-        self._http.close()
+        self.close()
 
 
 S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",

@@ -14,11 +14,10 @@ import json
 import socket
 import struct
 import threading
-from http.server import BaseHTTPRequestHandler
 from typing import Iterator
 
 import pytest
-from helpers import LocalHTTPServer
+from helpers import LocalHTTPServer, QuietHandler
 from starlette.testclient import TestClient
 
 from gourmetgram_app.local.gateway import Gateway, Revision
@@ -82,12 +81,12 @@ class RawServer:
                 pass
 
 
-class EchoTransformer:
+class EchoTransformer(LocalHTTPServer):
     """A transformer that answers with what it received (method, headers, body length); gzip
     when asked on ``?gzip``, a 307 on ``?redirect``, a header twice on every answer."""
 
     def __init__(self) -> None:
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             protocol_version = "HTTP/1.1"
 
             def _answer(self) -> None:
@@ -116,14 +115,7 @@ class EchoTransformer:
 
             do_GET = do_POST = _answer  # noqa: N815
 
-            def log_message(self, *args):
-                pass
-
-        self._http = LocalHTTPServer(Handler)
-        self.url = self._http.url
-
-    def close(self) -> None:
-        self._http.close()
+        super().__init__(Handler)
 
 
 def _gateway(url: str, **kwargs) -> tuple[Gateway, TestClient]:

@@ -5,19 +5,18 @@ from __future__ import annotations
 
 import re
 import sys
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import httpx
 import pytest
-from helpers import LocalHTTPServer
+from helpers import LocalHTTPServer, QuietHandler
 from helpers import wait_until as _wait
 from loop_helpers import ce_headers, new_id, request_body
 
 from gourmetgram_app.local.stack import Ports, Service, _child_env, _get_ok
 
 
-class Subscriber:
+class Subscriber(LocalHTTPServer):
     """Records events; answers ``fail_first`` 503s before accepting."""
 
     def __init__(self, fail_first: int = 0) -> None:
@@ -26,7 +25,7 @@ class Subscriber:
         self.attempts = 0
         sub = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self):  # noqa: N802
                 self.rfile.read(int(self.headers.get("content-length", 0)))
                 sub.attempts += 1
@@ -38,14 +37,7 @@ class Subscriber:
                 self.send_header("content-length", "0")
                 self.end_headers()
 
-            def log_message(self, *args):
-                pass
-
-        self._http = LocalHTTPServer(Handler, "/")
-        self.url = self._http.url
-
-    def close(self) -> None:
-        self._http.close()
+        super().__init__(Handler, "/")
 
 
 def _metric(text: str, name: str, **labels) -> float:

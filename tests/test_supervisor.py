@@ -11,11 +11,10 @@ import json
 import os
 import signal
 import sys
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
-from helpers import LocalHTTPServer, wait_for
+from helpers import LocalHTTPServer, QuietHandler, wait_for
 
 from gourmetgram_app.local.stack import Service
 from gourmetgram_app.local.supervisor import (
@@ -159,7 +158,7 @@ def test_forgotten_or_halted_processes_are_not_restarted(supervisor, tmp_path):
 
 # -- the gateway's side: 503 + Retry-After while a revision is not ready ----------------------
 
-class FakeTransformer:
+class FakeTransformer(LocalHTTPServer):
     """A stdlib HTTP server answering like a transformer whose predictor is up or down."""
 
     def __init__(self) -> None:
@@ -167,7 +166,7 @@ class FakeTransformer:
         self.predicts = 0
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def _reply(self, code: int, body: dict) -> None:
                 data = json.dumps(body).encode()
                 self.send_response(code)
@@ -187,14 +186,7 @@ class FakeTransformer:
                 else:
                     self._reply(503, {"error": "predictor unavailable: cannot reach triton"})
 
-            def log_message(self, *args):
-                pass
-
-        self._http = LocalHTTPServer(Handler)
-        self.url = self._http.url
-
-    def close(self) -> None:
-        self._http.close()
+        super().__init__(Handler)
 
 
 def gateway_client(*transformers: FakeTransformer, percent: int | None = None):
