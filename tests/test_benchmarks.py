@@ -119,6 +119,23 @@ def test_quick_benchmark_prints_every_row_and_positive_ratios(tmp_path):
     assert result["stages"]["decode_preprocess_cpu_ms_per_image"] > 0
 
 
+def test_http_client_benchmark_measures_both_clients_against_a_real_server(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "http_client_overhead.py"), "--quick"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    cpu = {m.group(1): float(m.group(2)) for m in re.finditer(r"^(httpx|aiohttp)\s+([0-9.]+)\s+[0-9.]+$",
+                                                              proc.stdout, re.M)}
+    assert set(cpu) == {"httpx", "aiohttp"} and all(v > 0 for v in cpu.values()), proc.stdout
+    ratio = float(re.search(r"httpx / aiohttp CPU per request: ([0-9.]+)", proc.stdout).group(1))
+    assert ratio == pytest.approx(cpu["httpx"] / cpu["aiohttp"], rel=0.05)
+
+
+def test_http_client_benchmark_rejects_bad_arguments():
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "http_client_overhead.py"), "--requests", "0"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--requests" in proc.stderr
+
+
 @pytest.mark.slow
 def test_capture_benchmark_quick_run_reports_every_figure(tmp_path):
     out = tmp_path / "capture.json"

@@ -2,8 +2,8 @@
 
 Every prediction passes the gateway, and each one is forwarded (routing), logged (the inference
 logger) and sometimes mirrored (the shadow). aiohttp's ``ClientSession`` spends about a tenth of
-the CPU per request that httpx's ``AsyncClient`` does (issue 14: 0.27 vs 2.7-3.0 CPU ms per
-20 KB POST on the project machine), so the whole request path uses it; the CLI and the tests
+the CPU per request that httpx's ``AsyncClient`` does (``benchmarks/http_client_overhead.py``:
+0.21 vs 2.8 CPU ms per 20 KB POST at concurrency 16 on 2 cores), so the whole request path uses it; the CLI and the tests
 keep httpx, which is not on that path.
 
 The sessions behave as the httpx clients before them did, where a client can tell:
