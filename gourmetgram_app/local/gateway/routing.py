@@ -123,13 +123,19 @@ class Router:
                 return revision
         return live[-1]
 
-    async def forward(self, request: Request) -> Response:
+    def route(self, request: Request) -> Revision | JSONResponse:
+        """The revision for this request, or the 403/404 answer that says why there is none."""
         try:
-            revision = self.select_revision(request)
+            return self.select_revision(request)
         except PermissionError as exc:
             return error(403, str(exc))
         except LookupError as exc:
             return error(404, str(exc))
+
+    async def forward(self, request: Request) -> Response:
+        revision = self.route(request)
+        if isinstance(revision, Response):
+            return revision
         started = time.perf_counter()
         try:  # the limit holds while the body streams in, before it is logged or forwarded
             body = await bodylimit.read_body(request, self.max_body_bytes)

@@ -39,7 +39,7 @@ from gourmetgram_app.local import httpclient
 from gourmetgram_app.local.gateway.control import Controller, _Stoppable
 from gourmetgram_app.local.gateway.discovery import Revision
 from gourmetgram_app.local.gateway.logger import LOGGER_QUEUE_BYTES, InferenceLogger
-from gourmetgram_app.local.gateway.routing import FEEDBACK_PATH, MAX_BODY_BYTES, error
+from gourmetgram_app.local.gateway.routing import FEEDBACK_PATH, MAX_BODY_BYTES
 from gourmetgram_app.local.manifests import ServiceManifest, configuration_name, local_logger_url
 from gourmetgram_app.local.readiness import RevisionReadiness
 from gourmetgram_app.local.shadow import ShadowMirror
@@ -141,12 +141,9 @@ class Gateway(Controller):
 
         async def ready(request: Request) -> Response:
             # Ready when the transformer behind it is: what the ingress would report.
-            try:
-                revision = self.select_revision(request)
-            except PermissionError as exc:
-                return error(403, str(exc))
-            except LookupError as exc:
-                return error(404, str(exc))
+            revision = self.route(request)
+            if isinstance(revision, Response):
+                return revision
             return await self._send_if_ready(request, revision)
 
         async def metrics(_request: Request) -> Response:
