@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import subprocess
 import sys
 import time
@@ -26,14 +25,16 @@ from typing import Awaitable, Callable
 
 import aiohttp
 import httpx
+from serving_performance import free_port, wait_http  # this folder's helpers
 
 from gourmetgram.constants import HOST
+from gourmetgram.errors import UserError
 
 ANSWER = b'{"predictions": [' + b"0" * 560 + b"]}"
 
 
 def serve(port: int) -> None:
-    """The server process: one POST route that reads the body and answers a prediction-sized JSON."""
+    """The server process: POST /predict reads the body and answers a prediction-sized JSON; GET / is 200."""
     import uvicorn
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -44,26 +45,11 @@ def serve(port: int) -> None:
         await request.body()
         return Response(ANSWER, media_type="application/json")
 
-    app = Starlette(routes=[Route("/predict", predict, methods=["POST"])])
+    async def ready(_request: Request) -> Response:
+        return Response(b"ok")
+
+    app = Starlette(routes=[Route("/predict", predict, methods=["POST"]), Route("/", ready)])
     uvicorn.run(app, host=HOST, port=port, log_level="warning")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def _wait_listening(port: int, proc: subprocess.Popen, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"error: the benchmark server exited with {proc.returncode}")
-        with socket.socket() as s:
-            if s.connect_ex((HOST, port)) == 0:
-                return
-        time.sleep(0.1)
-    raise SystemExit(f"error: the benchmark server did not listen on {HOST}:{port} within {timeout_s:.0f} s")
 
 
 async def _with_httpx(url: str, body: bytes, requests: int, concurrency: int) -> None:
@@ -125,12 +111,15 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     concurrency = min(args.concurrency, args.requests)
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, __file__, "--serve", str(port)])
     try:
-        _wait_listening(port, server)
+        wait_http(HOST, port, "/", 60.0, server)
         best = measure(f"http://{HOST}:{port}/predict", b"x" * int(args.body_kb * 1024), args.requests,
                        concurrency, args.rounds)
+    except UserError as exc:
+        print(f"error: the benchmark server did not come up: {exc}", file=sys.stderr)
+        return 3
     finally:
         server.terminate()
         server.wait(timeout=30)

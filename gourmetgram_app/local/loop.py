@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 
 from gourmetgram import constants
-from gourmetgram_app.local.stack import Ports, Service, _child_env, _get_ok
+from gourmetgram.rollout.prometheus import free_port
+from gourmetgram_app.local.stack import Service, _child_env, _get_ok
 
 START_TIMEOUT_S = 120.0
 
@@ -33,18 +34,14 @@ def _detector_auth(url: str) -> str:
     return f",token-file={path}" if path else f",token-env={control.DETECTOR_TOKEN_ENV}"
 
 
-def _free_port(host: str) -> int:
-    return Ports.free(host).gateway
-
-
 class LoopServices:
     def __init__(self, bundle: str | Path, log_dir: str | Path, detector_url: str | None = None,
                  db_url: str | None = None, objects_url: str | None = None, config: str = "loop",
                  host: str = constants.HOST, capture_port: int | None = None, broker_port: int | None = None,
                  broker_retry: int = 10) -> None:
         self.bundle, self.log_dir, self.host = Path(bundle), Path(log_dir), host
-        self.capture_port = capture_port or _free_port(host)
-        self.broker_port = broker_port or _free_port(host)
+        self.capture_port = capture_port or free_port(host)
+        self.broker_port = broker_port or free_port(host)
         env = _child_env()
         # the capture sink's package lives in capture/ (installed as capture_sink by setup.cfg)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(constants.REPO_ROOT / "capture"),

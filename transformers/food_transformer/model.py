@@ -54,6 +54,8 @@ DEFAULT_COALESCE_IMAGES = 32
 METADATA_TIMEOUT_S = 5.0
 # Predictor HTTP answers that mean "not available right now" rather than "bad request".
 _UNAVAILABLE_STATUS = {404, 429, 502, 503, 504}
+# What a call to the predictor fails with when it is not there: refused, reset, cut short, timed out.
+_TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
 _UNAVAILABLE_GRPC = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
                      grpc.StatusCode.NOT_FOUND, grpc.StatusCode.RESOURCE_EXHAUSTED}
 
@@ -189,7 +191,7 @@ class FoodTransformer(Model):
             async with self._client().get(self._metadata_url(),
                                           timeout=aiohttp.ClientTimeout(total=METADATA_TIMEOUT_S)) as response:
                 status, body = response.status, await response.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except _TRANSPORT_ERRORS as exc:
             raise PredictorUnavailable(
                 f"cannot read model metadata from {self._metadata_url()} ({type(exc).__name__}: {exc}); "
                 f"is the predictor up? (or start the transformer with --image_size and --labels_file)"
@@ -266,7 +268,7 @@ class FoodTransformer(Model):
             if exc.status in _UNAVAILABLE_STATUS:
                 raise PredictorUnavailable(f"{where}: {exc}") from exc
             raise InferenceError(f"predictor {where} failed: {exc}") from exc
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:  # refused, reset, cut short, timed out
+        except _TRANSPORT_ERRORS as exc:
             raise PredictorUnavailable(
                 f"cannot reach {where}: {type(exc).__name__}: {exc or 'connection failed'}"
             ) from exc
