@@ -38,6 +38,22 @@ def demo_dataset(session_home) -> Path:
     return build_demo_dataset(session_home / "data" / "demo")
 
 
+@pytest.fixture(scope="session")
+def trained_demo_model(demo_dataset, tmp_path_factory):
+    """The demo model trained as ``configs/demo.yaml`` says, once per session (about 1.5 min on 2
+    cores), for tests that need a model that works, such as the web app's screenshots. Nothing
+    asserts its accuracy: that varies with the CPU (docs/development.md)."""
+    from gourmetgram.config import load_config
+    from gourmetgram.data.layout import validate_dataset
+    from gourmetgram.model import load_checkpoint
+    from gourmetgram.training import train
+
+    checkpoint = tmp_path_factory.mktemp("trained-demo") / "model.pt"
+    report = validate_dataset(demo_dataset, check_images=False, progress=False)
+    train(demo_dataset, report, load_config("demo"), checkpoint, log_to_mlflow=False, progress=False)
+    return load_checkpoint(checkpoint).eval()
+
+
 @pytest.fixture()
 def kube_api():
     """A local HTTP server standing in for the Kubernetes API server (none runs here).

@@ -39,16 +39,16 @@ WAIT_S = 60
 
 
 @pytest.fixture(scope="module")
-def bundles(session_home, demo_dataset):
-    """Two exports of one untrained demo model, in the model store (the only place the gateway
-    starts canaries from); the stable one carries a built drift detector."""
+def bundles(session_home, demo_dataset, trained_demo_model):
+    """Two exports in the model store (the only place the gateway starts canaries from): the
+    trained demo model as the stable one, with a built drift detector (so the screenshots show
+    the product working), and an untrained one as the canary."""
     from drift_detector.build import build_detector
     from gourmetgram.control import model_store
 
     torch.manual_seed(0)
-    model = build_model(SPEC).eval()
     out = {}
-    for name in ("stable", "canary"):
+    for name, model in (("stable", trained_demo_model), ("canary", build_model(SPEC).eval())):
         out[name] = model_store() / f"webapp-{name}"
         export_bundle(model, out[name], ExportConfig(max_batch_size=8, preferred_batch_sizes=(4,)))
     build_detector(out["stable"], demo_dataset, seed=0)
