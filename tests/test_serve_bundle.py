@@ -85,9 +85,9 @@ def test_messages_name_only_commands_that_exist():
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     commands = set(sub.choices)
-    files = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))] + [p for d in ("gourmetgram", "components", "pipelines",
-                                                     "transformers", "detectors")
-                                         for p in (REPO_ROOT / d).rglob("*.py")]
+    docs = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
+    files = docs + [p for d in ("gourmetgram", "components", "pipelines", "transformers", "detectors")
+                    for p in (REPO_ROOT / d).rglob("*.py")]
     named = {(p.relative_to(REPO_ROOT).as_posix(), m) for p in files
              for m in re.findall(r"`gourmetgram ([a-z][a-z-]*)", p.read_text())}
     assert named, "the scan found no command names at all"
