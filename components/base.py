@@ -14,12 +14,13 @@ import os
 
 from kfp import dsl
 
-from gourmetgram import __version__
+from gourmetgram.images import image
 
-# The pipeline image, built from components/Dockerfile (python 3.11 + this project).
-# Override when compiling for another registry: GOURMETGRAM_PIPELINE_IMAGE=... or
-# `gourmetgram pipeline compile --image ...`.
-DEFAULT_PIPELINE_IMAGE = f"ghcr.io/gourmetgram/pipeline-python3.11:{__version__}"
+# The pipeline image, built from components/Dockerfile (python 3.11 + this project), under the
+# one image reference (charts/gourmetgram/images.env, shared with the chart and the install).
+# Override for one compile: GOURMETGRAM_PIPELINE_IMAGE=... or `gourmetgram pipeline compile --image ...`.
+PIPELINE_IMAGE_NAME = "pipeline-python3.11"
+DEFAULT_PIPELINE_IMAGE = image(PIPELINE_IMAGE_NAME)
 PIPELINE_IMAGE = os.environ.get("GOURMETGRAM_PIPELINE_IMAGE", DEFAULT_PIPELINE_IMAGE)
 
 # Kubernetes Secrets the cluster steps read as environment variables. Required on the

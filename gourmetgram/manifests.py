@@ -43,6 +43,13 @@ _KIND_ORDER = ("Namespace", "ConfigMap", "ServiceAccount", "Role", "RoleBinding"
                "Service", "Deployment", "Ingress", "Broker", "Trigger", "InferenceService", "VirtualService",
                "PodMonitor", "PrometheusRule")
 
+# Helm's ownership metadata (helm v3 pkg/action/validate.go): the chart labels every object
+# app.kubernetes.io/managed-by: Helm, so the committed files also name the release that owns
+# them; a later `helm install <stage release> -n <namespace>` then adopts what
+# `kubectl apply -f inference_services/<stage>.yaml` created instead of refusing it.
+HELM_RELEASE_NAME = "meta.helm.sh/release-name"
+HELM_RELEASE_NAMESPACE = "meta.helm.sh/release-namespace"
+
 _HEADER = (
     "# Rendered from charts/gourmetgram (values.yaml + values-{stage}.yaml{overlay}) by\n"
     "# `gourmetgram manifests render`. Do not edit: change the values and re-render.\n"
@@ -107,6 +114,11 @@ def _render(stage: str, values: dict, chart_dir: Path) -> list[dict[str, Any]]:
         for doc in yaml.safe_load_all(rendered[template])
         if doc
     ]
+    for obj in objects:
+        meta = obj.setdefault("metadata", {})
+        annotations = meta.get("annotations") or {}
+        meta["annotations"] = {**annotations, HELM_RELEASE_NAME: ISVC_NAMES[stage],
+                               HELM_RELEASE_NAMESPACE: meta.get("namespace") or values.get("namespace")}
     return sorted(objects, key=_kind_rank)
 
 

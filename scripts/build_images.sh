@@ -1,29 +1,35 @@
 #!/usr/bin/env bash
-# Build every GourmetGram image with docker buildx, tagged from git; PUSH=1 pushes them.
+# Build every GourmetGram image with docker buildx; PUSH=1 pushes them.
 #
 #   make images                                   # build and load into the local docker
-#   PUSH=1 REGISTRY=ghcr.io/<org> make images     # build and push (what CI does)
+#   PUSH=1 make images                            # build and push (what CI does)
 #
-# Tag: IMAGE_TAG, else `git describe --tags --always --dirty` (v0.1.0, v0.1.0-3-gabc1234,
-# abc1234-dirty). A commit exactly at tag v<version> is also tagged <version>, the tag the
-# chart (charts/gourmetgram/values.yaml) and the pipeline (components/base.py) reference; to
-# run a development build, point them at its git tag (`gourmetgram pipeline compile --image`).
-# The MLflow server image is tagged with its MLflow version (infra/versions.env).
+# Registry and tag: charts/gourmetgram/images.env, the ONE image reference the chart, the
+# pipelines and the install use. Every image gets that IMAGE_TAG (what the cluster pulls; it
+# follows the latest build) and the immutable `git describe --tags --always --dirty` tag
+# (v0.1.0-3-gabc1234, abc1234-dirty) for pinning one build. REGISTRY / IMAGE_TAG in the
+# environment override the file for one build (a development registry); the cluster then
+# needs the same change in images.env. The MLflow server image is tagged with its MLflow
+# version (infra/versions.env) instead of IMAGE_TAG.
 # Exit codes: 0 ok, 2 bad input, 3 docker buildx unavailable.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=SCRIPTDIR/../infra/versions.env
 source infra/versions.env
+override_tag=${IMAGE_TAG:-}
+# shellcheck source=SCRIPTDIR/../charts/gourmetgram/images.env
+source charts/gourmetgram/images.env
+IMAGE_TAG=${override_tag:-$IMAGE_TAG}
 
 die() { echo "error: $2" >&2; exit "$1"; }
 
-REGISTRY=${REGISTRY:-ghcr.io/gourmetgram}
+REGISTRY=${REGISTRY:-$IMAGE_REGISTRY}
 PLATFORMS=${PLATFORMS:-linux/amd64}
 [[ "$REGISTRY" =~ ^[a-z0-9.:-]+(/[a-z0-9._-]+)*$ ]] || die 2 "REGISTRY '$REGISTRY' is not a registry path like ghcr.io/org"
-TAG=${IMAGE_TAG:-$(git describe --tags --always --dirty)}
-[[ "$TAG" =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]] || die 2 "image tag '$TAG' is not a valid docker tag"
-VERSION=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' gourmetgram/__init__.py)
-RELEASE=$(git describe --tags --exact-match 2>/dev/null || true)
+BUILD=$(git describe --tags --always --dirty)
+for tag in "$IMAGE_TAG" "$BUILD"; do
+  [[ "$tag" =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]] || die 2 "image tag '$tag' is not a valid docker tag"
+done
 COMMIT=$(git rev-parse HEAD)
 docker buildx version >/dev/null 2>&1 || die 3 "docker buildx is not available (install docker-buildx-plugin); nothing was built"
 
@@ -34,24 +40,32 @@ else
   output=(--load)
 fi
 
-# name | Dockerfile | extra tag
-images=(
-  "pipeline-python3.11|components/Dockerfile|"
-  "food-transformer|transformers/Dockerfile|"
-  "drift-detector|detectors/Dockerfile|"
-  "capture-sink|capture/Dockerfile|"
-  "retrain-receiver|gourmetgram/retrain/Dockerfile|"
-  "webapp|webapp/Dockerfile|"
-  "mlflow-server|infra/docker/mlflow/Dockerfile|$MLFLOW_VERSION"
-)
-for entry in "${images[@]}"; do
-  IFS='|' read -r name dockerfile extra <<< "$entry"
-  tags=(--tag "$REGISTRY/$name:$TAG")
-  [[ "$RELEASE" == "v$VERSION" ]] && tags+=(--tag "$REGISTRY/$name:$VERSION")
-  [[ -n "$extra" ]] && tags+=(--tag "$REGISTRY/$name:$extra")
-  echo "== $REGISTRY/$name:$TAG ($dockerfile)"
+# Each name of images.env's IMAGES and the Dockerfile that builds it.
+dockerfile_of() {
+  case "$1" in
+    pipeline-python3.11) echo components/Dockerfile ;;
+    food-transformer) echo transformers/Dockerfile ;;
+    drift-detector) echo detectors/Dockerfile ;;
+    capture-sink) echo capture/Dockerfile ;;
+    retrain-receiver) echo gourmetgram/retrain/Dockerfile ;;
+    webapp) echo webapp/Dockerfile ;;
+    mlflow-server) echo infra/docker/mlflow/Dockerfile ;;
+    *) return 1 ;;
+  esac
+}
+read -r -a names <<< "$IMAGES"
+for name in "${names[@]}"; do
+  dockerfile_of "$name" >/dev/null || die 2 "images.env names image '$name', which no Dockerfile builds (add it to dockerfile_of)"
+done
+for name in "${names[@]}"; do
+  dockerfile=$(dockerfile_of "$name")
+  # the tag the cluster pulls: IMAGE_TAG, or the MLflow version for the MLflow server
+  pulled=$IMAGE_TAG
+  [[ "$name" == mlflow-server ]] && pulled=$MLFLOW_VERSION
+  tags=(--tag "$REGISTRY/$name:$pulled" --tag "$REGISTRY/$name:$BUILD")
+  echo "== $REGISTRY/$name:$pulled ($dockerfile, build $BUILD)"
   docker buildx build --platform "$PLATFORMS" --file "$dockerfile" "${tags[@]}" \
     --build-arg "GIT_COMMIT=$COMMIT" --label "org.opencontainers.image.revision=$COMMIT" \
-    --label "org.opencontainers.image.version=$TAG" "${output[@]}" .
+    --label "org.opencontainers.image.version=$BUILD" "${output[@]}" .
 done
-echo "built ${#images[@]} images tagged $TAG${PUSH:+ (pushed)}"
+echo "built ${#names[@]} images tagged $IMAGE_TAG and $BUILD${PUSH:+ (pushed)}"

@@ -145,7 +145,13 @@ def test_names_annotations_and_triton_predictor(rendered):
         assert meta["annotations"] == {
             "serving.kserve.io/deploymentMode": "Knative",
             "serving.kserve.io/enable-tag-routing": "true",
-        }  # no enable-prometheus-scraping: the PodMonitor scrapes each series once
+            # KServe's metric aggregation merges Triton's series into queue-proxy's; no
+            # prometheus.io annotations: the PodMonitor scrapes each series once
+            "serving.kserve.io/enable-metric-aggregation": "true",
+            "serving.kserve.io/enable-prometheus-scraping": "false",
+            manifests.HELM_RELEASE_NAME: ISVC_NAMES[stage],
+            manifests.HELM_RELEASE_NAMESPACE: meta["namespace"],
+        }
         assert "transformer" not in isvc["spec"]  # collocated (kserve#1669)
         predictor = isvc["spec"]["predictor"]
         model = predictor["model"]
@@ -215,24 +221,91 @@ def test_logger_feeds_the_detector_which_downloads_from_the_object_store(rendere
         assert init["args"][0] == isvc["spec"]["predictor"]["model"]["storageUri"]
 
 
-def test_pod_monitors_scrape_each_port_once(rendered):
-    objects = rendered[PRODUCTION]
+# KServe v0.20.0 pkg/constants/constants.go and pkg/webhook/admission/pod/metrics_aggregate_injector.go:
+# with enable-metric-aggregation the pod webhook gives queue-proxy (the qpext image) port
+# "aggr-metric" 9088, which serves queue-proxy's :9091 series plus kserve-container's
+# metrics from the pod annotation prometheus.kserve.io/port (default 8080).
+AGGREGATE_PORT_NAME, QPEXT_DEFAULT_APP_PORT = "aggr-metric", "8080"
+
+
+def aggregated_app_port(isvc: dict, runtime: dict) -> str:
+    """The port qpext scrapes in kserve-container: the pod's prometheus.kserve.io/port, which
+    KServe unions from the ServingRuntime's, the InferenceService's and the predictor's
+    annotations (predictor.go buildObjectMeta), else its default."""
+    annotations = {**(runtime["spec"].get("annotations") or {}), **isvc["metadata"].get("annotations", {}),
+                   **(isvc["spec"]["predictor"].get("annotations") or {})}
+    return annotations.get("prometheus.kserve.io/port", QPEXT_DEFAULT_APP_PORT)
+
+
+@pytest.mark.parametrize("stage", manifests.RENDERED_STAGES)
+def test_pod_monitors_scrape_each_series_once_and_reach_triton(rendered, stage):
+    objects = rendered[stage]
     monitors = {o["metadata"]["name"]: o for o in objects if o["kind"] == "PodMonitor"}
-    isvc_monitor = monitors[ISVC_NAMES[PRODUCTION]]
+    isvc_monitor = monitors[ISVC_NAMES[stage]]
     endpoints = isvc_monitor["spec"]["podMetricsEndpoints"]
     targets = [e.get("port") or e.get("portNumber") for e in endpoints]
-    assert targets == ["http-usermetric", "user-port", 8002]  # queue-proxy, transformer, Triton
-    assert len(set(targets)) == len(targets)
+    # queue-proxy + Triton merged on aggr-metric; the transformer on its own (declared) port
+    assert targets == [AGGREGATE_PORT_NAME, "user-port"]
+    assert "http-usermetric" not in targets  # queue-proxy's own port: its series are in aggr-metric
+    assert isvc_monitor["spec"]["scrapeProtocols"] == ["PrometheusText0.0.4"]
     for endpoint in endpoints:
         relabeled = {r["targetLabel"] for r in endpoint["relabelings"]}
         assert {"kn_revision_name", "kn_configuration_name", "k8s_namespace_name"} <= relabeled
+    isvc = isvc_of(objects)
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/enable-metric-aggregation"] == "true"
     runtime = next(o for o in objects if o["kind"] == "ServingRuntime")
-    assert "--metrics-port=8002" in runtime["spec"]["containers"][0]["args"]
-    for obj in objects:  # nothing else asks to be scraped (no double counting)
+    triton = runtime["spec"]["containers"][0]
+    metrics_port = next(a.split("=")[1] for a in triton["args"] if a.startswith("--metrics-port="))
+    # the aggregator scrapes Triton's metrics port, not the transformer's (scraped directly)
+    assert aggregated_app_port(isvc, runtime) == metrics_port
+    transformer_port = manifests.transformer_container(isvc)["ports"][0]["containerPort"]
+    assert aggregated_app_port(isvc, runtime) != str(transformer_port)
+    without = yaml.safe_load(yaml.safe_dump(runtime))
+    del without["spec"]["annotations"]  # what the first review's chart had: 8080 counted twice
+    assert aggregated_app_port(isvc, without) == str(transformer_port)
+    for obj in objects:  # nothing else asks to be scraped (no annotation-based double counting)
         text = yaml.safe_dump(obj)
-        assert "prometheus.io/scrape" not in text and "enable-prometheus-scraping" not in text
-        assert "enable-metric-aggregation" not in text
+        assert "prometheus.io/scrape" not in text and "prometheus.io/port" not in text
     assert monitors["drift-detector"]["spec"]["podMetricsEndpoints"][0]["port"] == "user-port"
+
+
+def test_the_install_runs_the_aggregating_queue_proxy_of_the_pinned_releases():
+    """qpext is Knative's queue-proxy plus the aggregation server: the image must be KServe's
+    build for the pinned KServe, whose go.mod pins the same Knative Serving (v0.48.1 =
+    knative-v1.21.1), and request metrics must be on for queue-proxy to have any."""
+    patch = read_yaml(REPO_ROOT / "infra" / "k8s" / "knative" / "config-deployment.yaml")
+    versions = dict(line.split("=", 1) for line in (REPO_ROOT / "infra" / "versions.env").read_text().splitlines()
+                    if line and not line.startswith("#"))
+    assert patch["data"]["queue-sidecar-image"] == f"kserve/qpext:{versions['KSERVE_VERSION']}"
+    observability = read_yaml(REPO_ROOT / "infra" / "k8s" / "knative" / "config-observability.yaml")
+    assert observability["data"]["request-metrics-protocol"] == "prometheus"
+
+
+def test_every_rendered_object_names_the_helm_release_that_owns_it(rendered):
+    """The chart labels everything managed-by: Helm; without the release annotations a later
+    `helm install` of the same release refuses the objects kubectl created."""
+    for stage, objects in rendered.items():
+        for obj in objects:
+            meta = obj["metadata"]
+            assert meta["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+            assert meta["annotations"][manifests.HELM_RELEASE_NAME] == ISVC_NAMES[stage], obj["kind"]
+            assert meta["annotations"][manifests.HELM_RELEASE_NAMESPACE] == meta["namespace"], obj["kind"]
+
+
+def test_transformer_readiness_waits_for_tritons_model(rendered):
+    """Knative runs the serving container's readiness probe; kserve's model-ready route with
+    --enable_predictor_health_check asks Triton's /v2/models/<name>/ready (tests/test_transformer.py
+    runs that against a real predictor)."""
+    for objects in rendered.values():
+        isvc = isvc_of(objects)
+        container = manifests.transformer_container(isvc)
+        assert "--enable_predictor_health_check" in container["args"]
+        probe = container["readinessProbe"]["httpGet"]
+        assert probe == {"path": f"/v2/models/{manifests.transformer_model_name(isvc)}/ready",
+                         "port": container["ports"][0]["containerPort"]}
+        # Knative: a user-container probe port must be the container's own; periodSeconds 0
+        # (unset) means queue-proxy's aggressive probing, which forbids these fields
+        assert not {"periodSeconds", "timeoutSeconds", "failureThreshold"} & set(container["readinessProbe"])
 
 
 def test_rollout_role_is_least_privilege(rendered):

@@ -7,6 +7,7 @@ on Chameleon needs, that credentials stay out of the code, and that the scripts 
 from __future__ import annotations
 
 import functools
+import json
 import re
 import shutil
 import subprocess
@@ -128,11 +129,16 @@ def test_versions_are_pinned_and_used():
     assert f"storage-initializer:{versions['KSERVE_VERSION']}" in values
     install = (INFRA / "scripts" / "install_platform.sh").read_text()
     for name in versions:
-        if name not in ("K3S_VERSION", "HELM_VERSION", "TRITON_IMAGE_TAG"):
+        if name not in ("K3S_VERSION", "HELM_VERSION", "TRITON_IMAGE_TAG", "NVIDIA_CONTAINER_TOOLKIT_VERSION"):
             assert f"${name}" in install or f"${{{name}}}" in install, f"{name} unused by install_platform.sh"
     variables = {k: v for item in _parse_terraform()["variable"] for k, v in item.items()}
     assert variables["k3s_version"]["default"] == versions["K3S_VERSION"]
-    assert "INSTALL_K3S_VERSION='${k3s_version}'" in (INFRA / "cloud-init" / "k3s-node.yaml.tftpl").read_text()
+    # the nodes' driver branch and toolkit (node-prep.sh) are the pinned ones
+    assert int(variables["nvidia_driver_branch"]["default"]) == int(versions["MIN_NVIDIA_DRIVER"])
+    assert variables["nvidia_container_toolkit_version"]["default"] == versions["NVIDIA_CONTAINER_TOOLKIT_VERSION"]
+    cloud_init = (INFRA / "cloud-init" / "k3s-node.yaml.tftpl").read_text()
+    assert "K3S_VERSION='${k3s_version}'" in cloud_init and "node-prep" in cloud_init
+    assert 'INSTALL_K3S_VERSION="$K3S_VERSION"' in (INFRA / "cloud-init" / "node-prep.sh").read_text()
 
 
 def test_lease_script_reserves_gpu_hosts():
@@ -144,14 +150,15 @@ def test_lease_script_reserves_gpu_hosts():
 
 
 def _shell_scripts() -> list[Path]:
-    return sorted({*INFRA.glob("scripts/*.sh"), *REPO_ROOT.glob("scripts/*.sh"), REPO_ROOT / ".ci" / "run"})
+    return sorted({*INFRA.glob("scripts/*.sh"), *INFRA.glob("cloud-init/*.sh"), *REPO_ROOT.glob("scripts/*.sh"),
+                   REPO_ROOT / ".ci" / "run"})
 
 
 def test_shell_scripts_parse_and_pass_shellcheck():
     shellcheck = shutil.which("shellcheck")
     assert shellcheck, "shellcheck is required (Debian package `shellcheck`, installed by scripts/setup.sh)"
     scripts = _shell_scripts()
-    assert INFRA / "scripts" / "smoke_cluster.sh" in scripts
+    assert INFRA / "scripts" / "smoke_cluster.sh" in scripts and INFRA / "cloud-init" / "node-prep.sh" in scripts
     for script in scripts:
         result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
         assert result.returncode == 0, f"{script}: {result.stderr}"
@@ -168,6 +175,8 @@ case "$(basename "$0") $*" in
   "kubectl create"*"--dry-run=client -o yaml"*) printf 'apiVersion: v1\\nkind: Stub\\n' ;;
   "kubectl apply -f -") sed 's/^/  | /' >> "$CALLS" ;;
   nvidia-smi*) printf '%s\\n' "${DRIVER_VERSIONS:-580.65.06}" | tr ',' '\\n' ;;
+  "kubectl get nodes -l nvidia.com/gpu.present=true"*) printf '%s\\n' "${GPU_NODES-gpu-0 4 580}" | tr ',' '\\n' ;;
+  *"get pods -l app.kubernetes.io/name=image-prepull"*) printf '%s\\n' "${PULL_STATES:-}" | tr ',' '\\n' ;;
 esac
 exit 0
 """
@@ -177,6 +186,7 @@ def _run_install(tmp_path: Path, **env_overrides: str) -> tuple[subprocess.Compl
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
     keep_kubectl = env_overrides.pop("_keep_kubectl", None)
+    script_override = env_overrides.pop("_script", None)
     for tool in ("kubectl", "helm", "nvidia-smi"):
         if tool == "kubectl" and keep_kubectl:
             continue  # a test's own kubectl stand-in
@@ -187,11 +197,33 @@ def _run_install(tmp_path: Path, **env_overrides: str) -> tuple[subprocess.Compl
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "CALLS": str(calls), "HOME": str(tmp_path),
            "AWS_ACCESS_KEY_ID": "test-key-id", "AWS_SECRET_ACCESS_KEY": "test-key",
            "AWS_ENDPOINT_URL": "http://minio.gourmetgram-platform.svc.cluster.local:9000",
-           "NODE_IP": "192.5.87.10", "NVIDIA_SMI": "nvidia-smi", **env_overrides}
+           "NODE_IP": "192.5.87.10", "NVIDIA_SMI": "nvidia-smi", "POLL_SECONDS": "0", **env_overrides}
     env = {k: v for k, v in env.items() if v is not None}
-    result = subprocess.run(["bash", str(INFRA / "scripts" / "install_platform.sh")], env=env,
+    script = script_override or str(INFRA / "scripts" / "install_platform.sh")
+    result = subprocess.run(["bash", script], env=env,
                             capture_output=True, text=True, timeout=60)
     return result, calls.read_text().splitlines()
+
+
+def _piped_text(calls: list[str], at: int) -> str:
+    """The manifest piped into the `kubectl apply -f -` at ``commands`` index ``at``."""
+    commands = [i for i, c in enumerate(calls) if not c.startswith("  | ")]
+    start = commands[at] + 1
+    lines = []
+    for call in calls[start:]:
+        if not call.startswith("  | "):
+            break
+        lines.append(call[4:])
+    return "\n".join(lines)
+
+
+def _piped_apply(calls: list[str], needle: str) -> int:
+    """Index (among commands) of the first `kubectl apply -f -` whose piped manifest holds ``needle``."""
+    commands = [c for c in calls if not c.startswith("  | ")]
+    for i, command in enumerate(commands):
+        if command == "kubectl apply -f -" and needle in _piped_text(calls, i):
+            return i
+    raise AssertionError(f"no manifest with {needle!r} was applied")
 
 
 def _index(calls: list[str], *needles: str) -> int:
@@ -224,15 +256,17 @@ def test_install_orders_waits_and_merge_patches_knative_config(tmp_path):
     for call in calls:
         if call.startswith("kubectl apply -f ") and not call.endswith(" -"):
             target = call.split()[-1]
-            assert target.startswith("https://github.com/") or target.endswith(
-                ("model-serviceaccount.yaml", "platform/mlflow.yaml")), call
+            assert target.startswith("https://github.com/") or target.endswith("model-serviceaccount.yaml"), call
     piped = "\n".join(c for c in calls if c.startswith("  | "))
     assert "knative-serving" not in piped
     # KServe after Knative is configured; its controller is waited for; Prometheus after it
     kserve = at("helm upgrade --install kserve ", "kserve-resources", "--version v0.20.0")
     assert max(knative_patches) < at("kserve-crd") < kserve < at("rollout status deploy/kserve-controller-manager")
     assert "kserve.controller.gateway.domain=192.5.87.10.sslip.io" in commands[kserve]
-    assert kserve < at("kube-prometheus-stack", "--version 67.8.0")
+    # Prometheus (its ServiceMonitor CRD) before the GPU operator's DCGM ServiceMonitor
+    prometheus = at("helm upgrade --install kube-prometheus-stack", "--version 67.8.0")
+    assert prometheus < at("wait", "Established", "crd/servicemonitors.monitoring.coreos.com") < at(
+        "helm upgrade --install gpu-operator")
     # namespaces and Secrets last, with the endpoint KServe's storage initializer reads
     for ns in ("gourmetgram-staging", "gourmetgram-production"):
         assert at("kube-prometheus-stack") < at("create namespace", ns)
@@ -297,8 +331,11 @@ def test_install_brings_up_minio_mlflow_and_kfp_in_order(tmp_path):
     assert minio < at("rollout status deploy/minio")
     # MLflow after MinIO (its artifact store), PostgreSQL waited for before MLflow is
     pg_secret = at("create secret generic mlflow-postgres")
-    assert at("rollout status deploy/minio") < pg_secret < at("apply -f", "platform/mlflow.yaml")
-    assert at("platform/mlflow.yaml") < at("rollout status statefulset/postgres") < at("rollout status deploy/mlflow")
+    mlflow = _piped_apply(calls, "name: mlflow")
+    assert at("rollout status deploy/minio") < pg_secret < mlflow
+    assert mlflow < at("rollout status statefulset/postgres") < at("rollout status deploy/mlflow")
+    # the server image under the one image reference's registry
+    assert f"image: ghcr.io/gourmetgram/mlflow-server:{v['MLFLOW_VERSION']}" in _piped_text(calls, mlflow)
     # KFP standalone, pinned: cluster-scoped resources, the CRD established, then the env
     scoped = at("apply -k", "cluster-scoped-resources", f"ref={v['KFP_VERSION']}")
     env = at("apply -k", "env/platform-agnostic", f"ref={v['KFP_VERSION']}")
@@ -371,7 +408,7 @@ def test_platform_manifests_are_valid_pinned_and_hold_no_secrets():
     images = {c["name"]: c["image"] for d in docs if d["kind"] != "Service"
               for c in d["spec"]["template"]["spec"]["containers"]}
     assert images == {"postgres": f"docker.io/library/postgres:{v['POSTGRES_IMAGE_TAG']}",
-                      "mlflow": f"ghcr.io/gourmetgram/mlflow-server:{v['MLFLOW_VERSION']}"}
+                      "mlflow": "${IMAGE_REGISTRY}/mlflow-server:" + v["MLFLOW_VERSION"]}  # the install substitutes
     assert f"ARG MLFLOW_VERSION={v['MLFLOW_VERSION']}" in (INFRA / "docker" / "mlflow" / "Dockerfile").read_text()
     mlflow = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert all("value" not in e for e in mlflow["env"] if "PASSWORD" in e["name"] or "SECRET" in e["name"])
@@ -452,3 +489,227 @@ def test_install_refuses_a_database_password_that_breaks_its_url(tmp_path):
     assert result.returncode == 2
     assert "MLFLOW_DB_PASSWORD may hold only" in result.stderr
     assert not [c for c in calls if c.startswith(("kubectl", "helm"))]  # nothing was installed
+
+
+# --- issue 24: GPU capacity, images, the GPU operator on k3s 1.33 ------------------------------
+
+def _capacity() -> dict[str, str]:
+    return dict(line.split("=", 1) for line in (INFRA / "capacity.env").read_text().splitlines()
+                if line and not line.startswith("#"))
+
+
+def test_install_time_slices_the_gpu_and_checks_slots_and_every_nodes_driver(tmp_path):
+    import yaml
+
+    result, calls = _run_install(tmp_path)
+    assert result.returncode == 0, result.stderr
+    commands = [c for c in calls if not c.startswith("  | ")]
+    at = functools.partial(_index, commands)
+    capacity = _capacity()
+    values = yaml_load(INFRA / "k8s" / "gpu-operator-values.yaml")
+    # the device plugin's ConfigMap exists before the operator, named as its values name it
+    config = at("-n gpu-operator create configmap", values["devicePlugin"]["config"]["name"])
+    assert at("create namespace gpu-operator") < config < at("helm upgrade --install gpu-operator")
+    literal = commands[config].split("--from-literal=", 1)[1].split(" --dry-run")[0]
+    key, _, body = literal.replace("\\n", "\n").replace("\\ ", " ").replace("$'", "").rstrip("'").partition("=")
+    assert key == values["devicePlugin"]["config"]["default"]
+    plugin = yaml.safe_load(body)
+    [resource] = plugin["sharing"]["timeSlicing"]["resources"]
+    assert resource == {"name": "nvidia.com/gpu", "replicas": int(capacity["GPU_SHARES"])}
+    # slots and drivers judged after the operator, before any image is pulled or Istio installed
+    check = at("get nodes -l nvidia.com/gpu.present=true")
+    assert at("helm upgrade --install gpu-operator") < check < at("gourmetgram-image-prepull") < at("istio/base")
+    assert "node gpu-0: driver 580, 4 nvidia.com/gpu slot(s)" in result.stdout
+    # three slots are what the first run holds at once: production, a canary, training
+    assert int(capacity["GPU_SLOTS_REQUIRED"]) == 3
+
+
+def test_gpu_slots_required_is_what_the_chart_and_the_pipeline_hold_at_once():
+    from gourmetgram import manifests
+
+    isvc = manifests.find_inference_service(manifests.render_objects("production"))
+    predictor = isvc["spec"]["predictor"]
+    per_pod = int(predictor["model"]["resources"]["limits"]["nvidia.com/gpu"])
+    compiled = next(iter(__import__("yaml").safe_load_all((REPO_ROOT / "pipelines" / "training_pipeline.yaml").read_text())))
+    training = [e["container"]["resources"]["accelerator"] for e in compiled["deploymentSpec"]["executors"].values()
+                if "accelerator" in e["container"].get("resources", {})]
+    assert len(training) == 1
+    train_gpus = int(training[0].get("resourceCount") or training[0].get("count"))
+    staging = manifests.find_inference_service(manifests.render_objects("staging"))
+    assert "nvidia.com/gpu" not in staging["spec"]["predictor"]["model"]["resources"].get("limits", {})
+    # stable revision at its minimum + a canary revision (min-scale 1) + the training step
+    needed = predictor["minReplicas"] * per_pod + 1 * per_pod + train_gpus
+    capacity = _capacity()
+    assert int(capacity["GPU_SLOTS_REQUIRED"]) == needed
+    # on one GPU the shares hold that plus production's autoscaling headroom
+    assert int(capacity["GPU_SHARES"]) >= predictor["maxReplicas"] * per_pod + per_pod + train_gpus
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"GPU_NODES": "gpu-0 1 580"}, "only 1 allocatable nvidia.com/gpu slot(s)"),
+    ({"GPU_NODES": "gpu-0 4 580,gpu-1 4 560"}, "node gpu-1 runs NVIDIA driver 560, older than 580"),
+    ({"GPU_NODES": ""}, "no node is labelled nvidia.com/gpu.present=true"),
+])
+def test_install_stops_before_pulling_anything_without_gpu_slots_or_with_an_old_driver(tmp_path, env, message):
+    result, calls = _run_install(tmp_path, **env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert message in result.stderr
+    assert not [c for c in calls if "image-prepull" in c or "istio" in c or "kserve" in c]
+
+
+def test_no_sharing_when_gpu_shares_is_one(tmp_path):
+    capacity = (INFRA / "capacity.env").read_text()
+    infra = tmp_path / "repo" / "infra"
+    shutil.copytree(INFRA, infra)
+    shutil.copytree(REPO_ROOT / "charts" / "gourmetgram", tmp_path / "repo" / "charts" / "gourmetgram")
+    (infra / "capacity.env").write_text(capacity.replace("GPU_SHARES=4", "GPU_SHARES=1"))
+    result, calls = _run_install(tmp_path, _script=str(infra / "scripts" / "install_platform.sh"))
+    assert result.returncode == 0, result.stderr
+    config = next(c for c in calls if "create configmap gourmetgram-time-slicing" in c)
+    assert "sharing" not in config and "migStrategy" in config
+
+
+def test_gpu_operator_leaves_k3s_containerd_config_alone():
+    """k3s 1.33 runs containerd 2: a template at config-v3.toml.tmpl (or config.toml.tmpl)
+    replaces the whole generated config, so nothing may write one; k3s adds the `nvidia`
+    runtime itself when nvidia-container-runtime is installed (node-prep.sh)."""
+    values = yaml_load(INFRA / "k8s" / "gpu-operator-values.yaml")
+    assert values["toolkit"] == {"enabled": False} and values["driver"] == {"enabled": False}
+    assert "toml.tmpl" not in json.dumps(values)
+    assert values["operator"]["runtimeClass"] == "nvidia"
+    assert values["dcgmExporter"]["serviceMonitor"]["enabled"] is True
+    prep = (INFRA / "cloud-init" / "node-prep.sh").read_text()
+    assert "default-runtime: nvidia" in prep and "nvidia-container-toolkit" in prep
+    assert "toml.tmpl" not in prep
+
+
+def test_install_pulls_every_image_on_every_node_before_anything_uses_it(tmp_path):
+    import k8s_schemas
+    import yaml
+
+    result, calls = _run_install(tmp_path)
+    assert result.returncode == 0, result.stderr
+    commands = [c for c in calls if not c.startswith("  | ")]
+    at = functools.partial(_index, commands)
+    prepull = _piped_apply(calls, "name: gourmetgram-image-prepull")
+    daemonset = yaml.safe_load(_piped_text(calls, prepull))
+    assert k8s_schemas.iter_errors([daemonset]) == []
+    env = dict(line.split("=", 1) for line in (REPO_ROOT / "charts" / "gourmetgram" / "images.env").read_text()
+               .splitlines() if line and not line.startswith("#"))
+    v = _versions()
+    pulled = {c["image"] for c in daemonset["spec"]["template"]["spec"]["initContainers"]}
+    ours = {f"{env['IMAGE_REGISTRY']}/{n}:{v['MLFLOW_VERSION'] if n == 'mlflow-server' else env['IMAGE_TAG']}"
+            for n in env["IMAGES"].strip('"').split()}
+    assert pulled == ours | {f"nvcr.io/nvidia/tritonserver:{v['TRITON_IMAGE_TAG']}", f"kserve/qpext:{v['KSERVE_VERSION']}",
+                             f"kserve/storage-initializer:{v['KSERVE_VERSION']}"}
+    # what the chart pulls is among them
+    from gourmetgram import manifests
+
+    for stage in manifests.RENDERED_STAGES:
+        text = yaml.safe_dump_all(manifests.render_objects(stage))
+        assert set(re.findall(r"image: (\S+)", text)) <= pulled
+    # pulled (rollout waited for) before MLflow, KFP or any serving namespace pulls one
+    done = at("rollout status ds/gourmetgram-image-prepull --timeout=60s")
+    assert prepull < done < _piped_apply(calls, "name: mlflow") < at("apply -k") < at("create namespace gourmetgram-staging")
+
+
+def test_install_names_the_image_it_cannot_pull_and_stops(tmp_path):
+    result, calls = _run_install(tmp_path, PULL_STATES="ghcr.io/gourmetgram/food-transformer:0.1.0 ImagePullBackOff,"
+                                 "nvcr.io/nvidia/tritonserver:24.08-py3 ")
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "cannot pull ghcr.io/gourmetgram/food-transformer:0.1.0 " in result.stderr
+    assert "tritonserver" not in result.stderr.split("cannot pull")[1].split("from the nodes")[0]
+    assert not [c for c in calls if "platform/mlflow" in c or "istio" in c or c.startswith("kubectl apply -k")]
+    assert "name: mlflow" not in "\n".join(calls)  # MLflow's manifest was never applied
+
+
+def test_install_attaches_a_pull_secret_only_when_given_credentials(tmp_path):
+    result, calls = _run_install(tmp_path, REGISTRY_USERNAME="robot", REGISTRY_PASSWORD="pull-token-123")
+    assert result.returncode == 0, result.stderr
+    commands = [c for c in calls if not c.startswith("  | ")]
+    for ns, accounts in (("gourmetgram-platform", ["default"]), ("kubeflow", ["default", "pipeline-runner"]),
+                         ("gourmetgram-production", ["default", "gourmetgram-models"])):
+        secret = _index(commands, f"-n {ns} create secret docker-registry gourmetgram-registry", "--docker-server=ghcr.io")
+        for account in accounts:
+            assert secret < _index(commands, f"-n {ns} patch serviceaccount {account}", "gourmetgram-registry")
+    daemonset = _piped_text(calls, _piped_apply(calls, "name: gourmetgram-image-prepull"))
+    assert "imagePullSecrets: [{name: gourmetgram-registry}]" in daemonset
+    assert "pull-token-123" not in result.stdout + result.stderr
+    _, without = _run_install(tmp_path / "none")
+    assert not [c for c in without if "docker-registry" in c or "imagePullSecrets" in c]
+    bad, calls = _run_install(tmp_path / "half", REGISTRY_USERNAME="robot")
+    assert bad.returncode == 2 and "REGISTRY_PASSWORD" in bad.stderr and not calls
+
+
+def test_install_needs_git_for_kubeflows_remote_kustomization(tmp_path):
+    result, calls = _run_install(tmp_path, GIT="no-such-git")
+    assert result.returncode == 2 and "git not found" in result.stderr
+    assert not calls
+
+
+# --- node-prep.sh (cloud-init) against recording stand-ins ------------------------------------
+
+PREP_RECORDER = """#!/usr/bin/env bash
+{ printf '%s' "$(basename "$0")"; printf ' %q' "$@"; printf '\\n'; } >> "$CALLS"
+case "$(basename "$0") $*" in
+  "systemctl is-active"*) [[ -n "${FIREWALLD_ACTIVE:-}" ]] || exit 3 ;;
+  nvidia-smi*) printf '%s\\n' "${DRIVER:-560.35.03}" ;;
+  "curl -fsSL https://nvidia.github.io/libnvidia-container/stable/deb/nvidia-container-toolkit.list")
+    echo 'deb https://nvidia.github.io/libnvidia-container/stable/deb/$(ARCH) /' ;;
+  "curl -sfL https://get.k3s.io") echo 'mkdir -p "$PREP_ROOT/var/lib/rancher/k3s/agent/etc/containerd"; echo "default_runtime_name = \\"nvidia\\"" > "$PREP_ROOT/var/lib/rancher/k3s/agent/etc/containerd/config.toml"' ;;
+  "apt-get install"*nvidia-container-toolkit=*) touch "$(dirname "$0")/nvidia-container-runtime"; chmod +x "$(dirname "$0")/nvidia-container-runtime" ;;
+esac
+exit 0
+"""
+
+
+def _run_prep(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    root, bin_dir = tmp_path / "root", tmp_path / "bin"
+    for d in ("etc/rancher/k3s", "etc/gourmetgram", "etc/apt/sources.list.d", "usr/share/keyrings"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    (root / "etc/rancher/k3s/config.yaml").write_text('token: "t"\n')
+    (root / "etc/gourmetgram/node.env").write_text(
+        "K3S_VERSION='v1.33.5+k3s1'\nK3S_ROLE='server'\nNODE_IPS='10.140.81.10 10.140.81.11'\n"
+        "NVIDIA_DRIVER_BRANCH='580'\nNVIDIA_CONTAINER_TOOLKIT_VERSION='1.17.8-1'\n")
+    bin_dir.mkdir(exist_ok=True)
+    for tool in ("nvidia-smi", "apt-get", "curl", "gpg", "firewall-cmd", "firewall-offline-cmd", "systemctl",
+                 "shutdown"):
+        (bin_dir / tool).write_text(PREP_RECORDER)
+        (bin_dir / tool).chmod(0o755)
+    calls = tmp_path / "calls.log"
+    calls.write_text("")
+    full = {"PATH": f"{bin_dir}:/usr/bin:/bin", "CALLS": str(calls), "PREP_ROOT": str(root), "POLL_SECONDS": "0", **env}
+    result = subprocess.run(["bash", str(INFRA / "cloud-init" / "node-prep.sh")], env=full, capture_output=True,
+                            text=True, timeout=60)
+    return result, calls.read_text().splitlines()
+
+
+def test_node_prep_opens_firewalld_installs_the_toolkit_before_k3s_and_upgrades_an_old_driver(tmp_path):
+    result, calls = _run_prep(tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    at = functools.partial(_index, calls)
+    # firewalld (not running here: the offline client), k3s's documented trusted sources
+    for source in ("10.42.0.0/16", "10.43.0.0/16", "10.140.81.10", "10.140.81.11"):
+        at("firewall-offline-cmd --zone=trusted", f"--add-source={source}")
+    for port in ("80/tcp", "443/tcp"):
+        at("firewall-offline-cmd --zone=public", f"--add-port={port}")
+    assert not [c for c in calls if "6443" in c]  # the API is reached through the SSH tunnel
+    # the CC image's 560 driver is older than the branch: upgraded, then a reboot
+    assert at("apt-get install", "cuda-drivers-580") < at("shutdown -r")
+    # the pinned toolkit before k3s, and k3s's containerd config names the nvidia runtime
+    toolkit = at("apt-get install", "nvidia-container-toolkit=1.17.8-1", "libnvidia-container1=1.17.8-1")
+    assert toolkit < at("curl -sfL https://get.k3s.io")
+    root = tmp_path / "root"
+    assert "default-runtime: nvidia" in (root / "etc/rancher/k3s/config.yaml").read_text()
+    assert "signed-by=/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg" in (
+        root / "etc/apt/sources.list.d/nvidia-container-toolkit.list").read_text()
+    assert not list(root.rglob("*.toml.tmpl"))  # no containerd template for k3s to replace its config with
+
+
+def test_node_prep_keeps_a_new_driver_and_uses_the_running_firewalld(tmp_path):
+    result, calls = _run_prep(tmp_path, DRIVER="580.65.06", FIREWALLD_ACTIVE="1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not [c for c in calls if "cuda-drivers" in c or c.startswith("shutdown")]
+    _index(calls, "firewall-cmd --permanent --zone=trusted --add-source=10.42.0.0/16")
+    _index(calls, "firewall-cmd --reload")
+    assert not [c for c in calls if c.startswith("firewall-offline-cmd")]

@@ -617,3 +617,42 @@ def test_concurrent_requests_each_get_their_own_answer(client, session):
     assert responses[4].status_code == 400 and "instances[0]" in responses[4].json()["error"]
     got = [p["class_index"] for i, r in enumerate(responses) if i != 4 for p in r.json()["predictions"]]
     assert got == list(np.argmax(expected_probs(session, images), axis=1))
+
+
+# ---------------------------------------------------------------- readiness (the chart's probe)
+
+
+def _chart_transformer_argv(port: int, predictor_host: str, spec_dir: Path) -> list[str]:
+    """The transformer's args exactly as the production InferenceService renders them, with
+    this machine's predictor address, port and model spec."""
+    from gourmetgram import manifests
+
+    isvc = manifests.find_inference_service(manifests.render_objects("production"))
+    args = list(manifests.transformer_container(isvc)["args"])
+    values = {"--predictor_host": predictor_host, "--http_port": str(port), "--model_spec": str(spec_dir)}
+    for flag, value in values.items():
+        args[args.index(flag) + 1] = value
+    return args
+
+
+def test_chart_readiness_probe_is_not_ready_until_tritons_model_is(predictor, onnx_path):
+    """The probe path the chart gives Knative (GET /v2/models/<name>/ready on the transformer)
+    answers 503 while the predictor's model is not ready and 200 once it is: a revision takes
+    no traffic before Triton has loaded the model. Real entry point, real predictor."""
+    from gourmetgram import manifests
+
+    isvc = manifests.find_inference_service(manifests.render_objects("production"))
+    probe = manifests.transformer_container(isvc)["readinessProbe"]["httpGet"]["path"]
+    for predictor_host, ready in ((f"127.0.0.1:{free_port()}", False), (predictor[0], True)):
+        port = free_port()
+        argv = _chart_transformer_argv(port, predictor_host, onnx_path.parent)
+        # image size and labels from model_spec.json: no predictor metadata call at start-up
+        proc = subprocess.Popen([sys.executable, "-m", "food_transformer", *argv, "--image_size", str(IMAGE_SIZE)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            wait_http(f"http://127.0.0.1:{port}/v2/health/live", proc)
+            answer = httpx.get(f"http://127.0.0.1:{port}{probe}", timeout=30)
+            assert answer.status_code == (200 if ready else 503), (predictor_host, answer.text)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)

@@ -97,6 +97,11 @@ resource "openstack_compute_instance_v2" "gpu_node" {
     k3s_token   = random_password.k3s_token.result
     role        = count.index == 0 ? "server" : "agent"
     server_ip   = openstack_networking_port_v2.node[0].all_fixed_ips[0]
+    # firewalld trusts the other nodes (on bare metal the security group does not filter)
+    node_ips                         = [for port in openstack_networking_port_v2.node : port.all_fixed_ips[0]]
+    nvidia_driver_branch             = var.nvidia_driver_branch
+    nvidia_container_toolkit_version = var.nvidia_container_toolkit_version
+    node_prep_b64                    = filebase64("${path.module}/../cloud-init/node-prep.sh")
   })
 
   metadata = {

@@ -67,3 +67,15 @@ variable "k3s_version" {
   type        = string
   default     = "v1.33.5+k3s1"
 }
+
+variable "nvidia_driver_branch" {
+  description = "NVIDIA driver branch the nodes need (keep in step with MIN_NVIDIA_DRIVER in infra/versions.env); node-prep.sh installs it when the image's is older."
+  type        = number
+  default     = 580
+}
+
+variable "nvidia_container_toolkit_version" {
+  description = "NVIDIA Container Toolkit apt version node-prep.sh installs (keep in step with infra/versions.env)."
+  type        = string
+  default     = "1.17.8-1"
+}

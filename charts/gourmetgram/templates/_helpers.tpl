@@ -9,6 +9,26 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 gourmetgram.io/stage: {{ .Values.stage }}
 {{- end -}}
 
+{{/* One KEY's value in images.env, the one image reference (registry, tag) of the repository's images. */}}
+{{- define "gourmetgram.imagesEnv" -}}
+{{- $line := regexFind (printf "(?m)^%s=.*$" .key) (.context.Files.Get "images.env") -}}
+{{- $line | trimPrefix (printf "%s=" .key) | trimAll "\"" | trim -}}
+{{- end -}}
+
+{{/* An image built from this repository: <registry>/<name>:<tag> from images.env (scripts/build_images.sh
+pushes exactly these); images.registry / images.tag in the values override it for one release. */}}
+{{- define "gourmetgram.image" -}}
+{{- $registry := default (include "gourmetgram.imagesEnv" (dict "context" .context "key" "IMAGE_REGISTRY")) .context.Values.images.registry -}}
+{{- $tag := default (include "gourmetgram.imagesEnv" (dict "context" .context "key" "IMAGE_TAG")) .context.Values.images.tag -}}
+{{- if not (and $registry $tag) -}}
+{{- fail "no image registry/tag: charts/gourmetgram/images.env must set IMAGE_REGISTRY and IMAGE_TAG" -}}
+{{- end -}}
+{{- if not (regexMatch "^[a-z0-9][a-z0-9._-]*$" .name) -}}
+{{- fail (printf "image name %q: give the name only (e.g. food-transformer); the registry and tag come from images.env" .name) -}}
+{{- end -}}
+{{- printf "%s/%s:%s" (trimSuffix "/" $registry) .name $tag -}}
+{{- end -}}
+
 {{/* The bundle root without a trailing slash. */}}
 {{- define "gourmetgram.bundleUri" -}}
 {{- $uri := required "model.bundleUri is required" .Values.model.bundleUri | trimSuffix "/" -}}

@@ -28,6 +28,15 @@ metadata:
   annotations:
     serving.kserve.io/deploymentMode: {{ .Values.deploymentMode }}
     serving.kserve.io/enable-tag-routing: {{ .Values.tagRouting | toString | quote }}
+    # Triton's metrics reach Prometheus through KServe's metric aggregation (qpext, the
+    # queue-proxy image the install sets in Knative's config-deployment): queue-proxy serves
+    # its own series plus kserve-container's (the ServingRuntime's prometheus.kserve.io/port,
+    # 8002) on port aggr-metric (9088), which the PodMonitor scrapes. Knative allows one
+    # declared port per pod, so 8002 itself cannot be a scrape target (kserve v0.20.0
+    # pkg/webhook/admission/pod/metrics_aggregate_injector.go, qpext/README.md).
+    # No prometheus.io annotations: the PodMonitor is the one scraper.
+    serving.kserve.io/enable-metric-aggregation: "true"
+    serving.kserve.io/enable-prometheus-scraping: "false"
 spec:
   predictor:
     minReplicas: {{ .Values.predictor.minReplicas }}
@@ -71,7 +80,7 @@ spec:
         {{- toYaml $res | nindent 8 }}
     containers:
       - name: transformer-container
-        image: {{ required "transformer.image is required" .Values.transformer.image }}
+        image: {{ include "gourmetgram.image" (dict "context" $ "name" (required "transformer.image is required" .Values.transformer.image)) }}
         args:
           - --model_name
           - {{ .Values.modelName }}
@@ -83,12 +92,23 @@ spec:
           - {{ .Values.transformer.port | quote }}
           - --model_spec
           - {{ .Values.transformer.modelSpecPath }}
+          # Readiness includes Triton: with this flag kserve's /v2/models/<name>/ready asks
+          # the predictor's /v2/models/<name>/ready (kserve 0.20 protocol/dataplane.py
+          # model_ready); inference calls skip that check.
+          - --enable_predictor_health_check
           {{- range .Values.transformer.extraArgs }}
           - {{ . | quote }}
           {{- end }}
         ports:
           - containerPort: {{ .Values.transformer.port }}
             protocol: TCP
+        # Knative's queue-proxy runs the serving container's probe (knative-v1.21.1
+        # pkg/reconciler/revision/resources/queue.go): a revision (a canary, staging scaling
+        # from zero) takes no traffic until Triton has loaded the model.
+        readinessProbe:
+          httpGet:
+            path: /v2/models/{{ .Values.modelName }}/ready
+            port: {{ .Values.transformer.port }}
         resources:
           {{- toYaml .Values.transformer.resources | nindent 10 }}
 {{- end -}}
