@@ -167,6 +167,12 @@ def download_tree(uri: str, local_dir: str | Path, endpoint: str | None = None) 
     return out
 
 
+def exists(uri: str, endpoint: str | None = None) -> bool:
+    """True when ``uri`` names an object or a prefix with objects under it."""
+    bucket, key = split_uri(uri)
+    return bool(_reachable(f"look up {uri}", filesystem(endpoint).exists, f"{bucket}/{key}".rstrip("/")))
+
+
 def download_file(uri: str, dest: str | Path, endpoint: str | None = None) -> Path:
     """Copy the one object ``uri`` to ``dest`` (``FileNotFoundError`` when it does not exist)."""
     bucket, key = split_uri(uri)

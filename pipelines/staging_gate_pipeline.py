@@ -43,9 +43,10 @@ def staging_gate_pipeline(staging_url: str, version: int, images_uri: str, slo: 
                           isvc_name: str = ISVC_NAMES[PRODUCTION]) -> StagingGateOutputs:
     """``staging_url``: the staging endpoint as the step's pod reaches it (e.g. the
     InferenceService's cluster-local URL). ``version``: the registered version now in
-    staging. ``images_uri``: a folder of evaluation images inside the step's pod (the
-    pipeline image or a mounted PVC); there is no default because no path is valid on
-    every cluster. ``slo``: ``slo`` (configs/slo.yaml) or a YAML path in the pod.
+    staging. ``images_uri``: on the cluster, the registered dataset's ``s3://`` URI (the
+    ``dataset_uri`` the training run ingested; its evaluation split is downloaded into the
+    step's pod) or an ``s3://`` prefix of images; locally (kfp.local), a folder of images.
+    There is no default because no location is valid everywhere. ``slo``: ``slo`` (configs/slo.yaml) or a YAML path in the pod.
     ``users`` / ``run_time``: the constant load (Locust syntax: 30s, 5m). ``canary_percent``:
     the canary's share of production traffic. ``isvc_namespace``: empty = only move the
     registry alias (start the canary with ``gourmetgram rollout canary``); set = also

@@ -107,3 +107,27 @@ def test_compile_writes_a_loadable_pipeline(tmp_path, capsys):
     spec = next(yaml.safe_load_all(out.read_text()))
     assert spec["pipelineInfo"]["name"] == "gourmetgram-training"
     assert str(out) in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("outcome", "code"), [("SUCCEEDED", 0), ("FAILED", 1), (TimeoutError("Run timeout"), 3)])
+def test_submit_wait_exits_by_how_the_run_ended(outcome, code, capsys):
+    """`pipeline submit --wait` (infra/scripts/first_run.sh waits on each training run) on kfp's
+    RunPipelineResult.wait_for_run_completion: its end state decides the exit code."""
+    from gourmetgram.errors import DependencyUnavailable
+    from gourmetgram_app.cli.commands.pipeline import wait_for_run
+
+    class Result:  # kfp.client.client.RunPipelineResult's interface (no KFP backend runs here)
+        run_id = "run-1"
+
+        def wait_for_run_completion(self, timeout=None):
+            assert timeout == 60
+            if isinstance(outcome, Exception):
+                raise outcome
+            return type("Run", (), {"state": outcome})()
+
+    if code == 3:
+        with pytest.raises(DependencyUnavailable, match="did not finish within 60 s"):
+            wait_for_run(Result(), 60, "http://kfp")
+    else:
+        assert wait_for_run(Result(), 60, "http://kfp") == code
+        assert f"run run-1: {outcome}" in capsys.readouterr().out

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gourmetgram import __version__
 from gourmetgram.constants import REPO_ROOT
 
 SCRIPT = REPO_ROOT / "scripts" / "build_images.sh"
@@ -53,42 +52,90 @@ def _builds(calls: list[str]) -> dict[str, str]:
     return {re.search(r"--file (\S+)", c).group(1): c for c in calls if c.startswith("docker buildx build")}
 
 
-def test_every_dockerfile_is_built_and_tagged_from_git(tmp_path):
+def _images_env() -> dict[str, str]:
+    from gourmetgram.images import read_images_env
+
+    return read_images_env()
+
+
+def test_every_dockerfile_is_built_and_tagged_with_the_one_image_reference(tmp_path):
     result, calls = _run(tmp_path)
     assert result.returncode == 0, result.stderr
     describe = subprocess.run(["git", "describe", "--tags", "--always", "--dirty"], cwd=REPO_ROOT,
                               capture_output=True, text=True, check=True).stdout.strip()
+    env = _images_env()
     builds = _builds(calls)
     assert set(builds) == _dockerfiles()  # a new Dockerfile must be added to the script
     names = {}
     for dockerfile, command in builds.items():
         tags = re.findall(r"--tag (\S+)", command)
-        assert tags[0].startswith("ghcr.io/gourmetgram/") and tags[0].endswith(f":{describe}"), command
-        names[dockerfile] = tags[0].rsplit(":", 1)[0]
+        name = tags[0].rsplit(":", 1)[0]
+        assert name.startswith(env["IMAGE_REGISTRY"] + "/"), command
+        assert tags[1] == f"{name}:{describe}", command  # the immutable build tag, always
+        names[dockerfile] = name
         assert "--load" in command and "--push" not in command
         assert "--platform linux/amd64" in command and command.endswith(" .")
-    # the names the chart and the pipeline reference
-    values = (REPO_ROOT / "charts" / "gourmetgram" / "values.yaml").read_text()
-    assert f"image: {names['transformers/Dockerfile']}:{__version__}" in values
-    assert f"image: {names['detectors/Dockerfile']}:{__version__}" in values
-    assert f"image: {names['webapp/Dockerfile']}:{__version__}" in values
-    assert f"image: {names['capture/Dockerfile']}:{__version__}" in values  # the chart's capture sink
-    assert f"image: {names['gourmetgram/retrain/Dockerfile']}:{__version__}" in values
-    from components.base import DEFAULT_PIPELINE_IMAGE
+    assert sorted(n.rsplit("/", 1)[1] for n in names.values()) == sorted(env["IMAGES"].split())
+    # the tag the cluster pulls: IMAGE_TAG (the MLflow server: its MLflow version)
+    from gourmetgram.images import image
 
-    assert f"{names['components/Dockerfile']}:{__version__}" == DEFAULT_PIPELINE_IMAGE
+    mlflow_tag = re.findall(r"--tag (\S+)", builds["infra/docker/mlflow/Dockerfile"])[0]
+    for dockerfile, command in builds.items():
+        if dockerfile != "infra/docker/mlflow/Dockerfile":
+            assert re.findall(r"--tag (\S+)", command)[0] == image(names[dockerfile].rsplit("/", 1)[1])
+    # what the chart renders, the pipelines compile and the MLflow manifest names are exactly these
+    from components.base import DEFAULT_PIPELINE_IMAGE
+    from gourmetgram import manifests
+
+    assert re.findall(r"--tag (\S+)", builds["components/Dockerfile"])[0] == DEFAULT_PIPELINE_IMAGE
+    rendered = set()
+    for stage in manifests.RENDERED_STAGES:
+        rendered |= set(re.findall(r"image: (\S+)", yaml.safe_dump_all(manifests.render_objects(stage))))
+    ours = {i for i in rendered if i.startswith(env["IMAGE_REGISTRY"] + "/")}
+    assert ours == {image(names[d].rsplit("/", 1)[1]) for d in ("transformers/Dockerfile", "detectors/Dockerfile",
+                                                               "capture/Dockerfile", "webapp/Dockerfile")}
+    receiver = manifests.render_objects("production", {"retrainReceiver": {"enabled": True}})
+    assert image(names["gourmetgram/retrain/Dockerfile"].rsplit("/", 1)[1]) in yaml.safe_dump_all(receiver)
+    for compiled in ("training_pipeline.yaml", "staging_gate_pipeline.yaml"):
+        assert set(re.findall(r"image: (\S+)", (REPO_ROOT / "pipelines" / compiled).read_text())) == {
+            DEFAULT_PIPELINE_IMAGE}
     mlflow = (REPO_ROOT / "infra" / "k8s" / "platform" / "mlflow.yaml").read_text()
-    mlflow_tags = re.findall(r"--tag (\S+)", builds["infra/docker/mlflow/Dockerfile"])
-    assert any(f"image: {t}" in mlflow for t in mlflow_tags)
+    assert "image: " + mlflow_tag.replace(env["IMAGE_REGISTRY"], "${IMAGE_REGISTRY}") in mlflow
+
+
+def test_one_change_of_images_env_moves_the_chart_and_the_pipeline_image(tmp_path):
+    """The registry/tag live in one file: the chart and the Python side both follow it."""
+    import shutil
+
+    from gourmetgram import manifests
+    from gourmetgram.images import image
+
+    chart = tmp_path / "chart"
+    shutil.copytree(manifests.CHART_DIR, chart, ignore=shutil.ignore_patterns("rollout"))
+    env = chart / "images.env"
+    env.write_text(env.read_text().replace("IMAGE_REGISTRY=ghcr.io/gourmetgram", "IMAGE_REGISTRY=registry.example.org/gg")
+                   .replace("IMAGE_TAG=0.1.0", "IMAGE_TAG=2026.11.1"))
+    text = yaml.safe_dump_all(manifests.render_objects("production", chart_dir=chart))
+    assert "image: registry.example.org/gg/food-transformer:2026.11.1" in text
+    assert "ghcr.io/gourmetgram" not in text
+    assert image("pipeline-python3.11", env) == "registry.example.org/gg/pipeline-python3.11:2026.11.1"
+    # one release may point elsewhere through the values
+    text = yaml.safe_dump_all(manifests.render_objects("production", {"images": {"tag": "dev"}}, chart_dir=chart))
+    assert "image: registry.example.org/gg/drift-detector:dev" in text
+    from gourmetgram.errors import UserError
+
+    with pytest.raises(UserError, match="name only"):
+        manifests.render_objects("production", {"transformer": {"image": "ghcr.io/x/food-transformer:1"}})
 
 
 def test_push_registry_and_tag_overrides(tmp_path):
     result, calls = _run(tmp_path, PUSH="1", REGISTRY="registry.example.org/food", IMAGE_TAG="v9.9.9",
                          PLATFORMS="linux/amd64,linux/arm64")
     assert result.returncode == 0, result.stderr
-    for command in _builds(calls).values():
+    for dockerfile, command in _builds(calls).items():
         assert "--push" in command and "--load" not in command
-        assert re.search(r"--tag registry\.example\.org/food/[a-z0-9.-]+:v9\.9\.9", command)
+        assert re.search(r"--tag registry\.example\.org/food/[a-z0-9.-]+:", command)
+        assert ":v9.9.9 " in command or dockerfile == "infra/docker/mlflow/Dockerfile"  # MLflow: its version
         assert "--platform linux/amd64\\,linux/arm64" in command or "--platform linux/amd64,linux/arm64" in command
 
 
@@ -124,8 +171,11 @@ def test_workflow_yaml_builds_and_pushes_with_the_script():
                                                 "docker/login-action"}
     checkout = next(s for s in steps if s.get("uses", "").startswith("actions/checkout"))
     assert checkout["with"]["fetch-depth"] == 0  # git describe needs history and tags
-    build = next(s for s in steps if "run" in s)
-    assert "./scripts/build_images.sh" in build["run"] and "PUSH" in build["env"]
+    build = next(s for s in steps if "build_images.sh" in s.get("run", ""))
+    assert build["run"].strip() == "./scripts/build_images.sh" and "PUSH" in build["env"]
+    assert "REGISTRY" not in build["run"] and "REGISTRY" not in build.get("env", {})  # images.env's registry
+    guard = next(s for s in steps if "images.env" in s.get("run", "") and "IMAGE_REGISTRY" in s["run"])
+    assert "github.repository_owner" in guard["env"]["OWNER"]
     login = next(s for s in steps if s.get("uses", "").startswith("docker/login-action"))
     assert login["with"]["password"] == "${{ secrets.GITHUB_TOKEN }}"  # no stored credentials
     # every path the pull-request trigger watches exists

@@ -651,13 +651,16 @@ def test_install_needs_git_for_kubeflows_remote_kustomization(tmp_path):
 
 PREP_RECORDER = """#!/usr/bin/env bash
 { printf '%s' "$(basename "$0")"; printf ' %q' "$@"; printf '\\n'; } >> "$CALLS"
+etc="$PREP_ROOT/var/lib/rancher/k3s/agent/etc/containerd"
 case "$(basename "$0") $*" in
   "systemctl is-active"*) [[ -n "${FIREWALLD_ACTIVE:-}" ]] || exit 3 ;;
   nvidia-smi*) printf '%s\\n' "${DRIVER:-560.35.03}" ;;
   "curl -fsSL https://nvidia.github.io/libnvidia-container/stable/deb/nvidia-container-toolkit.list")
     echo 'deb https://nvidia.github.io/libnvidia-container/stable/deb/$(ARCH) /' ;;
-  "curl -sfL https://get.k3s.io") echo 'mkdir -p "$PREP_ROOT/var/lib/rancher/k3s/agent/etc/containerd"; echo "default_runtime_name = \\"nvidia\\"" > "$PREP_ROOT/var/lib/rancher/k3s/agent/etc/containerd/config.toml"' ;;
-  "apt-get install"*nvidia-container-toolkit=*) touch "$(dirname "$0")/nvidia-container-runtime"; chmod +x "$(dirname "$0")/nvidia-container-runtime" ;;
+  "curl -sfL https://get.k3s.io")  # the installer: k3s writes its containerd config naming the runtime
+    echo "mkdir -p '$etc'; echo 'default_runtime_name = \\"nvidia\\"' > '$etc/config.toml'" ;;
+  "apt-get install"*nvidia-container-toolkit=*)
+    touch "$(dirname "$0")/nvidia-container-runtime"; chmod +x "$(dirname "$0")/nvidia-container-runtime" ;;
 esac
 exit 0
 """

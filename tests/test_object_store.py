@@ -258,3 +258,45 @@ def test_register_on_a_local_run_publishes_the_bundle_locally(logged_run, tmp_pa
     assert outcome.bundle_uri == str(local) and (local / "triton" / "food11" / "1" / "model.onnx").is_file()
     assert registry.version_for(STAGING) == outcome.version
     assert registry.bundle_for(STAGING) == str(local)
+
+
+# --- the staging gate's load-test images (issue 24): the registered dataset's evaluation split --
+
+def test_staging_gate_takes_the_registered_datasets_evaluation_split(s3, demo_dataset, tmp_path):
+    from components.steps.staging import resolve_images
+
+    _upload_dataset(s3, "gate-datasets", "food11", demo_dataset)
+    # the dataset root the training run ingested -> only its evaluation split
+    folder = resolve_images("s3://gate-datasets/food11", tmp_path / "root")
+    got = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    want = sorted(p.relative_to(demo_dataset / "evaluation").as_posix()
+                  for p in (demo_dataset / "evaluation").rglob("*") if p.is_file())
+    assert got == want and got
+    # a prefix of images (no splits) -> everything under it
+    folder = resolve_images("s3://gate-datasets/food11/validation/", tmp_path / "prefix")
+    assert sorted(p.name for p in folder.rglob("*") if p.is_file()) == sorted(
+        p.name for p in (demo_dataset / "validation").rglob("*") if p.is_file())
+    # a local folder stays a local folder (kfp.local runs, issue 20)
+    assert resolve_images(str(demo_dataset / "evaluation"), tmp_path / "local") == demo_dataset / "evaluation"
+
+
+def test_staging_gate_refuses_an_empty_prefix_before_any_load(s3, tmp_path):
+    from components.steps import loadtest_step
+
+    with pytest.raises(UserError, match="nothing under s3://gate-datasets/nope"):
+        loadtest_step("http://127.0.0.1:9", "s3://gate-datasets/nope", tmp_path / "out", run_time="5s", users=1)
+    assert not (tmp_path / "out").exists()  # no load test started
+
+
+def test_data_upload_puts_a_dataset_where_the_pipeline_ingests_it(s3, demo_dataset, tmp_path, capsys):
+    """`gourmetgram data upload` (first_run.sh's first step): layout checked, every file copied."""
+    from gourmetgram_app.cli.main import main
+
+    assert main(["data", "upload", str(demo_dataset), "s3://upload-datasets/food11"]) == 0
+    files = [p for p in demo_dataset.rglob("*") if p.is_file()]
+    assert len(_keys(s3, "upload-datasets", "food11/")) == len(files)
+    assert f"uploaded {len(files)} files" in capsys.readouterr().out
+    assert main(["data", "upload", str(demo_dataset), "/tmp/not-s3"]) == 2
+    (tmp_path / "flat").mkdir()
+    assert main(["data", "upload", str(tmp_path / "flat"), "s3://upload-datasets/bad"]) == 2
+    assert not _keys(s3, "upload-datasets", "bad/")

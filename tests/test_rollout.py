@@ -153,9 +153,21 @@ ISVC_PATH = "/apis/serving.kserve.io/v1beta1/namespaces/gourmetgram-production/i
 DETECTOR_PATH = "/apis/serving.knative.dev/v1/namespaces/gourmetgram-production/services/drift-detector"
 
 
+# The capture sink as the chart renders it: a Deployment with the same storage initializer.
+CAPTURE_SINK = {
+    "apiVersion": "apps/v1", "kind": "Deployment",
+    "metadata": {"name": "capture-sink", "namespace": "gourmetgram-production"},
+    "spec": {"selector": {"matchLabels": {"app": "c"}}, "template": {"metadata": {"labels": {"app": "c"}}, "spec": {
+        "initContainers": [{"name": "storage-initializer", "image": "kserve/storage-initializer:v0.20.0",
+                            "args": ["s3://models/1", "/mnt/models"]}],
+        "containers": [{"name": "capture-sink", "image": "c:1"}]}}},
+}
+CAPTURE_PATH = "/apis/apps/v1/namespaces/gourmetgram-production/deployments/capture-sink"
+
+
 @pytest.fixture()
 def api_server(kube_api):
-    return kube_api(ISVC, routes={"/services/drift-detector": DETECTOR})
+    return kube_api(ISVC, routes={"/services/drift-detector": DETECTOR, "/deployments/capture-sink": CAPTURE_SINK})
 
 
 def test_kube_canary_is_one_merge_patch_of_the_collocated_predictor(api_server):
@@ -175,9 +187,13 @@ def test_kube_canary_is_one_merge_patch_of_the_collocated_predictor(api_server):
     kube.set_percent(50)
     kube.promote()
     patches = [c for c in calls if c[0] == "PATCH"]
-    assert [p[1] for p in patches] == [ISVC_PATH, ISVC_PATH, ISVC_PATH, DETECTOR_PATH]
+    assert [p[1] for p in patches] == [ISVC_PATH, ISVC_PATH, ISVC_PATH, DETECTOR_PATH, CAPTURE_PATH]
     assert [p[3]["spec"]["predictor"]["canaryTrafficPercent"] for p in patches[:3]] == [0, 50, None]
-    assert all(c[2] == "application/merge-patch+json" for c in patches)
+    assert all(c[2] == "application/merge-patch+json" for c in patches[:4])
+    # ... and the capture sink's bundle (its class names) with it
+    sink = patches[4][3]["spec"]["template"]
+    assert sink["spec"]["initContainers"][0]["args"] == ["s3://models/1", "/mnt/models"]
+    assert sink["metadata"]["annotations"] == {"gourmetgram.io/reference-bundle": "s3://models/1"}
     # promote moves the detector's reference to the bundle the InferenceService now serves
     template = patches[3][3]["spec"]["template"]
     assert template["spec"]["initContainers"][0]["args"] == ["s3://models/1", "/mnt/models"]

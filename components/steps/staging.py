@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import tempfile
 import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +29,26 @@ def check_run_time(run_time: str) -> str:
     return run_time.strip().replace(" ", "")
 
 
+def resolve_images(images: str | Path, work: str | Path) -> Path:
+    """The folder of images to send: a local folder as it is, or an ``s3://`` URI downloaded
+    into ``work``. An s3 dataset root in the Food-11 layout (the one the training pipeline
+    ingested, e.g. ``s3://gourmetgram-datasets/food11``) gives its evaluation split; any other
+    prefix gives every object under it."""
+    from gourmetgram import objectstore
+    from gourmetgram.constants import SPLITS
+
+    source = str(images).strip()
+    if not objectstore.is_s3(source):
+        return Path(source)
+    root = source.rstrip("/")
+    split = f"{root}/{SPLITS[-1]}"  # evaluation: images the model was never trained on
+    chosen = split if objectstore.exists(split) else root
+    target = Path(work) / "images"
+    objectstore.download_tree(chosen, target)
+    print(f"load-test images: {chosen} -> {target}", flush=True)
+    return target
+
+
 def loadtest_step(staging_url: str, images: str | Path, out_dir: str | Path, slo: str = "slo", users: int = 4,
                   run_time: str = "60s", spawn_rate: float = 2.0, quiet: bool = False) -> LoadTestSummary:
     """Load-test the staging endpoint headless and judge it by the SLOs.
@@ -43,19 +64,21 @@ def loadtest_step(staging_url: str, images: str | Path, out_dir: str | Path, slo
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise UserError(f"staging_url {staging_url!r} must be an http(s) URL of the staging endpoint")
     if not images or not str(images).strip():
-        raise UserError("images_uri is empty: pass a folder of evaluation images (in the image or on a PVC)")
-    folder = Path(images)
-    if not folder.is_dir() or not any(p.suffix.lower() in (".jpg", ".jpeg", ".png") for p in folder.rglob("*")):
-        raise UserError(f"images_uri {images} is not a folder with .jpg/.jpeg/.png images")
+        raise UserError("images_uri is empty: pass the dataset's s3:// URI (its evaluation split is used), an "
+                        "s3:// prefix of images, or a folder of images in the step's pod")
     if isinstance(users, bool) or int(users) < 1:
         raise UserError(f"users must be >= 1, got {users}")
     run_time = check_run_time(run_time)
     cfg = load_slo(slo)
-    print(f"load test: {users} users for {run_time} against {staging_url}; SLO from {cfg.source}: "
-          f"p95 <= {cfg.p95_ms:g} ms, error rate <= {cfg.max_error_rate:.2%}, >= {cfg.min_rps:g} req/s, "
-          f">= {cfg.min_requests} requests", flush=True)
-    summary = run_loadtest(staging_url.rstrip("/"), folder, Path(out_dir), cfg, shape="constant", users=int(users),
-                           spawn_rate=spawn_rate, run_time=run_time, quiet=quiet)
+    with tempfile.TemporaryDirectory(prefix="gourmetgram-gate-images-") as work:
+        folder = resolve_images(images, work)
+        if not folder.is_dir() or not any(p.suffix.lower() in (".jpg", ".jpeg", ".png") for p in folder.rglob("*")):
+            raise UserError(f"images_uri {images} is not a folder with .jpg/.jpeg/.png images")
+        print(f"load test: {users} users for {run_time} against {staging_url}; SLO from {cfg.source}: "
+              f"p95 <= {cfg.p95_ms:g} ms, error rate <= {cfg.max_error_rate:.2%}, >= {cfg.min_rps:g} req/s, "
+              f">= {cfg.min_requests} requests", flush=True)
+        summary = run_loadtest(staging_url.rstrip("/"), folder, Path(out_dir), cfg, shape="constant",
+                               users=int(users), spawn_rate=spawn_rate, run_time=run_time, quiet=quiet)
     print(summary.format(), flush=True)
     return summary
 

@@ -4,8 +4,8 @@ The transformer is collocated in the predictor pod (kserve#1669), so one compone
 one ``canaryTrafficPercent`` decide the split, and each revision is a transformer + Triton
 pair. A canary is ONE JSON merge patch that sets the percentage, the new bundle
 (``model.storageUri``, the bundle root) and the version annotation; promote removes the
-percentage (merge-patch null) and moves the drift detector's reference to the promoted
-bundle; rollback sets it to 0. Revision names come from ``status.components.predictor``
+percentage (merge-patch null) and moves the drift detector's reference and the capture
+sink's bundle to the promoted bundle; rollback sets it to 0. Revision names come from ``status.components.predictor``
 (``latestRolledoutRevision`` = stable, the ``latest`` traffic target = canary), which is
 what the PromQL selects on.
 """
@@ -25,6 +25,8 @@ KNATIVE_GROUP, KNATIVE_VERSION, KNATIVE_PLURAL = "serving.knative.dev", "v1", "s
 VERSION_ANNOTATION = MODEL_VERSION_ANNOTATION
 REFERENCE_ANNOTATION = "gourmetgram.io/reference-bundle"
 DETECTOR_NAME = "drift-detector"
+# The capture sink (a Deployment) reads its class names from the same stable bundle.
+CAPTURE_SINK_NAME = "capture-sink"
 
 
 def _api(api_client=None):
@@ -80,8 +82,9 @@ def detector_patch(ksvc: dict, bundle: str) -> dict:
 class KubeRollout:
     """:class:`gourmetgram.rollout.analysis.RolloutBackend` for an InferenceService on a cluster."""
 
-    def __init__(self, name: str, namespace: str, api_client=None, detector: str | None = DETECTOR_NAME) -> None:
-        self.name, self.namespace, self.detector = name, namespace, detector
+    def __init__(self, name: str, namespace: str, api_client=None, detector: str | None = DETECTOR_NAME,
+                 capture_sink: str | None = CAPTURE_SINK_NAME) -> None:
+        self.name, self.namespace, self.detector, self.capture_sink = name, namespace, detector, capture_sink
         self.api = _api(api_client)
 
     def _call(self, what: str, fn, *args):
@@ -120,10 +123,29 @@ class KubeRollout:
 
     def promote(self) -> None:
         isvc = self.patch(percent_patch(None))
-        if self.detector:
-            bundle = (((isvc.get("spec") or {}).get("predictor") or {}).get("model") or {}).get("storageUri")
-            if bundle:
-                self.update_detector(bundle)
+        bundle = (((isvc.get("spec") or {}).get("predictor") or {}).get("model") or {}).get("storageUri")
+        if bundle and self.detector:
+            self.update_detector(bundle)
+        if bundle and self.capture_sink:
+            self.update_capture_sink(bundle)
+
+    def update_capture_sink(self, bundle: str) -> dict | None:
+        """Move the capture sink's bundle (class names, a new rollout) to ``bundle``; None when
+        this stage runs no capture sink (capture.enabled off)."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        apps = client.AppsV1Api(self.api.api_client)
+        where = f"Deployment {self.namespace}/{self.capture_sink}"
+        try:
+            deployment = apps.read_namespaced_deployment(self.capture_sink, self.namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            return self._call(f"read {where}", apps.read_namespaced_deployment, self.capture_sink, self.namespace)
+        body = apps.api_client.sanitize_for_serialization(deployment)
+        return self._call(f"patch {where}", apps.patch_namespaced_deployment, self.capture_sink, self.namespace,
+                          detector_patch(body, bundle))
 
     def update_detector(self, bundle: str) -> dict:
         """Move the drift detector's reference embeddings to ``bundle`` (after a promote)."""

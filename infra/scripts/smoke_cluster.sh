@@ -13,6 +13,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=SCRIPTDIR/../capacity.env
+source "$ROOT/infra/capacity.env"
 NS=${NS:-gourmetgram-production}
 ISVC=${ISVC:-food11}
 MODEL=${MODEL:-food11}
@@ -28,6 +30,12 @@ done
 [[ -n "${DOMAIN:-}" ]] || die 2 "set DOMAIN (the one install_platform.sh configured, e.g. <ip>.sslip.io)"
 [[ -n "${CANARY_BUNDLE:-}" ]] || die 2 "set CANARY_BUNDLE=s3://<bucket>/<model>/<version> of a second bundle"
 kubectl version >/dev/null 2>&1 || die 3 "the cluster is not reachable (KUBECONFIG, SSH tunnel?)"
+
+step "0. GPU slots: the production revision, its canary and training need $GPU_SLOTS_REQUIRED nvidia.com/gpu"
+slots=$(kubectl get nodes -o 'jsonpath={range .items[*]}{.status.allocatable.nvidia\.com/gpu}{"\n"}{end}' \
+  | awk '{s += $1} END {print s + 0}')
+echo "allocatable nvidia.com/gpu: $slots"
+(( slots >= GPU_SLOTS_REQUIRED )) || die 1 "only $slots nvidia.com/gpu slot(s): a canary revision would stay Pending (raise GPU_SHARES in infra/capacity.env and re-run install_platform.sh, or lease more GPUs)"
 
 step "1. apply inference_services/production.yaml"
 kubectl apply -f "$ROOT/inference_services/production.yaml"
@@ -72,6 +80,10 @@ kubectl -n "$NS" wait --for=condition=Ready "ksvc/drift-detector" --timeout=600s
 ref=$(kubectl -n "$NS" get ksvc drift-detector -o jsonpath='{.spec.template.spec.initContainers[0].args[0]}')
 echo "detector reference: $ref"
 [[ "${ref%/}" == "${CANARY_BUNDLE%/}" ]] || die 1 "the detector still judges drift against $ref"
+kubectl -n "$NS" rollout status deploy/capture-sink --timeout=600s
+sink=$(kubectl -n "$NS" get deploy capture-sink -o jsonpath='{.spec.template.spec.initContainers[0].args[0]}')
+echo "capture sink bundle: $sink"
+[[ "${sink%/}" == "${CANARY_BUNDLE%/}" ]] || die 1 "the capture sink still reads its classes from $sink"
 
 step "7. the detector receives logger events"
 for _ in $(seq 1 20); do predict >/dev/null; done
@@ -88,4 +100,7 @@ for series in prediction_confidence_count predicted_class_total kn_serving_invoc
   echo "$series: $n series"
   [[ "$n" != 0 ]] || die 1 "Prometheus has no $series in $NS (PodMonitor not picked up?)"
 done
+# GPU memory in use (DCGM exporter): the figures behind infra/capacity.env's budgets
+fb=$(q 'max by (Hostname, gpu) (DCGM_FI_DEV_FB_USED)' | python3 -c "import json,sys;print(' '.join(f\"{r['metric'].get('Hostname','?')}/gpu{r['metric'].get('gpu','?')}={r['value'][1]}MiB\" for r in json.load(sys.stdin)['data']['result']))")
+echo "GPU memory used: ${fb:-none reported}"
 echo; echo "smoke test passed (analysis verdict exit code $verdict)"

@@ -29,6 +29,19 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _upload(args: argparse.Namespace) -> int:
+    from gourmetgram import objectstore
+    from gourmetgram.data.layout import validate_dataset
+    from gourmetgram.errors import UserError
+
+    if not objectstore.is_s3(args.destination):
+        raise UserError(f"{args.destination!r}: upload to an s3://BUCKET/PREFIX URI")
+    report = validate_dataset(args.dataset, check_images=False)  # the layout ingest expects, before any upload
+    written = objectstore.upload_tree(args.dataset, args.destination)
+    print(f"uploaded {len(written)} files of {report.summary()} to {args.destination}")
+    return 0
+
+
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("data", help="build the demo dataset or validate a dataset",
                                    description="Datasets in the Food-11 layout.")
@@ -45,3 +58,10 @@ def add_parser(subparsers) -> None:
     val.add_argument("dataset", help="folder, .zip/.tar.gz archive, or http(s) URL of one")
     val.add_argument("--skip-image-check", action="store_true", help="do not decode every image")
     val.set_defaults(func=_validate)
+    up = sub.add_parser("upload", help="copy a dataset folder to the object store (s3://)",
+                        description="Check the Food-11 layout, then copy every file to s3://BUCKET/PREFIX "
+                        "(the endpoint from AWS_ENDPOINT_URL, keys from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY), "
+                        "each checked by size: what the cluster's training pipeline ingests as dataset_uri.")
+    up.add_argument("dataset", help="dataset folder in the Food-11 layout")
+    up.add_argument("destination", help="s3://BUCKET/PREFIX, e.g. s3://gourmetgram-datasets/food11")
+    up.set_defaults(func=_upload)

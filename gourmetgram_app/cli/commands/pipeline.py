@@ -323,6 +323,26 @@ def _submit(args: argparse.Namespace) -> int:
         raise
     print(f"submitted run {result.run_id} to {args.host} (experiment {args.experiment!r})")
     print(f"run details: {args.host.rstrip('/')}/#/runs/details/{result.run_id}")
+    if args.wait:
+        return wait_for_run(result, args.wait, args.host)
+    return 0
+
+
+def wait_for_run(result, timeout_s: int, host: str) -> int:
+    """Wait for the submitted run (kfp's RunPipelineResult) to end: 0 when it SUCCEEDED, 1 when
+    it ended otherwise (the check failed), 3 when it is still going after ``timeout_s``."""
+    run_id = result.run_id
+    print(f"waiting up to {timeout_s} s for run {run_id}...", flush=True)
+    try:
+        run = result.wait_for_run_completion(timeout=timeout_s)
+    except TimeoutError:
+        raise DependencyUnavailable(f"run {run_id} did not finish within {timeout_s} s; it goes on: "
+                                    f"{host.rstrip('/')}/#/runs/details/{run_id}") from None
+    state = str(getattr(run, "state", "") or "")
+    print(f"run {run_id}: {state}")
+    if state != "SUCCEEDED":
+        print(f"error: run {run_id} ended {state}; see its logs in the KFP UI", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -438,6 +458,8 @@ def add_parser(subparsers) -> None:
     sm.add_argument("--namespace", help="Kubeflow profile namespace (multi-user installs)")
     sm.add_argument("--package", help="compiled pipeline YAML (default: the --pipeline's committed file)")
     sm.add_argument("--no-cache", action="store_true", help="disable step caching for this run")
+    sm.add_argument("--wait", type=int, metavar="SECONDS", default=0,
+                    help="wait for the run to end: exit 0 if it succeeded, 1 if not, 3 after SECONDS")
     sm.set_defaults(func=_submit)
 
     sc = sub.add_parser("schedule", help="create the retrain schedule: a KFP recurring run (cron)",
