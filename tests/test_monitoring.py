@@ -479,10 +479,11 @@ def test_label_extraction():
 
 def test_podmonitor_gives_queue_proxy_series_the_labels_the_queries_select_on():
     """On the cluster the revision/configuration/namespace labels come from the PodMonitor
-    (Knative 1.21 puts them on target_info only): it must set exactly the defined names."""
+    (Knative 1.21 puts them on target_info only): it must set exactly the defined names. Queue-proxy's
+    series arrive merged with Triton's on KServe's aggregation port (aggr-metric)."""
     monitor = next(o for o in manifests.render_objects(PRODUCTION)
                    if o["kind"] == "PodMonitor" and o["metadata"]["name"] == "food11")
-    endpoint = next(e for e in monitor["spec"]["podMetricsEndpoints"] if e.get("port") == "http-usermetric")
+    endpoint = next(e for e in monitor["spec"]["podMetricsEndpoints"] if e.get("port") == "aggr-metric")
     targets = {r["targetLabel"] for r in endpoint["relabelings"] if r.get("sourceLabels")}
     assert targets == set(metric_names.RESOURCE_LABELS)
 
