@@ -43,6 +43,7 @@ from gourmetgram.tracking import home
 TOKEN_ENV = "GOURMETGRAM_CONTROL_TOKEN"
 DETECTOR_TOKEN_ENV = "GOURMETGRAM_DETECTOR_TOKEN"
 TOKEN_FILE = "control-token"
+ROLLOUT_STATE_FILE = "rollout.json"  # the gateway's saved rollout, next to the token
 JSON_TYPE = "application/json"
 MAX_CONTROL_BODY_BYTES = 64 * 1024  # a control action is a few fields
 

@@ -135,6 +135,41 @@ def test_v2_agrees_with_v1(stack, eval_images):
                                [p["confidence"] for p in r1.json()["predictions"]], atol=1e-5)
 
 
+def test_kserve_client_works_through_the_gateway(stack, eval_images):
+    """KServe's own client (kserve.InferenceRESTClient, v1 and v2) against the gateway as it
+    would against an InferenceService: server live and ready, model ready, infer."""
+    import asyncio
+
+    from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
+
+    blobs = [b for b, _ in eval_images[:3]]
+
+    async def drive():
+        v1c = InferenceRESTClient(RESTConfig(protocol="v1", timeout=60))
+        v2c = InferenceRESTClient(RESTConfig(protocol="v2", timeout=60))
+        url = stack.gateway_url
+        try:
+            checks = [await v1c.is_server_live(url), await v1c.is_model_ready(url, MODEL),
+                      await v2c.is_server_live(url), await v2c.is_server_ready(url),
+                      await v2c.is_model_ready(url, MODEL)]
+            v1_out = await v1c.infer(url, {"instances": [{"image": {"b64": b64(b)}} for b in blobs]},
+                                     model_name=MODEL)
+            request = InferRequest(model_name=MODEL, infer_inputs=[
+                InferInput("image", [len(blobs)], "BYTES", [b64(b) for b in blobs])])
+            v2_out = await v2c.infer(url, request, model_name=MODEL)
+        finally:
+            await v1c.close()
+            await v2c.close()
+        return checks, v1_out, v2_out
+
+    checks, v1_out, v2_out = asyncio.run(drive())
+    assert checks == [True] * 5
+    assert len(v1_out["predictions"]) == len(blobs)
+    outputs = {o.name: o.data for o in v2_out.outputs}
+    assert outputs["label"] == [p["label"] for p in v1_out["predictions"]]
+    assert httpx.get(stack.gateway_url + "/").json() == {"status": "alive"}  # KServe's answer on /
+
+
 def test_triton_answers_tritonclient_directly(stack, model_and_bundle, eval_images):
     import tritonclient.http as httpclient
 
@@ -261,7 +296,7 @@ def test_serve_cli_stops_everything_on_sigterm(model_and_bundle, tmp_path):
                 break
         assert "Ctrl-C to stop" in "".join(lines), "".join(lines)
         manifest = load_stage_manifest("staging")
-        r = httpx.get(f"http://127.0.0.1:{ports.gateway}/")
+        r = httpx.get(f"http://127.0.0.1:{ports.gateway}/_gourmetgram/rollout")
         assert r.json()["inferenceservice"] == manifest.name
         log_dir = (home / "logs" / "serve-staging").resolve()
         assert len(processes_in(log_dir)) >= 3

@@ -13,9 +13,11 @@ import signal
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
-from helpers import LocalHTTPServer, QuietHandler, wait_for
+from helpers import LocalHTTPServer, QuietHandler, free_port, wait_for
 
+from gourmetgram.errors import DependencyUnavailable
 from gourmetgram_app.local.stack import Service
 from gourmetgram_app.local.supervisor import (
     FAILED,
@@ -77,8 +79,8 @@ def test_killed_process_is_restarted_and_the_others_keep_their_pids(supervisor, 
     sup, services = supervisor
     a, b = child(tmp_path, "a"), child(tmp_path, "b")
     services += [a, b]
-    sup.start(a, tmp_path, timeout_s=60)
-    sup.start(b, tmp_path, timeout_s=60)
+    sup.start(a, tmp_path)
+    sup.start(b, tmp_path)
     a_pid, b_pid = a.pid, b.pid
     os.kill(a_pid, signal.SIGKILL)
 
@@ -101,8 +103,8 @@ def test_failed_starts_back_off_then_give_up_with_the_reason(supervisor, tmp_pat
     sup, services = supervisor
     a, b = child(tmp_path, "a"), child(tmp_path, "b")
     services += [a, b]
-    sup.start(a, tmp_path, timeout_s=60)
-    sup.start(b, tmp_path, timeout_s=60)
+    sup.start(a, tmp_path)
+    sup.start(b, tmp_path)
     (tmp_path / "broken").touch()  # from now on a cannot start
     os.kill(a.pid, signal.SIGKILL)
 
@@ -127,7 +129,7 @@ def test_a_start_that_never_gets_ready_counts_as_failed(tmp_path):
     first = {}
     a = child(tmp_path, "a", ready=lambda: first.setdefault("pid", a.pid) == a.pid)
     try:
-        sup.start(a, tmp_path, timeout_s=60)
+        sup.start(a, tmp_path)
         os.kill(a.pid, signal.SIGKILL)
         assert sup.gave_up.wait(60)
         msgs = [e.message for e in sup.events if e.kind in ("crashed", "gave-up")]
@@ -139,12 +141,102 @@ def test_a_start_that_never_gets_ready_counts_as_failed(tmp_path):
         sup.join()
 
 
+def test_a_first_start_that_fails_is_retried_and_reported(tmp_path):
+    """A flaky first start (PyTriton's backend refusing its handshake, on another machine) is
+    retried after the back-off like any restart, and reported; start() returns once it is up."""
+    (tmp_path / "broken").touch()  # the first start fails with exit code 3
+
+    def on_event(event):
+        if event.kind == "crashed":  # the fault passes before the retry
+            (tmp_path / "broken").unlink(missing_ok=True)
+
+    sup = Supervisor(FAST, on_event=on_event, state_file=tmp_path / "components.json")
+    a = child(tmp_path, "a")
+    try:
+        comp = sup.start(a, tmp_path)
+        assert comp.state == READY and a.alive() and comp.restarts == 1 and comp.failed_starts == 0
+        crashed, ready = [e for e in sup.events if e.kind == "crashed"], [e for e in sup.events if e.kind == "ready"]
+        assert [e.exit_code for e in crashed] == [3] and len(ready) == 1
+        assert "exited with exit code 3 while starting" in crashed[0].message
+        assert "restart 1 in 0.05 s" in crashed[0].message and "boom: cannot start" in crashed[0].log_tail
+        assert not sup.gave_up.is_set()
+        assert read_state_file(tmp_path / "components.json")[0]["restarts"] == 1
+    finally:
+        sup.halt()
+        a.stop(timeout_s=5)
+        sup.join()
+
+
+def test_a_first_start_that_keeps_failing_gives_up_with_the_reason(tmp_path):
+    (tmp_path / "broken").touch()
+    sup = Supervisor(FAST)
+    a = child(tmp_path, "a")
+    try:
+        with pytest.raises(DependencyUnavailable, match="3 starts in a row failed, giving up") as err:
+            sup.start(a, tmp_path)
+        assert "a.log" in str(err.value) and sup.gave_up.is_set() and sup.failure == str(err.value)
+        assert [e.exit_code for e in sup.events if e.kind == "crashed"] == [3, 3]
+        assert sup.component("a").state == FAILED and not a.alive()
+    finally:
+        sup.halt()
+        a.stop(timeout_s=5)
+        sup.join()
+
+
+# A tiny HTTP server: its liveness probe is a GET; SIGSTOP makes it hang (alive, answering nothing).
+HTTP_CHILD = """
+import http.server, os, sys
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("content-length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
+print("serving", os.getpid(), flush=True)
+server.serve_forever()
+"""
+
+
+def test_a_hung_process_is_killed_and_restarted_by_its_liveness_probe(tmp_path):
+    script = tmp_path / "server.py"
+    script.write_text(HTTP_CHILD)
+    url = f"http://127.0.0.1:{free_port()}/"
+
+    def answers() -> bool:
+        return httpx.get(url, timeout=0.5).status_code == 200
+
+    svc = Service("hangs", [sys.executable, str(script), url.rsplit(":", 1)[1].strip("/")],
+                  tmp_path / "hangs.log", ready=answers, live=answers)
+    policy = RestartPolicy(initial_backoff_s=0.05, max_backoff_s=0.2, max_failed_starts=3,
+                           stable_after_s=3600, start_timeout_s=60, liveness_period_s=0.2,
+                           liveness_timeout_s=1.0)
+    sup = Supervisor(policy)
+    try:
+        comp = sup.start(svc, tmp_path)
+        hung_pid = svc.pid
+        assert hung_pid is not None
+        os.kill(hung_pid, signal.SIGSTOP)  # alive (its pid exists) and answering nothing
+        wait_for(lambda: comp.restarts == 1 and comp.state == READY, 60, "the hung process replaced")
+        assert svc.pid != hung_pid and answers()
+        (crashed,) = [e for e in sup.events if e.kind == "crashed"]
+        assert "did not answer its liveness probe for 1 s (hung); killed" in crashed.message
+        assert crashed.pid == hung_pid and crashed.exit_code == -signal.SIGKILL
+        with pytest.raises(ProcessLookupError):
+            os.kill(hung_pid, 0)
+    finally:
+        sup.halt()
+        svc.stop(timeout_s=5)
+        sup.join()
+
+
 def test_forgotten_or_halted_processes_are_not_restarted(supervisor, tmp_path):
     sup, services = supervisor
     a, b = child(tmp_path, "a"), child(tmp_path, "b")
     services += [a, b]
-    comp_a = sup.start(a, tmp_path, timeout_s=60)
-    comp_b = sup.start(b, tmp_path, timeout_s=60)
+    comp_a = sup.start(a, tmp_path)
+    comp_b = sup.start(b, tmp_path)
     sup.forget(a)
     a.stop(timeout_s=5)
     comp_a.thread.join(30)
@@ -189,7 +281,7 @@ class FakeTransformer(LocalHTTPServer):
         super().__init__(Handler)
 
 
-def gateway_client(*transformers: FakeTransformer, percent: int | None = None):
+def gateway_client(*transformers: FakeTransformer, percent: int | None = None, state_file: Path | None = None):
     from starlette.testclient import TestClient
 
     from gourmetgram_app.local.gateway import Gateway, Revision
@@ -197,7 +289,7 @@ def gateway_client(*transformers: FakeTransformer, percent: int | None = None):
 
     manifest = load_stage_manifest("staging")
     revisions = [Revision(f"rev-{i}", t.url, percent=100 if i == 0 else 0) for i, t in enumerate(transformers)]
-    gateway = Gateway(manifest, revisions, logger_enabled=False, seed=0)
+    gateway = Gateway(manifest, revisions, logger_enabled=False, seed=0, state_file=state_file)
     if percent is not None:
         gateway.canary_percent = percent
         gateway._apply_split()
@@ -257,6 +349,58 @@ def test_a_down_canary_answers_503_for_its_share_and_the_split_stays():
             assert percents == {"rev-0": 50, "rev-1": 50}
     finally:
         stable.close()
+
+
+def test_the_rollout_is_saved_and_a_restarted_gateway_routes_by_it(tmp_path):
+    """The split lives in the stack's state folder, not only in the gateway's memory (the
+    real stack, with a canary pair started again, is tests/test_fault_injection.py)."""
+    from gourmetgram import control
+
+    stable, canary = FakeTransformer(), FakeTransformer()
+    state_file = tmp_path / "rollout.json"
+    try:
+        gateway, tc = gateway_client(stable, canary, state_file=state_file)
+        with tc:
+            r = tc.post("/_gourmetgram/rollout", json={"action": "percent", "percent": 50},
+                        headers=control.bearer(gateway.control_token))
+            assert r.status_code == 200, r.text
+        saved = json.loads(state_file.read_text())
+        assert saved["canary_traffic_percent"] == 50 and saved["latest_rolledout_revision"] == "rev-0"
+        assert [r["name"] for r in saved["revisions"]] == ["rev-0", "rev-1"]
+        assert state_file.stat().st_mode & 0o077 == 0
+
+        _, restarted = gateway_client(stable, canary, state_file=state_file)  # starts at 100/0 ...
+        with restarted:  # ... and routes by the saved state
+            revisions = restarted.get("/_gourmetgram/rollout").json()["revisions"]
+            assert {r["name"]: (r["percent"], r["tag"]) for r in revisions} == {
+                "rev-0": (50, "prev"), "rev-1": (50, "latest")}
+            served = {restarted.post(PREDICT, json=BODY).headers["x-gourmetgram-revision"] for _ in range(40)}
+            assert served == {"rev-0", "rev-1"}
+    finally:
+        stable.close()
+        canary.close()
+
+
+def test_a_rollout_state_that_is_not_this_gateways_is_ignored(tmp_path, caplog):
+    from gourmetgram_app.local.gateway.state import RolloutState, SavedRevision, save
+
+    stable, canary = FakeTransformer(), FakeTransformer()
+    state_file = tmp_path / "rollout.json"
+    try:
+        save(state_file, RolloutState("another-isvc", (SavedRevision("rev-0"), SavedRevision("rev-1")), "rev-0", 50))
+        _, tc = gateway_client(stable, canary, state_file=state_file)
+        with tc:
+            assert [r["percent"] for r in tc.get("/_gourmetgram/rollout").json()["revisions"]] == [100, 0]
+        assert "it is another-isvc's" in caplog.text
+        state_file.write_text("{not json")
+        _, tc = gateway_client(stable, canary, state_file=state_file)
+        with tc:
+            assert [r["percent"] for r in tc.get("/_gourmetgram/rollout").json()["revisions"]] == [100, 0]
+        assert "ignoring the rollout state" in caplog.text
+        assert json.loads(state_file.read_text())["canary_traffic_percent"] is None  # rewritten whole
+    finally:
+        stable.close()
+        canary.close()
 
 
 def test_shared_memory_of_a_crashed_pytriton_is_swept(tmp_path):

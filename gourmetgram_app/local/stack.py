@@ -3,9 +3,10 @@
 Each service is a child process in its own process group (session), so stopping one
 reaches everything it started (tritonserver and its Python-backend stubs too) and a
 Ctrl-C in the terminal reaches only this supervisor, which then stops the services in
-reverse order. After the first start every service is watched by a
-:class:`~gourmetgram_app.local.supervisor.Supervisor`: one that exits is restarted with
-back-off and nothing else is touched (a cluster's kubelet). The services are ONE list,
+reverse order. From its first start on every service is watched by a
+:class:`~gourmetgram_app.local.supervisor.Supervisor`: a start that fails is retried, one that
+exits or hangs (its liveness probe stops answering) is restarted with back-off, and nothing
+else is touched (a cluster's kubelet). The services are ONE list,
 :meth:`LocalStack._build_services`; a new process joins the stack with one entry there.
 Use it from Python as a context manager::
 
@@ -43,6 +44,7 @@ from gourmetgram_app.local.triton_server import model_dir_of, with_libpython
 TRITON, TRANSFORMER, GATEWAY, WEBAPP = "triton", "transformer", "gateway", "webapp"
 DETECTOR, PROMETHEUS = "detector", "prometheus"
 START_TIMEOUT_S = 180.0  # tritonserver + model load on 2 busy cores can take a minute
+LIVENESS_TIMEOUT_S = 5.0  # one liveness probe (the supervisor decides how many may fail)
 STOP_TIMEOUT_S = 30.0  # PyTriton unloads the model and waits for in-flight requests
 
 
@@ -154,7 +156,8 @@ def _die_with_parent() -> None:
 
 @dataclasses.dataclass
 class Service:
-    """One supervised child process, with its log file and readiness probe."""
+    """One supervised child process, with its log file, readiness probe and liveness probe
+    (``live``: does it answer at all; None: not probed)."""
 
     name: str
     argv: list[str]
@@ -162,6 +165,7 @@ class Service:
     ready: Callable[[], bool]
     env: dict[str, str] | None = None
     proc: subprocess.Popen | None = None
+    live: Callable[[], bool] | None = None
 
     def start(self, cwd: Path) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -251,6 +255,14 @@ def _get_ok(url: str, check: Callable[[httpx.Response], bool] = lambda r: True) 
     return r.status_code == 200 and check(r)
 
 
+def answers(url: str) -> Callable[[], bool]:
+    """A liveness probe as a kubelet's ``httpGet``: the server answers ``url`` with a status
+    below 400 within :data:`LIVENESS_TIMEOUT_S` (a hung process answers nothing)."""
+    def probe() -> bool:
+        return httpx.get(url, timeout=LIVENESS_TIMEOUT_S).status_code < 400
+    return probe
+
+
 def _child_env() -> dict[str, str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.setdefault("NUMBA_CACHE_DIR", "/tmp/numba_cache")
@@ -287,7 +299,7 @@ class RevisionPair:
             log_dir / f"triton{suffix}.log",
             lambda: _get_ok(f"{self.triton_url}/v2/health/ready")
             and _get_ok(f"{self.triton_url}/v2/models/{m}/ready"),
-            env=with_libpython(env))
+            env=with_libpython(env), live=answers(f"{self.triton_url}/v2/health/live"))
         self.transformer = Service(
             TRANSFORMER,
             [sys.executable, "-m", "food_transformer", "--model_name", m,
@@ -297,7 +309,7 @@ class RevisionPair:
             log_dir / f"transformer{suffix}.log",
             lambda: _get_ok(f"{self.transformer_url}/v1/models/{m}",
                             lambda r: r.json().get("ready") is True),
-            env=env)
+            env=env, live=answers(f"{self.transformer_url}/v2/health/live"))
 
     @property
     def services(self) -> list[Service]:
@@ -315,40 +327,22 @@ class RevisionPair:
     def transformer_url(self) -> str:
         return f"http://{self.host}:{self.ports.transformer_http}"
 
-    def start(self, cwd: Path, timeout_s: float = START_TIMEOUT_S) -> None:
-        """Triton first (the transformer reads the model's metadata from it), then the transformer."""
-        try:
-            for service in self.services:
-                service.start(cwd=cwd)
-                service.wait_ready(timeout_s)
-        except BaseException:
-            self.stop()
-            raise
-
-    async def start_async(self, cwd: Path, timeout_s: float = START_TIMEOUT_S) -> None:
-        """:meth:`start` for an event loop (the gateway). The processes are spawned on the
-        calling thread (PR_SET_PDEATHSIG is tied to it); only the probes run in threads."""
+    async def start_supervised(self, supervisor: Supervisor, cwd: Path) -> None:
+        """Triton first (the transformer reads the model's metadata from it), then the
+        transformer, each watched by ``supervisor`` from its first start (a failed start is
+        retried with back-off); for an event loop (the gateway): the processes are spawned on
+        the calling thread (PR_SET_PDEATHSIG is tied to it), only the waits run in threads.
+        When the supervisor gives up on one, both are forgotten and stopped and
+        :class:`DependencyUnavailable` says why."""
         import asyncio
 
         try:
             for service in self.services:
-                service.start(cwd=cwd)
-                deadline = time.monotonic() + timeout_s
-                while True:
-                    if not service.alive():
-                        raise DependencyUnavailable(f"{service.name} of {self.revision} exited with code "
-                                        f"{service.proc.returncode if service.proc else None} while starting; log "
-                                        f"{service.log_path}:\n{service.log_tail()}")
-                    try:
-                        if await asyncio.to_thread(service.ready):
-                            break
-                    except httpx.HTTPError:
-                        pass
-                    if time.monotonic() > deadline:
-                        raise DependencyUnavailable(f"{service.name} of {self.revision} was not ready after "
-                                        f"{timeout_s:.0f} s; log {service.log_path}")
-                    await asyncio.sleep(0.3)
+                component = supervisor.launch(service, cwd, SERVING, self.revision)
+                await asyncio.to_thread(component.wait_ready)
         except BaseException:
+            for service in self.services:
+                supervisor.forget(service)
             await asyncio.to_thread(self.stop)
             raise
 
@@ -513,7 +507,7 @@ class LocalStack:
             "--port", str(p.gateway), "--bundle", str(self.bundle),
             "--triton-metrics", self.triton_metrics_url, "--triton-url", self.triton_url,
             "--log-dir", str(self.log_dir), "--control-token-file", str(self.control_token_path),
-            "--status-file", str(self.supervisor.state_file)]
+            "--status-file", str(self.supervisor.state_file), "--state-file", str(self.rollout_state_path)]
         if self.logger_url is not None:
             gateway_argv += ["--logger-url", self.logger_url] if self.logger_url else ["--no-logger"]
         if self.logger_timeout_s is not None:
@@ -525,7 +519,7 @@ class LocalStack:
         gateway = Service(
             GATEWAY, gateway_argv, self.log_dir / "gateway.log",
             lambda: _get_ok(f"{self.gateway_url}/v2/health/live"),
-            env=_child_env())
+            env=_child_env(), live=answers(f"{self.gateway_url}/healthz"))
         services = [(self.pair.triton, SERVING), (self.pair.transformer, SERVING)]
         if self.with_detector:  # before the gateway: its logger's sink, sending this token
             token_file = control.detector_token()[1]  # None: $GOURMETGRAM_DETECTOR_TOKEN, inherited
@@ -534,7 +528,7 @@ class LocalStack:
                            "--host", self.host, "--port", str(p.detector)]
                 + (["--token-file", str(token_file)] if token_file else []),
                 self.log_dir / "detector.log", lambda: _get_ok(f"{self.detector_url}/health"),
-                env=_child_env()), SIDE))
+                env=_child_env(), live=answers(f"{self.detector_url}/health")), SIDE))
         services += self.extra_services  # before the gateway: its logger's/feedback's targets
         services.append((gateway, INGRESS))
         if self.webapp:  # a client of the gateway: clients never see it go
@@ -552,7 +546,8 @@ class LocalStack:
         # Storage outlives a Prometheus restart (WAL replay) and goes when the stack stops.
         self._prometheus_dir = Path(tempfile.mkdtemp(prefix="gg-prometheus-"))
         return Service(PROMETHEUS, prom.command(self._prometheus_dir), self.log_dir / "prometheus.log",
-                       lambda: _get_ok(f"{self.prometheus_url}/-/ready"))
+                       lambda: _get_ok(f"{self.prometheus_url}/-/ready"),
+                       live=answers(f"{self.prometheus_url}/-/healthy"))
 
     def used_ports(self) -> set[str]:
         names = {"triton_http", "triton_grpc", "triton_metrics", "transformer_http", "transformer_grpc",
@@ -579,7 +574,8 @@ class LocalStack:
         webapp_dir = str(constants.REPO_ROOT / "webapp")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [webapp_dir, env.get("PYTHONPATH", "")]))
         return Service(WEBAPP, argv, self.log_dir / "webapp.log",
-                       lambda: _get_ok(f"{self.webapp_url}/healthz"), env=env)
+                       lambda: _get_ok(f"{self.webapp_url}/healthz"), env=env,
+                       live=answers(f"{self.webapp_url}/healthz"))
 
     def rollout(self):
         """A :class:`gourmetgram.rollout.local.LocalRollout` driving this stack's gateway."""
@@ -591,20 +587,28 @@ class LocalStack:
     def control_token_path(self) -> Path:
         return control.token_path(self.host, self.ports.gateway)
 
+    @property
+    def rollout_state_path(self) -> Path:
+        """The gateway's saved rollout (what a restarted gateway routes by), in the state folder."""
+        return self.control_token_path.parent / control.ROLLOUT_STATE_FILE
+
     def start(self) -> "LocalStack":
-        """Start every service in order and wait for each to be ready (a first start that fails
-        stops all and raises); from then on the supervisor restarts any that exits."""
+        """Start every service in order and wait for each to be ready; the supervisor watches
+        each from its first start, so a start that fails is retried with back-off, and only
+        one it gives up on stops all and raises (:class:`DependencyUnavailable`)."""
         if self.manifest.path is None:
             raise UserError("the gateway reads the manifest from a file; pass a manifest path")
         check_ports_free(self.ports, self.host, names=self.used_ports())
         self.log_dir.mkdir(parents=True, exist_ok=True)
         # A fresh control token per start, 0600 in the stack's state folder (the CLI reads it).
         self.control_token = control.write_token(self.control_token_path)
+        # A new stack starts from its manifest; only a restarted gateway restores a rollout.
+        self.rollout_state_path.unlink(missing_ok=True)
         try:
             for service, role in self._build_services():
                 self.services[service.name] = service
                 revision = self.revision if service in self.pair.services else None
-                self.supervisor.start(service, self.log_dir, role, revision, self.start_timeout_s)
+                self.supervisor.start(service, self.log_dir, role, revision)
         except BaseException:
             self.stop()
             raise
@@ -631,6 +635,7 @@ class LocalStack:
             self._prometheus_dir = None
         if self.control_token is not None:
             self.control_token_path.unlink(missing_ok=True)
+            self.rollout_state_path.unlink(missing_ok=True)
 
     def pids(self) -> dict[str, int | None]:
         return {name: s.pid for name, s in self.services.items()}

@@ -2,8 +2,9 @@
 
 One :class:`Supervisor` holds a list of components (any process with a readiness probe:
 Triton, a revision's transformer, the gateway, the drift detector, Prometheus, and
-whatever else the stack starts; each is ONE entry). After a component's first start it is
-watched by its own thread:
+whatever else the stack starts; each is ONE entry). From its FIRST start on, each is watched
+by its own thread, and a first start is treated like any restart (one flaky start, e.g.
+PyTriton's Python backend refusing its handshake, is retried, not fatal):
 
 * when the process exits (crash, ``kill -9``, or a clean exit nobody asked for:
   ``restartPolicy: Always``) the exit code and the last lines of its log are reported, what
@@ -12,8 +13,13 @@ watched by its own thread:
   process has stayed ready for ``stable_after_s``);
 * after each start the readiness probe is polled again; only then is it ``ready``;
 * a start that never gets ready (exits first, or not ready within ``start_timeout_s``) is a
-  failed start; after ``max_failed_starts`` of them in a row the supervisor gives up on the
-  component, says why, and sets :attr:`Supervisor.gave_up` (``serve`` then exits).
+  failed start, reported and retried after the back-off; after ``max_failed_starts`` of them
+  in a row the supervisor gives up on the component, says why, and sets
+  :attr:`Supervisor.gave_up` (``serve`` then exits; :meth:`Supervisor.start` raises);
+* **liveness** (the kubelet's ``livenessProbe``): a ready process whose ``live`` probe has
+  failed for ``liveness_timeout_s`` in a row (it hangs: deadlocked, stopped, swapping) is
+  killed and restarted like a crashed one. Readiness is not liveness: a transformer whose
+  Triton is down is not ready, but it is alive and is not killed for it.
 
 Nothing else is touched: the other components keep their processes (and pids). Whether
 clients notice is the gateway's business (503 + ``Retry-After`` while a revision is not
@@ -36,6 +42,8 @@ import time
 from pathlib import Path
 from typing import Callable, Protocol
 
+from gourmetgram.errors import DependencyUnavailable
+
 log = logging.getLogger("gourmetgram.supervisor")
 
 STARTING, READY, BACKOFF, STOPPED, FAILED = "starting", "ready", "backoff", "stopped", "failed"
@@ -51,6 +59,7 @@ class Process(Protocol):
 
     name: str
     log_path: Path
+    live: Callable[[], bool] | None  # the liveness probe (None: none, like a pod without one)
 
     @property
     def proc(self) -> subprocess.Popen | None: ...
@@ -58,7 +67,6 @@ class Process(Protocol):
     def start(self, cwd: Path) -> None: ...
     def alive(self) -> bool: ...
     def ready(self) -> bool: ...
-    def wait_ready(self, timeout_s: float) -> None: ...
     def stop(self, timeout_s: float = ...) -> None: ...
     def kill(self, timeout_s: float = ...) -> None: ...
     def log_tail(self, lines: int = ...) -> str: ...
@@ -73,6 +81,10 @@ class RestartPolicy:
     max_failed_starts: int = 5
     stable_after_s: float = 60.0
     start_timeout_s: float = 180.0  # tritonserver + model load on 2 busy cores
+    # livenessProbe: probed every period; failing this long in a row = hung, killed (the
+    # kubelet's periodSeconds x failureThreshold; generous, as busy cores answer slowly)
+    liveness_period_s: float = 5.0
+    liveness_timeout_s: float = 60.0
 
     def backoff(self, streak: int) -> float:
         """Delay before the restart that follows the ``streak``-th crash in a row (1-based)."""
@@ -117,15 +129,19 @@ class Component:
                  policy: RestartPolicy, supervisor: "Supervisor") -> None:
         self.service, self.cwd, self.role, self.revision = service, Path(cwd), role, revision
         self.policy, self.supervisor = policy, supervisor
-        self.state = READY
+        self.state = STARTING  # its first start, watched like any other
         self.restarts = 0
         self.streak = 0  # crashes in a row (back-off exponent)
         self.failed_starts = 0  # starts in a row that never got ready
         self.since = time.time()
-        self.ready_since: float | None = time.monotonic()
+        self.ready_since: float | None = None
         self.last_exit: int | None = None
         self.backoff_s: float | None = None
+        self.failure: str | None = None  # why it was given up on
         self.stopping = False
+        self._first_outcome = threading.Event()  # ready once, or given up on
+        self._liveness_due = 0.0
+        self._unresponsive_since: float | None = None
         self.thread = threading.Thread(target=self._watch, name=f"supervise-{self.key}", daemon=True)
 
     @property
@@ -140,6 +156,16 @@ class Component:
     def pid(self) -> int | None:
         proc = self.service.proc
         return getattr(proc, "pid", None)
+
+    def wait_ready(self) -> None:
+        """Block until the first start (retries included) got ready; raise
+        :class:`DependencyUnavailable` saying why when the supervisor gave up on it, or when
+        it was stopped first."""
+        while not self._first_outcome.wait(POLL_S):
+            if self._halted() or self.state == STOPPED:
+                raise DependencyUnavailable(f"{self.key} was stopped before it got ready")
+        if self.failure is not None:
+            raise DependencyUnavailable(self.failure)
 
     def snapshot(self) -> dict:
         return {"name": self.name, "revision": self.revision, "role": self.role, "state": self.state,
@@ -172,6 +198,10 @@ class Component:
                         started_at = self._restart()
                         continue
                     self.supervisor.halted.wait(PROBE_S)
+                elif self._hung():
+                    self._exited(f"did not answer its liveness probe for {self.policy.liveness_timeout_s:g} s "
+                                 "(hung); killed", kill=True)
+                    started_at = self._restart()
                 else:
                     self.supervisor.halted.wait(POLL_S)
                 continue
@@ -184,17 +214,40 @@ class Component:
         except Exception:  # noqa: BLE001 - a probe that raises (connection refused...) is "not yet"
             return False
 
+    def _hung(self) -> bool:
+        """The liveness probe, every ``liveness_period_s``: True once it has failed for
+        ``liveness_timeout_s`` in a row."""
+        live = getattr(self.service, "live", None)
+        now = time.monotonic()
+        if live is None or now < self._liveness_due:
+            return False
+        self._liveness_due = now + self.policy.liveness_period_s
+        try:
+            answered = bool(live())
+        except Exception:  # noqa: BLE001 - a probe that raises (timeout, refused) failed
+            answered = False
+        if answered:
+            self._unresponsive_since = None
+            return False
+        if self._unresponsive_since is None:
+            self._unresponsive_since = now
+            log.warning("%s (pid %s) did not answer its liveness probe", self.key, self.pid)
+        return now - self._unresponsive_since >= self.policy.liveness_timeout_s
+
     def _became_ready(self, started_at: float) -> None:
         self.ready_since = time.monotonic()
         self.failed_starts = 0
         self.backoff_s = None
+        self._unresponsive_since, self._liveness_due = None, 0.0
         self._set(READY)
-        self.supervisor._emit(Event(time.time(), self.key, "ready",
-                                    f"{self.key} ready again {time.monotonic() - started_at:.1f} s after "
-                                    f"restart {self.restarts} (pid {self.pid})", pid=self.pid))
+        self._first_outcome.set()
+        if self.restarts:  # a first start that got ready at once is no news
+            self.supervisor._emit(Event(time.time(), self.key, "ready",
+                                        f"{self.key} ready again {time.monotonic() - started_at:.1f} s after "
+                                        f"restart {self.restarts} (pid {self.pid})", pid=self.pid))
 
-    def _exited(self, reason: str | None) -> None:
-        """Report the exit (or the failed start), sweep the process group, count it."""
+    def _exited(self, reason: str | None, kill: bool = False) -> None:
+        """Report the exit (or the failed start, or the hang), sweep the process group, count it."""
         with self.supervisor.lock:
             if self._halted():
                 return
@@ -203,7 +256,7 @@ class Component:
         # What is left of the process group (tritonserver's stubs...) must not keep its ports: a
         # process that exited takes its group with it at once; one that hung in its start gets
         # the usual SIGTERM first.
-        if reason is None:
+        if reason is None or kill:
             self.service.kill(timeout_s=5.0)
         else:
             self.service.stop(timeout_s=5.0)
@@ -217,14 +270,16 @@ class Component:
         self.last_exit = code
         if not was_ready:
             self.failed_starts += 1
-        what = reason or (f"exited with {describe_exit(code)}" if not was_ready else
+        what = reason or (f"exited with {describe_exit(code)} while starting" if not was_ready else
                           f"crashed: {describe_exit(code)}")
         if not was_ready and self.failed_starts >= self.policy.max_failed_starts:
             self._set(FAILED)
             message = (f"{self.key} {what}; {self.failed_starts} starts in a row failed, giving up "
                        f"(log {self.service.log_path})")
+            self.failure = message
             self.supervisor._emit(Event(time.time(), self.key, "gave-up", message, code, tail, pid))
             self.supervisor._give_up(message)
+            self._first_outcome.set()
             return
         self.backoff_s = self.policy.backoff(self.streak)
         self._set(BACKOFF)
@@ -282,22 +337,33 @@ class Supervisor:
         self._components: list[Component] = []
 
     # -- adding components -----------------------------------------------------------------
-    def start(self, service: Process, cwd: Path, role: str = SERVING, revision: str | None = None,
-              timeout_s: float | None = None) -> Component:
-        """Start ``service`` on the calling thread, wait until it is ready (a first start that
-        fails raises, as before: that is a setup problem, reported at once), then watch it."""
-        service.start(cwd=cwd)
-        service.wait_ready(timeout_s or self.policy.start_timeout_s)
-        return self.adopt(service, cwd, role, revision)
+    def launch(self, service: Process, cwd: Path, role: str = SERVING,
+               revision: str | None = None) -> Component:
+        """Start ``service`` on the calling thread and watch it from this first start on: a start
+        that fails (exits, or is not ready within ``start_timeout_s``) is reported and retried
+        with back-off like a restart. Returns at once; :meth:`Component.wait_ready` waits.
 
-    def adopt(self, service: Process, cwd: Path, role: str = SERVING,
-              revision: str | None = None) -> Component:
-        """Watch a service that is already running and ready."""
+        The calling thread must outlive the process (PR_SET_PDEATHSIG fires when it ends):
+        the main thread, or the gateway's event loop; restarts are spawned by the watcher."""
         component = Component(service, cwd, role, revision, self.policy, self)
-        with self.lock:
+        with self.lock:  # stop() takes the lock: nothing is spawned after halt()
+            if self.halted.is_set():
+                raise DependencyUnavailable(f"{component.key}: the stack is stopping")
             self._components.append(component)
+            try:
+                service.start(cwd=cwd)
+            except OSError as exc:  # cannot even spawn: a failed start like any other
+                log.error("%s could not be started: %s", component.key, exc)
         component.thread.start()
         self._changed()
+        return component
+
+    def start(self, service: Process, cwd: Path, role: str = SERVING,
+              revision: str | None = None) -> Component:
+        """:meth:`launch`, then wait until it is ready (retries included); raises
+        :class:`DependencyUnavailable` with the reason when the supervisor gives up on it."""
+        component = self.launch(service, cwd, role, revision)
+        component.wait_ready()
         return component
 
     def forget(self, service: Process) -> None:

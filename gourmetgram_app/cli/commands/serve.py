@@ -141,7 +141,8 @@ def add_parser(subparsers) -> None:
         "web app + detector + Prometheus)",
         description="Start PyTriton with the exported model, the KServe transformer, the local "
         "gateway that reads inference_services/<stage>.yaml, the web app (user and operator pages) in "
-        "front of the gateway, the drift detector and Prometheus. A process that exits is restarted "
+        "front of the gateway, the drift detector and Prometheus. A start that fails is retried, and "
+        "a process that exits or hangs (stops answering its liveness probe for 60 s) is restarted, "
         "with exponential back-off (the gateway answers 503 with Retry-After meanwhile); serve gives "
         "up (exit 3) only when one fails to start 5 times in a row. Stop all of them with Ctrl-C or "
         "SIGTERM.")

@@ -10,7 +10,7 @@ from gourmetgram import constants
 from gourmetgram import control as policy
 from gourmetgram.errors import UserError
 from gourmetgram_app.local.gateway.discovery import Revision
-from gourmetgram_app.local.gateway.logger import LOGGER_QUEUE_BYTES
+from gourmetgram_app.local.gateway.logger import LOGGER_QUEUE_BYTES, LOGGER_QUEUE_EVENTS
 from gourmetgram_app.local.gateway.routing import MAX_BODY_BYTES
 from gourmetgram_app.local.gateway.server import Gateway
 from gourmetgram_app.local.manifests import load_manifest
@@ -32,16 +32,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-logger", action="store_true", help="do not send logger CloudEvents")
     p.add_argument("--feedback-url", help="the capture/feedback service that POST /v1/feedback goes to")
     p.add_argument("--model-version", help="the first revision's registered model version (for capture)")
-    p.add_argument("--logger-queue", type=int, default=1000, help="logger queue size (default: %(default)s)")
+    p.add_argument("--logger-queue", type=int, default=LOGGER_QUEUE_EVENTS,
+                   help="most events waiting for (or retried to) the logger sink (default: %(default)s)")
     p.add_argument("--logger-timeout", type=float, default=2.0,
-                   help="seconds the logger waits on its sink per event before counting a drop (default: %(default)s)")
+                   help="seconds the logger waits on its sink per attempt before retrying (default: %(default)s)")
     p.add_argument("--logger-queue-bytes", type=int, default=LOGGER_QUEUE_BYTES,
-                   help="most bytes of events waiting for the logger sink (default: %(default)s)")
+                   help="most bytes of events waiting for (or retried to) the logger sink (default: %(default)s)")
     p.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES,
                    help="largest request body accepted, else 413 (default: %(default)s)")
     p.add_argument("--control-token-file",
                    help="file holding the control API's token (default: the stack's state folder "
                         "$GOURMETGRAM_HOME/stacks/<host>-<port>/control-token, created if missing)")
+    p.add_argument("--state-file",
+                   help="where the rollout (revisions, split, shadow) is saved after each change and "
+                        "restored from at start (default: rollout.json in the stack's state folder "
+                        "$GOURMETGRAM_HOME/stacks/<host>-<port>/)")
     p.add_argument("--model-store", help="canary bundles must be inside this folder "
                    "(default: $GOURMETGRAM_HOME/models)")
     p.add_argument("--host", default=constants.HOST, help="address to bind (default: %(default)s)")
@@ -69,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
                                                               args.port),
                           model_store=args.model_store, max_body_bytes=args.max_body_bytes,
                           logger_queue_bytes=args.logger_queue_bytes, feedback_url=args.feedback_url,
-                          status_file=args.status_file)
+                          status_file=args.status_file,
+                          state_file=args.state_file or policy.stack_state_dir(args.host, args.port) / policy.ROLLOUT_STATE_FILE)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

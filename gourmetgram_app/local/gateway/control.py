@@ -7,6 +7,11 @@ re-weights or stops a shadow revision (``gourmetgram rollout`` drives it); ``GET
 /_gourmetgram/shadow`` shows the shadow's paired answers. A POST (and the shadow's answers) needs
 the token, JSON, and a bundle from the model store: the policy is
 :mod:`gourmetgram.control`; this module applies it to the gateway's state.
+
+Every pair the gateway starts is watched by its supervisor from the first start (a start that
+fails is retried with back-off; a given-up one is a 503 that says why). After each change the
+rollout is saved (:mod:`.state`); a restarted gateway restores it (:meth:`Controller.restore`)
+and starts the canary and shadow pairs again.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from gourmetgram import bodylimit
 from gourmetgram import control as policy
 from gourmetgram.errors import DependencyUnavailable, UserError
 from gourmetgram_app.local import httpclient
+from gourmetgram_app.local.gateway import state
 from gourmetgram_app.local.gateway.discovery import Revision, http_sd_targets
 from gourmetgram_app.local.gateway.routing import SHADOW, Router, error
 from gourmetgram_app.local.manifests import generation_of, revision_name
@@ -43,6 +49,17 @@ class _Stoppable(Protocol):
     @property
     def services(self) -> Sequence[Process]: ...
 
+    @property
+    def transformer_url(self) -> str: ...
+
+    @property
+    def triton_url(self) -> str: ...
+
+    @property
+    def triton_metrics_url(self) -> str: ...
+
+    async def start_supervised(self, supervisor: Supervisor, cwd: Path) -> None: ...
+
     def stop(self) -> None: ...
 
 
@@ -53,9 +70,12 @@ class Controller(Router):
     log_dir: Path | None
     host: str
     status_file: Path | None
+    state_file: Path | None  # where the rollout is saved (None: not saved, not restored)
     supervisor: Supervisor
+    _given: list[Revision]  # the revisions the gateway was started with (serve's own pair)
     _pairs: dict[str, _Stoppable]  # revision name -> RevisionPair this gateway started
     _control_lock: asyncio.Lock
+    _restoring: tuple[list[tuple[Revision, _Stoppable]], state.SavedShadow | None] | None
 
     def components(self) -> list[dict]:
         """Every supervised process: the serve supervisor's (its state file) and the canaries'."""
@@ -76,6 +96,7 @@ class Controller(Router):
             "logger": None if self.logger is None else {
                 "url": self.logger.url, "mode": self.logger.mode,
                 "sent": self.logger.sent._value.get(), "dropped": self.logger.dropped._value.get(),
+                "retried": self.logger.retried._value.get() if self.logger.retried is not None else 0,
                 "queued": self.logger.backlog},
         }
 
@@ -84,28 +105,34 @@ class Controller(Router):
         self.revisions = [r for r in self.revisions if r.name not in names]
         for name in names:
             self.readiness.forget(name)
-            pair = self._pairs.pop(name, None)
-            if pair is not None:
-                for service in pair.services:
-                    self.supervisor.forget(service)
-                await asyncio.to_thread(pair.stop)
+            await self._stop_pair(name)
+
+    def _new_pair(self, bundle: Path, name: str) -> _Stoppable:
+        from gourmetgram_app.local.stack import Ports, RevisionPair
+
+        return RevisionPair(bundle, name, self.manifest, Ports.free(self.host), self.host, self._pair_log_dir)
+
+    @property
+    def _pair_log_dir(self) -> Path:
+        return self.log_dir or Path.cwd()
+
+    async def _start_pair(self, name: str, pair: _Stoppable) -> None:
+        """Start a pair supervised (failed starts retried), then warm it up; raises
+        DependencyUnavailable when the supervisor gave up on it (the pair is stopped then)."""
+        await pair.start_supervised(self.supervisor, self._pair_log_dir)
+        self._pairs[name] = pair
+        await self._warm_up(pair.transformer_url)
 
     async def start_canary(self, bundle: str, percent: int, version: str | None = None) -> Revision:
         """A new latest revision from ``bundle`` (its own Triton + transformer) at ``percent``%."""
         path = policy.bundle_in_store(bundle, self.model_store)  # before any heavy import
         from gourmetgram.export import validate_bundle
-        from gourmetgram_app.local.stack import Ports, RevisionPair
 
         validate_bundle(path, self.manifest.model_name)
         generation = max(generation_of(r.name) for r in self.revisions) + 1
         name = revision_name(self.manifest, generation)
-        log_dir = self.log_dir or Path.cwd()
-        pair = RevisionPair(path, name, self.manifest, Ports.free(self.host), self.host, log_dir)
-        await pair.start_async(cwd=log_dir)
-        self._pairs[name] = pair
-        for service in pair.services:  # restarted when they crash, as the first revision's are
-            self.supervisor.adopt(service, log_dir, revision=name)
-        await self._warm_up(pair.transformer_url)
+        pair = self._new_pair(path, name)
+        await self._start_pair(name, pair)
         # A latest revision that never rolled out is replaced (Knative keeps only prev/latest routed).
         replaced = {r.name for r in self.revisions if r.name != self.rolled_out}
         self.revisions.append(Revision(name, pair.transformer_url, 0, None, str(path), version,
@@ -120,17 +147,13 @@ class Controller(Router):
         of model requests; it replaces a running shadow. It never takes client traffic."""
         path = policy.bundle_in_store(bundle, self.model_store)
         from gourmetgram.export import validate_bundle
-        from gourmetgram_app.local.stack import Ports, RevisionPair
 
         validate_bundle(path, self.manifest.model_name)
         previous = self.shadow.revision
         generation = generation_of(previous.name) + 1 if previous is not None else 1
         name = f"{self.manifest.name}-{SHADOW}-predictor-{generation:05d}"
-        log_dir = self.log_dir or Path.cwd()
-        pair = RevisionPair(path, name, self.manifest, Ports.free(self.host), self.host, log_dir)
-        await pair.start_async(cwd=log_dir)
-        self._pairs[name] = pair
-        await self._warm_up(pair.transformer_url)
+        pair = self._new_pair(path, name)
+        await self._start_pair(name, pair)
         revision = Revision(name, pair.transformer_url, 0, SHADOW, str(path), version,
                             pair.triton_metrics_url)
         self.shadow.attach(revision, percent)
@@ -148,12 +171,100 @@ class Controller(Router):
     def shadow_pids(self) -> dict[str, int | None]:
         """The shadow's processes (what a fault test kills)."""
         pair = self._pairs.get(self.shadow.revision.name) if self.shadow.revision else None
-        return {s.name: s.pid for s in pair.services} if pair is not None else {}  # type: ignore[attr-defined]
+        return {s.name: s.proc.pid if s.proc else None for s in pair.services} if pair is not None else {}
 
     async def _stop_pair(self, name: str) -> None:
+        """Stop watching a pair this gateway started, then stop it."""
         pair = self._pairs.pop(name, None)
         if pair is not None:
+            for service in pair.services:
+                self.supervisor.forget(service)
             await asyncio.to_thread(pair.stop)
+
+    # -- the rollout across a gateway restart ---------------------------------------------------
+    def rollout_state(self) -> state.RolloutState:
+        shadow = self.shadow.revision
+        return state.RolloutState(
+            self.manifest.name, tuple(state.SavedRevision(r.name, r.bundle, r.version) for r in self.revisions),
+            self.rolled_out, self.canary_percent,
+            state.SavedShadow(shadow.bundle, self.shadow.percent, shadow.version)
+            if shadow is not None and shadow.bundle else None)
+
+    def save_state(self) -> None:
+        """Write the rollout to the state file (a failure is logged: routing goes on)."""
+        if self.state_file is None:
+            return
+        try:
+            state.save(self.state_file, self.rollout_state())
+        except OSError as exc:
+            log.error("could not save the rollout to %s: %s", self.state_file, exc)
+
+    def restore(self) -> None:
+        """Before the first request: route as the saved rollout says. Revisions the gateway was
+        started with keep their processes; each other one gets a new pair (fresh ports), not
+        started yet (:meth:`start_restored` does that in the background): until it is ready its
+        share is answered 503 + Retry-After, as for a crashed revision, and the split stays."""
+        saved = state.load(self.state_file, self.manifest.name) if self.state_file else None
+        if saved is None:
+            return
+        given = {r.name: r for r in self._given}
+        table: list[Revision] = []
+        pending: list[tuple[Revision, _Stoppable]] = []
+        for entry in saved.revisions:
+            if entry.name in given:
+                table.append(given[entry.name])
+                continue
+            try:
+                path = policy.bundle_in_store(entry.bundle or "", self.model_store)
+            except UserError as exc:
+                log.error("not restoring revision %s: %s", entry.name, exc)
+                continue
+            pair = self._new_pair(path, entry.name)
+            revision = Revision(entry.name, pair.transformer_url, 0, None, str(path), entry.version,
+                                pair.triton_metrics_url, pair.triton_url)
+            table.append(revision)
+            pending.append((revision, pair))
+        if saved.rolled_out not in {r.name for r in table}:
+            log.error("not restoring the rollout: its rolled-out revision %s cannot be started",
+                      saved.rolled_out)
+            return
+        self.revisions, self.rolled_out, self.canary_percent = table, saved.rolled_out, saved.canary_percent
+        self._apply_split()
+        for revision, pair in pending:
+            self._pairs[revision.name] = pair
+            self.readiness.mark_down(revision.name, "starting again after a gateway restart")
+        self._restoring = (pending, saved.shadow)
+        log.warning("rollout restored from %s: %s", self.state_file,
+                    [(r.name, r.percent, r.tag) for r in self.revisions])
+
+    async def start_restored(self) -> None:
+        """Start the restored pairs (supervised, like a canary's first start) and the shadow; a
+        revision whose pair cannot be started leaves the table (its share goes back to the
+        rolled-out revision, or to the given revisions when that was the one)."""
+        pending, shadow = self._restoring or ([], None)
+        self._restoring = None
+        async with self._control_lock:
+            for revision, pair in pending:
+                try:
+                    await self._start_pair(revision.name, pair)
+                except DependencyUnavailable as exc:  # the pair is stopped already
+                    log.error("revision %s could not be started again: %s", revision.name, exc)
+                    self._pairs.pop(revision.name, None)
+                    self._drop_restored(revision)
+            if shadow is not None:
+                try:
+                    await self.start_shadow(shadow.bundle, shadow.percent, shadow.version)
+                except (UserError, DependencyUnavailable) as exc:
+                    log.error("the shadow could not be started again: %s", exc)
+            self.save_state()
+
+    def _drop_restored(self, revision: Revision) -> None:
+        self.readiness.forget(revision.name)
+        self.revisions = [r for r in self.revisions if r is not revision]
+        if revision.name == self.rolled_out or not self.revisions:
+            self.revisions, self.rolled_out = list(self._given), self._given[0].name
+        self.canary_percent = None
+        self._apply_split()
 
     async def _warm_up(self, transformer_url: str, requests: int = WARMUP_REQUESTS) -> None:
         """A few predictions straight to a new transformer before it takes traffic, so the
@@ -223,6 +334,7 @@ class Controller(Router):
             else:
                 raise UserError(f"unknown action {kind!r}; use canary, percent, promote, rollback, "
                                 "shadow or shadow_stop")
+            self.save_state()
             log.warning("rollout %s: %s", kind, [(r.name, r.percent, r.tag) for r in self.revisions])
             return self.status()
 

@@ -38,7 +38,7 @@ from gourmetgram.errors import UserError
 from gourmetgram_app.local import httpclient
 from gourmetgram_app.local.gateway.control import Controller, _Stoppable
 from gourmetgram_app.local.gateway.discovery import Revision
-from gourmetgram_app.local.gateway.logger import LOGGER_QUEUE_BYTES, InferenceLogger
+from gourmetgram_app.local.gateway.logger import LOGGER_QUEUE_BYTES, LOGGER_QUEUE_EVENTS, InferenceLogger
 from gourmetgram_app.local.gateway.routing import FEEDBACK_PATH, MAX_BODY_BYTES
 from gourmetgram_app.local.manifests import ServiceManifest, configuration_name, local_logger_url
 from gourmetgram_app.local.readiness import RevisionReadiness
@@ -51,21 +51,23 @@ class Gateway(Controller):
 
     def __init__(self, manifest: ServiceManifest, revisions: list[Revision],
                  timeout_s: float = 60.0, logger_url: str | None = None, logger_enabled: bool = True,
-                 logger_queue: int = 1000, logger_workers: int = 4, logger_timeout_s: float = 2.0,
+                 logger_queue: int = LOGGER_QUEUE_EVENTS, logger_workers: int = 4, logger_timeout_s: float = 2.0,
                  log_dir: str | Path | None = None, host: str = constants.HOST,
                  seed: int | None = None, control_token: str | None = None,
                  model_store: str | Path | None = None, max_body_bytes: int = MAX_BODY_BYTES,
                  logger_queue_bytes: int = LOGGER_QUEUE_BYTES, feedback_url: str | None = None,
-                 status_file: str | Path | None = None) -> None:
+                 status_file: str | Path | None = None, state_file: str | Path | None = None) -> None:
         """``control_token``: what the control API and tag routing require (None: a random
         one, readable as ``self.control_token``); ``model_store``: the only place canary
         bundles may come from (default ``$GOURMETGRAM_HOME/models``); ``feedback_url``: the
         capture/feedback service ``POST /v1/feedback`` is routed to; ``status_file``: the
-        serve supervisor's component states, shown in the status."""
+        serve supervisor's component states, shown in the status; ``state_file``: where the
+        rollout is saved after each change and restored from at start (None: neither)."""
         if not revisions:
             raise UserError("the gateway needs at least one revision")
         self.manifest = manifest
         self.revisions = list(revisions)
+        self._given = list(revisions)
         self.timeout_s = timeout_s
         self.host = host
         self.log_dir = Path(log_dir) if log_dir else None
@@ -90,8 +92,12 @@ class Gateway(Controller):
                                    ["inferenceservice"], registry=self.registry)
         self.logger_dropped = Counter("logger_events_dropped", "Inference logger CloudEvents dropped",
                                       ["inferenceservice"], registry=self.registry)
+        self.logger_retried = Counter("logger_events_retried", "Inference logger deliveries retried "
+                                      "(the sink was away, slow or answered 5xx)", ["inferenceservice"],
+                                      registry=self.registry)
         self.logger_sent.labels(manifest.name)
         self.logger_dropped.labels(manifest.name)
+        self.logger_retried.labels(manifest.name)
         Gauge("logger_events_queued", "Inference logger CloudEvents waiting to be sent",
               registry=self.registry).set_function(lambda: self.logger.backlog if self.logger else 0)
         self.shadow = ShadowMirror(self.registry, manifest.name)
@@ -103,12 +109,14 @@ class Gateway(Controller):
                                           manifest.namespace, self.logger_sent, self.logger_dropped,
                                           queue_size=logger_queue, workers=logger_workers,
                                           timeout_s=logger_timeout_s, queue_bytes=logger_queue_bytes,
-                                          sink_token=policy.sink_token_for(url))
+                                          sink_token=policy.sink_token_for(url), retried=self.logger_retried)
         self._client: aiohttp.ClientSession | None = None
         # Crash handling: revisions answer 503 while not ready; canary pairs are restarted here.
         self.readiness = RevisionReadiness(self._probe, lambda: self.revisions)
         self.supervisor = Supervisor()
         self.status_file = Path(status_file) if status_file else None  # the serve supervisor's
+        self.state_file = Path(state_file) if state_file else None
+        self._restoring = None
 
     # -- app -----------------------------------------------------------------------------
     def metrics_text(self) -> str:
@@ -122,10 +130,14 @@ class Gateway(Controller):
             if self.logger is not None:
                 await self.logger.start()
             await self.shadow.start()
+            self.restore()  # a restarted gateway routes as before (pairs start in the background)
             self.readiness.start()
+            restoring = asyncio.create_task(self.start_restored())
             try:
                 yield
             finally:
+                restoring.cancel()  # a pair half started is stopped by its own start
+                await asyncio.gather(restoring, return_exceptions=True)
                 self.supervisor.halt()  # no restarts while the pairs are stopped below
                 await self.readiness.stop()
                 await self.shadow.stop()
@@ -149,11 +161,14 @@ class Gateway(Controller):
         async def metrics(_request: Request) -> Response:
             return PlainTextResponse(self.metrics_text(), media_type=CONTENT_TYPE_LATEST)
 
-        async def index(_request: Request) -> Response:
-            return JSONResponse(self.status())
+        async def kserve_live(_request: Request) -> Response:
+            # What KServe's model server answers on / (its v1 liveness, which KServe's own
+            # InferenceRESTClient(protocol="v1").is_server_live reads); the status is
+            # GET /_gourmetgram/rollout.
+            return JSONResponse({"status": "alive"})
 
         routes = [
-            Route("/", index, methods=["GET"]),
+            Route("/", kserve_live, methods=["GET"]),
             Route("/healthz", live, methods=["GET"]),
             Route("/v2/health/live", live, methods=["GET"]),
             Route("/v2/health/ready", ready, methods=["GET"]),
