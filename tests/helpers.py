@@ -101,10 +101,11 @@ class QuietHandler(BaseHTTPRequestHandler):
 
 
 class LocalHTTPServer:
-    """A ThreadingHTTPServer for ``handler`` on a free 127.0.0.1 port, serving from a daemon thread."""
+    """A ThreadingHTTPServer for ``handler`` on a free 127.0.0.1 port (or ``port``), serving from
+    a daemon thread."""
 
-    def __init__(self, handler: type[BaseHTTPRequestHandler], path: str = "") -> None:
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    def __init__(self, handler: type[BaseHTTPRequestHandler], path: str = "", port: int = 0) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}{path}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -121,7 +122,7 @@ class Sink(LocalHTTPServer):
     so nothing hangs for ever); :meth:`kill` closes it.
     """
 
-    def __init__(self, hold_cap_s: float = 120.0) -> None:
+    def __init__(self, hold_cap_s: float = 120.0, port: int = 0) -> None:
         self.events: list[tuple[dict[str, str], bytes]] = []
         self.mode = "ok"
         self.held = 0  # events received and not answered yet
@@ -140,7 +141,7 @@ class Sink(LocalHTTPServer):
                 self.send_header("content-length", "0")
                 self.end_headers()
 
-        super().__init__(Handler, "/")
+        super().__init__(Handler, "/", port)
 
     def kill(self) -> None:
         self.close()

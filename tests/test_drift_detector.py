@@ -245,6 +245,23 @@ def test_undecodable_image_is_counted_not_fatal(client, service, eval_images):
     assert "drift_images_invalid_total 1.0" in client.get("/metrics").text
 
 
+def test_a_redelivered_event_is_processed_once(client, service, eval_images):
+    """Delivery is at least once (the logger and the broker retry): a repeat of an accepted
+    event is answered 202 and counted, not fed to the online MMD twice."""
+    body = v1_request(eval_images[:2])
+    assert client.post("/", headers=headers(event_id="again"), content=body).status_code == 202
+    assert client.post("/", headers=headers(event_id="again"), content=body).status_code == 202
+    answer = json.dumps({"predictions": [{"class_index": 3, "label": "three", "confidence": 0.9, "top_k": []}]})
+    # the same id as a response, and the shadow's response to it, are other events
+    assert client.post("/", headers=headers(RESPONSE_TYPE, "again"), content=answer).status_code == 202
+    shadow = {**headers(RESPONSE_TYPE, "again"), "ce-endpoint": "shadow"}
+    assert client.post("/", headers=shadow, content=answer).status_code == 202
+    assert service.wait_idle(30)
+    status = client.get("/status").json()
+    assert (status["t"], status["received"], status["duplicates"]) == (2, 3, 1)
+    assert "drift_events_duplicate_total 1.0" in client.get("/metrics").text
+
+
 def test_full_queue_drops_and_counts_without_blocking(bundle, loaded, eval_images):
     from starlette.testclient import TestClient
 

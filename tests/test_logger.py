@@ -2,7 +2,8 @@
 
 A tiny HTTP sink in the test stands in for the drift detector (the same headers are what
 detectors/drift_detector/events.py decodes). The sink can answer, stall or die; the
-predictions must not notice, and what the sink misses is counted.
+predictions must not notice; what a sink that is away misses is retried until it is back
+(within the queue's bounds), and what cannot be is counted.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import threading
 import httpx
 import pytest
 import torch
-from helpers import Sink
+from helpers import Sink, free_port
 from helpers import wait_until as _wait
 from prometheus_client import CollectorRegistry, Counter
 
@@ -107,6 +108,72 @@ def test_queue_full_counts_drops_without_blocking():
         InferenceLogger("http://x/", "sometimes", "i", "n", sent, dropped)
 
 
+def _counters3(registry: CollectorRegistry):
+    return (Counter("s", "s", ["inferenceservice"], registry=registry),
+            Counter("d", "d", ["inferenceservice"], registry=registry),
+            Counter("r", "r", ["inferenceservice"], registry=registry))
+
+
+async def _until(predicate, timeout_s: float = 60.0) -> bool:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+def test_a_sink_that_is_away_gets_every_event_when_it_is_back():
+    """The broker restarting after a kill -9: its port refuses connections for a while. The
+    logger retries with back-off and delivers everything once it answers; nothing is dropped."""
+    sent, dropped, retried = _counters3(CollectorRegistry())
+    port = free_port()
+    sinks: list[Sink] = []
+
+    async def run() -> int:
+        logger = InferenceLogger(f"http://127.0.0.1:{port}/", "all", "isvc", "ns", sent, dropped,
+                                 workers=2, timeout_s=1.0, retried=retried)
+        await logger.start()
+        for i in range(20):
+            logger.log(f"id-{i}", "request", b'{"instances": []}', "application/json", "default")
+        assert await _until(lambda: retried.labels("isvc")._value.get() >= 2), "the logger retries"
+        waiting = logger.backlog
+        sinks.append(Sink(port=port))  # the sink is back on its port
+        assert await _until(lambda: sent.labels("isvc")._value.get() == 20)
+        await logger.stop()
+        return waiting
+
+    try:
+        assert asyncio.run(run()) == 20  # nothing was lost while it was away: all still owed
+    finally:
+        for sink in sinks:
+            sink.kill()
+    assert sorted(h["ce-id"] for h, _ in sinks[0].events) == sorted(f"id-{i}" for i in range(20))
+    assert dropped.labels("isvc")._value.get() == 0
+
+
+def test_events_being_retried_keep_their_bytes_in_the_bound():
+    """Retrying is bounded like queueing: an event being retried still holds its bytes, so a
+    sink that stays away fills the budget and the rest is counted, not kept."""
+    sent, dropped, retried = _counters3(CollectorRegistry())
+
+    async def run() -> tuple[int, int, float]:
+        logger = InferenceLogger(f"http://127.0.0.1:{free_port()}/", "all", "isvc", "ns", sent, dropped,
+                                 workers=2, timeout_s=0.5, queue_bytes=1000, retried=retried)
+        await logger.start()
+        for i in range(2):
+            logger.log(f"id-{i}", "request", b"x" * 400, "application/json", "default")
+        assert await _until(lambda: retried.labels("isvc")._value.get() >= 2), "both are being retried"
+        logger.log("id-2", "request", b"x" * 400, "application/json", "default")  # 1200 > 1000
+        state = (logger.backlog, logger.queued_bytes, dropped.labels("isvc")._value.get())
+        await logger.stop(drain_s=0.1)
+        return state
+
+    assert asyncio.run(run()) == (2, 800, 1)
+    assert dropped.labels("isvc")._value.get() == 3  # + the two still undelivered at stop
+    assert sent.labels("isvc")._value.get() == 0
+
+
 @pytest.mark.slow
 def test_events_are_kserve_cloudevents_paired_by_id(stack, sink, images):
     sink.mode = "ok"
@@ -156,7 +223,8 @@ def test_held_and_dead_sink_never_delay_or_lose_predictions(stack, sink, images)
         sink.mode = "ok"
     _, dropped0 = _counters(stack)
 
-    # Kill the sink in the middle of the load: every prediction still succeeds, misses are counted.
+    # Kill the sink in the middle of the load: every prediction still succeeds; what the sink
+    # misses waits in the logger and is retried, and reaches it when it is back.
     results: list[int] = []
     stop = threading.Event()
 
@@ -171,6 +239,7 @@ def test_held_and_dead_sink_never_delay_or_lose_predictions(stack, sink, images)
     threads = [threading.Thread(target=load) for _ in range(3)]
     for t in threads:
         t.start()
+    port = int(sink.url.rstrip("/").rsplit(":", 1)[1])
     try:
         assert _wait(lambda: len(results) >= 10, 120), "load is flowing"
         sink.kill()
@@ -181,6 +250,14 @@ def test_held_and_dead_sink_never_delay_or_lose_predictions(stack, sink, images)
         for t in threads:
             t.join(60)
     assert results == [200] * len(results)
-    assert _wait(lambda: _counters(stack)[1] > dropped0, 60), "what the dead sink missed is counted"
+    assert _wait(lambda: _metric(httpx.get(f"{stack.gateway_url}/metrics").text, "logger_events_retried_total") > 0,
+                 60), "what the dead sink missed is retried"
+    back = Sink(port=port)  # the sink comes back on its address
+    try:
+        assert _wait(lambda: _metric(httpx.get(f"{stack.gateway_url}/metrics").text, "logger_events_queued") == 0,
+                     120), "the missed events were delivered"
+        assert len(back.events) > 0 and _counters(stack)[1] == dropped0, "nothing was dropped"
+    finally:
+        back.kill()
     print(f"\nlogger: 20 predictions while the sink held their events; kill mid-load: {len(results)} predictions "
-          f"all 200, dropped {_counters(stack)[1]:.0f}")
+          f"all 200, {len(back.events)} events delivered after the sink came back, dropped 0")

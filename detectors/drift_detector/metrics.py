@@ -25,6 +25,8 @@ class DetectorMetrics:
         self.received = Counter("drift_events_received", "Logger events accepted", ["type"], registry=r)
         self.processed = Counter("drift_events_processed", "Logger events processed", ["type"], registry=r)
         self.dropped = Counter("drift_events_dropped", "Logger events dropped: queue full", registry=r)
+        self.duplicates = Counter("drift_events_duplicate", "Redelivered logger events (processed once)",
+                                  registry=r)
         self.invalid = Counter(
             "drift_events_invalid", "Logger events rejected with 400 (malformed)", registry=r)
         self.bad_images = Counter(

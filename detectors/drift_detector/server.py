@@ -2,7 +2,9 @@
 
 ``POST /`` decodes the CloudEvent (400 if malformed), puts it on a bounded queue and
 answers 202; when the queue is full the event is dropped and counted (503), so the
-logger never waits on the detector. With an ingest token (``--token-file`` or
+logger never waits on the detector. Delivery to it is at least once (the logger and the
+broker retry), so an event it accepted recently (same ``ce-id``, type and endpoint) is
+answered 202 again and counted as a duplicate, not fed to the detector twice. With an ingest token (``--token-file`` or
 ``$GOURMETGRAM_DETECTOR_TOKEN``) ``POST /`` takes events only with ``Authorization: Bearer
 <token>`` (401 otherwise); on the cluster a NetworkPolicy restricts it instead (the chart's
 ``detector.networkPolicy``). Bodies over the limit are refused while they stream (413).
@@ -13,6 +15,7 @@ embeddings to ``MMDDriftOnline.predict`` one at a time, in arrival order.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
@@ -45,6 +48,7 @@ from gourmetgram.jsonlog import log_json
 
 log = logging.getLogger("drift_detector")
 MAX_BODY_BYTES = 64 * 1024 * 1024
+RECENT_IDS = 20000  # events remembered for the duplicate check (minutes of a busy stack)
 
 
 class DriftService:
@@ -68,7 +72,8 @@ class DriftService:
         self.state = DriftState()
         self.max_batch = max_batch
         self.queue: queue.Queue[InferenceEvent] = queue.Queue(maxsize=max_queue)
-        self.received = self.processed = self.dropped = self.invalid = 0
+        self.received = self.processed = self.dropped = self.invalid = self.duplicates = 0
+        self._recent: collections.OrderedDict[tuple[str, str, str], None] = collections.OrderedDict()
         self._count_lock = threading.Lock()
         self._stop = threading.Event()
         self._idle = threading.Condition()
@@ -80,7 +85,15 @@ class DriftService:
 
     # ---- the HTTP side (event loop): never blocks -----------------------------------
     def submit(self, event: InferenceEvent) -> bool:
+        """Queue an event (True), or count it dropped when the queue is full (False). A repeat
+        of a recent one is True without queueing it (the sender did deliver it)."""
         kind = "request" if event.is_request else "response"
+        key = (event.id, kind, event.extensions.get("endpoint", ""))
+        if key in self._recent:
+            with self._count_lock:
+                self.duplicates += 1
+            self.metrics.duplicates.inc()
+            return True
         try:
             self.queue.put_nowait(event)
         except queue.Full:
@@ -88,6 +101,9 @@ class DriftService:
                 self.dropped += 1
             self.metrics.dropped.inc()
             return False
+        self._recent[key] = None
+        if len(self._recent) > RECENT_IDS:
+            self._recent.popitem(last=False)
         with self._count_lock:
             self.received += 1
         self.metrics.received.labels(kind).inc()
@@ -183,7 +199,7 @@ class DriftService:
             "drift_flags": s.drift_flags, "first_drift_t": s.first_drift_t,
             "recent_drift_t": list(s.recent_drift_t),
             "received": self.received, "processed": self.processed, "dropped": self.dropped,
-            "invalid": self.invalid, "backlog": self.queue.qsize(),
+            "invalid": self.invalid, "duplicates": self.duplicates, "backlog": self.queue.qsize(),
             "label_drift": {"statistic": stat, "window": len(self.labels.window),
                             "distribution": self.labels.distribution().round(4).tolist(),
                             "prior": self.labels.prior.round(4).tolist(),

@@ -8,30 +8,39 @@ small ASGI app does the same on localhost, with the same semantics:
 
 * ``POST /``: a binary-mode CloudEvent (``ce-specversion``, ``ce-id``, ``ce-type``,
   ``ce-source`` required, else 400); each trigger whose filter matches (exact attribute
-  match, like a Trigger's ``filter.attributes``) gets a copy on its own bounded queue;
-  202 Accepted. A full queue drops that trigger's copy and counts it.
-* Delivery per trigger: a 2xx from the subscriber acknowledges the event; anything else
+  match, like a Trigger's ``filter.attributes``) is owed a copy, and the event is
+  **committed to the broker's store** (:mod:`gourmetgram_app.local.eventstore`, SQLite in WAL
+  mode) before the 202 Accepted: what the broker acknowledged survives its ``kill -9``. A
+  trigger already owed ``queue_size`` events does not get this one (dropped, counted); the
+  store cannot take it (disk full...): 503, and the logger retries.
+* Delivery per trigger, from the store (oldest first; at start, what a previous run still
+  owed): a 2xx from the subscriber acknowledges the event; anything else
   (error, timeout, 429/5xx) is retried ``retry`` times with exponential back-off from
   ``backoff_s`` (Knative's ``retry``/``backoffPolicy: exponential``/``backoffDelay``); what is
   still undelivered is dropped and counted (Knative would send it to a dead-letter sink).
   A 4xx other than 429 is final (the subscriber says the event is bad).
 * ``GET /metrics``: ``broker_events_received_total``, ``broker_deliveries_total{trigger,outcome}``
-  (outcome ``acked``, ``retried``, ``dropped``, ``rejected``), ``broker_queue{trigger}``.
+  (outcome ``acked``, ``retried``, ``dropped``, ``rejected``), ``broker_queue{trigger}`` (owed,
+  stored), ``broker_events_recovered_total{trigger}`` (found owed in the store at start).
 
-Like Knative's InMemoryChannel, queued events live in memory: the broker is not where
-durability comes from; the subscriber's acknowledgement is (see the capture sink).
+Delivery is at least once (a copy delivered just before a kill is delivered again): the
+consumers are idempotent on the event's ``ce-id`` + ``ce-type`` (the capture sink upserts, the
+drift detector skips a repeat). A Kafka-backed Knative broker gives the same on the cluster.
 
-Run: ``python -m gourmetgram_app.local.broker --port 8060 --trigger detector=http://127.0.0.1:8070/
---trigger capture=http://127.0.0.1:8071/``.
+Run: ``python -m gourmetgram_app.local.broker --port 8060 --store broker.db
+--trigger detector=http://127.0.0.1:8070/ --trigger capture=http://127.0.0.1:8071/``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import dataclasses
+import logging
 import os
 import random
+import sqlite3
 import sys
 from contextlib import asynccontextmanager
 from functools import partial
@@ -47,11 +56,14 @@ from starlette.routing import Route
 
 from gourmetgram import constants
 from gourmetgram.errors import UserError
+from gourmetgram.tracking import home
 from gourmetgram_app.local import httpclient
+from gourmetgram_app.local.eventstore import EventStore
 
 REQUIRED = ("ce-specversion", "ce-id", "ce-type", "ce-source")
 MAX_BODY_BYTES = 64 * 1024 * 1024
 FORWARDED = ("content-type",)
+log = logging.getLogger("gourmetgram.broker")
 
 
 @dataclasses.dataclass
@@ -65,7 +77,7 @@ class Trigger:
     backoff_s: float = 0.2
     max_backoff_s: float = 5.0
     timeout_s: float = 5.0
-    queue_size: int = 10000
+    queue_size: int = 10000  # most events owed to this trigger (stored, undelivered)
     workers: int = 4
 
     token: str | None = None  # sent as Authorization: Bearer (the local detector's ingest token)
@@ -102,56 +114,77 @@ class Trigger:
 
 
 class Broker:
-    def __init__(self, triggers: list[Trigger]) -> None:
+    """Fan-out with a durable store: see the module docstring."""
+
+    def __init__(self, triggers: list[Trigger], store: EventStore) -> None:
         if not triggers:
             raise UserError("the broker needs at least one --trigger")
         names = [t.name for t in triggers]
         if len(set(names)) != len(names):
             raise UserError(f"trigger names must differ: {names}")
         self.triggers = triggers
+        self.store = store
         self.registry = CollectorRegistry()
         self.received = Counter("broker_events_received", "CloudEvents accepted by the broker ingress",
                                 registry=self.registry)
         self.deliveries = Counter("broker_deliveries", "Deliveries to trigger subscribers by outcome",
                                   ["trigger", "outcome"], registry=self.registry)
-        queued = Gauge("broker_queue", "Events waiting for delivery per trigger", ["trigger"],
+        self.recovered = Counter("broker_events_recovered", "Events found owed in the store at start "
+                                 "(accepted by an earlier run, not delivered yet)", ["trigger"],
+                                 registry=self.registry)
+        queued = Gauge("broker_queue", "Events owed per trigger (stored, not delivered yet)", ["trigger"],
                        registry=self.registry)
         for t in triggers:
             for outcome in ("acked", "retried", "dropped", "rejected"):
                 self.deliveries.labels(t.name, outcome)
+            self.recovered.labels(t.name)
             queued.labels(t.name).set_function(partial(self._backlog_of, t.name))
-        self._queues: dict[str, asyncio.Queue] = {}
+        self._owed: collections.Counter[str] = collections.Counter()
+        self._queues: dict[str, asyncio.Queue[int]] = {}
         self._tasks: list[asyncio.Task] = []
         self._client: aiohttp.ClientSession | None = None
         self._rng = random.Random()
 
     def _backlog_of(self, name: str) -> float:
-        q = self._queues.get(name)
-        return float(q.qsize()) if q is not None else 0.0
+        return float(self._owed[name])
 
-    def publish(self, headers: dict[str, str], body: bytes) -> list[str]:
-        """Fan one event out to every matching trigger's queue; the names it was queued for."""
+    async def publish(self, headers: dict[str, str], body: bytes) -> list[str]:
+        """Store one event for every matching trigger with room, then queue it for them; the
+        names it was stored for. Returns only once it is committed."""
         attributes = {k[3:]: v for k, v in headers.items() if k.startswith("ce-")}
-        queued = []
+        owed = []
         for t in self.triggers:
             if not t.matches(attributes):
                 continue
-            try:
-                self._queues[t.name].put_nowait((headers, body))
-                queued.append(t.name)
-            except asyncio.QueueFull:
+            if self._owed[t.name] >= t.queue_size:
                 self.deliveries.labels(t.name, "dropped").inc()
-        return queued
+                continue
+            owed.append(t.name)
+        if not owed:
+            return owed
+        for name in owed:  # counted before the await: concurrent ingress respects the bound
+            self._owed[name] += 1
+        try:
+            seq = await asyncio.to_thread(self.store.put, headers, body, owed)
+        except BaseException:
+            for name in owed:
+                self._owed[name] -= 1
+            raise
+        for name in owed:
+            self._queues[name].put_nowait(seq)
+        return owed
 
     async def _deliver(self, trigger: Trigger) -> None:
         q = self._queues[trigger.name]
         assert self._client is not None
         while True:
-            headers, body = await q.get()
-            try:
-                await self._deliver_one(trigger, headers, body)
-            finally:
-                q.task_done()
+            seq = await q.get()
+            event = await asyncio.to_thread(self.store.get, seq)
+            if event is not None:
+                await self._deliver_one(trigger, *event)
+            # acked, rejected or dropped: owed no more (a kill before this line: delivered again)
+            await asyncio.to_thread(self.store.done, trigger.name, seq)
+            self._owed[trigger.name] -= 1
 
     async def _deliver_one(self, trigger: Trigger, headers: dict[str, str], body: bytes) -> None:
         assert self._client is not None, "the broker's HTTP client starts with the app"
@@ -180,7 +213,22 @@ class Broker:
         self.deliveries.labels(trigger.name, "dropped").inc()
 
     def backlog(self) -> dict[str, int]:
-        return {name: q.qsize() for name, q in self._queues.items()}
+        return {t.name: self._owed[t.name] for t in self.triggers}
+
+    async def _recover(self) -> None:
+        """Queue what the store says is still owed (a previous run's acknowledged events)."""
+        known = {t.name for t in self.triggers}
+        for name, seqs in (await asyncio.to_thread(self.store.pending)).items():
+            if name not in known:
+                n = await asyncio.to_thread(self.store.forget_trigger, name)
+                log.warning("dropped %d stored event(s) owed to trigger %r, which is no longer configured",
+                            n, name)
+                continue
+            for seq in seqs:
+                self._queues[name].put_nowait(seq)
+            self._owed[name] += len(seqs)
+            self.recovered.labels(name).inc(len(seqs))
+            log.warning("delivering %d stored event(s) owed to %s by an earlier run", len(seqs), name)
 
     def app(self) -> Starlette:
         @asynccontextmanager
@@ -188,20 +236,19 @@ class Broker:
             # aiohttp, as the gateway: every served prediction is two events through here
             self._client = httpclient.session(limit=64, total_s=60.0)  # a delivery passes its trigger's timeout
             for t in self.triggers:
-                self._queues[t.name] = asyncio.Queue(maxsize=t.queue_size)
+                self._queues[t.name] = asyncio.Queue()  # sequence numbers; bounded by _owed
+            await self._recover()
+            for t in self.triggers:
                 self._tasks += [asyncio.create_task(self._deliver(t)) for _ in range(t.workers)]
             try:
                 yield
             finally:
-                # a short drain, then stop: what is left is lost, as with an InMemoryChannel
-                try:
-                    await asyncio.wait_for(asyncio.gather(*(q.join() for q in self._queues.values())), 2.0)
-                except asyncio.TimeoutError:
-                    pass
+                # what is still owed stays in the store for the next start
                 for task in self._tasks:
                     task.cancel()
                 await asyncio.gather(*self._tasks, return_exceptions=True)
                 await self._client.close()
+                self.store.close()
 
         async def ingress(request: Request) -> Response:
             body = await request.body()
@@ -213,9 +260,14 @@ class Broker:
             if missing:
                 return JSONResponse({"error": f"not a binary-mode CloudEvent: missing {', '.join(missing)}"},
                                     status_code=400)
+            try:
+                owed = await self.publish(headers, body)
+            except sqlite3.Error as exc:  # not stored: not acknowledged (the logger retries)
+                log.error("could not store an event: %s", exc)
+                return JSONResponse({"error": f"the broker cannot store the event ({exc}); retry"},
+                                    status_code=503)
             self.received.inc()
-            queued = self.publish(headers, body)
-            return JSONResponse({"accepted": True, "triggers": queued}, status_code=202)
+            return JSONResponse({"accepted": True, "triggers": owed}, status_code=202)
 
         async def metrics(_request: Request) -> Response:
             return PlainTextResponse(generate_latest(self.registry).decode(), media_type=CONTENT_TYPE_LATEST)
@@ -242,13 +294,22 @@ def main(argv: list[str] | None = None) -> int:
                    help="a subscriber and its optional exact-match filter on CloudEvent attributes")
     p.add_argument("--retry", type=int, default=10, help="delivery retries per event (default: %(default)s)")
     p.add_argument("--backoff", type=float, default=0.2, help="first back-off in seconds, doubled per retry")
-    p.add_argument("--queue", type=int, default=10000, help="events held per trigger before dropping")
+    p.add_argument("--queue", type=int, default=10000, help="events owed per trigger before dropping")
+    p.add_argument("--store", type=Path, help="the SQLite file events are kept in until delivered "
+                   "(default: $GOURMETGRAM_HOME/loop/broker-<port>.db)")
     p.add_argument("--host", default=constants.HOST)
     p.add_argument("--port", type=int, default=constants.BROKER_PORT)
     args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        broker = Broker([Trigger.parse(t, retry=args.retry, backoff_s=args.backoff, queue_size=args.queue)
-                         for t in args.trigger])
+        triggers = [Trigger.parse(t, retry=args.retry, backoff_s=args.backoff, queue_size=args.queue)
+                    for t in args.trigger]
+        store_path = args.store or home() / "loop" / f"broker-{args.port}.db"
+        try:
+            store = EventStore(store_path)
+        except sqlite3.Error as exc:
+            raise UserError(f"cannot open the broker's store {store_path}: {exc}") from None
+        broker = Broker(triggers, store)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -6,19 +6,26 @@ the capture sink (+ feedback API), as supervised child processes.
 
 The gateway's logger posts to the broker; the broker's triggers deliver to the capture sink
 (every event) and to the drift detector (when given), each with retries, so the detector and
-the capture sink fail independently and neither can reach a prediction.
+the capture sink fail independently and neither can reach a prediction. The broker keeps what
+it accepted in ``broker.db`` in the log folder until it is delivered (it survives a kill -9).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sys
+import time
+from collections.abc import Iterable
 from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from gourmetgram import constants
 from gourmetgram.rollout.prometheus import free_port
-from gourmetgram_app.local.stack import Service, _child_env, _get_ok
+from gourmetgram_app.local.stack import Service, _child_env, _get_ok, answers
 
 START_TIMEOUT_S = 120.0
 
@@ -42,6 +49,8 @@ class LoopServices:
         self.bundle, self.log_dir, self.host = Path(bundle), Path(log_dir), host
         self.capture_port = capture_port or free_port(host)
         self.broker_port = broker_port or free_port(host)
+        # what the broker accepted and has not delivered yet; one per log folder (per stack)
+        self.broker_store = self.log_dir / "broker.db"
         env = _child_env()
         # the capture sink's package lives in capture/ (installed as capture_sink by setup.cfg)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(constants.REPO_ROOT / "capture"),
@@ -59,13 +68,16 @@ class LoopServices:
             triggers += ["--trigger", f"detector={detector_url.rstrip('/')}/{_detector_auth(detector_url)}"]
         self.broker = Service(
             "broker", [sys.executable, "-m", "gourmetgram_app.local.broker", "--host", host,
-                       "--port", str(self.broker_port), "--retry", str(broker_retry), *triggers],
-            self.log_dir / "broker.log", lambda: _get_ok(f"{self.broker_url}/healthz"), env=_child_env())
+                       "--port", str(self.broker_port), "--retry", str(broker_retry),
+                       "--store", str(self.broker_store), *triggers],
+            self.log_dir / "broker.log", lambda: _get_ok(f"{self.broker_url}/healthz"), env=_child_env(),
+            live=answers(f"{self.broker_url}/healthz"))
 
     def _capture_service(self) -> Service:
         argv, env = self._capture_args
         return Service("capture-sink", argv, self.log_dir / "capture.log",
-                       lambda: _get_ok(f"{self.capture_url}/health"), env=env)
+                       lambda: _get_ok(f"{self.capture_url}/health"), env=env,
+                       live=answers(f"{self.capture_url}/health"))
 
     @property
     def capture_url(self) -> str:
@@ -113,3 +125,65 @@ class LoopServices:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def metric_total(url: str, name: str, **labels: str) -> float:
+    """The sum of the samples of metric family ``name`` at ``url`` (a /metrics page) whose
+    labels include ``labels``."""
+    text = httpx.get(url, timeout=10).text
+    return sum(sample.value for family in text_string_to_metric_families(text) if family.name == name
+               for sample in family.samples if sample.name in (name, f"{name}_total")
+               and all(sample.labels.get(k) == v for k, v in labels.items()))
+
+
+@dataclasses.dataclass(frozen=True)
+class Accounting:
+    """Served predictions against captured samples, and what the hops between dropped."""
+
+    served: int
+    captured: int
+    lost: tuple[str, ...]  # served (200 with this inference id) and never captured whole
+    logger_dropped: float
+    broker_dropped: float
+
+    @property
+    def ok(self) -> bool:
+        return not self.lost and self.logger_dropped == 0 and self.broker_dropped == 0
+
+    def line(self) -> str:
+        return (f"served {self.served}, captured {self.captured}, events lost {len(self.lost)}; "
+                f"dropped by the logger {self.logger_dropped:.0f}, by the broker {self.broker_dropped:.0f}")
+
+
+def captured_ids(db_url: str) -> set[str]:
+    """Inference ids whose sample has both halves: the image (request) and the label (response)."""
+    from sqlalchemy import select
+
+    from gourmetgram.loop.models import Sample
+    from gourmetgram.loop.store import Store
+
+    store = Store(db_url)
+    try:
+        with store.session() as s:
+            return set(s.scalars(select(Sample.inference_id).where(
+                Sample.label.is_not(None), Sample.object_key.is_not(None))))
+    finally:
+        store.dispose()
+
+
+def account(served_ids: Iterable[str], db_url: str, gateway_url: str, broker_url: str,
+            timeout_s: float = 180.0) -> Accounting:
+    """Wait until nothing is in flight between the gateway and the capture sink (the logger's
+    queue and every broker trigger empty), then compare what was served with what was captured."""
+    def in_flight() -> float:
+        return (metric_total(f"{gateway_url}/metrics", "logger_events_queued")
+                + metric_total(f"{broker_url}/metrics", "broker_queue"))
+
+    deadline = time.monotonic() + timeout_s
+    while in_flight() > 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    served = set(served_ids)
+    captured = captured_ids(db_url)
+    return Accounting(len(served), len(captured & served), tuple(sorted(served - captured)),
+                      metric_total(f"{gateway_url}/metrics", "logger_events_dropped"),
+                      metric_total(f"{broker_url}/metrics", "broker_deliveries", outcome="dropped"))

@@ -25,7 +25,8 @@ class BackgroundTraffic:
     """Users sending images round-robin until stopped (what production would see).
 
     ``pause_s``: each user waits this long between requests (steady, modest load).
-    ``answers``: ``(monotonic time answered, status)`` per request, in answer order."""
+    ``answers``: ``(monotonic time answered, status)`` per request, in answer order;
+    ``served_ids``: the ``X-Inference-Id`` of every 200 (what the loop must capture)."""
 
     def __init__(self, url: str, images: Sequence[bytes], workers: int = 3, model: str = MODEL_NAME,
                  pause_s: float = 0.0) -> None:
@@ -33,6 +34,7 @@ class BackgroundTraffic:
         self.stop_event = threading.Event()
         self.codes: list[int] = []  # HTTP status per request; -1 for a connection failure
         self.answers: list[tuple[float, int]] = []
+        self.served_ids: list[str] = []
         self._lock = threading.Lock()
         self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(workers)]
 
@@ -40,13 +42,17 @@ class BackgroundTraffic:
         with httpx.Client(timeout=60) as client:
             n = offset
             while not self.stop_event.is_set():
+                served = None
                 try:
-                    code = predict(client, self.url, self.images[n % len(self.images)], self.model).status_code
+                    r = predict(client, self.url, self.images[n % len(self.images)], self.model)
+                    code, served = r.status_code, r.headers.get("x-inference-id")
                 except httpx.HTTPError:
                     code = -1
                 with self._lock:
                     self.codes.append(code)
                     self.answers.append((time.monotonic(), code))
+                    if code == 200 and served:
+                        self.served_ids.append(served)
                 n += 1
                 if self.pause_s:
                     self.stop_event.wait(self.pause_s)
@@ -56,7 +62,11 @@ class BackgroundTraffic:
             thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def stop(self) -> None:
+        """Stop the users and wait for their last answers (safe to call twice)."""
         self.stop_event.set()
         for thread in self.threads:
             thread.join(timeout=60)
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
