@@ -13,6 +13,10 @@ users, ``--pause`` s between each user's requests), and for each component in tu
   connection, not another 5xx);
 * throughput over ``--window`` s after the first good answer (after ready for side ones).
 
+At the end it checks the loop's books: every prediction served (200) was captured whole by the
+capture sink, across all the kills (the broker's and the capture sink's included), with no
+event dropped by the gateway's logger or the broker ("events lost"; exit 1 when any is).
+
 Usage::
 
     python benchmarks/fault_recovery.py [--bundle DIR] [--components triton,transformer,...]
@@ -27,6 +31,7 @@ machine's load, so compare rows of one run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -41,7 +46,7 @@ from serving_latency import load_images, resolve_bundle  # noqa: E402
 from gourmetgram.bundle import Bundle  # noqa: E402
 from gourmetgram.tracking import home  # noqa: E402
 from gourmetgram_app.local.faults import kill9  # noqa: E402
-from gourmetgram_app.local.loop import LoopServices  # noqa: E402
+from gourmetgram_app.local.loop import LoopServices, account  # noqa: E402
 from gourmetgram_app.local.stack import GATEWAY, LocalStack, Ports  # noqa: E402
 from gourmetgram_app.local.supervisor import READY, SERVING, SIDE  # noqa: E402
 from gourmetgram_app.local.traffic import BackgroundTraffic  # noqa: E402
@@ -136,8 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     if not detector:
         print(f"note: {bundle} has no drift detector; running without it", file=sys.stderr)
     ports = Ports.free()
+    db = f"sqlite:///{scratch / 'loop.db'}"
     loop = LoopServices(bundle, scratch / "logs", detector_url=f"http://127.0.0.1:{ports.detector}/",
-                        db_url=f"sqlite:///{scratch / 'loop.db'}", objects_url=(scratch / "objects").as_uri())
+                        db_url=db, objects_url=(scratch / "objects").as_uri())
     stack = LocalStack(bundle, "staging", ports, log_dir=scratch / "logs", detector=detector,
                        prometheus=not args.no_prometheus, logger_url=loop.broker_url + "/",
                        feedback_url=loop.capture_url,
@@ -161,13 +167,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"killing {component.key} ...", flush=True)
             rows.append(measure(stack, load, component, args.window, bound_s + 30))
             print(f"  {rows[-1]}", flush=True)
+        load.stop()
         codes = list(load.codes)
+        books = account(load.served_ids, db, stack.gateway_url, loop.broker_url)
     print_report(rows, bound_s, load_avg)
     print(f"all answers: {len(codes)}; 200: {codes.count(200)}, 503: {codes.count(503)}, "
           f"refused/broken: {codes.count(-1)}, other: {sum(1 for c in codes if c not in (200, 503, -1))}")
+    print(f"loop across the kills: {books.line()}")
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "bound_s": bound_s, "load_average": load_avg}, indent=1))
-    return 0 if all("error" not in r and r["gap_other_errors"] == 0 for r in rows) else 1
+        args.json.write_text(json.dumps({"rows": rows, "bound_s": bound_s, "load_average": load_avg,
+                                         "loop": {**dataclasses.asdict(books), "lost": list(books.lost)}},
+                                        indent=1))
+    return 0 if all("error" not in r and r["gap_other_errors"] == 0 for r in rows) and books.ok else 1
 
 
 if __name__ == "__main__":

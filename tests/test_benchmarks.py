@@ -148,3 +148,22 @@ def test_capture_benchmark_quick_run_reports_every_figure(tmp_path):
     assert served["captured"] >= served["served"]  # every prediction of the run was captured
     assert alone["stored"] == alone["predictions"] and figures["ratio_capture_alone_over_served"] > 0
     assert figures["storage_per_1000"]["object_bytes"] > 0 and "capture alone / served" in proc.stdout
+
+
+def test_soak_windows_and_percentiles():
+    import soak
+
+    assert soak.percentile(list(range(1, 101)), 95) == 95 and soak.percentile([7.0], 50) == 7.0
+    answers = [soak.Answer(due=t, latency_ms=10.0 * (1 + t % 2), status=200, inference_id=str(t))
+               for t in range(10)] + [soak.Answer(due=12.5, latency_ms=99.0, status=503, inference_id=None)]
+    stats = soak.windows(answers, start=0.0, window_s=5.0)
+    assert [(w.index, w.requests, w.errors) for w in stats] == [(0, 5, 0), (1, 5, 0), (2, 1, 1)]
+    assert stats[0].p95_ms == 20.0 and stats[0].rate == 1.0 and stats[2].p95_ms != stats[2].p95_ms  # NaN
+
+
+@pytest.mark.parametrize("args", [["--minutes", "0"], ["--window", "-1"], ["--feedback-share", "2"],
+                                  ["--rate", "0"], ["--peak-users", "0"]])
+def test_soak_rejects_bad_arguments(args):
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "soak.py"), *args],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "error:" in r.stderr

@@ -171,17 +171,27 @@ def captured_ids(db_url: str) -> set[str]:
         store.dispose()
 
 
-def account(served_ids: Iterable[str], db_url: str, gateway_url: str, broker_url: str,
-            timeout_s: float = 180.0) -> Accounting:
-    """Wait until nothing is in flight between the gateway and the capture sink (the logger's
-    queue and every broker trigger empty), then compare what was served with what was captured."""
+def wait_delivered(gateway_url: str, broker_url: str, timeout_s: float = 180.0) -> bool:
+    """Wait until nothing is in flight between the gateway and the consumers: the logger's queue
+    and every broker trigger empty (the capture sink answers only once it committed). The
+    logger is read first: once it is empty, what is left is all owed by the broker."""
     def in_flight() -> float:
         return (metric_total(f"{gateway_url}/metrics", "logger_events_queued")
                 + metric_total(f"{broker_url}/metrics", "broker_queue"))
 
     deadline = time.monotonic() + timeout_s
-    while in_flight() > 0 and time.monotonic() < deadline:
+    while in_flight() > 0:
+        if time.monotonic() > deadline:
+            return False
         time.sleep(0.5)
+    return True
+
+
+def account(served_ids: Iterable[str], db_url: str, gateway_url: str, broker_url: str,
+            timeout_s: float = 180.0) -> Accounting:
+    """Once nothing is in flight (:func:`wait_delivered`), compare what was served with what was
+    captured, and collect what the logger and the broker dropped."""
+    wait_delivered(gateway_url, broker_url, timeout_s)
     served = set(served_ids)
     captured = captured_ids(db_url)
     return Accounting(len(served), len(captured & served), tuple(sorted(served - captured)),
