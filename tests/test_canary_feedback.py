@@ -9,12 +9,17 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from gourmetgram.errors import ConfigError
 from gourmetgram.loop.models import Feedback, Sample
 from gourmetgram.loop.store import Store
-from gourmetgram.rollout import analysis
-from gourmetgram.rollout.analysis import FeedbackFigures, Figures, RolloutState, Thresholds, decide
+from gourmetgram.rollout import analysis, decision
+from gourmetgram.rollout.analysis import RolloutState
+from gourmetgram.rollout.config import Thresholds
+from gourmetgram.rollout.decision import decide
 from gourmetgram.rollout.feedback import StoreFeedback
 from gourmetgram.rollout.prometheus import Sample as Series
+from gourmetgram.rollout.queries import FeedbackFigures, Figures
+from gourmetgram.rollout.sequential import Comparison
 from gourmetgram_app.cli.main import main
 
 T = Thresholds(window="1m", min_requests=50, min_feedback=30)
@@ -22,8 +27,8 @@ T = Thresholds(window="1m", min_requests=50, min_feedback=30)
 
 def _fig(name: str, feedback: FeedbackFigures | None, conf: float = 0.8) -> Figures:
     # Everything Prometheus sees is equal (or the canary even looks MORE confident): only
-    # the users can tell the two apart.
-    return Figures(name, 200.0, 0.0, 40.0, conf, {"a": 100.0, "b": 100.0}, feedback=feedback)
+    # the users can tell the two apart. Enough requests for the error rate to show no worse.
+    return Figures(name, 3000.0, 0.0, 40.0, conf, {"a": 1500.0, "b": 1500.0}, feedback=feedback)
 
 
 def _check(verdict, name):
@@ -31,13 +36,16 @@ def _check(verdict, name):
 
 
 def test_worse_feedback_accuracy_rolls_back_even_with_fine_confidence():
-    stable = FeedbackFigures(served=200, answers=60, correct=54)  # 0.90
-    canary = FeedbackFigures(served=200, answers=60, correct=36)  # 0.60
+    stable = FeedbackFigures(served=400, answers=200, correct=180)  # 0.90
+    canary = FeedbackFigures(served=400, answers=200, correct=120)  # 0.60
     v = decide(_fig("s", stable), _fig("c", canary, conf=0.95), T, "1m")
     assert v.decision == analysis.ROLLBACK, v.report()
-    assert _check(v, analysis.FEEDBACK_ACCURACY).ok is False
+    assert _check(v, decision.FEEDBACK_ACCURACY).ok is False
     assert _check(v, "mean confidence").ok is True and _check(v, "class mix shift (TVD)").ok is True
-    assert "feedback accuracy failed" in v.report() and "0.600 n=60" in v.report()
+    assert "feedback accuracy failed" in v.report() and "0.600 n=200" in v.report()
+    # the evidence shown: the sequence for canary - stable (share marked wrong) lies above 0
+    lo, hi = _check(v, decision.FEEDBACK_ACCURACY).evidence.sequence()
+    assert 0 < lo < 0.3 < hi
 
 
 def test_more_tags_marked_wrong_rolls_back_at_equal_feedback_accuracy():
@@ -47,8 +55,8 @@ def test_more_tags_marked_wrong_rolls_back_at_equal_feedback_accuracy():
     canary = FeedbackFigures(served=200, answers=150, correct=120)  # wrong 30/200 = 0.15
     v = decide(_fig("s", stable), _fig("c", canary), T, "1m")
     assert v.decision == analysis.ROLLBACK
-    assert _check(v, analysis.FEEDBACK_ACCURACY).ok is True
-    assert _check(v, analysis.WRONG_RATE).ok is False
+    assert _check(v, decision.FEEDBACK_ACCURACY).ok is not False  # not shown worse
+    assert _check(v, decision.WRONG_RATE).ok is False
 
 
 def test_better_or_equal_feedback_promotes():
@@ -56,14 +64,14 @@ def test_better_or_equal_feedback_promotes():
     canary = FeedbackFigures(served=200, answers=60, correct=54)
     v = decide(_fig("s", stable), _fig("c", canary), T, "1m")
     assert v.decision == analysis.PROMOTE, v.report()
-    assert _check(v, analysis.FEEDBACK_ACCURACY).ok is True and _check(v, analysis.WRONG_RATE).ok is True
+    assert _check(v, decision.FEEDBACK_ACCURACY).ok is True and _check(v, decision.WRONG_RATE).ok is True
 
 
 def test_no_verdict_from_feedback_below_the_minimum_count():
     stable = FeedbackFigures(served=200, answers=100, correct=95)
     canary = FeedbackFigures(served=50, answers=29, correct=0)  # all wrong, but one answer short
     v = decide(_fig("s", stable), _fig("c", canary), T, "1m")
-    assert _check(v, analysis.FEEDBACK_ACCURACY).ok is None and _check(v, analysis.WRONG_RATE).ok is None
+    assert _check(v, decision.FEEDBACK_ACCURACY).ok is None and _check(v, decision.WRONG_RATE).ok is None
     assert v.decision == analysis.PROMOTE  # advisory by default: the other checks decide
     assert "n/a below 30 answers" in v.report()
     held = decide(_fig("s", stable), _fig("c", canary), Thresholds(min_requests=50, require_feedback=True), "1m")
@@ -75,23 +83,24 @@ def test_no_verdict_from_feedback_below_the_minimum_count():
 
 def test_a_drop_within_chance_does_not_fail():
     stable = FeedbackFigures(served=100, answers=30, correct=27)  # 0.90
-    canary = FeedbackFigures(served=100, answers=30, correct=24)  # 0.80: beyond 0.05, but p ~ 0.24
+    canary = FeedbackFigures(served=100, answers=30, correct=24)  # 0.80: beyond 0.05, but within chance
     v = decide(_fig("s", stable), _fig("c", canary), T, "1m")
-    assert analysis.worse_p_value(3, 27, 6, 24) > 0.05
-    assert _check(v, analysis.FEEDBACK_ACCURACY).ok is True and v.decision == analysis.PROMOTE
+    accuracy = _check(v, decision.FEEDBACK_ACCURACY)
+    assert Comparison(6, 30, 3, 30).e_worse() < 1 / accuracy.evidence.alpha
+    assert accuracy.ok is not False and v.decision == analysis.PROMOTE  # advisory while inconclusive
 
 
 def test_without_feedback_figures_the_report_is_unchanged():
     v = decide(_fig("s", None), _fig("c", None), T, "1m")
     assert v.decision == analysis.PROMOTE
-    assert all(c.name not in (analysis.FEEDBACK_ACCURACY, analysis.WRONG_RATE) for c in v.checks)
+    assert all(c.name not in (decision.FEEDBACK_ACCURACY, decision.WRONG_RATE) for c in v.checks)
 
 
 def test_feedback_settings_in_the_config(tmp_path):
     assert analysis.load_config().analysis.min_feedback >= 1
     bad = tmp_path / "r.yaml"
-    bad.write_text("analysis: {feedback_alpha: 2}\n")
-    with pytest.raises(analysis.ConfigError, match="feedback_alpha"):
+    bad.write_text("analysis: {alpha: 2}\n")
+    with pytest.raises(ConfigError, match="alpha"):
         analysis.load_config(bad)
 
 
@@ -152,15 +161,17 @@ class _Prometheus:
 
     def query(self, promql: str, at: float | None = None) -> list[Series]:
         if "predicted_class_total" in promql:
-            return [Series({"revision": r, "class_name": c}, 50.0) for r in (STABLE, CANARY) for c in "ab"]
-        if "prediction_confidence" in promql:
-            return [Series({"revision": r}, 0.9) for r in (STABLE, CANARY)]
+            return [Series({"revision": r, "class_name": c}, 1500.0) for r in (STABLE, CANARY) for c in "ab"]
+        if "prediction_confidence_sum" in promql:
+            return [Series({"revision": r}, 2700.0) for r in (STABLE, CANARY)]
+        if "prediction_confidence_count" in promql:
+            return [Series({"revision": r}, 3000.0) for r in (STABLE, CANARY)]
         key = "kn_revision_name"
         if "histogram_quantile" in promql:
             return [Series({key: r}, 40.0) for r in (STABLE, CANARY)]
         if "5.." in promql:
             return []
-        return [Series({key: r}, 100.0) for r in (STABLE, CANARY)]
+        return [Series({key: r}, 3000.0) for r in (STABLE, CANARY)]
 
 
 def test_analyze_reads_the_store_and_rolls_back_on_feedback(store):
@@ -181,8 +192,8 @@ def test_cli_checks_the_feedback_options(capsys):
 def _drift_fix(conf_canary: float = 0.8) -> tuple[Figures, Figures]:
     """A retrain that fixes a drifted sub-population: its class mix differs from stable's
     (stable answered one class for the drifted photos) significantly."""
-    stable = Figures("s", 200.0, 0.0, 40.0, 0.8, {"a": 160.0, "b": 40.0})
-    canary = Figures("c", 200.0, 0.0, 40.0, conf_canary, {"a": 100.0, "b": 100.0})
+    stable = Figures("s", 3000.0, 0.0, 40.0, 0.8, {"a": 2700.0, "b": 300.0})
+    canary = Figures("c", 3000.0, 0.0, 40.0, conf_canary, {"a": 1500.0, "b": 1500.0})
     return stable, canary
 
 
@@ -192,7 +203,7 @@ def test_better_feedback_overrides_the_proxies():
     stable.feedback, canary.feedback = FeedbackFigures(200, 60, 33), FeedbackFigures(200, 60, 54)
     v = decide(stable, canary, T, "1m")
     assert v.decision == analysis.PROMOTE, v.report()
-    assert _check(v, analysis.CLASS_MIX).overridden and "overridden by feedback" in v.report()
+    assert _check(v, decision.CLASS_MIX).overridden and "overridden by feedback" in v.report()
     # ... not when the canary's feedback accuracy is lower (even within chance) or the switch is off
     canary.feedback = FeedbackFigures(200, 60, 32)
     assert decide(stable, canary, T, "1m").decision == analysis.ROLLBACK

@@ -31,9 +31,12 @@ from gourmetgram.errors import ConfigError, UserError
 from gourmetgram.export import export_bundle
 from gourmetgram.model import ModelSpec, build_model, predict_logits
 from gourmetgram.preprocessing import preprocess_bytes
-from gourmetgram.rollout import analysis
-from gourmetgram.rollout.analysis import Figures, RolloutState, Thresholds, decide, queries
+from gourmetgram.rollout import analysis, shadow
+from gourmetgram.rollout.analysis import RolloutState, queries
+from gourmetgram.rollout.config import Thresholds
+from gourmetgram.rollout.decision import decide
 from gourmetgram.rollout.kube import KubeRollout, state_from_isvc
+from gourmetgram.rollout.queries import Figures
 from gourmetgram_app.cli.main import main
 from gourmetgram_app.local.traffic import BackgroundTraffic
 
@@ -42,24 +45,26 @@ SPEC = ModelSpec(class_names=DEMO_CLASSES, image_size=64, width_mult=0.5)
 
 
 # -- analysis: pure decisions ------------------------------------------------------------
-def _fig(name, requests=200.0, errors=0.0, p95=40.0, conf=0.6, classes=None):
-    return Figures(name, requests, errors, p95, conf, classes or {"a": 100.0, "b": 100.0})
+# Counts since the canary started: enough for the always-valid tests to show an equal canary no
+# worse (a few hundred requests on each revision at least; see test_sequential.py for the figures).
+def _fig(name, requests=3000.0, errors=0.0, p95=40.0, conf=0.6, classes=None):
+    return Figures(name, requests, errors, p95, conf, classes or {"a": 1500.0, "b": 1500.0})
 
 
 T = Thresholds(window="1m", min_requests=50)
 
 
 def test_decide_promotes_an_equal_canary():
-    v = decide(_fig("s"), _fig("c", requests=80, classes={"a": 41.0, "b": 39.0}), T, "1m")
+    v = decide(_fig("s"), _fig("c", requests=1500, classes={"a": 760.0, "b": 740.0}), T, "1m")
     assert v.decision == analysis.PROMOTE and all(c.ok for c in v.checks)
     assert "decision: PROMOTE" in v.report()
 
 
 @pytest.mark.parametrize("canary, failed", [
-    (_fig("c", errors=20.0), "5xx rate"),
+    (_fig("c", errors=60.0), "5xx rate"),
     (_fig("c", p95=400.0), "p95 latency ms"),
     (_fig("c", conf=0.3), "mean confidence"),
-    (_fig("c", classes={"a": 200.0}), "class mix shift (TVD)"),
+    (_fig("c", classes={"a": 3000.0}), "class mix shift (TVD)"),
 ])
 def test_decide_rolls_back_on_each_check(canary, failed):
     v = decide(_fig("s"), canary, T, "1m")
@@ -82,15 +87,19 @@ def test_class_shift_needs_significance():
     noisy = {"a": 5.0, "b": 0.0, "c": 3.0, "d": 1.0, "e": 2.0, "f": 4.0, "g": 1.0, "h": 2.0, "i": 1.0, "j": 1.0}
     v = decide(_fig("s", classes=stable), _fig("c", requests=60, classes=noisy), T, "1m")
     shift = [c for c in v.checks if c.name == "class mix shift (TVD)"][0]
-    assert analysis.class_shift(_fig("s", classes=stable).class_shares(), _fig("c", classes=noisy).class_shares()) > 0.25
-    assert shift.ok and analysis.class_shift_p_value(stable, noisy) > 0.01
-    assert analysis.class_shift_p_value(stable, {"a": 60.0}) < 1e-6
+    assert shadow.class_shift(_fig("s", classes=stable).class_shares(), _fig("c", classes=noisy).class_shares()) > 0.25
+    assert shift.ok and shadow.class_shift_p_value(stable, noisy) > 0.01
+    assert shadow.class_shift_p_value(stable, {"a": 60.0}) < 1e-6
+    # the sequence for the TVD covers the observed shift: nothing shown beyond the tolerance yet
+    lo, hi = shift.evidence.sequence()
+    assert lo <= 0.25 < hi and "confidence sequence for the TVD" in v.report()
 
 
 def test_class_shift_is_total_variation():
-    assert analysis.class_shift({"a": 1.0}, {"a": 1.0}) == 0
-    assert analysis.class_shift({"a": 1.0}, {"b": 1.0}) == 1
-    assert analysis.class_shift({"a": 0.5, "b": 0.5}, {"a": 1.0}) == pytest.approx(0.5)
+    assert shadow.class_shift({"a": 1.0}, {"a": 1.0}) == 0
+    assert shadow.class_shift({"a": 1.0}, {"b": 1.0}) == 1
+    assert shadow.class_shift({"a": 0.5, "b": 0.5}, {"a": 1.0}) == pytest.approx(0.5)
+    assert shadow.class_shift({"a": 5.0, "b": 5.0}, {"a": 3.0}) == pytest.approx(0.5)  # counts too
 
 
 def test_queries_select_both_revisions_of_the_transformer():
@@ -106,7 +115,12 @@ def test_queries_select_both_revisions_of_the_transformer():
     # seconds on the wire, milliseconds in the thresholds
     assert q["p95_ms"].startswith("1000 * histogram_quantile(0.95,")
     assert "kn_serving_invocation_duration_seconds_bucket" in q["p95_ms"]
-    assert 'model_name="food11"' in q["confidence"] and "predicted_class_total" in q["classes"]
+    assert 'model_name="food11"' in q["confidence_sum"] and "predicted_class_total" in q["classes"]
+    # the sequential checks read counts since the canary started; the p95 reads the recent window
+    since = queries(state, "2m", since="754s")
+    assert all("[754s]" in since[k] for k in ("requests", "errors", "confidence_sum", "confidence_count",
+                                                "classes"))
+    assert "[2m]" in since["p95_ms"] and "[754s]" not in since["p95_ms"]
     with pytest.raises(ConfigError):
         queries(state, "two minutes")
 

@@ -32,7 +32,7 @@ from gourmetgram.data.layout import list_images
 from gourmetgram.export import export_bundle
 from gourmetgram.model import ModelSpec, build_model, predict_logits
 from gourmetgram.preprocessing import preprocess_bytes
-from gourmetgram.rollout.analysis import ShadowThresholds
+from gourmetgram.rollout.config import ShadowThresholds
 from gourmetgram.rollout.shadow import (
     HOLD,
     NOT_READY,

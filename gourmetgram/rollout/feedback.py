@@ -13,7 +13,8 @@ from __future__ import annotations
 from gourmetgram.constants import CANARY, PRODUCTION
 from gourmetgram.loop import quality
 from gourmetgram.loop.store import Store
-from gourmetgram.rollout.analysis import FeedbackFigures, RolloutState
+from gourmetgram.rollout.queries import FeedbackFigures
+from gourmetgram.rollout.state import RolloutState
 
 
 def _figures(rows: quality.RevisionCounts, match) -> FeedbackFigures:
@@ -25,7 +26,7 @@ def _figures(rows: quality.RevisionCounts, match) -> FeedbackFigures:
 
 
 class StoreFeedback:
-    """A :data:`gourmetgram.rollout.analysis.FeedbackSource` reading the loop store."""
+    """A :data:`gourmetgram.rollout.queries.FeedbackSource` reading the loop store."""
 
     def __init__(self, store: Store) -> None:
         self.store = store

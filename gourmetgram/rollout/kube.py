@@ -18,7 +18,7 @@ from typing import Any
 from gourmetgram.constants import MODEL_NAME, MODEL_VERSION_ANNOTATION
 from gourmetgram.errors import DependencyUnavailable, UserError
 from gourmetgram.manifests import bundle_uri, transformer_container
-from gourmetgram.rollout.analysis import RolloutState
+from gourmetgram.rollout.state import RolloutState
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 KNATIVE_GROUP, KNATIVE_VERSION, KNATIVE_PLURAL = "serving.knative.dev", "v1", "services"
@@ -80,7 +80,7 @@ def detector_patch(ksvc: dict, bundle: str) -> dict:
 
 
 class KubeRollout:
-    """:class:`gourmetgram.rollout.analysis.RolloutBackend` for an InferenceService on a cluster."""
+    """:class:`gourmetgram.rollout.state.RolloutBackend` for an InferenceService on a cluster."""
 
     def __init__(self, name: str, namespace: str, api_client=None, detector: str | None = DETECTOR_NAME,
                  capture_sink: str | None = CAPTURE_SINK_NAME) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import httpx
 
 from gourmetgram.errors import DependencyUnavailable, UserError
-from gourmetgram.rollout.analysis import RolloutState
+from gourmetgram.rollout.state import RolloutState
 
 CONTROL_PATH = "/_gourmetgram/rollout"
 SHADOW_PATH = "/_gourmetgram/shadow"
@@ -20,7 +20,7 @@ CANARY_START_TIMEOUT_S = 300.0  # a new Triton + transformer on busy cores
 
 
 class LocalRollout:
-    """:class:`gourmetgram.rollout.analysis.RolloutBackend` for a running local stack."""
+    """:class:`gourmetgram.rollout.state.RolloutBackend` for a running local stack."""
 
     def __init__(self, gateway_url: str, token: str | None = None) -> None:
         """``token``: the stack's control token; None reads it when a change is sent."""
@@ -106,7 +106,9 @@ def state_from_status(status: dict) -> RolloutState:
     stable = status.get("latest_rolledout_revision")
     latest = status.get("latest_revision")
     canary = latest if latest != stable and status.get("canary_traffic_percent") is not None else None
+    started = next((r.get("started") for r in revisions if canary and r.get("name") == canary), None)
     return RolloutState(
         inferenceservice=status["inferenceservice"], namespace=status["namespace"],
         configuration=status["configuration"], model_name=status["model"], stable=stable, canary=canary,
-        canary_percent=status.get("canary_traffic_percent") if canary else None, revisions=revisions)
+        canary_percent=status.get("canary_traffic_percent") if canary else None, revisions=revisions,
+        canary_started=started)

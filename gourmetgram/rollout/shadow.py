@@ -25,7 +25,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
-from gourmetgram.rollout.analysis import ShadowThresholds, class_shift, class_shift_p_value
+from gourmetgram.rollout.config import ShadowThresholds
 
 READY, NOT_READY, HOLD = "ready", "not-ready", "hold"
 Z95 = 1.959963984540054
@@ -40,6 +40,27 @@ def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def class_shift(a: Mapping[str, float], b: Mapping[str, float]) -> float:
+    """Total variation distance between two class distributions, given as counts or shares
+    (each side is normalised first): 0 same, 1 disjoint."""
+    total_a, total_b = sum(a.values()), sum(b.values())
+    if total_a <= 0 or total_b <= 0:
+        return math.nan
+    return 0.5 * sum(abs(a.get(k, 0.0) / total_a - b.get(k, 0.0) / total_b) for k in set(a) | set(b))
+
+
+def class_shift_p_value(a: Mapping[str, float], b: Mapping[str, float]) -> float:
+    """p-value that both sides' predicted-class counts come from one distribution (chi-square
+    test of homogeneity: one look at a fixed sample, as the shadow analysis takes it)."""
+    from scipy.stats import chi2_contingency
+
+    classes = sorted(k for k in set(a) | set(b) if a.get(k, 0) + b.get(k, 0) > 0)
+    table = [[max(0.0, a.get(k, 0.0)) for k in classes], [max(0.0, b.get(k, 0.0)) for k in classes]]
+    if len(classes) < 2 or not all(sum(row) > 0 for row in table):
+        return 0.0 if a and b and len(classes) >= 2 else math.nan
+    return float(chi2_contingency(table)[1])
 
 
 def ks_p_value(a: list[float], b: list[float]) -> float:

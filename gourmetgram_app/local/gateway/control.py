@@ -21,6 +21,7 @@ import base64
 import io
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Protocol, Sequence
 
@@ -136,7 +137,7 @@ class Controller(Router):
         # A latest revision that never rolled out is replaced (Knative keeps only prev/latest routed).
         replaced = {r.name for r in self.revisions if r.name != self.rolled_out}
         self.revisions.append(Revision(name, pair.transformer_url, 0, None, str(path), version,
-                                       pair.triton_metrics_url, pair.triton_url))
+                                       pair.triton_metrics_url, pair.triton_url, started=time.time()))
         self.canary_percent = percent
         self._apply_split()
         await self._retire(replaced)

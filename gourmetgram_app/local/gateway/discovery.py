@@ -32,6 +32,7 @@ class Revision:
     version: str | None = None
     triton_metrics_url: str | None = None
     triton_url: str | None = None  # for the readiness probe
+    started: float | None = None  # Unix time a canary began taking traffic (the analysis counts from then)
 
     @classmethod
     def parse(cls, text: str) -> "Revision":
