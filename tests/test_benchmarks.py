@@ -167,3 +167,30 @@ def test_soak_rejects_bad_arguments(args):
     r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "soak.py"), *args],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "error:" in r.stderr
+
+
+def test_canary_benchmark_runs_both_analyses_on_every_scenario(tmp_path):
+    """A small run of benchmarks/canary_error_rates.py: every scenario judged by both decisions, and
+    a canary with 5 points more 5xx caught by the sequential analysis in each rollout."""
+    import canary_error_rates as bench
+
+    out = tmp_path / "canary.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "canary_error_rates.py"), "--rollouts", "6",
+                           "--bad-rollouts", "3", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    results = json.loads(out.read_text())["results"]
+    assert list(results) == [s.name for s in bench.SCENARIOS]
+    for by_analysis in results.values():
+        assert set(by_analysis) == {"fixed-window (before)", "sequential (now)"}
+        for figures in by_analysis.values():
+            assert figures["rolled_back"] + figures["promoted"] + figures["held"] == pytest.approx(1.0)
+    caught = results["5xx +5 points"]["sequential (now)"]
+    assert caught["rolled_back"] == 1.0 and caught["median_canary_requests_to_rollback"] > 0
+    assert "A/A false-rollback rate: fixed-window" in proc.stdout and "| A/A (identical) | sequential" in proc.stdout
+
+
+def test_canary_benchmark_rejects_bad_arguments():
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "canary_error_rates.py"), "--rollouts", "0"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--rollouts" in proc.stderr

@@ -8,8 +8,9 @@ gateway, a real Prometheus and the loop store feeding the analysis.
 Training numerics differ between machines, so nothing here asserts an accuracy: the training
 config's gates are opened (tolerance 1, minimum accuracies 0) and, during the canary, the users'
 feedback is SCRIPTED (a judge): the canary's answers marked correct and stable's wrong -> the
-cycle promotes v2; the reverse -> it rolls back. Latency and the proxies are relaxed in the
-rollout config for the same reason (they are judged in test_rollout/test_canary_feedback).
+cycle promotes v2; the reverse -> it rolls back. Latency, the proxies and the 5xx margin are
+relaxed in the rollout config for the same reason and so that a few dozen canary requests suffice
+(they are judged in test_rollout/test_canary_feedback/test_sequential).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def configs(tmp_path_factory) -> dict[str, str]:
     (root / "slo.yaml").write_text("p95_ms: 600000\nmax_error_rate: 0.05\nmin_rps: 0.1\nmin_requests: 5\n")
     (root / "rollout.yaml").write_text(
         "analysis: {max_p95_latency_ratio: 1000, p95_latency_slack_ms: 600000, max_confidence_drop: 1.0,\n"
-        "           max_class_shift: 1.0}\n")
+        "           max_class_shift: 1.0, max_error_rate_increase: 1.0}\n")
     return {"train": str(root / "train.yaml"), "slo": str(root / "slo.yaml"), "rollout": str(root / "rollout.yaml")}
 
 

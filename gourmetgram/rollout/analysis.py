@@ -14,6 +14,7 @@ feedback accuracy and the marked-wrong rate, canary vs stable over the same peri
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Callable
 
@@ -24,7 +25,35 @@ from gourmetgram.rollout.prometheus import PrometheusClient
 from gourmetgram.rollout.queries import FeedbackFigures, FeedbackSource, collect, queries, since_range
 from gourmetgram.rollout.state import RolloutBackend, RolloutState
 
-__all__ = ["HOLD", "PROMOTE", "ROLLBACK", "RolloutState", "analyze", "load_config", "queries", "run_auto"]
+__all__ = ["HOLD", "PROMOTE", "RAISE", "ROLLBACK", "RolloutState", "StagedRollout", "analyze", "load_config",
+           "queries", "run_auto"]
+RAISE = "raise"
+
+
+@dataclasses.dataclass
+class StagedRollout:
+    """What ``rollout auto`` does after each verdict: roll back on ROLLBACK; hold on HOLD (and start
+    counting passes again); after ``passes_per_step`` PROMOTE verdicts in a row raise the canary to
+    the next of ``steps``, or promote it after the last."""
+
+    steps: list[int]
+    passes_per_step: int
+    passes: int = 0
+
+    def after(self, decision: str) -> tuple[str, int | None]:
+        """``(ROLLBACK|HOLD|RAISE|PROMOTE, the new percentage for RAISE)``."""
+        if decision == ROLLBACK:
+            return ROLLBACK, None
+        if decision == HOLD:
+            self.passes = 0
+            return HOLD, None
+        self.passes += 1
+        if self.passes < self.passes_per_step:
+            return HOLD, None
+        self.passes = 0
+        if self.steps:
+            return RAISE, self.steps.pop(0)
+        return PROMOTE, None
 
 
 def analyze(client: PrometheusClient, state: RolloutState, thresholds: Thresholds,
@@ -44,7 +73,7 @@ def analyze(client: PrometheusClient, state: RolloutState, thresholds: Threshold
         said = feedback(state)
         for name, fig in figures.items():
             fig.feedback = said.get(name, FeedbackFigures())
-    return decide(figures[state.stable], figures[state.canary], thresholds, window, since or window)
+    return decide(figures[state.stable], figures[state.canary], thresholds, window, since)
 
 
 def run_auto(backend: RolloutBackend, client: PrometheusClient, config: RolloutConfig,
@@ -73,28 +102,24 @@ def run_auto(backend: RolloutBackend, client: PrometheusClient, config: RolloutC
         f"analysis every {auto.interval_s:g} s on counts {counted} (always-valid tests, alpha {t.alpha:g}; "
         f"p95 over {t.window})")
     started = time.monotonic()
-    passes = 0
+    staged = StagedRollout(steps, auto.passes_per_step)
     while time.monotonic() - started < auto.timeout_s:
         sleep(auto.interval_s)
         state = backend.state()
         verdict = analyze(client, state, t, feedback=feedback, started=called)
         out(f"[{time.monotonic() - started:6.1f} s] canary at {state.canary_percent}%")
         out(verdict.report())
-        if verdict.decision == ROLLBACK:
+        action, step = staged.after(verdict.decision)
+        if action == ROLLBACK:
             backend.rollback()
             if on_rollback:
                 on_rollback()
             out(f"rolled back: all traffic to {state.stable}")
             return ROLLBACK
-        if verdict.decision == HOLD:
-            passes = 0
+        if action == HOLD:
             continue
-        passes += 1
-        if passes < auto.passes_per_step:
-            continue
-        passes = 0
-        if steps:
-            step = steps.pop(0)
+        if action == RAISE:
+            assert step is not None
             backend.set_percent(step)
             out(f"canary raised to {step}% (no worse on the evidence so far)")
             continue

@@ -104,7 +104,7 @@ class Verdict:
 
     def report(self) -> str:
         """The evidence, as a table a person reads before trusting the decision."""
-        span = f"counts since the canary started ({self.since})" if self.since else "counts"
+        span = f"counts since the canary started ({self.since})" if self.since else f"counts over {self.window}"
         lines = [f"canary analysis ({span}; p95 over {self.window}): stable {self.stable.revision} vs canary "
                  f"{self.canary.revision}",
                  f"  {'check':<22} {'stable':>12} {'canary':>12}  {'limit':<36} result"]
@@ -133,8 +133,9 @@ def _fmt_e(e: float) -> str:
 def harm_check(name: str, stable_cell: str, canary_cell: str, comparison: Comparison, margin: float,
                alpha: float) -> Check:
     """FAIL when shown worse than stable at all, ok when shown worse by less than ``margin``."""
-    evidence = Evidence(alpha, comparison.e_worse(0.0), comparison.e_no_worse(margin), comparison)
-    ok = False if evidence.e_worse >= 1 / alpha else (True if evidence.e_no_worse >= 1 / alpha else None)
+    e_worse, e_no_worse = comparison.e_worse(0.0), comparison.e_no_worse(margin)
+    evidence = Evidence(alpha, e_worse, e_no_worse, comparison)
+    ok = False if e_worse >= 1 / alpha else (True if e_no_worse >= 1 / alpha else None)
     return Check(name, stable_cell, canary_cell, f"worse: > 0; no worse: < +{margin}", ok, evidence=evidence)
 
 

@@ -135,7 +135,7 @@ def collect(client: PrometheusClient, state: RolloutState, window: str,
             figures[rev].predictions = count
             figures[rev].confidence = min(1.0, max(0.0, sums[rev] / count))
     for s in client.query(q["classes"]):
-        rev = s.labels.get("revision")
-        if rev in figures and s.value > 0:
-            figures[rev].classes[s.labels.get("class_name", "?")] = s.value
+        name = s.labels.get("revision")
+        if name in figures and s.value > 0:
+            figures[name].classes[s.labels.get("class_name", "?")] = s.value
     return figures

@@ -219,8 +219,10 @@ def class_mix(canary: Mapping[str, float], stable: Mapping[str, float], alpha: f
     appears with its first answer): the model's class count once each class has been answered.
     """
     kc, nc, ks, ns = _class_counts(canary, stable)
-    if len(kc) < 2 or nc <= 0 or ns <= 0:
+    if nc <= 0 or ns <= 0:
         return MixShift(math.nan, math.nan, math.nan)
+    if len(kc) == 1:  # both answered one and the same class: the mixes are equal
+        return MixShift(0.0, 0.0, 0.0)
     lo, hi = confidence_sequence(kc, nc, ks, ns, alpha / len(kc))
     estimate = 0.5 * float(np.abs(kc / nc - ks / ns).sum())
     lower = 0.5 * float(np.maximum(0.0, np.maximum(lo, -hi)).sum())
@@ -232,8 +234,10 @@ def tvd_lower_bound(canary: Mapping[str, float], stable: Mapping[str, float], al
     """:func:`class_mix`'s lower bound, computing sequences only for the classes whose share is
     shown to differ (the others add 0): what the decision needs at every look, cheaply."""
     kc, nc, ks, ns = _class_counts(canary, stable)
-    if len(kc) < 2 or nc <= 0 or ns <= 0:
+    if nc <= 0 or ns <= 0:
         return math.nan
+    if len(kc) == 1:
+        return 0.0
     level = alpha / len(kc)
     moved = log_e_value(kc, nc, ks, ns, 0.0, 0.0) >= -math.log(level)
     if not moved.any():
@@ -247,8 +251,10 @@ def mix_changed(canary: Mapping[str, float], stable: Mapping[str, float]) -> flo
     e-values against "this share is the same" (a mean of e-values is an e-value for the
     intersection of their nulls, so no Bonferroni factor is needed)."""
     kc, nc, ks, ns = _class_counts(canary, stable)
-    if len(kc) < 2 or nc <= 0 or ns <= 0:
+    if nc <= 0 or ns <= 0:
         return math.nan
+    if len(kc) == 1:
+        return 1.0  # no evidence of any change
     return float(np.mean(np.exp(np.minimum(log_e_value(kc, nc, ks, ns, 0.0, 0.0), 700.0))))
 
 

@@ -202,14 +202,18 @@ def _feedback(args: argparse.Namespace):
 
 
 def _analyze(args: argparse.Namespace) -> int:
+    import time
+
     from gourmetgram.rollout.analysis import ROLLBACK, analyze, queries
+    from gourmetgram.rollout.queries import since_range
 
     config = _config(args)
     backend = _backend(args)
     state = backend.state()
     with _Prometheus(args) as client:
         if args.show_queries:
-            for name, q in queries(state, config.analysis.window).items():
+            since = since_range(time.time() - state.canary_started) if state.canary_started else None
+            for name, q in queries(state, config.analysis.window, since).items():
                 print(f"# {name}\n{q}")
         verdict = analyze(client, state, config.analysis, feedback=_feedback(args))
     print(verdict.report())
