@@ -218,6 +218,18 @@ def test_kube_canary_is_one_merge_patch_of_the_collocated_predictor(api_server):
         kube.canary("/home/me/.gourmetgram/bundles/8", 10)
 
 
+def test_local_state_knows_when_the_canary_started():
+    from gourmetgram.rollout.local import state_from_status
+
+    status = {"inferenceservice": "food11", "namespace": "ns", "configuration": "food11-predictor",
+              "model": MODEL, "latest_rolledout_revision": "r1", "latest_revision": "r2",
+              "canary_traffic_percent": 30,
+              "revisions": [{"name": "r1", "started": None}, {"name": "r2", "started": 1234.5}]}
+    assert state_from_status(status).canary_started == 1234.5
+    promoted = {**status, "latest_rolledout_revision": "r2", "canary_traffic_percent": None}
+    assert state_from_status(promoted).canary is None and state_from_status(promoted).canary_started is None
+
+
 def test_kube_state_from_status():
     state = state_from_isvc({**ISVC, "spec": {**ISVC["spec"], "predictor": {
         **ISVC["spec"]["predictor"], "canaryTrafficPercent": 30}}})

@@ -237,3 +237,9 @@ def test_one_class_on_both_sides_is_no_shift():
     assert (mix.estimate, mix.lower, mix.upper) == (0.0, 0.0, 0.0)
     assert sq.mix_changed(only, {"five": 900.0}) == 1.0 and sq.tvd_lower_bound(only, only, 0.05) == 0.0
     assert sq.class_mix(only, {"zero": 900.0}, 0.05).lower > 0.9  # two classes: disjoint mixes
+
+
+def test_counts_that_overshoot_are_clipped():
+    """increase() extrapolates: 5xx may read a hair above the requests; no nan, a clear verdict."""
+    c = sq.Comparison(50.2, 50.0, 0.0, 500.0)
+    assert math.isfinite(c.e_worse()) and c.e_worse() > 1e6 and c.sequence(0.05)[0] > 0.8

@@ -130,6 +130,7 @@ def _estimate(kc, nc, ks, ns) -> np.ndarray:
 def log_e_value(kc, nc, ks, ns, lo=-1.0, hi=1.0) -> np.ndarray:
     """log E against ``H0: lo <= p_c - p_s <= hi`` (see the module docstring); vectorised."""
     kc, nc, ks, ns, lo, hi = np.broadcast_arrays(*(np.asarray(v, float) for v in (kc, nc, ks, ns, lo, hi)))
+    kc, ks = np.clip(kc, 0.0, nc), np.clip(ks, 0.0, ns)  # extrapolated counters may overshoot a little
     nearest = np.clip(_estimate(kc, nc, ks, ns), lo, hi)  # the profile is concave: sup at the nearest point
     return log_mixture(kc, nc) + log_mixture(ks, ns) - log_profile(kc, nc, ks, ns, nearest)
 
@@ -137,6 +138,7 @@ def log_e_value(kc, nc, ks, ns, lo=-1.0, hi=1.0) -> np.ndarray:
 def confidence_sequence(kc, nc, ks, ns, alpha) -> tuple[np.ndarray, np.ndarray]:
     """Bounds of ``{delta : E(H0: delta) < 1/alpha}`` for ``p_c - p_s`` (vectorised bisection)."""
     kc, nc, ks, ns, alpha = np.broadcast_arrays(*(np.asarray(v, float) for v in (kc, nc, ks, ns, alpha)))
+    kc, ks = np.clip(kc, 0.0, nc), np.clip(ks, 0.0, ns)
     level = -np.log(alpha)
     base = log_mixture(kc, nc) + log_mixture(ks, ns)
     centre = _estimate(kc, nc, ks, ns)

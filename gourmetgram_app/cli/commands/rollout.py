@@ -357,7 +357,8 @@ def _analysis_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prometheus", help="Prometheus URL (default: start a local one against --gateway)")
     p.add_argument("--detector", help="also scrape the drift detector at this URL (local Prometheus)")
     p.add_argument("--config", help="rollout config (default: configs/rollout.yaml)")
-    p.add_argument("--window", help="PromQL range, e.g. 30s or 5m (default: from the config)")
+    p.add_argument("--window", help="PromQL range of the p95 latency, e.g. 30s or 5m (default: from the "
+                   "config); the comparisons count everything since the canary started")
     p.add_argument("--min-requests", type=int, help="requests needed on each revision before deciding")
     p.add_argument("--feedback", action="store_true", help="also compare user feedback (feedback accuracy, "
                    "marked-wrong rate) per revision from the loop store")
