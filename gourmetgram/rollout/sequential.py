@@ -53,6 +53,13 @@ the rollback tests split the overall ``alpha`` evenly (Bonferroni: an identical 
 back by some check with probability at most the sum of the per-check levels, whatever the
 dependence between checks). The class mix splits its share again over the classes (one
 two-sided sequence per class share; the total variation distance is bounded from those).
+
+**Why not a library**: of the packages that implement these (checked December 2026), ``expectation``
+needs Python 3.12, ``savvi`` needs numpy 2 (alibi-detect pins numpy below 2 here), and ``confseq``
+0.0.11 (2023, "early-stage, should not be considered stable") ships only as C++ source needing
+Boost headers and an old pybind11, and pulls matplotlib, pandas and pytest in at run time. The
+formulas above are a few lines over scipy's ``betaln``; ``tests/test_sequential.py`` checks them
+against values by hand, a reference optimiser and seeded simulations of repeated looks.
 """
 
 from __future__ import annotations
