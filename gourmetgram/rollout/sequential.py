@@ -73,7 +73,6 @@ from scipy.special import betaln, xlog1py, xlogy
 
 JEFFREYS = 0.5  # Beta(1/2, 1/2) prior on each revision's share
 _BISECTIONS = 50  # halvings of [-1, 1]: bounds to ~1e-15, far below what a report shows
-_EPS = 1e-12
 
 
 def log_mixture(k: np.ndarray | float, n: np.ndarray | float) -> np.ndarray:
@@ -91,9 +90,11 @@ def log_likelihood(k: np.ndarray | float, n: np.ndarray | float, p: np.ndarray |
 def restricted_mle(kc, nc, ks, ns, delta) -> tuple[np.ndarray, np.ndarray]:
     """The maximum-likelihood ``(p_c, p_s)`` subject to ``p_c - p_s = delta`` (vectorised).
 
-    Farrington & Manning (1990), eq. (5)-(6): with ``theta = n_s/n_c`` the constrained ``p_c``
-    is the root in ``[max(0, delta), min(1, 1 + delta)]`` of ``a x^3 + b x^2 + c x + d``,
-    in trigonometric form. Where a revision has no outcomes the other decides alone.
+    The closed form of Farrington & Manning (Statistics in Medicine, 1990), after Miettinen &
+    Nurminen (1985): with ``theta = n_s/n_c`` the constrained ``p_c`` is the root in
+    ``[max(0, delta), min(1, 1 + delta)]`` of a cubic ``a x^3 + b x^2 + c x + d``, taken in
+    trigonometric form (checked against a numerical optimiser in tests/test_sequential.py).
+    Where a revision has no outcomes the other decides alone.
     """
     kc, nc, ks, ns, delta = (np.asarray(v, float) for v in (kc, nc, ks, ns, delta))
     kc, nc, ks, ns, delta = np.broadcast_arrays(kc, nc, ks, ns, delta)
