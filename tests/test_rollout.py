@@ -230,6 +230,18 @@ def test_local_state_knows_when_the_canary_started():
     assert state_from_status(promoted).canary is None and state_from_status(promoted).canary_started is None
 
 
+def test_the_gateway_keeps_the_canary_start_across_a_restart():
+    from gourmetgram_app.local.gateway import state
+
+    saved = state.RolloutState("food11", (state.SavedRevision("r1"), state.SavedRevision("r2", "b", "2", 1234.5)),
+                               "r1", 30)
+    assert state.RolloutState.from_json(saved.to_json()).revisions[1].started == 1234.5
+    bad = saved.to_json()
+    bad["revisions"][1]["started"] = "yesterday"
+    with pytest.raises(ValueError, match="Unix time"):
+        state.RolloutState.from_json(bad)
+
+
 def test_kube_state_from_status():
     state = state_from_isvc({**ISVC, "spec": {**ISVC["spec"], "predictor": {
         **ISVC["spec"]["predictor"], "canaryTrafficPercent": 30}}})

@@ -186,7 +186,7 @@ class Controller(Router):
     def rollout_state(self) -> state.RolloutState:
         shadow = self.shadow.revision
         return state.RolloutState(
-            self.manifest.name, tuple(state.SavedRevision(r.name, r.bundle, r.version) for r in self.revisions),
+            self.manifest.name, tuple(state.SavedRevision(r.name, r.bundle, r.version, r.started) for r in self.revisions),
             self.rolled_out, self.canary_percent,
             state.SavedShadow(shadow.bundle, self.shadow.percent, shadow.version)
             if shadow is not None and shadow.bundle else None)
@@ -222,7 +222,7 @@ class Controller(Router):
                 continue
             pair = self._new_pair(path, entry.name)
             revision = Revision(entry.name, pair.transformer_url, 0, None, str(path), entry.version,
-                                pair.triton_metrics_url, pair.triton_url)
+                                pair.triton_metrics_url, pair.triton_url, started=entry.started)
             table.append(revision)
             pending.append((revision, pair))
         if saved.rolled_out not in {r.name for r in table}:

@@ -33,6 +33,7 @@ class SavedRevision:
     name: str
     bundle: str | None = None
     version: str | None = None
+    started: float | None = None  # when a canary began taking traffic (the analysis counts from then)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,12 +69,18 @@ class RolloutState:
         if percent is not None and (isinstance(percent, bool) or not isinstance(percent, int)
                                     or not 0 <= percent <= 100):
             raise ValueError(f"canary_traffic_percent {percent!r} is not in 0..100")
-        revisions = tuple(SavedRevision(str(r["name"]), r.get("bundle"), r.get("version"))
+        revisions = tuple(SavedRevision(str(r["name"]), r.get("bundle"), r.get("version"), _time(r.get("started")))
                           for r in data["revisions"])
         shadow = data.get("shadow")
         return cls(str(data["inferenceservice"]), revisions, str(data["latest_rolledout_revision"]),
                    percent, SavedShadow(str(shadow["bundle"]), int(shadow["percent"]), shadow.get("version"))
                    if shadow else None)
+
+
+def _time(value: Any) -> float | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise ValueError(f"started {value!r} is not a Unix time")
+    return None if value is None else float(value)
 
 
 def save(path: Path, state: RolloutState) -> None:
