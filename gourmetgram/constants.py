@@ -48,6 +48,13 @@ CAPTURE_PORT = 8071  # capture sink + feedback API (closing the loop)
 # The capture sink's read-only loop summary (accuracy by version, labelling backlog): what the
 # web app's operator page reads.
 LOOP_SUMMARY_PATH = "/summary"
+# The feedback API (POST /v1/feedback on the public API, to the capture sink): JSON only, so a
+# cross-site page cannot send it without a CORS preflight (which nothing here grants).
+FEEDBACK_PATH = "/v1/feedback"
+FEEDBACK_CONTENT_TYPE = "application/json"
+# A caller allowed to name its users (configs/loop.yaml feedback.client_id_from: the web app)
+# names the one a feedback comes from in this header; the daily correction cap counts by it.
+CLIENT_ID_HEADER = "X-Client-Id"
 BROKER_PORT = 8060  # local stand-in for the Knative Broker (logger fan-out)
 LABEL_STUDIO_PORT = 8085
 PROMETHEUS_PORT = 9090

@@ -1,7 +1,9 @@
 """MLflow set-up shared by every step: local sqlite by default, a server on the cluster.
 
 ``MLFLOW_TRACKING_URI`` (from the environment or a Kubernetes Secret) wins; otherwise
-runs go to ``sqlite:///$GOURMETGRAM_HOME/mlflow.db`` with artifacts beside it.
+runs go to ``sqlite:///$GOURMETGRAM_HOME/mlflow.db`` with artifacts beside it. A database
+URI (``postgresql://...``) in ``MLFLOW_TRACKING_URI`` keeps its artifacts beside the state
+folder too; a server (``http://...``) stores them where it is configured to.
 """
 
 from __future__ import annotations
@@ -58,7 +60,9 @@ def configure_mlflow(experiment: str = EXPERIMENT):
     try:
         if mlflow.get_experiment_by_name(experiment) is None:
             location = None
-            if not os.environ.get("MLFLOW_TRACKING_URI"):
+            if not uri.startswith(("http://", "https://")):
+                # a database store (the local sqlite file, or a PostgreSQL URL): its artifacts go
+                # to the state folder; a tracking server has its own artifact root
                 location = (home() / "mlartifacts").as_uri()
             mlflow.create_experiment(experiment, artifact_location=location)
         mlflow.set_experiment(experiment)

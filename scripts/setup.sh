@@ -36,6 +36,15 @@ if ! command -v promtool >/dev/null 2>&1; then
     exit 1
   fi
 fi
+# Debian's PostgreSQL: the tests run the loop store, the capture sink and the MLflow registry on
+# a throwaway server of their own (initdb + pg_ctl in a temporary folder, tests/helpers.py); they
+# fail, not skip, without it. No server of the package's own: no main cluster on port 5432.
+if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  mkdir -p /etc/postgresql-common/createcluster.d
+  echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.d/gourmetgram.conf
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql) \
+    >/dev/null 2>&1 || echo "warning: could not install postgresql; the PostgreSQL tests will fail" >&2
+fi
 # Lint for every shell script: tests/test_infra.py runs shellcheck and requires it.
 if ! command -v shellcheck >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends shellcheck) >/dev/null 2>&1 \

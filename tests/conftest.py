@@ -1,4 +1,5 @@
-"""Shared fixtures: a small demo dataset built once per session, an isolated home."""
+"""Shared fixtures: a small demo dataset built once per session, an isolated home, a throwaway
+PostgreSQL server (started on first use) and the loop store's URL on each backend."""
 
 from __future__ import annotations
 
@@ -52,6 +53,34 @@ def trained_demo_model(demo_dataset, tmp_path_factory):
     report = validate_dataset(demo_dataset, check_images=False, progress=False)
     train(demo_dataset, report, load_config("demo"), checkpoint, log_to_mlflow=False, progress=False)
     return load_checkpoint(checkpoint).eval()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One throwaway PostgreSQL server for the session (Debian's binaries; see
+    :class:`helpers.PostgresServer`), started by the first test that asks for it."""
+    from helpers import PostgresServer
+
+    server = PostgresServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture()
+def postgres_url(postgres) -> str:
+    """A new empty database on the session's PostgreSQL server, dropped after the test."""
+    url = postgres.create_database()
+    yield url
+    postgres.drop_database(url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def loop_db_url(request, tmp_path) -> str:
+    """The loop store's SQLAlchemy URL on each backend it runs on: SQLite (the local default)
+    and PostgreSQL (the cluster's), each empty."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'loop.db'}"
+    return request.getfixturevalue("postgres_url")
 
 
 @pytest.fixture()

@@ -1,5 +1,5 @@
 """Helpers shared by the tests (not a test module): ports, waiting on events, child processes,
-a CloudEvents sink and a real S3-protocol server. One definition each; waits take generous
+a CloudEvents sink, a real S3-protocol server and a throwaway PostgreSQL server. One definition each; waits take generous
 limits and end on the event, never on a fixed sleep."""
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import httpx
 
 from gourmetgram.rollout.prometheus import free_port
 
-__all__ = ["free_port", "wait_until", "wait_for", "wait_http", "spawn", "stop", "Sink", "moto_s3", "FakeKFPApi"]
+__all__ = ["free_port", "wait_until", "wait_for", "wait_http", "spawn", "stop", "Sink", "moto_s3", "PostgresServer",
+           "FakeKFPApi"]
 
 T = TypeVar("T")
 
@@ -164,6 +165,150 @@ def moto_s3(log: Path) -> Iterator[str]:
         yield url
     finally:
         stop(proc)
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL server from Debian's binaries (``scripts/setup.sh`` installs the
+    ``postgresql`` package): ``initdb`` in a new temporary folder, ``pg_ctl start`` on a free
+    port, listening on 127.0.0.1 and on a unix socket in that folder only, password
+    authentication (scram-sha-256) for every connection; :meth:`close` stops it and deletes
+    the folder. :meth:`create_database` gives each test its own empty database.
+
+    PostgreSQL refuses to run as root: as root (CI runs the tests so) the server runs as the
+    unprivileged ``postgres`` user the package creates (``nobody`` without it), and the
+    folder is made over to that user. Durability is switched off (``fsync``, full-page
+    writes): the data dies with the test anyway. A missing binary fails the test, with what to
+    install (required tools fail, never skip).
+    """
+
+    USER = "gourmetgram"
+
+    def __init__(self) -> None:
+        import secrets
+        import tempfile
+
+        self.bindir = self._bindir()
+        self.password = secrets.token_hex(12)
+        self.run_as = self._unprivileged_user() if os.geteuid() == 0 else None
+        self.dir = Path(tempfile.mkdtemp(prefix="gg-postgres-", dir=self._tmp_base()))
+        self.data = self.dir / "data"
+        self.log = self.dir / "postgres.log"
+        self.port = 0
+        try:
+            self._give_to_server_user()
+            pwfile = self.dir / "pwfile"
+            pwfile.write_text(self.password + "\n")
+            self._give_to_server_user(pwfile)
+            self._run("initdb", "-D", str(self.data), "-U", self.USER, f"--pwfile={pwfile}",
+                      "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C", "--no-sync", "--no-instructions")
+            pwfile.unlink()
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _bindir() -> Path:
+        import glob
+        import shutil
+
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
+        initdb = found[-1] if found else shutil.which("initdb")
+        if not initdb:
+            raise AssertionError("PostgreSQL's initdb is missing: run scripts/setup.sh as root (it installs "
+                                 "Debian's postgresql) or 'sudo apt-get install postgresql'")
+        return Path(initdb).resolve().parent
+
+    @staticmethod
+    def _unprivileged_user() -> tuple[int, int]:
+        import pwd
+
+        for name in ("postgres", "nobody"):
+            try:
+                entry = pwd.getpwnam(name)
+            except KeyError:
+                continue
+            return entry.pw_uid, entry.pw_gid
+        raise AssertionError("running as root, and neither a 'postgres' nor a 'nobody' user exists to run "
+                             "PostgreSQL as (it refuses to run as root)")
+
+    def _tmp_base(self) -> str:
+        """The system temp folder when the server's user can reach it (every folder above it
+        searchable by others), else /tmp."""
+        import stat
+        import tempfile
+
+        base = Path(tempfile.gettempdir()).resolve()
+        if self.run_as is None or all(p.stat().st_mode & stat.S_IXOTH for p in (base, *base.parents)):
+            return str(base)
+        return "/tmp"
+
+    def _give_to_server_user(self, path: Path | None = None) -> None:
+        if self.run_as is not None:
+            os.chown(path or self.dir, *self.run_as)
+        os.chmod(path or self.dir, 0o600 if path else 0o700)
+
+    def _run(self, tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        user = {} if self.run_as is None else {"user": self.run_as[0], "group": self.run_as[1], "extra_groups": []}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        out = subprocess.run([str(self.bindir / tool), *args], capture_output=True, text=True, env=env,
+                             cwd=self.dir, timeout=180, **user)
+        if check and out.returncode != 0:
+            raise AssertionError(f"{tool} failed ({out.returncode}): {out.stdout[-2000:]}{out.stderr[-2000:]}"
+                                 f"{self._log_tail()}")
+        return out
+
+    def _log_tail(self) -> str:
+        try:
+            return "\n" + self.log.read_text(errors="replace")[-2000:]
+        except OSError:
+            return ""
+
+    def _start(self) -> None:
+        options = " ".join([
+            "-c listen_addresses=127.0.0.1", f"-c unix_socket_directories={self.dir}",
+            "-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off",
+            "-c shared_buffers=32MB", "-c max_connections=200"])
+        for attempt in range(3):  # another process may take the free port first
+            self.port = free_port()
+            out = self._run("pg_ctl", "start", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "120",
+                            "-o", f"-c port={self.port} {options}", check=attempt == 2)
+            if out.returncode == 0:
+                return
+
+    def url(self, database: str = "postgres", driver: str = "postgresql+psycopg2") -> str:
+        return f"{driver}://{self.USER}:{self.password}@127.0.0.1:{self.port}/{database}"
+
+    def _admin(self, sql: str) -> None:
+        import psycopg2
+
+        conn = psycopg2.connect(host="127.0.0.1", port=self.port, user=self.USER, password=self.password,
+                                dbname="postgres")
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(sql)
+        finally:
+            conn.close()
+
+    def create_database(self, driver: str = "postgresql+psycopg2") -> str:
+        """A new empty database; its SQLAlchemy URL."""
+        import uuid
+
+        name = f"t_{uuid.uuid4().hex[:16]}"
+        self._admin(f'CREATE DATABASE "{name}"')
+        return self.url(name, driver)
+
+    def drop_database(self, url: str) -> None:
+        """Drop a database :meth:`create_database` made, even with connections still open."""
+        self._admin(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+
+    def close(self) -> None:
+        import shutil
+
+        if self.port and (self.data / "postmaster.pid").exists():
+            self._run("pg_ctl", "stop", "-D", str(self.data), "-m", "fast", "-w", "-t", "60", check=False)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class FakeKFPApi(BaseHTTPRequestHandler):

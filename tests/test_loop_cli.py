@@ -1,4 +1,5 @@
-"""`gourmetgram loop` exit codes and output on the quick paths (no services needed)."""
+"""`gourmetgram loop` exit codes and output on the quick paths (no services needed), on both
+database backends (SQLite and a throwaway PostgreSQL server)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from gourmetgram_app.cli.main import main
 
 
 @pytest.fixture()
-def paths(tmp_path):
-    db, objects = f"sqlite:///{tmp_path / 'loop.db'}", (tmp_path / "objects").as_uri()
+def paths(tmp_path, loop_db_url):
+    db, objects = loop_db_url, (tmp_path / "objects").as_uri()
     store, obj = Store(db), ObjectStore(objects)
     for i in range(3):
         key, sha = obj.put_image(image(i))
@@ -79,4 +80,5 @@ def test_gateway_inference_id_header_and_feedback_route_without_services():
     with TestClient(gw2.app()) as client:
         fb = client.post("/v1/feedback", json={"inference_id": "x", "correct": True})
         assert fb.status_code == 503 and "not reachable" in fb.json()["error"]
-        assert client.post("/v1/feedback", content=b"x" * 70_000).status_code == 413
+        assert client.post("/v1/feedback", content=b"x" * 70_000,
+                           headers={"content-type": "application/json"}).status_code == 413

@@ -1,8 +1,9 @@
 """Closing the loop, storage and policy: migrations, capture from logger events (either order,
 redelivered), the feedback API's answers, the selection policy, production accuracy, export.
 
-Everything here runs in-process on SQLite and a local object folder (seconds); the S3 path
-runs against moto's real S3 HTTP server in tests/test_loop_s3.py.
+Everything here runs in-process on a local object folder and on both database backends
+(``loop_db_url``: SQLite, the local default, and a throwaway PostgreSQL server, the cluster's),
+seconds each; the S3 path runs against moto's real S3 HTTP server in tests/test_loop_s3.py.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from capture_sink.server import CaptureService, create_app
 from gourmetgram.data.layout import validate_dataset
 from gourmetgram.loop import quality
 from gourmetgram.loop.export import LINEAGE_FILE, ExportError, export_dataset, split_of
-from gourmetgram.loop.models import ANNOTATOR, Base, Label, Sample
+from gourmetgram.loop.models import ANNOTATOR, Base, Feedback, Label, Sample
 from gourmetgram.loop.policy import queue_samples, select_samples
 from gourmetgram.loop.settings import (
     CaptureSettings,
@@ -33,8 +34,8 @@ from gourmetgram.objectstore import ObjectStore
 
 
 @pytest.fixture()
-def store(tmp_path):
-    s = Store(f"sqlite:///{tmp_path / 'loop.db'}")
+def store(loop_db_url):
+    s = Store(loop_db_url)
     yield s
     s.dispose()
 
@@ -61,10 +62,45 @@ def test_migrations_create_exactly_the_models(store):
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    assert store.revision() == "0002"
+    assert store.revision() == "0003"
     with store.engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
     Store(store.url).dispose()  # opening again is a no-op migration
+
+
+def test_an_older_database_upgrades_with_its_rows_and_downgrades(loop_db_url):
+    """A database at 0002 with rows in it: opening migrates it to the head (the new columns
+    empty: no client, no review), and the head downgrades back to 0002."""
+    from alembic import command
+    from sqlalchemy import create_engine, text
+
+    from gourmetgram.loop.store import alembic_config
+
+    engine = create_engine(loop_db_url)
+    cfg = alembic_config()
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0002")
+        conn.execute(text("INSERT INTO samples (sample_id, inference_id, instance, captured_at) "
+                          "VALUES ('old', 'old', 0, :t)"), {"t": utcnow()})
+        conn.execute(text("INSERT INTO feedback (sample_id, correct, correct_class, created_at, updated_at, updates) "
+                          "VALUES ('old', false, 'one', :t, :t, 0)"), {"t": utcnow()})
+        conn.execute(text("INSERT INTO labels (sample_id, label_source, label, labelled_at) "
+                          "VALUES ('old', 'user', 'one', :t)"), {"t": utcnow()})
+    store = Store(loop_db_url)
+    assert store.revision() == "0003"
+    with store.session() as s:
+        assert s.get(Feedback, "old").client is None
+        label = s.query(Label).one()
+        assert (label.label, label.review, label.reviewed_by) == ("one", None, None)
+        assert quality.ground_truth(s) == {"old": ("one", "user")}  # an old correction stays a label
+    store.dispose()
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0002")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT label FROM labels")).scalar() == "one"
+    engine.dispose()
 
 
 def test_capture_pairs_halves_in_either_order_and_stores_duplicates_once(store, objects):
@@ -130,13 +166,14 @@ def test_bad_feedback_gets_its_4xx(store, objects, body, status, message):
 def test_feedback_stores_updates_in_place_and_feeds_metrics(store, objects):
     client = TestClient(create_app(_service(store, objects)))
     ids = [new_id() for _ in range(4)]
-    for i, ce_id in enumerate(ids):
-        _capture(client, ce_id, image(10 + i), "two", 0.8)
+    for i, ce_id in enumerate(ids):  # unsure predictions: a correction is a label at once
+        _capture(client, ce_id, image(10 + i), "two", 0.5)
     r = client.post("/v1/feedback", json={"inference_id": ids[0], "correct": True})
     assert r.status_code == 200 and r.json()["correct"] is True and r.json()["predicted_label"] == "two"
-    assert r.json()["model_version"] == "3" and r.json()["updates"] == 0
+    assert r.json()["model_version"] == "3" and r.json()["updates"] == 0 and r.json()["label_status"] == "none"
     r = client.post("/v1/feedback", json={"inference_id": ids[0], "correct": False, "correct_class": "three"})
     assert r.status_code == 200 and r.json()["updates"] == 1 and r.json()["correct_class"] == "three"
+    assert r.json()["label_status"] == "label"
     contradiction = client.post("/v1/feedback", json={"inference_id": ids[1], "correct": True, "correct_class": "one"})
     assert contradiction.status_code == 400
     client.post("/v1/feedback", json={"inference_id": ids[1], "correct": False, "flag": "not_food"})
@@ -166,7 +203,8 @@ def test_metrics_export_captured_per_class_label_sources_and_the_labelling_backl
     client = TestClient(create_app(_service(store, objects)))
     ids = [new_id() for _ in range(6)]
     for i, (ce_id, label) in enumerate(zip(ids, ["two", "two", "one", "three", "two", "one"])):
-        _capture(client, ce_id, image(30 + i), label, endpoint="canary" if i == 5 else "default")
+        _capture(client, ce_id, image(30 + i), label, confidence=0.5 if i == 0 else 0.9,
+                 endpoint="canary" if i == 5 else "default")
     client.post("/", content=request_body(image(99)), headers=ce_headers(new_id(), "request"))  # half: not counted
     client.post("/v1/feedback", json={"inference_id": ids[0], "correct": False, "correct_class": "one"})
     now = utcnow()
@@ -244,22 +282,27 @@ def test_policy_priorities_budget_and_queued_once(store, objects):
 
     for i in range(40):
         _sample(store, objects, i, confidence=0.3 if i % 10 == 0 else 0.95)
+    # s005: a correction of a confident (0.95) prediction, waiting for an annotator; s006: marked wrong
     record_feedback(store, {"inference_id": "s005", "correct": False, "correct_class": "one", "flag": None})
+    record_feedback(store, {"inference_id": "s006", "correct": False, "correct_class": None, "flag": None})
     record_feedback(store, {"inference_id": "s007", "correct": True, "correct_class": None, "flag": "inappropriate"})
-    policy = PolicySettings(low_confidence=0.5, random_share=0.25, daily_budget=6, seed=1)
+    policy = PolicySettings(low_confidence=0.5, random_share=0.25, daily_budget=6, seed=1, wrong=False, flagged=False)
     now = datetime(2026, 12, 1, 12, tzinfo=timezone.utc)
+    # confirmation is not optional: wrong/flagged off still queue the pending correction first
+    assert [r for _, r in select_samples(store, policy, now)][:2] == ["confirm", "low_confidence"]
+    policy = PolicySettings(low_confidence=0.5, random_share=0.25, daily_budget=6, seed=1)
     first = queue_samples(store, policy, now)
-    assert [r for _, r in first][:6] == ["wrong", "flagged", "low_confidence", "low_confidence",
+    assert [r for _, r in first][:6] == ["confirm", "wrong", "flagged", "low_confidence",
                                         "low_confidence", "low_confidence"]
-    assert first[0][0] == "s005" and len(first) == 6
+    assert [s for s, _ in first[:3]] == ["s005", "s006", "s007"] and len(first) == 6
     assert queue_samples(store, policy, now + timedelta(hours=1)) == []  # budget spent today
     second = queue_samples(store, policy, now + timedelta(days=1))
-    assert {r for _, r in second} == {"random"} and len(second) == 6
+    assert [r for _, r in second] == ["low_confidence"] + ["random"] * 5  # the rest, next day
     assert not {s for s, _ in first} & {s for s, _ in second}  # queued once
     # the random share is a fixed draw per sample: about 25% of the 34 unflagged, confident samples
     everything = PolicySettings(low_confidence=0.5, random_share=0.25, daily_budget=10_000, seed=1)
     rest = select_samples(store, everything, now + timedelta(days=2))
-    randoms = len(rest) + len(second)
+    randoms = len(rest) + len(second) - 1
     assert 3 <= randoms <= 17, randoms
 
 
@@ -277,7 +320,9 @@ def test_summary_endpoint_counts_accuracy_and_backlog_read_only(store, objects):
     key, sha = objects.put_image(image(99))
     store.upsert_sample("v10", inference_id="v10", instance=0, object_key=key, content_sha256=sha,
                         content_type="image/png", label="two", confidence=0.9, model_version="10")
-    record_feedback(store, {"inference_id": "s000", "correct": False, "correct_class": "one", "flag": None})
+    sure = FeedbackSettings(confirm_confidence=0.95)  # s000's correction (of a 0.9 guess) is a label at once
+    record_feedback(store, {"inference_id": "s000", "correct": False, "correct_class": "one", "flag": None},
+                    settings=sure)
     record_feedback(store, {"inference_id": "s001", "correct": False, "correct_class": None, "flag": "not_food"})
     record_feedback(store, {"inference_id": "s002", "correct": True, "correct_class": None, "flag": None})
     record_feedback(store, {"inference_id": "v10", "correct": True, "correct_class": None, "flag": None})
@@ -292,7 +337,8 @@ def test_summary_endpoint_counts_accuracy_and_backlog_read_only(store, objects):
     assert v3["labels"] == {"value": 0.0, "correct": 0, "n": 1}  # the user's correction
     assert v3["kinds"] == {"wrong": 2, "corrected": 1, "not_food": 1, "correct": 1}
     assert body["backlog"] == {"total": 2, "to_queue": 1, "queued": 1, "waiting": 1, "in_label_studio": 0,
-                               "to_queue_by_reason": {"wrong": 0, "flagged": 0, "low_confidence": 1, "random": 0}}
+                               "to_queue_by_reason": {"confirm": 0, "wrong": 0, "flagged": 0, "low_confidence": 1,
+                                                      "random": 0}}
     assert body["captured"] == 5 and body["with_feedback"] == 4
     assert "loop.db" not in r.text and "objects" not in r.text  # nothing but counts
     assert client.post("/summary").status_code == 405  # read-only

@@ -1,4 +1,6 @@
-"""MLflow registry on a temporary sqlite store: register, tag, move stages (aliases)."""
+"""MLflow registry: register, tag, move stages (aliases), on each database MLflow's store runs
+on: a temporary sqlite file (the local default) and a throwaway PostgreSQL server (the cluster's
+backend store; the MLflow server in front of it is tested in test_mlflow_server.py)."""
 
 from __future__ import annotations
 
@@ -12,18 +14,25 @@ from gourmetgram import registry
 from gourmetgram.constants import CANARY, PRODUCTION, REGISTERED_MODEL_NAME, STAGING
 from gourmetgram.errors import UserError
 from gourmetgram.model import Classifier, ModelSpec
-from gourmetgram.tracking import configure_mlflow
+from gourmetgram.tracking import EXPERIMENT, configure_mlflow
 
 SPEC = ModelSpec(tuple(f"dish_{i}" for i in range(10)), image_size=64, width_mult=0.5)
 
 
-@pytest.fixture(scope="module")
-def logged(tmp_path_factory):
-    """A model logged the way training.py logs it, in a private GOURMETGRAM_HOME."""
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def logged(request, tmp_path_factory):
+    """A model logged the way training.py logs it, in a private GOURMETGRAM_HOME, on the
+    default sqlite store or (``MLFLOW_TRACKING_URI``) a new PostgreSQL database."""
     mp = pytest.MonkeyPatch()
     home = tmp_path_factory.mktemp("registry_home")
     mp.setenv("GOURMETGRAM_HOME", str(home))
-    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    database = None
+    if request.param == "postgresql":
+        postgres = request.getfixturevalue("postgres")
+        database = postgres.create_database()
+        mp.setenv("MLFLOW_TRACKING_URI", database)
+    else:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
     mp.delenv("GIT_COMMIT", raising=False)
     mlflow = configure_mlflow()
     torch.manual_seed(0)
@@ -35,6 +44,8 @@ def logged(tmp_path_factory):
                                         serialization_format="pickle", pip_requirements=["torch"])
     yield home, info.model_uri, run.info.run_id, model
     mp.undo()
+    if database is not None:
+        postgres.drop_database(database)
 
 
 def _tags(bundle: str, run_id: str | None = None) -> dict[str, str]:
@@ -44,7 +55,10 @@ def _tags(bundle: str, run_id: str | None = None) -> dict[str, str]:
 
 def test_register_tags_and_alias(logged):
     home, model_uri, run_id, model = logged
-    assert str(home) in configure_mlflow().get_tracking_uri()  # the temp sqlite store, not the user's
+    uri = configure_mlflow().get_tracking_uri()
+    assert str(home) in uri or uri.startswith("postgresql")  # the temp store, not the user's
+    assert configure_mlflow().get_experiment_by_name(EXPERIMENT).artifact_location.startswith(
+        (home / "mlartifacts").as_uri())  # a database store's artifacts: in the state folder
     assert model_uri.startswith("models:/")
     v1 = registry.register_model(model_uri, _tags("/bundles/v1"))
     assert registry.version_for(STAGING) == v1

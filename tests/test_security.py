@@ -188,10 +188,11 @@ def test_gateway_feedback_route_bad_bodies_and_odd_answers_are_not_500():
         with TestClient(gw.app()) as client:
             r = client.post("/v1/feedback", json={"inference_id": "x", "correct": True})
             assert r.status_code == 200 and r.json() == [1, 2], r.text
-            r = client.post("/v1/feedback", content=b"")
+            as_json = {"content-type": "application/json"}
+            r = client.post("/v1/feedback", content=b"", headers=as_json)
             assert r.status_code == 200, r.text  # the service judges an empty body
             chunks = (b"x" * 16384 for _ in range(FEEDBACK_MAX_BODY_BYTES // 16384 + 2))
-            r = client.post("/v1/feedback", content=chunks)  # no Content-Length: chunked
+            r = client.post("/v1/feedback", content=chunks, headers=as_json)  # no Content-Length: chunked
             assert r.status_code == 413 and f"limit is {FEEDBACK_MAX_BODY_BYTES}" in r.json()["error"]
     finally:
         server.shutdown()

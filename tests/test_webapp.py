@@ -41,6 +41,7 @@ class FakePlatform:
         self.model_down = False
         self.feedback_mode = "ok"  # ok | down | missing_route
         self.feedback: list[dict] = []
+        self.feedback_clients: list[str | None] = []  # the X-Client-Id of each feedback
         self.ids: list[str] = []
         self.rollout = {"inferenceservice": "food11", "namespace": "gourmetgram-production", "model": "food11",
                         "configuration": "food11-transformer", "canary_traffic_percent": None,
@@ -70,13 +71,19 @@ class FakePlatform:
                 return JSONResponse({"error": "feedback store unavailable"}, status_code=503)
             if self.feedback_mode == "missing_route":
                 return PlainTextResponse("Not Found", status_code=404)
+            if self.feedback_mode == "capped":
+                return JSONResponse({"error": "this client has sent 100 correction(s) today"}, status_code=429)
+            if request.headers.get("content-type") != "application/json":  # as the real API: JSON only
+                return JSONResponse({"error": "feedback must be sent as JSON"}, status_code=415)
             body = await request.json()
             if body["inference_id"] not in self.ids:
                 return JSONResponse({"error": f"unknown inference id {body['inference_id']}"}, status_code=404)
             if body.get("correct_class") and body["correct_class"] not in CLASSES:
                 return JSONResponse({"error": f"unknown class; valid: {CLASSES}"}, status_code=400)
             self.feedback.append(body)
-            return JSONResponse({**body, "stored": True})
+            self.feedback_clients.append(request.headers.get("x-client-id"))
+            pending = "pending_review" if body.get("correct_class") else "none"  # the tag's 0.81: confident
+            return JSONResponse({**body, "stored": True, "label_status": pending})
 
         async def rollout(_request: Request):
             return JSONResponse(self.rollout)
@@ -187,6 +194,19 @@ def test_feedback_right_wrong_and_not_food_reach_the_api(client, platform):
         {"inference_id": "id-0", "correct": False, "flag": "not_food"},
     ]
     assert "you said: not food" in client.get("/").text
+    # every answer names this visitor (the cap counts per visitor), by a hash, never the cookie
+    cookie = client.cookies["gg_visitor"]
+    assert len(set(platform.feedback_clients)) == 1 and re.fullmatch(r"[0-9a-f]{32}", platform.feedback_clients[0])
+    assert cookie not in platform.feedback_clients[0]
+
+
+def test_a_correction_waiting_for_review_and_the_daily_cap_are_said_in_words(client, platform):
+    path = _result(client)
+    r = client.post(path + "/feedback", data={"verdict": "wrong", "correct_class": "Rice"})
+    assert r.status_code == 200 and "a person will check your correction" in r.text
+    platform.feedback_mode = "capped"
+    r = client.post(path + "/feedback", data={"verdict": "wrong", "correct_class": "Bread"})
+    assert r.status_code == 429 and "as many corrections today as one person can" in alert(r.text)
 
 
 @pytest.mark.parametrize("form, words", [
@@ -287,7 +307,8 @@ def test_feedback_panel_shows_accuracy_by_version_and_backlog_from_the_capture_s
     service, app = sink
     r = _operator_with(app)
     assert "no feedback yet" in r.text and re.search(r'id="backlog">0<', r.text)
-    ids = [_sink_sample(service, i, "3", c) for i, c in enumerate((0.9, 0.9, 0.3))]
+    # ids[1]'s tag (0.7) is not sure enough for its correction to wait for an annotator
+    ids = [_sink_sample(service, i, "3", c) for i, c in enumerate((0.9, 0.7, 0.3))]
     _sink_sample(service, 3, "10", 0.95)
     _sink_sample(service, 4, "3", 0.2)
     record_feedback(service.store, {"inference_id": ids[0], "correct": True, "correct_class": None, "flag": None})

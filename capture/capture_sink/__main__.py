@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     except GourmetGramError as exc:  # bad input: 2; the database or object store down: 3
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    print(f"capture sink: db {store.url.split('@')[-1]}, objects {objects.url}, "
+    print(f"capture sink: db {store.safe_url}, objects {objects.url}, "
           f"listening on http://{args.host}:{args.port}/", file=sys.stderr, flush=True)
     uvicorn.run(create_app(service), host=args.host, port=args.port, log_level="warning", access_log=False)
     return 0

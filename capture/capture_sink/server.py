@@ -27,11 +27,18 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from capture_sink.capture import Capture
-from gourmetgram.constants import LOOP_SUMMARY_PATH
+from gourmetgram.constants import FEEDBACK_PATH, LOOP_SUMMARY_PATH
 from gourmetgram.inference_events import BadEvent, decode_event
 from gourmetgram.jsonlog import log_json
 from gourmetgram.loop import quality
-from gourmetgram.loop.feedback import FeedbackError, parse_feedback, record_feedback
+from gourmetgram.loop.feedback import (
+    CLIENT_ID_HEADER,
+    FeedbackError,
+    check_content_type,
+    client_key,
+    parse_feedback,
+    record_feedback,
+)
 from gourmetgram.loop.settings import LoopSettings
 from gourmetgram.loop.store import Store
 from gourmetgram.objectstore import ObjectStore
@@ -173,15 +180,22 @@ class CaptureService:
         fs = self.settings.feedback
         declared = request.headers.get("content-length")
         try:
+            check_content_type(request.headers.get("content-type"))  # JSON only: no cross-site simple request
             if declared and declared.isdigit() and int(declared) > fs.max_body_bytes:
                 raise FeedbackError(413, f"feedback body is {declared} bytes; the limit is {fs.max_body_bytes}")
+            # the caller's address as uvicorn resolves it (X-Forwarded-For from a trusted proxy:
+            # --forwarded-allow-ips / FORWARDED_ALLOW_IPS; locally the gateway)
+            client = client_key(request.client.host if request.client else None,
+                                request.headers.get(CLIENT_ID_HEADER), fs.client_id_from)
             body = await request.body()
             fb = parse_feedback(body, self.class_names, fs.max_body_bytes)
-            result, created = await run_in_threadpool(record_feedback, self.store, fb, fs.wait_for_capture_s)
+            result, created = await run_in_threadpool(record_feedback, self.store, fb, fs.wait_for_capture_s,
+                                                      client, fs)
         except FeedbackError as exc:
             self.metrics.feedback_requests.labels(str(exc.status)).inc()
             log_json("capture", "feedback_refused", None, status=exc.status, reason=str(exc)[:200])
-            return JSONResponse({"error": str(exc)}, status_code=exc.status)
+            headers = {"retry-after": str(exc.retry_after_s)} if exc.retry_after_s else None
+            return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=headers)
         except Exception as exc:  # noqa: BLE001 - the database is a dependency: 503, never a 500
             self.metrics.feedback_requests.labels("503").inc()
             log.exception("feedback could not be stored")
@@ -189,14 +203,15 @@ class CaptureService:
                                           "try again shortly"}, status_code=503)
         self.metrics.feedback_requests.labels("200").inc()
         log_json("capture", "feedback", result["inference_id"], created=created, correct=result["correct"],
-                 correct_class=result["correct_class"], flag=result["flag"])
+                 correct_class=result["correct_class"], flag=result["flag"], client=client,
+                 label_status=result["label_status"])
         return JSONResponse(result, status_code=200)
 
     def status(self) -> dict:
         with self.store.session() as s:
             out = quality.status(s)
         out["in_flight"] = self.in_flight
-        out["db"] = self.store.url.split("@")[-1]  # never the password of a postgresql URL
+        out["db"] = self.store.safe_url  # never the password of a postgresql URL
         out["objects"] = self.objects.url
         return out
 
@@ -227,7 +242,7 @@ def create_app(service: CaptureService) -> Starlette:
 
     return Starlette(routes=[
         Route("/", service.receive, methods=["POST"]),
-        Route("/v1/feedback", service.feedback, methods=["POST"]),
+        Route(FEEDBACK_PATH, service.feedback, methods=["POST"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/status", status, methods=["GET"]),
         Route(LOOP_SUMMARY_PATH, summary, methods=["GET"]),

@@ -1,7 +1,10 @@
 """``loop export``: labelled production samples as a dataset in the Food-11 layout, with lineage.
 
 * Ground truth per sample: a human annotator's label, else a user's correction
-  (:func:`gourmetgram.loop.quality.ground_truth`); the source is kept in the lineage.
+  (:func:`gourmetgram.loop.quality.ground_truth`); a correction that contradicted a confident
+  prediction and that no annotator has reviewed yet is left out. The source is kept in the
+  lineage, and whether a person confirmed the label: ``confirmed``/``confirmed_by`` (the
+  annotator), and the user's correction with its review (``confirmed``/``rejected``).
 * One image, one file: samples with the same content hash are written once (the newest
   label wins; disagreements are reported).
 * Splits by content hash (``export.evaluation_share``/``validation_share``), so the same image
@@ -9,8 +12,9 @@
   are added to a copy of that dataset, and an image the base already has stays in the base's
   split (no leakage across the merge either).
 * ``lineage.json`` at the root: for every production file, the sample/inference id, label,
-  label source, who and when, the model name/version/revision/stage that served it, its
-  prediction and confidence, and the content hash; plus the base dataset and its fingerprint.
+  label source, who and when, who confirmed it, the user's correction and its review, the
+  model name/version/revision/stage that served it, its prediction and confidence, and the
+  content hash; plus the base dataset and its fingerprint, and the counts by confirmation.
 
 The result passes :func:`gourmetgram.data.layout.validate_dataset` or the export fails with
 the reason (a class with too few labelled images for every split: add ``--base``).
@@ -33,7 +37,8 @@ from sqlalchemy import select
 from gourmetgram.constants import CLASS_NAMES_FILE, SPLITS
 from gourmetgram.errors import UserError
 from gourmetgram.loop import quality
-from gourmetgram.loop.models import Label, Sample
+from gourmetgram.loop.labels import pending_reviews
+from gourmetgram.loop.models import ANNOTATOR, CONFIRMED, REJECTED, USER, Label, Sample
 from gourmetgram.loop.settings import ExportSettings
 from gourmetgram.loop.store import Store, as_utc, utcnow
 from gourmetgram.objectstore import ObjectStore
@@ -157,6 +162,7 @@ def export_dataset(store: Store, objects: ObjectStore, out: str | Path, class_na
         truth = quality.ground_truth(s)
         labels = {(x.sample_id, x.label_source): x for x in s.scalars(select(Label))}
         samples = {x.sample_id: x for x in s.scalars(select(Sample).where(Sample.sample_id.in_(list(truth))))}
+        waiting_for_review = len(pending_reviews(s))
 
     # one image, one label: the newest label for each content hash
     by_hash: dict[str, list[tuple[Sample, str, str]]] = defaultdict(list)
@@ -177,6 +183,9 @@ def export_dataset(store: Store, objects: ObjectStore, out: str | Path, class_na
     base_split = _copy_base(base_path, out) if base_path is not None else {}
     (out / CLASS_NAMES_FILE).write_text("\n".join(class_names) + "\n")
     lineage, per_split = [], {s: 0 for s in SPLITS}
+    confirmation = {"confirmed_by_annotator": 0, "unconfirmed_user_corrections": 0, "user_corrections_confirmed": 0,
+                    "user_corrections_rejected": 0,
+                    "user_corrections_waiting_for_review": waiting_for_review}  # left out until an annotator looks
     fresh = {sha: item for sha, item in chosen.items() if sha not in base_split}
     skipped = len(chosen) - len(fresh)  # the base already has these very images (in its own split)
     assigned, moved = assign_splits({sha: item[1] for sha, item in fresh.items()}, shares,
@@ -191,11 +200,25 @@ def export_dataset(store: Store, objects: ObjectStore, out: str | Path, class_na
         (out / rel).write_bytes(data)
         per_split[split] += 1
         lab = labels[(sample.sample_id, source)]
+        user = labels.get((sample.sample_id, USER))
+        confirmation["confirmed_by_annotator" if source == ANNOTATOR else "unconfirmed_user_corrections"] += 1
+        if user is not None and user.review in (CONFIRMED, REJECTED):
+            confirmation[f"user_corrections_{user.review}"] += 1
         lineage.append({
             "file": str(rel), "content_sha256": sha, "split": split, "rebalanced": sha in moved,
             "label": label,
             "label_source": source, "labelled_by": lab.labelled_by,
-            "labelled_at": as_utc(lab.labelled_at).isoformat(), "sample_id": sample.sample_id,
+            "labelled_at": as_utc(lab.labelled_at).isoformat(),
+            # a person checked this label: an annotator's label is its own confirmation; a user's
+            # correction used as it is (it did not contradict a confident prediction) is not
+            "confirmed": source == ANNOTATOR,
+            "confirmed_by": lab.labelled_by if source == ANNOTATOR else None,
+            "confirmed_at": as_utc(lab.labelled_at).isoformat() if source == ANNOTATOR else None,
+            "user_correction": None if user is None else {
+                "label": user.label, "by": user.labelled_by, "at": as_utc(user.labelled_at).isoformat(),
+                "review": user.review, "reviewed_by": user.reviewed_by,
+                "reviewed_at": None if user.reviewed_at is None else as_utc(user.reviewed_at).isoformat()},
+            "sample_id": sample.sample_id,
             "inference_id": sample.inference_id, "object_key": sample.object_key,
             "model_name": sample.model_name, "model_version": sample.model_version,
             "revision": sample.revision, "stage": sample.stage, "predicted": sample.label,
@@ -217,7 +240,9 @@ def export_dataset(store: Store, objects: ObjectStore, out: str | Path, class_na
         "base": None if base_path is None else {"path": str(base_path.resolve()),
                                                 "fingerprint": validate_dataset(base_path, check_images=False,
                                                                                 progress=False).fingerprint},
-        "label_conflicts": conflicts, "already_in_base": skipped, "samples": lineage,
+        "label_conflicts": conflicts, "already_in_base": skipped,
+        "confirmation": confirmation,
+        "samples": lineage,
     }, indent=1))
     validate_dataset(out, progress=False)  # what `gourmetgram data validate` checks
     by_source: dict[str, int] = {}

@@ -19,7 +19,8 @@ from xml.sax.saxutils import quoteattr
 
 from gourmetgram import constants
 from gourmetgram.errors import UserError
-from gourmetgram.loop.models import ANNOTATOR, Label, LabelTask, Sample
+from gourmetgram.loop.labels import record_annotation
+from gourmetgram.loop.models import LabelTask, Sample
 from gourmetgram.loop.settings import ENV_LS_TOKEN, ENV_LS_URL
 from gourmetgram.loop.store import Store, utcnow
 from gourmetgram.objectstore import ObjectStore
@@ -147,7 +148,8 @@ class LabelQueue:
         return len(to_import)
 
     def pull(self) -> dict[str, int]:
-        """Annotations -> labels (``label_source`` annotator, who, when); the newest per task wins."""
+        """Annotations -> labels (``label_source`` annotator, who, when); the newest per task wins.
+        A user's correction waiting for review is confirmed or rejected by the annotation."""
         created = updated = skipped = 0
         rows = []
         for t in _call("list tasks", self.ls.tasks.list, project=self.project_id, fields="all"):
@@ -166,17 +168,11 @@ class LabelQueue:
             rows.append((sid, label, who, when, str(latest.get("id"))))
         with self.store.write() as s:
             for sid, label, who, when, ann_id in rows:
-                if s.get(Sample, sid) is None:
-                    skipped += 1
-                    continue
-                row = s.query(Label).filter_by(sample_id=sid, label_source=ANNOTATOR).one_or_none()
-                if row is None:
-                    s.add(Label(sample_id=sid, label_source=ANNOTATOR, label=label, labelled_by=who,
-                                labelled_at=when, external_id=ann_id))
-                    created += 1
-                elif (row.label, row.external_id) != (label, ann_id):
-                    row.label, row.labelled_by, row.labelled_at, row.external_id = label, who, when, ann_id
-                    updated += 1
+                # also settles a user's correction waiting for this annotator (labels.py)
+                outcome = record_annotation(s, sid, label, who, when, ann_id)
+                created += outcome == "created"
+                updated += outcome == "updated"
+                skipped += outcome == "unknown"
         return {"created": created, "updated": updated, "skipped": skipped}
 
 

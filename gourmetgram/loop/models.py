@@ -11,6 +11,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 ANNOTATOR, USER = "annotator", "user"  # label_source values
 LABEL_SOURCES = (ANNOTATOR, USER)
 FLAGS = ("not_food", "inappropriate")
+# Label.review of a user's correction that contradicts a confident prediction: pending until an
+# annotator labels the sample, then confirmed (same class) or rejected (another class).
+PENDING, CONFIRMED, REJECTED = "pending", "confirmed", "rejected"
+REVIEWS = (PENDING, CONFIRMED, REJECTED)
 
 
 class Base(DeclarativeBase):
@@ -64,6 +68,9 @@ class Feedback(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updates: Mapped[int] = mapped_column(Integer, default=0)
+    # Who sent it, pseudonymous (:func:`gourmetgram.loop.feedback.client_key`): the daily
+    # correction cap counts by it, and a user's label names it.
+    client: Mapped[str | None] = mapped_column(String(64), index=True)
 
 
 class LabelTask(Base):
@@ -80,7 +87,13 @@ class LabelTask(Base):
 
 
 class Label(Base):
-    """A ground-truth label for a sample, from a human annotator or a user's correction."""
+    """A ground-truth label for a sample, from a human annotator or a user's correction.
+
+    ``review`` is None for a label used as it is (an annotator's; a user's correction of an
+    unconfident prediction). A user's correction that contradicts a confident prediction is
+    ``pending`` (not ground truth, never exported) until an annotator labels the sample:
+    then ``confirmed`` or ``rejected``, by ``reviewed_by`` at ``reviewed_at``.
+    """
 
     __tablename__ = "labels"
     __table_args__ = (UniqueConstraint("sample_id", "label_source", name="uq_labels_sample_source"),)
@@ -91,6 +104,9 @@ class Label(Base):
     labelled_by: Mapped[str | None] = mapped_column(String(256))
     labelled_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     external_id: Mapped[str | None] = mapped_column(String(64))
+    review: Mapped[str | None] = mapped_column(String(16), index=True)
+    reviewed_by: Mapped[str | None] = mapped_column(String(256))
+    reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class ShadowPrediction(Base):

@@ -2,10 +2,13 @@
 
 In priority order, within a daily budget (UTC days), each sample at most once:
 
-1. ``wrong``: a user said the prediction is wrong;
-2. ``flagged``: a user flagged the photo (not food / inappropriate);
-3. ``low_confidence``: top-1 confidence below ``low_confidence`` (uncertainty sampling);
-4. ``random``: a uniform random share of every capture, drawn once per sample from a hash
+1. ``confirm``: a user's correction contradicts a confident prediction
+   (``feedback.confirm_confidence``): it is no label until an annotator has labelled the
+   sample (:mod:`gourmetgram.loop.labels`); always on, since nothing else would settle it;
+2. ``wrong``: a user said the prediction is wrong;
+3. ``flagged``: a user flagged the photo (not food / inappropriate);
+4. ``low_confidence``: top-1 confidence below ``low_confidence`` (uncertainty sampling);
+5. ``random``: a uniform random share of every capture, drawn once per sample from a hash
    of (seed, sample id), so asking again never tops it up: the unbiased sample that
    production accuracy is estimated on.
 """
@@ -18,11 +21,12 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from gourmetgram.loop.models import Feedback, LabelTask, Sample
+from gourmetgram.loop.models import PENDING, USER, Feedback, Label, LabelTask, Sample
 from gourmetgram.loop.settings import PolicySettings
 from gourmetgram.loop.store import Store, utcnow
 
-REASONS = ("wrong", "flagged", "low_confidence", "random")
+CONFIRM = "confirm"
+REASONS = (CONFIRM, "wrong", "flagged", "low_confidence", "random")
 
 
 def random_draw(seed: int, sample_id: str) -> float:
@@ -30,7 +34,11 @@ def random_draw(seed: int, sample_id: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def reason_for(sample: Sample, feedback: Feedback | None, policy: PolicySettings) -> str | None:
+def reason_for(sample: Sample, feedback: Feedback | None, policy: PolicySettings,
+               review: str | None = None) -> str | None:
+    """Why ``sample`` goes to labelling (``review``: that of the user's correction), or None."""
+    if review == PENDING:
+        return CONFIRM
     if feedback is not None and policy.wrong and not feedback.correct:
         return "wrong"
     if feedback is not None and policy.flagged and feedback.flag:
@@ -47,11 +55,13 @@ def pending(session: Session, policy: PolicySettings) -> list[tuple[str, str]]:
     queue, by priority (oldest first within a reason), budget aside: the labelling backlog
     still to be queued."""
     queued = select(LabelTask.sample_id)
-    rows = session.execute(select(Sample, Feedback).outerjoin(Feedback, Feedback.sample_id == Sample.sample_id)
+    rows = session.execute(select(Sample, Feedback, Label.review)
+                           .outerjoin(Feedback, Feedback.sample_id == Sample.sample_id)
+                           .outerjoin(Label, (Label.sample_id == Sample.sample_id) & (Label.label_source == USER))
                            .where(Sample.object_key.is_not(None), Sample.label.is_not(None),
                                   Sample.sample_id.not_in(queued))
                            .order_by(Sample.captured_at, Sample.sample_id)).all()
-    picked = [(sample.sample_id, r) for sample, fb in rows if (r := reason_for(sample, fb, policy))]
+    picked = [(sample.sample_id, r) for sample, fb, review in rows if (r := reason_for(sample, fb, policy, review))]
     picked.sort(key=lambda item: REASONS.index(item[1]))  # stable: oldest first within a reason
     return picked
 

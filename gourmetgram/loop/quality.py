@@ -19,7 +19,8 @@ from datetime import datetime, timezone
 
 from sqlalchemy import func, select
 
-from gourmetgram.loop.models import ANNOTATOR, USER, Feedback, Label, LabelTask, Sample
+from gourmetgram.loop.labels import is_ground_truth
+from gourmetgram.loop.models import ANNOTATOR, PENDING, USER, Feedback, Label, LabelTask, Sample
 
 RANDOM_REASON = "random"
 
@@ -58,9 +59,11 @@ def feedback_counts(session) -> dict[tuple[str, str], int]:
 
 
 def ground_truth(session) -> dict[str, tuple[str, str]]:
-    """``{sample_id: (label, label_source)}``: an annotator's label wins over a user's correction."""
+    """``{sample_id: (label, label_source)}``: an annotator's label wins over a user's correction;
+    a correction still waiting for an annotator's review is none."""
     truth: dict[str, tuple[str, str]] = {}
-    for sample_id, label, source in session.execute(select(Label.sample_id, Label.label, Label.label_source)):
+    for sample_id, label, source in session.execute(select(Label.sample_id, Label.label, Label.label_source)
+                                                    .where(is_ground_truth())):
         if source == ANNOTATOR or sample_id not in truth:
             truth[sample_id] = (label, source)
     return truth
@@ -98,8 +101,9 @@ def captured_counts(session) -> dict[tuple[str, str, str], int]:
 
 
 def label_counts(session) -> dict[tuple[str, str], int]:
-    """``{(label_source, class): n}`` labels by where they came from (annotator | user)."""
-    rows = session.execute(select(Label.label_source, Label.label, func.count())
+    """``{(label_source, class): n}`` labels by where they came from (annotator | user); a user's
+    correction waiting for review is not a label yet."""
+    rows = session.execute(select(Label.label_source, Label.label, func.count()).where(is_ground_truth())
                            .group_by(Label.label_source, Label.label))
     return {(source, label): int(n) for source, label, n in rows}
 
@@ -107,7 +111,7 @@ def label_counts(session) -> dict[tuple[str, str], int]:
 def labelling_backlog(session) -> dict[str, int]:
     """Queued samples without a label yet: ``waiting`` (not pushed to Label Studio yet) and
     ``in_label_studio`` (pushed, not annotated). Both keys always present."""
-    labelled = select(Label.sample_id).distinct()
+    labelled = select(Label.sample_id).where(is_ground_truth()).distinct()
     rows = session.execute(select(LabelTask.ls_task_id.is_not(None), func.count())
                            .where(LabelTask.sample_id.not_in(labelled))
                            .group_by(LabelTask.ls_task_id.is_not(None)))
@@ -123,7 +127,7 @@ def status(session) -> dict:
         return session.scalar(stmt) or 0
 
     complete = (Sample.object_key.is_not(None)) & (Sample.label.is_not(None))
-    labelled_ids = select(Label.sample_id).distinct()
+    labelled_ids = select(Label.sample_id).where(is_ground_truth()).distinct()
     return {
         "captured": count(select(func.count()).select_from(Sample).where(complete)),
         "partial": count(select(func.count()).select_from(Sample).where(~complete)),
@@ -132,7 +136,10 @@ def status(session) -> dict:
         "pushed": count(select(func.count()).select_from(LabelTask).where(LabelTask.ls_task_id.is_not(None))),
         "labelled": count(select(func.count()).select_from(labelled_ids.subquery())),
         "labelled_by_annotator": count(select(func.count()).select_from(Label).where(Label.label_source == ANNOTATOR)),
-        "corrected_by_user": count(select(func.count()).select_from(Label).where(Label.label_source == USER)),
+        "corrected_by_user": count(select(func.count()).select_from(Label).where(Label.label_source == USER,
+                                                                                 is_ground_truth())),
+        "corrections_pending_review": count(select(func.count()).select_from(Label)
+                                            .where(Label.label_source == USER, Label.review == PENDING)),
         "by_stage": dict(session.execute(select(Sample.stage, func.count()).where(complete)
                                          .group_by(Sample.stage)).all()),
         "queued_by_reason": dict(session.execute(select(LabelTask.reason, func.count())

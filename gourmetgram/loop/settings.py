@@ -7,6 +7,7 @@ file: it comes from the environment, because it differs per machine and holds se
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from pathlib import Path
 
@@ -39,6 +40,14 @@ class FeedbackSettings:
     __pydantic_config__ = STRICT  # unknown keys are refused
     max_body_bytes: int = 4096
     wait_for_capture_s: float = 2.0
+    # A user's correction of a prediction at least this confident waits for an annotator
+    # (policy reason "confirm") before it is a label; below it, it is a label at once.
+    confirm_confidence: float = 0.8
+    # Corrections one client may send per UTC day (more: 429); 0 refuses every correction.
+    daily_corrections_per_client: int = 100
+    # Callers (addresses or networks) whose X-Client-Id header names the client; anyone else is
+    # the client by its address.
+    client_id_from: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +101,15 @@ def load_loop_settings(name_or_path: str | Path = "loop") -> LoopSettings:
             problems.append(f"capture.sampling.{stage} must be a number in [0, 1]")
     if s.capture.max_in_flight < 1:
         problems.append("capture.max_in_flight must be >= 1")
+    if not 0 <= s.feedback.confirm_confidence <= 1:
+        problems.append("feedback.confirm_confidence must be in [0, 1]")
+    if s.feedback.daily_corrections_per_client < 0:
+        problems.append("feedback.daily_corrections_per_client must be >= 0")
+    for network in s.feedback.client_id_from:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            problems.append(f"feedback.client_id_from: {network!r} is not an IP address or network")
     if not 0 <= s.policy.low_confidence <= 1 or not 0 <= s.policy.random_share <= 1:
         problems.append("policy.low_confidence and policy.random_share must be in [0, 1]")
     if s.policy.daily_budget < 0:

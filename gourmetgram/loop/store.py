@@ -24,7 +24,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from gourmetgram.errors import UserError
+from gourmetgram.errors import DependencyUnavailable, UserError
 from gourmetgram.loop.models import Base, Feedback, Label, Sample, ShadowPrediction
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -81,6 +81,7 @@ class Store:
             self.engine = create_engine(url, future=True, pool_pre_ping=True)
         except Exception as exc:  # noqa: BLE001 - a bad URL is the user's to fix
             raise UserError(f"cannot open the loop database {url!r}: {exc}") from exc
+        self.safe_url = self.engine.url.render_as_string(hide_password=True)  # for messages and logs
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         if self.is_sqlite:
             _sqlite_pragmas(self.engine)
@@ -92,11 +93,18 @@ class Store:
 
     def migrate(self) -> None:
         from alembic import command
+        from sqlalchemy.exc import OperationalError
 
         cfg = alembic_config()
-        with self.engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+        try:
+            with self.engine.begin() as conn:
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+        except OperationalError as exc:  # the server is down or refuses us; the file cannot be opened
+            reason = str(exc.orig or exc).strip().splitlines()[0]
+            raise DependencyUnavailable(f"the loop database at {self.safe_url} is not available ({reason}); "
+                                        "start it, or point GOURMETGRAM_LOOP_DB (--db) at one that "
+                                        "answers") from None
 
     def revision(self) -> str | None:
         from alembic.runtime.migration import MigrationContext

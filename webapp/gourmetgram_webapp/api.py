@@ -1,8 +1,9 @@
 """The platform's public API, called like any other client would (never the model directly).
 
 ``predict`` posts one photo to ``/v1/models/<model>:predict`` (KServe v1 protocol) and
-reads the inference id from the ``X-Inference-Id`` header; ``feedback`` posts to
-``/v1/feedback``. Every failure becomes an :class:`ApiError` whose ``message`` is a
+reads the inference id from the ``X-Inference-Id`` header; ``feedback`` posts JSON to
+``/v1/feedback`` (the API takes nothing else), naming the visitor it comes from in
+``X-Client-Id`` (the daily correction cap counts per visitor). Every failure becomes an :class:`ApiError` whose ``message`` is a
 sentence for the person at the page; the technical detail stays in ``detail``.
 """
 
@@ -13,6 +14,8 @@ import dataclasses
 from typing import Any
 
 import httpx
+
+from gourmetgram.constants import CLIENT_ID_HEADER
 
 INFERENCE_ID_HEADER = "x-inference-id"
 REVISION_HEADER = "x-gourmetgram-revision"
@@ -64,9 +67,9 @@ class PublicApi:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def _post(self, path: str, body: dict, what: str) -> httpx.Response:
-        try:
-            return await self._client.post(self.base_url + path, json=body)
+    async def _post(self, path: str, body: dict, what: str, headers: dict[str, str] | None = None) -> httpx.Response:
+        try:  # json= sends Content-Type: application/json
+            return await self._client.post(self.base_url + path, json=body, headers=headers)
         except httpx.TimeoutException as exc:
             raise ApiError(504, f"The {what} service took too long to answer. Please try again.",
                            f"{type(exc).__name__}: {exc}") from None
@@ -98,13 +101,13 @@ class PublicApi:
                            "again.", f"{type(exc).__name__}: {exc}: {r.text[:200]}") from None
 
     async def feedback(self, inference_id: str, correct: bool, correct_class: str | None = None,
-                       flag: str | None = None) -> dict:
+                       flag: str | None = None, client_id: str | None = None) -> dict:
         body: dict[str, Any] = {"inference_id": inference_id, "correct": bool(correct)}
         if correct_class:
             body["correct_class"] = correct_class
         if flag:
             body["flag"] = flag
-        r = await self._post(FEEDBACK_PATH, body, "feedback")
+        r = await self._post(FEEDBACK_PATH, body, "feedback", {CLIENT_ID_HEADER: client_id} if client_id else None)
         if r.status_code == 200:
             try:
                 return r.json()
@@ -116,6 +119,9 @@ class PublicApi:
         if r.status_code == 404:
             raise ApiError(404, "This photo's prediction is no longer known to the platform, so the "
                            "feedback was not saved.", _error_text(r))
+        if r.status_code == 429:
+            raise ApiError(429, "You have sent as many corrections today as one person can; thank you. Your "
+                           "answer was not saved; please send it again tomorrow.", _error_text(r))
         if 400 <= r.status_code < 500:
             raise ApiError(400, f"The feedback was not accepted: {_error_text(r)}", _error_text(r))
         raise ApiError(503, f"The feedback store is not available right now ({r.status_code}). Your "

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import io
 import logging
 import secrets
@@ -180,7 +181,8 @@ def create_app(config: WebConfig, transport: httpx.AsyncBaseTransport | None = N
             return render(request, "result.html", 400, upload=upload, error=error)
         try:
             stored = await api.feedback(upload.prediction.inference_id, verdict == "right",
-                                        correct_class if verdict == "wrong" else None, flag)
+                                        correct_class if verdict == "wrong" else None, flag,
+                                        client_id=visitor_id(request.cookies.get(VISITOR_COOKIE)))
         except ApiError as exc:
             log.warning("feedback failed (%s): %s %s", exc.status, exc.message, exc.detail)
             return render(request, "result.html", exc.status, upload=upload, error=exc.message)
@@ -248,6 +250,12 @@ async def _read_upload(request: Request, max_bytes: int) -> tuple[bytes, str]:
     upload = files[0]
     data = await upload.read(max_bytes + 1)
     return data, upload.filename or "photo"
+
+
+def visitor_id(cookie: str | None) -> str | None:
+    """The visitor as the feedback API's X-Client-Id: a hash of the anonymous cookie, so the
+    cookie (which opens the visitor's uploads here) never leaves this app."""
+    return hashlib.sha256(cookie.encode()).hexdigest()[:32] if cookie else None
 
 
 def _with_visitor(request: Request, response: Response) -> Response:

@@ -56,7 +56,9 @@ def format_status(st: dict) -> str:
     lines = [
         f"captured {st['captured']} (partial {st['partial']}), with feedback {st['with_feedback']}, "
         f"queued {st['queued']} (in Label Studio {st['pushed']}), labelled {st['labelled']} "
-        f"(annotator {st['labelled_by_annotator']}, user corrections {st['corrected_by_user']})",
+        f"(annotator {st['labelled_by_annotator']}, user corrections {st['corrected_by_user']})"
+        + (f", user corrections waiting for an annotator {st['corrections_pending_review']}"
+           if st.get("corrections_pending_review") else ""),
     ]
     if st["by_stage"]:
         lines.append("captured by stage: " + ", ".join(f"{k or 'unknown'} {v}" for k, v in st["by_stage"].items()))

@@ -10,8 +10,10 @@
 * **Forwarding**: to the revision's transformer (which only knows its own Triton, so a request
   never crosses from a canary transformer to a stable predictor, kserve#1669), measured like
   queue-proxy, logged by the inference logger, mirrored to a shadow when one runs; a revision
-  that is not ready answers 503 with ``Retry-After``; ``POST /v1/feedback`` goes to the
-  capture/feedback service. Bodies over the limit are a 413 while they stream in.
+  that is not ready answers 503 with ``Retry-After``; ``POST /v1/feedback`` (JSON only: 415
+  otherwise) goes to the capture/feedback service with the caller's ``X-Client-Id`` and its
+  address appended to ``X-Forwarded-For``, as Istio's gateway does. Bodies over the limit are
+  a 413 while they stream in.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from starlette.responses import JSONResponse, Response
 
 from gourmetgram import bodylimit
 from gourmetgram import control as policy  # the token rules
+from gourmetgram.constants import CLIENT_ID_HEADER, FEEDBACK_PATH
 from gourmetgram.jsonlog import INFERENCE_ID_HEADER, log_json
+from gourmetgram.loop.feedback_media import media_type_problem
 from gourmetgram_app.local import httpclient
 from gourmetgram_app.local.gateway.discovery import Revision
 from gourmetgram_app.local.gateway.logger import InferenceLogger
@@ -47,7 +51,6 @@ FEEDBACK_TIMEOUT_S = 10.0
 LATEST, PREV, SHADOW = "latest", "prev", "shadow"
 TAG_HEADER = "x-gourmetgram-tag"
 REVISION_HEADER = "x-gourmetgram-revision"
-FEEDBACK_PATH = "/v1/feedback"
 FEEDBACK_MAX_BODY_BYTES = 64 * 1024  # the feedback service applies its own, smaller limit
 # A caller's ce-id is kept only when it is a sane id (it becomes a storage key downstream).
 INFERENCE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
@@ -225,6 +228,14 @@ class Router:
         """``POST /v1/feedback`` to the capture/feedback service, as the ingress routes it."""
         if self.feedback_url is None:
             return error(503, "no feedback service is configured on this gateway (--feedback-url)")
+        problem = media_type_problem(request.headers.get("content-type"))
+        if problem:  # JSON only: a cross-site page cannot send it without a preflight
+            return error(415, problem)
+        forwarded = ", ".join(filter(None, [request.headers.get("x-forwarded-for"),
+                                            request.client.host if request.client else None]))
+        headers = {"content-type": request.headers["content-type"], "x-forwarded-for": forwarded}
+        if request.headers.get(CLIENT_ID_HEADER):
+            headers[CLIENT_ID_HEADER] = request.headers[CLIENT_ID_HEADER]
         try:  # refused while it streams in, like a model request
             body = await bodylimit.read_body(request, FEEDBACK_MAX_BODY_BYTES)
         except bodylimit.BodyTooLarge as exc:
@@ -233,8 +244,7 @@ class Router:
         try:
             async with self._client.post(
                     self.feedback_url + FEEDBACK_PATH, data=body, allow_redirects=False,
-                    timeout=httpclient.timeout(FEEDBACK_TIMEOUT_S),
-                    headers={"content-type": request.headers.get("content-type", "application/json")},
+                    timeout=httpclient.timeout(FEEDBACK_TIMEOUT_S), headers=headers,
             ) as upstream:
                 content = await upstream.read()
         except httpclient.FAILED as exc:
