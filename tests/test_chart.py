@@ -605,6 +605,8 @@ def test_capture_sink_takes_its_secrets_by_reference_and_its_classes_from_the_st
         assert "value" not in e or "valueFrom" not in e
         assert not e.get("valueFrom", {}).get("secretKeyRef", {}).get("optional")
     assert env["GOURMETGRAM_LOOP_OBJECTS"]["value"] == f"s3://gourmetgram-captures/{stage}"
+    # the feedback API's client is the caller's address behind the gateways, not theirs
+    assert env["FORWARDED_ALLOW_IPS"]["value"] == "127.0.0.0/8,10.42.0.0/16"
     assert "envFrom" not in container
     # the class names come from the stable bundle's model_spec.json, downloaded like the detector's
     detector_init = knative_service(objects)["spec"]["template"]["spec"]["initContainers"][0]
