@@ -56,6 +56,23 @@ def trained_demo_model(demo_dataset, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def small_demo_dataset(demo_dataset, tmp_path_factory) -> Path:
+    """Every third image of the demo dataset: the same classes and layout, a third to train on
+    (no evaluation suite sets: for configs that gate on the evaluation split alone)."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("small-demo") / "demo"
+    for split_dir in (demo_dataset / s for s in ("training", "validation", "evaluation")):
+        for class_dir in sorted(split_dir.glob("class_*")):
+            target = root / split_dir.name / class_dir.name
+            target.mkdir(parents=True)
+            for path in sorted(class_dir.iterdir())[::3]:
+                shutil.copy2(path, target / path.name)
+    shutil.copy2(demo_dataset / "classes.txt", root / "classes.txt")
+    return root
+
+
+@pytest.fixture(scope="session")
 def postgres():
     """One throwaway PostgreSQL server for the session (Debian's binaries; see
     :class:`helpers.PostgresServer`), started by the first test that asks for it."""

@@ -15,7 +15,6 @@ relaxed in the rollout config for the same reason and so that a few dozen canary
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import httpx
@@ -35,17 +34,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def base(demo_dataset, tmp_path_factory) -> Path:
+def base(small_demo_dataset) -> Path:
     """Every third image of the demo dataset: the same classes and layout, less to train on."""
-    root = tmp_path_factory.mktemp("cycle-base") / "base"
-    for split_dir in (demo_dataset / s for s in ("training", "validation", "evaluation")):
-        for class_dir in sorted(split_dir.glob("class_*")):
-            target = root / split_dir.name / class_dir.name
-            target.mkdir(parents=True)
-            for path in sorted(class_dir.iterdir())[::3]:
-                shutil.copy2(path, target / path.name)
-    shutil.copy2(demo_dataset / "classes.txt", root / "classes.txt")
-    return root
+    return small_demo_dataset
 
 
 @pytest.fixture(scope="module")

@@ -412,7 +412,9 @@ def test_platform_manifests_are_valid_pinned_and_hold_no_secrets():
     assert f"ARG MLFLOW_VERSION={v['MLFLOW_VERSION']}" in (INFRA / "docker" / "mlflow" / "Dockerfile").read_text()
     mlflow = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert all("value" not in e for e in mlflow["env"] if "PASSWORD" in e["name"] or "SECRET" in e["name"])
-    assert any(a.startswith("--backend-store-uri=postgresql://") for a in mlflow["args"])
+    # the driver the image installs (SQLAlchemy 2.1's postgresql:// means psycopg 3)
+    assert any(a.startswith("--backend-store-uri=postgresql+psycopg2://") for a in mlflow["args"])
+    assert "psycopg2-binary==" in (INFRA / "docker" / "mlflow" / "Dockerfile").read_text()
     # MinIO: root credentials from the install's Secret, no chart default user, the models bucket
     minio = yaml.safe_load((INFRA / "k8s" / "platform" / "minio-values.yaml").read_text())
     assert minio["existingSecret"] == "minio-root" and minio["users"] == []

@@ -69,7 +69,6 @@ def test_serve_loop_stores_captures_and_feedback_in_postgresql_from_the_environm
 
 def test_a_postgresql_loop_database_that_does_not_answer_is_exit_3(tmp_path, capsys):
     from capture_sink.__main__ import main as capture_main
-
     from gourmetgram_app.cli.main import main
 
     url = f"postgresql+psycopg2://gourmetgram:s3cret-pw@127.0.0.1:{free_port()}/loop"  # nothing listens there
