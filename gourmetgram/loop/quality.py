@@ -187,7 +187,7 @@ def first_captured(session, revision: str | None = None, stage: str | None = Non
 # tag keep rate of the photos captured in [since, until), per stage and model version. A tag
 # is "changed" when its user marked it wrong (with or without the right class); a photo nobody
 # answered about keeps its tag (the product applies the suggested tag unless the user acts).
-# Portable SQL: the same text runs on SQLite here and PostgreSQL on the cluster.
+# Portable SQL: the same text runs on SQLite locally and PostgreSQL on the cluster (the test runs it on both).
 TAG_KEEP_RATE_SQL = """\
 SELECT s.stage,
        s.model_version,
