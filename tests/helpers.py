@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -169,10 +170,10 @@ def moto_s3(log: Path) -> Iterator[str]:
 
 class PostgresServer:
     """A throwaway PostgreSQL server from Debian's binaries (``scripts/setup.sh`` installs the
-    ``postgresql`` package): ``initdb`` in a new temporary folder, ``pg_ctl start`` on a free
-    port, listening on 127.0.0.1 and on a unix socket in that folder only, password
-    authentication (scram-sha-256) for every connection; :meth:`close` stops it and deletes
-    the folder. :meth:`create_database` gives each test its own empty database.
+    ``postgresql`` package): ``initdb`` in a new temporary folder, ``postgres`` on a free port
+    as a child of the test run (it dies with it), listening on 127.0.0.1 and on a unix socket
+    in that folder only, password authentication (scram-sha-256) for every connection;
+    :meth:`close` stops it and deletes the folder. :meth:`create_database` gives each test its own empty database.
 
     PostgreSQL refuses to run as root: as root (CI runs the tests so) the server runs as the
     unprivileged ``postgres`` user the package creates (``nobody`` without it), and the
@@ -194,6 +195,7 @@ class PostgresServer:
         self.data = self.dir / "data"
         self.log = self.dir / "postgres.log"
         self.port = 0
+        self.proc: subprocess.Popen | None = None
         try:
             self._give_to_server_user()
             pwfile = self.dir / "pwfile"
@@ -248,12 +250,12 @@ class PostgresServer:
             os.chown(path or self.dir, *self.run_as)
         os.chmod(path or self.dir, 0o600 if path else 0o700)
 
-    def _run(self, tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    def _run(self, tool: str, *args: str) -> subprocess.CompletedProcess:
         user = {} if self.run_as is None else {"user": self.run_as[0], "group": self.run_as[1], "extra_groups": []}
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         out = subprocess.run([str(self.bindir / tool), *args], capture_output=True, text=True, env=env,
                              cwd=self.dir, timeout=180, **user)
-        if check and out.returncode != 0:
+        if out.returncode != 0:
             raise AssertionError(f"{tool} failed ({out.returncode}): {out.stdout[-2000:]}{out.stderr[-2000:]}"
                                  f"{self._log_tail()}")
         return out
@@ -265,16 +267,44 @@ class PostgresServer:
             return ""
 
     def _start(self) -> None:
-        options = " ".join([
-            "-c listen_addresses=127.0.0.1", f"-c unix_socket_directories={self.dir}",
-            "-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off",
-            "-c shared_buffers=32MB", "-c max_connections=200"])
-        for attempt in range(3):  # another process may take the free port first
+        """``postgres`` as this process's child, in its own session, stopped by the kernel if
+        the test run dies (PR_SET_PDEATHSIG; pg_ctl would daemonize it and leave it running);
+        ready once it takes a connection."""
+        import psycopg2
+
+        from gourmetgram_app.local.stack import _die_with_parent
+
+        options = ["-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.dir}",
+                   "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+                   "-c", "shared_buffers=32MB", "-c", "max_connections=200"]
+        user = {} if self.run_as is None else {"user": self.run_as[0], "group": self.run_as[1], "extra_groups": []}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        for _attempt in range(3):  # another process may take the free port first
             self.port = free_port()
-            out = self._run("pg_ctl", "start", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "120",
-                            "-o", f"-c port={self.port} {options}", check=attempt == 2)
-            if out.returncode == 0:
-                return
+            with open(self.log, "ab") as log:
+                self.proc = subprocess.Popen(
+                    [str(self.bindir / "postgres"), "-D", str(self.data), "-c", f"port={self.port}", *options],
+                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.dir, env=env,
+                    start_new_session=True, preexec_fn=_die_with_parent, **user)
+            deadline = time.monotonic() + 120
+            while self.proc.poll() is None and time.monotonic() < deadline:
+                try:
+                    psycopg2.connect(host="127.0.0.1", port=self.port, user=self.USER, password=self.password,
+                                     dbname="postgres", connect_timeout=5).close()
+                    return
+                except psycopg2.OperationalError:
+                    time.sleep(0.1)
+            self._stop()
+        raise AssertionError(f"PostgreSQL did not start:{self._log_tail()}")
+
+    def _stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)  # PostgreSQL's fast shutdown
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
 
     def url(self, database: str = "postgres", driver: str = "postgresql+psycopg2") -> str:
         return f"{driver}://{self.USER}:{self.password}@127.0.0.1:{self.port}/{database}"
@@ -306,8 +336,7 @@ class PostgresServer:
     def close(self) -> None:
         import shutil
 
-        if self.port and (self.data / "postmaster.pid").exists():
-            self._run("pg_ctl", "stop", "-D", str(self.data), "-m", "fast", "-w", "-t", "60", check=False)
+        self._stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
