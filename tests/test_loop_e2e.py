@@ -153,7 +153,11 @@ def test_feedback_through_the_gateway(chain, served):
         bad = client.post(gw, json={"inference_id": served[1][0], "correct": False, "correct_class": "pizza"})
         assert bad.status_code == 400 and "zero, one, two" in bad.json()["error"]
         assert client.post(gw, content=b"{", headers={"content-type": "application/json"}).status_code == 400
-        assert client.post(gw, content=b"x" * 100_000).status_code == 413
+        assert client.post(gw, content=b"x" * 100_000, headers={"content-type": "application/json"}).status_code == 413
+        # what a cross-site page can send without a preflight: refused through the whole chain
+        plain = client.post(gw, content=json.dumps({"inference_id": served[2][0], "correct": True}).encode(),
+                            headers={"content-type": "text/plain"})
+        assert plain.status_code == 415 and "application/json" in plain.json()["error"]
     metrics = httpx.get(chain["loop"].capture_url + "/metrics").text
     assert re.search(rf'gourmetgram_feedback{{kind="(correct|wrong)",model_version="{VERSION}"}}', metrics)
     assert f'gourmetgram_production_accuracy{{model_version="{VERSION}",source="feedback"}}' in metrics
