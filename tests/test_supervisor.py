@@ -75,6 +75,16 @@ def test_backoff_doubles_up_to_a_cap():
     assert describe_exit(-9) == "exit code -9 (SIGKILL)" and describe_exit(3) == "exit code 3"
 
 
+def test_a_client_waits_for_a_canary_as_long_as_the_supervisor_retries_its_start():
+    """The rollout client's wait for a new canary pair covers every failed start the gateway's
+    supervisor retries before it gives up; a shorter one reported failures of pairs still coming up."""
+    from gourmetgram.rollout.local import CANARY_START_TIMEOUT_S
+
+    policy = RestartPolicy()
+    assert policy.worst_give_up_s() == pytest.approx(5 * 180 + 1 + 2 + 4 + 8 + 16)
+    assert policy.worst_give_up_s() <= CANARY_START_TIMEOUT_S
+
+
 def test_killed_process_is_restarted_and_the_others_keep_their_pids(supervisor, tmp_path):
     sup, services = supervisor
     a, b = child(tmp_path, "a"), child(tmp_path, "b")

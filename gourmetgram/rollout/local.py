@@ -16,7 +16,11 @@ from gourmetgram.rollout.state import RolloutState
 
 CONTROL_PATH = "/_gourmetgram/rollout"
 SHADOW_PATH = "/_gourmetgram/shadow"
-CANARY_START_TIMEOUT_S = 300.0  # a new Triton + transformer on busy cores
+# How long a client waits for a new canary (or shadow) pair: the gateway supervises its first start
+# and retries a failed one with back-off (gourmetgram_app.local.supervisor.RestartPolicy.worst_give_up_s,
+# 5 x 180 s plus back-offs of 1+2+4+8+16 s = 931 s; a test keeps this at least that), so an earlier client timeout
+# would report a failure while the pair may still come up.
+CANARY_START_TIMEOUT_S = 1000.0
 
 
 class LocalRollout:

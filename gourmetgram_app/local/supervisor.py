@@ -95,6 +95,12 @@ class RestartPolicy:
         up on (first back-off + one start); the bound the fault-injection test waits on."""
         return self.backoff(1) + self.start_timeout_s + POLL_S + PROBE_S
 
+    def worst_give_up_s(self) -> float:
+        """The longest a first start can take before it is ready or given up on: every failed
+        start runs to its timeout, each followed by its back-off; what a client that waits for a
+        new canary pair must wait."""
+        return sum(self.start_timeout_s + self.backoff(n) for n in range(1, self.max_failed_starts + 1))
+
 
 @dataclasses.dataclass(frozen=True)
 class Event:
