@@ -170,7 +170,9 @@ def test_shell_scripts_parse_and_pass_shellcheck():
 
 RECORDER = """#!/usr/bin/env bash
 # stand-in: record the call (and any manifest piped in), answer like the real tool
-{ printf '%s' "$(basename "$0")"; printf ' %q' "$@"; printf '\\n'; } >> "$CALLS"
+# one write per line: both ends of a pipe run at once, and three appends would interleave
+line="$(basename "$0")$(printf ' %q' "$@")"
+printf '%s\\n' "$line" >> "$CALLS"
 case "$(basename "$0") $*" in
   "kubectl create"*"--dry-run=client -o yaml"*) printf 'apiVersion: v1\\nkind: Stub\\n' ;;
   "kubectl apply -f -") sed 's/^/  | /' >> "$CALLS" ;;
@@ -652,7 +654,9 @@ def test_install_needs_git_for_kubeflows_remote_kustomization(tmp_path):
 # --- node-prep.sh (cloud-init) against recording stand-ins ------------------------------------
 
 PREP_RECORDER = """#!/usr/bin/env bash
-{ printf '%s' "$(basename "$0")"; printf ' %q' "$@"; printf '\\n'; } >> "$CALLS"
+# one write per line: both ends of a pipe run at once, and three appends would interleave
+line="$(basename "$0")$(printf ' %q' "$@")"
+printf '%s\\n' "$line" >> "$CALLS"
 etc="$PREP_ROOT/var/lib/rancher/k3s/agent/etc/containerd"
 case "$(basename "$0") $*" in
   "systemctl is-active"*) [[ -n "${FIREWALLD_ACTIVE:-}" ]] || exit 3 ;;
@@ -718,3 +722,104 @@ def test_node_prep_keeps_a_new_driver_and_uses_the_running_firewalld(tmp_path):
     _index(calls, "firewall-cmd --permanent --zone=trusted --add-source=10.42.0.0/16")
     _index(calls, "firewall-cmd --reload")
     assert not [c for c in calls if c.startswith("firewall-offline-cmd")]
+
+
+# --- first_run.sh: the first run's order against stand-ins (MinIO is moto's S3 server) ----------
+
+FIRST_RUN_KUBECTL = """#!/usr/bin/env bash
+line="kubectl$(printf ' %q' "$@")"; printf '%s\\n' "$line" >> "$CALLS"
+case "$*" in
+  *"get secret minio-root"*rootUser*) printf 'test-key-id' | base64 ;;
+  *"get secret minio-root"*rootPassword*) printf 'test-key' | base64 ;;
+  *"port-forward svc/minio "*)  # MinIO behind the forward: moto's S3 server on the local port
+    exec "$PYTHON" -m moto.server -H 127.0.0.1 -p "${5%%:*}" >/dev/null 2>&1 ;;
+  *"port-forward "*)  # the KFP API: something that accepts connections
+    exec "$PYTHON" -c 'import socket,sys,time; s=socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(); time.sleep(120)' "${5%%:*}" ;;
+esac
+exit 0
+"""
+
+# `gourmetgram`: records; a training run it is asked to wait for registers version N, i.e. its
+# bundle appears in the models bucket (what the pipeline's register step does on the cluster),
+# except the run named in $NO_BUNDLE_FOR.
+FIRST_RUN_GOURMETGRAM = """#!/usr/bin/env bash
+line="gourmetgram$(printf ' %q' "$@")"; printf '%s\\n' "$line" >> "$CALLS"
+if [[ "$1 $2" == "pipeline submit" ]]; then
+  all="$*"; run=${all##*--run-name gourmetgram-first-}; run=${run%% *}
+  [[ "$run" == "${NO_BUNDLE_FOR:-}" ]] && exit 0
+  exec "$PYTHON" -c '
+import sys, boto3
+s3 = boto3.client("s3")
+if "gourmetgram-models" not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
+    s3.create_bucket(Bucket="gourmetgram-models")
+s3.put_object(Bucket="gourmetgram-models", Key=f"food11/{sys.argv[1]}/model_spec.json", Body=b"{}")
+' "$run"
+fi
+exit 0
+"""
+
+
+def _run_first_run(tmp_path: Path, *args: str, **env_overrides: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """infra/scripts/first_run.sh, copied with the rendered manifests into a scratch repository
+    whose smoke test only records its call; kubectl and gourmetgram are stand-ins."""
+    import sys
+
+    root = tmp_path / "repo"
+    (root / "infra" / "scripts").mkdir(parents=True)
+    shutil.copy(INFRA / "scripts" / "first_run.sh", root / "infra" / "scripts")
+    shutil.copytree(REPO_ROOT / "inference_services", root / "inference_services")
+    smoke = root / "infra" / "scripts" / "smoke_cluster.sh"
+    smoke.write_text("#!/usr/bin/env bash\n{ printf 'smoke_cluster.sh'; printf ' %q' \"$@\"; printf '\\n'; } >> \"$CALLS\"\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("kubectl", FIRST_RUN_KUBECTL), ("gourmetgram", FIRST_RUN_GOURMETGRAM)):
+        (bin_dir / name).write_text(text)
+    for path in (*bin_dir.iterdir(), smoke):
+        path.chmod(0o755)
+    (tmp_path / "data" / "training").mkdir(parents=True)
+    calls = tmp_path / "calls.log"
+    calls.write_text("")
+    python_bin = str(Path(sys.executable).parent)  # python3 with this project's packages, as on an operator's machine
+    env = {"PATH": f"{bin_dir}:{python_bin}:/usr/bin:/bin", "CALLS": str(calls), "HOME": str(tmp_path),
+           "PYTHON": sys.executable, "DOMAIN": "192.5.87.10.sslip.io", **env_overrides}
+    env = {k: v for k, v in env.items() if v is not None}
+    result = subprocess.run(["bash", str(root / "infra" / "scripts" / "first_run.sh"),
+                             *(args or (str(tmp_path / "data"),))],
+                            env=env, capture_output=True, text=True, timeout=300)
+    return result, calls.read_text().splitlines()
+
+
+@pytest.mark.slow
+def test_first_run_uploads_trains_twice_checks_the_bundles_then_applies_and_smokes(tmp_path):
+    result, calls = _run_first_run(tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    at = functools.partial(_index, calls)
+    upload, run1, run2 = (at("gourmetgram data upload"), at("pipeline submit", "gourmetgram-first-1", "--wait"),
+                          at("pipeline submit", "gourmetgram-first-2", "--no-cache", "--wait"))
+    apply_staging, wait_staging = at("kubectl apply -f", "inference_services/staging.yaml"), at("kubectl", "wait", "food11-staging")
+    smoke = at("smoke_cluster.sh")
+    assert upload < run1 < run2 < apply_staging < wait_staging < smoke
+    assert "s3://gourmetgram-datasets/food11" in calls[upload] and "dataset_uri=s3://gourmetgram-datasets/food11" in calls[run1]
+    # both bundles were looked for in the bucket behind the MinIO port-forward before anything was applied
+    assert "bundle s3://gourmetgram-models/food11/1: present" in result.stdout
+    assert "bundle s3://gourmetgram-models/food11/2: present" in result.stdout
+    assert "test-key" not in result.stdout + result.stderr  # the MinIO keys are never printed
+
+
+@pytest.mark.slow
+def test_first_run_stops_before_applying_when_a_run_registered_no_bundle(tmp_path):
+    result, calls = _run_first_run(tmp_path, NO_BUNDLE_FOR="2")
+    assert result.returncode == 1
+    assert "s3://gourmetgram-models/food11/2/model_spec.json is not in the object store" in result.stderr
+    assert not [c for c in calls if c.startswith("kubectl apply") or c.startswith("smoke_cluster.sh")]
+
+
+@pytest.mark.parametrize("args, env, code, message", [
+    ((), {"DOMAIN": None}, 2, "set DOMAIN"),
+    (("/nonexistent/dataset",), {}, 2, "usage: first_run.sh DATASET_FOLDER"),
+])
+def test_first_run_refuses_bad_input_before_touching_the_cluster(tmp_path, args, env, code, message):
+    result, calls = _run_first_run(tmp_path, *args, **env)
+    assert result.returncode == code and message in result.stderr
+    assert not [c for c in calls if "port-forward" in c or c.startswith("gourmetgram")]

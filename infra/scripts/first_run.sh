@@ -36,28 +36,31 @@ free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0)
 forwards=()
 cleanup() { for pid in "${forwards[@]}"; do kill "$pid" 2>/dev/null || true; done; }
 trap cleanup EXIT
-forward() {  # forward NAMESPACE SERVICE REMOTE_PORT -> prints the local URL
+forward() {  # forward VAR NAMESPACE SERVICE REMOTE_PORT: sets VAR to the local URL once it connects
   local port
   port=$(free_port)
-  kubectl -n "$1" port-forward "svc/$2" "$port:$3" >/dev/null 2>&1 &
-  forwards+=($!)
+  kubectl -n "$2" port-forward "svc/$3" "$port:$4" >/dev/null 2>&1 &
+  forwards+=($!)  # in this shell (not a $(...) subshell), so the EXIT trap stops it
   for _ in $(seq 1 30); do
-    python3 -c 'import socket,sys;socket.create_connection(("127.0.0.1",int(sys.argv[1])),1)' "$port" 2>/dev/null && break
+    if python3 -c 'import socket,sys;socket.create_connection(("127.0.0.1",int(sys.argv[1])),1)' "$port" 2>/dev/null; then
+      printf -v "$1" 'http://127.0.0.1:%s' "$port"
+      return 0
+    fi
     sleep 1
   done
-  echo "http://127.0.0.1:$port"
+  die 3 "the port-forward to $2/svc/$3:$4 did not open in 30 s (kubectl -n $2 get svc $3)"
 }
 secret() { kubectl -n "$PLATFORM_NS" get secret minio-root -o "jsonpath={.data.$1}" | base64 -d; }
 
 step "1. the dataset to $DATASET_URI (MinIO through a port-forward)"
-AWS_ENDPOINT_URL=$(forward "$PLATFORM_NS" minio 9000)
+forward AWS_ENDPOINT_URL "$PLATFORM_NS" minio 9000
 AWS_ACCESS_KEY_ID=$(secret rootUser)
 AWS_SECRET_ACCESS_KEY=$(secret rootPassword)
 export AWS_ENDPOINT_URL AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
 gourmetgram data upload "$DATASET" "$DATASET_URI"
 
 step "2. training run 1 on Kubeflow Pipelines (registers version 1, the bundle the manifests serve)"
-KFP=$(forward kubeflow ml-pipeline 8888)
+forward KFP kubeflow ml-pipeline 8888
 gourmetgram pipeline submit --host "$KFP" --run-name gourmetgram-first-1 --wait "$RUN_TIMEOUT_S" \
   --param "dataset_uri=$DATASET_URI" --param "config=$CONFIG" || die 1 "training run 1 did not succeed"
 
