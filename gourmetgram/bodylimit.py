@@ -13,6 +13,8 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from gourmetgram.errors import PayloadTooLarge
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -22,7 +24,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 MiB = 1024 * 1024
 
 
-class BodyTooLarge(Exception):
+class BodyTooLarge(PayloadTooLarge):
     """The request body is (or declares itself) larger than ``limit`` bytes: answer 413."""
 
     def __init__(self, limit: int, size: int | None = None) -> None:

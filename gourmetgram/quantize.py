@@ -40,7 +40,7 @@ import numpy as np
 from gourmetgram.bundle import QUANTIZATION_FILENAME, Bundle
 from gourmetgram.config import ExportConfig, load_config
 from gourmetgram.constants import MODEL_NAME, SPLITS
-from gourmetgram.errors import UserError
+from gourmetgram.errors import UserError, entry_point
 
 METHODS = ("static", "dynamic")
 CALIBRATION_BATCH = 16
@@ -330,6 +330,7 @@ def select_bundle(fp32_bundle: str | Path, int8_bundle: str | Path,
 # --------------------------------------------------------------------------- CLI
 
 
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m gourmetgram.quantize", description=__doc__.split("\n\n")[0])
     p.add_argument("--bundle", required=True, type=Path, help="the exported FP32 bundle")
@@ -341,13 +342,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="write the INT8 bundle even if the gate fails")
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
-    try:
-        cfg = load_config(args.config).export
-        report = quantize_bundle(args.bundle, args.dataset, args.out, cfg, args.method,
-                                 args.model_name, force=args.force, overwrite=args.overwrite)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config).export
+    report = quantize_bundle(args.bundle, args.dataset, args.out, cfg, args.method,
+                             args.model_name, force=args.force, overwrite=args.overwrite)
     print(report.summary())
     return 0 if report.passed else 1
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -164,3 +165,117 @@ def test_mlflow_nobody_listens_on_is_a_dependency_unavailable(tmp_path, monkeypa
         mlflow.set_tracking_uri(before)  # process-wide: leave it as the other tests had it
     assert err.value.exit_code == EXIT_DEPENDENCY_UNAVAILABLE
     assert "set MLFLOW_TRACKING_URI" in str(err.value)
+
+
+# --- errors applied once: every process's main(), every Starlette server ----------------------
+
+def _main_modules() -> list[Path]:
+    """Every module that runs as a process: ``if __name__ == "__main__": sys.exit(main())``."""
+    roots = ["gourmetgram", "gourmetgram_app", "capture", "detectors", "transformers", "webapp"]
+    found = []
+    for root in roots:
+        for path in (REPO_ROOT / root).rglob("*.py"):
+            text = path.read_text()
+            if '__name__ == "__main__"' in text and "main()" in text.split('__name__ == "__main__"')[1]:
+                found.append(path)
+    return found
+
+
+def test_every_process_maps_errors_to_exit_codes_through_the_one_wrapper():
+    """Each ``main()`` is wrapped by ``entry_point`` and none maps an error class by hand (a
+    hand-written ``except UserError: return 2`` let a DependencyUnavailable end in a traceback)."""
+    import ast
+
+    modules = _main_modules()
+    assert len(modules) >= 8  # the CLI, the servers, quantize: really scanned
+    unwrapped, by_hand = [], []
+    for path in modules:
+        tree = ast.parse(path.read_text())
+        mains = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "main"]
+        if not mains:  # main imported from the package (``python -m package``)
+            continue
+        decorators = [ast.unparse(d) for d in mains[0].decorator_list]
+        if "entry_point" not in decorators:
+            unwrapped.append(str(path.relative_to(REPO_ROOT)))
+        for handler in (n for n in ast.walk(mains[0]) if isinstance(n, ast.ExceptHandler)):
+            caught = ast.unparse(handler.type) if handler.type else ""
+            if any(name in caught for name in ("UserError", "BadInput", "GourmetGramError")):
+                by_hand.append(f"{path.relative_to(REPO_ROOT)}:{handler.lineno} except {caught}")
+    assert not unwrapped, f"main() without @entry_point: {unwrapped}"
+    assert not by_hand, f"errors mapped by hand in main(): {by_hand}"
+
+
+@pytest.mark.parametrize("error, code", [
+    (BadInput("no such dataset"), EXIT_BAD_INPUT),
+    (DependencyUnavailable("Prometheus is not reachable"), EXIT_DEPENDENCY_UNAVAILABLE),
+    (CheckFailed("the gate rejected it"), EXIT_CHECK_FAILED),
+    (KeyboardInterrupt(), 130),
+])
+def test_entry_point_turns_each_cause_into_its_exit_code_and_a_message(error, code, capsys):
+    from gourmetgram.errors import entry_point
+
+    @entry_point
+    def main(argv=None):
+        raise error
+
+    assert main([]) == code
+    err = capsys.readouterr().err
+    assert (str(error) in err and err.startswith("error: ")) if str(error) else "interrupted" in err
+
+
+def test_entry_point_keeps_a_bugs_traceback():
+    from gourmetgram.errors import entry_point
+
+    @entry_point
+    def main(argv=None):
+        raise RuntimeError("a bug")
+
+    with pytest.raises(RuntimeError, match="a bug"):
+        main()
+
+
+def test_label_studio_unavailable_is_a_dependency_unavailable():
+    from gourmetgram.loop.labelstudio import LabelStudioUnavailable
+
+    assert issubclass(LabelStudioUnavailable, DependencyUnavailable)
+    assert LabelStudioUnavailable.exit_code == EXIT_DEPENDENCY_UNAVAILABLE
+
+
+def test_the_shared_http_handler_answers_each_cause_with_its_status():
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from gourmetgram.bodylimit import BodyTooLarge
+    from gourmetgram.errors import TooManyRequests, Unauthorized, UnsupportedMediaType
+    from gourmetgram.http_errors import EXCEPTION_HANDLERS
+
+    errors = {"bad": BadInput("bad photo"), "auth": Unauthorized("token please"), "big": BodyTooLarge(10, 20),
+              "media": UnsupportedMediaType("JSON only"), "quota": TooManyRequests("over the cap", 60),
+              "down": DependencyUnavailable("database down"), "check": CheckFailed("not now")}
+
+    async def endpoint(request):
+        raise errors[request.path_params["what"]]
+
+    app = Starlette(routes=[Route("/{what}", endpoint)], exception_handlers=EXCEPTION_HANDLERS)
+    client = TestClient(app)
+    statuses = {what: client.get(f"/{what}") for what in errors}
+    assert {w: r.status_code for w, r in statuses.items()} == {
+        "bad": 400, "auth": 401, "big": 413, "media": 415, "quota": 429, "down": 503, "check": 409}
+    assert statuses["bad"].json() == {"error": "bad photo"}
+    assert statuses["quota"].headers["retry-after"] == "60"
+    assert "the limit is 10 bytes" in statuses["big"].json()["error"]
+
+
+def test_the_brokers_refusals_come_from_the_shared_handler(tmp_path):
+    from starlette.testclient import TestClient
+
+    from gourmetgram_app.local.broker import MAX_BODY_BYTES, Broker, Trigger
+    from gourmetgram_app.local.eventstore import EventStore
+
+    broker = Broker([Trigger.parse("sink=http://127.0.0.1:9/")], EventStore(tmp_path / "events.db"))
+    with TestClient(broker.app()) as client:
+        missing = client.post("/", content=b"{}")
+        big = client.post("/", content=b"x" * (MAX_BODY_BYTES + 1))
+    assert missing.status_code == 400 and "not a binary-mode CloudEvent: missing" in missing.json()["error"]
+    assert big.status_code == 413 and big.json() == {"error": f"event over {MAX_BODY_BYTES} bytes"}

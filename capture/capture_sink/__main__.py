@@ -6,10 +6,12 @@ import argparse
 import os
 import sys
 
+from gourmetgram.errors import UserError, entry_point
 
+
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     from gourmetgram.constants import CAPTURE_PORT, HOST
-    from gourmetgram.errors import GourmetGramError, UserError
 
     p = argparse.ArgumentParser(
         prog="python -m capture_sink",
@@ -26,24 +28,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default=os.environ.get("CAPTURE_HOST", HOST))
     p.add_argument("--port", type=int, default=int(os.environ.get("CAPTURE_PORT", CAPTURE_PORT)))
     args = p.parse_args(argv)
-    try:
-        import uvicorn
+    import uvicorn
 
-        from capture_sink.server import CaptureService, create_app
-        from gourmetgram.loop.settings import class_names_from, db_url, load_loop_settings
-        from gourmetgram.loop.store import Store
-        from gourmetgram.objectstore import ObjectStore
+    from capture_sink.server import CaptureService, create_app
+    from gourmetgram.loop.settings import class_names_from, db_url, load_loop_settings
+    from gourmetgram.loop.store import Store
+    from gourmetgram.objectstore import ObjectStore
 
-        settings = load_loop_settings(args.config)
-        if not (args.bundle or args.class_names):
-            raise UserError("the capture sink needs the class names: --bundle DIR or --class-names a,b,c")
-        names = class_names_from(args.bundle, args.class_names)
-        store = Store(db_url(args.db))
-        objects = ObjectStore(args.objects)
-        service = CaptureService(store, objects, settings, names)
-    except GourmetGramError as exc:  # bad input: 2; the database or object store down: 3
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    settings = load_loop_settings(args.config)
+    if not (args.bundle or args.class_names):
+        raise UserError("the capture sink needs the class names: --bundle DIR or --class-names a,b,c")
+    names = class_names_from(args.bundle, args.class_names)
+    store = Store(db_url(args.db))
+    objects = ObjectStore(args.objects)
+    service = CaptureService(store, objects, settings, names)
     print(f"capture sink: db {store.safe_url}, objects {objects.url}, "
           f"listening on http://{args.host}:{args.port}/", file=sys.stderr, flush=True)
     uvicorn.run(create_app(service), host=args.host, port=args.port, log_level="warning", access_log=False)

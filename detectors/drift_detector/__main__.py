@@ -9,10 +9,12 @@ from pathlib import Path
 
 os.environ.setdefault("NUMBA_CACHE_DIR", "/tmp/numba_cache")  # alibi-detect imports numba
 
+from gourmetgram.errors import entry_point  # noqa: E402 - after the numba setting
 
+
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     from gourmetgram.constants import DETECTOR_PORT, HOST
-    from gourmetgram.errors import UserError
 
     parser = argparse.ArgumentParser(
         prog="python -m drift_detector",
@@ -29,13 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     from drift_detector.server import serve
     from gourmetgram import control
 
-    try:
-        token = (control.read_token(Path(args.token_file)) if args.token_file
-                 else os.environ.get(control.DETECTOR_TOKEN_ENV, "").strip() or None)
-        serve(args.bundle, host=args.host, port=args.port, max_queue=args.max_queue, token=token)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    token = (control.read_token(Path(args.token_file)) if args.token_file
+             else os.environ.get(control.DETECTOR_TOKEN_ENV, "").strip() or None)
+    serve(args.bundle, host=args.host, port=args.port, max_queue=args.max_queue, token=token)
     return 0
 
 

@@ -18,7 +18,7 @@ from typing import Sequence
 from xml.sax.saxutils import quoteattr
 
 from gourmetgram import constants
-from gourmetgram.errors import UserError
+from gourmetgram.errors import DependencyUnavailable, UserError
 from gourmetgram.loop.labels import record_annotation
 from gourmetgram.loop.models import LabelTask, Sample
 from gourmetgram.loop.settings import ENV_LS_TOKEN, ENV_LS_URL
@@ -28,7 +28,7 @@ from gourmetgram.objectstore import ObjectStore
 FROM_NAME, TO_NAME = "label", "image"
 
 
-class LabelStudioUnavailable(UserError):
+class LabelStudioUnavailable(DependencyUnavailable):
     """Label Studio is not installed, not running or refuses the token (exit 3 on the CLI)."""
 
 

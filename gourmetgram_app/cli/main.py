@@ -3,8 +3,9 @@
 Each module in :mod:`gourmetgram_app.cli.commands` adds one subcommand through
 ``add_parser(subparsers)`` and sets ``func`` (``args -> int`` exit code).
 
-Errors are mapped to exit codes here and nowhere else (by cause, see
-:mod:`gourmetgram.errors`); commands return 0 or 1 and raise for everything else.
+Errors are mapped to exit codes by :func:`gourmetgram.errors.entry_point`, as in every other
+process (by cause, see :mod:`gourmetgram.errors`); commands return 0 or 1 and raise for
+everything else.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pkgutil
 import sys
 
 from gourmetgram import __version__
-from gourmetgram.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, GourmetGramError
+from gourmetgram.errors import EXIT_BAD_INPUT, EXIT_OK, entry_point
 
 EXIT_CODES_HELP = """exit codes:
   0    success
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("NUMBA_CACHE_DIR", "/tmp/numba_cache")  # alibi-detect's numba
     parser = build_parser()
@@ -51,14 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_BAD_INPUT
-    try:
-        return int(args.func(args) or EXIT_OK)
-    except GourmetGramError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    return int(args.func(args) or EXIT_OK)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from gourmetgram import constants
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput, DependencyUnavailable, PayloadTooLarge, UserError, entry_point
+from gourmetgram.http_errors import EXCEPTION_HANDLERS
 from gourmetgram.tracking import home
 from gourmetgram_app.local import httpclient
 from gourmetgram_app.local.eventstore import EventStore
@@ -253,19 +254,17 @@ class Broker:
         async def ingress(request: Request) -> Response:
             body = await request.body()
             if len(body) > MAX_BODY_BYTES:
-                return JSONResponse({"error": f"event over {MAX_BODY_BYTES} bytes"}, status_code=413)
+                raise PayloadTooLarge(f"event over {MAX_BODY_BYTES} bytes")
             headers = {k.lower(): v for k, v in request.headers.items()
                        if k.lower().startswith("ce-") or k.lower() in FORWARDED}
             missing = [h for h in REQUIRED if not headers.get(h)]
             if missing:
-                return JSONResponse({"error": f"not a binary-mode CloudEvent: missing {', '.join(missing)}"},
-                                    status_code=400)
+                raise BadInput(f"not a binary-mode CloudEvent: missing {', '.join(missing)}")
             try:
                 owed = await self.publish(headers, body)
             except sqlite3.Error as exc:  # not stored: not acknowledged (the logger retries)
                 log.error("could not store an event: %s", exc)
-                return JSONResponse({"error": f"the broker cannot store the event ({exc}); retry"},
-                                    status_code=503)
+                raise DependencyUnavailable(f"the broker cannot store the event ({exc}); retry") from None
             self.received.inc()
             return JSONResponse({"accepted": True, "triggers": owed}, status_code=202)
 
@@ -282,9 +281,11 @@ class Broker:
         return Starlette(routes=[Route("/", ingress, methods=["POST"]),
                                  Route("/metrics", metrics, methods=["GET"]),
                                  Route("/status", status, methods=["GET"]),
-                                 Route("/healthz", health, methods=["GET"])], lifespan=lifespan)
+                                 Route("/healthz", health, methods=["GET"])], lifespan=lifespan,
+                         exception_handlers=EXCEPTION_HANDLERS)
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
@@ -301,18 +302,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=constants.BROKER_PORT)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    triggers = [Trigger.parse(t, retry=args.retry, backoff_s=args.backoff, queue_size=args.queue)
+                for t in args.trigger]
+    store_path = args.store or home() / "loop" / f"broker-{args.port}.db"
     try:
-        triggers = [Trigger.parse(t, retry=args.retry, backoff_s=args.backoff, queue_size=args.queue)
-                    for t in args.trigger]
-        store_path = args.store or home() / "loop" / f"broker-{args.port}.db"
-        try:
-            store = EventStore(store_path)
-        except sqlite3.Error as exc:
-            raise UserError(f"cannot open the broker's store {store_path}: {exc}") from None
-        broker = Broker(triggers, store)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        store = EventStore(store_path)
+    except sqlite3.Error as exc:
+        raise UserError(f"cannot open the broker's store {store_path}: {exc}") from None
+    broker = Broker(triggers, store)
     uvicorn.run(broker.app(), host=args.host, port=args.port, log_level="warning", access_log=False)
     return 0
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from gourmetgram import constants
-from gourmetgram.errors import UserError
+from gourmetgram.errors import DependencyUnavailable, UserError
 from gourmetgram.loop.labelstudio import LabelStudioUnavailable
 from gourmetgram.loop.settings import ENV_LS_PASSWORD, ENV_LS_TOKEN, ENV_LS_USERNAME
 from gourmetgram_app.local.stack import Service, _get_ok
@@ -69,7 +69,7 @@ class LabelStudioServer:
         self.service.start(cwd=self.data_dir)
         try:
             self.service.wait_ready(timeout_s)
-        except UserError as exc:
+        except DependencyUnavailable as exc:  # it exited or was not ready in time
             self.service.stop()
             raise LabelStudioUnavailable(str(exc)) from None
         return self

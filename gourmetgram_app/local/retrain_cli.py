@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from gourmetgram.errors import entry_point
+
 
 def _trigger(args: argparse.Namespace):
     from gourmetgram.retrain.settings import load_retrain_settings
@@ -117,15 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
-    from gourmetgram.errors import GourmetGramError
-
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except GourmetGramError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    return int(args.func(args) or 0)
 
 
 if __name__ == "__main__":

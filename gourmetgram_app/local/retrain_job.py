@@ -16,6 +16,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from gourmetgram.errors import entry_point
 from gourmetgram.retrain.history import History
 from gourmetgram.retrain.lock import RunLock
 
@@ -44,6 +45,7 @@ def export_production(dataset: str, db: str | None, objects: str | None, out: Pa
     return str(out), report.labels
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="gourmetgram_app.local.retrain_job")
     p.add_argument("--run-id", required=True)

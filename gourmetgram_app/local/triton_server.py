@@ -27,7 +27,7 @@ import numpy as np
 
 from gourmetgram import constants
 from gourmetgram.bundle import CONFIG_FILENAME, MODEL_VERSION, ONNX_FILENAME
-from gourmetgram.errors import UserError
+from gourmetgram.errors import UserError, entry_point
 
 LOG = logging.getLogger("gourmetgram.triton")
 # tritonserver waits this long on exit for open HTTP connections (a client's idle
@@ -175,6 +175,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -184,13 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     stale = sweep_stale_shm()
     if stale:
         LOG.warning("removed shared memory left by crashed Triton processes: %s", ", ".join(stale))
-    try:
-        triton = build_triton(args.model_repository, args.model, args.host,
-                              args.http_port, args.grpc_port, args.metrics_port,
-                              args.exit_timeout_secs)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    triton = build_triton(args.model_repository, args.model, args.host,
+                          args.http_port, args.grpc_port, args.metrics_port,
+                          args.exit_timeout_secs)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         triton.serve()  # blocks; returns on Ctrl-C/SIGTERM (it stops itself) or if Triton dies

@@ -28,7 +28,7 @@ from food_transformer.server import DEFAULT_MAX_BODY_BYTES, BoundModelServer
 from food_transformer.spec import resolve_partial
 from food_transformer.validation import DEFAULT_MAX_BATCH
 from gourmetgram.constants import HOST, MODEL_NAME
-from gourmetgram.errors import UserError
+from gourmetgram.errors import UserError, entry_point
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,29 +112,26 @@ def build_model(args: argparse.Namespace, argv: Sequence[str]) -> tuple[FoodTran
     return model, config
 
 
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    try:
-        model, config = build_model(args, argv)
-        server = BoundModelServer(
-            args.host, args.max_body_bytes,
-            http_port=args.http_port,
-            grpc_port=args.grpc_port,
-            workers=args.workers,
-            max_threads=args.max_threads,
-            max_asyncio_workers=args.max_asyncio_workers,
-            enable_grpc=args.enable_grpc,
-            enable_docs_url=args.enable_docs_url,
-            enable_latency_logging=args.enable_latency_logging,
-            access_log_format=args.access_log_format,
-            event_loop=args.event_loop,
-            timeout_keep_alive=args.timeout_keep_alive,
-            predictor_config=config,
-        )
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    model, config = build_model(args, argv)
+    server = BoundModelServer(
+        args.host, args.max_body_bytes,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        workers=args.workers,
+        max_threads=args.max_threads,
+        max_asyncio_workers=args.max_asyncio_workers,
+        enable_grpc=args.enable_grpc,
+        enable_docs_url=args.enable_docs_url,
+        enable_latency_logging=args.enable_latency_logging,
+        access_log_format=args.access_log_format,
+        event_loop=args.event_loop,
+        timeout_keep_alive=args.timeout_keep_alive,
+        predictor_config=config,
+    )
     server.start([model])
     return 0
 

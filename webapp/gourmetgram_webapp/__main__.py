@@ -13,7 +13,7 @@ import os
 import sys
 
 from gourmetgram import constants
-from gourmetgram.errors import UserError
+from gourmetgram.errors import entry_point
 from gourmetgram_webapp.config import StageSource, WebConfig, read_class_names
 
 
@@ -47,17 +47,14 @@ def config_from_args(args: argparse.Namespace) -> WebConfig:
                      feedback_summary_url=args.feedback_summary, registry=not args.no_registry)
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from gourmetgram_webapp.app import create_app
 
     args = parse_args(argv)
-    try:
-        config = config_from_args(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    config = config_from_args(args)
     print(f"GourmetGram web app on http://{args.host}:{args.port}/ (public API {config.api_url})", flush=True)
     uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="warning", access_log=False)
     return 0

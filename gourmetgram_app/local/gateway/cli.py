@@ -4,11 +4,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from gourmetgram import constants
 from gourmetgram import control as policy
-from gourmetgram.errors import UserError
+from gourmetgram.errors import entry_point
 from gourmetgram_app.local.gateway.discovery import Revision
 from gourmetgram_app.local.gateway.logger import LOGGER_QUEUE_BYTES, LOGGER_QUEUE_EVENTS
 from gourmetgram_app.local.gateway.routing import MAX_BODY_BYTES
@@ -55,30 +54,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     args = parse_args(argv)
-    try:
-        revisions = [Revision.parse(r) for r in args.revision]
-        revisions[0].bundle, revisions[0].triton_metrics_url = args.bundle, args.triton_metrics
-        revisions[0].version = args.model_version
-        revisions[0].triton_url = args.triton_url
-        for r in revisions[1:]:
-            r.percent = 0
-        gateway = Gateway(load_manifest(args.manifest), revisions, timeout_s=args.timeout,
-                          logger_url=args.logger_url, logger_enabled=not args.no_logger,
-                          logger_queue=args.logger_queue, logger_timeout_s=args.logger_timeout,
-                          log_dir=args.log_dir, host=args.host,
-                          control_token=policy.gateway_token(args.control_token_file, args.host,
-                                                              args.port),
-                          model_store=args.model_store, max_body_bytes=args.max_body_bytes,
-                          logger_queue_bytes=args.logger_queue_bytes, feedback_url=args.feedback_url,
-                          status_file=args.status_file,
-                          state_file=args.state_file or policy.stack_state_dir(args.host, args.port) / policy.ROLLOUT_STATE_FILE)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    revisions = [Revision.parse(r) for r in args.revision]
+    revisions[0].bundle, revisions[0].triton_metrics_url = args.bundle, args.triton_metrics
+    revisions[0].version = args.model_version
+    revisions[0].triton_url = args.triton_url
+    for r in revisions[1:]:
+        r.percent = 0
+    gateway = Gateway(load_manifest(args.manifest), revisions, timeout_s=args.timeout,
+                      logger_url=args.logger_url, logger_enabled=not args.no_logger,
+                      logger_queue=args.logger_queue, logger_timeout_s=args.logger_timeout,
+                      log_dir=args.log_dir, host=args.host,
+                      control_token=policy.gateway_token(args.control_token_file, args.host,
+                                                          args.port),
+                      model_store=args.model_store, max_body_bytes=args.max_body_bytes,
+                      logger_queue_bytes=args.logger_queue_bytes, feedback_url=args.feedback_url,
+                      status_file=args.status_file,
+                      state_file=args.state_file or policy.stack_state_dir(args.host, args.port) / policy.ROLLOUT_STATE_FILE)
     uvicorn.run(gateway.app(), host=args.host, port=args.port, log_level="warning",
                 access_log=False)
     return 0

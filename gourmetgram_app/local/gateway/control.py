@@ -31,11 +31,11 @@ from starlette.routing import Route
 
 from gourmetgram import bodylimit
 from gourmetgram import control as policy
-from gourmetgram.errors import DependencyUnavailable, UserError
+from gourmetgram.errors import BadInput, DependencyUnavailable, Unauthorized, UserError
 from gourmetgram_app.local import httpclient
 from gourmetgram_app.local.gateway import state
 from gourmetgram_app.local.gateway.discovery import Revision, http_sd_targets
-from gourmetgram_app.local.gateway.routing import SHADOW, Router, error
+from gourmetgram_app.local.gateway.routing import SHADOW, Router
 from gourmetgram_app.local.manifests import generation_of, revision_name
 from gourmetgram_app.local.supervisor import Process, Supervisor, read_state_file
 
@@ -357,20 +357,15 @@ class Controller(Router):
         refused = policy.refuse(request.headers, self.control_token)
         if refused is not None:
             return refused
+        body = await bodylimit.read_body(request, policy.MAX_CONTROL_BODY_BYTES)  # 413 past the limit
         try:
-            action = json.loads(await bodylimit.read_body(request, policy.MAX_CONTROL_BODY_BYTES))
-        except bodylimit.BodyTooLarge as exc:
-            return error(413, str(exc))
+            action = json.loads(body)
         except ValueError:
-            return error(400, "the body must be JSON: {\"action\": canary|percent|promote|rollback, ...}")
+            raise BadInput("the body must be JSON: {\"action\": canary|percent|promote|rollback, ...}") from None
         if not isinstance(action, dict):
-            return error(400, "the body must be a JSON object")
-        try:
-            return JSONResponse(await self.control(action))
-        except DependencyUnavailable as exc:  # the new revision did not come up
-            return error(503, str(exc))
-        except UserError as exc:
-            return error(400, str(exc))
+            raise BadInput("the body must be a JSON object")
+        # bad input 400, a new revision that did not come up 503: the shared handler answers
+        return JSONResponse(await self.control(action))
 
     async def _targets_endpoint(self, _request: Request) -> Response:
         return JSONResponse(self.targets())
@@ -378,8 +373,8 @@ class Controller(Router):
     async def _shadow_endpoint(self, request: Request) -> Response:
         # The pairs are predictions on users' requests: behind the token, like tag routing.
         if not policy.authorized(request.headers, self.control_token):
-            return error(401, "the shadow's answers need the stack's control token "
-                              "('Authorization: Bearer <token>'; `gourmetgram rollout shadow` sends it)")
+            raise Unauthorized("the shadow's answers need the stack's control token "
+                               "('Authorization: Bearer <token>'; `gourmetgram rollout shadow` sends it)")
         return JSONResponse({"shadow": self.shadow.status(), "pids": self.shadow_pids(),
                              "pairs": self.shadow.pairs()})
 

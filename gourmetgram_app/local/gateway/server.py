@@ -35,6 +35,7 @@ from gourmetgram import constants
 from gourmetgram import control as policy
 from gourmetgram import metric_names as qp
 from gourmetgram.errors import UserError
+from gourmetgram.http_errors import EXCEPTION_HANDLERS
 from gourmetgram_app.local import httpclient
 from gourmetgram_app.local.gateway.control import Controller, _Stoppable
 from gourmetgram_app.local.gateway.discovery import Revision
@@ -178,4 +179,4 @@ class Gateway(Controller):
             Route("/v1/models/{rest:path}", self.forward, methods=["GET", "POST"]),
             Route("/v2/{rest:path}", self.forward, methods=["GET", "POST"]),
         ]
-        return Starlette(routes=routes, lifespan=lifespan)
+        return Starlette(routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
