@@ -22,7 +22,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from pathlib import Path
 os.environ.setdefault("NUMBA_CACHE_DIR", "/tmp/numba_cache")
 
 import numpy as np  # noqa: E402
+from harness import free_port  # noqa: E402 - this folder's helpers
 from PIL import Image  # noqa: E402
 
 REQ = "org.kubeflow.serving.inference.request"
@@ -53,11 +53,6 @@ def darken(data: bytes, factor: float = 0.4) -> bytes:
     Image.eval(Image.open(io.BytesIO(data)).convert("RGB"), lambda v: int(v * factor)).save(out, "JPEG", quality=90)
     return out.getvalue()
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_bundle(work: Path) -> tuple[Path, Path]:

@@ -41,7 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from serving_latency import load_images, resolve_bundle  # noqa: E402
+from harness import load_images, resolve_bundle  # noqa: E402
 
 from gourmetgram.bundle import Bundle  # noqa: E402
 from gourmetgram.tracking import home  # noqa: E402

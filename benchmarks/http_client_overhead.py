@@ -25,7 +25,7 @@ from typing import Awaitable, Callable
 
 import aiohttp
 import httpx
-from serving_performance import free_port, wait_http  # this folder's helpers
+from harness import free_port, wait_http  # this folder's helpers
 
 from gourmetgram.constants import HOST
 from gourmetgram.errors import UserError

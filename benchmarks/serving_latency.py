@@ -21,77 +21,19 @@ weights). Without ``--images`` it uses the demo dataset's evaluation split (buil
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
-import statistics
 import sys
 import tempfile
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
-import httpx
-import numpy as np
+from harness import load_images, resolve_bundle, run_load, stack_caller  # this folder's helpers
 
 from gourmetgram.bundle import Bundle
 from gourmetgram.constants import MODEL_NAME
-from gourmetgram.errors import UserError
 from gourmetgram.preprocessing import preprocess_bytes, softmax
-from gourmetgram.tracking import home
-from gourmetgram_app.local.stack import LocalStack, Ports, find_latest_bundle
-
-
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
-
-
-def run_load(call: Callable[[bytes], None], images: list[bytes], requests: int,
-             concurrency: int) -> dict:
-    """``requests`` calls spread over ``concurrency`` threads; latency per call and throughput."""
-    latencies: list[float] = []
-    lock = threading.Lock()
-    counter = iter(range(requests))
-
-    def worker() -> None:
-        while True:
-            with lock:
-                i = next(counter, None)
-            if i is None:
-                return
-            t0 = time.perf_counter()
-            call(images[i % len(images)])
-            dt = (time.perf_counter() - t0) * 1000
-            with lock:
-                latencies.append(dt)
-
-    started = time.perf_counter()
-    with ThreadPoolExecutor(concurrency) as pool:
-        for f in [pool.submit(worker) for _ in range(concurrency)]:
-            f.result()
-    elapsed = time.perf_counter() - started
-    return {"concurrency": concurrency, "requests": len(latencies),
-            "throughput_rps": len(latencies) / elapsed,
-            "p50_ms": percentile(latencies, 50), "p95_ms": percentile(latencies, 95),
-            "mean_ms": statistics.fmean(latencies)}
-
-
-def stack_caller(url: str) -> Callable[[bytes], None]:
-    local = threading.local()
-    endpoint = f"{url}/v1/models/{MODEL_NAME}:predict"
-
-    def call(image: bytes) -> None:
-        client = getattr(local, "client", None)
-        if client is None:
-            client = local.client = httpx.Client(timeout=60)
-        body = {"instances": [{"image": {"b64": base64.b64encode(image).decode()}}]}
-        r = client.post(endpoint, json=body)
-        if r.status_code != 200:
-            raise RuntimeError(f"{endpoint} answered {r.status_code}: {r.text[:200]}")
-
-    return call
+from gourmetgram_app.local.stack import LocalStack, Ports
 
 
 def baseline_caller(bundle: Path, image_size: int) -> Callable[[bytes], None]:
@@ -109,43 +51,6 @@ def baseline_caller(bundle: Path, image_size: int) -> Callable[[bytes], None]:
         softmax(session.run(None, {name: x})[0])
 
     return call
-
-
-def load_images(folder: Path | None, limit: int) -> list[bytes]:
-    if folder is None:
-        folder = home() / "data" / "demo" / "evaluation"
-        if not folder.is_dir():
-            from gourmetgram.data.demo import build_demo_dataset
-
-            build_demo_dataset(folder.parent, with_eval_sets=False)
-    paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    if not paths:
-        raise UserError(f"no JPEG/PNG images under {folder}")
-    return [p.read_bytes() for p in paths[:limit]]
-
-
-def demo_bundle(target: Path) -> Path:
-    import torch
-
-    from gourmetgram.config import ExportConfig
-    from gourmetgram.data.demo import DEMO_CLASSES
-    from gourmetgram.export import export_bundle
-    from gourmetgram.model import ModelSpec, build_model
-
-    torch.manual_seed(0)
-    model = build_model(ModelSpec(class_names=DEMO_CLASSES, image_size=64, width_mult=0.5)).eval()
-    export_bundle(model, target, ExportConfig())
-    return target
-
-
-def resolve_bundle(arg: str | None, scratch: Path) -> Path:
-    if arg:
-        return Path(arg)
-    try:
-        return find_latest_bundle()
-    except UserError:
-        print("no exported bundle found; exporting an untrained demo-spec model", file=sys.stderr)
-        return demo_bundle(scratch / "demo-bundle")
 
 
 def main(argv: list[str] | None = None) -> int:

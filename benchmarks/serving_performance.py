@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
+from harness import free_port, percentiles, wait_http  # this folder's helpers
 
 from gourmetgram.bundle import Bundle
 from gourmetgram.config import ExportConfig
@@ -116,12 +117,6 @@ class Point:
 HEADER = (f"{'target':<9} {'variant':<12} {'conc':>5} {'batch':>5} {'reqs':>7} {'errors':>6} "
           f"{'img/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
 
-
-def percentiles(latencies_ms: Sequence[float]) -> tuple[float, float, float]:
-    if not latencies_ms:
-        return (float("nan"),) * 3
-    p = np.percentile(np.asarray(latencies_ms), [50, 95, 99])
-    return float(p[0]), float(p[1]), float(p[2])
 
 
 def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
@@ -463,26 +458,6 @@ def open_loop(host: str, port: int, requests: Sequence[bytes], rate: float, seco
     return Window(len(latencies), len(errors), elapsed, latencies, errors[0] if errors else None, before, after)
 
 
-def free_port(host: str = HOST) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url_host: str, port: int, path: str, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise UserError(f"server exited with code {proc.returncode} while starting")
-        try:
-            conn = http.client.HTTPConnection(url_host, port, timeout=2)
-            conn.request("GET", path)
-            if conn.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise UserError(f"http://{url_host}:{port}{path} not ready after {timeout_s:.0f} s")
 
 
 @contextlib.contextmanager

@@ -34,7 +34,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serving_latency import demo_bundle, load_images, run_load, stack_caller  # noqa: E402
+from harness import demo_bundle, load_images, run_load, stack_caller  # noqa: E402
 
 
 def _errors_counting(call):

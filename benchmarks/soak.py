@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import sys
 import tempfile
@@ -45,7 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from serving_latency import load_images, resolve_bundle  # noqa: E402
+from harness import load_images, percentile, resolve_bundle  # noqa: E402
 
 from gourmetgram.bundle import Bundle  # noqa: E402
 from gourmetgram.constants import MODEL_NAME, PRODUCTION  # noqa: E402
@@ -81,13 +80,6 @@ class WindowStats:
     p95_ms: float
     max_ms: float
 
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100); NaN for no values."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
 def windows(answers: Sequence[Answer], start: float, window_s: float) -> list[WindowStats]:

@@ -22,7 +22,10 @@ import serving_performance as sp  # noqa: E402
 
 
 def test_percentiles_and_ratios():
-    assert sp.percentiles(list(range(1, 101))) == pytest.approx((50.5, 95.05, 99.01))
+    import harness
+
+    assert harness.percentiles(list(range(1, 101))) == pytest.approx((50.5, 95.05, 99.01))
+    assert harness.spread([0.9, 1.0, 0.95]) == "0.950 ± 0.050 (0.900..1.000)"
     points = [sp.Point("limit", 0, 8, 64, 0, 1.0, 100.0, 1, 1, 1, variant="nospin"),
               sp.Point("baseline", 1, 1, 20, 0, 1.0, 20.0, 1, 1, 1, variant="t1"),
               sp.Point("baseline", 1, 1, 22, 0, 1.0, 22.0, 1, 1, 1, variant="t2"),
@@ -153,7 +156,7 @@ def test_capture_benchmark_quick_run_reports_every_figure(tmp_path):
 def test_soak_windows_and_percentiles():
     import soak
 
-    assert soak.percentile(list(range(1, 101)), 95) == 95 and soak.percentile([7.0], 50) == 7.0
+    assert soak.percentile(list(range(1, 101)), 95) == pytest.approx(95.05) and soak.percentile([7.0], 50) == 7.0
     answers = [soak.Answer(due=t, latency_ms=10.0 * (1 + t % 2), status=200, inference_id=str(t))
                for t in range(10)] + [soak.Answer(due=12.5, latency_ms=99.0, status=503, inference_id=None)]
     stats = soak.windows(answers, start=0.0, window_s=5.0)
@@ -194,3 +197,20 @@ def test_canary_benchmark_rejects_bad_arguments():
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "canary_error_rates.py"), "--rollouts", "0"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--rollouts" in proc.stderr
+
+
+def test_benchmarks_share_helpers_through_the_harness_only():
+    """A benchmark imports this folder's helpers from ``harness`` (or a baseline module it measures
+    against), never from another benchmark script (one place for ports, waits, percentiles, photos
+    and load)."""
+    import ast
+
+    folder = REPO / "benchmarks"
+    scripts = {p.stem for p in folder.glob("*.py") if '__name__ == "__main__"' in p.read_text()}
+    borrowed = []
+    for path in sorted(folder.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else [])
+            borrowed += [f"{path.name} imports {n}" for n in names if n in scripts]
+    assert "serving_latency" in scripts and (folder / "harness.py").is_file() and not borrowed, borrowed
