@@ -31,7 +31,6 @@ KNATIVE_SERVING_VERSION = "knative-v1.21.1"
 
 REQUEST_DURATION = "kn_serving_invocation_duration_seconds"
 REQUEST_DURATION_BUCKET = f"{REQUEST_DURATION}_bucket"
-REQUEST_DURATION_SUM = f"{REQUEST_DURATION}_sum"
 # A histogram's _count is the request counter: queue-proxy has no separate one any more.
 REQUEST_COUNT = f"{REQUEST_DURATION}_count"
 

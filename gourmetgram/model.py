@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -137,7 +136,3 @@ def predict_logits(model: nn.Module, batch, device: torch.device | None = None) 
     x = torch.as_tensor(batch, dtype=torch.float32, device=device)
     with torch.inference_mode():
         return model(x).cpu()
-
-
-def class_names_of(model: Classifier) -> Sequence[str]:
-    return model.spec.class_names

@@ -47,10 +47,6 @@ CALIBRATION_BATCH = 16
 EVAL_BATCH = 32
 
 
-class QuantizationGateError(UserError):
-    """The INT8 variant changes predictions more than the configured gate allows."""
-
-
 @dataclasses.dataclass(frozen=True)
 class QuantizationReport:
     """FP32 vs INT8 on the same evaluation images, with the gate's verdict."""

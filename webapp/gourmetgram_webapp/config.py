@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 from gourmetgram import constants
@@ -95,7 +94,3 @@ def read_class_names(model_spec: str | None, classes: str | None) -> tuple[str, 
             raise UserError(f"cannot read class names from {path}: {exc}") from None
         return names
     return FOOD11_CLASSES
-
-
-def env_default(name: str, default: str = "") -> str:
-    return os.environ.get(name, default)
