@@ -10,6 +10,7 @@ a core PodSpec whose feature-gated fields the install's config-features patch en
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 
@@ -848,25 +849,18 @@ def test_retrain_receiver_is_opt_in():
         assert not [o for o in manifests.render_objects(stage) if "retrain-receiver" in o["metadata"]["name"]]
 
 
-def test_the_receivers_image_installs_what_the_receiver_imports():
-    """gourmetgram/retrain/Dockerfile has no ML stack. The receiver starts (parser, trigger over a
-    real SQLite store, KFP launcher, app) in a process where only the packages its pip line
-    installs, and their dependencies, can be imported, as in the image; optional imports
-    (urllib3's brotli, ...) fall back there as they would in the image."""
-    import subprocess
-    import sys
+def _image_packages(dockerfile: str) -> set[str]:
+    """What an image's ``RUN pip install`` line installs, with every dependency (as installed in
+    this venv): the only third-party code the image can import."""
+    import shlex
     from importlib.metadata import PackageNotFoundError, distribution
 
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
-    dockerfile = (REPO_ROOT / "gourmetgram" / "retrain" / "Dockerfile").read_text()
-    assert 'ENTRYPOINT ["python", "-m", "gourmetgram_app.local.retrain_cli", "receiver"]' in dockerfile
-    assert "COPY pipelines/training_pipeline.yaml" in dockerfile  # what the KFP launcher submits
-    assert "COPY gourmetgram/ " in dockerfile and "COPY gourmetgram_app/ " in dockerfile  # the code it runs
-    pinned = re.findall(r'"([A-Za-z0-9_.-]+)==[^"]+"', dockerfile.split("RUN pip install", 1)[1].split("\n\n")[0])
-    assert "kfp" in pinned and "psycopg2-binary" in pinned
-    closure, todo = set(), [canonicalize_name(n) for n in pinned]
+    line = dockerfile.split("RUN pip install", 1)[1].split("\n\n")[0].replace("\\\n", " ")
+    todo = [canonicalize_name(Requirement(token).name) for token in shlex.split(line) if not token.startswith("-")]
+    closure: set[str] = set()
     while todo:
         name = todo.pop()
         if name in closure:
@@ -875,29 +869,38 @@ def test_the_receivers_image_installs_what_the_receiver_imports():
         try:
             requires = distribution(name).requires or []
         except PackageNotFoundError:
-            continue  # a pinned package not installed in this venv
-        for line in requires:
-            req = Requirement(line)
+            continue  # a package not installed in this venv
+        for spec in requires:
+            req = Requirement(spec)
             if req.marker is None or req.marker.evaluate({"extra": ""}):
                 todo.append(canonicalize_name(req.name))
-    probe = """
+    return closure
+
+
+# Run in a process where only an image's packages (and the code it copies) can be imported;
+# optional imports (urllib3's brotli, ...) fall back there as they would in the image.
+IMAGE_PROBE = """
 import json, sys, tempfile
 from importlib.metadata import packages_distributions
 from packaging.utils import canonicalize_name
 allowed = set(json.loads(sys.argv[1]))
+ours = set(json.loads(sys.argv[2]))
 dists = packages_distributions()
 class NotInTheImage:
     def find_spec(self, name, path=None, target=None):
         top = name.split(".")[0]
         owners = {canonicalize_name(d) for d in dists.get(top, [])}
-        if top not in sys.stdlib_module_names and top not in ("gourmetgram", "gourmetgram_app") and owners and not owners & allowed:
+        if top not in sys.stdlib_module_names and top not in ours and owners and not owners & allowed:
             raise ModuleNotFoundError(f"{name} ({', '.join(sorted(owners))}) is not in the image", name=name)
 sys.meta_path.insert(0, NotInTheImage())
 try:
-    import numpy  # noqa: F401
+    import torch  # noqa: F401
     raise SystemExit("the import blocker does not work")
 except ModuleNotFoundError:
     pass
+"""
+
+RECEIVER_STARTS = """
 from gourmetgram_app.local.retrain_cli import build_parser
 from gourmetgram_app.local.retrain import build_trigger, create_app
 from gourmetgram.retrain.settings import load_retrain_settings
@@ -907,10 +910,59 @@ t, s = build_trigger(load_retrain_settings(), "sqlite:///" + tempfile.mkdtemp() 
                      kfp_host="http://127.0.0.1:9", state_dir=tempfile.mkdtemp())
 client = starlette.testclient.TestClient(create_app(t, feedback_counts=s.feedback_counts))
 assert client.get("/metrics").status_code == 200 and client.get("/healthz").json() == {"ok": True}
-print("receiver started")
+print("started")
 """
-    # (starlette's TestClient needs httpx, which the image does not need: allowed for the probe only)
-    allowed = sorted(closure | {"httpx", "httpcore", "h11", "packaging"})
-    out = subprocess.run([sys.executable, "-c", probe, json.dumps(allowed)], capture_output=True, text=True,
-                         timeout=180)
-    assert out.returncode == 0 and "receiver started" in out.stdout, out.stdout + out.stderr
+
+CAPTURE_STARTS = """
+import capture_sink.__main__, uvicorn, starlette.testclient
+from capture_sink.server import CaptureService, create_app
+from gourmetgram.loop.settings import load_loop_settings
+from gourmetgram.loop.store import Store
+from gourmetgram.objectstore import ObjectStore
+tmp = tempfile.mkdtemp()
+service = CaptureService(Store("sqlite:///" + tmp + "/l.db"), ObjectStore("file://" + tmp + "/objects"),
+                         load_loop_settings(), ["a", "b"])
+client = starlette.testclient.TestClient(create_app(service))
+assert client.get("/health").status_code == 200 and client.get("/metrics").status_code == 200
+print("started")
+"""
+
+WEBAPP_STARTS = """
+import gourmetgram_webapp.__main__, uvicorn, starlette.testclient
+from gourmetgram_webapp.app import create_app
+from gourmetgram_webapp.config import WebConfig
+client = starlette.testclient.TestClient(create_app(WebConfig(api_url="http://127.0.0.1:9", registry=False)))
+assert client.get("/healthz").status_code == 200 and client.get("/").status_code == 200
+print("started")
+"""
+
+
+@pytest.mark.parametrize("dockerfile, ours, starts", [
+    ("gourmetgram/retrain/Dockerfile", ("gourmetgram", "gourmetgram_app"), RECEIVER_STARTS),
+    ("capture/Dockerfile", ("gourmetgram", "capture_sink"), CAPTURE_STARTS),
+    ("webapp/Dockerfile", ("gourmetgram", "gourmetgram_webapp"), WEBAPP_STARTS),
+], ids=["retrain-receiver", "capture-sink", "webapp"])
+def test_an_image_installs_what_its_service_imports(dockerfile, ours, starts):
+    """The images without the ML stack (no torch): the service starts (parser, app over a real
+    SQLite store, its endpoints answer) in a process where only the packages the image's pip
+    line installs, their dependencies and the code it copies can be imported, as in the image."""
+    import subprocess
+    import sys
+
+    text = (REPO_ROOT / dockerfile).read_text()
+    for package in ours:
+        assert f"/app/{package}/" in text  # the code it runs is copied in
+    # (starlette's TestClient needs httpx, which an image may not need: allowed for the probe only)
+    allowed = sorted(_image_packages(text) | {"httpx", "httpcore", "h11", "packaging"})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(REPO_ROOT), str(REPO_ROOT / "capture"), str(REPO_ROOT / "webapp")])}
+    out = subprocess.run([sys.executable, "-c", IMAGE_PROBE + starts, json.dumps(allowed), json.dumps(ours)],
+                         capture_output=True, text=True, timeout=180, env=env, cwd=REPO_ROOT)
+    assert out.returncode == 0 and "started" in out.stdout, out.stdout + out.stderr
+
+
+def test_the_receivers_image_runs_the_receiver_with_the_pipeline_it_submits():
+    dockerfile = (REPO_ROOT / "gourmetgram" / "retrain" / "Dockerfile").read_text()
+    assert 'ENTRYPOINT ["python", "-m", "gourmetgram_app.local.retrain_cli", "receiver"]' in dockerfile
+    assert "COPY pipelines/training_pipeline.yaml" in dockerfile  # what the KFP launcher submits
+    assert {"kfp", "psycopg2-binary"} <= _image_packages(dockerfile)
