@@ -375,14 +375,22 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
     return CONFIG_DIR / f"{name_or_path}.yaml"
 
 
-def load_config(name_or_path: str | Path) -> RunConfig:
+def load_file(cls: type[T], name_or_path: str | Path, what: str = "config") -> T:
+    """THE way a config file is loaded: ``configs/<name>.yaml`` or a path, read as a YAML
+    mapping and validated into dataclass ``cls`` (its fields' types and constraints are the
+    rules), its ``source`` set to the file; every problem is one :class:`ConfigError` (exit 2)."""
     path = resolve_config_path(name_or_path)
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
-        raise ConfigError(f"config {name_or_path!r} not found ({path}); built-in configs: {known}")
-    data = read_yaml(path)
+        raise ConfigError(f"{what} {name_or_path!r} not found ({path}); built-in configs: {known}")
+    data = read_yaml(path, what)
     data.setdefault("source", str(path))
-    return from_mapping(RunConfig, data, str(path))
+    return from_mapping(cls, data, str(path))
+
+
+def load_config(name_or_path: str | Path) -> RunConfig:
+    """A run config (``demo``, ``food11`` or a path)."""
+    return load_file(RunConfig, name_or_path, "config")
 
 
 def override(cfg: T, section: str, **changes: Any) -> T:
@@ -399,7 +407,4 @@ def override(cfg: T, section: str, **changes: Any) -> T:
 
 
 def load_slo(name_or_path: str | Path = "slo") -> SLOConfig:
-    path = resolve_config_path(name_or_path)
-    data = read_yaml(path, "SLO")
-    data.setdefault("source", str(path))
-    return from_mapping(SLOConfig, data, str(path))
+    return load_file(SLOConfig, name_or_path, "SLO config")

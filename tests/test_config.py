@@ -173,3 +173,30 @@ def test_cli_refuses_a_bad_config_with_exit_2_and_the_message(tmp_path, capsys):
     # a command-line option is validated like the file
     assert main(["rollout", "analyze", "--window", "soon", "--gateway", "http://127.0.0.1:9"]) == 2
     assert "analysis.window must be a Prometheus duration" in capsys.readouterr().err
+
+
+def _loaders():
+    from gourmetgram.config import load_config, load_slo
+    from gourmetgram.loop.settings import load_loop_settings
+    from gourmetgram.retrain.settings import load_retrain_settings
+    from gourmetgram.rollout.config import load_config as load_rollout
+
+    return {"run": (load_config, "demo"), "slo": (load_slo, "slo"), "rollout": (load_rollout, "rollout"),
+            "retrain": (load_retrain_settings, "retrain"), "loop": (load_loop_settings, "loop")}
+
+
+@pytest.mark.parametrize("kind", ["run", "slo", "rollout", "retrain", "loop"])
+def test_every_config_file_is_loaded_one_way(kind, tmp_path):
+    """Each loader is config.load_file: a name or a path, the same refusals (a missing file
+    lists the built-in configs, an unknown key is named), the file recorded as the source."""
+    from gourmetgram.constants import CONFIG_DIR
+
+    load, name = _loaders()[kind]
+    loaded = load(name)
+    assert loaded.source == str(CONFIG_DIR / f"{name}.yaml")
+    with pytest.raises(ConfigError, match=r"not found .*built-in configs: .*demo"):
+        load(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("no_such_section: 1\n")
+    with pytest.raises(ConfigError, match=rf"{bad}: .*unknown key 'no_such_section'"):
+        load(bad)

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from gourmetgram.bundle import Bundle
-from gourmetgram.config import STRICT, from_mapping, read_yaml, resolve_config_path
+from gourmetgram.config import STRICT, load_file
 from gourmetgram.constants import STAGES
 from gourmetgram.errors import ConfigError
 from gourmetgram.tracking import home
@@ -89,10 +89,7 @@ class LoopSettings:
 
 
 def load_loop_settings(name_or_path: str | Path = "loop") -> LoopSettings:
-    path = resolve_config_path(name_or_path)
-    data = read_yaml(path, "loop config")
-    data.setdefault("source", str(path))
-    s = from_mapping(LoopSettings, data, str(path))
+    s = load_file(LoopSettings, name_or_path, "loop config")
     problems = []
     for stage, rate in s.capture.sampling.items():
         if stage not in STAGES:
@@ -118,7 +115,7 @@ def load_loop_settings(name_or_path: str | Path = "loop") -> LoopSettings:
     if e.evaluation_share <= 0 or e.validation_share <= 0 or e.evaluation_share + e.validation_share >= 1:
         problems.append("export shares must be > 0 and sum to less than 1 (the rest is training)")
     if problems:
-        raise ConfigError(f"{path}: " + "; ".join(problems))
+        raise ConfigError(f"{s.source}: " + "; ".join(problems))
     return s
 
 

@@ -20,9 +20,7 @@ from gourmetgram.config import (
     Duration,
     Name,
     Share,
-    from_mapping,
-    read_yaml,
-    resolve_config_path,
+    load_file,
 )
 from gourmetgram.constants import PRODUCTION, STAGES
 
@@ -93,7 +91,4 @@ class RetrainSettings:
 
 
 def load_retrain_settings(name_or_path: str | Path = "retrain") -> RetrainSettings:
-    path = resolve_config_path(name_or_path)
-    data = read_yaml(path, "retrain config")
-    data.setdefault("source", str(path))
-    return from_mapping(RetrainSettings, data, str(path))
+    return load_file(RetrainSettings, name_or_path, "retrain config")

@@ -23,8 +23,7 @@ from gourmetgram.config import (
     Positive,
     Share,
     check_duration,
-    from_mapping,
-    read_yaml,
+    load_file,
 )
 from gourmetgram.constants import CONFIG_DIR
 from gourmetgram.errors import ConfigError
@@ -112,10 +111,7 @@ class RolloutConfig:
 
 def load_config(path: str | Path | None = None) -> RolloutConfig:
     """``configs/rollout.yaml`` (or ``path``), validated."""
-    path = Path(path) if path else DEFAULT_CONFIG
-    data = read_yaml(path, "rollout config")
-    data.setdefault("source", str(path))
-    return from_mapping(RolloutConfig, data, str(path))
+    return load_file(RolloutConfig, path or DEFAULT_CONFIG, "rollout config")
 
 
 def check_window(window: str) -> str:
