@@ -11,6 +11,7 @@ embeds images with ``feature_extractor.onnx`` and keeps its state under ``detect
     <bundle>/feature_extractor.onnx
     <bundle>/model_spec.json
     <bundle>/parity.json
+    <bundle>/calibration.json           (temperature, OOD and ATC thresholds: gourmetgram.calibration)
     <bundle>/quantization.json          (INT8 variants only, gourmetgram.quantize)
     <bundle>/detector/detector.json     (after the detector step, drift_detector.build)
 
@@ -31,6 +32,7 @@ from gourmetgram.constants import MODEL_NAME
 from gourmetgram.errors import UserError
 
 if TYPE_CHECKING:
+    from gourmetgram.calibration import Calibration
     from gourmetgram.model import ModelSpec
 
 TRITON_DIR = "triton"
@@ -41,6 +43,7 @@ LABELS_FILENAME = "labels.txt"
 FEATURE_EXTRACTOR_FILENAME = "feature_extractor.onnx"
 MODEL_SPEC_FILENAME = "model_spec.json"
 PARITY_FILENAME = "parity.json"
+CALIBRATION_FILENAME = "calibration.json"
 QUANTIZATION_FILENAME = "quantization.json"
 DETECTOR_DIR = "detector"
 DETECTOR_SETTINGS_FILENAME = "detector.json"
@@ -110,6 +113,10 @@ class Bundle:
     @property
     def parity_path(self) -> Path:
         return self.root / PARITY_FILENAME
+
+    @property
+    def calibration_path(self) -> Path:
+        return self.root / CALIBRATION_FILENAME
 
     @property
     def quantization_path(self) -> Path:
@@ -196,6 +203,14 @@ class Bundle:
             return ModelSpec.from_dict(doc)
         except (ValueError, TypeError, KeyError) as exc:
             raise UserError(f"{self.spec_path} is not a valid model spec: {exc}") from None
+
+    def load_calibration(self) -> Calibration:
+        """``calibration.json``, or the identity calibration (T = 1, no OOD threshold, no ATC)
+        for a bundle exported before calibration existed."""
+        from gourmetgram.calibration import Calibration
+
+        path = self.calibration_path
+        return Calibration.read(path) if path.is_file() else Calibration.identity()
 
     def precision(self) -> str:
         """The served graph's precision: ``int8`` (quantized variant), else what export recorded

@@ -129,6 +129,15 @@ class FailureModeConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class OodSetConfig:
+    """Photos no class fits (blank plates, noise, other symbols): the report gives the share the
+    bundle's OOD threshold flags (gourmetgram/evaluation/calibration.py); not a gate."""
+    __pydantic_config__ = STRICT
+    name: Name
+    path: Name  # image folder (flat or one level down), relative to the dataset root
+
+
+@dataclasses.dataclass(frozen=True)
 class TemplateConfig:
     __pydantic_config__ = STRICT
     path: Name  # folder with backgrounds/, extras/ and foods/class_XX/
@@ -144,6 +153,10 @@ def _unique_names(evaluation: EvaluationConfig) -> EvaluationConfig:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"slice and failure mode names must be unique; repeated: {', '.join(duplicates)}")
+    ood = [o.name for o in evaluation.ood_sets]
+    repeated = sorted({n for n in ood if ood.count(n) > 1})
+    if repeated:
+        raise ValueError(f"ood_sets names must be unique; repeated: {', '.join(repeated)}")
     return evaluation
 
 
@@ -169,6 +182,7 @@ class EvaluationConfig:
     slices: tuple[SliceConfig, ...] = ()
     failure_modes: tuple[FailureModeConfig, ...] = ()
     templates: Optional[TemplateConfig] = None
+    ood_sets: tuple[OodSetConfig, ...] = ()
     batch_size: AtLeastOne = 64
     differential: Annotated[DifferentialConfig, SECTION] = DifferentialConfig()
 
@@ -208,6 +222,9 @@ class ExportConfig:
     # Ask Triton's onnxruntime backend for TensorRT with FP16 kernels on GPU instances
     # (optimization.execution_accelerators); unmeasured here (no GPU).
     tensorrt_fp16: StrictBool = False
+    # The OOD threshold on the energy score passes this share of the validation photos
+    # (gourmetgram/evaluation/calibration.py; the bundle's calibration.json keeps it).
+    ood_pass_rate: Annotated[StrictFloat, Field(ge=0.5, le=1.0)] = 0.95
 
 
 @dataclasses.dataclass(frozen=True)

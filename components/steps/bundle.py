@@ -39,7 +39,8 @@ def parity_images(dataset_dir: str | Path, image_size: int, limit: int = PARITY_
 
 def export_step(checkpoint: str | Path, dataset_dir: str | Path, config: str, bundle_dir: str | Path,
                 model_name: str) -> ExportResult:
-    """Export the Triton bundle (parity-checked on real images)."""
+    """Export the Triton bundle (parity-checked on real images), calibrated on the validation split."""
+    from gourmetgram.evaluation.calibration import fit_validation_calibration
     from gourmetgram.export import export_bundle
     from gourmetgram.model import load_checkpoint
 
@@ -48,8 +49,13 @@ def export_step(checkpoint: str | Path, dataset_dir: str | Path, config: str, bu
     fp16 = cfg.export.precision == "fp16"
     images, labels = parity_images(dataset_dir, model.spec.image_size,
                                    FP16_PARITY_IMAGES if fp16 else PARITY_IMAGES)
+    calibration = fit_validation_calibration(model, dataset_dir, cfg.evaluation.batch_size, cfg.export.ood_pass_rate)
+    print(f"calibration on {calibration.n_validation} validation images: temperature "
+          f"{calibration.temperature:.3f}, ECE {calibration.ece_before:.3f} -> {calibration.ece_after:.3f}; "
+          f"OOD threshold (energy) {calibration.ood_threshold:.3f} passes "
+          f"{calibration.ood_pass_rate:.0%} of them", flush=True)
     result = export_bundle(model, bundle_dir, cfg.export, model_name=model_name, parity_images=images,
-                           parity_labels=labels, overwrite=True)
+                           parity_labels=labels, overwrite=True, calibration=calibration)
     p = result.parity
     accuracy = (f", accuracy {p.onnx_accuracy:.3f} vs PyTorch FP32 {p.torch_accuracy:.3f}"
                 if p.onnx_accuracy is not None and p.torch_accuracy is not None else "")

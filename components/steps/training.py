@@ -66,7 +66,7 @@ def evaluate_step(checkpoint: str | Path, dataset_dir: str | Path, config: str, 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = load_checkpoint(checkpoint)
-    result = evaluate(model, Path(dataset_dir), cfg.evaluation, out)
+    result = evaluate(model, Path(dataset_dir), cfg.evaluation, out, cfg.export.ood_pass_rate)
     if registered_model_name and cfg.evaluation.differential.enabled:
         differential_gate(result, model, Path(dataset_dir), cfg.evaluation, registered_model_name,
                           model_name or MODEL_NAME)

@@ -11,6 +11,12 @@ nothing seen in training leaks in. Layout under ``<root>/eval_sets/``::
     templates/backgrounds/*.png               empty light plates/tables (RGB)
     templates/extras/*.png                    a fork, a stick, a crumb blob (RGBA)
     templates/foods/class_XX/*.png            digit glyphs cut out (RGBA)
+    ood/blank_plates/*.jpg                    plates and tables with nothing on them
+    ood/noise/*.jpg                           pixel noise, no picture at all
+    ood/symbols/*.jpg                         letters and symbols drawn like the digits
+
+The ``ood/`` sets are out of distribution: no class is right for them, and the bundle's OOD
+threshold (:mod:`gourmetgram.evaluation.calibration`) should flag them.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from gourmetgram.classes import class_dir_name
 from gourmetgram.data.digits import DEMO_IMAGE_SIZE, glyph_mask, ink_colour, render_digit, textured_background
@@ -31,6 +37,10 @@ SLICE_PER_CLASS = 10
 FAILURE_MODE_SIZE = 30
 TEMPLATE_FOODS_PER_CLASS = 2
 TEMPLATE_BACKGROUNDS = 4
+OOD_DIR = "ood"
+OOD_SET_SIZE = 60
+# Not digits, drawn with the digits' look (an 8x8 glyph, ink on a plate): the hardest OOD set.
+SYMBOLS = "AKMWXHE#@&%?+"
 
 
 def _by_class(labels: np.ndarray, eval_indices: list[int]) -> dict[int, list[int]]:
@@ -113,6 +123,28 @@ def _templates(out: Path, images: np.ndarray, by_class: dict[int, list[int]], rn
             _save(food, folder / "foods" / class_dir_name(cls) / f"{i:04d}.png")
 
 
+def symbol_glyph(symbol: str, rng: random.Random) -> np.ndarray:
+    """A letter or symbol as an 8x8 intensity grid in [0, 1], like the sklearn digits."""
+    canvas = Image.new("L", (32, 32), 0)
+    font = ImageFont.load_default(size=rng.randint(24, 30))
+    draw = ImageDraw.Draw(canvas)
+    left, top, right, bottom = draw.textbbox((0, 0), symbol, font=font)
+    draw.text(((32 - (right - left)) / 2 - left, (32 - (bottom - top)) / 2 - top), symbol, fill=255, font=font)
+    small = np.asarray(canvas.resize((8, 8), Image.Resampling.BOX), np.float32) / 255.0
+    return np.clip(small / max(small.max(), 1e-6), 0, 1)
+
+
+def _ood(out: Path, rng: random.Random) -> None:
+    size = DEMO_IMAGE_SIZE
+    folder = out / OOD_DIR
+    for k in range(OOD_SET_SIZE):
+        _save(textured_background(rng, size), folder / "blank_plates" / f"plate_{k:03d}.jpg")
+        pixels = np.random.default_rng(rng.randrange(2**32)).integers(0, 256, (size, size, 3), dtype=np.uint8)
+        _save(Image.fromarray(pixels, mode="RGB"), folder / "noise" / f"noise_{k:03d}.jpg")
+        symbol = SYMBOLS[k % len(SYMBOLS)]
+        _save(render_digit(symbol_glyph(symbol, rng), rng), folder / "symbols" / f"symbol_{k:03d}.jpg")
+
+
 def build_demo_eval_sets(root: Path, images: np.ndarray, labels: np.ndarray,
                          eval_indices: list[int], seed: int) -> None:
     """Write ``<root>/eval_sets/`` from the evaluation split's digits (about 1 s)."""
@@ -123,3 +155,4 @@ def build_demo_eval_sets(root: Path, images: np.ndarray, labels: np.ndarray,
     _slices(out, images, by_class, random.Random(seed * 7919 + 1))
     _failure_modes(out, images, by_class, random.Random(seed * 7919 + 2))
     _templates(out, images, by_class, random.Random(seed * 7919 + 3))
+    _ood(out, random.Random(seed * 7919 + 4))

@@ -9,6 +9,11 @@ The course's four kinds of offline test, each compared with a threshold from the
 4. template tests: a food composed on backgrounds with extra objects (invariance,
    sensitivity, accuracy; see :mod:`gourmetgram.evaluation.templates`).
 
+Not gated, reported: the calibration the export will ship (temperature scaling fitted on the
+validation split, ECE before and after on the evaluation split, reliability tables) and the
+share of photos its OOD threshold flags on the evaluation split and on the configured
+out-of-distribution sets (:mod:`gourmetgram.evaluation.calibration`).
+
 Images go through the ONE preprocessing definition (:mod:`gourmetgram.preprocessing`),
 batched, under ``torch.inference_mode``.
 """
@@ -31,6 +36,7 @@ from gourmetgram.config import EvaluationConfig
 from gourmetgram.data.dataset import ImageFolderDataset
 from gourmetgram.data.layout import IMAGE_SUFFIXES, list_images
 from gourmetgram.errors import ConfigError, DatasetError
+from gourmetgram.evaluation import calibration as C
 from gourmetgram.evaluation import metrics as M
 from gourmetgram.evaluation import templates as T
 from gourmetgram.model import Classifier
@@ -65,6 +71,7 @@ class EvaluationResult:
     templates: dict | None = None  # accuracy, invariance, sensitivity, n_compositions, n_swaps, failures
     artifacts: dict[str, str] = dataclasses.field(default_factory=dict)  # confusion_matrix, json -> paths
     comparison: dict | None = None  # the differential gate against production (differential.Comparison.to_dict)
+    calibration: dict | None = None  # C.CalibrationReport.to_dict: temperature, ECE, reliability, OOD rates
 
     # -- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -144,6 +151,8 @@ class EvaluationResult:
             if t.get("failures"):
                 lines.append(f"  {len(t['failures'])} misclassified compositions, e.g.:")
                 lines += [f"    {f}" for f in t["failures"][:5]]
+        if self.calibration:
+            lines += ["", *C.format_calibration(self.calibration)]
         if self.comparison:
             from gourmetgram.evaluation.differential import format_comparison
 
@@ -259,8 +268,12 @@ def _check_thresholds(cfg: EvaluationConfig) -> None:
         raise ConfigError(f"evaluation slice/failure-mode names must be unique, got {names}")
 
 
-def evaluate(model: Classifier, dataset_root: Path, cfg: EvaluationConfig, out_dir: Path) -> EvaluationResult:
-    """Run every configured test, compare with the thresholds, write the PNG and the JSON."""
+def evaluate(model: Classifier, dataset_root: Path, cfg: EvaluationConfig, out_dir: Path,
+             ood_pass_rate: float = C.OOD_PASS_RATE) -> EvaluationResult:
+    """Run every configured test, compare with the thresholds, write the PNG and the JSON.
+
+    ``ood_pass_rate``: the export's (``export.ood_pass_rate``), so the report's OOD figures
+    are those of the threshold the bundle will carry."""
     root, out_dir = Path(dataset_root), Path(out_dir)
     _check_thresholds(cfg)
     spec = model.spec
@@ -278,6 +291,7 @@ def evaluate(model: Classifier, dataset_root: Path, cfg: EvaluationConfig, out_d
             raise ConfigError(f"evaluation {what}: expected_class {cls} is not a class "
                               f"of this model (0..{len(class_names) - 1})")
     library = T.load_library(root / cfg.templates.path) if cfg.templates else None
+    ood_dirs = {o.name: _resolve(root, o.path, f"OOD set {o.name!r}") for o in cfg.ood_sets}
 
     model.eval()
     checks: list[Check] = []
@@ -287,9 +301,10 @@ def evaluate(model: Classifier, dataset_root: Path, cfg: EvaluationConfig, out_d
         checks.append(Check(name, value, threshold, M.is_number(value) and value >= threshold))
 
     # 1. standard metrics
-    y_true, y_pred = predict_folder(model, eval_dir, size, bs)
-    if not y_true:
+    if not list_images(eval_dir):
         raise DatasetError(f"{eval_dir} holds no images in class_XX folders")
+    eval_logits, eval_labels = C.folder_logits(model, eval_dir, size, bs)
+    y_true, y_pred = eval_labels.tolist(), eval_logits.argmax(axis=1).tolist()
     if max(y_true) >= len(class_names):
         raise DatasetError(f"{eval_dir} has class_{max(y_true):02d} but the model knows {len(class_names)} classes")
     dataset_names = _dataset_class_names(root, eval_dir)
@@ -359,6 +374,13 @@ def evaluate(model: Classifier, dataset_root: Path, cfg: EvaluationConfig, out_d
         if tc.min_accuracy is not None:
             check("template accuracy", scores.accuracy, tc.min_accuracy)
 
+    # 5. calibration and the OOD threshold, as the export will fit them (reported, not gated)
+    calibration = None
+    if (root / "validation").is_dir() and list_images(root / "validation"):
+        ood_logits = {name: C.files_logits(model, _files_under(folder), size, bs) for name, folder in ood_dirs.items()}
+        calibration = C.calibration_report(model, root, eval_logits, eval_labels, ood_logits, bs, ood_pass_rate)
+        metrics.update(C.report_metrics(calibration))
+
     reasons = [f"{c.name} {_fmt(c.value)} < {c.threshold:.3f}" for c in checks if not c.passed]
     metrics["eval/passed"] = float(not reasons)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -368,6 +390,7 @@ def evaluate(model: Classifier, dataset_root: Path, cfg: EvaluationConfig, out_d
         passed=not reasons, reasons=reasons, checks=checks, metrics=metrics,
         per_class_accuracy=per_class, confusion_matrix=cm.tolist(), class_names=class_names,
         n_images=len(y_true), slices=slices, failure_modes=modes, templates=template_result,
+        calibration=calibration.to_dict() if calibration else None,
         artifacts={"confusion_matrix": str(png), "json": str(out_dir / JSON_NAME),
                    "report": str(out_dir / REPORT_NAME)},
     )

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from gourmetgram.bundle import LABELS_FILENAME, Bundle
+from gourmetgram.calibration import Calibration
 from gourmetgram.config import ExportConfig
 from gourmetgram.constants import FEATURES_NAME, MODEL_NAME
 from gourmetgram.errors import UserError
@@ -125,8 +126,13 @@ def _parity_labels(labels: np.ndarray | None, images: np.ndarray | None, num_cla
 def export_bundle(checkpoint_or_model: str | Path | nn.Module, bundle_dir: str | Path,
                   export_cfg: ExportConfig, model_name: str = MODEL_NAME,
                   parity_images: np.ndarray | None = None, overwrite: bool = False,
-                  parity_labels: np.ndarray | None = None) -> ExportResult:
+                  parity_labels: np.ndarray | None = None, calibration: Calibration | None = None) -> ExportResult:
     """Export a classifier to ``bundle_dir`` (contract 1) after a parity check.
+
+    ``calibration`` (fitted on the validation split by
+    :func:`gourmetgram.evaluation.calibration.fit_calibration`) is written as
+    ``calibration.json``; the parity check then also compares the calibrated confidence the
+    transformer computes from ONNX logits with the in-process model's.
 
     ``export_cfg.precision`` picks the served graph: ``fp32`` (the exported graph) or ``fp16``
     (its float16 conversion, checked against the FP32 PyTorch model with the ``fp16_*``
@@ -157,9 +163,12 @@ def export_bundle(checkpoint_or_model: str | Path | nn.Module, bundle_dir: str |
             leftover.unlink()
         features = export_onnx(FeatureExtractor(model).eval(), work.feature_extractor_path,
                                spec.image_size, export_cfg.opset, output_name=FEATURES_NAME)
-        report = check_parity(model, work.onnx_path, images, features, labels=labels, precision=precision)
+        report = check_parity(model, work.onnx_path, images, features, labels=labels, precision=precision,
+                              calibration=calibration)
         enforce_parity(report, export_cfg)
         work.spec_path.write_text(json.dumps(spec.to_dict(), indent=2) + "\n")
+        if calibration is not None:
+            calibration.write(work.calibration_path)
         import onnxruntime
 
         atol_name, atol, agree_name, min_agreement = tolerances(export_cfg, precision)

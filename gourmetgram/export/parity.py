@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gourmetgram.calibration import Calibration
 from gourmetgram.config import ExportConfig
 from gourmetgram.errors import UserError
 from gourmetgram.export.onnx_graph import PARITY_BATCH, run_onnx
@@ -47,6 +48,10 @@ class ParityReport:
     torch_accuracy: float | None = None  # FP32 PyTorch on labelled parity images
     onnx_accuracy: float | None = None  # the exported graph on the same images
     cpu_upcast_casts: int = 0  # FP16 only: casts ONNX Runtime CPU added to run fp16 nodes in fp32
+    # With the bundle's calibration: the served (temperature-scaled) top-1 confidence and energy
+    # score from ONNX logits against the in-process model's, same calibration
+    confidence_max_abs_diff: float | None = None
+    energy_max_abs_diff: float | None = None
 
     @property
     def accuracy_drop(self) -> float | None:
@@ -101,9 +106,9 @@ def cpu_inserted_casts(onnx_path: str | Path) -> int:
 
 def check_parity(model: Classifier, onnx_path: str | Path, images: np.ndarray,
                  features_path: str | Path | None = None, labels: np.ndarray | None = None,
-                 precision: str = "fp32") -> ParityReport:
+                 precision: str = "fp32", calibration: Calibration | None = None) -> ParityReport:
     """Compare ONNX Runtime with FP32 PyTorch on the same images (logits and, optionally,
-    features and accuracy on labelled images)."""
+    features, accuracy on labelled images and the calibrated confidence and energy score)."""
     if not len(images):
         raise UserError("parity check needs at least one image")
     if labels is not None and len(labels) != len(images):
@@ -120,8 +125,13 @@ def check_parity(model: Classifier, onnx_path: str | Path, images: np.ndarray,
         torch_acc = float((want.argmax(1) == labels).mean())
         onnx_acc = float((got.argmax(1) == labels).mean())
     casts = cpu_inserted_casts(onnx_path) if precision == "fp16" else 0
+    confidence_diff = energy_diff = None
+    if calibration is not None:
+        served, in_process = calibration.score(got), calibration.score(want)
+        confidence_diff = float(np.abs(served.confidence - in_process.confidence).max())
+        energy_diff = float(np.abs(served.energy - in_process.energy).max())
     return ParityReport(max_diff, agreement, int(len(images)), feature_diff, precision,
-                        torch_acc, onnx_acc, casts)
+                        torch_acc, onnx_acc, casts, confidence_diff, energy_diff)
 
 
 def tolerances(cfg: ExportConfig, precision: str) -> tuple[str, float, str, float]:
