@@ -433,8 +433,16 @@ def test_shadow_is_a_mirror_to_a_second_inference_service_and_passes_its_schemas
     assert shadow["spec"]["predictor"]["model"]["storageUri"] == "s3://gourmetgram-models/food11/7"
     assert shadow["spec"]["predictor"]["annotations"]["gourmetgram.io/model-version"] == "7"
     assert "canaryTrafficPercent" not in shadow["spec"]["predictor"]
-    # Same predictor as production otherwise (one template), production untouched.
-    assert shadow["spec"]["predictor"]["containers"] == production["spec"]["predictor"]["containers"]
+    # Same predictor as production otherwise (one template), production untouched; the
+    # transformer labels its label-free estimate with its own version and stage "shadow".
+    def estimate_labels(isvc: dict) -> tuple[str, str]:
+        args = isvc["spec"]["predictor"]["containers"][0]["args"]
+        return args[args.index("--model_version") + 1], args[args.index("--stage") + 1]
+
+    assert estimate_labels(shadow) == ("7", "shadow") and estimate_labels(production) == ("1", PRODUCTION)
+    unlabelled = [dict(c, args=c["args"][:c["args"].index("--model_version")])
+                  for isvc in (shadow, production) for c in isvc["spec"]["predictor"]["containers"]]
+    assert unlabelled[0] == unlabelled[1]
     assert production == isvc_of(manifests.render_objects(PRODUCTION))
     vs = one(objects, "VirtualService", "food11-mirror")  # (production's API host has its own)
     assert vs["apiVersion"] == "networking.istio.io/v1"

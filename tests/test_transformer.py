@@ -25,11 +25,13 @@ from helpers import free_port, wait_http
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from gourmetgram.calibration import Calibration, energy_score
 from gourmetgram.preprocessing import decode_image, preprocess, preprocess_batch, softmax
 
 MODEL = "food11"
 IMAGE_SIZE = 64
 CLASS_NAMES = ("apple", "bagel", "cake", "dumpling", "egg", "fries", "gnocchi", "ham", "icecream", "jam")
+TEMPERATURE = 2.0  # the test bundle's calibration: far from 1, so an uncalibrated answer shows
 
 PREDICTOR_SCRIPT = textwrap.dedent('''
     """A real v2 predictor: kserve ModelServer + ONNX Runtime; records its last input."""
@@ -125,6 +127,18 @@ def onnx_path(tmp_path_factory) -> Path:
         dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
     )
     (path.parent / "model_spec.json").write_text(json.dumps(spec.to_dict()))
+    # calibration.json beside it, as export writes it: the OOD threshold at the median energy of
+    # the test images, so some are in distribution and some are not
+    import onnxruntime as ort
+
+    images = [image_bytes(i) for i in range(1, 9)]
+    logits = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        ["logits"], {"input": preprocess_batch(images, IMAGE_SIZE)})[0]
+    median = float(np.median(energy_score(logits)))
+    Calibration(temperature=TEMPERATURE, ood_threshold=median, ood_pass_rate=0.5,
+                atc_thresholds={"atc": 0.5, "atc_energy": -median, "atc_energy_prior": -median},
+                class_prior=(0.1,) * 10, validation_accuracy=0.9, n_validation=8,
+                fitted_on="test").write(path.parent / "calibration.json")
     return path
 
 
@@ -189,10 +203,18 @@ def client(predictor, onnx_path):
             c.portal.call(m.aclose)  # type: ignore[union-attr]  # set inside the with block
 
 
-def expected_probs(session, images: list[bytes]) -> np.ndarray:
+def expected_logits(session, images: list[bytes]) -> np.ndarray:
     """ONNX Runtime run here on the SAME shared preprocessing."""
-    logits = session.run(["logits"], {"input": preprocess_batch(images, IMAGE_SIZE)})[0]
-    return softmax(logits.astype(np.float64))
+    return session.run(["logits"], {"input": preprocess_batch(images, IMAGE_SIZE)})[0]
+
+
+def expected_probs(session, images: list[bytes]) -> np.ndarray:
+    """The in-process model's answer: the test bundle's temperature applied to its logits."""
+    return softmax(expected_logits(session, images).astype(np.float64) / TEMPERATURE)
+
+
+def bundle_calibration(onnx_path: Path) -> Calibration:
+    return Calibration.read(onnx_path.parent / "calibration.json")
 
 
 def metric(text: str, sample: str, **labels: str) -> float:
@@ -212,17 +234,46 @@ def test_v1_predictions_match_onnxruntime(client, session):
     assert response.status_code == 200, response.text
     predictions = response.json()["predictions"]
     probs = expected_probs(session, images)
+    uncalibrated = softmax(expected_logits(session, images).astype(np.float64))
     assert len(predictions) == 3
-    for pred, row in zip(predictions, probs):
+    for pred, row, raw in zip(predictions, probs, uncalibrated):
         assert pred["class_index"] == int(np.argmax(row))
         assert pred["label"] == CLASS_NAMES[pred["class_index"]]
-        assert pred["confidence"] == pytest.approx(row.max(), abs=1e-5)
+        assert pred["confidence"] == pytest.approx(row.max(), abs=1e-5)  # temperature-scaled
+        assert abs(pred["confidence"] - raw.max()) > 1e-3  # ... not the raw softmax
         top = pred["top_k"]
         assert len(top) == 3 and top[0]["class_index"] == pred["class_index"]
         confs = [t["confidence"] for t in top]
         assert confs == sorted(confs, reverse=True)
         assert sum(confs) <= 1.0 + 1e-6
         assert [t["label"] for t in top] == [CLASS_NAMES[t["class_index"]] for t in top]
+
+
+def test_both_protocols_flag_out_of_distribution_images(client, session, onnx_path):
+    """ood_score is the energy of the logits; in_distribution compares it with the bundle's
+    threshold (the test bundle's sits at the median energy: some pass, some do not)."""
+    images = [image_bytes(i) for i in range(1, 9)]
+    energy = energy_score(expected_logits(session, images))
+    threshold = bundle_calibration(onnx_path).ood_threshold
+    expected_flags = [bool(e <= threshold) for e in energy]
+    assert True in expected_flags and False in expected_flags
+
+    v1_answer = client.post(f"/v1/models/{MODEL}:predict", json=v1(*images))
+    assert v1_answer.status_code == 200, v1_answer.text
+    predictions = v1_answer.json()["predictions"]
+    np.testing.assert_allclose([p["ood_score"] for p in predictions], energy, atol=1e-4)
+    assert [p["in_distribution"] for p in predictions] == expected_flags
+    assert {"label", "class_index", "confidence", "top_k"} <= set(predictions[0])  # the contract stays
+
+    body = {"inputs": [{"name": "image", "shape": [len(images)], "datatype": "BYTES",
+                        "data": [b64(i) for i in images]}]}
+    v2_answer = client.post(f"/v2/models/{MODEL}/infer", json=body)
+    assert v2_answer.status_code == 200, v2_answer.text
+    outputs = {o["name"]: o for o in v2_answer.json()["outputs"]}
+    assert outputs["ood_score"]["datatype"] == "FP32" and outputs["in_distribution"]["datatype"] == "BOOL"
+    np.testing.assert_allclose(outputs["ood_score"]["data"], energy, atol=1e-4)
+    assert outputs["in_distribution"]["data"] == expected_flags
+    assert {"label", "class_index", "confidence"} <= set(outputs)
 
 
 def test_v1_accepts_image_bytes_key_and_bare_string(client, session):
@@ -352,6 +403,19 @@ def test_metrics_count_served_predictions(client):
         assert delta == n
     assert 'prediction_confidence_bucket{le="0.1"' in after
     assert "request_preprocess_seconds" in after  # kserve's own histograms, same endpoint
+    assert metric(after, "gourmetgram_ood_score_count", **labels) - \
+        metric(before, "gourmetgram_ood_score_count", **labels) == 4
+    flagged = sum(not p["in_distribution"] for p in predictions)
+    assert metric(after, "gourmetgram_out_of_distribution_total", **labels) - \
+        metric(before, "gourmetgram_out_of_distribution_total", **labels) == flagged
+    # the label-free estimate over the revision's window, every method with its interval
+    for method in ("atc", "atc_energy", "atc_energy_prior", "confidence"):
+        where = {**labels, "method": method}
+        value = metric(after, "gourmetgram_estimated_accuracy", **where)
+        lower = metric(after, "gourmetgram_estimated_accuracy_lower", **where)
+        upper = metric(after, "gourmetgram_estimated_accuracy_upper", **where)
+        assert 0 <= lower <= value <= upper <= 1, (method, lower, value, upper)
+        assert metric(after, "gourmetgram_estimated_accuracy_samples", **where) >= 4
 
 
 def test_bad_flags_exit_2(capsys, tmp_path, predictor):

@@ -269,6 +269,11 @@ def _child_env() -> dict[str, str]:
     return env
 
 
+def _stage_of(manifest: ServiceManifest) -> str:
+    """The stage an InferenceService serves (its name, constants.ISVC_NAMES), else ""."""
+    return {name: stage for stage, name in constants.ISVC_NAMES.items()}.get(manifest.name, "")
+
+
 class RevisionPair:
     """One revision's Triton and transformer, created, started and stopped together.
 
@@ -279,7 +284,8 @@ class RevisionPair:
 
     def __init__(self, bundle: Path, revision: str, manifest: ServiceManifest, ports: Ports,
                  host: str = constants.HOST, log_dir: Path | None = None,
-                 log_suffix: str | None = None) -> None:
+                 log_suffix: str | None = None, model_version: str | None = None,
+                 stage: str | None = None) -> None:
         self.bundle = Path(bundle)
         self.revision = revision
         self.manifest = manifest
@@ -305,7 +311,9 @@ class RevisionPair:
             [sys.executable, "-m", "food_transformer", "--model_name", m,
              "--predictor_host", f"{h}:{predictor_port}", "--protocol", protocol,
              "--host", h, "--http_port", str(p.transformer_http), "--grpc_port", str(p.transformer_grpc),
-             "--model_spec", str(Bundle(self.bundle).spec_path), "--revision", revision],
+             "--model_spec", str(Bundle(self.bundle).spec_path), "--revision", revision,
+             # the labels of the revision's label-free accuracy estimate, as the chart passes them
+             "--model_version", model_version or "", "--stage", stage or _stage_of(manifest)],
             log_dir / f"transformer{suffix}.log",
             lambda: _get_ok(f"{self.transformer_url}/v1/models/{m}",
                             lambda r: r.json().get("ready") is True),
@@ -417,7 +425,7 @@ class LocalStack:
         self._check_bundle()
         # The first revision's Triton + transformer; canaries add more pairs through the gateway.
         self.pair = RevisionPair(self.bundle, self.revision, self.manifest, self.ports, self.host,
-                                 self.log_dir, log_suffix="")
+                                 self.log_dir, log_suffix="", model_version=self.model_version)
 
     # -- endpoints -------------------------------------------------------------------------
     @property

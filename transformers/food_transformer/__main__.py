@@ -2,7 +2,8 @@
 
     python -m food_transformer --model_name food11 --predictor_host HOST:PORT --protocol v2 \\
         [--model_spec BUNDLE/model_spec.json | --image_size 224 --labels_file labels.txt] \\
-        [--top_k 3] [--max_batch 64] [--coalesce_images 32] [--revision NAME] [--http_port 8080] [--host 127.0.0.1]
+        [--top_k 3] [--max_batch 64] [--coalesce_images 32] [--revision NAME] [--http_port 8080] [--host 127.0.0.1] \\
+        [--calibration BUNDLE/calibration.json] [--model_version 3] [--stage production]
 
 All of kserve's ModelServer flags are accepted (``parents=[kserve.model_server.parser]``).
 It listens on ``--host`` only (127.0.0.1 unless ``$TRANSFORMER_HOST`` says otherwise; the
@@ -23,9 +24,9 @@ from kserve import model_server as kserve_model_server
 from kserve.predictor_config import PredictorConfig
 
 from food_transformer import metrics
-from food_transformer.model import DEFAULT_COALESCE_IMAGES, DEFAULT_TOP_K, FoodTransformer
+from food_transformer.model import DEFAULT_COALESCE_IMAGES, DEFAULT_ESTIMATE_WINDOW, DEFAULT_TOP_K, FoodTransformer
 from food_transformer.server import DEFAULT_MAX_BODY_BYTES, BoundModelServer
-from food_transformer.spec import resolve_partial
+from food_transformer.spec import read_calibration, resolve_partial
 from food_transformer.validation import DEFAULT_MAX_BATCH
 from gourmetgram.constants import HOST, MODEL_NAME
 from gourmetgram.errors import UserError, entry_point
@@ -60,6 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="address to listen on (kserve alone would bind 0.0.0.0)")
     group.add_argument("--max_body_bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
                        help="largest request body accepted, else 413")
+    group.add_argument("--calibration", default=None,
+                       help="the bundle's calibration.json (temperature, OOD and ATC thresholds); default: "
+                       "the one next to --model_spec, else none (T = 1, every image in distribution)")
+    group.add_argument("--model_version", default=os.environ.get("GOURMETGRAM_MODEL_VERSION", ""),
+                       help="registered version served (label of the accuracy estimate; env GOURMETGRAM_MODEL_VERSION)")
+    group.add_argument("--stage", default=os.environ.get("GOURMETGRAM_STAGE", ""),
+                       help="stage served (label of the accuracy estimate; env GOURMETGRAM_STAGE)")
+    group.add_argument("--estimate_window", type=int, default=DEFAULT_ESTIMATE_WINDOW,
+                       help="recent predictions (at most an hour old) behind the accuracy estimate")
     # kserve opens a gRPC port by default; the transformer is reached over HTTP only.
     parser.set_defaults(enable_grpc=False)
     return parser
@@ -104,9 +114,13 @@ def build_model(args: argparse.Namespace, argv: Sequence[str]) -> tuple[FoodTran
     )
     spec = resolve_partial(args.image_size, args.labels_file, args.class_names, args.model_spec)
     model_name = args.model_name if _given(argv, "--model_name") else MODEL_NAME
+    if args.estimate_window < 1:
+        raise UserError("--estimate_window must be at least 1")
     model = FoodTransformer(
         model_name, config, spec, top_k=args.top_k, max_batch=args.max_batch,
         revision=metrics.resolve_revision(args.revision), coalesce_images=args.coalesce_images,
+        calibration=read_calibration(args.calibration, args.model_spec), model_version=args.model_version,
+        stage=args.stage, estimate_window=args.estimate_window,
     )
     model.load()
     return model, config

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from gourmetgram.bundle import Bundle
+from gourmetgram.bundle import CALIBRATION_FILENAME, Bundle
+from gourmetgram.calibration import Calibration
 from gourmetgram.classes import FOOD11_CLASSES, class_dir_name
-from gourmetgram.errors import ConfigError
+from gourmetgram.errors import ConfigError, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,27 @@ def read_model_spec(path: str | Path) -> PartialSpec:
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{p} is not a model spec (needs class_names and image_size): {exc}") from exc
     return PartialSpec(image_size=size, class_names=names)
+
+
+def read_calibration(path: str | None, model_spec: str | None = None) -> Calibration | None:
+    """``--calibration``, else the ``calibration.json`` beside ``--model_spec`` if there is one;
+    None (served uncalibrated, every image in distribution) when neither names a file."""
+    if path is None and model_spec:
+        spec = Path(model_spec)
+        beside = (spec if spec.is_dir() else spec.parent) / CALIBRATION_FILENAME
+        if not beside.is_file():
+            logger.warning("no %s next to the model spec: confidences are not calibrated and no "
+                           "image is flagged out of distribution", CALIBRATION_FILENAME)
+            return None
+        path = str(beside)
+    if path is None:
+        return None
+    if not Path(path).is_file():
+        raise ConfigError(f"calibration file {path} does not exist; pass <bundle>/{CALIBRATION_FILENAME}")
+    try:
+        return Calibration.read(path)
+    except UserError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def resolve_partial(

@@ -96,6 +96,11 @@ spec:
           # the predictor's /v2/models/<name>/ready (kserve 0.20 protocol/dataplane.py
           # model_ready); inference calls skip that check.
           - --enable_predictor_health_check
+          # labels of the revision's label-free accuracy estimate (a Knative revision keeps its own args)
+          - --model_version
+          - {{ .Values.model.version | quote }}
+          - --stage
+          - {{ default .Values.stage .Values.estimateStage | quote }}
           {{- range .Values.transformer.extraArgs }}
           - {{ . | quote }}
           {{- end }}

@@ -108,10 +108,13 @@ class Controller(Router):
             self.readiness.forget(name)
             await self._stop_pair(name)
 
-    def _new_pair(self, bundle: Path, name: str) -> _Stoppable:
+    def _new_pair(self, bundle: Path, name: str, version: str | None,
+                  stage: str | None = None) -> _Stoppable:
+        """A pair not started yet; ``version`` and ``stage`` label its label-free accuracy estimate."""
         from gourmetgram_app.local.stack import Ports, RevisionPair
 
-        return RevisionPair(bundle, name, self.manifest, Ports.free(self.host), self.host, self._pair_log_dir)
+        return RevisionPair(bundle, name, self.manifest, Ports.free(self.host), self.host, self._pair_log_dir,
+                            model_version=version, stage=stage)
 
     @property
     def _pair_log_dir(self) -> Path:
@@ -132,7 +135,7 @@ class Controller(Router):
         validate_bundle(path, self.manifest.model_name)
         generation = max(generation_of(r.name) for r in self.revisions) + 1
         name = revision_name(self.manifest, generation)
-        pair = self._new_pair(path, name)
+        pair = self._new_pair(path, name, version)
         await self._start_pair(name, pair)
         # A latest revision that never rolled out is replaced (Knative keeps only prev/latest routed).
         replaced = {r.name for r in self.revisions if r.name != self.rolled_out}
@@ -153,7 +156,7 @@ class Controller(Router):
         previous = self.shadow.revision
         generation = generation_of(previous.name) + 1 if previous is not None else 1
         name = f"{self.manifest.name}-{SHADOW}-predictor-{generation:05d}"
-        pair = self._new_pair(path, name)
+        pair = self._new_pair(path, name, version, stage=SHADOW)
         await self._start_pair(name, pair)
         revision = Revision(name, pair.transformer_url, 0, SHADOW, str(path), version,
                             pair.triton_metrics_url)
@@ -220,7 +223,7 @@ class Controller(Router):
             except UserError as exc:
                 log.error("not restoring revision %s: %s", entry.name, exc)
                 continue
-            pair = self._new_pair(path, entry.name)
+            pair = self._new_pair(path, entry.name, entry.version)
             revision = Revision(entry.name, pair.transformer_url, 0, None, str(path), entry.version,
                                 pair.triton_metrics_url, pair.triton_url, started=entry.started)
             table.append(revision)
