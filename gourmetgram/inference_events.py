@@ -167,6 +167,7 @@ def _response_payload(body: Any, event: InferenceEvent, class_names: Sequence[st
         for name in ("class_index", "class_indices", "class_id", "predicted_class"):
             if name in by_name:
                 event.classes = [int(v) for v in _flatten(by_name[name].get("data") or [])]
+                event.predictions = _v2_predictions(by_name, event.classes)
                 return
         for name in ("label", "labels", "class_name"):
             if name in by_name:
@@ -185,6 +186,27 @@ def _response_payload(body: Any, event: InferenceEvent, class_names: Sequence[st
                 return
         raise BadEvent("v2 response has no class_index, label or (N, C) score output")
     raise BadEvent('response payload must hold "predictions" (KServe v1) or "outputs" (v2)')
+
+
+# The transformer's per-image v2 outputs that a v1 prediction carries under the same name.
+V2_PREDICTION_FIELDS = ("label", "confidence", "ood_score", "in_distribution")
+
+
+def _v2_predictions(by_name: dict[str, dict], classes: list[int]) -> list[dict]:
+    """One v1-style prediction per image from the v2 outputs that have one value per image."""
+    predictions: list[dict] = [{"class_index": c} for c in classes]
+    for name in V2_PREDICTION_FIELDS:
+        values = _flatten(by_name[name].get("data") or []) if name in by_name else []
+        if len(values) == len(classes):
+            for prediction, value in zip(predictions, values):
+                prediction[name] = value
+    return predictions
+
+
+def sample_id(inference_id: str, instance: int) -> str:
+    """A served image's id: the inference id for a request's first image, ``<id>/<k>`` for the
+    k-th (the capture sink keys samples by it; the drift detector names photos by it)."""
+    return inference_id if instance == 0 else f"{inference_id}/{instance}"
 
 
 def _sniff_image(head: bytes) -> str:

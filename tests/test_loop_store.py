@@ -62,7 +62,7 @@ def test_migrations_create_exactly_the_models(store):
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    assert store.revision() == "0003"
+    assert store.revision() == "0004"
     with store.engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
     Store(store.url).dispose()  # opening again is a no-op migration
@@ -233,6 +233,74 @@ def test_metrics_export_captured_per_class_label_sources_and_the_labelling_backl
                                                         (("state", "waiting"),): 2}
 
 
+def test_capture_keeps_the_answers_ood_score_and_flag_from_v1_and_v2(store, objects):
+    """The transformer's ood_score and in_distribution reach the sample (v1 predictions and v2
+    outputs); an older answer without them leaves both unknown."""
+    client = TestClient(create_app(_service(store, objects)))
+    a, b, c = new_id(), new_id(), new_id()
+    for ce_id, ood in ((a, {"ood_score": -1.5, "in_distribution": False}), (b, {})):
+        client.post("/", content=request_body(image(40)), headers=ce_headers(ce_id, "request"))
+        top = [{"label": "one", "class_index": 1, "confidence": 0.8}]
+        body = json.dumps({"predictions": [{**top[0], "top_k": top, **ood}]}).encode()
+        assert client.post("/", content=body, headers=ce_headers(ce_id, "response")).status_code == 200
+    v2 = {"id": c, "model_name": "food11", "outputs": [
+        {"name": "label", "shape": [1], "datatype": "BYTES", "data": ["two"]},
+        {"name": "class_index", "shape": [1], "datatype": "INT64", "data": [2]},
+        {"name": "confidence", "shape": [1], "datatype": "FP32", "data": [0.7]},
+        {"name": "ood_score", "shape": [1], "datatype": "FP32", "data": [-9.25]},
+        {"name": "in_distribution", "shape": [1], "datatype": "BOOL", "data": [True]}]}
+    client.post("/", content=request_body(image(41)), headers=ce_headers(c, "request"))
+    assert client.post("/", content=json.dumps(v2).encode(), headers=ce_headers(c, "response")).status_code == 200
+    got = {sid: store.get_sample(sid) for sid in (a, b, c)}
+    assert (got[a].ood_score, got[a].in_distribution) == (-1.5, False)
+    assert (got[b].ood_score, got[b].in_distribution) == (None, None)
+    assert (got[c].ood_score, got[c].in_distribution, got[c].label, got[c].confidence) == (-9.25, True, "two",
+                                                                                          pytest.approx(0.7))
+
+
+def test_policy_queues_out_of_distribution_photos_as_their_own_reason(store, objects):
+    for i in range(6):
+        _sample(store, objects, i, confidence=0.97)
+    for i in (2, 4):
+        store.upsert_sample(f"s{i:03d}", ood_score=-1.0, in_distribution=False)
+    store.upsert_sample("s003", ood_score=-12.0, in_distribution=True)
+    policy = PolicySettings(low_confidence=0.5, random_share=0.0, daily_budget=10)
+    assert queue_samples(store, policy) == [("s002", "out_of_distribution"), ("s004", "out_of_distribution")]
+    _sample(store, objects, 9, confidence=0.97)
+    store.upsert_sample("s009", in_distribution=False)
+    off = PolicySettings(low_confidence=0.5, random_share=0.0, out_of_distribution=False)
+    assert queue_samples(store, off) == []  # the reason can be turned off
+
+
+def test_calibration_error_per_model_version_from_labelled_samples(store, objects):
+    """ECE of the served confidence against the labels, per version, on all labelled samples and
+    on the random share; exported and in the summary."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from gourmetgram.calibration import expected_calibration_error
+    from gourmetgram.loop.models import LabelTask
+
+    now = utcnow()
+    ids = [_sample(store, objects, i, confidence=0.9) for i in range(10)]  # all predicted "two"
+    truth = [i < 6 for i in range(10)]
+    with store.write() as s:
+        for i, sample_id in enumerate(ids):
+            s.add(Label(sample_id=sample_id, label_source=ANNOTATOR, label="two" if truth[i] else "one",
+                        labelled_by="a@x", labelled_at=now))
+        for i in range(4):
+            s.add(LabelTask(sample_id=f"s{i:03d}", reason="random", queued_at=now, queue_day=now.date()))
+    client = TestClient(create_app(_service(store, objects)))
+    values = {tuple(sorted(x.labels.items())): x.value for f in text_string_to_metric_families(client.get("/metrics").text)
+              for x in f.samples if x.name == "gourmetgram_production_ece"}
+    everything = expected_calibration_error([0.9] * 10, truth)  # confident 0.9, right 6 of 10: 0.3
+    assert everything == pytest.approx(0.3)
+    assert values[(("model_version", "3"), ("source", "labels"))] == pytest.approx(everything)
+    assert values[(("model_version", "3"), ("source", "labels_random"))] == pytest.approx(0.1)  # 4 right of 4
+    v3 = client.get("/summary").json()["accuracy_by_version"][0]
+    assert v3["ece"] == {"labels": {"value": pytest.approx(0.3), "n": 10},
+                         "labels_random": {"value": pytest.approx(0.1), "n": 4}}
+
+
 def test_the_business_metric_sql_counts_kept_and_changed_tags_per_stage_and_version(store, objects):
     """docs/business-metric.md's SQL (quality.TAG_KEEP_RATE_SQL) on a real store: a photo with no
     answer keeps its tag, one marked wrong (with or without a class) does not; the window is by
@@ -337,7 +405,8 @@ def test_summary_endpoint_counts_accuracy_and_backlog_read_only(store, objects):
     assert v3["labels"] == {"value": 0.0, "correct": 0, "n": 1}  # the user's correction
     assert v3["kinds"] == {"wrong": 2, "corrected": 1, "not_food": 1, "correct": 1}
     assert body["backlog"] == {"total": 2, "to_queue": 1, "queued": 1, "waiting": 1, "in_label_studio": 0,
-                               "to_queue_by_reason": {"confirm": 0, "wrong": 0, "flagged": 0, "low_confidence": 1,
+                               "to_queue_by_reason": {"confirm": 0, "wrong": 0, "flagged": 0,
+                                                      "out_of_distribution": 0, "low_confidence": 1,
                                                       "random": 0}}
     assert body["captured"] == 5 and body["with_feedback"] == 4
     assert "loop.db" not in r.text and "objects" not in r.text  # nothing but counts

@@ -39,6 +39,7 @@ class FakePlatform:
 
     def __init__(self) -> None:
         self.model_down = False
+        self.in_distribution = True  # what the model's answer says about the photo
         self.feedback_mode = "ok"  # ok | down | missing_route
         self.feedback: list[dict] = []
         self.feedback_clients: list[str | None] = []  # the X-Client-Id of each feedback
@@ -62,7 +63,8 @@ class FakePlatform:
                    {"label": "Rice", "class_index": 3, "confidence": 0.12},
                    {"label": "Bread", "class_index": 0, "confidence": 0.05},
                    {"label": "Dessert", "class_index": 1, "confidence": 0.02}]
-            return JSONResponse({"predictions": [{**top[0], "top_k": top}]},
+            ood = {"ood_score": -4.2 if self.in_distribution else -1.3, "in_distribution": self.in_distribution}
+            return JSONResponse({"predictions": [{**top[0], "top_k": top, **ood}]},
                                 headers={"X-Inference-Id": inference_id,
                                          "X-Gourmetgram-Revision": "food11-transformer-00001"})
 
@@ -140,6 +142,15 @@ def test_upload_shows_class_confidence_top3_and_recent(client, platform):
     other = TestClient(client.app)
     assert "recent-label" not in other.get("/").text
     assert other.get(r.url.path).status_code == 404
+
+
+def test_an_out_of_distribution_photo_is_said_to_maybe_not_be_food(client, platform):
+    assert 'id="not-food-warning"' not in upload(client, photo()).text
+    platform.in_distribution = False
+    r = upload(client, photo())
+    assert r.status_code == 200 and re.search(r'id="predicted-class">Soup<', r.text)
+    assert re.search(r'id="not-food-warning"[^>]*>This may not be food', r.text)
+    assert 'id="say-not-food"' in r.text  # and the user can say so
 
 
 @pytest.mark.parametrize("data, name, status, words", [

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any, Sequence
 
 from gourmetgram import constants
-from gourmetgram.inference_events import InferenceEvent
+from gourmetgram.inference_events import InferenceEvent, sample_id
 from gourmetgram.loop.settings import LoopSettings
 from gourmetgram.loop.store import Store
 from gourmetgram.objectstore import ObjectStore, sniff_type
@@ -23,11 +23,6 @@ from gourmetgram.objectstore import ObjectStore, sniff_type
 STAGE_OF_ISVC = {name: stage for stage, name in constants.ISVC_NAMES.items()}
 VERSION_ANNOTATION = constants.MODEL_VERSION_ANNOTATION
 STAGE_ANNOTATION = "gourmetgram.io/stage"
-
-
-def sample_id(inference_id: str, instance: int) -> str:
-    """The first image of a request is the inference id itself; the k-th is ``<id>/<k>``."""
-    return inference_id if instance == 0 else f"{inference_id}/{instance}"
 
 
 def sampled(inference_id: str, rate: float) -> bool:
@@ -53,6 +48,14 @@ def stage_of(ext: dict[str, str]) -> str | None:
     if ext.get("endpoint") == "canary":
         return constants.CANARY
     return STAGE_OF_ISVC.get(ext.get("inferenceservicename", "")) or _annotations(ext).get(STAGE_ANNOTATION)
+
+
+def _ood_fields(pred: dict[str, Any]) -> dict[str, Any]:
+    """The answer's ``ood_score`` and ``in_distribution`` when they are well-formed (an older
+    transformer's answer has neither: both stay unknown)."""
+    score, inside = pred.get("ood_score"), pred.get("in_distribution")
+    return {"ood_score": float(score) if isinstance(score, (int, float)) and not isinstance(score, bool) else None,
+            "in_distribution": inside if isinstance(inside, bool) else None}
 
 
 def _time(value: str | None) -> datetime | None:
@@ -114,7 +117,7 @@ class Capture:
                 changed += self.store.upsert_sample(
                     sample_id(event.id, k), instance=k, label=label, class_index=index,
                     confidence=None if confidence is None else float(confidence),
-                    top_k=pred.get("top_k"), predicted_at=_time(event.time), **meta)
+                    top_k=pred.get("top_k"), predicted_at=_time(event.time), **_ood_fields(pred), **meta)
             n = len(preds)
         return {"outcome": "stored" if changed else "duplicate", "samples": n, "stage": meta["stage"],
                 "kind": "request" if event.is_request else "response"}

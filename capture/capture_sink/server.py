@@ -47,8 +47,8 @@ log = logging.getLogger("capture_sink")
 
 
 class LoopCollector:
-    """Feedback counts, production accuracy, captured samples per class, label sources and the
-    labelling backlog, read from the database at scrape time (so they survive restarts and
+    """Feedback counts, production accuracy and calibration error, captured samples per class, label
+    sources and the labelling backlog, read from the database at scrape time (so they survive restarts and
     count what every replica stored)."""
 
     def __init__(self, store: Store) -> None:
@@ -72,6 +72,11 @@ class LoopCollector:
                                    "correction) and class", labels=["source", "class_name"])
         backlog = GaugeMetricFamily("gourmetgram_labelling_backlog", "Queued samples not labelled yet: waiting "
                                     "(not in Label Studio yet) or in_label_studio", labels=["state"])
+        ece = GaugeMetricFamily("gourmetgram_production_ece", "Expected calibration error (15 bins) of the served "
+                                "confidence per model version, on labelled samples and on the random share's",
+                                labels=["model_version", "source"])
+        ece_n = GaugeMetricFamily("gourmetgram_production_ece_samples", "Labelled samples behind "
+                                  "gourmetgram_production_ece", labels=["model_version", "source"])
         try:
             with self.store.session() as s:
                 for (stage, version, class_name), count in quality.captured_counts(s).items():
@@ -87,9 +92,13 @@ class LoopCollector:
                         if a.total:
                             acc.add_metric([version, source], a.value)
                             n.add_metric([version, source], a.total)
+                for version, errors in quality.calibration_by_version(s).items():
+                    for source, e in errors.items():
+                        ece.add_metric([version, source], e.ece)
+                        ece_n.add_metric([version, source], e.n)
         except Exception:  # noqa: BLE001 - a scrape must not fail because the database blinked
             log.exception("loop metrics: database query failed")
-        yield from (fb, acc, n, captured, labels, backlog)
+        yield from (fb, acc, n, captured, labels, backlog, ece, ece_n)
 
 
 class CaptureMetrics:

@@ -7,8 +7,11 @@ In priority order, within a daily budget (UTC days), each sample at most once:
    sample (:mod:`gourmetgram.loop.labels`); always on, since nothing else would settle it;
 2. ``wrong``: a user said the prediction is wrong;
 3. ``flagged``: a user flagged the photo (not food / inappropriate);
-4. ``low_confidence``: top-1 confidence below ``low_confidence`` (uncertainty sampling);
-5. ``random``: a uniform random share of every capture, drawn once per sample from a hash
+4. ``out_of_distribution``: the model's answer said the photo is unlike its training data
+   (``in_distribution`` false: the energy score above the bundle's threshold), so the labels
+   tell what the new photos are (maybe not food at all);
+5. ``low_confidence``: top-1 confidence below ``low_confidence`` (uncertainty sampling);
+6. ``random``: a uniform random share of every capture, drawn once per sample from a hash
    of (seed, sample id), so asking again never tops it up: the unbiased sample that
    production accuracy is estimated on.
 """
@@ -26,7 +29,7 @@ from gourmetgram.loop.settings import PolicySettings
 from gourmetgram.loop.store import Store, utcnow
 
 CONFIRM = "confirm"
-REASONS = (CONFIRM, "wrong", "flagged", "low_confidence", "random")
+REASONS = (CONFIRM, "wrong", "flagged", "out_of_distribution", "low_confidence", "random")
 
 
 def random_draw(seed: int, sample_id: str) -> float:
@@ -43,6 +46,8 @@ def reason_for(sample: Sample, feedback: Feedback | None, policy: PolicySettings
         return "wrong"
     if feedback is not None and policy.flagged and feedback.flag:
         return "flagged"
+    if policy.out_of_distribution and sample.in_distribution is False:
+        return "out_of_distribution"
     if sample.confidence is not None and sample.confidence < policy.low_confidence:
         return "low_confidence"
     if random_draw(policy.seed, sample.sample_id) < policy.random_share:

@@ -9,6 +9,9 @@ merge, by inference id):
   correction) equals the prediction, among labelled samples. Over the policy's uniform
   random share this is the unbiased estimate; over all labelled samples it over-weights the
   low-confidence and disputed ones, so both are reported.
+
+Calibration per model version the same two ways: the expected calibration error of the served
+(temperature-scaled) confidence against those labels (:func:`calibration_by_version`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from datetime import datetime, timezone
 
 from sqlalchemy import func, select
 
+from gourmetgram.calibration import expected_calibration_error
 from gourmetgram.loop.labels import is_ground_truth
 from gourmetgram.loop.models import ANNOTATOR, PENDING, USER, Feedback, Label, LabelTask, Sample
 
@@ -89,6 +93,40 @@ def production_accuracy(session) -> dict[str, dict[str, Accuracy]]:
             if reasons.get(sample_id) == RANDOM_REASON:
                 out[version or "unknown"]["labels_random"].add(ok)
     return dict(out)
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibrationError:
+    ece: float
+    n: int
+
+
+def calibration_by_version(session) -> dict[str, dict[str, CalibrationError]]:
+    """``{model_version: {"labels": .., "labels_random": ..}}``: the ECE (15 bins) of the served
+    confidence on labelled samples (all of them; the policy's random share). Few samples bias
+    ECE upwards: ``n`` goes with it."""
+    truth = ground_truth(session)
+    if not truth:
+        return {}
+    reasons = dict(session.execute(select(LabelTask.sample_id, LabelTask.reason)).all())
+    rows = session.execute(select(Sample.sample_id, Sample.model_version, Sample.label, Sample.confidence)
+                           .where(Sample.sample_id.in_(list(truth)), Sample.confidence.is_not(None)))
+    points: dict[str, dict[str, list[tuple[float, bool]]]] = defaultdict(lambda: {"labels": [], "labels_random": []})
+    for sample_id, version, predicted, confidence in rows:
+        if predicted is None:
+            continue
+        point = (float(confidence), truth[sample_id][0] == predicted)
+        points[version or "unknown"]["labels"].append(point)
+        if reasons.get(sample_id) == RANDOM_REASON:
+            points[version or "unknown"]["labels_random"].append(point)
+    out: dict[str, dict[str, CalibrationError]] = {}
+    for version, by_source in points.items():
+        for source, pairs in by_source.items():
+            if pairs:
+                confidence, correct = zip(*pairs)
+                out.setdefault(version, {})[source] = CalibrationError(
+                    expected_calibration_error(list(confidence), list(correct)), len(pairs))
+    return out
 
 
 def captured_counts(session) -> dict[tuple[str, str, str], int]:
@@ -244,11 +282,13 @@ def summary(session, policy) -> dict:
     for (version, kind), n in feedback_counts(session).items():
         kinds[version][kind] = n
     versions = []
+    calibration = calibration_by_version(session)
     for version, by_source in sorted(production_accuracy(session).items(), key=lambda kv: _version_key(kv[0])):
         row: dict = {"model_version": version}
         for source, a in by_source.items():
             row[source] = {"value": a.value, "correct": a.correct, "n": a.total}
         row["kinds"] = kinds.get(version, {})
+        row["ece"] = {source: {"value": e.ece, "n": e.n} for source, e in calibration.get(version, {}).items()}
         versions.append(row)
     to_queue: dict[str, int] = {reason: 0 for reason in REASONS}
     for _sample_id, reason in pending(session, policy):

@@ -56,6 +56,7 @@ class PolicySettings:
     low_confidence: float = 0.6
     wrong: bool = True
     flagged: bool = True
+    out_of_distribution: bool = True
     random_share: float = 0.1
     daily_budget: int = 200
     seed: int = 0

@@ -38,6 +38,9 @@ class Prediction:
     top: tuple[dict, ...]
     inference_id: str | None
     revision: str | None
+    # False when the model said the photo is unlike its training data (the answer's
+    # in_distribution); True when it did not say (an older model).
+    in_distribution: bool = True
 
 
 def _error_text(response: httpx.Response) -> str:
@@ -95,7 +98,8 @@ class PublicApi:
             top = tuple({"label": str(t["label"]), "confidence": float(t["confidence"])}
                         for t in p.get("top_k") or [p])
             return Prediction(str(p["label"]), float(p["confidence"]), top[:3],
-                              r.headers.get(INFERENCE_ID_HEADER) or None, r.headers.get(REVISION_HEADER))
+                              r.headers.get(INFERENCE_ID_HEADER) or None, r.headers.get(REVISION_HEADER),
+                              p.get("in_distribution") is not False)
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise ApiError(502, "The food recognizer gave an answer this page cannot read. Please try "
                            "again.", f"{type(exc).__name__}: {exc}: {r.text[:200]}") from None
