@@ -321,3 +321,66 @@ def test_real_uvicorn_server_accepts_logger_events(service, eval_images):
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+# --- drift that says what changed: image-property profiles (drift_detector.profile) ---------------
+
+def _jpeg(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=92)
+    return out.getvalue()
+
+
+def test_image_properties_measure_what_they_say():
+    from PIL import ImageFilter
+
+    from drift_detector.profile import image_properties
+
+    rng = np.random.default_rng(0)
+    texture = Image.fromarray(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8))
+    bright, dark = image_properties(_jpeg(texture)), image_properties(darken(_jpeg(texture), 0.3))
+    assert dark["brightness"] < 0.4 * bright["brightness"] and dark["contrast"] < bright["contrast"]
+    blurred = image_properties(_jpeg(texture.filter(ImageFilter.GaussianBlur(3))))
+    assert blurred["sharpness"] < bright["sharpness"] / 10
+    grey = image_properties(_jpeg(texture.convert("L").convert("RGB")))
+    assert grey["colourfulness"] < bright["colourfulness"] / 5
+    assert bright["size"] == pytest.approx(160 * 120 / 1e6) and bright["aspect_ratio"] == pytest.approx(160 / 120)
+    from gourmetgram.errors import UserError
+
+    with pytest.raises(UserError):
+        image_properties(b"not an image")
+
+
+def test_the_service_names_the_property_and_class_that_moved(client, service, bundle, eval_images):
+    """Night shots (the demo cycle's transform): brightness is named first, in /status and in
+    the metrics the drift alert's annotation reads; the class the answers pile into is named."""
+    from drift_detector.profile import PROFILE_FILE
+    from gourmetgram_app.local.simulate import night_shot
+
+    assert (Bundle(bundle).detector_dir / PROFILE_FILE).is_file()  # written by the build
+    photos = eval_images[:60]
+    for i, image in enumerate(photos):
+        client.post("/", headers=headers(event_id=f"day-{i}"), content=v1_request([image]))
+    assert service.wait_idle(60)
+    quiet = client.get("/status").json()["profile"]
+    assert quiet["window"] == 60 and quiet["moved"]["properties"] == []  # nothing moved in distribution
+    for i, image in enumerate(photos):  # the same photos as night shots, all answered "one"
+        client.post("/", headers=headers(event_id=f"night-{i}"), content=v1_request([night_shot(image)]))
+        answer = {"predictions": [{"class_index": 1, "label": "one", "confidence": 0.97}]}
+        client.post("/", headers=headers(RESPONSE_TYPE, f"night-{i}"), content=json.dumps(answer))
+    assert service.wait_idle(60)
+    profile = client.get("/status").json()["profile"]
+    props = profile["properties"]
+    assert max(props, key=lambda p: props[p]["ks"]) == "brightness"
+    assert props["brightness"]["shift_sd"] < -1 and props["brightness"]["p_value"] < 1e-6
+    assert profile["moved"]["properties"][0].startswith("brightness down")
+    assert profile["classes"]["one"]["n"] == 60 and profile["classes"]["one"]["share"] == 1.0
+    assert profile["moved"]["classes"][0].startswith("one: 100% of answers")
+    assert len(profile["atypical"]) == 6 and all(a["sample_id"].startswith("night-") for a in profile["atypical"])
+    metrics = client.get("/metrics").text
+    assert 'drift_property_shift{property="brightness"}' in metrics
+    from prometheus_client.parser import text_string_to_metric_families
+
+    shifts = {s.labels["property"]: s.value for f in text_string_to_metric_families(metrics)
+              for s in f.samples if s.name == "drift_property_shift"}
+    assert max(shifts, key=shifts.get) == "brightness" and shifts["brightness"] > 0.5

@@ -3,6 +3,8 @@
 Writes ``<bundle>/detector/``:
   ``mmd/``              alibi-detect ``save_detector`` output (online MMD, config + x_ref)
   ``label_prior.json``  training class distribution (label drift baseline)
+  ``profile.json``      image properties of the reference photos, overall and per class
+                        (drift that says what changed: drift_detector.profile)
   ``detector.json``     the settings, thresholds and timings, for people and the server
 """
 
@@ -26,6 +28,7 @@ from drift_detector.detector import (
     torch_threads,
 )
 from drift_detector.embedding import Embedder
+from drift_detector.profile import build_profile, write_profile
 from gourmetgram.bundle import Bundle
 from gourmetgram.constants import SPLITS
 from gourmetgram.data.layout import list_images
@@ -88,8 +91,12 @@ def build_detector(
 
     start = time.perf_counter()
     sample = random.Random(seed).sample(items, min(n_reference, len(items)))
-    x_ref = embedder.embed_images([path.read_bytes() for path, _ in sample])
+    blobs = [path.read_bytes() for path, _ in sample]
+    x_ref = embedder.embed_images(blobs)
     timings["embed_seconds"] = time.perf_counter() - start
+    start = time.perf_counter()
+    profile = build_profile(blobs, [label for _, label in sample], class_names)
+    timings["profile_seconds"] = time.perf_counter() - start
 
     start = time.perf_counter()
     torch.manual_seed(seed)
@@ -109,6 +116,7 @@ def build_detector(
     save_detector(cd, str(out / MMD_DIR))
     timings["save_seconds"] = time.perf_counter() - start
 
+    write_profile(out, profile)
     counts = np.bincount([c for _, c in items], minlength=len(class_names))[:len(class_names)]
     (out / LABEL_PRIOR_FILE).write_text(json.dumps({
         "class_names": list(class_names), "counts": counts.tolist(),

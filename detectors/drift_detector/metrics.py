@@ -32,6 +32,16 @@ class DetectorMetrics:
         self.bad_images = Counter(
             "drift_images_invalid", "Logged images that failed to decode", registry=r)
         self.backlog = Gauge("drift_backlog", "Logger events queued, not yet processed", registry=r)
+        # What changed (drift_detector.profile): image properties of recent photos vs the training photos
+        self.property_shift = Gauge(
+            "drift_property_shift", "Kolmogorov-Smirnov statistic of an image property (recent photos vs "
+            "the training reference; 0 = same distribution, 1 = disjoint)", ["property"], registry=r)
+        self.property_shift_sd = Gauge(
+            "drift_property_shift_sd", "Mean of an image property over recent photos minus the training "
+            "mean, in training standard deviations (the sign says which way)", ["property"], registry=r)
+        self.class_shift_sd = Gauge(
+            "drift_class_shift_sd", "Largest standardised property shift of the recent photos predicted as "
+            "a class against that class's training photos", ["class_name"], registry=r)
         for kind in ("request", "response"):  # present from the first scrape
             self.received.labels(kind)
             self.processed.labels(kind)

@@ -42,8 +42,10 @@ from drift_detector.detector import (
 from drift_detector.embedding import Embedder
 from drift_detector.events import BadEvent, InferenceEvent, decode_event
 from drift_detector.metrics import DetectorMetrics
+from drift_detector.profile import ProfileDrift, image_properties
 from gourmetgram import bodylimit, control
 from gourmetgram.errors import UserError
+from gourmetgram.inference_events import sample_id
 from gourmetgram.jsonlog import log_json
 
 log = logging.getLogger("drift_detector")
@@ -69,6 +71,9 @@ class DriftService:
         prior = json.loads(prior_path.read_text())
         self.class_names: list[str] = prior["class_names"]
         self.labels = LabelDrift(prior["prior"], window=label_window)
+        # None for a detector built before image-property profiles existed
+        self.profile = ProfileDrift.load(detector_dir(self.bundle_dir), self.class_names, prior["prior"])
+        self.profile_report: dict = {}
         self.state = DriftState()
         self.max_batch = max_batch
         self.queue: queue.Queue[InferenceEvent] = queue.Queue(maxsize=max_queue)
@@ -149,9 +154,12 @@ class DriftService:
                 images.extend(event.images)
                 if event.tensors is not None:
                     tensors.append(event.tensors)
+                self._profile_photos(event)
             elif not (event.extensions.get("endpoint") == "shadow"  # a shadow's answers reached no user
                       or event.extensions.get("shadow") == "true"):
                 self.labels.update(event.classes)
+                if self.profile is not None:
+                    self.profile.add_predictions((sample_id(event.id, k), c) for k, c in enumerate(event.classes))
         if images or tensors:
             arrays, kept = self.embedder.preprocess(images)
             if len(kept) < len(images):
@@ -162,6 +170,29 @@ class DriftService:
                 self._predict(x)
         stat = self.labels.statistic()
         self.metrics.label_stat.set(float("nan") if stat is None else stat)
+        self._update_profile_metrics()
+
+    def _profile_photos(self, event: InferenceEvent) -> None:
+        """Each image's properties into the profile window; a photo that does not decode is
+        skipped (the embedder counts it)."""
+        if self.profile is None:
+            return
+        for k, blob in enumerate(event.images):
+            try:
+                self.profile.add_photo(sample_id(event.id, k), image_properties(blob))
+            except UserError:
+                continue
+
+    def _update_profile_metrics(self) -> None:
+        if self.profile is None:
+            return
+        report = self.profile.report()
+        self.profile_report = report
+        for name, p in report["properties"].items():
+            self.metrics.property_shift.labels(name).set(p["ks"])
+            self.metrics.property_shift_sd.labels(name).set(p["shift_sd"])
+        for name, c in report["classes"].items():
+            self.metrics.class_shift_sd.labels(name).set(float("nan") if c["shift_sd"] is None else c["shift_sd"])
 
     def _predict(self, x: np.ndarray) -> None:
         data = self.detector.predict(x, return_test_stat=True)["data"]
@@ -206,6 +237,8 @@ class DriftService:
                             "class_names": self.class_names},
             "detector": {k: self.settings.get(k) for k in
                          ("window_size", "ert", "n_bootstraps", "n_reference", "seed")},
+            # what changed: image properties and predicted classes vs the training photos
+            "profile": self.profile_report or None,
             "load_seconds": round(self.load_seconds, 3),
         }
 

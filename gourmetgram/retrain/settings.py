@@ -52,7 +52,7 @@ class TriggerSettings:
     schedule_every: Duration = "7d"
     cron: Annotated[StrictStr, AfterValidator(_cron)] = "0 0 3 * * 1"
     drift_alerts: tuple[Name, ...] = ("GourmetGramDriftDetected",)
-    degradation_alerts: tuple[Name, ...] = ("GourmetGramProductionAccuracyLow",)
+    degradation_alerts: tuple[Name, ...] = ("GourmetGramProductionAccuracyLow", "GourmetGramEstimatedAccuracyLow")
 
 
 @dataclasses.dataclass(frozen=True)
