@@ -55,6 +55,8 @@ FEEDBACK_CONTENT_TYPE = "application/json"
 # A caller allowed to name its users (configs/loop.yaml feedback.client_id_from: the web app)
 # names the one a feedback comes from in this header; the daily correction cap counts by it.
 CLIENT_ID_HEADER = "X-Client-Id"
+# A captured photo's small JPEG, read-only, for the operator page: <capture sink>/thumbnails/<sample id>
+SAMPLE_THUMBNAIL_PATH = "/thumbnails"
 BROKER_PORT = 8060  # local stand-in for the Knative Broker (logger fan-out)
 LABEL_STUDIO_PORT = 8085
 PROMETHEUS_PORT = 9090

@@ -370,6 +370,92 @@ def test_feedback_store_down_or_wrong_is_said_in_words(sink, platform):
     assert "Traceback" not in r.text and 'id="canary-percent' not in r.text
 
 
+def _prometheus_answer(series: list[tuple[dict, float]]) -> dict:
+    """Prometheus's /api/v1/query answer (instant vector) for these series."""
+    return {"status": "success", "data": {"resultType": "vector", "result": [
+        {"metric": labels, "value": [1733300000.0, str(value)]} for labels, value in series]}}
+
+
+def _estimate_series(revision: str, version: str, pod: str, method: str, value: float, lower: float,
+                     upper: float, n: int) -> list[tuple[dict, float]]:
+    labels = {"model_name": "food11", "revision": revision, "model_version": version, "stage": "production",
+              "method": method, "pod": pod}
+    return [({**labels, "__name__": "gourmetgram_estimated_accuracy" + suffix}, v)
+            for suffix, v in (("", value), ("_lower", lower), ("_upper", upper), ("_samples", n))]
+
+
+def test_operator_page_shows_the_label_free_estimate_next_to_the_measured_accuracy_and_what_changed(sink):
+    """The estimates from Prometheus (two replicas of one revision, weighted by their windows), the
+    measured accuracy and the ECE from the capture sink, the drift detector's "what changed" and
+    the most atypical photos, their thumbnails read from the capture sink's object store."""
+    from gourmetgram.loop.models import ANNOTATOR, Label, LabelTask
+    from gourmetgram.loop.store import utcnow
+
+    service, sink_app = sink
+    ids = [_sink_sample(service, i, "3", 0.9) for i in range(4)]
+    now = utcnow()
+    with service.store.write() as s:
+        for i, sample_id in enumerate(ids):
+            s.add(LabelTask(sample_id=sample_id, reason="random", queued_at=now, queue_day=now.date()))
+            s.add(Label(sample_id=sample_id, label_source=ANNOTATOR, label="Soup" if i < 3 else "Rice",
+                        labelled_at=now))
+    series = (_estimate_series("food11-predictor-00003", "3", "a", "atc_energy_prior", 0.60, 0.55, 0.66, 300)
+              + _estimate_series("food11-predictor-00003", "3", "b", "atc_energy_prior", 0.80, 0.72, 0.87, 100)
+              + _estimate_series("food11-predictor-00003", "3", "a", "atc", 0.93, 0.90, 0.95, 300))
+    status = {"t": 90, "test_stat": 0.2, "threshold": 0.05, "is_drift": True, "processed": 90, "backlog": 0,
+              "label_drift": {"statistic": 0.6, "window": 90},
+              "profile": {"window": 90, "moved": {"properties": ["brightness down 2.1 sd (KS 0.81)"],
+                                                  "classes": ["Soup: 80% of answers (prior 25%), brightness down 2.4 sd"]},
+                          "atypical": [{"sample_id": ids[1], "atypicality": 3.0, "property": "brightness",
+                                        "shift_sd": -3.0, "predicted": "Soup"},
+                                       {"sample_id": "never-captured", "atypicality": 2.5, "property": "contrast",
+                                        "shift_sd": -2.5, "predicted": "Soup"}]}}
+
+    async def query(request: Request):
+        assert "gourmetgram_estimated_accuracy" in request.query_params["query"]
+        return JSONResponse(_prometheus_answer(series))
+
+    async def detector_status(_request: Request):
+        return JSONResponse(status)
+
+    sources = Starlette(routes=[Route("/api/v1/query", query), Route("/status", detector_status)])
+
+    async def app(scope, receive, send):  # Prometheus and the detector, else the capture sink
+        target = sources if scope.get("path") in ("/api/v1/query", "/status") else sink_app
+        await target(scope, receive, send)
+
+    config = WebConfig(api_url=API, registry=False, feedback_summary_url=SINK + "/summary",
+                       prometheus_url="http://prometheus.test",
+                       stages=(StageSource("production", "", "http://detector.test"),))
+    with TestClient(create_app(config, transport=httpx.ASGITransport(app=app))) as c:
+        r = c.get("/operator")
+        assert r.status_code == 200
+        row = re.search(r'<tr id="estimate-food11-predictor-00003">(.*?)</tr>', r.text, re.S).group(1)
+        # (0.60 x 300 + 0.80 x 100) / 400 = 0.65, the widest interval of the two replicas
+        assert '<td class="est-atc_energy_prior">0.650 [0.550, 0.870]</td>' in row
+        assert '<td class="est-atc">0.930 [0.900, 0.950]</td>' in row
+        assert '<td class="est-confidence">–</td>' in row
+        assert '<td class="measured-random">0.750 (4)</td>' in row  # 3 of the 4 random-share labels agree
+        assert "biased low" in r.text
+        assert re.search(r'<td class="ece">0\.150</td><td>4 \(random share\)</td>', r.text)  # conf 0.9, acc 0.75
+        assert re.search(r'id="moved-production">brightness down 2\.1 sd \(KS 0\.81\)<', r.text)
+        assert "Soup: 80% of answers" in r.text
+        thumbs = re.findall(r'<img src="(/operator/thumbnails/[^"]+)"', r.text)
+        assert len(thumbs) == 2
+        image = c.get(thumbs[0])
+        assert image.status_code == 200 and image.headers["content-type"] == "image/jpeg"
+        assert Image.open(io.BytesIO(image.content)).size == (9, 8)  # the captured photo, small already
+        assert c.get(thumbs[1]).status_code == 404  # the detector saw it; the sink never kept it
+        data = c.get("/operator.json").json()
+        assert data["estimates"]["data"][0]["methods"]["atc_energy_prior"]["n"] == 400
+    # without Prometheus the panel says why; the rest of the page stays
+    config = WebConfig(api_url=API, registry=False)
+    with TestClient(create_app(config)) as c:
+        r = c.get("/operator")
+    assert "Not available: Prometheus is not configured for this page" in r.text
+    assert c.get("/operator/thumbnails/x").status_code == 404
+
+
 def test_operator_page_with_every_source_down_still_renders():
     config = WebConfig(api_url="http://127.0.0.1:9", registry=False, feedback_summary_url="http://127.0.0.1:9/s",
                        stages=(StageSource("staging", "local:http://127.0.0.1:9", "http://127.0.0.1:9"),

@@ -1,6 +1,7 @@
 """The capture sink's HTTP side: ``POST /`` (logger CloudEvents), ``POST /v1/feedback``,
 ``/metrics``, ``/status``, ``/summary`` (read-only counts for the web app's operator page),
-``/health``.
+``/thumbnails/<sample id>`` (a small JPEG of a captured photo from the object store, for
+the operator page's "most atypical recent photos"; never routed to the public API), ``/health``.
 
 Events are bounded: at most ``capture.max_in_flight`` are worked on at once; beyond that
 the sink answers 503 at once and the broker retries later (counted in
@@ -27,7 +28,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from capture_sink.capture import Capture
-from gourmetgram.constants import FEEDBACK_PATH, LOOP_SUMMARY_PATH
+from gourmetgram.constants import FEEDBACK_PATH, LOOP_SUMMARY_PATH, SAMPLE_THUMBNAIL_PATH
 from gourmetgram.inference_events import BadEvent, decode_event
 from gourmetgram.jsonlog import log_json
 from gourmetgram.loop import quality
@@ -228,6 +229,29 @@ class CaptureService:
         with self.store.session() as s:
             return quality.summary(s, self.settings.policy)
 
+    def thumbnail(self, sample_id: str) -> bytes | None:
+        """A JPEG at most THUMBNAIL_SIDE pixels a side of the captured photo, or None when the
+        sample (or its image) was never captured."""
+        sample = self.store.get_sample(sample_id)
+        if sample is None or sample.object_key is None:
+            return None
+        return make_thumbnail(self.objects.get(sample.object_key))
+
+
+THUMBNAIL_SIDE = 128
+
+
+def make_thumbnail(blob: bytes) -> bytes:
+    import io
+
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(blob)).convert("RGB")
+    image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=80)
+    return out.getvalue()
+
 
 def create_app(service: CaptureService) -> Starlette:
     async def metrics(_request: Request) -> Response:
@@ -246,6 +270,20 @@ def create_app(service: CaptureService) -> Starlette:
             return JSONResponse({"error": f"the feedback store's database cannot be read "
                                           f"({type(exc).__name__}); try again shortly"}, status_code=503)
 
+    async def thumbnail(request: Request) -> Response:
+        """Read-only: a small JPEG of one captured photo (the operator page shows the most atypical)."""
+        sample_id = request.path_params["sample_id"]
+        try:
+            data = await run_in_threadpool(service.thumbnail, sample_id)
+        except Exception as exc:  # noqa: BLE001 - the database or the object store: 503 in words
+            log.exception("thumbnail of %s failed", sample_id)
+            return JSONResponse({"error": f"the captured photo cannot be read ({type(exc).__name__}); "
+                                          "try again shortly"}, status_code=503)
+        if data is None:
+            return JSONResponse({"error": f"no captured photo {sample_id!r} (not captured, or sampled out)"},
+                                status_code=404)
+        return Response(data, media_type="image/jpeg", headers={"cache-control": "private, max-age=3600"})
+
     async def health(_request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -255,5 +293,6 @@ def create_app(service: CaptureService) -> Starlette:
         Route("/metrics", metrics, methods=["GET"]),
         Route("/status", status, methods=["GET"]),
         Route(LOOP_SUMMARY_PATH, summary, methods=["GET"]),
+        Route(SAMPLE_THUMBNAIL_PATH + "/{sample_id:path}", thumbnail, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
     ])

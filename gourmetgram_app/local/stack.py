@@ -576,6 +576,8 @@ class LocalStack:
                 "--host", self.host, "--port", str(self.ports.webapp)]
         if self.feedback_summary_url:  # the loop's counts, from the capture sink (never its database)
             argv += ["--feedback-summary", self.feedback_summary_url]
+        if self.with_prometheus:  # the transformers' label-free accuracy estimates
+            argv += ["--prometheus", self.prometheus_url]
         env = _child_env()
         # The web app is its own deployment unit (webapp/); found even where the editable
         # install predates it.

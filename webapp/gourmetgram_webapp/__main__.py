@@ -2,7 +2,7 @@
 
 Every flag has an environment variable (the container is configured through them):
 ``GOURMETGRAM_API_URL``, ``GOURMETGRAM_WEBAPP_STAGES`` (space-separated ``--stage``
-values), ``GOURMETGRAM_FEEDBACK_SUMMARY_URL``, ``GOURMETGRAM_CLASSES``, ``WEBAPP_HOST``,
+values), ``GOURMETGRAM_FEEDBACK_SUMMARY_URL``, ``GOURMETGRAM_PROMETHEUS_URL``, ``GOURMETGRAM_CLASSES``, ``WEBAPP_HOST``,
 ``WEBAPP_PORT``.
 """
 
@@ -30,6 +30,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "kube:<namespace>/<inferenceservice> (repeatable)")
     p.add_argument("--feedback-summary", default=env("GOURMETGRAM_FEEDBACK_SUMMARY_URL", ""),
                    help="URL of the feedback store's summary (production accuracy, labelling backlog)")
+    p.add_argument("--prometheus", default=env("GOURMETGRAM_PROMETHEUS_URL", ""),
+                   help="Prometheus URL: the label-free accuracy estimates the transformers export")
     p.add_argument("--model-spec", help="a bundle's model_spec.json: the class names to offer")
     p.add_argument("--classes", default=env("GOURMETGRAM_CLASSES"),
                    help="comma-separated class names (default: Food-11's)")
@@ -44,7 +46,8 @@ def config_from_args(args: argparse.Namespace) -> WebConfig:
     return WebConfig(api_url=args.api, model_name=args.model,
                      class_names=read_class_names(args.model_spec, args.classes),
                      stages=tuple(StageSource.parse(t) for t in stage_texts),
-                     feedback_summary_url=args.feedback_summary, registry=not args.no_registry)
+                     feedback_summary_url=args.feedback_summary, prometheus_url=args.prometheus.rstrip("/"),
+                     registry=not args.no_registry)
 
 
 @entry_point

@@ -24,6 +24,7 @@ import time
 from collections import OrderedDict, deque
 from contextlib import asynccontextmanager
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 from starlette.applications import Starlette
@@ -35,9 +36,10 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from gourmetgram import constants
 from gourmetgram.preprocessing import InvalidImageError, decode_image
 from gourmetgram_webapp.api import FLAGS, ApiError, Prediction, PublicApi
-from gourmetgram_webapp.config import WebConfig
+from gourmetgram_webapp.config import WebConfig, capture_base_url
 from gourmetgram_webapp.operator_view import RegistryReader, gather
 
 HERE = Path(__file__).resolve().parent
@@ -197,6 +199,23 @@ def create_app(config: WebConfig, transport: httpx.AsyncBaseTransport | None = N
     async def operator_json(_request: Request) -> Response:
         return JSONResponse(await gather(config, status_client, registry))
 
+    async def operator_thumbnail(request: Request) -> Response:
+        """A captured photo's thumbnail, from the capture sink (the operator page's most atypical
+        recent photos); the web app never opens the object store itself."""
+        base = capture_base_url(config.feedback_summary_url)
+        if not base:
+            raise HTTPException(404, "No capture sink is configured: thumbnails are not available.")
+        sample_id = quote(request.path_params["sample_id"], safe="/")
+        try:
+            r = await status_client.get(f"{base}{constants.SAMPLE_THUMBNAIL_PATH}/{sample_id}")
+        except httpx.HTTPError as exc:
+            raise HTTPException(503, f"The capture sink cannot be reached ({type(exc).__name__}).") from None
+        if r.status_code != 200 or not r.headers.get("content-type", "").startswith("image/"):
+            raise HTTPException(404 if r.status_code == 404 else 503,
+                                "This photo was not captured (or was sampled out)." if r.status_code == 404
+                                else f"The capture sink answered {r.status_code}.")
+        return Response(r.content, media_type="image/jpeg", headers={"cache-control": "private, max-age=3600"})
+
     async def healthz(_request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -221,6 +240,7 @@ def create_app(config: WebConfig, transport: httpx.AsyncBaseTransport | None = N
         Route("/uploads/{upload_id}/feedback", feedback, methods=["POST"]),
         Route("/operator", operator, methods=["GET"]),
         Route("/operator.json", operator_json, methods=["GET"]),
+        Route("/operator/thumbnails/{sample_id:path}", operator_thumbnail, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]

@@ -4,7 +4,8 @@ The user page needs only the public prediction/feedback API (the gateway locally
 ingress on the cluster) and the class names (for "pick the right class"). The operator
 page reads, per stage, what is served (the local gateway's rollout status, or the
 InferenceService through the Kubernetes API), the drift detector's ``/status``, the
-MLflow registry and, when configured, the feedback store's summary.
+MLflow registry and, when configured, the feedback store's summary (and the captured photos'
+thumbnails beside it) and Prometheus (the label-free accuracy estimates).
 """
 
 from __future__ import annotations
@@ -73,10 +74,19 @@ class WebConfig:
     # The loop's feedback summary (production accuracy by version, labelling backlog);
     # "" until a store is configured: the operator page then says "not available".
     feedback_summary_url: str = ""
+    # Prometheus (the label-free accuracy estimates the transformers export); "": not shown.
+    prometheus_url: str = ""
     registry: bool = True
     max_upload_bytes: int = MAX_IMAGE_BYTES
     api_timeout_s: float = 30.0
     status_timeout_s: float = 3.0
+
+
+def capture_base_url(summary_url: str) -> str:
+    """The capture sink's base URL, from its summary URL (thumbnails live beside it); "" if
+    the summary URL is not the sink's."""
+    return summary_url[:-len(constants.LOOP_SUMMARY_PATH)] if summary_url.endswith(constants.LOOP_SUMMARY_PATH) \
+        else ""
 
 
 def read_class_names(model_spec: str | None, classes: str | None) -> tuple[str, ...]:

@@ -3,7 +3,8 @@
 Each panel is independent: a source that is down, slow or not configured becomes a panel
 that says "not available" and why, never an error page. Nothing here changes anything:
 the page is read-only (GETs to the gateway's rollout status, the detector's ``/status``,
-the Kubernetes API's InferenceService, the MLflow registry, the feedback summary).
+the Kubernetes API's InferenceService, the MLflow registry, the feedback summary, Prometheus's
+query API for the label-free accuracy estimates, the capture sink's thumbnails).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import httpx
 
 from gourmetgram import constants
 from gourmetgram.errors import UserError
-from gourmetgram_webapp.config import StageSource, WebConfig
+from gourmetgram_webapp.config import StageSource, WebConfig, capture_base_url
 
 ROLLOUT_STATUS_PATH = "/_gourmetgram/rollout"
 REGISTRY_CACHE_S = 10.0
@@ -115,7 +116,28 @@ async def _drift(source: StageSource, client: httpx.AsyncClient) -> dict:
         "is_drift": bool(s.get("is_drift")), "test_stat": s.get("test_stat"), "threshold": s.get("threshold"),
         "processed": s.get("processed"), "backlog": s.get("backlog"), "drift_flags": s.get("drift_flags"),
         "label_drift_statistic": label.get("statistic"), "label_window": label.get("window"),
+        **what_changed(s.get("profile")),
     }
+
+
+def what_changed(profile: Any) -> dict:
+    """The detector's image-property profile (drift_detector.profile): what moved, and the most
+    atypical recent photos (their sample ids: the thumbnails come from the capture sink)."""
+    if not isinstance(profile, dict) or not profile.get("window"):
+        return {"profile_window": 0, "moved_properties": [], "moved_classes": [], "atypical": []}
+    moved = profile.get("moved") or {}
+    atypical = []
+    for a in profile.get("atypical") or []:
+        try:
+            shift = float(a["shift_sd"])
+            atypical.append({"sample_id": str(a["sample_id"]), "predicted": a.get("predicted"),
+                             "why": f"{str(a['property']).replace('_', ' ')} {'up' if shift > 0 else 'down'} "
+                                    f"{abs(shift):.1f} sd"})
+        except (KeyError, TypeError, ValueError):
+            continue
+    return {"profile_window": int(profile.get("window") or 0),
+            "moved_properties": [str(m) for m in moved.get("properties") or []],
+            "moved_classes": [str(m) for m in moved.get("classes") or []], "atypical": atypical}
 
 
 # -- registry ---------------------------------------------------------------------------
@@ -156,10 +178,17 @@ def feedback_summary(summary: dict) -> dict:
         rows = []
         for row in summary["accuracy_by_version"]:
             fb, labels = row.get("feedback") or {}, row.get("labels") or {}
+            random = row.get("labels_random") or {}
             kinds = row.get("kinds") or {}
+            ece = row.get("ece") or {}
+            ece_source = "labels_random" if "labels_random" in ece else "labels"
             rows.append({"version": str(row["model_version"]), "feedback": int(fb.get("n", 0)),
                          "accuracy": fb.get("value"), "labelled": int(labels.get("n", 0)),
                          "label_accuracy": labels.get("value"),
+                         "random_labelled": int(random.get("n", 0)), "random_accuracy": random.get("value"),
+                         "ece": (ece.get(ece_source) or {}).get("value"), "ece_n": int((ece.get(ece_source) or {})
+                                                                                      .get("n", 0)),
+                         "ece_source": "random share" if ece_source == "labels_random" else "all labels",
                          "kinds": ", ".join(f"{k.replace('_', ' ')} {n}" for k, n in sorted(kinds.items()))})
         b = summary["backlog"]
         backlog = {"total": int(b["total"]), "to_queue": int(b["to_queue"]), "queued": int(b["queued"]),
@@ -192,6 +221,57 @@ async def _feedback(url: str, client: httpx.AsyncClient) -> dict:
     return feedback_summary(body)
 
 
+# -- accuracy without labels (the transformers' estimates, through Prometheus) ----------------
+
+ESTIMATE = "gourmetgram_estimated_accuracy"
+ESTIMATE_QUERY = '{__name__=~"gourmetgram_estimated_accuracy(_lower|_upper|_samples)?"}'
+# the methods the page shows, the one the alert reads first (gourmetgram.estimation.PRIMARY_METHOD)
+ESTIMATE_METHODS = ("atc_energy_prior", "atc", "confidence")
+
+
+def estimates_from_prometheus(result: list[dict]) -> list[dict]:
+    """An instant query's result -> one row per (model version, stage, revision): per method the
+    replicas' estimates weighted by their windows, the widest interval, the predictions behind."""
+    series: dict[tuple[str, str, str], dict[str, dict[str, dict[str, float]]]] = {}
+    for item in result:
+        labels, value = item["metric"], float(item["value"][1])
+        key = (labels.get("model_version", ""), labels.get("stage", ""), labels.get("revision", ""))
+        replica = labels.get("pod") or labels.get("instance") or ""
+        method = labels.get("method", "")
+        series.setdefault(key, {}).setdefault(method, {}).setdefault(replica, {})[labels["__name__"]] = value
+    rows = []
+    for (version, stage, revision), methods in sorted(series.items()):
+        row: dict = {"version": version, "stage": stage, "revision": revision, "n": 0, "methods": {}}
+        for method, replicas in methods.items():
+            n = sum(r.get(ESTIMATE + "_samples", 0.0) for r in replicas.values())
+            if n <= 0:
+                continue
+            value = sum(r.get(ESTIMATE, 0.0) * r.get(ESTIMATE + "_samples", 0.0) for r in replicas.values()) / n
+            row["methods"][method] = {
+                "value": value, "n": int(n),
+                "lower": min(r.get(ESTIMATE + "_lower", value) for r in replicas.values()),
+                "upper": max(r.get(ESTIMATE + "_upper", value) for r in replicas.values())}
+            row["n"] = max(row["n"], int(n))
+        if row["methods"]:
+            rows.append(row)
+    return rows
+
+
+async def _estimates(url: str, client: httpx.AsyncClient) -> list[dict]:
+    r = await client.get(f"{url}/api/v1/query", params={"query": ESTIMATE_QUERY})
+    try:
+        body = r.json()
+    except ValueError:
+        body = {}
+    if r.status_code != 200 or not isinstance(body, dict) or body.get("status") != "success":
+        raise UserError(f"Prometheus answered {r.status_code}" + (f": {body.get('error')}" if isinstance(body, dict)
+                                                                   and body.get("error") else ""))
+    try:
+        return estimates_from_prometheus(body["data"]["result"])
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise UserError(f"Prometheus's answer is not an instant vector ({type(exc).__name__})") from None
+
+
 # -- the page -----------------------------------------------------------------------------
 
 async def gather(config: WebConfig, client: httpx.AsyncClient, registry: RegistryReader | None) -> dict:
@@ -213,8 +293,14 @@ async def gather(config: WebConfig, client: httpx.AsyncClient, registry: Registr
                       if summary_url
                       else _none("the feedback store (production accuracy, labelling backlog) is not "
                                  "configured for this page (locally: `gourmetgram serve --loop`)"))
-    stages, reg, feedback = await asyncio.gather(
-        asyncio.gather(*(stage_view(s) for s in config.stages)), registry_panel, feedback_panel)
+    estimates_panel = (_guard(f"Prometheus at {config.prometheus_url}", t,
+                              lambda: _estimates(config.prometheus_url, client))
+                       if config.prometheus_url
+                       else _none("Prometheus is not configured for this page (the label-free accuracy "
+                                  "estimates come from the transformers' metrics; locally `gourmetgram serve` "
+                                  "with its Prometheus)"))
+    stages, reg, feedback, estimates = await asyncio.gather(
+        asyncio.gather(*(stage_view(s) for s in config.stages)), registry_panel, feedback_panel, estimates_panel)
     stage_list = list(stages)
     if reg.ok:
         for view in stage_list:
@@ -222,7 +308,8 @@ async def gather(config: WebConfig, client: httpx.AsyncClient, registry: Registr
             if view["stage"] == constants.PRODUCTION:  # the canary alias belongs to production's rollout
                 view["registered_canary"] = [v["version"] for v in reg.data if constants.CANARY in v["aliases"]]
     return {"stages": stage_list, "registry": reg.to_dict(), "feedback": feedback.to_dict(),
-            "model": config.model_name}
+            "estimates": estimates.to_dict(), "estimate_methods": list(ESTIMATE_METHODS),
+            "thumbnails": bool(capture_base_url(config.feedback_summary_url)), "model": config.model_name}
 
 
 async def _none(reason: str) -> Panel:
