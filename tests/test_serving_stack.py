@@ -23,6 +23,8 @@ import pytest
 import torch
 
 from gourmetgram import metric_names as qp
+from gourmetgram.bundle import Bundle
+from gourmetgram.calibration import Calibration
 from gourmetgram.config import ExportConfig
 from gourmetgram.constants import REPO_ROOT
 from gourmetgram.data.demo import DEMO_CLASSES
@@ -79,13 +81,22 @@ def processes_in(cwd: Path) -> list[int]:
     return pids
 
 
+# The bundle's calibration, as export writes it: a temperature far from 1, so an answer that skipped
+# it shows (the untrained model's logits are tiny: T < 1 sharpens them), and an OOD threshold well
+# clear of their energies (about -2.3 = -log 10), so no flag sits on the edge.
+CALIBRATION = Calibration(temperature=0.05, ood_threshold=-2.0, ood_pass_rate=0.95,
+                          atc_thresholds={"atc": 0.2, "atc_energy": 2.3, "atc_energy_prior": 2.3},
+                          class_prior=(0.1,) * 10, validation_accuracy=0.5, n_validation=10, fitted_on="test")
+
+
 @pytest.fixture(scope="module")
 def model_and_bundle(tmp_path_factory):
     torch.manual_seed(0)
     spec = ModelSpec(class_names=DEMO_CLASSES, image_size=64, width_mult=0.5)
     model = build_model(spec).eval()
     bundle = tmp_path_factory.mktemp("models") / "demo-1"
-    export_bundle(model, bundle, ExportConfig(max_batch_size=16, preferred_batch_sizes=(4, 8)))
+    export_bundle(model, bundle, ExportConfig(max_batch_size=16, preferred_batch_sizes=(4, 8)),
+                  calibration=CALIBRATION)
     return model, bundle
 
 
@@ -113,13 +124,18 @@ def test_predictions_match_pytorch(stack, model_and_bundle, eval_images):
         assert r.status_code == 200, r.text
         served += r.json()["predictions"]
     batch = np.stack([preprocess_bytes(b, 64) for b in blobs])
-    probs = softmax(predict_logits(model, batch).numpy().astype(np.float64))
-    expected = probs.argmax(1)
+    # the in-process model with the bundle's calibration: what the transformer must answer
+    in_process = Bundle(model_and_bundle[1]).load_calibration().score(predict_logits(model, batch).numpy())
+    expected = in_process.predicted
     same = sum(p["class_index"] == int(e) for p, e in zip(served, expected))
     assert len(served) == len(blobs) >= 50
     assert same / len(blobs) >= 0.99
     confidences = np.array([p["confidence"] for p in served])
-    np.testing.assert_allclose(confidences, probs.max(1), atol=1e-4)
+    np.testing.assert_allclose(confidences, in_process.confidence, atol=1e-4)  # temperature-scaled
+    assert np.abs(confidences - softmax(predict_logits(model, batch).numpy().astype(np.float64)).max(1)).max() > 0.01
+    np.testing.assert_allclose([p["ood_score"] for p in served], in_process.energy, atol=1e-3)
+    flags = [p["in_distribution"] for p in served]
+    assert flags == in_process.in_distribution.tolist()
     for p in served:
         assert p["label"] == DEMO_CLASSES[p["class_index"]]
         assert p["top_k"][0]["class_index"] == p["class_index"] and len(p["top_k"]) >= 2

@@ -193,16 +193,21 @@ def stage_serve(ctx: DemoContext) -> None:
     session = ort.InferenceSession(str(Bundle(ctx.bundle, MODEL_NAME).onnx_path),
                                    providers=["CPUExecutionProvider"])
     size = load_model_spec(ctx.bundle).image_size
-    local = session.run(None, {session.get_inputs()[0].name: preprocess_batch(images, size)})[0].argmax(1)
+    # the in-process model: the served graph with the bundle's calibration (temperature, OOD threshold)
+    local = Bundle(ctx.bundle).load_calibration().score(
+        session.run(None, {session.get_inputs()[0].name: preprocess_batch(images, size)})[0])
     names = ctx.result.evaluation.class_names
-    print(f"\n{'image':<28} {'true':<8} {'served':<8} confidence")
+    print(f"\n{'image':<28} {'true':<8} {'served':<8} confidence  ood_score  in distribution")
     for (path, label), pred in list(zip(sample, served))[:8]:
-        print(f"{path.parent.name + '/' + path.name:<28} {names[label]:<8} {pred['label']:<8} {pred['confidence']:.3f}")
-    agree = np.mean([p["class_index"] == int(c) for p, c in zip(served, local)])
+        print(f"{path.parent.name + '/' + path.name:<28} {names[label]:<8} {pred['label']:<8} {pred['confidence']:10.3f}"
+              f"  {pred.get('ood_score', float('nan')):9.2f}  {pred.get('in_distribution')}")
+    agree = np.mean([p["class_index"] == int(c) for p, c in zip(served, local.predicted)])
+    confidence_gap = max(abs(p["confidence"] - c) for p, c in zip(served, local.confidence))
     accuracy = np.mean([p["class_index"] == label for p, (_, label) in zip(served, sample)])
     print(f"\nserved {len(served)} evaluation images: accuracy {accuracy:.3f} "
           f"(offline evaluation: {ctx.result.evaluation.metrics['eval/accuracy']:.3f} on all "
-          f"{ctx.result.evaluation.n_images}); same class as the in-process model for {agree:.1%}")
+          f"{ctx.result.evaluation.n_images}); same class as the in-process model for {agree:.1%}, "
+          f"calibrated confidence within {confidence_gap:.1e} of it")
 
 
 # -- stage 5: closing the loop -----------------------------------------------------------------------
