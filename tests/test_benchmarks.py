@@ -214,3 +214,46 @@ def test_benchmarks_share_helpers_through_the_harness_only():
                      else [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else [])
             borrowed += [f"{path.name} imports {n}" for n in names if n in scripts]
     assert "serving_latency" in scripts and (folder / "harness.py").is_file() and not borrowed, borrowed
+
+
+def test_accuracy_estimation_benchmark_reports_every_mixture_method_and_the_offline_figures(tmp_path, demo_dataset):
+    """The estimation benchmark's analysis on an exported bundle (an untrained demo-spec model, its
+    calibration fitted on the demo's validation split as the export step fits it): every mixture,
+    every method with its interval and error, the offline figures, the seed summary; bad
+    arguments are exit 2. Training per seed is what the full run adds (minutes a seed)."""
+    import accuracy_estimation as ae
+    import numpy as np
+    import torch
+
+    from gourmetgram.config import ExportConfig
+    from gourmetgram.data.layout import list_images
+    from gourmetgram.evaluation.calibration import fit_validation_calibration
+    from gourmetgram.export import export_bundle
+    from gourmetgram.model import ModelSpec, build_model
+    from gourmetgram_app.local.simulate import night_shot
+
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(class_names=tuple(f"c{i}" for i in range(10)), image_size=64, width_mult=0.5)).eval()
+    bundle = tmp_path / "bundle"
+    export_bundle(model, bundle, ExportConfig(), calibration=fit_validation_calibration(model, demo_dataset))
+    items = list_images(demo_dataset / "evaluation")[::6]
+    blobs, labels = [p.read_bytes() for p, _ in items], np.array([c for _, c in items])
+    normal, night = ae.served_logits(bundle, blobs), ae.served_logits(bundle, [night_shot(b) for b in blobs])
+    result = ae.evaluate_mixtures(bundle, normal, night, labels, seed=0)
+    assert [m["night_share"] for m in result["mixtures"]] == list(ae.MIXTURES)
+    for mixture in result["mixtures"]:
+        assert 0 <= mixture["true_accuracy"] <= 1 and mixture["n"] == len(labels)
+        assert set(mixture["estimates"]) == set(ae.methods())
+        for e in mixture["estimates"].values():
+            assert e["lower"] <= e["value"] <= e["upper"]
+            assert e["error"] == pytest.approx(e["value"] - mixture["true_accuracy"])
+    ood = {d.name: [p.read_bytes() for p in sorted(d.iterdir())][:10] for d in (demo_dataset / "eval_sets/ood").iterdir()}
+    assert set(ood) == {"blank_plates", "noise", "symbols"}
+    result["offline"] = ae.offline_figures(bundle, normal, labels, {k: ae.served_logits(bundle, v) for k, v in ood.items()})
+    assert set(result["offline"]["ood_flagged"]) == {"evaluation", "blank_plates", "noise", "symbols"}
+    assert 0 <= result["offline"]["ece_after"] <= 1
+    lines = ae.format_seed(0, result)
+    assert len(lines) == 2 + len(ae.MIXTURES) and "ECE" in lines[0]
+    summary, met = ae.summarise({0: result, 1: result})
+    assert set(met) == set(ae.methods()) and any(line.startswith("offline report") for line in summary)
+    assert ae.main(["--seeds", "x"]) == 2 and ae.main(["--bundles", "nonsense"]) == 2
