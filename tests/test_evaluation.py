@@ -288,6 +288,29 @@ def test_untrained_demo_model_fails_with_reasons(untrained_result):
     _check_outputs(result, out)
 
 
+def test_the_report_gives_the_calibration_and_the_ood_thresholds_rates(untrained_result):
+    """Not gated, reported: temperature, ECE before/after on the evaluation split with reliability
+    tables, the OOD threshold's flagged share on held-back photos and on the demo's OOD sets."""
+    result, out = untrained_result
+    c = result.calibration
+    assert c is not None and c["temperature"] > 0 and c["ece_bins"] == 15
+    assert c["n_evaluation"] == result.n_images == sum(b["count"] for b in c["reliability_after"])
+    assert 0 <= c["ece_after"] <= 1 and 0 <= c["ece_before"] <= 1
+    assert list(c["ood"]) == ["evaluation (in distribution)", "blank_plates", "noise", "symbols"]
+    assert [c["ood"][s]["n"] for s in ("blank_plates", "noise", "symbols")] == [60, 60, 60]
+    # the threshold passes 95% of the validation photos; held-back photos of the same kind are
+    # flagged about as rarely
+    assert c["ood"]["evaluation (in distribution)"]["flagged"] <= 0.15
+    report = result.format_report()
+    assert "Calibration (temperature scaling fitted on validation (355 images)" in report
+    assert "ECE before" in report and "Out-of-distribution threshold: energy score <=" in report
+    assert re.search(r"  noise\s+60\s+\d\.\d{3}", report)
+    for key in ("eval/calibration/temperature", "eval/calibration/ece_before", "eval/calibration/ece_after",
+                "eval/ood/in_distribution/flagged", "eval/ood/symbols/flagged"):
+        assert key in result.metrics
+    assert EvaluationResult.from_json(out / "evaluation.json").calibration == c
+
+
 def test_log_evaluation_to_mlflow(untrained_result, session_home):
     from gourmetgram.tracking import configure_mlflow
 
