@@ -124,6 +124,8 @@ def test_every_prediction_is_captured_with_its_inference_id(chain, served):
         assert s.model_version == VERSION and s.stage == "production" and s.model_name == "food11"
         assert s.revision == chain["stack"].revision and s.label in DEMO_CLASSES and 0 < s.confidence <= 1
         assert s.top_k and s.top_k[0]["label"] == s.label
+        # the answer's OOD score (energy: below 0) and flag (no calibration.json: every photo passes)
+        assert s.ood_score is not None and s.ood_score < 0 and s.in_distribution is True
     # the same events fanned out to the detector's trigger too
     assert _wait(lambda: {i for i, _, _ in served} <= set(chain["detector"].ids))
     # one request followed across processes by its id: gateway, transformer, capture
