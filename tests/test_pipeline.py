@@ -278,6 +278,9 @@ def test_local_run_trains_passes_the_gate_exports_and_registers(demo_dataset, se
     assert layout.config_path.is_file() and layout.onnx_path.stat().st_size > 10_000
     assert layout.labels_path.read_text().split("\n")[:2] == ["zero", "one"]
     assert layout.detector_settings_path.is_file()  # the drift detector travels with the model
+    calibration = layout.load_calibration()  # fitted on validation by the export step
+    assert calibration.fitted and calibration.temperature > 0 and calibration.ood_pass_rate == 0.95
+    assert "Calibration (temperature scaling" in summary and "Out-of-distribution threshold" in summary
     assert float(info.tags[registry.TAG_ACCURACY]) >= load_config("demo").evaluation.min_overall_accuracy
     run_id = info.run_id
     assert run_id and re.search(rf"MLflow run:\s+{run_id}", summary)
@@ -414,8 +417,13 @@ def test_export_step_fp16_gates_on_labelled_evaluation_images_and_quantize_passe
     p = result.parity
     assert result.precision == "fp16" and p.n_images > 32  # more images than the FP32 check
     assert p.torch_accuracy is not None and p.onnx_accuracy is not None and p.accuracy_drop <= 0.01
-    assert "(FP16)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "(FP16)" in out and "calibration on 355 validation images: temperature" in out
     assert Bundle(tmp_path / "b16").precision() == "fp16"
+    calibration = Bundle(tmp_path / "b16").load_calibration()  # the export ships the validation fit
+    assert calibration.n_validation == 355 and sum(calibration.class_prior) == pytest.approx(1.0)
+    assert set(calibration.atc_thresholds) == {"atc", "atc_energy", "atc_energy_prior"}
+    assert p.confidence_max_abs_diff is not None and p.confidence_max_abs_diff < 0.01
     served = quantize_step(tmp_path / "b16", demo_dataset, "demo", tmp_path / "served", MODEL_NAME)
     assert served.precision == "fp16" and served.report is None and "INT8 quantizes FP32" in served.reason
     assert _onnx_bytes(tmp_path / "served") == _onnx_bytes(tmp_path / "b16")

@@ -89,7 +89,7 @@ def stack(bundles, registered, loop_db, tmp_path_factory):
     loop = LoopServices(bundles["stable"], log_dir, detector_url=f"http://127.0.0.1:{ports.detector}/",
                         db_url=loop_db, objects_url=(log_dir / "objects").as_uri())
     with LocalStack(bundles["stable"], PRODUCTION, ports, log_dir=log_dir, webapp=True, detector=True,
-                    logger_url=loop.broker_url + "/", feedback_url=loop.capture_url,
+                    prometheus=True, logger_url=loop.broker_url + "/", feedback_url=loop.capture_url,
                     feedback_summary_url=loop.summary_url, model_version=registered["stable"],
                     extra_services=[(loop.capture, SIDE), (loop.broker, SIDE)]) as running:
         yield running
@@ -371,6 +371,17 @@ def test_operator_page_shows_the_live_canary_percentage(stack, browser, bundles,
         assert "wrong 2" in to_queue  # marked wrong or not food: queued first
     assert int(text(browser, "#backlog")) >= 2
     assert text(browser, "#backlog-queued") == "0 (0 in Label Studio)"  # nobody ran `loop queue`
+    # the stable revision's label-free estimate: the transformer's metric, scraped by the stack's
+    # Prometheus, read by the page through Prometheus's query API
+    from selenium.webdriver.common.by import By
+
+    stable = rollout.raw_status()["latest_rolledout_revision"]
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline and not browser.find_elements(By.ID, f"estimate-{stable}"):
+        time.sleep(2)
+        browser.refresh()
+    row = text(browser, f"#estimate-{stable}")
+    assert row.startswith(f"{version} production {stable}") and "[" in row, row
     screenshot(browser, shots, "operator-page")
 
 
