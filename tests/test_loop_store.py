@@ -69,8 +69,9 @@ def test_migrations_create_exactly_the_models(store):
 
 
 def test_an_older_database_upgrades_with_its_rows_and_downgrades(loop_db_url):
-    """A database at 0002 with rows in it: opening migrates it to the head (the new columns
-    empty: no client, no review), and the head downgrades back to 0002."""
+    """A database at 0002 with rows in it: opening migrates it to the head through 0003 and 0004
+    (the new columns empty: no client, no review, no OOD score or flag), and the head downgrades
+    back to 0002."""
     from alembic import command
     from sqlalchemy import create_engine, text
 
@@ -88,9 +89,11 @@ def test_an_older_database_upgrades_with_its_rows_and_downgrades(loop_db_url):
         conn.execute(text("INSERT INTO labels (sample_id, label_source, label, labelled_at) "
                           "VALUES ('old', 'user', 'one', :t)"), {"t": utcnow()})
     store = Store(loop_db_url)
-    assert store.revision() == "0003"
+    assert store.revision() == "0004"
     with store.session() as s:
         assert s.get(Feedback, "old").client is None
+        old = s.get(Sample, "old")
+        assert (old.ood_score, old.in_distribution) == (None, None)  # unknown, never "out of distribution"
         label = s.query(Label).one()
         assert (label.label, label.review, label.reviewed_by) == ("one", None, None)
         assert quality.ground_truth(s) == {"old": ("one", "user")}  # an old correction stays a label
