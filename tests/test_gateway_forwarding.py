@@ -21,6 +21,7 @@ from helpers import LocalHTTPServer, QuietHandler
 from starlette.testclient import TestClient
 
 from gourmetgram_app.local.gateway import Gateway, Revision
+from gourmetgram_app.local.gateway.routing import SHADOW
 from gourmetgram_app.local.manifests import load_stage_manifest
 from gourmetgram_app.local.readiness import probe_revision
 from gourmetgram_app.local.stack import Ports
@@ -246,3 +247,20 @@ def test_the_readiness_probe_names_what_is_not_ready(echo):
         why = tc.portal.call(gateway._probe, down)
         assert why is not None and why.startswith(f"{down.transformer_url}/v2/health/ready: ")
     assert asyncio.iscoroutinefunction(probe_revision)
+
+
+def test_canary_and_shadow_pairs_label_their_estimate_with_version_and_stage(tmp_path):
+    """A pair the gateway starts for a canary carries the registered version into its
+    transformer's label-free estimate (``--model_version``) and a shadow's says ``--stage shadow``:
+    else the dashboards and the estimate's alert, which group by version and stage, would not
+    tell them apart. The pairs are built, not started."""
+    gateway, _ = _gateway("http://127.0.0.1:1", log_dir=tmp_path)
+
+    def flags(pair) -> dict[str, str]:
+        argv = pair.transformer.argv
+        return {argv[i]: argv[i + 1] for i in range(len(argv) - 1) if argv[i] in ("--model_version", "--stage")}
+
+    assert flags(gateway._new_pair(tmp_path, "food11-staging-predictor-00002", "7")) == {
+        "--model_version": "7", "--stage": "staging"}
+    assert flags(gateway._new_pair(tmp_path, "food11-staging-shadow-predictor-00001", "8", stage=SHADOW)) == {
+        "--model_version": "8", "--stage": SHADOW}
