@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import subprocess
 import sys
@@ -257,3 +258,18 @@ def test_accuracy_estimation_benchmark_reports_every_mixture_method_and_the_offl
     summary, met = ae.summarise({0: result, 1: result})
     assert set(met) == set(ae.methods()) and any(line.startswith("offline report") for line in summary)
     assert ae.main(["--seeds", "x"]) == 2 and ae.main(["--bundles", "nonsense"]) == 2
+
+
+@pytest.mark.slow
+def test_gpu_training_benchmark_runs_the_projects_training_on_the_cpu(tmp_path):
+    """Here there is no GPU: asked for cuda, it says so and measures the CPU rows (about a minute)."""
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_training.py"), "--devices", "cpu,cuda",
+                          "--quick"], capture_output=True, text=True, timeout=900,
+                         env={**os.environ, "GOURMETGRAM_HOME": str(tmp_path)})
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "no CUDA device here: measuring the CPU only" in out.stdout
+    assert re.search(r"^cpu\s+[\d.]+\s+\d+\s+[\d.]+\s+1\.0x$", out.stdout, re.M)  # train(): s/epoch, img/s, acc
+    assert re.search(r"^food11\s+cpu\s+fp32\s+\d+\s+1\.0x$", out.stdout, re.M)
+    bad = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_training.py"), "--devices", "tpu"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "use cpu and/or cuda" in bad.stderr
