@@ -95,6 +95,20 @@ class ModelConfig:
     pretrained_weights: Optional[StrictStr] = None
 
 
+INIT_FROM = ("production", "scratch")  # train.init_from
+
+
+@dataclasses.dataclass(frozen=True)
+class FineTuneConfig:
+    """Continual training (``train.init_from: production``): the retrain starts from the
+    production model's weights, class head included, and runs these instead of ``train.epochs``
+    and ``train.lr`` (the other training settings are shared)."""
+
+    __pydantic_config__ = STRICT
+    epochs: Count = 5
+    lr: Positive = 2e-4
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     __pydantic_config__ = STRICT
@@ -108,6 +122,10 @@ class TrainConfig:
     hflip: StrictBool = True
     crop_scale: Annotated[StrictFloat, Field(gt=0, le=1)] = 1.0  # random crop keeps this share of each side, at least
     num_workers: Count = 0
+    # production: a retrain fine-tunes the model the registry's production alias points at (a first
+    # model, with no production alias yet, trains from scratch and says so); scratch: always from scratch.
+    init_from: Annotated[StrictStr, _one_of(*INIT_FROM)] = "production"
+    fine_tune: Annotated[FineTuneConfig, SECTION] = FineTuneConfig()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,16 +180,22 @@ def _unique_names(evaluation: EvaluationConfig) -> EvaluationConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DifferentialConfig:
-    """The candidate against the model in ``stage`` on the same evaluation sets
-    (gourmetgram/evaluation/differential.py): rejected when worse by more than ``tolerance``
-    on a gated set with at least ``min_images`` images."""
+    """The candidate against the model in ``stage`` on the same images, as paired figures
+    (gourmetgram/evaluation/differential.py): on each of ``gated_sets`` with at least
+    ``min_images`` images the candidate is rejected when it is worse than production by more
+    than ``margin`` with one-sided ``confidence`` (non-inferiority); with ``require_improvement``,
+    on the production set with at least ``improvement_min_images`` images it must also be
+    better (exact McNemar test, one-sided, at the same confidence)."""
 
     __pydantic_config__ = STRICT
     enabled: StrictBool = True
     stage: Annotated[StrictStr, _one_of("staging", "production")] = "production"
-    tolerance: Share = 0.02
+    margin: Share = 0.02
+    confidence: Annotated[StrictFloat, Field(ge=0.5, lt=1)] = 0.95
     gated_sets: tuple[Annotated[StrictStr, _one_of("original", "production")], ...] = ("original", "production")
     min_images: AtLeastOne = 5
+    require_improvement: StrictBool = True
+    improvement_min_images: AtLeastOne = 30
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from gourmetgram.bundle import MODEL_SPEC_FILENAME
 from gourmetgram.config import RunConfig
+from gourmetgram.continual import SCRATCH_INIT, TAG_INIT_FROM, Parent, check_compatible, fine_tune_config
 from gourmetgram.data.dataset import ImageFolderDataset, train_loader
 from gourmetgram.data.layout import DatasetReport
 from gourmetgram.model import Classifier, ModelSpec, build_model, pick_device, save_checkpoint
@@ -30,6 +31,7 @@ class TrainResult:
     seconds: float
     mlflow_run_id: str | None
     history: list[dict]
+    lineage: dict[str, str] = dataclasses.field(default_factory=dict)  # the parent (continual training)
 
 
 def seed_everything(seed: int) -> None:
@@ -64,17 +66,32 @@ def evaluate_accuracy(model: Classifier, loader: DataLoader, device: torch.devic
 
 
 def train(dataset_root: str | Path, report: DatasetReport, cfg: RunConfig, checkpoint_path: str | Path,
-          log_to_mlflow: bool = True, progress: bool = True, run_name: str | None = None) -> TrainResult:
+          log_to_mlflow: bool = True, progress: bool = True, run_name: str | None = None,
+          parent: Parent | None = None) -> TrainResult:
     """Train on ``training``, early-stop on ``validation``, keep the best checkpoint.
 
-    ``epochs: 0`` yields the untrained network (used to prove the evaluation gate).
+    ``epochs: 0`` yields the untrained network (used to prove the evaluation gate). With a
+    ``parent`` (continual training, :mod:`gourmetgram.continual`) the network starts from its
+    weights, class head included, for ``train.fine_tune``'s epochs at its learning rate.
     """
     root = Path(dataset_root)
+    if parent is not None:
+        cfg = fine_tune_config(cfg)
     tc, mc = cfg.train, cfg.model
     seed_everything(tc.seed)
     device = pick_device(tc.device)
     spec = ModelSpec(tuple(report.class_names), mc.image_size, mc.arch, mc.width_mult, mc.dropout)
-    model = build_model(spec, mc.pretrained_weights).to(device)
+    if parent is None:
+        model = build_model(spec, mc.pretrained_weights)
+        lineage = {TAG_INIT_FROM: SCRATCH_INIT}
+    else:
+        check_compatible(parent.model, spec)
+        model = build_model(spec)
+        model.load_state_dict(parent.model.state_dict())
+        lineage = dict(parent.lineage)
+        if progress:
+            print(f"fine-tuning {parent.describe()}: {tc.epochs} epochs at lr {tc.lr:g}", flush=True)
+    model = model.to(device)
 
     train_ds = ImageFolderDataset(root / "training", mc.image_size, tc.hflip, tc.crop_scale, tc.seed)
     val_ds = ImageFolderDataset(root / "validation", mc.image_size)
@@ -91,6 +108,7 @@ def train(dataset_root: str | Path, report: DatasetReport, cfg: RunConfig, check
                            **{f"train.{k}": v for k, v in dataclasses.asdict(tc).items()},
                            "data.root": str(root), "data.fingerprint": report.fingerprint,
                            "data.num_classes": report.num_classes, "device": str(device)})
+        mlflow.set_tags(lineage)
 
     history: list[dict] = []
     best_acc, best_epoch, stale = -1.0, 0, 0
@@ -147,4 +165,5 @@ def train(dataset_root: str | Path, report: DatasetReport, cfg: RunConfig, check
         assert run is not None
         run_id = run.info.run_id
         mlflow.end_run()
-    return TrainResult(str(checkpoint_path), best_acc, best_epoch, len(history), seconds, run_id, history)
+    return TrainResult(str(checkpoint_path), best_acc, best_epoch, len(history), seconds, run_id, history,
+                       lineage)

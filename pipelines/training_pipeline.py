@@ -1,4 +1,4 @@
-"""The training pipeline: ingest -> train -> evaluate -> gate -> export -> [INT8] -> detector -> register.
+"""The training pipeline: ingest -> [parent] -> train -> evaluate -> gate -> export -> [INT8] -> detector -> register.
 
 One ``@dsl.pipeline`` function serves both runtimes: ``gourmetgram pipeline run`` calls it
 under ``kfp.local`` (SubprocessRunner, this interpreter), and ``gourmetgram pipeline
@@ -17,6 +17,7 @@ from components.detector import build_drift_detector
 from components.evaluate import evaluate_model
 from components.export import export_model
 from components.ingest import ingest_and_validate
+from components.parent import parent_model
 from components.quantize import quantize_model
 from components.register import register_model
 from components.reject import reject_model
@@ -47,7 +48,7 @@ class PipelineOutputs(NamedTuple):
                           "and only if the gate passes export to Triton (optionally INT8) and register in MLflow.")
 def training_pipeline(dataset_uri: str, config: str = "food11", epochs: int = -1, model_name: str = MODEL_NAME,
                       stage: str = STAGING, registered_model_name: str = REGISTERED_MODEL_NAME,
-                      quantize: bool = False, production_dataset_uri: str = "") -> PipelineOutputs:
+                      quantize: bool = False, production_dataset_uri: str = "", init_from: str = "") -> PipelineOutputs:
     """``dataset_uri``: folder, archive or URL in the Food-11 layout. ``config``: ``demo``,
     ``food11`` or a YAML path in the image. ``epochs``: -1 = from the config, 0 = untrained
     (proves the gate). ``model_name``: the Triton model name. ``stage``: the registry alias.
@@ -55,6 +56,9 @@ def training_pipeline(dataset_uri: str, config: str = "food11", epochs: int = -1
     (off: the quantize step passes the FP32 bundle through). ``production_dataset_uri``:
     labelled production data from ``gourmetgram loop export``, merged with the dataset
     (provenance to MLflow); the evaluation then also compares with the production model.
+    ``init_from``: ``production`` fine-tunes the model the registry's production alias points at
+    (continual training; a first model trains from scratch), ``scratch`` trains from scratch,
+    empty: the config's ``train.init_from``.
     """
     # The same URI may hold new data: ingest is keyed on what it holds now (never cached
     # itself), so an unchanged dataset + config is a cache hit for ingest and train.
@@ -69,7 +73,16 @@ def training_pipeline(dataset_uri: str, config: str = "food11", epochs: int = -1
     with_secrets(ingest)
     kubernetes.set_timeout(ingest, INGEST_TIMEOUT_S)
 
-    train = train_model(dataset=ingest.outputs["dataset"], config=config, epochs=epochs)
+    # Not cached: which version the production alias points at changes between runs; as train's
+    # input it keys train's cache (a new production model is a new fine-tune).
+    parent = parent_model(config=config, init_from=init_from, registered_model_name=registered_model_name)
+    parent.set_display_name("parent model (continual training)")
+    parent.set_caching_options(False)
+    with_secrets(parent)
+    kubernetes.set_timeout(parent, STEP_TIMEOUT_S)
+
+    train = train_model(dataset=ingest.outputs["dataset"], config=config, epochs=epochs, parent_version=parent.output,
+                        registered_model_name=registered_model_name)
     train.set_display_name("train")
     train.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
     train.set_cpu_request("2").set_memory_request("8Gi").set_memory_limit("16Gi")

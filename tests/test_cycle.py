@@ -6,7 +6,7 @@ production), the registry, a staging stack load-tested by Locust, the canary on 
 gateway, a real Prometheus and the loop store feeding the analysis.
 
 Training numerics differ between machines, so nothing here asserts an accuracy: the training
-config's gates are opened (tolerance 1, minimum accuracies 0) and, during the canary, the users'
+config's gates are opened (margin 1, no improvement required, minimum accuracies 0) and, during the canary, the users'
 feedback is SCRIPTED (a judge): the canary's answers marked correct and stable's wrong -> the
 cycle promotes v2; the reverse -> it rolls back. Latency, the proxies and the 5xx margin are
 relaxed in the rollout config for the same reason and so that a few dozen canary requests suffice
@@ -45,7 +45,7 @@ def configs(tmp_path_factory) -> dict[str, str]:
     train = yaml.safe_load((REPO_ROOT / "configs" / "demo.yaml").read_text())
     train["train"].update(epochs=1, patience=1)
     train["evaluation"] = {"min_overall_accuracy": 0.0, "min_per_class_accuracy": 0.0, "batch_size": 64,
-                           "differential": {"stage": "production", "tolerance": 1.0,
+                           "differential": {"stage": "production", "margin": 1.0, "require_improvement": False,
                                             "gated_sets": ["original", "production"], "min_images": 1}}
     (root / "train.yaml").write_text(yaml.safe_dump(train))
     (root / "slo.yaml").write_text("p95_ms: 600000\nmax_error_rate: 0.05\nmin_rps: 0.1\nmin_requests: 5\n")

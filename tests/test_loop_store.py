@@ -438,11 +438,15 @@ def test_export_splits_by_content_hash_with_lineage_and_validates(store, objects
     splits_of_hash: dict[str, set] = {}
     for rec in lineage["samples"]:
         splits_of_hash.setdefault(rec["content_sha256"], set()).add(rec["split"])
-        assert rec["rebalanced"] or rec["split"] == split_of(rec["content_sha256"], shares)
+        assert rec["rebalanced"] or rec["reserved_for_evaluation"] or rec["split"] == split_of(rec["content_sha256"],
+                                                                                                shares)
+        assert not rec["reserved_for_evaluation"] or rec["split"] == "evaluation"
         assert rec["label_source"] == ANNOTATOR
         assert (tmp_path / "prod" / rec["file"]).is_file() and rec["model_version"] in ("3", "4")
     assert all(len(v) == 1 for v in splits_of_hash.values())  # never in two splits
     assert sum(r["rebalanced"] for r in lineage["samples"]) <= 12  # at most one per split and class
+    # the differential gate's production evaluation set: 30 (configs/loop.yaml) of the 60 images
+    assert report.per_split["evaluation"] == shares.min_evaluation_images == 30 and not report.evaluation_note
     # too few labels for every split/class: a clear failure, unless added to a base dataset
     with pytest.raises(ExportError, match="--base"):
         with store.write() as s:
@@ -457,6 +461,42 @@ def test_export_splits_by_content_hash_with_lineage_and_validates(store, objects
     validate_dataset(tmp_path / "merged")
     base_files = sum(1 for _ in (demo_dataset / "training").rglob("*.jpg"))
     assert sum(1 for _ in (tmp_path / "merged" / "training").rglob("*.jpg")) >= base_files
+
+
+def test_export_reserves_a_production_evaluation_set_with_power_or_says_why_not(store, objects, tmp_path,
+                                                                              demo_dataset):
+    from gourmetgram.loop.export import reserve_evaluation
+
+    names = (demo_dataset / "classes.txt").read_text().split()
+    shares = ExportSettings(evaluation_share=0.2, validation_share=0.1, min_evaluation_images=10,
+                            max_evaluation_share=0.5)
+    ids = [_sample(store, objects, i, label=names[1]) for i in range(40)]
+    with store.write() as s:
+        for k, sid in enumerate(ids):
+            s.add(Label(sample_id=sid, label_source=ANNOTATOR, label=names[k % 4], labelled_by="ann@x",
+                        labelled_at=utcnow()))
+    report = export_dataset(store, objects, tmp_path / "enough", names, shares, base=demo_dataset)
+    lineage = json.loads((tmp_path / "enough" / LINEAGE_FILE).read_text())
+    hashed = sum(split_of(r["content_sha256"], shares) == "evaluation" for r in lineage["samples"])
+    assert hashed < 10 and report.per_split["evaluation"] == 10 and report.reserved == 10 - hashed
+    assert not report.evaluation_note and "reserved for evaluation" in report.summary()
+    reserved = [r for r in lineage["samples"] if r["reserved_for_evaluation"]]
+    assert len(reserved) == report.reserved and all(r["split"] == "evaluation" for r in reserved)
+    assert lineage["splits"]["min_evaluation_images"] == 10
+    # too few labels for the reserve: at most half of them, and a clear warning with what is missing
+    few = ExportSettings(evaluation_share=0.2, validation_share=0.1, min_evaluation_images=30,
+                         max_evaluation_share=0.5)
+    report = export_dataset(store, objects, tmp_path / "few", names, few, base=demo_dataset)
+    assert report.per_split["evaluation"] == 20 and report.per_split["training"] + report.per_split["validation"] == 20
+    assert "the production evaluation set has 20 image(s), fewer than the 30" in report.evaluation_note
+    assert "label about 20 more production sample(s)" in report.evaluation_note
+    assert "WARNING: the production evaluation set has 20 image(s)" in report.summary()
+    assert json.loads((tmp_path / "few" / LINEAGE_FILE).read_text())["splits"]["evaluation_note"] == report.evaluation_note
+    # without a base every class keeps a training image
+    labels = {f"{k:064x}": names[k % 2] for k in range(8)}
+    assigned = {sha: "training" for sha in labels}
+    moved = reserve_evaluation(assigned, labels, few, keep_training_per_class=True)
+    assert len(moved) == 4 and {labels[sha] for sha, split in assigned.items() if split == "training"} == set(names[:2])
 
 
 def test_a_triggered_retrain_exports_the_labelled_production_data_first(store, objects, tmp_path, demo_dataset):

@@ -71,6 +71,14 @@ def test_spec_requests_a_gpu_retries_and_caches_training(spec_docs):
     assert ingest["cachingOptions"] == {"enableCache": True}
     assert ingest["inputs"]["parameters"]["source_version"]["taskOutputParameter"]["producerTask"] == "dataset-version"
     assert train["inputs"]["artifacts"]["dataset"]["taskOutputArtifact"]["producerTask"] == "ingest-and-validate"
+    # continual training: the parent (which version the production alias points at now) is
+    # resolved by an uncached step and is an input of train, so train's cache is keyed on it
+    assert tasks["parent-model"].get("cachingOptions", {}).get("enableCache") is not True
+    parent = train["inputs"]["parameters"]["parent_version"]["taskOutputParameter"]
+    assert parent == {"producerTask": "parent-model", "outputParameterKey": "Output"}
+    parent_params = tasks["parent-model"]["inputs"]["parameters"]
+    assert parent_params["init_from"]["componentInputParameter"] == "init_from"
+    assert parent_params["registered_model_name"]["componentInputParameter"] == "registered_model_name"
     # the steps run the project image, without a pip install at start-up
     from components.base import PIPELINE_IMAGE
 
@@ -97,8 +105,9 @@ def test_spec_gates_export_and_register_on_the_evaluation(spec_docs):
     assert set(other) == {"reject-model"}
     assert set(spec["root"]["inputDefinitions"]["parameters"]) == {
         "dataset_uri", "config", "epochs", "model_name", "stage", "registered_model_name", "quantize",
-        "production_dataset_uri"}
+        "production_dataset_uri", "init_from"}
     assert spec["root"]["inputDefinitions"]["parameters"]["production_dataset_uri"]["isOptional"]
+    assert spec["root"]["inputDefinitions"]["parameters"]["init_from"]["defaultValue"] == ""  # the config's
     # the production export reaches ingest; the differential gate (in evaluate) knows the registry
     ingest_params = tasks["ingest-and-validate"]["inputs"]["parameters"]
     assert ingest_params["production_dataset_uri"]["componentInputParameter"] == "production_dataset_uri"
@@ -264,7 +273,8 @@ def test_local_run_trains_passes_the_gate_exports_and_registers(demo_dataset, se
     from gourmetgram import registry
     from gourmetgram.constants import MODEL_NAME, REGISTERED_MODEL_NAME, STAGING
 
-    code = main(["pipeline", "run", "--dataset", str(demo_dataset), "--config", "demo"])
+    # from scratch: other tests may leave a production model in the session's registry
+    code = main(["pipeline", "run", "--dataset", str(demo_dataset), "--config", "demo", "--init-from", "scratch"])
     out = capsys.readouterr().out
     assert code == 0, out[-3000:]
     summary = out[out.rindex("Offline evaluation:"):]

@@ -33,14 +33,14 @@ from components.steps.staging import (
                                        loadtest_step,
                                        promote_step,
 )
-from components.steps.training import differential_gate, evaluate_step, report_markdown, train_step
+from components.steps.training import differential_gate, evaluate_step, parent_step, report_markdown, train_step
 
 __all__ = [
     "PARITY_IMAGES", "STEP_ERRORS_ENV", "TAG_STAGING_LOADTEST", "TAG_STAGING_LOADTEST_SUMMARY",
     "CanaryOutcome", "DetectorOutcome", "IngestOutcome", "QuantizeOutcome", "RegistrationOutcome", "StepError",
     "block_step", "check_run_time", "check_stage", "check_version", "detector_step", "differential_gate",
     "evaluate_step", "export_step", "ingest_step", "is_local_uri", "loadtest_metrics", "loadtest_step",
-    "logged_model_uri", "parity_images", "promote_step", "publish_local_bundle", "quantize_step",
+    "logged_model_uri", "parent_step", "parity_images", "promote_step", "publish_local_bundle", "quantize_step",
     "register_step", "reject_step", "report_markdown", "resolve_config", "step_errors", "train_step",
     "user_errors",
 ]

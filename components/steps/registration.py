@@ -94,7 +94,18 @@ def _bundle_tags(bundle: str, run_id: str, model_name: str, accuracy: float,
     tags = version_tags(evaluation_passed=True, accuracy=accuracy, dataset_fingerprint=dataset_fingerprint,
                         bundle_uri=bundle, run_id=run_id)
     tags.update({"triton.repo": triton_repo_uri(bundle) if bundle else "", "triton.model_name": model_name})
+    tags.update(_lineage_tags(run_id))
     return tags
+
+
+def _lineage_tags(run_id: str) -> dict[str, str]:
+    """The training run's continual-training lineage (``train.init_from``, ``parent.*``), for the
+    registered version: which version it was fine-tuned from is read off the registry itself."""
+    from gourmetgram.continual import TAG_INIT_FROM
+    from gourmetgram.tracking import configure_mlflow
+
+    tags = configure_mlflow().get_run(run_id).data.tags
+    return {k: v for k, v in tags.items() if k == TAG_INIT_FROM or k.startswith("parent.")}
 
 
 def reject_step(reasons: Sequence[str], mlflow_run_id: str = "") -> RegistrationOutcome:

@@ -4,6 +4,7 @@ MLflow tags. No kfp import: the step runtime must not load kfp.dsl's authoring A
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import sys
@@ -47,11 +48,15 @@ def step_errors(path: str | Path) -> list[StepError]:
 
 
 def resolve_config(config: str, epochs: int = -1) -> RunConfig:
-    """``demo`` | ``food11`` | a YAML path, with the pipeline's ``epochs`` (-1 keeps the file's)."""
+    """``demo`` | ``food11`` | a YAML path, with the pipeline's ``epochs`` (-1 keeps the file's;
+    otherwise it sets both the from-scratch and the fine-tune epochs: whichever the run does)."""
     if epochs < -1:
         raise ConfigError(f"epochs must be -1 (from the config) or >= 0, got {epochs}")
     cfg = load_config(config)
-    return override(cfg, "train", epochs=epochs) if epochs >= 0 else cfg
+    if epochs < 0:
+        return cfg
+    fine_tune = dataclasses.asdict(cfg.train.fine_tune)
+    return override(cfg, "train", epochs=epochs, fine_tune={**fine_tune, "epochs": epochs})
 
 
 def check_stage(stage: str) -> str:

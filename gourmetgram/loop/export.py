@@ -8,7 +8,10 @@
 * One image, one file: samples with the same content hash are written once (the newest
   label wins; disagreements are reported).
 * Splits by content hash (``export.evaluation_share``/``validation_share``), so the same image
-  can never be in training and in evaluation. With ``--base DATASET`` the production samples
+  can never be in training and in evaluation. Then a production evaluation set large enough for
+  the differential gate's paired test to have power is reserved (``export.min_evaluation_images``,
+  taken from training, at most ``export.max_evaluation_share`` of the images); when the labels
+  cannot fill it the report says so and how many more labels would. With ``--base DATASET`` the production samples
   are added to a copy of that dataset, and an image the base already has stays in the base's
   split (no leakage across the merge either).
 * ``lineage.json`` at the root: for every production file, the sample/inference id, label,
@@ -26,6 +29,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 from collections import defaultdict
@@ -59,6 +63,44 @@ def split_of(sha256: str, shares: ExportSettings) -> str:
     if x < shares.evaluation_share + shares.validation_share:
         return VALIDATION
     return TRAINING
+
+
+def reserve_evaluation(assigned: dict[str, str], labels: dict[str, str], shares: ExportSettings,
+                       keep_training_per_class: bool) -> set[str]:
+    """Move images from training to evaluation (in place) until the evaluation split holds
+    ``shares.min_evaluation_images``, or ``shares.max_evaluation_share`` of the images, whichever
+    is fewer: a production evaluation set the differential gate's paired test has power on.
+    Taken in hash order (deterministic, unrelated to content); with ``keep_training_per_class``
+    a class's last training image stays. Returns the hashes moved."""
+    target = min(shares.min_evaluation_images, math.floor(shares.max_evaluation_share * len(assigned)))
+    have = sum(split == EVALUATION for split in assigned.values())
+    in_training: dict[str, int] = defaultdict(int)
+    for sha, split in assigned.items():
+        in_training[labels[sha]] += split == TRAINING
+    moved: set[str] = set()
+    for sha in sorted(assigned):
+        if have >= target:
+            break
+        if assigned[sha] != TRAINING or (keep_training_per_class and in_training[labels[sha]] <= 1):
+            continue
+        assigned[sha] = EVALUATION
+        in_training[labels[sha]] -= 1
+        moved.add(sha)
+        have += 1
+    return moved
+
+
+def evaluation_note(n_evaluation: int, n_images: int, shares: ExportSettings) -> str:
+    """Empty when the production evaluation set is large enough for the differential gate's
+    improvement test, else what is missing and how many more labels would fill it."""
+    if n_evaluation >= shares.min_evaluation_images:
+        return ""
+    needed = math.ceil(shares.min_evaluation_images / shares.max_evaluation_share)
+    return (f"the production evaluation set has {n_evaluation} image(s), fewer than the "
+            f"{shares.min_evaluation_images} the differential gate's improvement test needs to have power "
+            f"(export.min_evaluation_images; at most {shares.max_evaluation_share:.0%} of the {n_images} new labelled "
+            f"image(s) are reserved for it): the retrain will be judged for non-inferiority there, not for an "
+            f"improvement; label about {max(1, needed - n_images)} more production sample(s)")
 
 
 def assign_splits(labels: dict[str, str], shares: ExportSettings, fill: bool = True) -> tuple[dict[str, str], set[str]]:
@@ -97,11 +139,15 @@ class ExportReport:
     skipped_in_base: int
     base: str | None
     labels: dict[str, int] = dataclasses.field(default_factory=dict)  # exported files by label source
+    reserved: int = 0  # moved from training to evaluation for the differential gate's power
+    evaluation_note: str = ""  # set when the production evaluation set is too small for that (why)
 
     def summary(self) -> str:
         parts = ", ".join(f"{s} {n}" for s, n in self.per_split.items())
         extra = f"; added to a copy of {self.base}" if self.base else ""
-        return f"{self.files} production image(s) ({parts}){extra}"
+        reserved = f"; {self.reserved} reserved for evaluation" if self.reserved else ""
+        note = f"\nWARNING: {self.evaluation_note}" if self.evaluation_note else ""
+        return f"{self.files} production image(s) ({parts}){reserved}{extra}{note}"
 
 
 def _file_sha(path: Path) -> str:
@@ -188,8 +234,9 @@ def export_dataset(store: Store, objects: ObjectStore, out: str | Path, class_na
                     "user_corrections_waiting_for_review": waiting_for_review}  # left out until an annotator looks
     fresh = {sha: item for sha, item in chosen.items() if sha not in base_split}
     skipped = len(chosen) - len(fresh)  # the base already has these very images (in its own split)
-    assigned, moved = assign_splits({sha: item[1] for sha, item in fresh.items()}, shares,
-                                    fill=base_path is None)
+    fresh_labels = {sha: item[1] for sha, item in fresh.items()}
+    assigned, moved = assign_splits(fresh_labels, shares, fill=base_path is None)
+    reserved = reserve_evaluation(assigned, fresh_labels, shares, keep_training_per_class=base_path is None)
     for sha in sorted(fresh):
         sample, label, source = fresh[sha]
         split = assigned[sha]
@@ -206,6 +253,7 @@ def export_dataset(store: Store, objects: ObjectStore, out: str | Path, class_na
             confirmation[f"user_corrections_{user.review}"] += 1
         lineage.append({
             "file": str(rel), "content_sha256": sha, "split": split, "rebalanced": sha in moved,
+            "reserved_for_evaluation": sha in reserved,
             "label": label,
             "label_source": source, "labelled_by": lab.labelled_by,
             "labelled_at": as_utc(lab.labelled_at).isoformat(),
@@ -236,7 +284,10 @@ def export_dataset(store: Store, objects: ObjectStore, out: str | Path, class_na
     (out / LINEAGE_FILE).write_text(json.dumps({
         "created_at": utcnow().isoformat(), "class_names": class_names,
         "splits": {"by": "sha256 of the image bytes", "evaluation_share": shares.evaluation_share,
-                   "validation_share": shares.validation_share},
+                   "validation_share": shares.validation_share,
+                   "min_evaluation_images": shares.min_evaluation_images,
+                   "max_evaluation_share": shares.max_evaluation_share, "reserved_for_evaluation": len(reserved),
+                   "evaluation_note": evaluation_note(per_split[EVALUATION], len(fresh), shares)},
         "base": None if base_path is None else {"path": str(base_path.resolve()),
                                                 "fingerprint": validate_dataset(base_path, check_images=False,
                                                                                 progress=False).fingerprint},
@@ -249,4 +300,5 @@ def export_dataset(store: Store, objects: ObjectStore, out: str | Path, class_na
     for rec in lineage:
         by_source[str(rec["label_source"])] = by_source.get(str(rec["label_source"]), 0) + 1
     return ExportReport(out, len(lineage), per_split, conflicts, skipped,
-                        None if base_path is None else str(base_path), by_source)
+                        None if base_path is None else str(base_path), by_source, len(reserved),
+                        evaluation_note(per_split[EVALUATION], len(fresh), shares))

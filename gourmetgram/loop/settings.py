@@ -67,6 +67,11 @@ class ExportSettings:
     __pydantic_config__ = STRICT  # unknown keys are refused
     evaluation_share: float = 0.2
     validation_share: float = 0.1
+    # The production evaluation set the differential gate's improvement test needs to have power
+    # (evaluation.differential.improvement_min_images of the run configs; a test keeps them equal):
+    # reserved from the production images' training split, up to max_evaluation_share of them.
+    min_evaluation_images: int = 30
+    max_evaluation_share: float = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +120,10 @@ def load_loop_settings(name_or_path: str | Path = "loop") -> LoopSettings:
     e = s.export
     if e.evaluation_share <= 0 or e.validation_share <= 0 or e.evaluation_share + e.validation_share >= 1:
         problems.append("export shares must be > 0 and sum to less than 1 (the rest is training)")
+    if e.min_evaluation_images < 0:
+        problems.append("export.min_evaluation_images must be >= 0")
+    if not e.evaluation_share <= e.max_evaluation_share < 1:
+        problems.append("export.max_evaluation_share must be within [evaluation_share, 1)")
     if problems:
         raise ConfigError(f"{s.source}: " + "; ".join(problems))
     return s

@@ -136,16 +136,12 @@ class Cycle:
 
     def drift(self) -> None:
         """Simulated production users, with the drifted sub-population from the first upload."""
-        from gourmetgram.data.layout import list_images
-
         u = self.s.users
         assert u is not None
         self._step(f"production traffic: {u.before} uploads by simulated users, "
                    f"{u.behaviour.drifted_share:.0%} of them night shots (drift onset)")
         t0 = time.monotonic()
-        items = list_images(self.s.base / "training")
-        items = items[:: max(1, len(items) // u.photos)][: u.photos]
-        self.population = Population.from_images(items, self.class_names)
+        self.population = Population.from_split(self.s.base / "training", self.class_names, u.photos)
         users = self._users()
         report = users.run(u.before)
         self.drift_onset = users.drift_started_at

@@ -101,6 +101,16 @@ class Population:
     drifted: list[Photo] = dataclasses.field(default_factory=list)
 
     @classmethod
+    def from_split(cls, folder: Path, class_names: Sequence[str], photos: int,
+                   drift: Callable[[bytes], bytes] | None = night_shot) -> "Population":
+        """``photos`` images spread evenly over a dataset split (``<root>/training``: what the
+        cycle's users upload), each as a regular photo and, with ``drift``, transformed."""
+        from gourmetgram.data.layout import list_images
+
+        items = list_images(folder)
+        return cls.from_images(items[:: max(1, len(items) // photos)][:photos], class_names, drift)
+
+    @classmethod
     def from_images(cls, items: Sequence[tuple[Path, int]], class_names: Sequence[str],
                     drift: Callable[[bytes], bytes] | None = night_shot) -> "Population":
         """Each image once as a regular photo (re-encoded) and, with ``drift``, once transformed."""
@@ -188,7 +198,7 @@ class SimulatedUsers:
         self._threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(workers)]
 
     # -- one user's turn -------------------------------------------------------------------------
-    def _draw(self) -> tuple[Photo, dict[str, float]]:
+    def draw(self) -> tuple[Photo, dict[str, float]]:
         """The next photo and this user's dice (drawn under the lock: one RNG, reproducible)."""
         b = self.behaviour
         with self._lock:
@@ -212,8 +222,21 @@ class SimulatedUsers:
         honest = served.right
         return (not honest) if dice["mistake"] < b.mistaken_rate else honest
 
+    def feedback_for(self, served: Served, dice: dict[str, float]) -> dict | None:
+        """The feedback this user sends about an answered upload (the ``POST /v1/feedback``
+        body, with ``correct_class`` when they correct the tag), or None; ``served`` records it."""
+        said = self._say(served, dice)
+        if said is None or not served.inference_id:
+            return None
+        body: dict = {"inference_id": served.inference_id, "correct": said}
+        if not said and served.predicted != served.label and dice["correct"] < self.behaviour.correction_rate:
+            body["correct_class"] = served.label
+            served.corrected = True
+        served.said = said
+        return body
+
     def upload(self, client: httpx.Client) -> Served:
-        photo, dice = self._draw()
+        photo, dice = self.draw()
         served = Served(photo.group, photo.label, -1)
         try:
             r = predict(client, self.url, photo.image, self.model)
@@ -226,17 +249,12 @@ class SimulatedUsers:
             served.predicted, served.confidence = prediction.get("label"), prediction.get("confidence")
             served.inference_id = r.headers.get("x-inference-id")
             served.revision = r.headers.get(REVISION_HEADER)
-            said = self._say(served, dice)
-            if said is not None and served.inference_id:
-                body: dict = {"inference_id": served.inference_id, "correct": said}
-                if not said and served.predicted != photo.label and dice["correct"] < self.behaviour.correction_rate:
-                    body["correct_class"] = photo.label
-                    served.corrected = True
+            body = self.feedback_for(served, dice)
+            if body is not None:
                 try:
                     served.feedback_status = client.post(f"{self.url}/v1/feedback", json=body).status_code
                 except httpx.HTTPError:
                     served.feedback_status = -1
-                served.said = said
         self._record(served)
         return served
 

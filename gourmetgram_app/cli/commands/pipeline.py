@@ -102,9 +102,11 @@ class _Tee:
         return getattr(self.stream, name)
 
 
-def check_run_inputs(dataset_uri: str, config: str, epochs: int, stage: str, model_name: str) -> None:
+def check_run_inputs(dataset_uri: str, config: str, epochs: int, stage: str, model_name: str,
+                     init_from: str = "") -> None:
     """Fail fast (exit 2) on what can be checked before starting the pipeline."""
     from components.steps import check_stage, resolve_config
+    from gourmetgram.continual import resolve_init_from
     from gourmetgram.errors import DatasetError
 
     parsed = urllib.parse.urlparse(dataset_uri)
@@ -115,7 +117,7 @@ def check_run_inputs(dataset_uri: str, config: str, epochs: int, stage: str, mod
     elif parsed.scheme not in ("http", "https", "s3"):
         raise DatasetError(f"unsupported dataset URI scheme {parsed.scheme!r} in {dataset_uri}; "
                            "use a folder, an archive, an http(s) URL or s3://bucket/prefix")
-    resolve_config(config, epochs)
+    resolve_init_from(resolve_config(config, epochs), init_from)
     check_stage(stage)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", model_name):
         raise UserError(f"invalid model name {model_name!r}: use letters, digits, '_', '.', '-'")
@@ -124,9 +126,10 @@ def check_run_inputs(dataset_uri: str, config: str, epochs: int, stage: str, mod
 def run_local(dataset_uri: str, config: str = "demo", epochs: int = -1, model_name: str = MODEL_NAME,
               stage: str = STAGING, registered_model_name: str = REGISTERED_MODEL_NAME,
               pipeline_root: str | Path | None = None, enable_caching: bool = False,
-              quantize: bool = False, production_dataset_uri: str = "") -> LocalRunResult:
-    """Run the training pipeline with ``kfp.local``; bad input raises :class:`UserError`."""
-    check_run_inputs(dataset_uri, config, epochs, stage, model_name)
+              quantize: bool = False, production_dataset_uri: str = "", init_from: str = "") -> LocalRunResult:
+    """Run the training pipeline with ``kfp.local``; bad input raises :class:`UserError`.
+    ``init_from``: production | scratch | empty (the config's ``train.init_from``)."""
+    check_run_inputs(dataset_uri, config, epochs, stage, model_name, init_from)
     parsed = urllib.parse.urlparse(dataset_uri)
     if parsed.scheme == "" and not Path(dataset_uri).is_absolute():
         dataset_uri = str(Path(dataset_uri).expanduser().resolve())  # steps may run elsewhere
@@ -156,7 +159,8 @@ def run_local(dataset_uri: str, config: str = "demo", epochs: int = -1, model_na
     try:
         task = training_pipeline(dataset_uri=dataset_uri, config=config, epochs=epochs, model_name=model_name,
                                  stage=stage, registered_model_name=registered_model_name,
-                                 quantize=quantize, production_dataset_uri=production_dataset_uri)
+                                 quantize=quantize, production_dataset_uri=production_dataset_uri,
+                                 init_from=init_from)
     except RuntimeError as exc:
         found = step_errors(errors)
         if found:
@@ -218,7 +222,8 @@ def _run(args: argparse.Namespace) -> int:
     try:
         result = run_local(args.dataset, args.config, args.epochs, args.model_name, args.stage,
                            args.registered_model_name, args.pipeline_root, args.cache,
-                           quantize=args.quantize, production_dataset_uri=args.production_dataset or "")
+                           quantize=args.quantize, production_dataset_uri=args.production_dataset or "",
+                           init_from=args.init_from or "")
     except PipelineFailed as exc:
         print(f"error: the pipeline failed: {exc} (the failing step's log is above)", file=sys.stderr)
         return 1
@@ -432,6 +437,9 @@ def add_parser(subparsers) -> None:
     run.add_argument("--config", default="food11", help="demo, food11 or a YAML path (default food11)")
     run.add_argument("--production-dataset", help="labelled production data (`gourmetgram loop export`) merged "
                      "with --dataset; the evaluation also compares with the model in production")
+    run.add_argument("--init-from", choices=["production", "scratch"],
+                     help="production: fine-tune the model the registry's production alias points at (a first "
+                          "model trains from scratch); scratch: from scratch (default: the config's train.init_from)")
     add_run_arguments(run)
     run.set_defaults(func=_run)
 
