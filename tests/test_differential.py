@@ -173,6 +173,19 @@ def test_compare_pairs_the_predictions_image_by_image():
     assert row.candidate == pytest.approx(0.7) and row.production == pytest.approx(0.8)
 
 
+def test_the_production_set_size_comes_from_the_power_argument():
+    """30 images: the improvement test finds a retrain that fixes 35% of the production set and
+    breaks 5% with 80% power at 5% (configs/demo.yaml). The run configs ask for it and the loop
+    export reserves it: one number in three files, kept equal here."""
+    from gourmetgram.evaluation.paired import images_for_power
+    from gourmetgram.loop.settings import load_loop_settings
+
+    needed = images_for_power(0.35, 0.05, 0.05, 0.8)
+    assert needed == load_config("demo").evaluation.differential.improvement_min_images
+    assert needed == load_config("food11").evaluation.differential.improvement_min_images
+    assert needed == load_loop_settings().export.min_evaluation_images
+
+
 def test_no_production_model_skips_the_gate(tmp_path, monkeypatch, capsys):
     """A real, empty registry (its own MLflow store): the first model has nothing to compare with."""
     from components import steps

@@ -162,8 +162,8 @@ def fetch_bundle(uri: str, scratch: Path) -> Path:
         return objectstore.download_tree(uri, scratch / "bundle")
     bundle = Path(uri.removeprefix("file://")).expanduser()
     if not bundle.is_dir():
-        raise DependencyUnavailable(f"the production bundle {uri} is not a folder on this machine nor an s3:// URI; "
-                        "the differential gate cannot compare with it")
+        raise DependencyUnavailable(f"the production bundle {uri} is not a folder on this machine nor an "
+                                    "s3:// URI; the differential gate cannot compare with it")
     return bundle
 
 
