@@ -61,6 +61,7 @@ BROKER_PORT = 8060  # local stand-in for the Knative Broker (logger fan-out)
 LABEL_STUDIO_PORT = 8085
 PROMETHEUS_PORT = 9090
 RETRAIN_RECEIVER_PORT = 8073  # Alertmanager webhook -> retrain trigger receiver
+ALERTMANAGER_PORT = 9093  # the local stack's Alertmanager (Debian's prometheus-alertmanager)
 # The web app (user page and read-only operator page), a client of the gateway's public API.
 WEBAPP_PORT = 8050
 

@@ -24,15 +24,18 @@ if [ ! -x .venv-labelstudio/bin/label-studio ]; then
   .venv-labelstudio/bin/python -m pip install -q -r requirements-labelstudio.lock
 fi
 .venv/bin/python -m pip install -q --no-deps -e .
-# Debian's prometheus package: promtool checks the alert rules, prometheus runs the local
-# canary analysis. Required: the tests fail (never skip) without them.
-if ! command -v promtool >/dev/null 2>&1; then
+# Debian's prometheus and prometheus-alertmanager packages: promtool checks the alert rules,
+# prometheus runs the local canary analysis and evaluates the rules, Alertmanager routes the
+# retrain alerts to the receiver (serve --loop, the demo). Required: the tests fail (never skip)
+# without them.
+if ! command -v promtool >/dev/null 2>&1 || ! [ -x /usr/bin/prometheus-alertmanager ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) >/dev/null 2>&1 || true
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        prometheus prometheus-alertmanager) >/dev/null 2>&1 || true
   fi
-  if ! command -v promtool >/dev/null 2>&1; then
-    echo "error: promtool/prometheus are missing and could not be installed; run this script as root or" \
-         "'sudo apt-get install prometheus', then run it again" >&2
+  if ! command -v promtool >/dev/null 2>&1 || ! [ -x /usr/bin/prometheus-alertmanager ]; then
+    echo "error: prometheus/promtool or prometheus-alertmanager are missing and could not be installed; run" \
+         "this script as root or 'sudo apt-get install prometheus prometheus-alertmanager', then run it again" >&2
     exit 1
   fi
 fi

@@ -840,8 +840,20 @@ def test_only_alertmanagers_namespace_reaches_the_receiver():
     assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
     assert policy["policyTypes"] == ["Ingress"]
     (rule,) = policy["ingress"]
-    assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    # Alertmanager's namespace, and the web app's pods (the operator page reads GET /runs): nothing else
+    webapp = {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "gourmetgram",
+                                              "app.kubernetes.io/component": "webapp"}}}
+    assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},
+                            webapp]
     assert rule["ports"] == [{"protocol": "TCP", "port": 8073}]
+    objects_all = manifests.render_objects(PRODUCTION, RECEIVER_ON)
+    (deployment,) = [o for o in objects_all if o["kind"] == "Deployment" and o["metadata"]["name"] == "gourmetgram-web"]
+    assert webapp["podSelector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["GOURMETGRAM_RETRAIN_URL"] == "http://gourmetgram-retrain-receiver.gourmetgram-production.svc.cluster.local:8073"
+    alone = manifests.render_objects(PRODUCTION, {**RECEIVER_ON, "webapp": {"enabled": False}})
+    (policy_alone,) = [o for o in alone if o["kind"] == "NetworkPolicy" and "retrain" in o["metadata"]["name"]]
+    assert len(policy_alone["spec"]["ingress"][0]["from"]) == 1  # no web app, no peer for it
     # the namespace kube-prometheus-stack (Alertmanager) is installed into
     install = (REPO_ROOT / "infra" / "scripts" / "install_platform.sh").read_text()
     assert re.search(r"helm upgrade --install kube-prometheus-stack .*\n.*-n monitoring", install)

@@ -16,7 +16,6 @@ import threading
 import time
 from datetime import datetime, timedelta, timezone
 from http.server import ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 import yaml
@@ -227,7 +226,8 @@ STAND_IN = """
 import argparse, os, sys, time
 from gourmetgram.retrain.lock import RunLock
 p = argparse.ArgumentParser(); [p.add_argument(a) for a in ("--run-id", "--lock", "--history", "--dataset",
-                                                             "--config", "--epochs", "--db")]
+                                                             "--config", "--epochs", "--retrain-config", "--db",
+                                                             "--gateway", "--prometheus")]
 a = p.parse_args()
 go = os.environ["STAND_IN_GO"]
 while not os.path.exists(go):
@@ -447,14 +447,19 @@ def fake_kfp(monkeypatch, tmp_path):
 
 
 def test_kfp_launcher_creates_the_run_and_locks_until_it_ends(fake_kfp, tmp_path):
-    settings = dataclasses.replace(SETTINGS, run=dataclasses.replace(SETTINGS.run, dataset_uri="s3://data/food11"))
+    settings = dataclasses.replace(SETTINGS, run=dataclasses.replace(
+        SETTINGS.run, dataset_uri="s3://data/food11", production_dataset_uri="s3://gourmetgram/production/latest"))
     launcher = KfpLauncher(fake_kfp)
     t = Trigger(settings, FakeSignals(), launcher, RunLock(tmp_path / "lock.json", launcher.still_running),
                 History(tmp_path / "h.jsonl"))
     out = t.fire([DRIFT], source="test")
     assert out.started and out.details["kfp_run_id"] == "run-789"
     run = next(body for method, path, _, body in _FakeKFP.requests if method == "POST" and path == "/apis/v2beta1/runs")
-    assert run["runtime_config"]["parameters"] == {"dataset_uri": "s3://data/food11", "config": "demo", "epochs": -1}
+    # the labelled production data goes with the run: the pipeline merges it and compares with production
+    assert run["runtime_config"]["parameters"] == {"dataset_uri": "s3://data/food11", "config": "demo", "epochs": -1,
+                                                   "production_dataset_uri": "s3://gourmetgram/production/latest"}
+    declared = run["pipeline_spec"]["pipeline_spec"]["root"]["inputDefinitions"]["parameters"]
+    assert set(run["runtime_config"]["parameters"]) <= set(declared)  # names the compiled pipeline knows
     assert "drift" in run["display_name"] and out.run_id in run["display_name"]
     assert run["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "gourmetgram-training"
     assert t.fire([DRIFT]).decision.blocked_by == "running"  # the backend says RUNNING
@@ -464,7 +469,7 @@ def test_kfp_launcher_creates_the_run_and_locks_until_it_ends(fake_kfp, tmp_path
 
 # -- the job and the CLI ---------------------------------------------------------------------
 
-def test_job_runs_the_pipeline_records_the_outcome_and_frees_the_lock(tmp_path, monkeypatch):
+def test_job_runs_the_pipeline_records_the_outcome_and_frees_the_lock(session_home, tmp_path, monkeypatch):
     from gourmetgram_app.cli.commands import pipeline
     from gourmetgram_app.local import retrain_job
 
@@ -472,26 +477,37 @@ def test_job_runs_the_pipeline_records_the_outcome_and_frees_the_lock(tmp_path, 
 
     from components.steps.outcomes import RegistrationOutcome
 
-    class Result:
-        registered, reasons, mlflow_run_id = True, [], "mlrun"
-        outcome = RegistrationOutcome(verdict="registered", version=2)
+    class Evaluation:
+        comparison = {"production_version": 1, "tolerance": 0.02, "passed": True, "sets": [
+            {"name": "original", "production": 0.8, "candidate": 0.82, "n_images": 100, "delta": 0.02,
+             "gated": True, "passed": True}]}
 
-    def fake_run_local(dataset, config, epochs, production_dataset_uri=""):
-        calls.append((dataset, config, epochs, production_dataset_uri))
+    class Result:
+        registered, reasons, mlflow_run_id, seconds, evaluation = True, [], "mlrun", 3.0, Evaluation()
+        outcome = RegistrationOutcome(verdict="registered", version=2, bundle_uri="/models/2")
+
+    def fake_run_local(dataset, config, epochs, stage="staging", production_dataset_uri=""):
+        calls.append((dataset, config, epochs, stage, production_dataset_uri))
         return Result()
 
     monkeypatch.setattr(pipeline, "run_local", fake_run_local)
-    monkeypatch.setattr(pipeline, "format_summary", lambda r: "summary")
     lock, history = RunLock(tmp_path / "lock.json"), History(tmp_path / "h.jsonl")
     lock.acquire("r1")
     argv = ["--run-id", "r1", "--lock", str(lock.path), "--history", str(history.path), "--dataset", "/d",
             "--config", "demo", "--epochs", "1"]
     assert retrain_job.main(argv) == 0
-    # no local base folder to add production data to: the base alone (the export is tested in test_loop_store)
-    assert calls == [("/d", "demo", 1, "")] and lock.current() is None
+    # no local base folder to add production data to: the base alone (the export is tested in test_loop_store);
+    # no production gateway: the run ends at register (a KFP run does the same)
+    assert calls == [("/d", "demo", 1, "staging", "")] and lock.current() is None
     assert history.records()[-1] | {"finished_at": None} == {
         "event": "finished", "run_id": "r1", "status": "registered", "version": 2, "mlflow_run_id": "mlrun",
-        "reasons": [], "finished_at": None, "production_dataset": None, "labels": {}}
+        "reasons": [], "finished_at": None, "production_dataset": None, "labels": {},
+        "production_version_before": None}
+    # every step is on record, in order, with its figures
+    steps = [r for r in history.records() if r["event"] == "step"]
+    assert [r["step"] for r in steps] == ["export", "retrain", "gate", "register"]
+    assert steps[2]["passed"] is True and steps[2]["sets"]["original"] == {"v1": 0.8, "v2": 0.82, "n": 100}
+    assert steps[3]["version"] == 2
 
     def broken(*a, **kw):
         raise RuntimeError("disk full")
@@ -514,9 +530,9 @@ def test_loop_retrain_if_needed_exit_codes(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("STAND_IN_GO", str(tmp_path / "go"))
     (tmp_path / "go").touch()  # the stand-in job ends at once
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(sys.path))
-    monkeypatch.setattr(LocalLauncher, "__init__", lambda self, log_dir=None, command=None, db_url=None: (
-        setattr(self, "log_dir", Path(log_dir)), setattr(self, "command", [sys.executable, "-c", STAND_IN]),
-        setattr(self, "db_url", db_url), setattr(self, "_children", []))[-1])
+    real_init = LocalLauncher.__init__
+    monkeypatch.setattr(LocalLauncher, "__init__", lambda self, log_dir=None, command=None, **kw: real_init(
+        self, log_dir, [sys.executable, "-c", STAND_IN], **kw))
     args = ["loop", "retrain", "--db", db, "--retrain-config", str(config), "--state-dir", str(tmp_path / "st")]
     assert main([*args]) == 0  # preview: would start
     assert "would start" in capsys.readouterr().out
@@ -551,6 +567,59 @@ def test_chart_routes_the_trigger_alerts_to_the_receiver():
     assert hook["url"].endswith(f":{RETRAIN_RECEIVER_PORT}/alerts") and route["receiver"] == "gourmetgram-retrain"
     assert hook["httpConfig"]["authorization"]["credentials"]["name"]  # token from a Secret, not in values
     assert not [o for o in manifests.render_objects(PRODUCTION) if o["kind"] == "AlertmanagerConfig"]  # opt-in
+
+
+def test_local_launcher_hands_the_job_the_stack_it_releases_on(tmp_path):
+    settings = load_retrain_settings()
+    argv = LocalLauncher(tmp_path, command=["job"], gateway="http://127.0.0.1:8090", prometheus="http://127.0.0.1:9090",
+                         retrain_config="/cfg/retrain.yaml").argv(
+        "r1", settings, RunLock(tmp_path / "lock.json"), History(tmp_path / "h.jsonl"))
+    assert argv[argv.index("--gateway") + 1] == "http://127.0.0.1:8090"
+    assert argv[argv.index("--prometheus") + 1] == "http://127.0.0.1:9090"
+    assert argv[argv.index("--retrain-config") + 1] == "/cfg/retrain.yaml"
+    alone = LocalLauncher(tmp_path, command=["job"]).argv("r1", settings, RunLock(tmp_path / "l.json"),
+                                                          History(tmp_path / "h.jsonl"))
+    assert "--gateway" not in alone and "--prometheus" not in alone  # no stack: the run ends at register
+    # the job takes every argument the launcher passes
+    from gourmetgram_app.local import retrain_job
+
+    with pytest.raises(SystemExit) as exc:
+        retrain_job.main([*argv[1:], "--help"])
+    assert exc.value.code == 0
+
+
+def test_history_lists_runs_with_their_steps_and_the_receiver_serves_them(trigger, tmp_path):
+    history = trigger.history
+    history.append({"event": "started", "run_id": "r1", "reasons": ["drift"], "started_at": "2026-12-01T10:00:00+00:00",
+                    "source": "alertmanager:GourmetGramDriftDetected", "labels_at_start": 60})
+    history.step("r1", "gate", passed=True, sets={"original": {"v1": 0.8, "v2": 0.81, "n": 10}})
+    history.step("r1", "canary", percent=10)
+    history.append({"event": "started", "run_id": "r2", "reasons": ["schedule"], "started_at": "2026-12-02T10:00:00+00:00"})
+    history.step("r1", "canary", percent=50)  # r1 still running while r2 was recorded (lines interleave)
+    history.append({"event": "finished", "run_id": "r1", "status": "promoted", "version": 3})
+    runs = history.runs(5)
+    assert [r["run_id"] for r in runs] == ["r2", "r1"]  # newest first
+    assert [(s["step"], s.get("percent")) for s in runs[1]["steps"]] == [("gate", None), ("canary", 10), ("canary", 50)]
+    assert runs[1]["finished"]["status"] == "promoted" and runs[0]["finished"] is None
+    assert [r["run_id"] for r in history.runs(1)] == ["r2"]
+    client = TestClient(create_app(trigger))
+    served = client.get("/runs", params={"limit": 1}).json()["runs"]
+    assert [r["run_id"] for r in served] == ["r2"]
+    assert client.get("/runs", params={"limit": "x"}).status_code == 400
+
+
+def test_loop_status_shows_the_last_runs_trigger_steps_and_outcome(tmp_path, capsys):
+    history = History(tmp_path / "retrain" / "history.jsonl")
+    history.append({"event": "started", "run_id": "r1", "reasons": ["drift"], "started_at": "2026-12-01T10:00:00+00:00",
+                    "source": "alertmanager:GourmetGramDriftDetected", "labels_at_start": 60})
+    history.step("r1", "gate", passed=False, sets={"original": {"v1": 0.9, "v2": 0.7, "n": 10}},
+                 reasons=["original: worse than production"])
+    history.append({"event": "finished", "run_id": "r1", "status": "rejected", "reasons": ["original: worse"]})
+    assert main(["loop", "status", "--db", f"sqlite:///{tmp_path / 'loop.db'}",
+                 "--state-dir", str(tmp_path / "retrain")]) == 0
+    out = capsys.readouterr().out
+    assert "r1: started 2026-12-01T10:00:00+00:00 by alertmanager:GourmetGramDriftDetected (reasons: drift): REJECTED" in out
+    assert "differential gate" in out and "REJECTED: original: worse than production" in out
 
 
 def test_local_launcher_hands_the_job_the_loop_store_it_exports_from(tmp_path):

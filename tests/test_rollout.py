@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import math
 import re
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,10 +22,11 @@ import httpx
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from gourmetgram import metric_names as qp
 from gourmetgram.config import ExportConfig
-from gourmetgram.constants import CANARY, PRODUCTION
+from gourmetgram.constants import CANARY, PRODUCTION, REPO_ROOT
 from gourmetgram.data.demo import DEMO_CLASSES
 from gourmetgram.data.layout import list_images
 from gourmetgram.errors import ConfigError, UserError
@@ -400,10 +402,11 @@ def test_canary_split_tags_and_pairing(stack, registered, images, capsys):
     assert _metric(gw, qp.REQUEST_COUNT, **{qp.REVISION: canary, qp.STATUS_CODE: "200"}) >= served_by[canary]
 
 
-def _auto(stack, prometheus, *extra):
+def _auto(stack, prometheus, *extra, steps: str | None = ""):
+    """``rollout auto`` with short windows; ``steps=None``: the rollout config's own steps."""
     return main(["rollout", "auto", "--gateway", stack.gateway_url, "--prometheus", prometheus.url,
-                 "--window", "15s", "--min-requests", "15", "--steps", "", "--interval", "4",
-                 "--passes-per-step", "2", "--timeout", "150", *extra])
+                 "--window", "15s", "--min-requests", "15", *(["--steps", steps] if steps is not None else []),
+                 "--interval", "4", "--passes-per-step", "2", "--timeout", "240", *extra])
 
 
 def _ensure_canary(stack, version: int, percent: int = 30) -> str:
@@ -418,21 +421,47 @@ def _ensure_canary(stack, version: int, percent: int = 30) -> str:
 
 
 @pytest.mark.slow
-def test_auto_promotes_a_good_canary(stack, prometheus, registered, images, capsys, tmp_path):
+def test_auto_raises_a_good_canary_through_the_configs_steps_and_promotes_it(stack, prometheus, registered,
+                                                                              images, capsys, tmp_path):
+    """The staged raise of configs/rollout.yaml (auto.steps [10, 50]): the canary starts at 10%,
+    `rollout auto` raises it to 50% after passing analyses, then promotes it."""
     from gourmetgram import registry
+    from gourmetgram.rollout.analysis import load_config
 
-    canary = _ensure_canary(stack, registered["good"])
+    steps = load_config().auto.steps
+    assert list(steps) == [10, 50], "this test walks the committed config's steps"
+    canary = _ensure_canary(stack, registered["good"], percent=steps[0])
     capsys.readouterr()
     # Latency is judged in the decide() tests; here a p95 blip on a busy machine must not roll
-    # back a canary that answers exactly as the stable revision does.
+    # back a canary that answers exactly as the stable revision does. The steps stay the file's.
     config = tmp_path / "rollout.yaml"
-    config.write_text("analysis: {max_p95_latency_ratio: 1000, p95_latency_slack_ms: 600000}\n")
+    base = yaml.safe_load((REPO_ROOT / "configs" / "rollout.yaml").read_text())
+    base["analysis"].update(max_p95_latency_ratio=1000, p95_latency_slack_ms=600000)
+    config.write_text(yaml.safe_dump(base))
+    seen: list[int | None] = []
+
+    def watch(stop: threading.Event) -> None:  # every canary percentage the gateway serves, in order
+        while not stop.is_set():
+            percent = httpx.get(f"{stack.gateway_url}/_gourmetgram/rollout", timeout=10).json()["canary_traffic_percent"]
+            if not seen or seen[-1] != percent:
+                seen.append(percent)
+            stop.wait(0.2)
+
+    stop = threading.Event()
+    watcher = threading.Thread(target=watch, args=(stop,), daemon=True)
+    watcher.start()
     started = time.monotonic()
-    with BackgroundTraffic(stack.gateway_url, images) as load:
-        rc = _auto(stack, prometheus, "--config", str(config))
+    try:
+        with BackgroundTraffic(stack.gateway_url, images) as load:
+            rc = _auto(stack, prometheus, "--config", str(config), steps=None)
+    finally:
+        stop.set()
+        watcher.join(10)
     took = time.monotonic() - started
     out = capsys.readouterr().out
     assert rc == 0, out
+    assert seen == [10, 50, None], f"canary percentages seen: {seen}\n{out[-3000:]}"
+    assert "canary raised to 50%" in out and "steps [50]" in out
     assert "decision: PROMOTE" in out and "promoted" in out
     assert all(code == 200 for code in load.codes), set(load.codes)
     status = httpx.get(f"{stack.gateway_url}/_gourmetgram/rollout").json()

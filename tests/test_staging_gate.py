@@ -137,13 +137,11 @@ def _slo(path: Path, p95_ms: float, min_rps: float = 0.5) -> str:
     return str(path)
 
 
-@pytest.mark.slow
-def test_loadtest_step_gates_a_real_staging_stack(demo_dataset, tmp_path_factory):
-    """The real local staging stack (Triton + transformer + gateway) with an untrained bundle:
-    a lenient SLO passes with real figures, an impossible p95 fails with that reason."""
+@pytest.fixture(scope="module")
+def staging_stack(tmp_path_factory):
+    """The real local staging stack (Triton + transformer + gateway) with an untrained bundle."""
     import torch
 
-    from components.steps import loadtest_metrics, loadtest_step
     from gourmetgram.config import ExportConfig
     from gourmetgram.data.demo import DEMO_CLASSES
     from gourmetgram.export import export_bundle
@@ -154,25 +152,68 @@ def test_loadtest_step_gates_a_real_staging_stack(demo_dataset, tmp_path_factory
     bundle = tmp_path_factory.mktemp("gate-models") / "demo-1"
     export_bundle(build_model(ModelSpec(class_names=DEMO_CLASSES, image_size=64, width_mult=0.5)).eval(),
                   bundle, ExportConfig(max_batch_size=8, preferred_batch_sizes=(4,)))
+    with LocalStack(bundle, "staging", Ports.free(), logger_url="",
+                    log_dir=tmp_path_factory.mktemp("gate-logs")) as stack:
+        yield stack
+
+
+@pytest.mark.slow
+def test_loadtest_step_gates_a_real_staging_stack(demo_dataset, staging_stack, tmp_path_factory):
+    """A lenient SLO passes with real figures, an impossible p95 fails with that reason."""
+    from components.steps import loadtest_metrics, loadtest_step
+
     work = tmp_path_factory.mktemp("gate-loadtest")
     images = str(demo_dataset / "evaluation")
-    with LocalStack(bundle, "staging", Ports.free(), logger_url="", log_dir=work / "logs") as stack:
-        ok = loadtest_step(stack.gateway_url, images, work / "lenient", _slo(work / "lenient.yaml", 30000),
-                           users=2, run_time="6s", quiet=True)
-        assert ok.passed, ok.reasons
-        assert ok.requests >= 5 and ok.failures == 0 and 0 < ok.p95_ms < 30000
-        assert ok.bad_request_failures == 0  # the API answered every deliberately bad request with 400
-        for name in ("report.html", "locust_stats.csv", "summary.json"):
-            assert (work / "lenient" / name).is_file(), name
-        assert json.loads((work / "lenient" / "summary.json").read_text())["passed"] is True
-        figures = loadtest_metrics(ok)
-        assert figures["p95_ms"] == ok.p95_ms and figures["rps"] == ok.rps > 0
+    stack = staging_stack
+    ok = loadtest_step(stack.gateway_url, images, work / "lenient", _slo(work / "lenient.yaml", 30000),
+                       users=2, run_time="6s", quiet=True)
+    assert ok.passed, ok.reasons
+    assert ok.requests >= 5 and ok.failures == 0 and 0 < ok.p95_ms < 30000
+    assert ok.bad_request_failures == 0  # the API answered every deliberately bad request with 400
+    for name in ("report.html", "locust_stats.csv", "summary.json"):
+        assert (work / "lenient" / name).is_file(), name
+    assert json.loads((work / "lenient" / "summary.json").read_text())["passed"] is True
+    figures = loadtest_metrics(ok)
+    assert figures["p95_ms"] == ok.p95_ms and figures["rps"] == ok.rps > 0
 
-        bad = loadtest_step(stack.gateway_url, images, work / "strict", _slo(work / "strict.yaml", 1),
-                            users=2, run_time="6s", quiet=True)
-        assert not bad.passed
-        assert any(r.startswith("p95 ") and r.endswith("> 1 ms") for r in bad.reasons), bad.reasons
-        assert "SLO: FAIL" in bad.format()
+    bad = loadtest_step(stack.gateway_url, images, work / "strict", _slo(work / "strict.yaml", 1),
+                        users=2, run_time="6s", quiet=True)
+    assert not bad.passed
+    assert any(r.startswith("p95 ") and r.endswith("> 1 ms") for r in bad.reasons), bad.reasons
+    assert "SLO: FAIL" in bad.format()
+
+
+@pytest.mark.slow
+def test_the_compiled_staging_gate_runs_on_kfp_local_against_a_real_staging_stack(
+        demo_dataset, staging_stack, registered, tmp_path):
+    """pipelines/staging_gate_pipeline.yaml (what a KFP backend runs), loaded and run by kfp.local
+    against the real staging stack after its warm-up requests: SLOs met -> the canary branch (alias
+    moved, version tagged); an impossible p95 -> the block branch (tagged failed, alias untouched)."""
+    from gourmetgram import registry
+    from gourmetgram_app.cli.commands.pipeline import run_staging_gate_local
+    from gourmetgram_app.local.cycle import warm_up
+
+    images = demo_dataset / "evaluation"
+    assert warm_up(staging_stack.gateway_url, images, 10) == {"sent": 10, "ok": 10}
+    registry.clear_stage("canary", MODEL_NAME_UNDER_TEST)
+    common = dict(users=2, run_time="6s", canary_percent=10, registered_model_name=MODEL_NAME_UNDER_TEST,
+                  package=COMMITTED, pipeline_root=tmp_path / "runs")
+    ok = run_staging_gate_local(staging_stack.gateway_url, registered, images,
+                                slo=_slo(tmp_path / "lenient.yaml", 30000), **common)
+    assert ok.passed and "SLO: PASS" in ok.summary, ok.summary
+    assert (ok.outcome.verdict, ok.outcome.version, ok.outcome.canary_percent) == ("canary", registered, 10)
+    assert registry.version_for("canary", MODEL_NAME_UNDER_TEST) == registered
+    assert registry.get_version(registered, MODEL_NAME_UNDER_TEST).tags["staging.loadtest"] == "passed"
+    runs = sorted((tmp_path / "runs").glob("gourmetgram-staging-gate-*"))
+    assert runs and (runs[-1] / "loadtest-staging").is_dir()  # kfp.local ran the compiled pipeline's steps
+
+    registry.clear_stage("canary", MODEL_NAME_UNDER_TEST)
+    blocked = run_staging_gate_local(staging_stack.gateway_url, registered, images,
+                                     slo=_slo(tmp_path / "strict.yaml", 1), **common)
+    assert not blocked.passed and blocked.outcome.verdict == "blocked"
+    assert any(r.startswith("p95 ") for r in blocked.outcome.reasons), blocked.outcome.reasons
+    assert registry.version_for("canary", MODEL_NAME_UNDER_TEST) is None
+    assert registry.get_version(registered, MODEL_NAME_UNDER_TEST).tags["staging.loadtest"] == "failed"
 
 
 # -- the branches: a real registry, the cluster at the wire --------------------------------

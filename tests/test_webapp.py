@@ -454,6 +454,40 @@ def test_operator_page_shows_the_label_free_estimate_next_to_the_measured_accura
         r = c.get("/operator")
     assert "Not available: Prometheus is not configured for this page" in r.text
     assert c.get("/operator/thumbnails/x").status_code == 404
+def test_retrain_panel_shows_the_receivers_runs_trigger_steps_and_outcome(tmp_path):
+    """The operator page reads the real receiver app's GET /runs (the run history it keeps)."""
+    from gourmetgram.retrain.settings import load_retrain_settings
+    from gourmetgram_app.local.retrain import build_trigger
+    from gourmetgram_app.local.retrain import create_app as receiver_app
+
+    trigger, _ = build_trigger(load_retrain_settings(), f"sqlite:///{tmp_path / 'loop.db'}", state_dir=tmp_path)
+    receiver = receiver_app(trigger)
+    config = WebConfig(api_url=API, registry=False, retrain_url="http://receiver.test")
+
+    def page() -> str:
+        with TestClient(create_app(config, transport=httpx.ASGITransport(app=receiver))) as c:
+            return c.get("/operator").text
+
+    assert "no retrain on record yet" in page()
+    h = trigger.history
+    h.append({"event": "started", "run_id": "retrain-1", "reasons": ["drift"], "started_at": "2026-12-01T10:00:00+00:00",
+              "source": "alertmanager:GourmetGramDriftDetected"})
+    h.step("retrain-1", "gate", passed=True, sets={"original": {"v1": 0.87, "v2": 0.9, "n": 368}})
+    h.step("retrain-1", "canary", percent=10)
+    text = page()
+    assert re.search(r'class="trigger">alertmanager:GourmetGramDriftDetected \(drift\)<', text)
+    assert re.search(r'class="outcome"><strong>running</strong>', text)
+    assert "passed (original 0.870 -&gt; 0.900)" in text and "<td>canary</td><td>10%</td>" in text
+    h.step("retrain-1", "canary", percent=50)
+    h.append({"event": "finished", "run_id": "retrain-1", "status": "promoted", "version": 4})
+    text = page()
+    assert re.search(r'class="outcome"><strong>promoted</strong> \(version 4\)', text)
+    assert "<td>canary</td><td>50%</td>" in text
+    # a receiver that is down, or not configured, is said in words
+    with TestClient(create_app(WebConfig(api_url=API, registry=False, retrain_url="http://127.0.0.1:9"))) as c:
+        assert "the retrain receiver at http://127.0.0.1:9 cannot be reached" in c.get("/operator").text
+    with TestClient(create_app(WebConfig(api_url=API, registry=False))) as c:
+        assert "the retrain receiver is not configured" in c.get("/operator").text
 
 
 def test_operator_page_with_every_source_down_still_renders():
@@ -523,12 +557,24 @@ def test_serve_with_the_loop_gives_the_web_app_the_capture_sinks_summary(monkeyp
         raise Stop
 
     monkeypatch.setattr(stack_module, "LocalStack", recorder)
-    for extra in (["--loop", "--model-version", "3"], []):
+    monkeypatch.setenv("GOURMETGRAM_HOME", str(tmp_path / "home"))  # the receiver's token file goes there
+    for extra in (["--loop", "--model-version", "3", "--no-prometheus"], ["--no-prometheus"], ["--loop"]):
         args = build_parser().parse_args(["serve", "--stage", "production", "--bundle", str(tmp_path),
-                                          "--free-ports", "--no-prometheus", "--no-detector", *extra])
+                                          "--free-ports", "--no-detector", *extra])
         with pytest.raises(Stop):
             args.func(args)
-    with_loop, without = seen
+    with_loop, without, with_alerting = seen
     assert with_loop["feedback_summary_url"] == with_loop["feedback_url"] + LOOP_SUMMARY_PATH
     assert with_loop["feedback_url"].startswith("http://127.0.0.1:") and with_loop["webapp"] is True
     assert "feedback_summary_url" not in without
+    # no Prometheus: nothing evaluates the alerts, so no receiver or Alertmanager either
+    assert with_loop["alertmanager_url"] is None and not with_loop["retrain_url"]
+    # with it: Alertmanager and the receiver join the supervised processes; Prometheus sends to the
+    # one and scrapes the other; the operator page reads the receiver's runs
+    names = [service.name for service, _role in with_alerting["extra_services"]]
+    assert names == ["capture-sink", "broker", "retrain-receiver", "alertmanager"]
+    receiver = with_alerting["scrape_targets"]["retrain-receiver"]
+    assert with_alerting["retrain_url"] == receiver and with_alerting["alertmanager_url"].startswith("http://127.0.0.1:")
+    argv = with_alerting["extra_services"][2][0].argv
+    assert argv[argv.index("--gateway") + 1] == f"http://127.0.0.1:{with_alerting['ports'].gateway}"
+    assert argv[argv.index("--prometheus") + 1] == f"http://127.0.0.1:{with_alerting['ports'].prometheus}"

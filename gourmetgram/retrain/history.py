@@ -1,5 +1,7 @@
 """The retrain history: one JSON line per started run (what the cool-down and the "new labels
-since the last retrain" guard read), and its outcome when the run ends."""
+since the last retrain" guard read), one per step a local run takes (export, retrain, gate,
+register, staging, canary ...: what ``loop status``, the operator page and the demo show as it
+happens), and its outcome when the run ends."""
 
 from __future__ import annotations
 
@@ -52,6 +54,30 @@ class History:
         return LastRun(run_id=r["run_id"], started_at=parse_time(r["started_at"]),
                        labels_at_start=int(r.get("labels_at_start", 0)), reasons=tuple(r.get("reasons", ())))
 
+
+    def step(self, run_id: str, step: str, **data: Any) -> dict[str, Any]:
+        """Record one step of a run (``at``: now, UTC); returns the record."""
+        record = {"event": "step", "run_id": run_id, "step": step,
+                  "at": datetime.now(timezone.utc).isoformat(), **data}
+        self.append(record)
+        return record
+
+    def runs(self, limit: int = 5) -> list[dict[str, Any]]:
+        """The last ``limit`` started runs, newest first: the start record with ``steps`` (in
+        order) and ``finished`` (the end record, or None while it runs) added."""
+        records = self.records()
+        starts = [r for r in records if r.get("event") == "started"][-limit:][::-1] if limit > 0 else []
+        ids = {r.get("run_id") for r in starts}
+        steps: dict[str, list[dict[str, Any]]] = {}
+        ends: dict[str, dict[str, Any]] = {}
+        for r in records:
+            if r.get("run_id") not in ids:
+                continue
+            if r.get("event") == "step":
+                steps.setdefault(r["run_id"], []).append(r)
+            elif r.get("event") in ("finished", "failed_to_start"):
+                ends[r["run_id"]] = r
+        return [{**r, "steps": steps.get(r["run_id"], []), "finished": ends.get(r["run_id"])} for r in starts]
 
     def finished(self, run_id: str) -> dict[str, Any] | None:
         """The run's end record (status registered | rejected | failed, version), if it ended."""

@@ -10,7 +10,7 @@ import dataclasses
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AfterValidator, Field, StrictInt, StrictStr
+from pydantic import AfterValidator, Field, StrictBool, StrictInt, StrictStr
 
 from gourmetgram.config import (
     SECTION,
@@ -19,6 +19,7 @@ from gourmetgram.config import (
     Count,
     Duration,
     Name,
+    Positive,
     Share,
     load_file,
 )
@@ -51,7 +52,7 @@ class TriggerSettings:
     __pydantic_config__ = STRICT
     schedule_every: Duration = "7d"
     cron: Annotated[StrictStr, AfterValidator(_cron)] = "0 0 3 * * 1"
-    drift_alerts: tuple[Name, ...] = ("GourmetGramDriftDetected",)
+    drift_alerts: tuple[Name, ...] = ("GourmetGramDriftDetected", "GourmetGramLabelDrift")
     degradation_alerts: tuple[Name, ...] = ("GourmetGramProductionAccuracyLow", "GourmetGramEstimatedAccuracyLow")
 
 
@@ -75,9 +76,52 @@ class GuardSettings:
 class RunSettings:
     __pydantic_config__ = STRICT
     dataset_uri: StrictStr = ""
+    # Where `loop export` keeps the labelled production data for runs on a KFP backend (e.g.
+    # s3://gourmetgram/production/latest); "" = none. Local runs export it fresh each time.
+    production_dataset_uri: StrictStr = ""
     config: Name = "demo"
     epochs: Annotated[StrictInt, Field(ge=-1)] = -1
     experiment: Name = "gourmetgram-retrain"
+
+
+@dataclasses.dataclass(frozen=True)
+class StagingSettings:
+    """The staging gate of a local run: the compiled staging-gate pipeline's parameters."""
+
+    __pydantic_config__ = STRICT
+    slo: Name = "slo"  # configs/slo.yaml, or a path
+    users: AtLeastOne = 4
+    run_time: Duration = "20s"
+    # Requests sent to the new staging stack before Locust starts, so the first inference's
+    # one-time costs (ONNX Runtime's first run, connection set-up) are not in the measured p95.
+    warmup_requests: Count = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class CanarySettings:
+    """The canary of a local run: ``rollout auto --feedback`` with the rollout config's steps
+    (``auto.steps``: the canary starts at the first and is raised through the rest), these
+    fields over the config's. A local stack's traffic is thin, so the windows are short."""
+
+    __pydantic_config__ = STRICT
+    rollout_config: Name = "rollout"
+    window: Duration = "15s"
+    min_requests: AtLeastOne = 15
+    min_feedback: AtLeastOne = 15
+    require_feedback: StrictBool = True  # judged on what users say about each revision
+    interval_s: Positive = 4.0
+    timeout_s: Positive = 600.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ReleaseSettings:
+    """What a LOCAL run does after the new version is registered (the receiver started with a
+    production gateway): staging stack + staging gate, then the canary, then promote or roll
+    back. On the cluster these are the staging-gate pipeline and ``rollout auto --cluster``."""
+
+    __pydantic_config__ = STRICT
+    staging: Annotated[StagingSettings, SECTION] = StagingSettings()
+    canary: Annotated[CanarySettings, SECTION] = CanarySettings()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +131,7 @@ class RetrainSettings:
     degradation: Annotated[DegradationSettings, SECTION] = DegradationSettings()
     guards: Annotated[GuardSettings, SECTION] = GuardSettings()
     run: Annotated[RunSettings, SECTION] = RunSettings()
+    release: Annotated[ReleaseSettings, SECTION] = ReleaseSettings()
     source: str = "<defaults>"
 
 

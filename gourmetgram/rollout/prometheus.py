@@ -4,7 +4,8 @@ Canary analysis reads its figures with PromQL from Prometheus on the cluster; lo
 Debian ``prometheus`` binary runs with a generated config that scrapes the gateway (the
 queue-proxy metrics), every revision's transformer and Triton (found through the
 gateway's HTTP service discovery, so a canary started later is scraped within a second)
-and the drift detector, and loads the chart's alert rules. Storage is a temp dir.
+and the drift detector, loads the chart's alert rules and, with an Alertmanager, sends it the
+firing alerts. Storage is a temp dir.
 """
 
 from __future__ import annotations
@@ -73,6 +74,14 @@ class PrometheusClient:
         except httpx.HTTPError:
             return False
 
+    def alerts(self) -> list[dict]:
+        """The alerts the rules have now (``/api/v1/alerts``): labels, state (pending|firing), activeAt."""
+        try:
+            r = httpx.get(f"{self.url}/api/v1/alerts", timeout=self.timeout_s)
+        except httpx.HTTPError as exc:
+            raise DependencyUnavailable(f"Prometheus at {self.url} is not reachable ({exc})") from exc
+        return list(r.json()["data"]["alerts"])
+
     def active_targets(self) -> list[dict]:
         r = httpx.get(f"{self.url}/api/v1/targets", params={"state": "active"}, timeout=self.timeout_s)
         return r.json()["data"]["activeTargets"]
@@ -92,8 +101,10 @@ def _hostport(url: str) -> str:
 
 
 def scrape_config(gateway_url: str, detector_url: str | None = None,
-                  scrape_interval: str = "1s", rules: list[Path] | None = None) -> dict:
-    """The Prometheus config for one local stack."""
+                  scrape_interval: str = "1s", rules: list[Path] | None = None,
+                  alertmanager_url: str | None = None, targets: dict[str, str] | None = None) -> dict:
+    """The Prometheus config for one local stack. ``alertmanager_url``: where firing alerts go;
+    ``targets``: more scrape jobs, ``{job name: base URL}`` (``/metrics`` there)."""
     gateway = _hostport(gateway_url)
     jobs = [
         {"job_name": "gateway", "static_configs": [{"targets": [gateway]}]},
@@ -102,12 +113,17 @@ def scrape_config(gateway_url: str, detector_url: str | None = None,
     ]
     if detector_url:
         jobs.append({"job_name": "drift-detector", "static_configs": [{"targets": [_hostport(detector_url)]}]})
-    return {
+    for name, url in (targets or {}).items():
+        jobs.append({"job_name": name, "static_configs": [{"targets": [_hostport(url)]}]})
+    config = {
         "global": {"scrape_interval": scrape_interval, "scrape_timeout": scrape_interval,
                    "evaluation_interval": scrape_interval},
         "rule_files": [str(p) for p in rules or []],
         "scrape_configs": jobs,
     }
+    if alertmanager_url:
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [_hostport(alertmanager_url)]}]}]}
+    return config
 
 
 class LocalPrometheus:
@@ -115,7 +131,8 @@ class LocalPrometheus:
 
     def __init__(self, gateway_url: str, detector_url: str | None = None, port: int | None = None,
                  host: str = constants.HOST, scrape_interval: str = "1s",
-                 rules: list[Path] | None = None, binary: str = PROMETHEUS_BIN) -> None:
+                 rules: list[Path] | None = None, binary: str = PROMETHEUS_BIN,
+                 alertmanager_url: str | None = None, targets: dict[str, str] | None = None) -> None:
         if not Path(binary).is_file():
             raise DependencyUnavailable(f"{binary} not found; install Debian's `prometheus` package "
                             "(apt-get install prometheus) or pass --prometheus URL of a running one")
@@ -126,7 +143,7 @@ class LocalPrometheus:
         self.binary = binary
         self.host = host
         self.port = port or free_port(host)
-        self.config = scrape_config(gateway_url, detector_url, scrape_interval, rules)
+        self.config = scrape_config(gateway_url, detector_url, scrape_interval, rules, alertmanager_url, targets)
         self.workdir: Path | None = None
         self.proc: subprocess.Popen | None = None
 

@@ -8,6 +8,10 @@ The gateway's logger posts to the broker; the broker's triggers deliver to the c
 (every event) and to the drift detector (when given), each with retries, so the detector and
 the capture sink fail independently and neither can reach a prediction. The broker keeps what
 it accepted in ``broker.db`` in the log folder until it is delivered (it survives a kill -9).
+
+:func:`closed_loop` builds the whole stack ``gourmetgram serve --loop`` runs: the serving stack,
+these two services and the alerting that closes the loop (the retrain receiver and Alertmanager,
+:mod:`gourmetgram_app.local.alerting`).
 """
 
 from __future__ import annotations
@@ -19,13 +23,18 @@ import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from gourmetgram import constants
 from gourmetgram.rollout.prometheus import free_port
-from gourmetgram_app.local.stack import Service, _child_env, _get_ok, answers
+from gourmetgram_app.local.stack import Ports, Service, _child_env, _get_ok, answers
+
+if TYPE_CHECKING:
+    from gourmetgram_app.local.alerting import LocalAlerting
+    from gourmetgram_app.local.stack import LocalStack
 
 START_TIMEOUT_S = 120.0
 
@@ -197,3 +206,72 @@ def account(served_ids: Iterable[str], db_url: str, gateway_url: str, broker_url
     return Accounting(len(served), len(captured & served), tuple(sorted(served - captured)),
                       metric_total(f"{gateway_url}/metrics", "logger_events_dropped"),
                       metric_total(f"{broker_url}/metrics", "broker_deliveries", outcome="dropped"))
+
+
+@dataclasses.dataclass
+class ClosedLoop:
+    """A stack with the loop around it, as ``gourmetgram serve --loop`` runs it (and the demo):
+    the broker and the capture sink, and (with Prometheus) the retrain receiver and Alertmanager,
+    all supervised with the stack's own processes."""
+
+    stack: LocalStack
+    loop: LoopServices
+    alerting: LocalAlerting | None
+    notes: list[str]
+
+    def endpoints(self) -> dict[str, str]:
+        out = {**self.stack.endpoints(), "broker (logger fan-out)": self.loop.broker_url,
+               "capture sink": self.loop.capture_url, "loop summary": self.loop.summary_url}
+        if self.alerting is not None:
+            out.update({"alertmanager": self.alerting.alertmanager_url,
+                        "retrain receiver": f"{self.alerting.receiver_url}/status"})
+        return out
+
+
+def closed_loop(bundle: Path, stage: str, ports: Ports, *, host: str = constants.HOST,
+                model_version: str | int | None = None, log_dir: Path | None = None, fixed_ports: bool = True,
+                detector: bool = True, prometheus: bool = True, webapp: bool = True,
+                manifest: str | Path | None = None, on_event=None, alert_timings: dict[str, str] | None = None,
+                retrain_config: str = "retrain", retrain_state_dir: Path | None = None) -> ClosedLoop:
+    """Build (not start) the stack with the loop. ``fixed_ports``: the loop's services on their
+    default ports (capture 8071, broker 8060, receiver 8073, Alertmanager 9093), else free ones.
+    Without Prometheus, or without Debian's Alertmanager, nothing would evaluate or route the
+    alerts: the receiver and Alertmanager are left out and ``notes`` says why."""
+    from gourmetgram.tracking import home
+    from gourmetgram_app.local.alerting import ALERTMANAGER_BIN, LocalAlerting
+    from gourmetgram_app.local.stack import LocalStack
+    from gourmetgram_app.local.supervisor import SIDE
+
+    log_dir = Path(log_dir) if log_dir else home() / "logs" / f"serve-{stage}"
+    loop = LoopServices(bundle, log_dir, host=host, detector_url=f"http://{host}:{ports.detector}/" if detector else None,
+                        capture_port=constants.CAPTURE_PORT if fixed_ports else None,
+                        broker_port=constants.BROKER_PORT if fixed_ports else None)
+    extra = [(loop.capture, SIDE), (loop.broker, SIDE)]
+    notes: list[str] = []
+    alerting = None
+    gateway_url, prometheus_url = f"http://{host}:{ports.gateway}", f"http://{host}:{ports.prometheus}"
+    if not prometheus:
+        notes.append("no Prometheus: no alert is evaluated, so no retrain receiver or Alertmanager either")
+    elif not Path(ALERTMANAGER_BIN).is_file():
+        notes.append(f"{ALERTMANAGER_BIN} not found (apt-get install prometheus-alertmanager): alerts are "
+                     "evaluated but go nowhere; no retrain receiver")
+    else:
+        from gourmetgram import control
+
+        alerting = LocalAlerting(
+            control.stack_state_dir(host, ports.gateway), log_dir, gateway_url, prometheus_url, host=host,
+            receiver_port=constants.RETRAIN_RECEIVER_PORT if fixed_ports else None,
+            alertmanager_port=constants.ALERTMANAGER_PORT if fixed_ports else None,
+            retrain_config=retrain_config, retrain_state_dir=retrain_state_dir, timings=alert_timings)
+        extra += [(service, SIDE) for service in alerting.services()]
+    stack = LocalStack(bundle=bundle, stage=stage, ports=ports, host=host, manifest=manifest, webapp=webapp,
+                       detector=detector, prometheus=prometheus, on_event=on_event, log_dir=log_dir,
+                       logger_url=loop.broker_url + "/", feedback_url=loop.capture_url,
+                       feedback_summary_url=loop.summary_url, model_version=model_version,
+                       extra_services=extra,
+                       alertmanager_url=alerting.alertmanager_url if alerting else None,
+                       scrape_targets={"retrain-receiver": alerting.receiver_url} if alerting else None,
+                       retrain_url=alerting.receiver_url if alerting else None)
+    if alerting is not None:
+        alerting.prepare()
+    return ClosedLoop(stack, loop, alerting, notes)

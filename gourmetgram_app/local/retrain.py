@@ -3,19 +3,22 @@
 Launchers (:class:`gourmetgram.retrain.trigger.Launcher`):
 
 * :class:`LocalLauncher`: a detached process (``python -m gourmetgram_app.local.retrain_job``)
-  that runs the training pipeline with ``kfp.local`` (``pipeline.run_local``), writes the
-  outcome to the history and frees the lock. The lock names that process's pid, so a
-  kill -9 leaves a lock the next trigger sees as stale.
+  that runs one turn of the loop (export, the training pipeline with ``kfp.local``, and with a
+  production gateway the staging gate and the canary: :mod:`gourmetgram_app.local.cycle`),
+  writes each step and the outcome to the history and frees the lock. The lock names that
+  process's pid, so a kill -9 leaves a lock the next trigger sees as stale.
 * :class:`KfpLauncher`: ``kfp.Client.create_run_from_pipeline_package`` with the compiled
-  training pipeline (``pipeline.submit``); the lock names the KFP run, free again when the
+  training pipeline (``pipeline.submit``) and the labelled production data
+  (``run.production_dataset_uri``); the lock names the KFP run, free again when the
   backend reports a final state.
 
 The receiver (:func:`create_app`): ``POST /alerts`` takes Alertmanager's webhook (v4); firing
 alerts named in ``configs/retrain.yaml`` become reasons, the guard rails apply, and a run
 starts (202) or not (200, with why). A malformed body is a 400, a body over 1 MiB a 413, a
 missing/wrong token (when one is set) a 401; a launcher failure is a 503 so Alertmanager
-retries. ``GET /status`` previews the decision, ``GET /metrics`` exports the trigger counters
-and the production feedback counter the degradation rule reads.
+retries. ``GET /status`` previews the decision and says what the last alert led to, ``GET /runs``
+lists the last runs with their steps and outcome (the operator page reads it), ``GET /metrics``
+exports the trigger counters and the production feedback counter the degradation rule reads.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import os
 import signal
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -55,17 +59,24 @@ class LocalLauncher:
     kind = LOCAL
 
     def __init__(self, log_dir: str | Path | None = None, command: list[str] | None = None,
-                 db_url: str | None = None):
+                 db_url: str | None = None, gateway: str | None = None, prometheus: str | None = None,
+                 retrain_config: str = "retrain"):
         self.log_dir = Path(log_dir) if log_dir else retrain_home() / "runs"
         self.command = command  # tests: a stand-in job (same arguments appended)
         self.db_url = db_url  # the loop store the job exports labelled production data from
+        # The production stack a run stages and canaries its new version on (None: stop at register).
+        self.gateway, self.prometheus = gateway, prometheus
+        self.retrain_config = retrain_config  # the job reads its release section
         self._children: list[subprocess.Popen] = []
 
     def argv(self, run_id: str, settings: RetrainSettings, lock: RunLock, history: History) -> list[str]:
         job = self.command or [sys.executable, "-m", "gourmetgram_app.local.retrain_job"]
         return [*job, "--run-id", run_id, "--lock", str(lock.path), "--history", str(history.path),
                 "--dataset", default_dataset(settings), "--config", settings.run.config,
-                "--epochs", str(settings.run.epochs), *(["--db", self.db_url] if self.db_url else [])]
+                "--epochs", str(settings.run.epochs), "--retrain-config", self.retrain_config,
+                *(["--db", self.db_url] if self.db_url else []),
+                *(["--gateway", self.gateway] if self.gateway else []),
+                *(["--prometheus", self.prometheus] if self.prometheus else [])]
 
     def start(self, run_id: str, reasons: tuple[str, ...], settings: RetrainSettings, lock: RunLock,
               history: History) -> dict[str, Any]:
@@ -100,6 +111,8 @@ class KfpLauncher:
 
         params = {"dataset_uri": settings.run.dataset_uri, "config": settings.run.config,
                   "epochs": settings.run.epochs}
+        if settings.run.production_dataset_uri:  # the labelled production data, merged by the pipeline
+            params["production_dataset_uri"] = settings.run.production_dataset_uri
         if not settings.run.dataset_uri:
             raise LaunchFailed("run.dataset_uri is empty in the retrain config: a cluster run needs a dataset URI")
         result = submit(self.host, self.package, settings.run.experiment, params,
@@ -180,6 +193,7 @@ def create_app(trigger: Trigger, token: str | None = None, feedback_counts=None)
     from gourmetgram.bodylimit import BodyTooLarge, read_body
 
     metrics = ReceiverMetrics()
+    last_alert: dict[str, Any] = {}  # what the last alert that named a trigger led to (GET /status)
 
     def authorized(request: Request) -> bool:
         if not token:
@@ -205,11 +219,16 @@ def create_app(trigger: Trigger, token: str | None = None, feedback_counts=None)
             return JSONResponse({"error": str(exc)}, status_code=400)
         if not reasons:
             return JSONResponse({"started": False, "message": "no firing alert that triggers a retrain"})
+        received = datetime.now(timezone.utc).isoformat()
         try:
             outcome = await run_in_threadpool(trigger.fire, reasons, f"alertmanager:{','.join(names)}")
         except LaunchFailed as exc:
+            last_alert.update(at=received, alerts=names, started=False, message=str(exc))
             return JSONResponse({"started": False, "error": str(exc)}, status_code=503)
         metrics.record(outcome)
+        last_alert.clear()
+        last_alert.update(at=received, alerts=names, started=outcome.started, run_id=outcome.run_id,
+                          blocked_by=outcome.decision.blocked_by, message=outcome.decision.message)
         body_out = {"started": outcome.started, "run_id": outcome.run_id, "reasons": list(outcome.decision.reasons),
                     "blocked_by": outcome.decision.blocked_by, "message": outcome.decision.message,
                     **outcome.details}
@@ -220,7 +239,16 @@ def create_app(trigger: Trigger, token: str | None = None, feedback_counts=None)
         holder = await run_in_threadpool(trigger.lock.current)
         return JSONResponse({"running": holder.run_id if holder else None, "start": decision.start,
                              "reasons": list(decision.reasons),
-                             "blocked_by": decision.blocked_by, "message": decision.message})
+                             "blocked_by": decision.blocked_by, "message": decision.message,
+                             "last_alert": dict(last_alert) or None})
+
+    async def runs(request: Request) -> Response:
+        try:
+            limit = max(1, min(50, int(request.query_params.get("limit", "5"))))
+        except ValueError:
+            return JSONResponse({"error": "limit must be an integer"}, status_code=400)
+        found = await run_in_threadpool(trigger.history.runs, limit)
+        return JSONResponse({"runs": found})
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"ok": True})
@@ -243,6 +271,7 @@ def create_app(trigger: Trigger, token: str | None = None, feedback_counts=None)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app = Starlette(routes=[Route("/alerts", alerts, methods=["POST"]), Route("/status", status),
+                            Route("/runs", runs),
                             Route("/healthz", healthz), Route("/metrics", prometheus)])
     app.state.metrics = metrics
     return app
@@ -264,15 +293,19 @@ __all__ = ["LocalLauncher", "KfpLauncher", "create_app", "serve"]
 
 def build_trigger(settings: RetrainSettings, db_url: str | None = None, kfp_host: str | None = None,
                   kfp_package: str | Path | None = None, namespace: str | None = None,
-                  state_dir: str | Path | None = None) -> tuple[Trigger, Any]:
+                  state_dir: str | Path | None = None, gateway: str | None = None,
+                  prometheus: str | None = None, retrain_config: str = "retrain") -> tuple[Trigger, Any]:
     """A trigger over the loop store, with the kfp.local launcher (or KFP when ``kfp_host``);
-    returns it and the store's signal source (whose ``feedback_counts`` the receiver exports)."""
+    returns it and the store's signal source (whose ``feedback_counts`` the receiver exports).
+    ``gateway``/``prometheus``: the local production stack a local run releases its version on."""
     from gourmetgram.loop.store import open_store
     from gourmetgram.retrain.signals import StoreSignals
 
     state = Path(state_dir) if state_dir else retrain_home()
-    launcher: LocalLauncher | KfpLauncher = (KfpLauncher(kfp_host, kfp_package, namespace) if kfp_host
-                                             else LocalLauncher(state / "runs", db_url=db_url))
+    launcher: LocalLauncher | KfpLauncher = (
+        KfpLauncher(kfp_host, kfp_package, namespace) if kfp_host
+        else LocalLauncher(state / "runs", db_url=db_url, gateway=gateway, prometheus=prometheus,
+                           retrain_config=retrain_config))
     signals = StoreSignals(open_store(db_url))
     trigger = Trigger(settings, signals, launcher, RunLock(state / "lock.json", launcher.still_running),
                       History(state / "history.jsonl"))

@@ -19,7 +19,9 @@ def _trigger(args: argparse.Namespace):
     from gourmetgram_app.local.retrain import build_trigger
 
     return build_trigger(load_retrain_settings(args.retrain_config), args.db, args.kfp_host,
-                         args.kfp_package, args.namespace, args.state_dir)
+                         args.kfp_package, args.namespace, args.state_dir,
+                         gateway=getattr(args, "gateway", None), prometheus=getattr(args, "prometheus", None),
+                         retrain_config=args.retrain_config)
 
 
 def _retrain(args: argparse.Namespace) -> int:
@@ -64,8 +66,9 @@ def _receiver(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"error: cannot read the token file: {exc}", file=sys.stderr)
             return 2
+    release = f"; a run stages and canaries its version on {args.gateway}" if args.gateway else ""
     print(f"retrain receiver on http://{args.host}:{args.port}/alerts (Alertmanager webhook); "
-          f"launcher {trigger.launcher.kind}; state in {trigger.lock.path.parent}", flush=True)
+          f"launcher {trigger.launcher.kind}; state in {trigger.lock.path.parent}{release}", flush=True)
     try:
         serve(trigger, args.host, args.port, token, signals.feedback_counts)
     except KeyboardInterrupt:
@@ -103,6 +106,9 @@ def add_retrain_parsers(sub, common) -> None:
     p.add_argument("--port", type=int, default=RETRAIN_RECEIVER_PORT, help="(default: %(default)s)")
     p.add_argument("--token-file", help="require 'Authorization: Bearer <token>' (default: "
                    "$GOURMETGRAM_RETRAIN_TOKEN if set)")
+    p.add_argument("--gateway", help="local runs: after register, stage the new version and canary it on this "
+                   "production gateway, then promote or roll back (configs/retrain.yaml, release)")
+    p.add_argument("--prometheus", help="local runs: the Prometheus of that stack (the canary analysis)")
     p.set_defaults(func=_receiver)
 
 

@@ -1,11 +1,13 @@
 """One triggered retrain, in its own process: ``python -m gourmetgram_app.local.retrain_job``.
 
 Started by :class:`gourmetgram_app.local.retrain.LocalLauncher`, which hands it the lock. It runs
-the training pipeline with ``kfp.local`` (the same runner as ``gourmetgram pipeline run``) on
-the base dataset plus the labelled production data it exports first (``loop export``: the
-annotators' labels, else users' corrections; none yet -> the base dataset alone), appends
-the outcome (registered version, or why not) to the run history, and frees the lock
-whatever happens. If it is killed outright, the lock names a dead pid and counts as free.
+one turn of the loop (:class:`gourmetgram_app.local.cycle.Cycle`): export the labelled production
+data, retrain with ``kfp.local`` (the differential gate inside), register; and, given the
+production stack (``--gateway``), the staging gate (the compiled pipeline on kfp.local against
+a staging stack) and the canary raised through the rollout config's steps, then promote or roll
+back (the retrain config's ``release`` section). Each step and the outcome go to the run
+history; the lock is freed whatever happens. If the process is killed outright, the lock names
+a dead pid and counts as free.
 """
 
 from __future__ import annotations
@@ -21,30 +23,6 @@ from gourmetgram.retrain.history import History
 from gourmetgram.retrain.lock import RunLock
 
 
-def export_production(dataset: str, db: str | None, objects: str | None, out: Path) -> tuple[str, dict[str, int]]:
-    """Export the labelled production data next to a local base dataset: (its path, labels by source).
-
-    ("", {}) when there is nothing to add: the base is not a local folder, or no sample is labelled.
-    """
-    from gourmetgram.data.layout import validate_dataset
-    from gourmetgram.loop.export import export_dataset
-    from gourmetgram.loop.settings import load_loop_settings
-    from gourmetgram.loop.store import open_store
-    from gourmetgram.objectstore import ObjectStore
-
-    if not Path(dataset).is_dir():
-        print(f"production data: not exported ({dataset} is not a local folder)", flush=True)
-        return "", {}
-    classes = validate_dataset(Path(dataset), progress=False).class_names
-    report = export_dataset(open_store(db), ObjectStore(objects), out, classes,
-                            load_loop_settings().export, base=dataset, overwrite=True)
-    if not report.files:
-        print("production data: no labelled sample yet; training on the base dataset alone", flush=True)
-        return "", {}
-    print(f"production data: exported to {out}: {report.summary()}; labels {report.labels}", flush=True)
-    return str(out), report.labels
-
-
 @entry_point
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="gourmetgram_app.local.retrain_job")
@@ -54,36 +32,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", required=True)
     p.add_argument("--config", default="demo")
     p.add_argument("--epochs", type=int, default=-1)
+    p.add_argument("--retrain-config", default="retrain", help="its release section: staging gate and canary")
     p.add_argument("--db", help="the loop database to export labelled production data from (default: the local one)")
     p.add_argument("--objects", help="the loop's object store URL (default: the local one)")
+    p.add_argument("--gateway", help="the production stack to stage and canary the new version on "
+                   "(none: stop after register)")
+    p.add_argument("--prometheus", help="that stack's Prometheus (none: `rollout auto` starts one)")
     args = p.parse_args(argv)
     lock, history = RunLock(args.lock), History(args.history)
     reasons = os.environ.get("GOURMETGRAM_RETRAIN_REASONS", "")
-    print(f"retrain {args.run_id}: reasons {reasons or '-'}; dataset {args.dataset}, config {args.config}",
-          flush=True)
-    record: dict = {"event": "finished", "run_id": args.run_id}
-    code = 1
+    print(f"retrain {args.run_id}: reasons {reasons or '-'}; dataset {args.dataset}, config {args.config}"
+          + (f"; then staging and canary on {args.gateway}" if args.gateway else ""), flush=True)
+    result = None
     try:
-        from gourmetgram.tracking import home
-        from gourmetgram_app.cli.commands.pipeline import format_summary, run_local
+        from gourmetgram.retrain.settings import load_retrain_settings
+        from gourmetgram_app.local.cycle import CycleSettings, run_recorded
 
-        production, labels = export_production(args.dataset, args.db, args.objects,
-                                               home() / "data" / f"production-{args.run_id}")
-        record.update(production_dataset=production or None, labels=labels)
-        result = run_local(args.dataset, args.config, args.epochs, production_dataset_uri=production)
-        print(format_summary(result), flush=True)
-        record.update(status="registered" if result.registered else "rejected",
-                      version=result.outcome.version or None, mlflow_run_id=result.mlflow_run_id,
-                      reasons=result.reasons if not result.registered else [])
-        code = 0 if result.registered else 1
-    except BaseException as exc:  # noqa: BLE001 - record any failure, then free the lock
-        record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        settings = CycleSettings(
+            base=args.dataset, gateway=args.gateway, prometheus=args.prometheus, train_config=args.config,
+            epochs=args.epochs, release=load_retrain_settings(args.retrain_config).release, db=args.db,
+            objects=args.objects, workdir=Path(args.history).parent / "runs" / args.run_id)
+        result = run_recorded(settings, args.run_id, history, out=lambda line: print(line, flush=True))
+    except Exception as exc:  # noqa: BLE001 - a bad config: record it like any failure
+        history.append({"event": "finished", "run_id": args.run_id, "status": "failed",
+                        "error": f"{type(exc).__name__}: {exc}", "finished_at": datetime.now(timezone.utc).isoformat()})
         print(f"retrain {args.run_id} failed: {exc}", file=sys.stderr, flush=True)
     finally:
-        record["finished_at"] = datetime.now(timezone.utc).isoformat()
-        history.append(record)
         lock.release(args.run_id)
-    return code
+    return 0 if result is not None and result.exit_code == 0 else 1
 
 
 if __name__ == "__main__":

@@ -377,6 +377,8 @@ class LocalStack:
                  model_version: str | int | None = None,
                  webapp: bool = False, detector: bool = False, prometheus: bool = False,
                  extra_services: Sequence[tuple[Service, str]] = (),
+                 alertmanager_url: str | None = None, scrape_targets: dict[str, str] | None = None,
+                 retrain_url: str | None = None,
                  restart_policy: RestartPolicy | None = None,
                  on_event: Callable[[Event], None] | None = None) -> None:
         """``logger_url``: the inference logger's sink (the local drift detector, or the local
@@ -395,8 +397,10 @@ class LocalStack:
         pipeline) on ``ports.detector``; ``prometheus``: run Debian's Prometheus scraping the stack
         (the same config ``rollout analyze`` uses); ``extra_services``: more processes started
         (before the gateway) and supervised with the stack, with their roles (the loop's capture
-        sink and broker). ``restart_policy``/``on_event``: how crashed processes are restarted
-        and who hears of it."""
+        sink and broker). ``alertmanager_url``/``scrape_targets``: where the stack's Prometheus
+        sends firing alerts, and what else it scrapes (``{job: base URL}``: the retrain receiver).
+        ``retrain_url``: the retrain receiver, whose runs the web app's operator page shows.
+        ``restart_policy``/``on_event``: how crashed processes are restarted and who hears of it."""
         self.bundle = Path(bundle).resolve() if bundle else registered_bundle(stage)
         self.stage = stage
         self.ports = ports or Ports()
@@ -411,6 +415,8 @@ class LocalStack:
         self.start_timeout_s = start_timeout_s
         self.with_detector, self.with_prometheus = detector, prometheus
         self.extra_services = list(extra_services)
+        self.alertmanager_url, self.scrape_targets = alertmanager_url, dict(scrape_targets or {})
+        self.retrain_url = retrain_url
         self.logger_url = self.detector_url + "/" if detector and logger_url is None else logger_url
         self.logger_timeout_s = logger_timeout_s
         self.control_token: str | None = None  # written at start (gourmetgram.control)
@@ -550,7 +556,8 @@ class LocalStack:
         from gourmetgram.rollout.prometheus import LocalPrometheus
 
         prom = LocalPrometheus(self.gateway_url, self.detector_url if self.with_detector else None,
-                               port=self.ports.prometheus, host=self.host)
+                               port=self.ports.prometheus, host=self.host,
+                               alertmanager_url=self.alertmanager_url, targets=self.scrape_targets)
         # Storage outlives a Prometheus restart (WAL replay) and goes when the stack stops.
         self._prometheus_dir = Path(tempfile.mkdtemp(prefix="gg-prometheus-"))
         return Service(PROMETHEUS, prom.command(self._prometheus_dir), self.log_dir / "prometheus.log",
@@ -578,6 +585,8 @@ class LocalStack:
             argv += ["--feedback-summary", self.feedback_summary_url]
         if self.with_prometheus:  # the transformers' label-free accuracy estimates
             argv += ["--prometheus", self.prometheus_url]
+        if self.retrain_url:  # the last retrain runs: trigger, steps, outcome
+            argv += ["--retrain", self.retrain_url]
         env = _child_env()
         # The web app is its own deployment unit (webapp/); found even where the editable
         # install predates it.

@@ -2,7 +2,8 @@
 
 Every flag has an environment variable (the container is configured through them):
 ``GOURMETGRAM_API_URL``, ``GOURMETGRAM_WEBAPP_STAGES`` (space-separated ``--stage``
-values), ``GOURMETGRAM_FEEDBACK_SUMMARY_URL``, ``GOURMETGRAM_PROMETHEUS_URL``, ``GOURMETGRAM_CLASSES``, ``WEBAPP_HOST``,
+values), ``GOURMETGRAM_FEEDBACK_SUMMARY_URL``, ``GOURMETGRAM_PROMETHEUS_URL``, ``GOURMETGRAM_RETRAIN_URL``,
+``GOURMETGRAM_CLASSES``, ``WEBAPP_HOST``,
 ``WEBAPP_PORT``.
 """
 
@@ -32,6 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="URL of the feedback store's summary (production accuracy, labelling backlog)")
     p.add_argument("--prometheus", default=env("GOURMETGRAM_PROMETHEUS_URL", ""),
                    help="Prometheus URL: the label-free accuracy estimates the transformers export")
+    p.add_argument("--retrain", default=env("GOURMETGRAM_RETRAIN_URL", ""),
+                   help="the retrain receiver's base URL: the operator page shows its last runs (trigger, "
+                   "steps, outcome)")
     p.add_argument("--model-spec", help="a bundle's model_spec.json: the class names to offer")
     p.add_argument("--classes", default=env("GOURMETGRAM_CLASSES"),
                    help="comma-separated class names (default: Food-11's)")
@@ -47,6 +51,7 @@ def config_from_args(args: argparse.Namespace) -> WebConfig:
                      class_names=read_class_names(args.model_spec, args.classes),
                      stages=tuple(StageSource.parse(t) for t in stage_texts),
                      feedback_summary_url=args.feedback_summary, prometheus_url=args.prometheus.rstrip("/"),
+                     retrain_url=args.retrain.rstrip("/"),
                      registry=not args.no_registry)
 
 

@@ -5,7 +5,7 @@ ingress on the cluster) and the class names (for "pick the right class"). The op
 page reads, per stage, what is served (the local gateway's rollout status, or the
 InferenceService through the Kubernetes API), the drift detector's ``/status``, the
 MLflow registry and, when configured, the feedback store's summary (and the captured photos'
-thumbnails beside it) and Prometheus (the label-free accuracy estimates).
+thumbnails beside it), Prometheus (the label-free accuracy estimates) and the retrain receiver's runs.
 """
 
 from __future__ import annotations
@@ -76,6 +76,9 @@ class WebConfig:
     feedback_summary_url: str = ""
     # Prometheus (the label-free accuracy estimates the transformers export); "": not shown.
     prometheus_url: str = ""
+    # The retrain receiver (its GET /runs: the last runs, their trigger, steps and outcome);
+    # "" = not configured: the operator page says so.
+    retrain_url: str = ""
     registry: bool = True
     max_upload_bytes: int = MAX_IMAGE_BYTES
     api_timeout_s: float = 30.0

@@ -4,7 +4,8 @@ Each panel is independent: a source that is down, slow or not configured becomes
 that says "not available" and why, never an error page. Nothing here changes anything:
 the page is read-only (GETs to the gateway's rollout status, the detector's ``/status``,
 the Kubernetes API's InferenceService, the MLflow registry, the feedback summary, Prometheus's
-query API for the label-free accuracy estimates, the capture sink's thumbnails).
+query API for the label-free accuracy estimates, the capture sink's thumbnails, the retrain
+receiver's runs).
 """
 
 from __future__ import annotations
@@ -270,6 +271,59 @@ async def _estimates(url: str, client: httpx.AsyncClient) -> list[dict]:
         return estimates_from_prometheus(body["data"]["result"])
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise UserError(f"Prometheus's answer is not an instant vector ({type(exc).__name__})") from None
+# -- retraining (the retrain receiver's run history) ---------------------------------------
+
+def retrain_runs(body: dict) -> list[dict]:
+    """The receiver's ``GET /runs`` as the page shows it: per run, when and what started it (the
+    trigger), its steps and how it ended ("running" until then)."""
+    try:
+        out = []
+        for run in body["runs"]:
+            end = run.get("finished") or {}
+            steps = [{"at": str(st.get("at", ""))[11:19], "step": str(st.get("step", "")),
+                      "detail": _step_detail(st)} for st in run.get("steps") or []]
+            out.append({"run_id": str(run["run_id"]), "started_at": str(run.get("started_at", "")),
+                        "trigger": str(run.get("source", "")), "reasons": ", ".join(run.get("reasons") or []),
+                        "outcome": str(end.get("status") or "running"), "version": end.get("version"),
+                        "error": end.get("error") or "", "steps": steps})
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise UserError(f"the retrain receiver's runs are not in the expected form ({type(exc).__name__}: {exc})") from None
+    return out
+
+
+def _step_detail(step: dict) -> str:
+    """A step's figures in a few words (the page's table; the CLI's ``loop status`` says more)."""
+    name = step.get("step")
+    if name == "gate":
+        sets = ", ".join(f"{k} {_three(v.get('v1'))} -> {_three(v.get('v2'))}"
+                         for k, v in (step.get("sets") or {}).items())
+        return ("passed" if step.get("passed") else "rejected") + (f" ({sets})" if sets else "")
+    if name == "staging":
+        return "passed" if step.get("passed") else "blocked: " + "; ".join(step.get("reasons") or [])
+    if name == "canary":
+        return f"{step.get('percent')}%"
+    if name == "register":
+        return f"version {step.get('version')}"
+    if name == "decision":
+        return f"{step.get('outcome')}: {step.get('detail', '')}"
+    if name == "export":
+        return ", ".join(f"{k} {v}" for k, v in sorted((step.get("labels") or {}).items())) or "no labels"
+    return str(step.get("status", ""))
+
+
+def _three(value) -> str:
+    return "-" if value is None else f"{float(value):.3f}"
+
+
+async def _retrain(url: str, client: httpx.AsyncClient) -> list[dict]:
+    r = await client.get(f"{url}/runs", params={"limit": 5})
+    if r.status_code != 200:
+        raise UserError(f"the retrain receiver answered {r.status_code}")
+    try:
+        body = r.json()
+    except ValueError:
+        raise UserError("the retrain receiver's runs are not JSON") from None
+    return retrain_runs(body if isinstance(body, dict) else {})
 
 
 # -- the page -----------------------------------------------------------------------------
@@ -299,8 +353,14 @@ async def gather(config: WebConfig, client: httpx.AsyncClient, registry: Registr
                        else _none("Prometheus is not configured for this page (the label-free accuracy "
                                   "estimates come from the transformers' metrics; locally `gourmetgram serve` "
                                   "with its Prometheus)"))
-    stages, reg, feedback, estimates = await asyncio.gather(
-        asyncio.gather(*(stage_view(s) for s in config.stages)), registry_panel, feedback_panel, estimates_panel)
+    retrain_panel = (_guard(f"the retrain receiver at {config.retrain_url}", t,
+                            lambda: _retrain(config.retrain_url, client))
+                     if config.retrain_url
+                     else _none("the retrain receiver is not configured for this page (locally: "
+                                "`gourmetgram serve --loop` with Prometheus)"))
+    stages, reg, feedback, estimates, retrain = await asyncio.gather(
+        asyncio.gather(*(stage_view(s) for s in config.stages)), registry_panel, feedback_panel, estimates_panel,
+        retrain_panel)
     stage_list = list(stages)
     if reg.ok:
         for view in stage_list:
@@ -309,7 +369,8 @@ async def gather(config: WebConfig, client: httpx.AsyncClient, registry: Registr
                 view["registered_canary"] = [v["version"] for v in reg.data if constants.CANARY in v["aliases"]]
     return {"stages": stage_list, "registry": reg.to_dict(), "feedback": feedback.to_dict(),
             "estimates": estimates.to_dict(), "estimate_methods": list(ESTIMATE_METHODS),
-            "thumbnails": bool(capture_base_url(config.feedback_summary_url)), "model": config.model_name}
+            "thumbnails": bool(capture_base_url(config.feedback_summary_url)), "retrain": retrain.to_dict(),
+            "model": config.model_name}
 
 
 async def _none(reason: str) -> Panel:

@@ -93,6 +93,14 @@ The web app reads the loop through the sink's API, never its database. */}}
 {{- end -}}
 {{- end -}}
 
+{{- define "gourmetgram.webappRetrainUrl" -}}
+{{- if .Values.webapp.retrainUrl -}}
+{{- .Values.webapp.retrainUrl -}}
+{{- else if .Values.retrainReceiver.enabled -}}
+{{- printf "http://%s.%s.svc.cluster.local:%v" .Values.retrainReceiver.name .Values.namespace .Values.retrainReceiver.port -}}
+{{- end -}}
+{{- end -}}
+
 {{/* True when a canary percentage is set (0 is a valid value: pin to prev). */}}
 {{- define "gourmetgram.hasCanary" -}}
 {{- if not (kindIs "invalid" .Values.canary.trafficPercent) -}}

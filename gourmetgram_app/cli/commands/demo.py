@@ -1,8 +1,15 @@
 """``gourmetgram demo``: the whole loop on this machine, from nothing, in one command.
 
-The demo is a sequence of stages over one shared :class:`DemoContext`; each stage prints
-a heading, does one thing and records what later stages need. Add a stage by writing a
-``(context) -> None`` function and appending it to :data:`STAGES`.
+The demo is a contract: a sequence of stages over one shared :class:`DemoContext`, each with
+the outcome it promises (:class:`Stage`: ``expected``). A stage prints a heading and its
+promise, does one thing, and either returns what it observed or raises
+:class:`OutcomeMissing`; the demo stops at the first stage whose outcome did not happen and
+exits 1 naming it. Add a stage by writing a ``(context) -> str`` function and appending a
+:class:`Stage` to :data:`STAGES`.
+
+The last stage drives nothing: simulated users and simulated annotators produce drift and
+labels, and the system has to notice, retrain, stage, canary and promote by itself
+(:func:`stage_self_driving`).
 """
 
 from __future__ import annotations
@@ -11,22 +18,40 @@ import argparse
 import contextlib
 import dataclasses
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from gourmetgram.bundle import Bundle
 from gourmetgram.constants import SPLITS
+from gourmetgram.errors import CheckFailed
 from gourmetgram.tracking import home
 
 if TYPE_CHECKING:
-    from gourmetgram.rollout.prometheus import LocalPrometheus
     from gourmetgram_app.cli.commands.pipeline import LocalRunResult
     from gourmetgram_app.local.labelstudio import LabelStudioServer
-    from gourmetgram_app.local.loop import LoopServices
+    from gourmetgram_app.local.loop import ClosedLoop, LoopServices
     from gourmetgram_app.local.stack import LocalStack
 
 DEMO_CONFIG = "demo"
+# Alertmanager's timings for the demo, over the chart's (30s / 5m / 4h): the first notification
+# of the drift alert within seconds, and a repeat while it fires every 20 s, so the receiver
+# looks again once enough labels are in (its guard rails hold the run back until then).
+DEMO_ALERT_TIMINGS = {"groupWait": "2s", "groupInterval": "10s", "repeatInterval": "20s"}
+LOOP_DEADLINE_S = 900.0  # stage 8: from the first drifted upload to v2 promoted
+
+
+class OutcomeMissing(CheckFailed):
+    """A stage ran but its expected outcome did not happen (the message says what did)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    title: str
+    expected: str  # the outcome the stage promises, said before it runs
+    run: Callable[["DemoContext"], str]  # what it observed; raises OutcomeMissing when the promise failed
+    wanted: Callable[["DemoContext"], bool] = lambda ctx: True  # e.g. --no-serve skips the later ones
 
 
 @dataclasses.dataclass
@@ -37,14 +62,14 @@ class DemoContext:
     home: Path
     dataset: Path | None = None
     run: LocalRunResult | None = None
-    exit_code: int = 0
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
     cleanup: contextlib.ExitStack = dataclasses.field(default_factory=contextlib.ExitStack)
-    stack: LocalStack | None = None  # production, once serving
-    detector_url: str = ""
-    prometheus: LocalPrometheus | None = None
-    loop: LoopServices | None = None  # broker + capture sink
+    closed: ClosedLoop | None = None  # the production stack with the loop, once serving
     label_studio: LabelStudioServer | None = None  # starting in the background
+    demo_dir: Path | None = None  # this run's loop store, object store and retrain history
+    # inference id -> true class of every photo the simulation sent (the simulated annotators' knowledge)
+    truth: dict[str, str] = dataclasses.field(default_factory=dict)
+    truth_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
     # What a stage needs from an earlier one (a clear error if the order is ever wrong).
     @property
@@ -56,20 +81,37 @@ class DemoContext:
         return _needed(self.run, "the pipeline run (stage pipeline)")
 
     @property
-    def serving(self) -> LocalStack:
-        return _needed(self.stack, "the serving stack (stage serve)")
+    def loop_stack(self) -> ClosedLoop:
+        return _needed(self.closed, "the serving stack with the loop (stage serve)")
 
     @property
-    def local_prometheus(self) -> LocalPrometheus:
-        return _needed(self.prometheus, "a local Prometheus (stage canary)")
+    def serving(self) -> LocalStack:
+        return self.loop_stack.stack
 
     @property
     def loop_services(self) -> LoopServices:
-        return _needed(self.loop, "the loop services (stage serve)")
+        return self.loop_stack.loop
+
+    @property
+    def detector_url(self) -> str:
+        return self.serving.detector_url
+
+    @property
+    def prometheus_url(self) -> str:
+        return self.serving.prometheus_url
 
     @property
     def bundle(self) -> Path:
         return Path(self.result.outcome.bundle_uri)
+
+    @property
+    def retrain_dir(self) -> Path:
+        return _needed(self.demo_dir, "the demo's state folder (stage data)") / "retrain"
+
+    def know(self, inference_id: str | None, label: str) -> None:
+        if inference_id:
+            with self.truth_lock:
+                self.truth[inference_id] = label
 
 
 def _needed(value, what: str):
@@ -78,8 +120,8 @@ def _needed(value, what: str):
     return value
 
 
-def _heading(title: str) -> None:
-    print(f"\n{'#' * 78}\n# {title}\n{'#' * 78}", flush=True)
+def _heading(title: str, expected: str) -> None:
+    print(f"\n{'#' * 78}\n# {title}\n#   expected outcome: {expected}\n{'#' * 78}", flush=True)
 
 
 # -- stage 1: data ------------------------------------------------------------------------------
@@ -88,7 +130,7 @@ def _dataset_present(root: Path) -> bool:
     return (root / "classes.txt").is_file() and all((root / s).is_dir() for s in SPLITS)
 
 
-def stage_data(ctx: DemoContext) -> None:
+def stage_data(ctx: DemoContext) -> str:
     """Build the embedded demo dataset unless it is already there."""
     from gourmetgram.data.demo import build_demo_dataset
 
@@ -98,27 +140,36 @@ def stage_data(ctx: DemoContext) -> None:
         build_demo_dataset(root)
     else:
         print(f"using the demo dataset in {root} (--rebuild-data to write it again)")
+    if not _dataset_present(root):
+        raise OutcomeMissing(f"{root} has no classes.txt or no {'/'.join(SPLITS)} folders")
     ctx.dataset = root
+    return f"the demo dataset in {root}"
 
 
 # -- stage 2: the training pipeline ------------------------------------------------------------
 
-def stage_pipeline(ctx: DemoContext) -> None:
+def stage_pipeline(ctx: DemoContext) -> str:
     """Run the KFP training pipeline locally with the demo config."""
-    from gourmetgram_app.cli.commands.pipeline import run_local
+    from gourmetgram_app.cli.commands.pipeline import format_summary, run_local
 
     ctx.run = run_local(str(ctx.dataset), DEMO_CONFIG, epochs=ctx.args.epochs, stage=ctx.args.stage)
     if not ctx.result.registered:
-        ctx.exit_code = 1
+        print(format_summary(ctx.result))
+        raise OutcomeMissing("the evaluation gate rejected the model: "
+                             + "; ".join(ctx.result.outcome.reasons or ctx.result.reasons))
+    o = ctx.result.outcome
+    return f"version {o.version} registered (alias {o.alias!r}), bundle {o.bundle_uri}"
 
 
 # -- stage 3: report ----------------------------------------------------------------------------
 
-def stage_report(ctx: DemoContext) -> None:
+def stage_report(ctx: DemoContext) -> str:
     """The evaluation report, the gate's verdict and where everything is."""
     from gourmetgram_app.cli.commands.pipeline import format_summary
 
     print(format_summary(ctx.result))
+    return (f"accuracy {ctx.result.evaluation.metrics['eval/accuracy']:.3f} on {ctx.result.evaluation.n_images} "
+            "evaluation images")
 
 
 # -- stage 4: serve --------------------------------------------------------------------------------
@@ -139,9 +190,51 @@ def _sample(ctx: DemoContext, n: int) -> list[tuple[Path, int]]:
     return sample
 
 
-def stage_serve(ctx: DemoContext) -> None:
-    """The drift detector and the production stack (Triton, transformer, gateway) with the new
-    model; evaluation images through the gateway, compared with the offline evaluation."""
+def _isolate_loop_state(ctx: DemoContext) -> Path:
+    """This run's loop store, object store and retrain history, in a fresh folder: the guard
+    rails ("50 new labels since the last retrain", the cool-down) then count this run only, so
+    a second demo behaves as the first. The variables are restored when the demo ends."""
+    import os
+    import shutil
+
+    from gourmetgram.loop.settings import ENV_DB_URL, ENV_OBJECTS_URL
+
+    root = ctx.home / "demo-run"
+    shutil.rmtree(root, ignore_errors=True)
+    (root / "loop").mkdir(parents=True)
+    saved = {k: os.environ.get(k) for k in (ENV_DB_URL, ENV_OBJECTS_URL)}
+    os.environ[ENV_DB_URL] = f"sqlite:///{root / 'loop' / 'loop.db'}"
+    os.environ[ENV_OBJECTS_URL] = (root / "loop" / "objects").as_uri()
+
+    def restore() -> None:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+    ctx.cleanup.callback(restore)
+    ctx.demo_dir = root
+    return root
+
+
+def _stop_running_retrain(ctx: DemoContext) -> None:
+    """At the demo's end: a retrain job still running (a missed deadline) is stopped with it."""
+    import os
+    import signal
+
+    from gourmetgram.retrain.lock import RunLock
+
+    holder = RunLock(ctx.retrain_dir / "lock.json").current()
+    if holder is not None and holder.pid > 0:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(holder.pid, signal.SIGTERM)  # its own session: the job and its steps
+
+
+def stage_serve(ctx: DemoContext) -> str:
+    """The production stack with the new model, and the loop around it as `serve --loop` runs it:
+    drift detector, broker, capture sink, Prometheus with the chart's rules, Alertmanager with the
+    chart's route, the retrain receiver; evaluation images through the gateway."""
     import httpx
     import numpy as np
     import onnxruntime as ort
@@ -150,46 +243,42 @@ def stage_serve(ctx: DemoContext) -> None:
     from gourmetgram.constants import MODEL_NAME, PRODUCTION
     from gourmetgram.export import load_model_spec
     from gourmetgram.preprocessing import preprocess_batch
-    from gourmetgram.rollout.prometheus import free_port
-    from gourmetgram_app.local.stack import LocalStack, Ports, Service, _child_env, _get_ok
+    from gourmetgram_app.local.loop import closed_loop
+    from gourmetgram_app.local.stack import Ports
     from gourmetgram_app.local.traffic import predict
 
     version = ctx.result.outcome.version
     registry.set_stage(PRODUCTION, version)
     print(f"registry: version {version} now also has alias {PRODUCTION!r}")
     ctx.label_studio = _start_label_studio(ctx)  # slow to come up: started first, awaited in stage 5
-    port = free_port()
-    ctx.detector_url = f"http://127.0.0.1:{port}"
-    from gourmetgram import control
-
-    token_file = control.detector_token()[1]  # the gateway's logger sends the same token
-    detector = Service("drift-detector", [sys.executable, "-m", "drift_detector", "--bundle", str(ctx.bundle),
-                                          "--port", str(port)]
-                       + (["--token-file", str(token_file)] if token_file else []),
-                       ctx.home / "logs" / "demo" / "drift-detector.log",
-                       lambda: _get_ok(f"{ctx.detector_url}/health"), env=_child_env())
-    detector.start(Path.cwd())
-    ctx.cleanup.callback(detector.stop)
-    from gourmetgram_app.local.loop import LoopServices
-
-    # the logger's fan-out: broker -> drift detector + capture sink (closing the loop)
-    ctx.loop = LoopServices(ctx.bundle, ctx.home / "logs" / "demo", detector_url=ctx.detector_url).start()
-    ctx.cleanup.callback(ctx.loop_services.stop)
-    ctx.stack = LocalStack(ctx.bundle, PRODUCTION, Ports.free(), logger_url=ctx.loop_services.broker_url + "/",
-                           feedback_url=ctx.loop_services.capture_url, model_version=version,
-                           log_dir=ctx.home / "logs" / "demo")
+    demo_dir = _isolate_loop_state(ctx)
+    print(f"this run's loop store and retrain history: {demo_dir}")
+    ctx.closed = closed_loop(ctx.bundle, PRODUCTION, Ports.free(), model_version=version,
+                             log_dir=ctx.home / "logs" / "demo", fixed_ports=False, webapp=False,
+                             alert_timings=DEMO_ALERT_TIMINGS, retrain_state_dir=ctx.retrain_dir)
+    for note in ctx.loop_stack.notes:
+        print(f"note: {note}")
     ctx.serving.start()
     ctx.cleanup.callback(ctx.serving.stop)
-    detector.wait_ready(120)
-    for name, url in {**ctx.serving.endpoints(), "drift detector": ctx.detector_url,
-                      "broker (logger fan-out)": ctx.loop_services.broker_url,
-                      "capture sink": ctx.loop_services.capture_url}.items():
-        print(f"  {name:<22} {url}")
+    ctx.cleanup.callback(_stop_running_retrain, ctx)  # runs first: before the stack it stages on goes
+    for name, url in ctx.loop_stack.endpoints().items():
+        print(f"  {name:<24} {url}")
+    alerting = ctx.loop_stack.alerting
+    if alerting is not None:
+        route = alerting.route()
+        print(f"Alertmanager route (rendered from the chart's AlertmanagerConfig, demo timings "
+              f"{DEMO_ALERT_TIMINGS}): {', '.join(route['matchers'])} -> {route['receiver']} at "
+              f"{alerting.receiver_url}/alerts")
 
     sample = _sample(ctx, SERVE_SAMPLE)
     images = [path.read_bytes() for path, _ in sample]
     with httpx.Client(timeout=60) as client:
-        served = [predict(client, ctx.serving.gateway_url, blob).json()["predictions"][0] for blob in images]
+        answers = [predict(client, ctx.serving.gateway_url, blob) for blob in images]
+    ok = [r for r in answers if r.status_code == 200]
+    if len(ok) < len(answers):
+        raise OutcomeMissing(f"{len(answers) - len(ok)} of {len(answers)} predictions failed "
+                             f"(first: {next(r for r in answers if r.status_code != 200).text[:200]})")
+    served = [r.json()["predictions"][0] for r in answers]
     session = ort.InferenceSession(str(Bundle(ctx.bundle, MODEL_NAME).onnx_path),
                                    providers=["CPUExecutionProvider"])
     size = load_model_spec(ctx.bundle).image_size
@@ -208,6 +297,10 @@ def stage_serve(ctx: DemoContext) -> None:
           f"(offline evaluation: {ctx.result.evaluation.metrics['eval/accuracy']:.3f} on all "
           f"{ctx.result.evaluation.n_images}); same class as the in-process model for {agree:.1%}, "
           f"calibrated confidence within {confidence_gap:.1e} of it")
+    if alerting is None:
+        raise OutcomeMissing("the loop cannot close by itself: " + "; ".join(ctx.loop_stack.notes))
+    return (f"{len(served)}/{len(answers)} predictions answered through the gateway; the loop's services "
+            "(broker, capture sink, detector, Prometheus, Alertmanager, retrain receiver) up")
 
 
 # -- stage 5: closing the loop -----------------------------------------------------------------------
@@ -267,22 +360,14 @@ def _reencode(blob: bytes) -> bytes:
     return out.getvalue()
 
 
-def _command(name: str, *argv: str) -> int:
-    """Run ``gourmetgram NAME ARGV`` in this process (``loop``, ``data``), as :func:`_rollout` does."""
-    import importlib
-
-    module = importlib.import_module(f"gourmetgram_app.cli.commands.{name}")
-    parser = argparse.ArgumentParser(prog="gourmetgram")
-    module.add_parser(parser.add_subparsers())
-    args = parser.parse_args([name, *argv])
-    return int(args.func(args) or 0)
-
-
 def _main(argv: list[str]) -> int:
-    return _command(argv[0], *argv[1:])
+    """Run ``gourmetgram ARGV`` in this process (``loop``, ``data``)."""
+    from gourmetgram_app.cli.inprocess import run_command
+
+    return run_command(argv[0], *argv[1:])
 
 
-def stage_loop(ctx: DemoContext) -> None:
+def stage_loop(ctx: DemoContext) -> str:
     """Captured predictions, simulated user feedback, the labelling queue into Label Studio,
     simulated annotators, annotations back, a labelled export, and the loop's status."""
     import random
@@ -308,6 +393,7 @@ def stage_loop(ctx: DemoContext) -> None:
         for path, class_index in sample:
             r = predict(http, ctx.serving.gateway_url, _reencode(path.read_bytes()))
             truth[r.headers["x-inference-id"]] = names[class_index]
+            ctx.know(r.headers.get("x-inference-id"), names[class_index])
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             st = http.get(f"{ctx.loop_services.capture_url}/status").json()
@@ -336,45 +422,77 @@ def stage_loop(ctx: DemoContext) -> None:
         print("  " + ", ".join(f"{k} {v}" for k, v in kinds.items()))
     ls = ctx.label_studio
     if ls is None:
-        print("Label Studio is not installed (scripts/setup.sh installs it into .venv-labelstudio): "
-              "skipping the labelling queue")
-        _main(["loop", "status"])
-        return
+        raise OutcomeMissing("Label Studio is not installed (scripts/setup.sh installs it into .venv-labelstudio)")
     print(f"\nwaiting for Label Studio at {ls.url} (first start: database migrations, a minute or two)...", flush=True)
     try:
         ls.service.wait_ready(600)
     except UserError as exc:
-        print(f"Label Studio did not come up ({exc}); skipping the labelling queue")
-        _main(["loop", "status"])
-        return
+        raise OutcomeMissing(f"Label Studio did not come up: {exc}") from None
     ls_args = ["--labelstudio-url", ls.url, "--bundle", str(ctx.bundle)]
     _main(["loop", "queue", *ls_args])
     api = client(ls.url)
     project = next(p for p in api.projects.list() if p.title == "GourmetGram production samples")
-    tasks = [t for t in api.tasks.list(project=project.id, fields="all") if not t.annotations]
+    tasks = [t for t in api.tasks.list(project=project.id, fields="all")
+             if not t.annotations and t.data.get("sample_id") in truth]
     print(f"\n[SIMULATED ANNOTATORS] labelling {len(tasks)} task(s) through Label Studio's API "
           "(a stand-in for people clicking in the UI; they know the true class of these demo photos)")
     for t in tasks:
-        answer = truth.get(t.data["sample_id"]) or served_label(t.data["sample_id"])
         api.annotations.create(id=t.id, result=[{"from_name": "label", "to_name": "image", "type": "choices",
-                                                 "value": {"choices": [answer]}}])
+                                                 "value": {"choices": [truth[t.data["sample_id"]]]}}])
     _main(["loop", "sync", *ls_args])
     out = ctx.home / "data" / "production"
     code = _main(["loop", "export", "--bundle", str(ctx.bundle), "--base", str(ctx.dataset), "--output", str(out),
                  "--overwrite"])
-    if code == 0:
-        _main(["data", "validate", str(out)])
+    valid = code == 0 and _main(["data", "validate", str(out)]) == 0
     print()
-    _main(["loop", "status"])
+    _main(["loop", "status", "--state-dir", str(ctx.retrain_dir)])
     print(f"\nLabel Studio: {ls.url} (user {ls.username}; password and token in "
           f"$GOURMETGRAM_HOME/loop/label-studio-credentials.json); it stops with the demo: "
           "`gourmetgram loop labelstudio` starts it again")
+    from gourmetgram.loop import quality
+
+    with store.session() as s:
+        st = quality.status(s)
+    if not st["labelled_by_annotator"]:
+        raise OutcomeMissing("no annotation came back from Label Studio into the loop store")
+    if not valid:
+        raise OutcomeMissing(f"the labelled export {out} is not a valid dataset (see above)")
+    return (f"{st['labelled_by_annotator']} label(s) back from Label Studio, {st['corrected_by_user']} user "
+            f"correction(s); a valid labelled export in {out}")
 
 
 # -- stage 6: canary rollout ---------------------------------------------------------------------
 
-DEMO_AUTO = ["--window", "15s", "--min-requests", "15", "--steps", "", "--interval", "4",
-             "--passes-per-step", "2", "--timeout", "180"]
+# `rollout auto` as the local stack needs it (thin traffic: short window, few requests); the
+# canary percentages are the rollout config's steps (10 -> 50 -> promote).
+DEMO_AUTO = ["--window", "15s", "--min-requests", "15", "--interval", "4", "--timeout", "240"]
+
+
+def _int8_candidate(ctx: DemoContext) -> tuple[int, str]:
+    """The good canary: version 1's network quantized to INT8 (ONNX Runtime static quantization,
+    behind its accuracy gate against FP32), registered as a new version of the same logged model.
+    A real release of another artifact: other weights' numerics, a quarter of the size."""
+    from components.steps.registration import logged_model_uri
+    from gourmetgram import registry
+    from gourmetgram.config import load_config
+    from gourmetgram.quantize import quantize_bundle
+
+    v1 = ctx.result.outcome
+    target = ctx.home / "models" / f"{Path(v1.bundle_uri).name}-int8"
+    report = quantize_bundle(ctx.bundle, ctx.data, target, load_config(DEMO_CONFIG).export, overwrite=True)
+    print(report.summary())
+    if not report.passed:
+        raise OutcomeMissing(f"the INT8 variant of version {v1.version} failed its accuracy gate: "
+                             + "; ".join(report.problems))
+    tags = registry.version_tags(evaluation_passed=True, accuracy=report.int8_accuracy,
+                                 dataset_fingerprint=registry.get_version(v1.version).tags.get(registry.TAG_DATASET_FINGERPRINT, ""),
+                                 bundle_uri=str(target), run_id=ctx.result.mlflow_run_id)
+    tags.update({"precision": "int8", "derived_from_version": str(v1.version)})
+    version = registry.register_model(logged_model_uri(ctx.result.mlflow_run_id), tags, alias=None)
+    what = (f"version {version}: version {v1.version}'s network quantized to INT8 (accuracy "
+            f"{report.fp32_accuracy:.3f} -> {report.int8_accuracy:.3f}, top-1 agreement {report.top1_agreement:.3f}, "
+            f"{report.fp32_bytes / 1e6:.1f} -> {report.int8_bytes / 1e6:.1f} MB)")
+    return version, what
 
 
 def _bad_candidate(ctx: DemoContext) -> Path:
@@ -400,12 +518,9 @@ def _bad_candidate(ctx: DemoContext) -> Path:
 def _rollout(*argv: str) -> int:
     """Run ``gourmetgram rollout ARGV`` in this process; errors propagate to the entry point
     (which maps them to exit codes), so the demo stops with the rollout's own message."""
-    from gourmetgram_app.cli.commands import rollout
+    from gourmetgram_app.cli.inprocess import run_command
 
-    parser = argparse.ArgumentParser(prog="gourmetgram")
-    rollout.add_parser(parser.add_subparsers())
-    args = parser.parse_args(["rollout", *argv])
-    return int(args.func(args) or 0)
+    return run_command("rollout", *argv)
 
 
 SHADOW_REQUESTS = 30
@@ -439,32 +554,49 @@ def _shadow_first(gateway: str, source: list[str], images: list[bytes]) -> None:
         _rollout("shadow", "stop", *gw)
 
 
-def stage_canary(ctx: DemoContext) -> None:
-    """A good canary promoted and a bad one rolled back by `rollout auto` (real Prometheus)."""
-    from gourmetgram.errors import CheckFailed
-    from gourmetgram.rollout.prometheus import LocalPrometheus
+def stage_canary(ctx: DemoContext) -> str:
+    """A good canary (another model than the one serving) promoted through the rollout config's
+    steps and a bad one rolled back, by `rollout auto` against the stack's Prometheus."""
+    from gourmetgram import registry
+    from gourmetgram.constants import PRODUCTION
+    from gourmetgram.rollout.analysis import load_config
+    from gourmetgram.rollout.local import LocalRollout
     from gourmetgram_app.local.traffic import BackgroundTraffic
 
     gateway = ctx.serving.gateway_url
-    ctx.prometheus = LocalPrometheus(gateway, detector_url=ctx.detector_url).start()
-    ctx.cleanup.callback(ctx.local_prometheus.stop)
-    print(f"Prometheus at {ctx.local_prometheus.url} scraping the gateway, every revision and the detector")
+    print(f"Prometheus at {ctx.prometheus_url} scraping the gateway, every revision and the detector")
     images = [path.read_bytes() for path, _ in _sample(ctx, 40)]
     gw = ["--gateway", gateway]
-    prom = ["--prometheus", ctx.local_prometheus.url]
-    candidates = [("the newly trained model again (a good canary)", ["--version", str(ctx.result.outcome.version)]),
-                  ("a deliberately bad model (answers one class for everything)", ["--bundle", str(_bad_candidate(ctx))])]
-    _shadow_first(gateway, candidates[0][1], images)  # the retrained candidate, before its canary
-    for title, source in candidates:
-        print(f"\n--- canary: {title} at 30%")
-        if _rollout("canary", "--percent", "30", *source, *gw) != 0:
-            raise CheckFailed("could not start the canary (see above)")
+    prom = ["--prometheus", ctx.prometheus_url]
+    steps = load_config().auto.steps
+    first = steps[0] if steps else 30
+    v1 = ctx.result.outcome.version
+    good, good_what = _int8_candidate(ctx)
+    print(f"good canary: {good_what}; it replaces version {v1} (FP32), serving now")
+    candidates = [("good", f"version {good} (INT8 variant of version {v1})", ["--version", str(good)]),
+                  ("bad", "a deliberately bad model (answers one class for everything)",
+                   ["--bundle", str(_bad_candidate(ctx))])]
+    _shadow_first(gateway, candidates[0][2], images)  # the new candidate, before its canary
+    decisions: dict[str, int] = {}
+    for kind, title, source in candidates:
+        print(f"\n--- canary: {title} at {first}%, then {list(steps[1:]) or '-'} (configs/rollout.yaml auto.steps), "
+              "then promote")
+        if _rollout("canary", "--percent", str(first), *source, *gw) != 0:
+            raise OutcomeMissing(f"could not start the {kind} canary (see above)")
         with BackgroundTraffic(gateway, images) as traffic:
-            decision = _rollout("auto", *gw, *prom, *DEMO_AUTO)
+            decisions[kind] = _rollout("auto", *gw, *prom, *DEMO_AUTO)
         failed = sum(code != 200 for code in traffic.codes)
-        print(f"rollout auto exit {decision} ({'promoted' if decision == 0 else 'rolled back / held'}); "
+        print(f"rollout auto exit {decisions[kind]} ({'promoted' if decisions[kind] == 0 else 'rolled back / held'}); "
               f"{len(traffic.codes)} predictions served during the rollout, {failed} failed")
     _rollout("status", *gw)
+    state = LocalRollout(gateway).state()
+    if decisions["good"] != 0 or registry.version_for(PRODUCTION) != good:
+        raise OutcomeMissing(f"the good canary (version {good}) was not promoted (rollout auto exit "
+                             f"{decisions['good']}; production alias -> {registry.version_for(PRODUCTION)})")
+    if decisions["bad"] == 0 or state.canary_percent != 0:  # rolled back: the new revision kept at 0%
+        raise OutcomeMissing(f"the bad canary was not rolled back (rollout auto exit {decisions['bad']}, "
+                             f"canary {state.canary} at {state.canary_percent}%)")
+    return f"good canary promoted (version {good}, INT8, replacing version {v1}); bad canary rolled back"
 
 
 # -- stage 7: drift -------------------------------------------------------------------------------
@@ -479,8 +611,14 @@ def _darken(blob: bytes, factor: float = 0.4) -> bytes:
     return out.getvalue()
 
 
-def stage_drift(ctx: DemoContext) -> None:
-    """In-distribution traffic, then darker photos: the logger feeds the detector, which raises drift."""
+DRIFT_ALERT = "GourmetGramDriftDetected"
+ALERT_DELIVERY_S = 90.0  # Prometheus evaluates every second; Alertmanager's group wait; the webhook
+
+
+def stage_drift(ctx: DemoContext) -> str:
+    """In-distribution traffic, then darker photos: the logger feeds the detector, which raises
+    drift; Prometheus fires the chart's drift alert and Alertmanager delivers it to the retrain
+    receiver, whose guard rails decide (here: not yet, too few new labels)."""
     import httpx
 
     from gourmetgram_app.local.traffic import predict
@@ -510,81 +648,220 @@ def stage_drift(ctx: DemoContext) -> None:
             if s.get("is_drift"):
                 detected_at = n
                 break
-    if detected_at:
-        print(f"DRIFT ALARM after {detected_at} darkened photos: test statistic {s.get('test_stat', 0):.4g} > "
-              f"threshold {s.get('threshold', 0):.4g}; drift_state is 1 on {ctx.detector_url}/metrics and the "
-              f"GourmetGramDriftDetected alert rule (charts/gourmetgram/rules) fires on it")
-    else:
-        print(f"no drift flagged after {len(images)} darkened photos (status: {s})")
     print(f"predictions are never delayed by the detector: the gateway logs asynchronously "
           f"(dropped events: see logger_events_dropped_total on {ctx.serving.gateway_url}/metrics)")
+    if not detected_at:
+        raise OutcomeMissing(f"no drift flagged after {len(images)} darkened photos (detector status: {s})")
+    print(f"DRIFT ALARM after {detected_at} darkened photos: test statistic {s.get('test_stat', 0):.4g} > "
+          f"threshold {s.get('threshold', 0):.4g}; drift_state is 1 on {ctx.detector_url}/metrics")
+    alerting = ctx.loop_stack.alerting
+    assert alerting is not None  # stage serve promised it
+    fired = delivered = None
+    deadline = time.monotonic() + ALERT_DELIVERY_S
+    while time.monotonic() < deadline and not (fired and delivered):
+        with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+            alerts = httpx.get(f"{ctx.prometheus_url}/api/v1/alerts", timeout=5).json()["data"]["alerts"]
+            fired = fired or next((a for a in alerts if a["labels"].get("alertname") == DRIFT_ALERT
+                                   and a.get("state") == "firing"), None)
+            last = httpx.get(f"{alerting.receiver_url}/status", timeout=5).json().get("last_alert") or {}
+            delivered = delivered or (last if DRIFT_ALERT in last.get("alerts", []) else None)
+        time.sleep(1)
+    if not fired:
+        raise OutcomeMissing(f"Prometheus did not fire {DRIFT_ALERT} within {ALERT_DELIVERY_S:.0f} s")
+    print(f"Prometheus: {DRIFT_ALERT} firing (charts/gourmetgram/rules/gourmetgram.rules.yml)")
+    if not delivered:
+        raise OutcomeMissing(f"Alertmanager did not deliver {DRIFT_ALERT} to the retrain receiver within "
+                             f"{ALERT_DELIVERY_S:.0f} s (log: {alerting.log_dir / 'alertmanager.log'})")
+    answer = f"started run {delivered['run_id']}" if delivered.get("started") else delivered.get("message")
+    print(f"Alertmanager -> retrain receiver: {answer}")
+    return (f"drift flagged after {detected_at} darkened photos; {DRIFT_ALERT} fired and reached the retrain "
+            f"receiver ({'a retrain started' if delivered.get('started') else 'held back by its guard rails'})")
 
 
-# -- stage 8: closing the loop 2/2: the cycle --------------------------------------------------------
+# -- stage 8: the loop closes by itself ------------------------------------------------------------
 
-CYCLE_USERS = 240  # uploads by simulated users before the cycle, half of them night shots (drift onset)
-CYCLE_CANARY_PERCENT = 50  # both revisions collect feedback at the same pace
-CYCLE_MIN_FEEDBACK = 15  # answers per revision before the canary is judged on feedback
+LOOP_USERS_PAUSE_S = 0.15  # each simulated user waits this long between uploads (steady traffic)
 
 
-def stage_cycle(ctx: DemoContext) -> None:
-    """Drifted production traffic with user feedback, then one turn of the loop (`loop cycle`):
-    export -> retrain -> differential gate -> register -> staging gate -> canary with feedback."""
-    from gourmetgram_app.local.cycle import Cycle, CycleSettings, UserSettings
-    from gourmetgram_app.local.simulate import Behaviour
+def stage_self_driving(ctx: DemoContext) -> str:
+    """Simulated users upload drifted photos (night shots) and answer about the tags; simulated
+    annotators label what the policy queues in Label Studio. Nothing else is driven: the demo
+    only watches the system notice, retrain, stage, canary and promote by itself, and prints each
+    event with its time, until the run ends or the deadline passes."""
+    from datetime import datetime, timezone
 
-    settings = CycleSettings(gateway=ctx.serving.gateway_url, base=ctx.data, train_config=DEMO_CONFIG,
-                             epochs=ctx.args.epochs, canary_percent=CYCLE_CANARY_PERCENT,
-                             min_feedback=CYCLE_MIN_FEEDBACK, timeout_s=300,
-                             users=UserSettings(before=CYCLE_USERS, behaviour=Behaviour(drifted_share=0.5)))
-    print("the same as `gourmetgram loop cycle --simulate-users "
-          f"{CYCLE_USERS} --canary-percent {CYCLE_CANARY_PERCENT} --min-feedback {CYCLE_MIN_FEEDBACK}`", flush=True)
-    Cycle(settings, out=lambda line: print(line, flush=True)).run()
+    from gourmetgram import registry
+    from gourmetgram.constants import PRODUCTION
+    from gourmetgram.data.layout import list_images
+    from gourmetgram.loop.labelstudio import LabelQueue, client
+    from gourmetgram.loop.settings import load_loop_settings
+    from gourmetgram.loop.store import open_store
+    from gourmetgram.objectstore import ObjectStore
+    from gourmetgram.retrain.history import History
+    from gourmetgram.retrain.settings import load_retrain_settings
+    from gourmetgram_app.local.annotators import SimulatedAnnotators
+    from gourmetgram_app.local.loopwatch import LoopWatcher
+    from gourmetgram_app.local.simulate import Behaviour, Population, SimulatedUsers
+
+    alerting, ls = ctx.loop_stack.alerting, ctx.label_studio
+    assert alerting is not None and ls is not None  # stages serve and loop promised them
+    deadline_s = float(ctx.args.loop_deadline)
+    before = registry.version_for(PRODUCTION)
+    settings = load_retrain_settings()
+    names = ctx.result.evaluation.class_names
+    items = list_images(ctx.data / "training")  # never the evaluation set: v2 is judged on it
+    items = items[:: max(1, len(items) // 300)][:300]
+    population = Population.from_images(items, names)
+    users = SimulatedUsers(ctx.serving.gateway_url, population, Behaviour(drifted_share=0.5), seed=8,
+                           workers=2, pause_s=LOOP_USERS_PAUSE_S)
+
+    def truth() -> dict[str, str]:
+        with ctx.truth_lock:
+            known = dict(ctx.truth)
+        known.update({s.inference_id: s.label for s in list(users.report.served) if s.inference_id})
+        return known
+
+    loop_settings = load_loop_settings()
+    queue = LabelQueue(open_store(), ObjectStore(), names, client(ls.url),
+                       title=loop_settings.labelstudio.project_title)
+    annotators = SimulatedAnnotators(queue, loop_settings.policy, truth, out=lambda line: print(line, flush=True))
+    history = History(ctx.retrain_dir / "history.jsonl")
+    started_at = datetime.now(timezone.utc)
+    watcher = LoopWatcher(history, ctx.prometheus_url, alerting.receiver_url, since=started_at,
+                          alerts=tuple(settings.triggers.drift_alerts + settings.triggers.degradation_alerts))
+    print(f"[SIMULATED USERS] 2 users uploading photos of the training split, half of them night shots, "
+          f"answering about the tags through {ctx.serving.gateway_url}/v1/feedback")
+    print(f"[SIMULATED ANNOTATORS] every {annotators.every_s:g} s: the labelling policy's queue into Label Studio "
+          f"({ls.url}), the photos they know labelled, annotations synced back")
+    print(f"then nothing but waiting (up to {deadline_s:.0f} s) for the system: the drift alert -> Alertmanager -> "
+          f"the retrain receiver (guard rails: {settings.guards.min_new_labels} new labels, cool-down "
+          f"{settings.guards.cooldown}) -> export -> retrain -> gate -> register -> staging gate -> canary "
+          "-> promote or roll back\n", flush=True)
+    t0 = time.monotonic()
+    run = None
+    with users, annotators:
+        while time.monotonic() - t0 < deadline_s:
+            for event in watcher.poll():
+                print(f"[+{time.monotonic() - t0:5.0f} s  {event.at.astimezone():%H:%M:%S}] {event.text}", flush=True)
+            run = watcher.finished_run()
+            if run is not None:
+                break
+            time.sleep(1)
+    print(f"\n[SIMULATED USERS]\n{users.report.format()}")
+    print(f"[SIMULATED ANNOTATORS] labelled {annotators.labelled} task(s), {annotators.synced} label(s) synced")
+    if run is None:
+        started = [r for r in watcher.runs.values() if "started" in r]
+        where = (f" (run {started[0]['started']['run_id']} still at step "
+                 f"{started[0]['steps'][-1]['step'] if started[0]['steps'] else 'start'})" if started
+                 else " (none started)")
+        raise OutcomeMissing(f"no retrain run ended within {deadline_s:.0f} s{where}")
+    end = run["finished"]
+    print()
+    _main(["loop", "status", "--state-dir", str(ctx.retrain_dir), "--runs", "1"])  # what the system recorded
+    gate: dict = next((st for st in run["steps"] if st.get("step") == "gate"), {})
+    for name, a in (gate.get("sets") or {}).items():
+        print(f"  {name:<12} {a.get('n', 0):>5} images: v1 (production before) {_fmt3(a.get('v1'))}, "
+              f"v2 {_fmt3(a.get('v2'))}")
+    if end.get("status") != "promoted":
+        raise OutcomeMissing(f"run {end['run_id']} ended {str(end.get('status')).upper()}"
+                             + (f": {end.get('error') or '; '.join(end.get('reasons') or [])}"))
+    if not str(run["started"].get("source", "")).startswith("alertmanager:"):
+        raise OutcomeMissing(f"the run was started by {run['started'].get('source')}, not by an alert")
+    after = registry.version_for(PRODUCTION)
+    return (f"the loop closed by itself: {run['started']['source']} -> run {end['run_id']} -> version {after} "
+            f"promoted (production was version {before}), {time.monotonic() - t0:.0f} s after the drifted traffic began")
 
 
-Stage = tuple[str, Callable[[DemoContext], None], Callable[[DemoContext], bool]]
+def _fmt3(value) -> str:
+    return "-" if value is None else f"{float(value):.3f}"
+
+
+def _served(ctx: DemoContext) -> bool:
+    return ctx.run is not None and ctx.result.registered and not ctx.args.no_serve
+
 
 STAGES: list[Stage] = [
-    # (heading, run, should it run? e.g. later stages only when a model was registered)
-    ("1. data: the demo dataset", stage_data, lambda ctx: True),
-    ("2. pipeline: ingest -> train -> evaluate -> gate -> export -> register (kfp.local)", stage_pipeline,
-     lambda ctx: True),
-    ("3. report", stage_report, lambda ctx: ctx.run is not None),
-    ("4. serve: drift detector + production stack (Triton, transformer, gateway) with the new model",
-     stage_serve, lambda ctx: ctx.run is not None and ctx.result.registered and not ctx.args.no_serve),
-    ("5. closing the loop: capture, user feedback, labelling queue -> Label Studio, annotations, export",
-     stage_loop, lambda ctx: ctx.stack is not None and ctx.loop is not None),
-    ("6. shadow, then canary rollout: the candidate in shadow first, then good canary promoted, bad "
-     "canary rolled back (rollout auto + Prometheus)",
-     stage_canary, lambda ctx: ctx.stack is not None),
-    ("7. drift: in-distribution traffic, then darker photos -> drift alarm", stage_drift,
-     lambda ctx: ctx.stack is not None),
-    ("8. closing the loop 2/2: night shots + user feedback -> export -> retrain -> differential gate -> "
-     "register -> staging gate -> canary analysed with feedback -> promote or roll back", stage_cycle,
-     lambda ctx: ctx.stack is not None and ctx.loop is not None and not ctx.args.no_cycle),
+    Stage("1. data: the demo dataset", "the demo dataset in the Food-11 layout", stage_data),
+    Stage("2. pipeline: ingest -> train -> evaluate -> gate -> export -> register (kfp.local)",
+          "the model passes the evaluation gate and is registered", stage_pipeline),
+    Stage("3. report", "the evaluation report, the verdict and where the model went", stage_report),
+    Stage("4. serve: the production stack with the new model, and the loop around it (serve --loop)",
+          "every request answered through the gateway; capture, detector, Prometheus, Alertmanager and the "
+          "retrain receiver up", stage_serve, _served),
+    Stage("5. closing the loop: capture, user feedback, labelling queue -> Label Studio, annotations, export",
+          "labels back from Label Studio and a valid labelled export", stage_loop, _served),
+    Stage("6. shadow, then canary rollout: a new model (INT8) in shadow, then as a canary raised 10 -> 50 -> "
+          "promoted; a bad canary rolled back (rollout auto + Prometheus)",
+          "good canary promoted, bad canary rolled back", stage_canary, _served),
+    Stage("7. drift: in-distribution traffic, then darker photos -> drift alarm -> Alertmanager -> receiver",
+          "drift alarm raised and delivered to the retrain receiver", stage_drift, _served),
+    Stage("8. the loop closes by itself: night shots + feedback + labels -> alert -> retrain -> gate -> "
+          "staging gate -> canary -> promote, nothing driven by the demo",
+          "v2 retrained on production data and promoted by the system, within the deadline",
+          stage_self_driving, lambda ctx: _served(ctx) and not ctx.args.no_cycle),
 ]
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    ctx = DemoContext(args=args, home=home())
+def run_stages(ctx: DemoContext, stages: list[Stage]) -> int:
+    """Run the stages in order; stop at the first whose expected outcome did not happen (exit 1,
+    naming it). A stage that raises an error is named too, and the error goes on to the entry
+    point (its exit code says the cause)."""
+    failed: tuple[Stage, str] | None = None
+    observed: list[tuple[Stage, str]] = []
     with ctx.cleanup:  # stops every service a stage started, also on Ctrl-C or an error
-        for title, run, wanted in STAGES:
-            if not wanted(ctx):
+        for stage in stages:
+            if not stage.wanted(ctx):
                 continue
-            _heading(title)
+            _heading(stage.title, stage.expected)
             started = time.perf_counter()
-            run(ctx)
-            ctx.timings[title] = time.perf_counter() - started
-    print("\nstage timings: " + ", ".join(f"{t.split(':')[0]} {s:.0f}s" for t, s in ctx.timings.items()))
-    if ctx.exit_code:
-        print("the model was rejected by the evaluation gate (see the reasons above)")
-    return ctx.exit_code
+            try:
+                seen = stage.run(ctx)
+            except OutcomeMissing as exc:
+                failed = (stage, str(exc))
+                break
+            except BaseException as exc:
+                print(f"\nDEMO STOPPED at stage {stage.title.split('.')[0]} ({_short(stage)}): "
+                      f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+                raise
+            finally:
+                ctx.timings[stage.title] = time.perf_counter() - started
+            observed.append((stage, seen))
+            print(f"\n==> outcome: {seen}", flush=True)
+    print("\nstage timings: " + ", ".join(f"{t.split(':')[0]} {s:.0f}s" for t, s in ctx.timings.items())
+          + f" (total {sum(ctx.timings.values()):.0f}s)")
+    for stage, seen in observed:
+        print(f"  ok  stage {stage.title.split('.')[0]}: {seen}")
+    if failed is not None:
+        stage, why = failed
+        print(f"\nDEMO FAILED at stage {stage.title.split('.')[0]} ({_short(stage)}): expected: {stage.expected}; "
+              f"it did not happen: {why}", flush=True)
+        return 1
+    print("\nDEMO OK: every stage's expected outcome happened")
+    return 0
+
+
+def _short(stage: Stage) -> str:
+    return stage.title.split(":", 1)[0].split(".", 1)[-1].strip()
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    return run_stages(DemoContext(args=args, home=home()), STAGES)
 
 
 def _epochs(value: str) -> int:
     from gourmetgram_app.cli.commands.pipeline import _int_at_least_minus_one
 
     return _int_at_least_minus_one(value)
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError("a deadline is a positive number of seconds")
+    return seconds
 
 
 def add_parser(subparsers) -> None:
@@ -595,18 +872,21 @@ def add_parser(subparsers) -> None:
         "demo", help="run the whole loop locally on the embedded demo dataset",
         description="Build the demo dataset if needed, run the training pipeline with kfp.local "
                     "(config 'demo') and print the evaluation report and where the model went; then "
-                    "serve it (Triton, transformer, gateway, drift detector, capture sink), close the "
-                    "loop (feedback, Label Studio queue, simulated annotators, export), roll out a good and a "
-                    "bad canary with `rollout auto`, raise a drift alarm, and run one turn of the loop "
-                    "(`loop cycle`: retrain on production data, staging gate, canary with feedback). State goes to "
-                    "$GOURMETGRAM_HOME (default ./.gourmetgram). Exit 1 if the evaluation gate "
-                    "rejects the model.")
+                    "serve it with the loop around it (detector, capture sink, Prometheus, Alertmanager, the "
+                    "retrain receiver), close the loop (feedback, Label Studio queue, simulated annotators, "
+                    "export), roll out a good and a bad canary with `rollout auto`, raise a drift alarm, and "
+                    "let the loop close by itself (the drift alert starts a retrain on production data, its "
+                    "staging gate, a canary and the promotion). Every stage says the outcome it promises; "
+                    "exit 1 names the first stage whose outcome did not happen. State goes to "
+                    "$GOURMETGRAM_HOME (default ./.gourmetgram).")
     parser.add_argument("--epochs", type=_epochs, default=-1,
-                        help="-1: from configs/demo.yaml; 0: untrained (watch the gate reject it)")
+                        help="-1: from configs/demo.yaml; 0: untrained (watch the gate reject it: exit 1 at stage 2)")
     parser.add_argument("--stage", default=STAGING, choices=MODEL_STAGES, help="registry alias (default staging)")
     parser.add_argument("--rebuild-data", action="store_true", help="write the demo dataset again")
     parser.add_argument("--no-serve", action="store_true",
-                        help="stop after the pipeline (skip serving, canary rollout and drift stages)")
+                        help="stop after the pipeline (skip serving, canary rollout, drift and the loop)")
     parser.add_argument("--no-cycle", action="store_true",
-                        help="skip the last stage (the loop's cycle: retrain on production data, canary with feedback)")
+                        help="skip the last stage (the loop closing by itself: a second training, staging, canary)")
+    parser.add_argument("--loop-deadline", type=_seconds, default=LOOP_DEADLINE_S,
+                        help="seconds the last stage waits for the loop to promote v2 (default: %(default)s)")
     parser.set_defaults(func=run_demo)

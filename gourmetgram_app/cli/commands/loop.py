@@ -1,6 +1,7 @@
 """``gourmetgram loop``: the closed loop's state and its steps.
 
-``status`` (captured, feedback, queued, labelled, production accuracy per model version),
+``status`` (captured, feedback, queued, labelled, production accuracy per model version, and the
+last retrain runs: what triggered each, its steps and outcome, from the retrain history),
 ``queue`` (select by the policy and push to Label Studio), ``sync`` (pull annotations),
 ``export`` (labelled production data in the Food-11 layout with lineage), ``labelstudio``
 (start a local Label Studio with credentials from the environment), ``retrain`` and ``receiver``
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 EXIT_UNAVAILABLE = 3
 
@@ -76,13 +78,39 @@ def format_status(st: dict) -> str:
     return "\n".join(lines)
 
 
+def format_runs(runs: list[dict]) -> str:
+    """The retrain runs (newest first): when, what started each (the trigger), every step, the outcome."""
+    from gourmetgram_app.local.loopwatch import describe_step
+
+    if not runs:
+        return "retrain runs: none on record"
+    lines = ["retrain runs (newest first):"]
+    for run in runs:
+        end = run.get("finished")
+        outcome = (str(end.get("status", "?")).upper() + (f" version {end['version']}" if end.get("version") else "")
+                   if end else "RUNNING")
+        lines.append(f"  {run['run_id']}: started {run.get('started_at', '?')} by {run.get('source', '?')} "
+                     f"(reasons: {', '.join(run.get('reasons') or []) or '-'}): {outcome}")
+        for step in run.get("steps", []):
+            lines.append(f"    {step.get('at', '')[11:19]}  {describe_step(step)}")
+        if end and end.get("error"):
+            lines.append(f"    error: {end['error']}")
+    return "\n".join(lines)
+
+
 def _status(args) -> int:
     from gourmetgram.loop import quality
+    from gourmetgram.retrain.history import History, retrain_home
 
     store = _store(args)
     with store.session() as s:
         st = quality.status(s)
-    print(json.dumps(st, indent=1, default=str) if args.json else format_status(st))
+    history = History((Path(args.state_dir) if args.state_dir else retrain_home()) / "history.jsonl")
+    runs = history.runs(args.runs)
+    if args.json:
+        print(json.dumps({**st, "retrain_runs": runs}, indent=1, default=str))
+    else:
+        print(format_status(st) + "\n" + format_runs(runs))
     return 0
 
 
@@ -203,9 +231,12 @@ def add_parser(subparsers) -> None:
             p.add_argument("--labelstudio-url", help="Label Studio URL (default: $LABEL_STUDIO_URL or "
                            "http://127.0.0.1:8085)")
 
-    p = sub.add_parser("status", help="captured, with feedback, queued, labelled; production accuracy per version")
+    p = sub.add_parser("status", help="captured, with feedback, queued, labelled; production accuracy per version; "
+                       "the last retrain runs (trigger, steps, outcome)")
     common(p)
     p.add_argument("--json", action="store_true", help="print the status as JSON")
+    p.add_argument("--runs", type=int, default=3, help="retrain runs shown, newest first (default: %(default)s)")
+    p.add_argument("--state-dir", help="the retrain history's folder (default: $GOURMETGRAM_HOME/retrain)")
     p.set_defaults(func=_status)
     p = sub.add_parser("queue", help="select samples by the policy and push them to Label Studio")
     common(p, classes=True, labelstudio=True)

@@ -25,7 +25,7 @@ from gourmetgram.errors import DependencyUnavailable, UserError
 from gourmetgram.tracking import home, tracking_uri
 
 if TYPE_CHECKING:  # torch stays out of the CLI's start-up
-    from components.steps import RegistrationOutcome
+    from components.steps import CanaryOutcome, RegistrationOutcome
     from gourmetgram.evaluation.suite import EvaluationResult
 
 DEFAULT_PACKAGE = REPO_ROOT / "pipelines" / "training_pipeline.yaml"
@@ -135,6 +135,29 @@ def run_local(dataset_uri: str, config: str = "demo", epochs: int = -1, model_na
         dataset_uri = str(Path(dataset_uri).expanduser().resolve())  # steps may run elsewhere
     if config.endswith((".yaml", ".yml")):
         config = str(Path(config).expanduser().resolve())
+    from components.steps import RegistrationOutcome
+    from gourmetgram.evaluation.suite import JSON_NAME, EvaluationResult
+    from pipelines.training_pipeline import training_pipeline
+
+    started = time.perf_counter()
+    out, root = _run_under_kfp_local(training_pipeline, pipeline_root, enable_caching, dict(
+        dataset_uri=dataset_uri, config=config, epochs=epochs, model_name=model_name, stage=stage,
+        registered_model_name=registered_model_name, quantize=quantize,
+        production_dataset_uri=production_dataset_uri, init_from=init_from))
+    seconds = time.perf_counter() - started
+    evaluation = EvaluationResult.from_json(Path(out["evaluation"].path) / JSON_NAME)
+    return LocalRunResult(
+        passed=bool(out["passed"]), reasons=[str(r) for r in out["reasons"]],
+        mlflow_run_id=str(out["mlflow_run_id"]), evaluation=evaluation,
+        outcome=RegistrationOutcome.from_json(out["outcome"]), seconds=seconds, pipeline_root=str(root),
+    )
+
+
+def _run_under_kfp_local(pipeline, pipeline_root: str | Path | None, enable_caching: bool,
+                         arguments: dict) -> tuple[dict, Path]:
+    """Call ``pipeline`` (a ``@dsl.pipeline`` function or a compiled pipeline loaded with
+    ``kfp.components.load_component_from_file``) under ``kfp.local``'s SubprocessRunner with this
+    interpreter; the steps' logs stream through, a step's own error is re-raised as itself."""
     gg_home = home()  # absolute; the steps inherit the environment
     os.environ["GOURMETGRAM_HOME"] = str(gg_home)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")  # stream step logs as they happen
@@ -143,9 +166,7 @@ def run_local(dataset_uri: str, config: str = "demo", epochs: int = -1, model_na
 
     from kfp import local
 
-    from components.steps import STEP_ERRORS_ENV, RegistrationOutcome, step_errors
-    from gourmetgram.evaluation.suite import JSON_NAME, EvaluationResult
-    from pipelines.training_pipeline import training_pipeline
+    from components.steps import STEP_ERRORS_ENV, step_errors
 
     local.init(local.SubprocessRunner(use_venv=False), pipeline_root=str(root), enable_caching=enable_caching)
     # GPU, Secrets, timeouts: cluster settings that kfp.local ignores by design.
@@ -153,14 +174,10 @@ def run_local(dataset_uri: str, config: str = "demo", epochs: int = -1, model_na
     root.mkdir(parents=True, exist_ok=True)
     errors = root / f".step-errors-{os.getpid()}-{time.time_ns()}.jsonl"  # the steps inherit its name
     tee = _Tee(sys.stdout)
-    started = time.perf_counter()
     saved, sys.stdout = sys.stdout, tee
     saved_env, os.environ[STEP_ERRORS_ENV] = os.environ.get(STEP_ERRORS_ENV), str(errors)
     try:
-        task = training_pipeline(dataset_uri=dataset_uri, config=config, epochs=epochs, model_name=model_name,
-                                 stage=stage, registered_model_name=registered_model_name,
-                                 quantize=quantize, production_dataset_uri=production_dataset_uri,
-                                 init_from=init_from)
+        task = pipeline(**arguments)
     except RuntimeError as exc:
         found = step_errors(errors)
         if found:
@@ -174,14 +191,45 @@ def run_local(dataset_uri: str, config: str = "demo", epochs: int = -1, model_na
         else:
             os.environ[STEP_ERRORS_ENV] = saved_env
         errors.unlink(missing_ok=True)
-    seconds = time.perf_counter() - started
-    out = task.outputs
-    evaluation = EvaluationResult.from_json(Path(out["evaluation"].path) / JSON_NAME)
-    return LocalRunResult(
-        passed=bool(out["passed"]), reasons=[str(r) for r in out["reasons"]],
-        mlflow_run_id=str(out["mlflow_run_id"]), evaluation=evaluation,
-        outcome=RegistrationOutcome.from_json(out["outcome"]), seconds=seconds, pipeline_root=str(root),
-    )
+    return dict(task.outputs), root
+
+
+@dataclasses.dataclass
+class StagingGateResult:
+    """What a local run of the compiled staging-gate pipeline decided."""
+
+    passed: bool
+    summary: str
+    outcome: CanaryOutcome  # the canary started (alias moved), or why it was blocked
+    seconds: float
+
+
+def run_staging_gate_local(staging_url: str, version: int, images: str | Path, slo: str = "slo",
+                           users: int = 4, run_time: str = "60s", canary_percent: int = 10,
+                           registered_model_name: str = REGISTERED_MODEL_NAME,
+                           package: str | Path | None = None,
+                           pipeline_root: str | Path | None = None) -> StagingGateResult:
+    """Run the COMPILED staging-gate pipeline (``pipelines/staging_gate_pipeline.yaml``, what a KFP
+    backend runs) with ``kfp.local`` against a local staging endpoint: the same IR, the same
+    steps, this interpreter. ``slo``: a config name or a YAML path."""
+    from kfp import components
+
+    from components.steps import CanaryOutcome
+
+    package = Path(package or PIPELINES[STAGING_GATE][1])
+    if not package.is_file():
+        raise UserError(f"pipeline package {package} does not exist; run `gourmetgram pipeline compile`")
+    if slo.endswith((".yaml", ".yml")):
+        slo = str(Path(slo).expanduser().resolve())  # the step runs in its own folder
+    gate = components.load_component_from_file(str(package))
+    started = time.perf_counter()
+    out, _ = _run_under_kfp_local(gate, pipeline_root, False, dict(
+        staging_url=staging_url, version=int(version), images_uri=str(Path(images).resolve()), slo=slo,
+        users=int(users), run_time=run_time, canary_percent=int(canary_percent),
+        registered_model_name=registered_model_name))
+    return StagingGateResult(passed=bool(out["passed"]), summary=str(out["summary"]),
+                             outcome=CanaryOutcome.from_json(out["outcome"]),
+                             seconds=time.perf_counter() - started)
 
 
 class PipelineFailed(Exception):

@@ -86,30 +86,27 @@ def _serve(args: argparse.Namespace) -> int:
     bundle = Path(args.bundle).resolve() if args.bundle else registered_bundle(args.stage)
     detector, prometheus = _side_services(args, bundle)
     on_event, holder = _printer()
-    loop = None
-    extra: dict = {}
     if args.loop:
-        from gourmetgram.tracking import home
-        from gourmetgram_app.local.loop import LoopServices
-        from gourmetgram_app.local.supervisor import SIDE
+        from gourmetgram_app.local.loop import closed_loop
 
-        # the logger goes to the broker, which fans out to the detector and the capture sink
+        # the logger goes to the broker, which fans out to the detector and the capture sink; the
+        # stack's Prometheus sends the chart's alerts to Alertmanager, which routes the retrain
+        # alerts to the receiver, which starts a run (export, retrain, staging gate, canary)
         if args.model_version is None and not args.bundle:
             from gourmetgram import registry
 
             args.model_version = registry.version_for(args.stage)
-        loop = LoopServices(bundle, home() / "logs" / f"serve-{args.stage}", host=args.host,
-                            detector_url=f"http://{args.host}:{ports.detector}/",
-                            capture_port=None if args.free_ports else constants.CAPTURE_PORT,
-                            broker_port=None if args.free_ports else constants.BROKER_PORT)
-        # started and restarted with the stack: one supervised entry each
-        extra = {"logger_url": loop.broker_url + "/", "feedback_url": loop.capture_url,
-                 "feedback_summary_url": loop.summary_url,  # the operator page's accuracy + backlog
-                 "model_version": args.model_version,
-                 "extra_services": [(loop.capture, SIDE), (loop.broker, SIDE)]}
-    stack = LocalStack(bundle=bundle, stage=args.stage, ports=ports, host=args.host,
-                       manifest=args.manifest, webapp=not args.no_webapp, detector=detector,
-                       prometheus=prometheus, on_event=on_event, **extra)
+        closed = closed_loop(bundle, args.stage, ports, host=args.host, model_version=args.model_version,
+                             fixed_ports=not args.free_ports, detector=detector, prometheus=prometheus,
+                             webapp=not args.no_webapp, manifest=args.manifest, on_event=on_event)
+        for note in closed.notes:
+            print(f"note: {note}", flush=True)
+        stack, endpoints = closed.stack, closed.endpoints
+    else:
+        stack = LocalStack(bundle=bundle, stage=args.stage, ports=ports, host=args.host,
+                           manifest=args.manifest, webapp=not args.no_webapp, detector=detector,
+                           prometheus=prometheus, on_event=on_event)
+        endpoints = stack.endpoints
     holder["stack"] = stack
     signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM stops as cleanly as Ctrl-C
     print(f"starting {stack.manifest.name} ({args.stage}) from {stack.bundle}; logs in {stack.log_dir}",
@@ -117,11 +114,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         with stack:
             print("ready:")
-            endpoints = stack.endpoints()
-            if loop is not None:
-                endpoints.update({"broker (logger fan-out)": loop.broker_url, "capture sink": loop.capture_url,
-                                  "loop summary": loop.summary_url})
-            for name, url in endpoints.items():
+            for name, url in endpoints().items():
                 print(f"  {name:<20} {url}")
             print(f"status: {stack.supervisor.status_line()}")
             print("a crashed process is restarted with back-off; Ctrl-C to stop.", flush=True)
@@ -159,8 +152,10 @@ def add_parser(subparsers) -> None:
                         help=f"do not start the web app (default: on port {constants.WEBAPP_PORT})")
     parser.add_argument("--host", default=constants.HOST, help="address to bind (default: %(default)s)")
     parser.add_argument("--loop", action="store_true",
-                        help="also start the capture sink + feedback API (8071) and the broker (8060) that "
-                        "fans the logger's events out to it and to the drift detector (8070)")
+                        help="also start the capture sink + feedback API (8071), the broker (8060) that "
+                        "fans the logger's events out to it and to the drift detector (8070), and (with "
+                        "Prometheus) Alertmanager (9093) routing the retrain alerts to the retrain "
+                        "receiver (8073), which retrains, stages and canaries by itself")
     parser.add_argument("--model-version", help="registered version of the bundle, recorded with captures "
                         "(default: the version the stage's registry alias points at, without --bundle)")
     parser.add_argument("--no-detector", dest="detector", action="store_false",

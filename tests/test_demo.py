@@ -1,0 +1,80 @@
+"""`gourmetgram demo` is a contract: every stage states its expected outcome, and the demo exits 1
+naming the first stage whose outcome did not happen (it never reports success past a failed
+stage, as it once did with a rejected retrain)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from gourmetgram.errors import DependencyUnavailable
+from gourmetgram_app.cli.commands.demo import STAGES, DemoContext, OutcomeMissing, Stage, run_stages
+from gourmetgram_app.cli.main import main
+
+
+def _ctx(tmp_path) -> DemoContext:
+    return DemoContext(args=argparse.Namespace(), home=tmp_path)
+
+
+def _stage(number: int, name: str, ran: list[str], fail: BaseException | None = None) -> Stage:
+    def run(ctx: DemoContext) -> str:
+        ran.append(name)
+        if fail is not None:
+            raise fail
+        return f"{name} happened"
+
+    return Stage(f"{number}. {name}: the {name} stage", f"{name} happens", run)
+
+
+def test_the_demo_exits_1_naming_the_first_stage_whose_outcome_is_missing(tmp_path, capsys):
+    ran: list[str] = []
+    ctx = _ctx(tmp_path)
+    stopped: list[bool] = []
+    ctx.cleanup.callback(stopped.append, True)  # a service a stage started
+    stages = [_stage(1, "data", ran), _stage(2, "canary", ran, OutcomeMissing("the good canary was held")),
+              _stage(3, "drift", ran)]
+    assert run_stages(ctx, stages) == 1
+    out = capsys.readouterr().out
+    assert ran == ["data", "canary"]  # nothing runs after the failed stage
+    assert stopped == [True]  # and what the stages started is stopped
+    assert "expected outcome: data happens" in out and "expected outcome: canary happens" in out
+    assert "ok  stage 1: data happened" in out
+    assert ("DEMO FAILED at stage 2 (canary): expected: canary happens; it did not happen: the good canary "
+            "was held") in out
+    assert "DEMO OK" not in out
+
+
+def test_the_demo_exits_0_only_when_every_stage_happened(tmp_path, capsys):
+    ran: list[str] = []
+    skipped = Stage("3. cycle: skipped", "never asked for", lambda ctx: "ran", lambda ctx: False)
+    assert run_stages(_ctx(tmp_path), [_stage(1, "data", ran), _stage(2, "serve", ran), skipped]) == 0
+    out = capsys.readouterr().out
+    assert ran == ["data", "serve"] and "never asked for" not in out
+    assert "DEMO OK: every stage's expected outcome happened" in out
+
+
+def test_an_error_in_a_stage_names_the_stage_and_keeps_its_exit_code(tmp_path, capsys):
+    ran: list[str] = []
+    stages = [_stage(1, "data", ran), _stage(2, "serve", ran, DependencyUnavailable("Triton did not start"))]
+    with pytest.raises(DependencyUnavailable):
+        run_stages(_ctx(tmp_path), stages)
+    assert "DEMO STOPPED at stage 2 (serve): DependencyUnavailable: Triton did not start" in capsys.readouterr().err
+
+
+def test_every_stage_of_the_demo_states_its_expected_outcome():
+    assert [s.title.split(".")[0] for s in STAGES] == [str(n) for n in range(1, 9)]
+    for stage in STAGES:
+        assert len(stage.expected) > 10, stage.title
+    assert "promoted" in STAGES[-1].expected and "rolled back" in STAGES[5].expected
+    assert "Label Studio" in STAGES[4].expected and "drift alarm" in STAGES[6].expected
+
+
+@pytest.mark.slow
+def test_a_rejected_model_fails_the_demo_at_the_pipeline_stage(session_home, capsys):
+    """The real thing: an untrained model (--epochs 0) is rejected by the evaluation gate, so the
+    demo's stage 2 promise (a registered model) did not happen: exit 1, naming stage 2."""
+    assert main(["demo", "--epochs", "0", "--no-serve"]) == 1
+    out = capsys.readouterr().out
+    assert "DEMO FAILED at stage 2 (pipeline): expected: the model passes the evaluation gate and is registered" in out
+    assert "the evaluation gate rejected the model" in out and "# 3. report" not in out
