@@ -1,9 +1,11 @@
-"""`gourmetgram loop cycle` end to end, with small numbers, on real processes: a production
-stack with the loop (gateway -> transformer -> Triton; logger -> broker -> capture sink), simulated
-users uploading night shots and giving feedback through the public API, `loop export`, the
-training pipeline under kfp.local with the production data merged in (differential gate against
-production), the registry, a staging stack load-tested by Locust, the canary on the production
-gateway, a real Prometheus and the loop store feeding the analysis.
+"""One turn of the loop (what a triggered retrain and `gourmetgram loop cycle` run) end to end, with
+small numbers, on real processes: a production stack with the loop (gateway -> transformer ->
+Triton; logger -> broker -> capture sink), simulated users uploading night shots and giving
+feedback through the public API, `loop export`, the training pipeline under kfp.local with the
+production data merged in (differential gate against production), the registry, a staging stack
+warmed up and gated by the COMPILED staging-gate pipeline on kfp.local (Locust, SLOs), the canary
+on the production gateway raised through the rollout config's steps (10 -> 50) by `rollout auto
+--feedback`, a real Prometheus and the loop store feeding the analysis; every step recorded.
 
 Training numerics differ between machines, so nothing here asserts an accuracy: the training
 config's gates are opened (margin 1, no improvement required, minimum accuracies 0) and, during the canary, the users'
@@ -27,6 +29,7 @@ from gourmetgram.constants import CANARY, PRODUCTION, REPO_ROOT, STAGING
 from gourmetgram.data.demo import DEMO_CLASSES
 from gourmetgram.export import export_bundle
 from gourmetgram.model import ModelSpec, build_model
+from gourmetgram.retrain.settings import CanarySettings, ReleaseSettings, StagingSettings
 from gourmetgram_app.local.cycle import PROMOTED, ROLLED_BACK, Cycle, CycleSettings, UserSettings
 from gourmetgram_app.local.simulate import Behaviour
 
@@ -49,9 +52,10 @@ def configs(tmp_path_factory) -> dict[str, str]:
                                             "gated_sets": ["original", "production"], "min_images": 1}}
     (root / "train.yaml").write_text(yaml.safe_dump(train))
     (root / "slo.yaml").write_text("p95_ms: 600000\nmax_error_rate: 0.05\nmin_rps: 0.1\nmin_requests: 5\n")
-    (root / "rollout.yaml").write_text(
-        "analysis: {max_p95_latency_ratio: 1000, p95_latency_slack_ms: 600000, max_confidence_drop: 1.0,\n"
-        "           max_class_shift: 1.0, max_error_rate_increase: 1.0}\n")
+    rollout = yaml.safe_load((REPO_ROOT / "configs" / "rollout.yaml").read_text())  # its steps: 10 -> 50
+    rollout["analysis"].update(max_p95_latency_ratio=1000, p95_latency_slack_ms=600000, max_confidence_drop=1.0,
+                               max_class_shift=1.0, max_error_rate_increase=1.0)
+    (root / "rollout.yaml").write_text(yaml.safe_dump(rollout))
     return {"train": str(root / "train.yaml"), "slo": str(root / "slo.yaml"), "rollout": str(root / "rollout.yaml")}
 
 
@@ -98,24 +102,33 @@ def _judge(gateway: str, favour_canary: bool):
     return judge
 
 
-def _cycle(production, base, configs, favour_canary: bool, lines: list[str]):
+def _cycle(production, base, configs, favour_canary: bool, lines: list[str], steps: list[tuple[str, dict]]):
     gateway = production["stack"].gateway_url
+    release = ReleaseSettings(
+        staging=StagingSettings(slo=configs["slo"], users=2, run_time="8s", warmup_requests=5),
+        canary=CanarySettings(rollout_config=configs["rollout"], window="15s", min_requests=5, min_feedback=10,
+                              require_feedback=True, interval_s=3.0, timeout_s=400))
     settings = CycleSettings(
-        gateway=gateway, base=base, train_config=configs["train"], epochs=1, canary_percent=50,
-        slo=configs["slo"], staging_users=2, staging_run_time="8s", rollout_config=configs["rollout"],
-        window="15s", min_requests=5, min_feedback=10, interval_s=3.0, timeout_s=400,
+        gateway=gateway, base=base, train_config=configs["train"], epochs=1, release=release,
         users=UserSettings(before=60, photos=60, behaviour=Behaviour(drifted_share=0.5),
                            judge=_judge(gateway, favour_canary)))
-    return Cycle(settings, out=lines.append).run()
+    return Cycle(settings, out=lines.append, on_step=lambda step, data: steps.append((step, data))).run()
 
 
 def test_cycle_promotes_v2_when_the_feedback_favours_it(production, base, configs):
     from gourmetgram import registry
 
     lines: list[str] = []
-    result = _cycle(production, base, configs, True, lines)
+    steps: list[tuple[str, dict]] = []
+    result = _cycle(production, base, configs, True, lines, steps)
     out = "\n".join(lines)
     assert result.outcome == PROMOTED, out
+    # the record the history keeps: each step, the staging gate's verdict, the staged raise 10 -> 50
+    assert [s for s, _ in steps] == ["export", "retrain", "gate", "register", "staging", "canary", "canary", "decision"]
+    recorded = dict(steps)
+    assert recorded["staging"]["passed"] is True and recorded["staging"]["warmup"] == {"sent": 5, "ok": 5}
+    assert [d["percent"] for s, d in steps if s == "canary"] == [10, 50]
+    assert recorded["decision"]["outcome"] == PROMOTED
     assert result.exit_code == 0
     # every step ran, in order
     steps = [line for line in lines if line.startswith("=== cycle: ")]
@@ -143,9 +156,11 @@ def test_cycle_rolls_back_v2_when_its_users_mark_it_wrong(production, base, conf
 
     before = registry.version_for(PRODUCTION)
     lines: list[str] = []
-    result = _cycle(production, base, configs, False, lines)
+    steps: list[tuple[str, dict]] = []
+    result = _cycle(production, base, configs, False, lines, steps)
     out = "\n".join(lines)
     assert result.outcome == ROLLED_BACK, out
+    assert dict(steps)["decision"]["outcome"] == ROLLED_BACK and [d["percent"] for s, d in steps if s == "canary"] == [10]
     assert result.exit_code == 1
     assert "decision: ROLLBACK" in out and "feedback accuracy failed" in out
     assert registry.version_for(PRODUCTION) == before and registry.version_for(CANARY) is None

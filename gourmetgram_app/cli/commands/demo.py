@@ -67,6 +67,7 @@ class DemoContext:
     closed: ClosedLoop | None = None  # the production stack with the loop, once serving
     label_studio: LabelStudioServer | None = None  # starting in the background
     demo_dir: Path | None = None  # this run's loop store, object store and retrain history
+    retrain_config: str = "retrain"  # what the receiver's runs train with (configs/retrain.yaml)
     # inference id -> true class of every photo the simulation sent (the simulated annotators' knowledge)
     truth: dict[str, str] = dataclasses.field(default_factory=dict)
     truth_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
@@ -253,9 +254,19 @@ def stage_serve(ctx: DemoContext) -> str:
     ctx.label_studio = _start_label_studio(ctx)  # slow to come up: started first, awaited in stage 5
     demo_dir = _isolate_loop_state(ctx)
     print(f"this run's loop store and retrain history: {demo_dir}")
+    if ctx.args.epochs != -1:  # --epochs N: the loop's retrain trains N epochs too
+        import yaml
+
+        from gourmetgram.config import read_yaml, resolve_config_path
+
+        retrain = read_yaml(resolve_config_path("retrain"))
+        retrain.setdefault("run", {})["epochs"] = ctx.args.epochs
+        (demo_dir / "retrain.yaml").write_text(yaml.safe_dump(retrain, sort_keys=False))
+        ctx.retrain_config = str(demo_dir / "retrain.yaml")
     ctx.closed = closed_loop(ctx.bundle, PRODUCTION, Ports.free(), model_version=version,
                              log_dir=ctx.home / "logs" / "demo", fixed_ports=False, webapp=False,
-                             alert_timings=DEMO_ALERT_TIMINGS, retrain_state_dir=ctx.retrain_dir)
+                             alert_timings=DEMO_ALERT_TIMINGS, retrain_state_dir=ctx.retrain_dir,
+                             retrain_config=ctx.retrain_config)
     for note in ctx.loop_stack.notes:
         print(f"note: {note}")
     ctx.serving.start()
@@ -707,7 +718,7 @@ def stage_self_driving(ctx: DemoContext) -> str:
     assert alerting is not None and ls is not None  # stages serve and loop promised them
     deadline_s = float(ctx.args.loop_deadline)
     before = registry.version_for(PRODUCTION)
-    settings = load_retrain_settings()
+    settings = load_retrain_settings(ctx.retrain_config)
     names = ctx.result.evaluation.class_names
     items = list_images(ctx.data / "training")  # never the evaluation set: v2 is judged on it
     items = items[:: max(1, len(items) // 300)][:300]
@@ -880,7 +891,8 @@ def add_parser(subparsers) -> None:
                     "exit 1 names the first stage whose outcome did not happen. State goes to "
                     "$GOURMETGRAM_HOME (default ./.gourmetgram).")
     parser.add_argument("--epochs", type=_epochs, default=-1,
-                        help="-1: from configs/demo.yaml; 0: untrained (watch the gate reject it: exit 1 at stage 2)")
+                        help="-1: from configs/demo.yaml; N: N epochs in the first training and in the loop's "
+                        "retrain; 0: untrained (watch the gate reject it: exit 1 at stage 2)")
     parser.add_argument("--stage", default=STAGING, choices=MODEL_STAGES, help="registry alias (default staging)")
     parser.add_argument("--rebuild-data", action="store_true", help="write the demo dataset again")
     parser.add_argument("--no-serve", action="store_true",
