@@ -115,7 +115,7 @@ def _cycle(production, base, configs, favour_canary: bool, lines: list[str], ste
     return Cycle(settings, out=lines.append, on_step=lambda step, data: steps.append((step, data))).run()
 
 
-def test_cycle_promotes_v2_when_the_feedback_favours_it(production, base, configs):
+def test_cycle_promotes_v2_when_the_feedback_favours_it(production, base, configs, capsys):
     from gourmetgram import registry
 
     lines: list[str] = []
@@ -144,14 +144,15 @@ def test_cycle_promotes_v2_when_the_feedback_favours_it(production, base, config
     status = httpx.get(f"{production['stack'].gateway_url}/_gourmetgram/rollout").json()
     assert status["canary_traffic_percent"] is None and [r["version"] for r in status["revisions"]] == [str(v2)]
     # the analysis judged the users' feedback per revision (from the loop store)
-    assert "feedback accuracy" in out and "decision: PROMOTE" in out
+    analysis = capsys.readouterr().out  # `rollout auto`'s own report, printed by the command
+    assert "feedback accuracy" in analysis and "decision: PROMOTE" in analysis and "canary raised to 50%" in analysis
     canary_fb = [fb for name, fb in result.feedback.items() if name == status["revisions"][0]["name"]][0]
     assert canary_fb["answers"] >= 10 and canary_fb["accuracy"] == 1.0
     assert result.drift_to_promotion_s is not None and "time from drift onset" in out
     print("\n" + out[-3000:])
 
 
-def test_cycle_rolls_back_v2_when_its_users_mark_it_wrong(production, base, configs):
+def test_cycle_rolls_back_v2_when_its_users_mark_it_wrong(production, base, configs, capsys):
     from gourmetgram import registry
 
     before = registry.version_for(PRODUCTION)
@@ -162,7 +163,8 @@ def test_cycle_rolls_back_v2_when_its_users_mark_it_wrong(production, base, conf
     assert result.outcome == ROLLED_BACK, out
     assert dict(steps)["decision"]["outcome"] == ROLLED_BACK and [d["percent"] for s, d in steps if s == "canary"] == [10]
     assert result.exit_code == 1
-    assert "decision: ROLLBACK" in out and "feedback accuracy failed" in out
+    analysis = capsys.readouterr().out
+    assert "decision: ROLLBACK" in analysis and "feedback accuracy failed" in analysis
     assert registry.version_for(PRODUCTION) == before and registry.version_for(CANARY) is None
     assert registry.version_for(STAGING) == int(result.v2 or 0)  # registered, staged, never promoted
     status = httpx.get(f"{production['stack'].gateway_url}/_gourmetgram/rollout").json()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from loop_helpers import CLASSES, ce_headers, image, new_id, request_body, response_body
@@ -501,22 +502,29 @@ def test_export_reserves_a_production_evaluation_set_with_power_or_says_why_not(
 
 def test_a_triggered_retrain_exports_the_labelled_production_data_first(store, objects, tmp_path, demo_dataset):
     from gourmetgram.loop.models import USER
-    from gourmetgram_app.local.retrain_job import export_production
+    from gourmetgram_app.local.cycle import Cycle, CycleSettings
 
-    db, objects_url = store.url, objects.url
-    # nothing labelled yet: the job trains on the base dataset alone
-    assert export_production(str(demo_dataset), db, objects_url, tmp_path / "none") == ("", {})
+    def export(base, workdir) -> tuple[str, dict, list]:
+        steps: list = []
+        cycle = Cycle(CycleSettings(base=base, db=store.url, objects=objects.url, workdir=workdir),
+                      out=lambda line: None, on_step=lambda step, data: steps.append((step, data)))
+        return cycle.export(), cycle.result.labels, steps
+
+    # nothing labelled yet: the job trains on the base dataset alone (and records that)
+    path, labels, steps = export(demo_dataset, tmp_path / "none")
+    assert (path, labels) == ("", {}) and steps == [("export", {"labels": {}, "exported": {}, "production_dataset": None})]
     names = (demo_dataset / "classes.txt").read_text().split()
     ids = [_sample(store, objects, i, label=names[1]) for i in range(6)]
     with store.write() as s:
         for k, sid in enumerate(ids):
             s.add(Label(sample_id=sid, label_source=ANNOTATOR if k < 4 else USER, label=names[0],
                         labelled_by="ann@x", labelled_at=utcnow()))
-    path, labels = export_production(str(demo_dataset), db, objects_url, tmp_path / "prod")
-    assert path == str(tmp_path / "prod") and labels == {ANNOTATOR: 4, USER: 2}
-    assert validate_dataset(tmp_path / "prod").class_names == names  # what the pipeline merges in
+    path, labels, steps = export(demo_dataset, tmp_path / "run")
+    assert path == str(tmp_path / "run" / "production-data") and labels == {ANNOTATOR: 4, USER: 2}
+    assert steps[0][1]["labels"] == labels and steps[0][1]["production_dataset"] == path
+    assert validate_dataset(Path(path)).class_names == names  # what the pipeline merges in
     # a base that is not a local folder (a URL for a cluster run): nothing exported here
-    assert export_production("s3://bucket/food11.tar.gz", db, objects_url, tmp_path / "x") == ("", {})
+    assert export("s3://bucket/food11.tar.gz", tmp_path / "x")[0] == ""
 
 
 def test_loop_config_is_checked(tmp_path):
