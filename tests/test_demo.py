@@ -78,3 +78,39 @@ def test_a_rejected_model_fails_the_demo_at_the_pipeline_stage(session_home, cap
     out = capsys.readouterr().out
     assert "DEMO FAILED at stage 2 (pipeline): expected: the model passes the evaluation gate and is registered" in out
     assert "the evaluation gate rejected the model" in out and "# 3. report" not in out
+
+
+def test_the_loop_watcher_reports_a_runs_events_once_each_in_order(tmp_path):
+    """Stage 8 prints what the system recorded: the run's start (its trigger), each step, its end."""
+    from datetime import datetime, timedelta, timezone
+
+    from gourmetgram.retrain.history import History
+    from gourmetgram_app.local.loopwatch import LoopWatcher
+
+    history = History(tmp_path / "history.jsonl")
+    before = datetime.now(timezone.utc) - timedelta(hours=1)
+    history.append({"event": "started", "run_id": "old", "started_at": before.isoformat(), "source": "cli"})
+    watcher = LoopWatcher(history, since=datetime.now(timezone.utc) - timedelta(seconds=1))
+    assert watcher.poll() == [] and watcher.finished_run() is None  # an earlier run is not this stage's
+    now = datetime.now(timezone.utc).isoformat()
+    history.append({"event": "started", "run_id": "r1", "started_at": now, "reasons": ["drift"],
+                    "source": "alertmanager:GourmetGramDriftDetected", "labels_at_start": 57})
+    history.step("r1", "gate", passed=True, seconds=80.0, sets={"original": {"v1": 0.9, "v2": 0.92, "n": 368}})
+    first = [e.text for e in watcher.poll()]
+    assert first == ["run r1 started by alertmanager:GourmetGramDriftDetected (reasons: drift; 57 labels in "
+                     "the loop store)",
+                     "differential gate (pipeline done in 80.0 s): PASSED; original (368 images) v1 0.900 -> v2 0.920"]
+    history.step("r1", "staging", passed=True, summary="SLO: PASS p95 40 ms", reasons=[], warmup={"sent": 20, "ok": 20})
+    history.step("r1", "canary", percent=10, revision="food11-predictor-00004")
+    history.step("r1", "canary", percent=50, revision="food11-predictor-00004")
+    history.step("r1", "decision", outcome="promoted", detail="food11-predictor-00004 serves all traffic")
+    history.append({"event": "finished", "run_id": "r1", "status": "promoted", "version": 3,
+                    "finished_at": datetime.now(timezone.utc).isoformat()})
+    second = [e.text for e in watcher.poll()]
+    assert second == [
+        "staging gate (compiled pipeline on kfp.local, 20/20 warm-up requests first): PASSED (SLO: PASS p95 40 ms)",
+        "canary at 10% (food11-predictor-00004)", "canary at 50% (food11-predictor-00004)",
+        "decision: PROMOTED (food11-predictor-00004 serves all traffic)", "run r1 finished: PROMOTED (version 3)"]
+    assert watcher.poll() == []  # each event once
+    run = watcher.finished_run()
+    assert run is not None and run["finished"]["status"] == "promoted" and len(run["steps"]) == 5
