@@ -77,7 +77,7 @@ class LoopWatcher:
         self.since = since or datetime.now(timezone.utc)
         self._seen_records = 0
         self._seen_alerts: set[tuple[str, str]] = set()
-        self._last_receiver: tuple[str, str] | None = None
+        self._last_receiver: dict[str, str] = {}  # alert names -> the last kind of answer said
         self.runs: dict[str, dict[str, Any]] = {}  # run id -> {"started":..., "steps": [...], "finished":...}
 
     def poll(self) -> list[LoopEvent]:
@@ -101,8 +101,7 @@ class LoopWatcher:
                 continue
             self._seen_alerts.add(key)
             since = parse_time(a["activeAt"]) if a.get("activeAt") else datetime.now(timezone.utc)
-            out.append(LoopEvent(datetime.now(timezone.utc), "alert",
-                                 f"Prometheus: alert {name} firing (active since {since:%H:%M:%S} UTC)", a))
+            out.append(LoopEvent(since, "alert", f"Prometheus: alert {name} firing", a))
         return out
 
     def _receiver(self) -> list[LoopEvent]:
@@ -114,13 +113,16 @@ class LoopWatcher:
             return []
         if not last or parse_time(last["at"]) < self.since:
             return []
-        key = (", ".join(last.get("alerts", [])), str(last.get("message")))
-        if key == self._last_receiver:  # Alertmanager repeats a firing alert: say it once per answer
+        names = ", ".join(last.get("alerts", []))
+        # Alertmanager repeats a firing alert: say each kind of answer once (a run started, or
+        # which guard rail held it back), not every repeat with its new figures
+        answer = str(last.get("run_id") if last.get("started") else last.get("blocked_by"))
+        if self._last_receiver.get(names) == answer:
             return []
-        self._last_receiver = key
+        self._last_receiver[names] = answer
         verdict = f"started run {last['run_id']}" if last.get("started") else str(last.get("message"))
         return [LoopEvent(parse_time(last["at"]), "receiver",
-                          f"Alertmanager -> retrain receiver: {key[0]}: {verdict}", last)]
+                          f"Alertmanager -> retrain receiver: {names}: {verdict}", last)]
 
     def _history(self) -> list[LoopEvent]:
         records = self.history.records()
