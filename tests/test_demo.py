@@ -114,3 +114,17 @@ def test_the_loop_watcher_reports_a_runs_events_once_each_in_order(tmp_path):
     assert watcher.poll() == []  # each event once
     run = watcher.finished_run()
     assert run is not None and run["finished"]["status"] == "promoted" and len(run["steps"]) == 5
+
+
+def test_the_gate_step_says_the_paired_figures_when_the_gate_gives_them():
+    from gourmetgram_app.local.loopwatch import describe_step
+
+    plain = describe_step({"event": "step", "step": "gate", "passed": True, "seconds": 9,
+                           "sets": {"original": {"v1": 0.9, "v2": 0.91, "n": 10}}})
+    assert plain.endswith("original (10 images) v1 0.900 -> v2 0.910")
+    paired = describe_step({"event": "step", "step": "gate", "passed": False, "seconds": 9, "reasons": ["worse"],
+                            "sets": {"original": {"v1": 0.9, "v2": 0.8, "n": 10, "delta": -0.1,
+                                                  "interval": [-0.2, -0.05], "test": "non-inferiority",
+                                                  "passed": False}}})
+    assert "REJECTED: worse" in paired
+    assert "v1 0.900 -> v2 0.800 (difference -0.100, interval [-0.200, -0.050], non-inferiority: FAIL)" in paired

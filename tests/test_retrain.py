@@ -506,7 +506,8 @@ def test_job_runs_the_pipeline_records_the_outcome_and_frees_the_lock(session_ho
     # every step is on record, in order, with its figures
     steps = [r for r in history.records() if r["event"] == "step"]
     assert [r["step"] for r in steps] == ["export", "retrain", "gate", "register"]
-    assert steps[2]["passed"] is True and steps[2]["sets"]["original"] == {"v1": 0.8, "v2": 0.82, "n": 100}
+    assert steps[2]["passed"] is True
+    assert steps[2]["sets"]["original"] == {"v1": 0.8, "v2": 0.82, "n": 100, "delta": 0.02, "passed": True}
     assert steps[3]["version"] == 2
 
     def broken(*a, **kw):

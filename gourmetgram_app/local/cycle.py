@@ -245,8 +245,11 @@ class Cycle:
         if comparison:
             self.out(format_comparison(comparison))
             for row in comparison.get("sets", []):
-                self.result.accuracy[row["name"]] = {"v1": row["production"], "v2": row["candidate"],
-                                                     "n": row["n_images"]}
+                # the accuracies, and the gate's own figures where it gives them (the paired
+                # difference, its interval, the test and its verdict)
+                self.result.accuracy[row["name"]] = {
+                    "v1": row["production"], "v2": row["candidate"], "n": row["n_images"],
+                    **{k: row[k] for k in ("delta", "interval", "p_value", "test", "passed") if k in row}}
         self.result.reasons = [] if run.registered else list(run.outcome.reasons or run.reasons)
         self._record(GATE, passed=run.registered, seconds=round(run.seconds, 1), sets=self.result.accuracy,
                      reasons=self.result.reasons, mlflow_run_id=run.mlflow_run_id)

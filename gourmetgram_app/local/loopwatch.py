@@ -43,7 +43,7 @@ def describe_step(r: dict[str, Any]) -> str:
     if step == "retrain":
         return f"retrain: the training pipeline started (kfp.local, config {r.get('config')})"
     if step == "gate":
-        sets = "; ".join(f"{name} ({a.get('n')} images) v1 {_f(a.get('v1'))} -> v2 {_f(a.get('v2'))}"
+        sets = "; ".join(f"{name} ({a.get('n')} images) v1 {_f(a.get('v1'))} -> v2 {_f(a.get('v2'))}{_paired(a)}"
                          for name, a in (r.get("sets") or {}).items())
         verdict = "PASSED" if r.get("passed") else "REJECTED: " + "; ".join(r.get("reasons") or [])
         return f"differential gate (pipeline done in {r.get('seconds', '?')} s): {verdict}" + (f"; {sets}" if sets else "")
@@ -64,6 +64,15 @@ def describe_step(r: dict[str, Any]) -> str:
 
 def _f(v) -> str:
     return "-" if v is None else f"{float(v):.3f}"
+
+
+def _paired(a: dict[str, Any]) -> str:
+    """The gate's paired figures for one set, when it gives them: difference, interval, test."""
+    if a.get("interval") is None or a.get("delta") is None:
+        return ""
+    low, high = a["interval"]
+    test = f", {a['test']}: {'pass' if a.get('passed') else 'FAIL'}" if a.get("test") else ""
+    return f" (difference {float(a['delta']):+.3f}, interval [{float(low):+.3f}, {float(high):+.3f}]{test})"
 
 
 class LoopWatcher:
