@@ -23,7 +23,7 @@ from helpers import FakeKFPApi
 from starlette.testclient import TestClient
 
 from gourmetgram.errors import ConfigError
-from gourmetgram.loop.models import ANNOTATOR, Feedback, Label, Sample
+from gourmetgram.loop.models import ANNOTATOR, PENDING, USER, Feedback, Label, Sample
 from gourmetgram.loop.store import Store
 from gourmetgram.retrain.alerts import PayloadError, reasons_from
 from gourmetgram.retrain.history import History
@@ -157,8 +157,11 @@ def test_store_signals_count_labels_and_windowed_production_accuracy(store):
     _seed(store, 6, correct=True, start=10, labelled=True)
     _seed(store, 4, correct=False, start=16, labelled=True)
     _seed(store, 7, stage="staging", correct=False)
+    with store.write() as s:  # user corrections: one a label at once, one waiting for an annotator
+        s.add(Label(sample_id="staging-1-0", label_source=USER, label="one", labelled_at=old))
+        s.add(Label(sample_id="staging-1-1", label_source=USER, label="one", labelled_at=old, review=PENDING))
     sig = StoreSignals(store)
-    assert sig.labels_total() == 10
+    assert sig.labels_total() == 11  # the pending correction is no label yet
     assert sig.feedback_window("production", datetime.now(timezone.utc) - timedelta(hours=1)) == (6, 10)
     assert sig.feedback_window("production", old - timedelta(minutes=1)) == (16, 20)
     assert sig.feedback_counts() == {("production", "1", "correct"): 16, ("production", "1", "wrong"): 4,

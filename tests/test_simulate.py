@@ -14,6 +14,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from gourmetgram.constants import CLIENT_ID_HEADER
 from gourmetgram_app.local.simulate import DRIFTED, REGULAR, Behaviour, Photo, Population, SimulatedUsers, night_shot
 
 
@@ -25,7 +26,7 @@ def _gateway(wrong_on: set[str]):
 
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/v1/feedback":
-            feedback.append(json.loads(request.content))
+            feedback.append({**json.loads(request.content), "client": request.headers.get(CLIENT_ID_HEADER)})
             return httpx.Response(200, json={"ok": True})
         n["i"] += 1
         body = json.loads(request.content)
@@ -60,6 +61,10 @@ def test_feedback_rates_corrections_and_mistakes():
     corrections = [f for f in feedback if "correct_class" in f]
     assert corrections and all(f["correct_class"] == "x" and f["correct"] is False for f in corrections)
     assert len(feedback) == regular["answers"] + drifted["answers"]
+    # each answer names the person who sent it: many people, each a small share (the per-client cap)
+    per_client = {c: sum(f["client"] == c for f in feedback) for c in {f["client"] for f in feedback}}
+    assert all(str(c).startswith("simulated-user-") for c in per_client) and len(per_client) == 50
+    assert max(per_client.values()) < 0.1 * len(feedback)
 
 
 def test_drift_starts_at_its_onset():

@@ -14,6 +14,7 @@ from datetime import datetime
 
 from sqlalchemy import func, select
 
+from gourmetgram.loop.labels import is_ground_truth
 from gourmetgram.loop.models import Feedback, Label, Sample
 from gourmetgram.loop.store import Store, as_utc
 
@@ -23,8 +24,10 @@ class StoreSignals:
         self.store = store
 
     def labels_total(self) -> int:
+        """Samples with a label that counts: a user's correction still waiting for an annotator
+        (:func:`~gourmetgram.loop.labels.is_ground_truth`) is none yet, so it starts no retrain."""
         with self.store.session() as s:
-            labelled = select(Label.sample_id).distinct().subquery()
+            labelled = select(Label.sample_id).where(is_ground_truth()).distinct().subquery()
             return int(s.scalar(select(func.count()).select_from(labelled)) or 0)
 
     def feedback_window(self, stage: str, since: datetime) -> tuple[int, int]:

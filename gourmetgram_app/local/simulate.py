@@ -13,6 +13,10 @@ run is reproducible for the same answers from the server):
   ``mistaken_rate`` (0.02) of them, who press the other button;
 * **corrections**: a user who marks a tag wrong also picks the right class with probability
   ``correction_rate`` (0.7) (``correct_class``: a label for the loop's export);
+* **who they are**: each upload comes from one of ``users`` (50) people, drawn at random; its
+  feedback names that person in ``X-Client-Id`` (``simulated-user-<n>``), as the web app names
+  its visitors, so the loop's per-client daily cap on corrections holds per person, not for
+  the whole simulation at once;
 * **drift**: after ``drift_onset`` uploads, a share ``drifted_share`` of uploads come from a
   drifted sub-population, a new kind of photo: by default :func:`night_shot` (photos taken in
   the dark, a new style the v1 model has not seen); before it, none.
@@ -38,7 +42,7 @@ from typing import Callable, Sequence
 
 import httpx
 
-from gourmetgram.constants import MODEL_NAME
+from gourmetgram.constants import CLIENT_ID_HEADER, MODEL_NAME
 from gourmetgram_app.local.traffic import predict
 
 REGULAR, DRIFTED = "regular", "drifted"
@@ -55,6 +59,7 @@ class Behaviour:
     mistaken_rate: float = 0.02
     drifted_share: float = 0.0
     drift_onset: int = 0  # uploads before the drifted sub-population appears
+    users: int = 50  # distinct people (X-Client-Id) the uploads come from
 
     def __post_init__(self) -> None:
         for name in ("feedback_rate", "feedback_rate_when_wrong", "correction_rate", "mistaken_rate",
@@ -63,6 +68,8 @@ class Behaviour:
                 raise ValueError(f"{name} must be within 0..1, got {getattr(self, name)}")
         if self.drift_onset < 0:
             raise ValueError(f"drift_onset must be >= 0, got {self.drift_onset}")
+        if self.users < 1:
+            raise ValueError(f"users must be >= 1, got {self.users}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,6 +217,7 @@ class SimulatedUsers:
             if drifted and self.drift_started_at is None:
                 self.drift_started_at = time.monotonic()
             dice = {k: self.rng.random() for k in ("answer", "mistake", "correct")}
+            dice["user"] = self.rng.randrange(b.users)
         return photo, dice
 
     def _say(self, served: Served, dice: dict[str, float]) -> bool | None:
@@ -252,7 +260,9 @@ class SimulatedUsers:
             body = self.feedback_for(served, dice)
             if body is not None:
                 try:
-                    served.feedback_status = client.post(f"{self.url}/v1/feedback", json=body).status_code
+                    served.feedback_status = client.post(
+                        f"{self.url}/v1/feedback", json=body,
+                        headers={CLIENT_ID_HEADER: f"simulated-user-{int(dice['user'])}"}).status_code
                 except httpx.HTTPError:
                     served.feedback_status = -1
         self._record(served)
