@@ -116,13 +116,17 @@ class _Metrics(QuietHandler):
 
 
 @pytest.mark.slow
-def test_a_firing_rule_starts_a_retrain_through_alertmanager_and_the_receiver(session_home, tmp_path):
+def test_a_firing_rule_starts_a_retrain_through_alertmanager_and_the_receiver(session_home, tmp_path, monkeypatch):
     from gourmetgram.rollout.prometheus import LocalPrometheus
 
     metrics = LocalHTTPServer(_Metrics)
     retrain_config = tmp_path / "retrain.yaml"
     # The job starts, then stops at once (its whole run is test_cycle's): nothing is served here,
-    # so the registry has no production version to stage a new one against.
+    # so the registry has no production version to stage a new one against. A home and registry of
+    # its own: the session's may have a production version from another test (and MLflow's
+    # set_tracking_uri leaves MLFLOW_TRACKING_URI in this process's environment for the job).
+    monkeypatch.setenv("GOURMETGRAM_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     missing = tmp_path / "no-such-dataset"
     retrain_config.write_text(yaml.safe_dump({"guards": {"min_new_labels": 0, "cooldown": "1h"},
                                               "run": {"dataset_uri": str(missing)}}))

@@ -440,11 +440,14 @@ def test_auto_raises_a_good_canary_through_the_configs_steps_and_promotes_it(sta
     config.write_text(yaml.safe_dump(base))
     seen: list[int | None] = []
 
+    def look() -> None:
+        percent = httpx.get(f"{stack.gateway_url}/_gourmetgram/rollout", timeout=10).json()["canary_traffic_percent"]
+        if not seen or seen[-1] != percent:
+            seen.append(percent)
+
     def watch(stop: threading.Event) -> None:  # every canary percentage the gateway serves, in order
         while not stop.is_set():
-            percent = httpx.get(f"{stack.gateway_url}/_gourmetgram/rollout", timeout=10).json()["canary_traffic_percent"]
-            if not seen or seen[-1] != percent:
-                seen.append(percent)
+            look()
             stop.wait(0.2)
 
     stop = threading.Event()
@@ -457,6 +460,7 @@ def test_auto_raises_a_good_canary_through_the_configs_steps_and_promotes_it(sta
     finally:
         stop.set()
         watcher.join(10)
+    look()  # the end state too: the watcher may stop before its next look after the promotion
     took = time.monotonic() - started
     out = capsys.readouterr().out
     assert rc == 0, out
