@@ -480,10 +480,12 @@ def test_job_runs_the_pipeline_records_the_outcome_and_frees_the_lock(session_ho
 
     from components.steps.outcomes import RegistrationOutcome
 
-    class Evaluation:
-        comparison = {"production_version": 1, "tolerance": 0.02, "passed": True, "sets": [
-            {"name": "original", "production": 0.8, "candidate": 0.82, "n_images": 100, "delta": 0.02,
-             "gated": True, "passed": True}]}
+    from gourmetgram.evaluation.differential import NON_INFERIORITY, Comparison, SetComparison
+
+    class Evaluation:  # the gate's report as the pipeline writes it
+        comparison = Comparison("1", 0.02, 0.95, (SetComparison(
+            "original", 100, 0.82, 0.8, gains=4, losses=2, interval=(-0.01, 0.05), p_value=0.69,
+            test=NON_INFERIORITY, passed=True),), ()).to_dict()
 
     class Result:
         registered, reasons, mlflow_run_id, seconds, evaluation = True, [], "mlrun", 3.0, Evaluation()
@@ -510,7 +512,9 @@ def test_job_runs_the_pipeline_records_the_outcome_and_frees_the_lock(session_ho
     steps = [r for r in history.records() if r["event"] == "step"]
     assert [r["step"] for r in steps] == ["export", "retrain", "gate", "register"]
     assert steps[2]["passed"] is True
-    assert steps[2]["sets"]["original"] == {"v1": 0.8, "v2": 0.82, "n": 100, "delta": 0.02, "passed": True}
+    assert steps[2]["sets"]["original"] == {"v1": 0.8, "v2": 0.82, "n": 100, "delta": pytest.approx(0.02),
+                                            "interval": [-0.01, 0.05], "p_value": 0.69, "test": NON_INFERIORITY,
+                                            "passed": True}
     assert steps[3]["version"] == 2
 
     def broken(*a, **kw):
