@@ -254,7 +254,7 @@ def stage_serve(ctx: DemoContext) -> str:
     ctx.label_studio = _start_label_studio(ctx)  # slow to come up: started first, awaited in stage 5
     demo_dir = _isolate_loop_state(ctx)
     print(f"this run's loop store and retrain history: {demo_dir}")
-    if ctx.args.epochs != -1:  # --epochs N: the loop's retrain trains N epochs too
+    if ctx.args.epochs != -1:  # --epochs N: the loop's retrain too, when it trains from scratch
         import yaml
 
         from gourmetgram.config import read_yaml, resolve_config_path
@@ -891,8 +891,10 @@ def add_parser(subparsers) -> None:
                     "exit 1 names the first stage whose outcome did not happen. State goes to "
                     "$GOURMETGRAM_HOME (default ./.gourmetgram).")
     parser.add_argument("--epochs", type=_epochs, default=-1,
-                        help="-1: from configs/demo.yaml; N: N epochs in the first training and in the loop's "
-                        "retrain; 0: untrained (watch the gate reject it: exit 1 at stage 2)")
+                        help="-1: from configs/demo.yaml; N: N epochs in the first training (from scratch; the "
+                        "loop's retrain too if it trains from scratch, but by default it fine-tunes the production "
+                        "model for the config's train.fine_tune.epochs); 0: untrained (watch the gate reject it: "
+                        "exit 1 at stage 2)")
     parser.add_argument("--stage", default=STAGING, choices=MODEL_STAGES, help="registry alias (default staging)")
     parser.add_argument("--rebuild-data", action="store_true", help="write the demo dataset again")
     parser.add_argument("--no-serve", action="store_true",
