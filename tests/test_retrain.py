@@ -479,7 +479,6 @@ def test_job_runs_the_pipeline_records_the_outcome_and_frees_the_lock(session_ho
     calls = []
 
     from components.steps.outcomes import RegistrationOutcome
-
     from gourmetgram.evaluation.differential import NON_INFERIORITY, Comparison, SetComparison
 
     class Evaluation:  # the gate's report as the pipeline writes it
