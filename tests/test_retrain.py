@@ -636,3 +636,21 @@ def test_local_launcher_hands_the_job_the_loop_store_it_exports_from(tmp_path):
     assert argv[argv.index("--db") + 1] == "sqlite:////data/loop.db"
     assert "--db" not in LocalLauncher(tmp_path, command=["job"]).argv(
         "r1", settings, RunLock(tmp_path / "lock.json"), History(tmp_path / "h.jsonl"))
+
+
+def test_the_local_canary_is_judged_by_the_rollout_config_with_the_release_overrides(tmp_path, monkeypatch):
+    """configs/retrain.yaml's release.canary over configs/rollout.yaml: the thin local traffic's
+    windows and the 5xx margin a few minutes of it can show (0.02 would need ~650 canary
+    requests with no error at all); what it leaves unset stays the rollout config's."""
+    from gourmetgram.retrain.settings import load_retrain_settings
+    from gourmetgram.rollout.analysis import load_config
+    from gourmetgram_app.local.cycle import Cycle, CycleSettings
+
+    monkeypatch.setenv("GOURMETGRAM_HOME", str(tmp_path))
+    release = load_retrain_settings().release
+    config = Cycle(CycleSettings(base=str(tmp_path), release=release)).rollout_config()
+    base = load_config()
+    assert base.analysis.max_error_rate_increase == 0.02
+    assert config.analysis.max_error_rate_increase == release.canary.max_error_rate_increase == 0.1
+    assert (config.analysis.window, config.analysis.min_feedback, config.auto.interval_s) == ("15s", 15, 4.0)
+    assert config.auto.steps == base.auto.steps and config.analysis.alpha == base.analysis.alpha

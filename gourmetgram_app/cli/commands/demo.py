@@ -40,6 +40,11 @@ DEMO_CONFIG = "demo"
 # looks again once enough labels are in (its guard rails hold the run back until then).
 DEMO_ALERT_TIMINGS = {"groupWait": "2s", "groupInterval": "10s", "repeatInterval": "20s"}
 LOOP_DEADLINE_S = 900.0  # stage 8: from the first drifted upload to v2 promoted
+# Stage 8's labelling budget per day: minutes of the demo stand for days of a team's labelling,
+# and stages 5-7 have already queued much of configs/loop.yaml's 200 with photos the simulated
+# annotators cannot know (darkened, the bad canary's), so the corrections waiting for them
+# (reason `confirm`) would wait for tomorrow.
+DEMO_LABELLING_BUDGET = 2000
 
 
 class OutcomeMissing(CheckFailed):
@@ -735,7 +740,8 @@ def stage_self_driving(ctx: DemoContext) -> str:
     loop_settings = load_loop_settings()
     queue = LabelQueue(open_store(), ObjectStore(), names, client(ls.url),
                        title=loop_settings.labelstudio.project_title)
-    annotators = SimulatedAnnotators(queue, loop_settings.policy, truth, out=lambda line: print(line, flush=True))
+    policy = dataclasses.replace(loop_settings.policy, daily_budget=DEMO_LABELLING_BUDGET)
+    annotators = SimulatedAnnotators(queue, policy, truth, out=lambda line: print(line, flush=True))
     history = History(ctx.retrain_dir / "history.jsonl")
     started_at = datetime.now(timezone.utc)
     watcher = LoopWatcher(history, ctx.prometheus_url, alerting.receiver_url, since=started_at,
@@ -743,7 +749,8 @@ def stage_self_driving(ctx: DemoContext) -> str:
     print(f"[SIMULATED USERS] 2 users uploading photos of the training split, half of them night shots, "
           f"answering about the tags through {ctx.serving.gateway_url}/v1/feedback")
     print(f"[SIMULATED ANNOTATORS] every {annotators.every_s:g} s: the labelling policy's queue into Label Studio "
-          f"({ls.url}), the photos they know labelled, annotations synced back")
+          f"({ls.url}; a budget of {DEMO_LABELLING_BUDGET} a day for the demo, {loop_settings.policy.daily_budget} in "
+          "configs/loop.yaml), the photos they know labelled, annotations synced back")
     print(f"then nothing but waiting (up to {deadline_s:.0f} s) for the system: the drift alert -> Alertmanager -> "
           f"the retrain receiver (guard rails: {settings.guards.min_new_labels} new labels, cool-down "
           f"{settings.guards.cooldown}) -> export -> retrain -> gate -> register -> staging gate -> canary "
