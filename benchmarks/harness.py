@@ -74,7 +74,7 @@ def load_images(folder: Path | None, limit: int) -> list[bytes]:
         if not folder.is_dir():
             from gourmetgram.data.demo import build_demo_dataset
 
-            build_demo_dataset(folder.parent, with_eval_sets=False)
+            build_demo_dataset(folder.parent)  # whole, as `make demo` expects to find it
     paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if not paths:
         raise UserError(f"no JPEG/PNG images under {folder}")

@@ -128,3 +128,16 @@ def test_the_gate_step_says_the_paired_figures_when_the_gate_gives_them():
                                                   "passed": False}}})
     assert "REJECTED: worse" in paired
     assert "v1 0.900 -> v2 0.800 (difference -0.100, interval [-0.200, -0.050], non-inferiority: FAIL)" in paired
+
+
+def test_the_data_stage_rebuilds_a_demo_dataset_written_without_its_evaluation_sets(tmp_path):
+    """A dataset some other tool wrote without eval_sets/ (the demo config's report reads them) is
+    not taken as the demo's: stage 1 writes it whole again, so stage 2 does not stop on it."""
+    from gourmetgram.data.demo import build_demo_dataset
+    from gourmetgram_app.cli.commands.demo import stage_data
+
+    root = tmp_path / "data" / "demo"
+    build_demo_dataset(root, with_eval_sets=False)
+    ctx = DemoContext(args=argparse.Namespace(rebuild_data=False), home=tmp_path)
+    stage_data(ctx)
+    assert (root / "eval_sets" / "slices" / "dark_background").is_dir() and ctx.dataset == root

@@ -133,7 +133,12 @@ def _heading(title: str, expected: str) -> None:
 # -- stage 1: data ------------------------------------------------------------------------------
 
 def _dataset_present(root: Path) -> bool:
-    return (root / "classes.txt").is_file() and all((root / s).is_dir() for s in SPLITS)
+    """The whole demo dataset: its splits and the evaluation sets the demo config's report reads
+    (a dataset written without them, as a benchmark's photos once were, is rebuilt)."""
+    from gourmetgram.evaluation.demo_sets import EVAL_SETS_DIR
+
+    return ((root / "classes.txt").is_file() and all((root / s).is_dir() for s in SPLITS)
+            and (root / EVAL_SETS_DIR).is_dir())
 
 
 def stage_data(ctx: DemoContext) -> str:
