@@ -91,7 +91,8 @@ def served_run(bundle: Path, images: list[bytes], root: Path, duration: float, c
     import httpx
 
     from gourmetgram_app.local.loop import LoopServices
-    from gourmetgram_app.local.stack import LocalStack, Ports
+    from gourmetgram_app.local.ports import Ports
+    from gourmetgram_app.local.stack import LocalStack
     from gourmetgram_app.local.traffic import predict
 
     db = f"sqlite:///{root / 'loop.db'}"

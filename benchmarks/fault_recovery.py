@@ -47,7 +47,8 @@ from gourmetgram.bundle import Bundle  # noqa: E402
 from gourmetgram.tracking import home  # noqa: E402
 from gourmetgram_app.local.faults import kill9  # noqa: E402
 from gourmetgram_app.local.loop import LoopServices, account  # noqa: E402
-from gourmetgram_app.local.stack import GATEWAY, LocalStack, Ports  # noqa: E402
+from gourmetgram_app.local.ports import Ports  # noqa: E402
+from gourmetgram_app.local.stack import GATEWAY, LocalStack  # noqa: E402
 from gourmetgram_app.local.supervisor import READY, SERVING, SIDE  # noqa: E402
 from gourmetgram_app.local.traffic import BackgroundTraffic  # noqa: E402
 

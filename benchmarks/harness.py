@@ -25,7 +25,7 @@ from gourmetgram.constants import HOST, MODEL_NAME
 from gourmetgram.errors import DependencyUnavailable, UserError
 from gourmetgram.rollout.prometheus import free_port
 from gourmetgram.tracking import home
-from gourmetgram_app.local.stack import find_latest_bundle
+from gourmetgram_app.local.bundles import find_latest_bundle
 
 __all__ = ["free_port", "wait_http", "percentile", "percentiles", "spread", "load_images", "demo_bundle",
            "resolve_bundle", "run_load", "stack_caller"]

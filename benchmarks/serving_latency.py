@@ -33,7 +33,8 @@ from harness import load_images, resolve_bundle, run_load, stack_caller  # this 
 from gourmetgram.bundle import Bundle
 from gourmetgram.constants import MODEL_NAME
 from gourmetgram.preprocessing import preprocess_bytes, softmax
-from gourmetgram_app.local.stack import LocalStack, Ports
+from gourmetgram_app.local.ports import Ports
+from gourmetgram_app.local.stack import LocalStack
 
 
 def baseline_caller(bundle: Path, image_size: int) -> Callable[[bytes], None]:

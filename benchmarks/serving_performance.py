@@ -608,7 +608,8 @@ def run(settings: Settings, targets: Sequence[str], workdir: Path, out=sys.stdou
                         closed_loop, HOST, port, requests, c, check=_ok_baseline,
                         probe=make_probe({"server": pid}))))
         if "served" in targets:
-            from gourmetgram_app.local.stack import LocalStack, Ports
+            from gourmetgram_app.local.ports import Ports
+            from gourmetgram_app.local.stack import LocalStack
 
             manifest = write_manifest(workdir / "staging.yaml")
             local = stack.enter_context(LocalStack(bundle, "staging", Ports.free(), manifest=manifest,

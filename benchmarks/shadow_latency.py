@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="gg-shadow-bench-") as scratch:
         os.environ["GOURMETGRAM_HOME"] = scratch  # the gateway's model store and control token
         from gourmetgram.rollout.local import LocalRollout
-        from gourmetgram_app.local.stack import LocalStack, Ports
+        from gourmetgram_app.local.ports import Ports
+        from gourmetgram_app.local.stack import LocalStack
 
         stable = demo_bundle(Path(scratch) / "models" / "stable")
         candidate = demo_bundle(Path(scratch) / "models" / "candidate")

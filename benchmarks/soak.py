@@ -57,7 +57,8 @@ from gourmetgram_app.local.loop import (  # noqa: E402
     captured_ids,
     wait_delivered,
 )
-from gourmetgram_app.local.stack import LocalStack, Ports  # noqa: E402
+from gourmetgram_app.local.ports import Ports  # noqa: E402
+from gourmetgram_app.local.stack import LocalStack  # noqa: E402
 from gourmetgram_app.local.supervisor import SIDE  # noqa: E402
 from gourmetgram_app.local.traffic import v1_body  # noqa: E402
 

@@ -272,7 +272,7 @@ class PostgresServer:
         ready once it takes a connection."""
         import psycopg2
 
-        from gourmetgram_app.local.stack import _die_with_parent
+        from gourmetgram_app.local.process import die_with_parent
 
         options = ["-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.dir}",
                    "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
@@ -285,7 +285,7 @@ class PostgresServer:
                 self.proc = subprocess.Popen(
                     [str(self.bindir / "postgres"), "-D", str(self.data), "-c", f"port={self.port}", *options],
                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.dir, env=env,
-                    start_new_session=True, preexec_fn=_die_with_parent, **user)
+                    start_new_session=True, preexec_fn=die_with_parent, **user)
             deadline = time.monotonic() + 120
             while self.proc.poll() is None and time.monotonic() < deadline:
                 try:

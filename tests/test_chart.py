@@ -924,7 +924,7 @@ RECEIVER_STARTS = """
 from gourmetgram_app.local.retrain_cli import build_parser
 from gourmetgram_app.local.retrain import build_trigger, create_app
 from gourmetgram.retrain.settings import load_retrain_settings
-import gourmetgram_app.cli.commands.pipeline, kfp, kfp.client, uvicorn, starlette.testclient
+import gourmetgram_app.pipeline_runs, kfp, kfp.client, uvicorn, starlette.testclient
 build_parser().parse_args(["receiver", "--kfp-host", "http://127.0.0.1:9"])
 t, s = build_trigger(load_retrain_settings(), "sqlite:///" + tempfile.mkdtemp() + "/l.db",
                      kfp_host="http://127.0.0.1:9", state_dir=tempfile.mkdtemp())

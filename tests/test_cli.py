@@ -114,7 +114,7 @@ def test_submit_wait_exits_by_how_the_run_ended(outcome, code, capsys):
     """`pipeline submit --wait` (infra/scripts/first_run.sh waits on each training run) on kfp's
     RunPipelineResult.wait_for_run_completion: its end state decides the exit code."""
     from gourmetgram.errors import DependencyUnavailable
-    from gourmetgram_app.cli.commands.pipeline import wait_for_run
+    from gourmetgram_app.pipeline_runs import wait_for_run
 
     class Result:  # kfp.client.client.RunPipelineResult's interface (no KFP backend runs here)
         run_id = "run-1"

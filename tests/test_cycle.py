@@ -65,7 +65,8 @@ def production(session_home, tmp_path_factory):
     from gourmetgram import registry
     from gourmetgram.tracking import configure_mlflow
     from gourmetgram_app.local.loop import LoopServices
-    from gourmetgram_app.local.stack import LocalStack, Ports
+    from gourmetgram_app.local.ports import Ports
+    from gourmetgram_app.local.stack import LocalStack
 
     torch.manual_seed(0)
     model = build_model(ModelSpec(class_names=DEMO_CLASSES, image_size=64, width_mult=0.5)).eval()

@@ -27,7 +27,7 @@ from gourmetgram.errors import (
     UserError,
 )
 from gourmetgram.rollout.local import CONTROL_PATH
-from gourmetgram_app.local.stack import Ports
+from gourmetgram_app.local.ports import Ports
 
 
 def gourmetgram(*argv: str, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -46,7 +46,8 @@ from gourmetgram.export import export_bundle
 from gourmetgram.model import ModelSpec, build_model
 from gourmetgram_app.local.faults import kill9
 from gourmetgram_app.local.loop import account, captured_ids
-from gourmetgram_app.local.stack import DETECTOR, GATEWAY, PROMETHEUS, TRITON, LocalStack, Ports
+from gourmetgram_app.local.ports import Ports
+from gourmetgram_app.local.stack import DETECTOR, GATEWAY, PROMETHEUS, TRITON, LocalStack
 from gourmetgram_app.local.supervisor import READY, SERVING
 from gourmetgram_app.local.traffic import BackgroundTraffic, predict
 

@@ -23,8 +23,8 @@ from starlette.testclient import TestClient
 from gourmetgram_app.local.gateway import Gateway, Revision
 from gourmetgram_app.local.gateway.routing import SHADOW
 from gourmetgram_app.local.manifests import load_stage_manifest
+from gourmetgram_app.local.ports import Ports
 from gourmetgram_app.local.readiness import probe_revision
-from gourmetgram_app.local.stack import Ports
 
 PREDICT = "/v1/models/food11:predict"
 BODY = {"instances": [{"image": {"b64": "aGk="}}]}

@@ -182,3 +182,26 @@ def test_nothing_outside_the_app_layer_imports_it():
     violations = sorted(f"{m} -> {dep}" for m in outside for dep in graph[m] if _in(dep, APP_LAYER))
     assert not violations, ("the core or a deployment unit imports the app layer (move the shared piece "
                             "into the core):\n  " + "\n  ".join(violations))
+
+
+CLI = ("gourmetgram_app.cli",)
+
+
+def cli_violations(graph: dict[str, set[str]]) -> list[str]:
+    """Imports of the CLI from modules outside it."""
+    return sorted(f"{m} -> {dep}" for m in graph if not _in(m, CLI) for dep in graph[m] if _in(dep, CLI))
+
+
+def test_the_cli_is_the_outermost_layer():
+    """Nothing outside the CLI imports it: what a command shares with the runtime (pipeline runs,
+    the release steps) lives in the runtime or the core, and the command only parses and prints."""
+    graph = import_graph()
+    assert "gourmetgram_app.local.cycle" in graph and "gourmetgram_app.pipeline_runs" in graph  # scanned
+    violations = cli_violations(graph)
+    assert not violations, ("imports of the CLI from outside it (move what they share into "
+                            "gourmetgram_app.pipeline_runs, gourmetgram_app.local or the core):\n  "
+                            + "\n  ".join(violations))
+    # and the rule sees a runtime module that imports a command, as the cycle once did
+    planted = {**graph, "gourmetgram_app.local.cycle": graph["gourmetgram_app.local.cycle"]
+               | {"gourmetgram_app.cli.commands.pipeline"}}
+    assert cli_violations(planted) == ["gourmetgram_app.local.cycle -> gourmetgram_app.cli.commands.pipeline"]

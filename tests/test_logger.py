@@ -56,7 +56,8 @@ def sink():
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, sink):
-    from gourmetgram_app.local.stack import LocalStack, Ports
+    from gourmetgram_app.local.ports import Ports
+    from gourmetgram_app.local.stack import LocalStack
 
     torch.manual_seed(0)
     model = build_model(ModelSpec(class_names=DEMO_CLASSES, image_size=64, width_mult=0.5)).eval()

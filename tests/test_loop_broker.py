@@ -16,7 +16,8 @@ from helpers import LocalHTTPServer, QuietHandler
 from helpers import wait_until as _wait
 from loop_helpers import ce_headers, new_id, request_body
 
-from gourmetgram_app.local.stack import Ports, Service, _child_env, _get_ok
+from gourmetgram_app.local.ports import Ports
+from gourmetgram_app.local.process import Service, child_env, get_ok
 
 
 class Subscriber(LocalHTTPServer):
@@ -66,7 +67,7 @@ def broker(tmp_path):
                              "--trigger", f"capture={capture.url},type=org.kubeflow.serving.inference.request",
                              "--trigger", f"flaky={flaky.url}",
                              "--trigger", f"dead=http://127.0.0.1:{dead_port}/"],
-                  Path(tmp_path) / "broker.log", lambda: _get_ok(f"{url}/healthz"), env=_child_env())
+                  Path(tmp_path) / "broker.log", lambda: get_ok(f"{url}/healthz"), env=child_env())
     svc.start(cwd=tmp_path)
     svc.wait_ready(60)
     yield url, detector, capture, flaky
@@ -106,7 +107,7 @@ def _broker(tmp_path: Path, port: int, subscriber_url: str) -> Service:
     return Service("broker", [sys.executable, "-m", "gourmetgram_app.local.broker", "--port", str(port),
                               "--backoff", "0.05", "--retry", "1000", "--store", str(tmp_path / "broker.db"),
                               "--trigger", f"capture={subscriber_url}"],
-                   tmp_path / "broker.log", lambda: _get_ok(f"{url}/healthz"), env=_child_env())
+                   tmp_path / "broker.log", lambda: get_ok(f"{url}/healthz"), env=child_env())
 
 
 def test_what_the_broker_acknowledged_survives_its_kill_9(tmp_path):

@@ -31,7 +31,7 @@ def test_status_prints_counts(paths, capsys):
 
 
 def test_queue_without_label_studio_keeps_the_queue_and_exits_3(paths, capsys, monkeypatch):
-    from gourmetgram_app.local.stack import Ports
+    from gourmetgram_app.local.ports import Ports
 
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", "t0ken")
     dead = f"http://127.0.0.1:{Ports.free().gateway}"
@@ -63,7 +63,7 @@ def test_gateway_inference_id_header_and_feedback_route_without_services():
 
     from gourmetgram_app.local.gateway import Gateway, Revision
     from gourmetgram_app.local.manifests import load_stage_manifest
-    from gourmetgram_app.local.stack import Ports
+    from gourmetgram_app.local.ports import Ports
 
     dead = f"http://127.0.0.1:{Ports.free().gateway}"
     gw = Gateway(load_stage_manifest("production"), [Revision("food11-transformer-00001", dead)],

@@ -41,7 +41,8 @@ N_SERVED = 30
 def chain(tmp_path_factory, demo_dataset):
     from gourmetgram_app.local.labelstudio import LabelStudioServer
     from gourmetgram_app.local.loop import LoopServices
-    from gourmetgram_app.local.stack import LocalStack, Ports
+    from gourmetgram_app.local.ports import Ports
+    from gourmetgram_app.local.stack import LocalStack
 
     root = tmp_path_factory.mktemp("loop-e2e")
     creds = {"LABEL_STUDIO_USERNAME": "admin@gourmetgram.local", "LABEL_STUDIO_PASSWORD": secrets.token_hex(8),

@@ -473,7 +473,7 @@ def test_kfp_launcher_creates_the_run_and_locks_until_it_ends(fake_kfp, tmp_path
 # -- the job and the CLI ---------------------------------------------------------------------
 
 def test_job_runs_the_pipeline_records_the_outcome_and_frees_the_lock(session_home, tmp_path, monkeypatch):
-    from gourmetgram_app.cli.commands import pipeline
+    from gourmetgram_app import pipeline_runs as pipeline
     from gourmetgram_app.local import retrain_job
 
     calls = []

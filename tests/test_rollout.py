@@ -308,7 +308,8 @@ def registered(session_home, bundles):
 
 @pytest.fixture(scope="module")
 def stack(bundles, tmp_path_factory):
-    from gourmetgram_app.local.stack import LocalStack, Ports
+    from gourmetgram_app.local.ports import Ports
+    from gourmetgram_app.local.stack import LocalStack
 
     with LocalStack(bundles["stable"], PRODUCTION, Ports.free(), logger_url="",
                     log_dir=tmp_path_factory.mktemp("rollout-logs")) as running:

@@ -28,7 +28,7 @@ from helpers import spawn, stop, wait_http
 from gourmetgram import control
 from gourmetgram.constants import HOST
 from gourmetgram_app.cli.main import main
-from gourmetgram_app.local.stack import Ports
+from gourmetgram_app.local.ports import Ports
 
 MiB = 1024 * 1024
 LIMIT = 1 * MiB  # the servers under test run with this body limit

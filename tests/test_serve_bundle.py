@@ -33,7 +33,9 @@ def home(tmp_path_factory):
 
 
 def test_serve_uses_the_stage_alias_not_the_newest_bundle(home, capsys):
-    from gourmetgram_app.local.stack import LocalStack, find_latest_bundle, registered_bundle
+    # No alias yet: a clear error naming the alias and the ways out, exit 2 on the CLI.
+    from gourmetgram_app.local.bundles import find_latest_bundle, registered_bundle
+    from gourmetgram_app.local.stack import LocalStack
 
     # No alias yet: a clear error naming the alias and the ways out, exit 2 on the CLI.
     with pytest.raises(UserError, match=rf"alias '{STAGING}'.*pipeline run.*--bundle"):

@@ -33,7 +33,8 @@ from gourmetgram.export import export_bundle
 from gourmetgram.model import ModelSpec, build_model, predict_logits
 from gourmetgram.preprocessing import preprocess_bytes, softmax
 from gourmetgram_app.local.manifests import load_stage_manifest
-from gourmetgram_app.local.stack import GATEWAY, TRITON, LocalStack, Ports, port_in_use
+from gourmetgram_app.local.ports import Ports, port_in_use
+from gourmetgram_app.local.stack import GATEWAY, TRITON, LocalStack
 
 pytestmark = pytest.mark.slow
 MODEL = "food11"

@@ -247,7 +247,8 @@ def loop(bundles, sink, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def stack(bundles, loop, tmp_path_factory):
-    from gourmetgram_app.local.stack import LocalStack, Ports
+    from gourmetgram_app.local.ports import Ports
+    from gourmetgram_app.local.stack import LocalStack
 
     with LocalStack(bundles["stable"], PRODUCTION, Ports.free(), logger_url=loop["services"].broker_url + "/",
                     model_version="1", log_dir=tmp_path_factory.mktemp("shadow-logs")) as running:

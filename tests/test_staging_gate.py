@@ -146,7 +146,8 @@ def staging_stack(tmp_path_factory):
     from gourmetgram.data.demo import DEMO_CLASSES
     from gourmetgram.export import export_bundle
     from gourmetgram.model import ModelSpec, build_model
-    from gourmetgram_app.local.stack import LocalStack, Ports
+    from gourmetgram_app.local.ports import Ports
+    from gourmetgram_app.local.stack import LocalStack
 
     torch.manual_seed(0)
     bundle = tmp_path_factory.mktemp("gate-models") / "demo-1"
@@ -190,8 +191,8 @@ def test_the_compiled_staging_gate_runs_on_kfp_local_against_a_real_staging_stac
     against the real staging stack after its warm-up requests: SLOs met -> the canary branch (alias
     moved, version tagged); an impossible p95 -> the block branch (tagged failed, alias untouched)."""
     from gourmetgram import registry
-    from gourmetgram_app.cli.commands.pipeline import run_staging_gate_local
     from gourmetgram_app.local.cycle import warm_up
+    from gourmetgram_app.pipeline_runs import run_staging_gate_local
 
     images = demo_dataset / "evaluation"
     assert warm_up(staging_stack.gateway_url, images, 10) == {"sent": 10, "ok": 10}

@@ -18,7 +18,7 @@ import pytest
 from helpers import LocalHTTPServer, QuietHandler, free_port, wait_for
 
 from gourmetgram.errors import DependencyUnavailable
-from gourmetgram_app.local.stack import Service
+from gourmetgram_app.local.process import Service
 from gourmetgram_app.local.supervisor import (
     FAILED,
     READY,

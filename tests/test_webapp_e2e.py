@@ -28,7 +28,8 @@ from gourmetgram.data.demo import DEMO_CLASSES
 from gourmetgram.data.layout import list_images
 from gourmetgram.export import export_bundle
 from gourmetgram.model import ModelSpec, build_model
-from gourmetgram_app.local.stack import TRITON, LocalStack, Ports
+from gourmetgram_app.local.ports import Ports
+from gourmetgram_app.local.stack import TRITON, LocalStack
 from gourmetgram_app.local.supervisor import SIDE
 
 pytestmark = pytest.mark.slow

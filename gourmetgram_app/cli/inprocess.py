@@ -1,6 +1,6 @@
 """Run one ``gourmetgram`` command in this process, through its command-line interface.
 
-The demo and the loop's cycle drive ``loop``, ``data`` and ``rollout`` exactly as a person would
+The demo drives ``loop``, ``data`` and ``rollout`` exactly as a person would
 type them (so the commands' own checks, output and decisions apply), without a subprocess.
 """
 

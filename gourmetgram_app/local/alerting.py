@@ -31,7 +31,7 @@ import yaml
 from gourmetgram import constants, control
 from gourmetgram.errors import DependencyUnavailable, UserError
 from gourmetgram.retrain.settings import duration_s
-from gourmetgram_app.local.stack import Service, _child_env, _get_ok, answers
+from gourmetgram_app.local.process import Service, answers, child_env, get_ok
 
 ALERTMANAGER_BIN = "/usr/bin/prometheus-alertmanager"
 AMTOOL_BIN = "/usr/bin/amtool"
@@ -158,7 +158,7 @@ class LocalAlerting:
         if retrain_state_dir:
             receiver_argv += ["--state-dir", str(retrain_state_dir)]
         self.receiver = Service(RECEIVER, receiver_argv, self.log_dir / "retrain-receiver.log",
-                                lambda: _get_ok(f"{self.receiver_url}/healthz"), env=_child_env(),
+                                lambda: get_ok(f"{self.receiver_url}/healthz"), env=child_env(),
                                 live=answers(f"{self.receiver_url}/healthz"))
         self.alertmanager = Service(
             ALERTMANAGER,
@@ -166,7 +166,7 @@ class LocalAlerting:
              f"--web.listen-address={host}:{self.alertmanager_port}",
              "--cluster.listen-address=",  # no gossip port: one Alertmanager, and stacks run side by side
              "--log.level=info"],
-            self.log_dir / "alertmanager.log", lambda: _get_ok(f"{self.alertmanager_url}/-/ready"),
+            self.log_dir / "alertmanager.log", lambda: get_ok(f"{self.alertmanager_url}/-/ready"),
             live=answers(f"{self.alertmanager_url}/-/healthy"))
 
     @property

@@ -231,7 +231,7 @@ class Cycle:
 
     def retrain(self, export: str):
         from gourmetgram.evaluation.differential import format_comparison
-        from gourmetgram_app.cli.commands.pipeline import run_local
+        from gourmetgram_app.pipeline_runs import run_local
 
         self._heading(f"retrain: the training pipeline (kfp.local, config {self.s.train_config}) on "
                       f"{self.s.base}" + (f" + production data {export}" if export else ""))
@@ -266,8 +266,9 @@ class Cycle:
 
     def staging(self, bundle: Path, version: int, canary_percent: int) -> bool:
         """v2 on a staging stack; warm-up requests; the compiled staging-gate pipeline on kfp.local."""
-        from gourmetgram_app.cli.commands.pipeline import run_staging_gate_local
-        from gourmetgram_app.local.stack import LocalStack, Ports
+        from gourmetgram_app.local.ports import Ports
+        from gourmetgram_app.local.stack import LocalStack
+        from gourmetgram_app.pipeline_runs import run_staging_gate_local
 
         r, base = self.s.release.staging, self.base_dir
         if base is None:
@@ -297,13 +298,14 @@ class Cycle:
         return True
 
     def canary(self, version: int, config) -> None:
-        """``rollout canary`` at the first step, then ``rollout auto --feedback`` (the CLI, so the
-        analysis and its raises are exactly the command's) with the simulated users, if any."""
+        """The canary at the first step, then raised and judged with the users' feedback: the
+        release steps ``rollout canary`` and ``rollout auto --feedback`` run
+        (:mod:`gourmetgram.rollout.release`), with the simulated users, if any."""
         import yaml
 
+        from gourmetgram.rollout import release
         from gourmetgram.rollout.feedback import StoreFeedback
         from gourmetgram.rollout.local import LocalRollout
-        from gourmetgram_app.cli.inprocess import run_command
 
         assert self.s.gateway is not None
         first, later = config.auto.steps[0], list(config.auto.steps[1:])
@@ -313,29 +315,25 @@ class Cycle:
         t0 = time.monotonic()
         config_file = self.workdir / "rollout.yaml"  # what this run's canary is judged by, kept with the run
         config_file.write_text(yaml.safe_dump(json.loads(json.dumps(dataclasses.asdict(config))), sort_keys=False))
-        gw = ["--gateway", self.s.gateway]
-        run_command("rollout", "canary", "--version", str(version), "--percent", str(first), *gw)
         backend = LocalRollout(self.s.gateway)
+        release.start_canary(backend, first, version, out=self.out)
         state = backend.state()
         self._record(CANARY, percent=first, revision=state.canary, stable=state.stable, version=version)
         watcher = _PercentWatcher(backend, first, lambda p: self._record(CANARY, percent=p, revision=state.canary))
         users = self._users(self.s.users.judge) if self.s.users is not None else None
-        argv = ["auto", *gw, "--config", str(config_file), "--feedback"]
-        argv += ["--db", self.s.db] if self.s.db else []
-        argv += ["--prometheus", self.s.prometheus] if self.s.prometheus else []
-        with watcher:
+        with watcher, release.prometheus_for(self.s.prometheus, self.s.gateway, out=self.out) as client:
             if users is not None:
                 users.__enter__()
             try:
-                code = run_command("rollout", *argv)
+                promoted = release.auto(backend, client, config, feedback=StoreFeedback(self._store()), out=self.out)
             finally:
                 if users is not None:
                     users.__exit__(None, None, None)
         after = backend.state()
-        if code == 0:
+        if promoted:
             outcome, why = PROMOTED, f"{state.canary} serves all traffic"
         elif after.canary and after.canary_percent:  # no decision within the timeout: the safe side
-            run_command("rollout", "rollback", *gw)
+            release.rollback(backend, out=self.out)
             outcome, why = ROLLED_BACK, f"no decision within {config.auto.timeout_s:g} s: rolled back"
         else:
             outcome, why = ROLLED_BACK, "the canary analysis failed it"

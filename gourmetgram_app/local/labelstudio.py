@@ -13,7 +13,7 @@ from gourmetgram import constants
 from gourmetgram.errors import DependencyUnavailable, UserError
 from gourmetgram.loop.labelstudio import LabelStudioUnavailable
 from gourmetgram.loop.settings import ENV_LS_PASSWORD, ENV_LS_TOKEN, ENV_LS_USERNAME
-from gourmetgram_app.local.stack import Service, _get_ok
+from gourmetgram_app.local.process import Service, get_ok
 
 ENV_LS_BIN = "GOURMETGRAM_LABEL_STUDIO_BIN"
 START_TIMEOUT_S = 300.0  # Django migrations on first start: about 25 s idle, minutes on busy cores
@@ -58,7 +58,7 @@ class LabelStudioServer:
                 "--port", str(port), "--username", self.username, "--password", self.password,
                 "--user-token", self.token, "--enable-legacy-api-token"]
         self.service = Service("label-studio", argv, Path(log_path or self.data_dir / "label-studio.log"),
-                               lambda: _get_ok(f"{self.url}/health"), env=env)
+                               lambda: get_ok(f"{self.url}/health"), env=env)
 
     @property
     def url(self) -> str:

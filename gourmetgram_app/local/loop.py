@@ -30,7 +30,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gourmetgram import constants
 from gourmetgram.rollout.prometheus import free_port
-from gourmetgram_app.local.stack import Ports, Service, _child_env, _get_ok, answers
+from gourmetgram_app.local.ports import Ports
+from gourmetgram_app.local.process import Service, answers, child_env, get_ok
 
 if TYPE_CHECKING:
     from gourmetgram_app.local.alerting import LocalAlerting
@@ -60,7 +61,7 @@ class LoopServices:
         self.broker_port = broker_port or free_port(host)
         # what the broker accepted and has not delivered yet; one per log folder (per stack)
         self.broker_store = self.log_dir / "broker.db"
-        env = _child_env()
+        env = child_env()
         # the capture sink's package lives in capture/ (installed as capture_sink by setup.cfg)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(constants.REPO_ROOT / "capture"),
                                                            env.get("PYTHONPATH")]))
@@ -79,13 +80,13 @@ class LoopServices:
             "broker", [sys.executable, "-m", "gourmetgram_app.local.broker", "--host", host,
                        "--port", str(self.broker_port), "--retry", str(broker_retry),
                        "--store", str(self.broker_store), *triggers],
-            self.log_dir / "broker.log", lambda: _get_ok(f"{self.broker_url}/healthz"), env=_child_env(),
+            self.log_dir / "broker.log", lambda: get_ok(f"{self.broker_url}/healthz"), env=child_env(),
             live=answers(f"{self.broker_url}/healthz"))
 
     def _capture_service(self) -> Service:
         argv, env = self._capture_args
         return Service("capture-sink", argv, self.log_dir / "capture.log",
-                       lambda: _get_ok(f"{self.capture_url}/health"), env=env,
+                       lambda: get_ok(f"{self.capture_url}/health"), env=env,
                        live=answers(f"{self.capture_url}/health"))
 
     @property

@@ -100,14 +100,14 @@ class KfpLauncher:
     kind = KFP
 
     def __init__(self, host: str, package: str | Path | None = None, namespace: str | None = None):
-        from gourmetgram_app.cli.commands.pipeline import DEFAULT_PACKAGE
+        from gourmetgram_app.pipeline_runs import DEFAULT_PACKAGE
 
         self.host, self.namespace = host, namespace
         self.package = Path(package) if package else DEFAULT_PACKAGE
 
     def start(self, run_id: str, reasons: tuple[str, ...], settings: RetrainSettings, lock: RunLock,
               history: History) -> dict[str, Any]:
-        from gourmetgram_app.cli.commands.pipeline import submit
+        from gourmetgram_app.pipeline_runs import submit
 
         params = {"dataset_uri": settings.run.dataset_uri, "config": settings.run.config,
                   "epochs": settings.run.epochs}

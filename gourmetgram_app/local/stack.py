@@ -18,255 +18,27 @@ or from the shell with ``gourmetgram serve``.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-import httpx
-
 from gourmetgram import constants, control
 from gourmetgram.bundle import Bundle
-from gourmetgram.errors import DependencyUnavailable, UserError
+from gourmetgram.errors import UserError
 from gourmetgram.tracking import home
+from gourmetgram_app.local.bundles import registered_bundle
 from gourmetgram_app.local.manifests import ServiceManifest, load_manifest, load_stage_manifest, local_logger_url, revision_name
+from gourmetgram_app.local.ports import Ports, check_ports_free
+from gourmetgram_app.local.process import Service, answers, child_env, get_ok
 from gourmetgram_app.local.supervisor import INGRESS, SERVING, SIDE, Event, RestartPolicy, Supervisor
 from gourmetgram_app.local.triton_server import model_dir_of, with_libpython
 
 TRITON, TRANSFORMER, GATEWAY, WEBAPP = "triton", "transformer", "gateway", "webapp"
 DETECTOR, PROMETHEUS = "detector", "prometheus"
 START_TIMEOUT_S = 180.0  # tritonserver + model load on 2 busy cores can take a minute
-LIVENESS_TIMEOUT_S = 5.0  # one liveness probe (the supervisor decides how many may fail)
-STOP_TIMEOUT_S = 30.0  # PyTriton unloads the model and waits for in-flight requests
-
-
-@dataclasses.dataclass(frozen=True)
-class Ports:
-    """Every port the stack listens on (defaults from :mod:`gourmetgram.constants`)."""
-
-    triton_http: int = constants.TRITON_HTTP_PORT
-    triton_grpc: int = constants.TRITON_GRPC_PORT
-    triton_metrics: int = constants.TRITON_METRICS_PORT
-    transformer_http: int = constants.TRANSFORMER_HTTP_PORT
-    transformer_grpc: int = constants.TRANSFORMER_GRPC_PORT
-    gateway: int = constants.GATEWAY_PORT
-    webapp: int = constants.WEBAPP_PORT  # only bound when the stack starts the web app
-    detector: int = constants.DETECTOR_PORT
-    prometheus: int = constants.PROMETHEUS_PORT
-
-    @classmethod
-    def free(cls, host: str = constants.HOST) -> "Ports":
-        """Ephemeral ports nobody listens on now (tests, parallel stacks)."""
-        with contextlib.ExitStack() as stack:
-            socks = [stack.enter_context(socket.socket()) for _ in dataclasses.fields(cls)]
-            for s in socks:
-                s.bind((host, 0))
-            return cls(*(s.getsockname()[1] for s in socks))
-
-    def named(self) -> dict[str, int]:
-        return dataclasses.asdict(self)
-
-
-def port_in_use(host: str, port: int) -> bool:
-    """True when binding ``host:port`` fails (someone listens there)."""
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # ignore TIME_WAIT, as servers do
-        try:
-            s.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
-def check_ports_free(ports: Ports, host: str = constants.HOST, skip: tuple[str, ...] = (),
-                     names: set[str] | None = None) -> None:
-    """``skip``: ports not checked; ``names``: only these are (those of the services that start)."""
-    busy = [f"{name}={port}" for name, port in ports.named().items()
-            if name not in skip and (names is None or name in names) and port_in_use(host, port)]
-    if len(set(ports.named().values())) != len(ports.named()):
-        raise UserError(f"the stack's ports must differ: {ports.named()}")
-    if busy:
-        raise UserError(f"port(s) already in use on {host}: {', '.join(busy)}; stop what listens "
-                        "there or choose other ports (--ports NAME=PORT)")
-
-
-def find_latest_bundle(root: Path | None = None) -> Path:
-    """The newest exported bundle: ``$GOURMETGRAM_HOME/models/*/`` holding a ``triton/`` folder."""
-    models = Path(root) if root else home() / "models"
-    bundles = [p for p in models.glob("*/") if Bundle(p).is_bundle()] if models.is_dir() else []
-    if not bundles:
-        raise UserError(f"no exported model under {models}; run `gourmetgram pipeline run` or "
-                        "`gourmetgram demo` first, or pass --bundle DIR")
-    return max(bundles, key=lambda p: Bundle(p).triton_repo.stat().st_mtime)
-
-
-def registered_bundle(stage: str) -> Path:
-    """The bundle of the model version the registry's ``stage`` alias points at.
-
-    What ``serve`` runs without ``--bundle``: the registry says what serves where, not the
-    newest folder under models/ (after ``gourmetgram demo`` that is a deliberately bad canary).
-    """
-    from gourmetgram import registry
-    from gourmetgram.tracking import tracking_uri
-
-    version = registry.version_for(stage)
-    if version is None:
-        raise UserError(
-            f"no version of {constants.REGISTERED_MODEL_NAME!r} has the registry alias {stage!r} "
-            f"(MLflow at {tracking_uri()}); run `gourmetgram pipeline run --dataset DIR --stage {stage}` "
-            f"(it registers the model it exports under that alias), or pass --bundle DIR")
-    uri = registry.bundle_for(version)
-    path = Path(uri.removeprefix("file://")).expanduser()
-    if not path.is_dir():
-        raise UserError(f"version {version} (alias {stage!r}) names the bundle {uri}, which is not a "
-                        "folder on this machine; pass --bundle DIR")
-    return path.resolve()
-
-
-def _load_libc():
-    try:
-        import ctypes
-
-        return ctypes.CDLL("libc.so.6", use_errno=True)
-    except OSError:
-        return None
-
-
-# Loaded once here: after fork in a threaded parent (the supervisor restarts processes from its
-# watcher threads) the child must not dlopen, which could deadlock on the loader's lock.
-_LIBC = _load_libc()
-
-
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM if the supervisor dies, so a killed supervisor leaves no orphans.
-
-    The kernel sends it when the THREAD that started the child ends, so supervisors keep
-    their starting threads alive as long as the children should live."""
-    if _LIBC is not None:
-        _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-@dataclasses.dataclass
-class Service:
-    """One supervised child process, with its log file, readiness probe and liveness probe
-    (``live``: does it answer at all; None: not probed)."""
-
-    name: str
-    argv: list[str]
-    log_path: Path
-    ready: Callable[[], bool]
-    env: dict[str, str] | None = None
-    proc: subprocess.Popen | None = None
-    live: Callable[[], bool] | None = None
-
-    def start(self, cwd: Path) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=cwd, env=self.env, start_new_session=True, preexec_fn=_die_with_parent)
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log_tail(self, lines: int = 25) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if not self.alive():
-                code = self.proc.returncode if self.proc else None
-                raise DependencyUnavailable(f"{self.name} exited with code {code} while starting; "
-                                            f"log {self.log_path}:\n{self.log_tail()}")
-            try:
-                if self.ready():
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise DependencyUnavailable(f"{self.name} was not ready after {timeout_s:.0f} s; log {self.log_path}:\n"
-                        f"{self.log_tail()}")
-
-    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
-        """SIGTERM the process group, SIGKILL what is left after ``timeout_s``, reap the leader."""
-        if self.proc is None:
-            return
-        pgid = self.proc.pid  # start_new_session: the leader's pid is the group id
-        _signal_group(pgid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            _signal_group(pgid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-        # The leader is gone; sweep anything of its group it left behind.
-        deadline = time.monotonic() + 5
-        while _group_alive(pgid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if _group_alive(pgid):
-            _signal_group(pgid, signal.SIGKILL)
-
-
-    def kill(self, timeout_s: float = 5.0) -> None:
-        """SIGKILL the whole process group at once and wait (up to ``timeout_s``) until it is
-        gone: what is left of a crashed process must not keep its ports (a container runtime
-        does the same when a container's main process exits)."""
-        if self.proc is None:
-            return
-        pgid = self.proc.pid
-        _signal_group(pgid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=timeout_s)
-        deadline = time.monotonic() + timeout_s
-        while _group_alive(pgid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
-
-
-def _get_ok(url: str, check: Callable[[httpx.Response], bool] = lambda r: True) -> bool:
-    r = httpx.get(url, timeout=2.0)
-    return r.status_code == 200 and check(r)
-
-
-def answers(url: str) -> Callable[[], bool]:
-    """A liveness probe as a kubelet's ``httpGet``: the server answers ``url`` with a status
-    below 400 within :data:`LIVENESS_TIMEOUT_S` (a hung process answers nothing)."""
-    def probe() -> bool:
-        return httpx.get(url, timeout=LIVENESS_TIMEOUT_S).status_code < 400
-    return probe
-
-
-def _child_env() -> dict[str, str]:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env.setdefault("NUMBA_CACHE_DIR", "/tmp/numba_cache")
-    return env
 
 
 def _stage_of(manifest: ServiceManifest) -> str:
@@ -296,15 +68,15 @@ class RevisionPair:
         m, h, p = manifest.model_name, host, ports
         protocol = manifest.protocol
         predictor_port = p.triton_grpc if protocol == "grpc-v2" else p.triton_http
-        env = _child_env()
+        env = child_env()
         self.triton = Service(
             TRITON,
             [sys.executable, "-m", "gourmetgram_app.local.triton_server", "--model-repository",
              str(Bundle(self.bundle).triton_repo), "--model", m, "--host", h, "--http-port", str(p.triton_http),
              "--grpc-port", str(p.triton_grpc), "--metrics-port", str(p.triton_metrics)],
             log_dir / f"triton{suffix}.log",
-            lambda: _get_ok(f"{self.triton_url}/v2/health/ready")
-            and _get_ok(f"{self.triton_url}/v2/models/{m}/ready"),
+            lambda: get_ok(f"{self.triton_url}/v2/health/ready")
+            and get_ok(f"{self.triton_url}/v2/models/{m}/ready"),
             env=with_libpython(env), live=answers(f"{self.triton_url}/v2/health/live"))
         self.transformer = Service(
             TRANSFORMER,
@@ -315,7 +87,7 @@ class RevisionPair:
              # the labels of the revision's label-free accuracy estimate, as the chart passes them
              "--model_version", model_version or "", "--stage", stage or _stage_of(manifest)],
             log_dir / f"transformer{suffix}.log",
-            lambda: _get_ok(f"{self.transformer_url}/v1/models/{m}",
+            lambda: get_ok(f"{self.transformer_url}/v1/models/{m}",
                             lambda r: r.json().get("ready") is True),
             env=env, live=answers(f"{self.transformer_url}/v2/health/live"))
 
@@ -532,8 +304,8 @@ class LocalStack:
             gateway_argv += ["--model-version", self.model_version]
         gateway = Service(
             GATEWAY, gateway_argv, self.log_dir / "gateway.log",
-            lambda: _get_ok(f"{self.gateway_url}/v2/health/live"),
-            env=_child_env(), live=answers(f"{self.gateway_url}/healthz"))
+            lambda: get_ok(f"{self.gateway_url}/v2/health/live"),
+            env=child_env(), live=answers(f"{self.gateway_url}/healthz"))
         services = [(self.pair.triton, SERVING), (self.pair.transformer, SERVING)]
         if self.with_detector:  # before the gateway: its logger's sink, sending this token
             token_file = control.detector_token()[1]  # None: $GOURMETGRAM_DETECTOR_TOKEN, inherited
@@ -541,8 +313,8 @@ class LocalStack:
                 DETECTOR, [sys.executable, "-m", "drift_detector", "--bundle", str(self.bundle),
                            "--host", self.host, "--port", str(p.detector)]
                 + (["--token-file", str(token_file)] if token_file else []),
-                self.log_dir / "detector.log", lambda: _get_ok(f"{self.detector_url}/health"),
-                env=_child_env(), live=answers(f"{self.detector_url}/health")), SIDE))
+                self.log_dir / "detector.log", lambda: get_ok(f"{self.detector_url}/health"),
+                env=child_env(), live=answers(f"{self.detector_url}/health")), SIDE))
         services += self.extra_services  # before the gateway: its logger's/feedback's targets
         services.append((gateway, INGRESS))
         if self.webapp:  # a client of the gateway: clients never see it go
@@ -561,7 +333,7 @@ class LocalStack:
         # Storage outlives a Prometheus restart (WAL replay) and goes when the stack stops.
         self._prometheus_dir = Path(tempfile.mkdtemp(prefix="gg-prometheus-"))
         return Service(PROMETHEUS, prom.command(self._prometheus_dir), self.log_dir / "prometheus.log",
-                       lambda: _get_ok(f"{self.prometheus_url}/-/ready"),
+                       lambda: get_ok(f"{self.prometheus_url}/-/ready"),
                        live=answers(f"{self.prometheus_url}/-/healthy"))
 
     def used_ports(self) -> set[str]:
@@ -587,13 +359,13 @@ class LocalStack:
             argv += ["--prometheus", self.prometheus_url]
         if self.retrain_url:  # the last retrain runs: trigger, steps, outcome
             argv += ["--retrain", self.retrain_url]
-        env = _child_env()
+        env = child_env()
         # The web app is its own deployment unit (webapp/); found even where the editable
         # install predates it.
         webapp_dir = str(constants.REPO_ROOT / "webapp")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [webapp_dir, env.get("PYTHONPATH", "")]))
         return Service(WEBAPP, argv, self.log_dir / "webapp.log",
-                       lambda: _get_ok(f"{self.webapp_url}/healthz"), env=env,
+                       lambda: get_ok(f"{self.webapp_url}/healthz"), env=env,
                        live=answers(f"{self.webapp_url}/healthz"))
 
     def rollout(self):

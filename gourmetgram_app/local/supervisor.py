@@ -55,7 +55,7 @@ LOG_TAIL_LINES = 20
 
 
 class Process(Protocol):
-    """What the supervisor needs of a child (``gourmetgram_app.local.stack.Service`` is one)."""
+    """What the supervisor needs of a child (``gourmetgram_app.local.process.Service`` is one)."""
 
     name: str
     log_path: Path

@@ -29,10 +29,10 @@ from gourmetgram.errors import CheckFailed
 from gourmetgram.tracking import home
 
 if TYPE_CHECKING:
-    from gourmetgram_app.cli.commands.pipeline import LocalRunResult
     from gourmetgram_app.local.labelstudio import LabelStudioServer
     from gourmetgram_app.local.loop import ClosedLoop, LoopServices
     from gourmetgram_app.local.stack import LocalStack
+    from gourmetgram_app.pipeline_runs import LocalRunResult
 
 DEMO_CONFIG = "demo"
 # Alertmanager's timings for the demo, over the chart's (30s / 5m / 4h): the first notification
@@ -161,7 +161,7 @@ def stage_data(ctx: DemoContext) -> str:
 
 def stage_pipeline(ctx: DemoContext) -> str:
     """Run the KFP training pipeline locally with the demo config."""
-    from gourmetgram_app.cli.commands.pipeline import format_summary, run_local
+    from gourmetgram_app.pipeline_runs import format_summary, run_local
 
     ctx.run = run_local(str(ctx.dataset), DEMO_CONFIG, epochs=ctx.args.epochs, stage=ctx.args.stage)
     if not ctx.result.registered:
@@ -176,7 +176,7 @@ def stage_pipeline(ctx: DemoContext) -> str:
 
 def stage_report(ctx: DemoContext) -> str:
     """The evaluation report, the gate's verdict and where everything is."""
-    from gourmetgram_app.cli.commands.pipeline import format_summary
+    from gourmetgram_app.pipeline_runs import format_summary
 
     print(format_summary(ctx.result))
     return (f"accuracy {ctx.result.evaluation.metrics['eval/accuracy']:.3f} on {ctx.result.evaluation.n_images} "
@@ -255,7 +255,7 @@ def stage_serve(ctx: DemoContext) -> str:
     from gourmetgram.export import load_model_spec
     from gourmetgram.preprocessing import preprocess_batch
     from gourmetgram_app.local.loop import closed_loop
-    from gourmetgram_app.local.stack import Ports
+    from gourmetgram_app.local.ports import Ports
     from gourmetgram_app.local.traffic import predict
 
     version = ctx.result.outcome.version
@@ -872,9 +872,9 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def _epochs(value: str) -> int:
-    from gourmetgram_app.cli.commands.pipeline import _int_at_least_minus_one
+    from gourmetgram_app.cli.commands.pipeline import epochs_argument
 
-    return _int_at_least_minus_one(value)
+    return epochs_argument(value)
 
 
 def _seconds(value: str) -> float:

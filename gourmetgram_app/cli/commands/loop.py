@@ -44,7 +44,7 @@ def _classes(args) -> list[str]:
 
     bundle = args.bundle
     if bundle is None and not args.class_names:
-        from gourmetgram_app.local.stack import find_latest_bundle
+        from gourmetgram_app.local.bundles import find_latest_bundle
 
         bundle = find_latest_bundle()  # every bundle of one model has the same classes
     return class_names_from(bundle, args.class_names)

@@ -3,20 +3,23 @@
 Without ``--cluster`` the commands drive the local stack's gateway (``gourmetgram serve
 --stage production``); with ``--cluster`` they patch the production InferenceService
 through the Kubernetes API. Registry aliases follow each step (canary -> production), so
-MLflow always says what serves where.
+MLflow always says what serves where (:mod:`gourmetgram.rollout.release`, which the loop's
+cycle calls too).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 from typing import TYPE_CHECKING
 
 from gourmetgram import constants
 from gourmetgram.errors import UserError
+from gourmetgram.rollout import release
 
 if TYPE_CHECKING:
-    from gourmetgram.rollout.prometheus import LocalPrometheus
+    from gourmetgram.rollout.prometheus import PrometheusClient
 
 
 def _backend(args: argparse.Namespace):
@@ -37,33 +40,6 @@ def _isvc(args: argparse.Namespace) -> tuple[str, str]:
 
     manifest = load_stage_manifest(constants.PRODUCTION)
     return args.name or manifest.name, args.namespace or manifest.namespace
-
-
-def _canary_version(backend) -> str | None:
-    """The registry version the canary serves, as recorded on the revision/InferenceService."""
-    if hasattr(backend, "raw_status"):
-        revisions = backend.raw_status().get("revisions", [])
-        return revisions[-1].get("version") if revisions else None
-    from gourmetgram.rollout.kube import VERSION_ANNOTATION
-
-    annotations = backend.get().get("spec", {}).get("predictor", {}).get("annotations") or {}
-    return annotations.get(VERSION_ANNOTATION)
-
-
-def _aliases_after(decision: str, version: str | None, out=print) -> None:
-    """Move the registry aliases to match a promote or rollback."""
-    if version is None:
-        return
-    from gourmetgram import registry
-
-    if decision == "promote":
-        registry.set_stage(constants.PRODUCTION, int(version))
-        registry.clear_stage(constants.CANARY)
-        out(f"registry: production -> version {version}; canary alias cleared")
-    else:
-        if registry.version_for(constants.CANARY) == int(version):
-            registry.clear_stage(constants.CANARY)
-        out(f"registry: canary alias cleared (version {version} rolled back)")
 
 
 def _print_state(backend) -> None:
@@ -108,46 +84,31 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
 def _canary(args: argparse.Namespace) -> int:
     backend = _backend(args)
     if args.version is None and args.bundle is None:
         backend.set_percent(args.percent)  # re-weight the running canary
         print(f"canary now at {args.percent}%")
-        _print_state(backend)
-        return 0
-    bundle, version = args.bundle, args.version
-    if version is not None:
-        from gourmetgram import registry
-
-        bundle = registry.bundle_for(int(version))
-    print(f"starting canary {('version ' + str(version)) if version else bundle} at {args.percent}% ...",
-          flush=True)
-    backend.canary(bundle, args.percent, version)
-    if version is not None:
-        from gourmetgram import registry
-
-        registry.set_stage(constants.CANARY, int(version))
-        print(f"registry: canary -> version {version}")
+    else:
+        release.start_canary(backend, args.percent, args.version, args.bundle, out=_say)
     _print_state(backend)
     return 0
 
 
 def _promote(args: argparse.Namespace) -> int:
     backend = _backend(args)
-    version = _canary_version(backend)
-    backend.promote()
-    print("promoted: the latest revision serves all traffic")
-    _aliases_after("promote", version)
+    release.promote(backend, out=_say)
     _print_state(backend)
     return 0
 
 
 def _rollback(args: argparse.Namespace) -> int:
     backend = _backend(args)
-    version = _canary_version(backend)
-    backend.rollback()
-    print("rolled back: canaryTrafficPercent 0, all traffic to the previous revision")
-    _aliases_after("rollback", version)
+    release.rollback(backend, out=_say)
     _print_state(backend)
     return 0
 
@@ -168,27 +129,8 @@ def _config(args: argparse.Namespace):
     return override(config, "auto", **changes)
 
 
-class _Prometheus:
-    """The given Prometheus, or (local only) a fresh local one scraping the stack."""
-
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
-        self.local: LocalPrometheus | None = None
-
-    def __enter__(self):
-        from gourmetgram.rollout.prometheus import LocalPrometheus, PrometheusClient
-
-        if self.args.prometheus:
-            return PrometheusClient(self.args.prometheus)
-        if self.args.cluster:
-            raise UserError("--cluster needs --prometheus URL (the cluster's Prometheus)")
-        self.local = LocalPrometheus(self.args.gateway, detector_url=self.args.detector).start()
-        print(f"started a local Prometheus at {self.local.url} (scraping every 1 s)", flush=True)
-        return self.local.client()
-
-    def __exit__(self, *exc) -> None:
-        if self.local is not None:
-            self.local.stop()
+def _prometheus(args: argparse.Namespace) -> "contextlib.AbstractContextManager[PrometheusClient]":
+    return release.prometheus_for(args.prometheus, args.gateway, args.detector, args.cluster, out=_say)
 
 
 def _feedback(args: argparse.Namespace):
@@ -210,7 +152,7 @@ def _analyze(args: argparse.Namespace) -> int:
     config = _config(args)
     backend = _backend(args)
     state = backend.state()
-    with _Prometheus(args) as client:
+    with _prometheus(args) as client:
         if args.show_queries:
             since = since_range(time.time() - state.canary_started) if state.canary_started else None
             for name, q in queries(state, config.analysis.window, since).items():
@@ -221,17 +163,11 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _auto(args: argparse.Namespace) -> int:
-    from gourmetgram.rollout.analysis import PROMOTE, run_auto
-
     config = _config(args)
     backend = _backend(args)
-    version = _canary_version(backend)
-    with _Prometheus(args) as client:
-        decision = run_auto(backend, client, config, out=lambda s: print(s, flush=True),
-                            on_promote=lambda: _aliases_after("promote", version),
-                            on_rollback=lambda: _aliases_after("rollback", version),
-                            feedback=_feedback(args))
-    return 0 if decision == PROMOTE else 1
+    with _prometheus(args) as client:
+        promoted = release.auto(backend, client, config, feedback=_feedback(args), out=_say)
+    return 0 if promoted else 1
 
 
 def _local_shadow(args: argparse.Namespace):

@@ -20,7 +20,7 @@ STAGE_CHOICES = (constants.STAGING, constants.PRODUCTION)
 
 def parse_ports(items: list[str] | None, free: bool = False):
     """``NAME=PORT`` items over the defaults (or over free ports with ``--free-ports``)."""
-    from gourmetgram_app.local.stack import Ports
+    from gourmetgram_app.local.ports import Ports
 
     ports = Ports.free() if free else Ports()
     names = ports.named()
@@ -80,7 +80,8 @@ def _printer():
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from gourmetgram_app.local.stack import LocalStack, registered_bundle
+    from gourmetgram_app.local.bundles import registered_bundle
+    from gourmetgram_app.local.stack import LocalStack
 
     ports = parse_ports(args.ports, args.free_ports)
     bundle = Path(args.bundle).resolve() if args.bundle else registered_bundle(args.stage)

@@ -111,7 +111,8 @@ class Controller(Router):
     def _new_pair(self, bundle: Path, name: str, version: str | None,
                   stage: str | None = None) -> _Stoppable:
         """A pair not started yet; ``version`` and ``stage`` label its label-free accuracy estimate."""
-        from gourmetgram_app.local.stack import Ports, RevisionPair
+        from gourmetgram_app.local.ports import Ports
+        from gourmetgram_app.local.stack import RevisionPair
 
         return RevisionPair(bundle, name, self.manifest, Ports.free(self.host), self.host, self._pair_log_dir,
                             model_version=version, stage=stage)
