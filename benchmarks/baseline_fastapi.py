@@ -24,7 +24,7 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel
 
 from gourmetgram.constants import HOST
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 from gourmetgram.model import load_checkpoint
 from gourmetgram.preprocessing import preprocess_bytes
 
@@ -56,7 +56,7 @@ def create_app(checkpoint: str) -> FastAPI:
             x = torch.from_numpy(preprocess_bytes(data, size)).unsqueeze(0)
         except (binascii.Error, ValueError) as exc:
             raise HTTPException(status_code=400, detail=f"image is not valid base64: {exc}") from None
-        except UserError as exc:
+        except BadInput as exc:
             raise HTTPException(status_code=400, detail=str(exc)) from None
         with torch.no_grad():
             probabilities = torch.softmax(model(x), dim=1)
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         app = create_app(args.checkpoint)
-    except UserError as exc:
+    except BadInput as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)

@@ -22,7 +22,7 @@ import httpx
 import numpy as np
 
 from gourmetgram.constants import HOST, MODEL_NAME
-from gourmetgram.errors import DependencyUnavailable, UserError
+from gourmetgram.errors import BadInput, DependencyUnavailable
 from gourmetgram.rollout.prometheus import free_port
 from gourmetgram.tracking import home
 from gourmetgram_app.local.bundles import find_latest_bundle
@@ -77,7 +77,7 @@ def load_images(folder: Path | None, limit: int) -> list[bytes]:
             build_demo_dataset(folder.parent)  # whole, as `make demo` expects to find it
     paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if not paths:
-        raise UserError(f"no JPEG/PNG images under {folder}")
+        raise BadInput(f"no JPEG/PNG images under {folder}")
     return [p.read_bytes() for p in paths[:limit]]
 
 
@@ -100,7 +100,7 @@ def resolve_bundle(arg: str | None, scratch: Path) -> Path:
         return Path(arg)
     try:
         return find_latest_bundle()
-    except UserError:
+    except BadInput:
         print("no exported bundle found; exporting an untrained demo-spec model", file=sys.stderr)
         return demo_bundle(scratch / "demo-bundle")
 

@@ -28,7 +28,7 @@ import httpx
 from harness import free_port, wait_http  # this folder's helpers
 
 from gourmetgram.constants import HOST
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 
 ANSWER = b'{"predictions": [' + b"0" * 560 + b"]}"
 
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         wait_http(HOST, port, "/", 60.0, server)
         best = measure(f"http://{HOST}:{port}/predict", b"x" * int(args.body_kb * 1024), args.requests,
                        concurrency, args.rounds)
-    except UserError as exc:
+    except BadInput as exc:
         print(f"error: the benchmark server did not come up: {exc}", file=sys.stderr)
         return 3
     finally:

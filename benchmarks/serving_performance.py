@@ -58,7 +58,7 @@ from harness import free_port, percentiles, wait_http  # this folder's helpers
 from gourmetgram.bundle import Bundle
 from gourmetgram.config import ExportConfig
 from gourmetgram.constants import HOST, MODEL_NAME
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 
 BENCH_DIR = Path(__file__).resolve().parent
 NUM_CLASSES = 11
@@ -740,7 +740,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     if args.variants:
         variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
         if not variants or set(variants) - set(DEFAULT_VARIANTS):
-            raise UserError(f"--variants: choose from {', '.join(DEFAULT_VARIANTS)}")
+            raise BadInput(f"--variants: choose from {', '.join(DEFAULT_VARIANTS)}")
         changes["variants"] = variants
     for flag, field in (("window", "window_s"), ("rounds", "rounds"), ("half_peak", "half_peak_s"),
                         ("image_size", "image_size"), ("width_mult", "width_mult")):
@@ -764,7 +764,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             with tempfile.TemporaryDirectory(prefix="gg-bench-") as tmp:
                 result = run(settings, targets, Path(tmp))
-    except UserError as exc:
+    except BadInput as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.json:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gourmetgram.constants import MODEL_NAME
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 
 if TYPE_CHECKING:
     from gourmetgram.calibration import Calibration
@@ -74,7 +74,7 @@ class Bundle:
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root).expanduser())
         if not self.model_name or "/" in self.model_name or self.model_name.startswith("."):
-            raise UserError(f"invalid Triton model name {self.model_name!r}")
+            raise BadInput(f"invalid Triton model name {self.model_name!r}")
 
     # --- the Triton model repository ---------------------------------------------------
     @property
@@ -146,18 +146,18 @@ class Bundle:
         return [str(p.relative_to(self.root)) for p in self.required if not p.is_file()]
 
     def require(self) -> Bundle:
-        """Raise :class:`UserError` naming the missing files unless the bundle is complete."""
+        """Raise :class:`BadInput` naming the missing files unless the bundle is complete."""
         if not self.root.is_dir():
-            raise UserError(f"model bundle {self.root} does not exist")
+            raise BadInput(f"model bundle {self.root} does not exist")
         missing = self.missing()
         if missing:
-            raise UserError(f"model bundle {self.root} is incomplete; missing: {', '.join(missing)}")
+            raise BadInput(f"model bundle {self.root} is incomplete; missing: {', '.join(missing)}")
         return self
 
     def served_onnx(self) -> Path:
-        """``model.onnx`` of the served model, or a :class:`UserError` saying it is not there."""
+        """``model.onnx`` of the served model, or a :class:`BadInput` saying it is not there."""
         if not self.onnx_path.is_file():
-            raise UserError(f"{self.onnx_path} does not exist; is {self.root} an exported model bundle "
+            raise BadInput(f"{self.onnx_path} does not exist; is {self.root} an exported model bundle "
                             f"for {self.model_name!r}?")
         return self.onnx_path
 
@@ -173,25 +173,25 @@ class Bundle:
         """``model_spec.json`` as JSON (no torch: for the transformer, detector, capture sink)."""
         path = self.spec_path
         if not path.is_file():
-            raise UserError(f"{path} does not exist; is {self.root} an exported model bundle?")
+            raise BadInput(f"{path} does not exist; is {self.root} an exported model bundle?")
         try:
             doc = json.loads(path.read_text())
         except ValueError as exc:
-            raise UserError(f"{path} is not valid JSON: {exc}") from None
+            raise BadInput(f"{path} is not valid JSON: {exc}") from None
         if not isinstance(doc, dict):
-            raise UserError(f"{path} must hold a JSON object, not {type(doc).__name__}")
+            raise BadInput(f"{path} must hold a JSON object, not {type(doc).__name__}")
         return doc
 
     def class_names(self) -> list[str]:
         names = self.spec_dict().get("class_names")
         if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-            raise UserError(f"{self.spec_path} has no valid 'class_names' (a non-empty list of names)")
+            raise BadInput(f"{self.spec_path} has no valid 'class_names' (a non-empty list of names)")
         return names
 
     def image_size(self) -> int:
         size = self.spec_dict().get("image_size")
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise UserError(f"{self.spec_path} has no valid 'image_size' (a positive integer): {size!r}")
+            raise BadInput(f"{self.spec_path} has no valid 'image_size' (a positive integer): {size!r}")
         return size
 
     def load_spec(self) -> ModelSpec:
@@ -202,7 +202,7 @@ class Bundle:
         try:
             return ModelSpec.from_dict(doc)
         except (ValueError, TypeError, KeyError) as exc:
-            raise UserError(f"{self.spec_path} is not a valid model spec: {exc}") from None
+            raise BadInput(f"{self.spec_path} is not a valid model spec: {exc}") from None
 
     def load_calibration(self) -> Calibration:
         """``calibration.json``, or the identity calibration (T = 1, no OOD threshold, no ATC)

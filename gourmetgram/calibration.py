@@ -34,7 +34,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 
 # The scores ATC can threshold (gourmetgram.estimation): the calibrated top-1 probability, and
 # the negative energy (so that "higher = more confident" holds for both).
@@ -93,7 +93,7 @@ def expected_calibration_error(confidence: Sequence[float] | np.ndarray, correct
     """ECE over ``bins`` equal-width bins (biased upwards on few samples: report n with it)."""
     n = len(confidence)
     if n == 0:
-        raise UserError("the expected calibration error needs at least one prediction")
+        raise BadInput("the expected calibration error needs at least one prediction")
     return float(sum(b.count / n * abs(b.accuracy - b.confidence)  # type: ignore[operator]
                      for b in reliability_table(confidence, correct, bins) if b.count))
 
@@ -118,7 +118,7 @@ class Scored:
             return self.confidence
         if name == SCORE_NEG_ENERGY:
             return -self.energy
-        raise UserError(f"unknown score {name!r}; choose one of {', '.join(SCORES)}")
+        raise BadInput(f"unknown score {name!r}; choose one of {', '.join(SCORES)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,11 +145,11 @@ class Calibration:
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise UserError(f"calibration temperature must be a positive number, got {self.temperature!r}")
+            raise BadInput(f"calibration temperature must be a positive number, got {self.temperature!r}")
         if math.isnan(self.ood_threshold):
-            raise UserError("calibration ood_threshold must be a number (inf: no threshold)")
+            raise BadInput("calibration ood_threshold must be a number (inf: no threshold)")
         if self.class_prior and (min(self.class_prior) < 0 or abs(sum(self.class_prior) - 1) > 1e-6):
-            raise UserError("calibration class_prior must be non-negative shares that sum to 1")
+            raise BadInput("calibration class_prior must be non-negative shares that sum to 1")
 
     @classmethod
     def identity(cls) -> "Calibration":
@@ -163,7 +163,7 @@ class Calibration:
         """Calibrated probabilities, confidence, energy and the OOD flag for a (N, C) batch."""
         logits = np.asarray(logits, dtype=np.float64)
         if logits.ndim != 2:
-            raise UserError(f"expected (N, classes) logits, got shape {list(logits.shape)}")
+            raise BadInput(f"expected (N, classes) logits, got shape {list(logits.shape)}")
         probs = calibrated_probabilities(logits, self.temperature)
         energy = energy_score(logits)
         return Scored(probs, probs.max(axis=1), energy, energy <= self.ood_threshold)
@@ -178,11 +178,11 @@ class Calibration:
     @classmethod
     def from_dict(cls, doc: dict[str, Any], where: str = "calibration") -> "Calibration":
         if not isinstance(doc, dict):
-            raise UserError(f"{where} must hold a JSON object")
+            raise BadInput(f"{where} must hold a JSON object")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(doc) - known
         if unknown:
-            raise UserError(f"{where} has unknown keys {sorted(unknown)}")
+            raise BadInput(f"{where} has unknown keys {sorted(unknown)}")
         values = dict(doc)
         if values.get("ood_threshold") is None:
             values["ood_threshold"] = math.inf
@@ -194,7 +194,7 @@ class Calibration:
                     values[key] = float(values[key])
             return cls(**values)
         except (TypeError, ValueError) as exc:
-            raise UserError(f"{where} is not a valid calibration: {exc}") from None
+            raise BadInput(f"{where} is not a valid calibration: {exc}") from None
 
     def write(self, path: str | Path) -> Path:
         path = Path(path)
@@ -207,7 +207,7 @@ class Calibration:
         try:
             doc = json.loads(path.read_text())
         except OSError as exc:
-            raise UserError(f"cannot read {path}: {exc}") from None
+            raise BadInput(f"cannot read {path}: {exc}") from None
         except ValueError as exc:
-            raise UserError(f"{path} is not valid JSON: {exc}") from None
+            raise BadInput(f"{path} is not valid JSON: {exc}") from None
         return cls.from_dict(doc, str(path))

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from gourmetgram.config import RunConfig, override
 from gourmetgram.constants import PRODUCTION, REGISTERED_MODEL_NAME
-from gourmetgram.errors import DependencyUnavailable, UserError
+from gourmetgram.errors import BadInput, DependencyUnavailable
 
 if TYPE_CHECKING:  # torch is imported where weights are loaded
     from gourmetgram.model import Classifier, ModelSpec
@@ -60,7 +60,7 @@ def resolve_init_from(cfg: RunConfig, init_from: str = INIT_FROM_CONFIG) -> str:
     """The pipeline parameter (``production`` | ``scratch``; empty: the config's ``train.init_from``)."""
     value = (init_from or "").strip() or cfg.train.init_from
     if value not in (PRODUCTION_INIT, SCRATCH_INIT):
-        raise UserError(f"init_from must be {PRODUCTION_INIT!r}, {SCRATCH_INIT!r} or empty (the config's "
+        raise BadInput(f"init_from must be {PRODUCTION_INIT!r}, {SCRATCH_INIT!r} or empty (the config's "
                         f"train.init_from), got {init_from!r}")
     return value
 
@@ -91,7 +91,7 @@ def load_parent(version: int, registered_model_name: str = REGISTERED_MODEL_NAME
         raise DependencyUnavailable(f"cannot load the production model {uri} from the MLflow registry "
                                     f"({exc.message}); set train.init_from: scratch to train without it") from None
     if not isinstance(model, Classifier):
-        raise UserError(f"{uri} is a {type(model).__name__}, not a GourmetGram classifier; "
+        raise BadInput(f"{uri} is a {type(model).__name__}, not a GourmetGram classifier; "
                         "set train.init_from: scratch")
     return Parent(model.eval(), {
         TAG_INIT_FROM: PRODUCTION_INIT, TAG_PARENT_MODEL: registered_model_name, TAG_PARENT_VERSION: str(version),
@@ -117,7 +117,7 @@ def check_compatible(parent: Classifier, spec: ModelSpec) -> None:
     theirs = parent.spec
     for field in ("class_names", "arch", "image_size", "width_mult"):
         if getattr(theirs, field) != getattr(spec, field):
-            raise UserError(f"the production model's {field} ({getattr(theirs, field)!r}) differs from this "
+            raise BadInput(f"the production model's {field} ({getattr(theirs, field)!r}) differs from this "
                             f"run's ({getattr(spec, field)!r}): it cannot be fine-tuned into it; set "
                             "train.init_from: scratch (or the pipeline parameter init_from=scratch)")
 

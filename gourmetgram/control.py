@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 
 from starlette.responses import JSONResponse
 
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 from gourmetgram.tracking import home
 
 TOKEN_ENV = "GOURMETGRAM_CONTROL_TOKEN"
@@ -83,14 +83,14 @@ def read_token(path: Path) -> str:
         mode = path.stat().st_mode
         text = path.read_text().strip()
     except OSError as exc:
-        raise UserError(f"cannot read the control token {path} ({exc.strerror}); start the stack "
+        raise BadInput(f"cannot read the control token {path} ({exc.strerror}); start the stack "
                         f"with `gourmetgram serve` under the same GOURMETGRAM_HOME, or set "
                         f"{TOKEN_ENV}") from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise UserError(f"control token {path} is readable by others (mode {stat.S_IMODE(mode):o}); "
+        raise BadInput(f"control token {path} is readable by others (mode {stat.S_IMODE(mode):o}); "
                         f"run `chmod 600 {path}`")
     if not text:
-        raise UserError(f"control token {path} is empty; restart the stack")
+        raise BadInput(f"control token {path} is empty; restart the stack")
     return text
 
 
@@ -101,7 +101,7 @@ def token_for_gateway(gateway_url: str) -> str:
         return env
     parts = urlsplit(gateway_url)
     if not parts.hostname or not parts.port:
-        raise UserError(f"--gateway {gateway_url!r} is not http://HOST:PORT")
+        raise BadInput(f"--gateway {gateway_url!r} is not http://HOST:PORT")
     return read_token(token_path(parts.hostname, parts.port))
 
 
@@ -134,7 +134,7 @@ def sink_token_for(url: str) -> str | None:
         return None
     try:
         return detector_token()[0]
-    except (UserError, OSError):
+    except (BadInput, OSError):
         return None  # a side path: the sink then refuses events, which the logger counts
 
 
@@ -173,21 +173,21 @@ def refuse(headers: Mapping[str, str], token: str) -> JSONResponse | None:
 
 
 def bundle_in_store(bundle: Any, store: Path | None = None) -> Path:
-    """``bundle`` as a folder inside the model store (symlinks resolved), else UserError (400)."""
+    """``bundle`` as a folder inside the model store (symlinks resolved), else BadInput (400)."""
     store = (store or model_store()).resolve()
     text = str(bundle)
     if "://" in text and not text.startswith("file://"):
-        raise UserError(f"bundle {text} is not a folder in the model store {store}; the local "
+        raise BadInput(f"bundle {text} is not a folder in the model store {store}; the local "
                         "gateway serves only exported bundles under it")
     try:
         path = Path(text.removeprefix("file://")).expanduser().resolve()
     except (ValueError, OSError, RuntimeError) as exc:  # a NUL byte, an unknown ~user, a loop
-        raise UserError(f"bundle {text!r} is not a usable folder path ({exc}); name a bundle "
+        raise BadInput(f"bundle {text!r} is not a usable folder path ({exc}); name a bundle "
                         f"folder inside the model store {store}") from exc
     if path == store or not path.is_relative_to(store):
-        raise UserError(f"bundle {text} is outside the model store {store}; the local gateway "
+        raise BadInput(f"bundle {text} is outside the model store {store}; the local gateway "
                         "starts revisions only from bundles exported there (`gourmetgram pipeline "
                         "run` and `gourmetgram demo` put them there)")
     if not path.is_dir():
-        raise UserError(f"bundle {text} is not a folder in the model store {store}")
+        raise BadInput(f"bundle {text} is not a folder in the model store {store}")
     return path

@@ -57,9 +57,6 @@ class BadInput(GourmetGramError):
     http_status = 400
 
 
-# The name the code base used before errors had causes; other code keeps using it.
-UserError = BadInput
-
 
 class Unauthorized(BadInput):
     """A request without the token the endpoint needs."""

@@ -35,7 +35,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from gourmetgram.calibration import SCORE_CONFIDENCE, SCORE_NEG_ENERGY, Calibration, Scored
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 
 ATC = "atc"
 ATC_ENERGY = "atc_energy"
@@ -98,13 +98,13 @@ class Window:
             return np.asarray(self.confidence, dtype=np.float64)
         if name == SCORE_NEG_ENERGY:
             return -np.asarray(self.energy, dtype=np.float64)
-        raise UserError(f"unknown score {name!r}")
+        raise BadInput(f"unknown score {name!r}")
 
 
 def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, float]:
     """Wilson score interval of a binomial share (the tests compare it with SciPy's)."""
     if n <= 0:
-        raise UserError("an interval needs at least one observation")
+        raise BadInput("an interval needs at least one observation")
     p = successes / n
     denominator = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denominator
@@ -123,10 +123,10 @@ def estimate(method: str, window: Window, calibration: Calibration) -> Estimate:
     """One method's estimate over a window of served photos."""
     spec = METHODS.get(method)
     if spec is None:
-        raise UserError(f"unknown estimation method {method!r}; choose one of {', '.join(METHODS)}")
+        raise BadInput(f"unknown estimation method {method!r}; choose one of {', '.join(METHODS)}")
     n = len(window)
     if n == 0:
-        raise UserError("an estimate needs at least one prediction")
+        raise BadInput("an estimate needs at least one prediction")
     if spec.score is None:
         values = np.asarray(window.confidence, dtype=np.float64)
         mean = float(values.mean())
@@ -134,7 +134,7 @@ def estimate(method: str, window: Window, calibration: Calibration) -> Estimate:
         return Estimate(method, mean, max(0.0, mean - half), min(1.0, mean + half), n)
     threshold = calibration.atc_thresholds.get(method)
     if threshold is None:
-        raise UserError(f"the bundle's calibration has no threshold for {method!r}; re-export it")
+        raise BadInput(f"the bundle's calibration has no threshold for {method!r}; re-export it")
     passed = window.score(spec.score) > threshold
     k = int(passed.sum())
     lower, upper = wilson_interval(k, n)
@@ -142,7 +142,7 @@ def estimate(method: str, window: Window, calibration: Calibration) -> Estimate:
         return Estimate(method, k / n, lower, upper, n)
     prior = np.asarray(calibration.class_prior, dtype=np.float64)
     if not len(prior):
-        raise UserError(f"the bundle's calibration has no class prior for {method!r}; re-export it")
+        raise BadInput(f"the bundle's calibration has no class prior for {method!r}; re-export it")
     value = capped_share(passed, np.asarray(window.predicted), prior)
     cut = k / n - value  # what the cap took off the share that passed
     return Estimate(method, value, max(0.0, lower - cut), max(0.0, min(1.0, upper - cut)), n)
@@ -174,7 +174,7 @@ class RollingEstimate:
     def __init__(self, calibration: Calibration, window: int = 500, max_age_s: float = 3600.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if window < 1 or max_age_s <= 0:
-            raise UserError("the estimate's window must hold at least one photo and a positive age")
+            raise BadInput("the estimate's window must hold at least one photo and a positive age")
         self.calibration = calibration
         self.max_age_s = max_age_s
         self.clock = clock

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from gourmetgram import __version__
 from gourmetgram.constants import REPO_ROOT
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 
 IMAGES_ENV = REPO_ROOT / "charts" / "gourmetgram" / "images.env"
 _FALLBACK = {"IMAGE_REGISTRY": "ghcr.io/gourmetgram", "IMAGE_TAG": __version__}
@@ -32,17 +32,17 @@ def read_images_env(path: Path = IMAGES_ENV) -> dict[str, str]:
             continue
         match = _LINE.match(line)
         if not match:
-            raise UserError(f"{path}:{number}: expected KEY=VALUE, got {raw!r}")
+            raise BadInput(f"{path}:{number}: expected KEY=VALUE, got {raw!r}")
         values[match.group(1)] = match.group(2).strip().strip('"')
     missing = {"IMAGE_REGISTRY", "IMAGE_TAG"} - set(values)
     if missing:
-        raise UserError(f"{path} does not set {', '.join(sorted(missing))}")
+        raise BadInput(f"{path} does not set {', '.join(sorted(missing))}")
     return values
 
 
 def image(name: str, path: Path = IMAGES_ENV) -> str:
     """``<IMAGE_REGISTRY>/<name>:<IMAGE_TAG>``, what build_images.sh pushes and the chart pulls."""
     if not _NAME.match(name):
-        raise UserError(f"image name {name!r}: a lower-case name such as food-transformer")
+        raise BadInput(f"image name {name!r}: a lower-case name such as food-transformer")
     env = read_images_env(path)
     return f"{env['IMAGE_REGISTRY'].rstrip('/')}/{name}:{env['IMAGE_TAG']}"

@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 
 REQUEST_TYPE = "org.kubeflow.serving.inference.request"
 RESPONSE_TYPE = "org.kubeflow.serving.inference.response"
@@ -34,7 +34,7 @@ LOCAL_EXTENSIONS = ("annotations", "revision", "modelversion", "shadow")
 MAX_INSTANCES = 1024
 
 
-class BadEvent(UserError):
+class BadEvent(BadInput):
     """A logger event this detector cannot use; the message says why."""
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from gourmetgram.config import SLOConfig
 from gourmetgram.constants import REPO_ROOT
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 
 LOADTEST_DIR = REPO_ROOT / "loadtests"
 SHAPES = ("constant", "ramp", "step", "soak")
@@ -88,7 +88,7 @@ def summarize(prefix: Path, slo: SLOConfig, html: Path) -> LoadTestSummary:
     """Judge Locust's ``<prefix>_stats.csv`` against the SLOs."""
     stats_csv = Path(f"{prefix}_stats.csv")
     if not stats_csv.is_file():
-        raise UserError(f"Locust wrote no statistics ({stats_csv} is missing); see its output above")
+        raise BadInput(f"Locust wrote no statistics ({stats_csv} is missing); see its output above")
     with stats_csv.open() as fh:
         rows = [r for r in csv.DictReader(fh) if r["Name"] != "Aggregated"]
     good = [r for r in rows if not r["Name"].startswith(BAD_REQUEST_PREFIX)]
@@ -127,9 +127,9 @@ def run_loadtest(host: str, images: Path, out_dir: Path, slo: SLOConfig, shape: 
                  quiet: bool = False) -> LoadTestSummary:
     """Run Locust headless against ``host`` and judge the run; writes CSV, HTML and summary.json."""
     if shape not in SHAPES:
-        raise UserError(f"unknown load shape {shape!r}; choose one of {', '.join(SHAPES)}")
+        raise BadInput(f"unknown load shape {shape!r}; choose one of {', '.join(SHAPES)}")
     if not Path(images).is_dir():
-        raise UserError(f"images folder {images} does not exist")
+        raise BadInput(f"images folder {images} does not exist")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     prefix, html = out_dir / "locust", out_dir / "report.html"
@@ -144,7 +144,7 @@ def run_loadtest(host: str, images: Path, out_dir: Path, slo: SLOConfig, shape: 
     proc = subprocess.run(cmd, env={**os.environ, **(env or {})}, capture_output=quiet, text=True)
     if proc.returncode not in (0, 1):  # Locust exits 1 when any request failed; we judge ourselves
         detail = (proc.stderr or "")[-2000:] if quiet else ""
-        raise UserError(f"locust exited with code {proc.returncode}; {detail}")
+        raise BadInput(f"locust exited with code {proc.returncode}; {detail}")
     summary = summarize(prefix, slo, html)
     (out_dir / "summary.json").write_text(json.dumps(dataclasses.asdict(summary), indent=2))
     (out_dir / "summary.txt").write_text(summary.format() + "\n")

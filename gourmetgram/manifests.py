@@ -20,7 +20,7 @@ import yaml
 
 from gourmetgram.config import read_yaml
 from gourmetgram.constants import ISVC_NAMES, MODEL_NAME, PRODUCTION, REPO_ROOT, STAGING, TRANSFORMER_CONTAINER
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 
 CHART_DIR = REPO_ROOT / "charts" / "gourmetgram"
 MANIFEST_DIR = REPO_ROOT / "inference_services"
@@ -59,7 +59,7 @@ _HEADER = (
 
 def _check_stage(stage: str) -> str:
     if stage not in RENDERED_STAGES:
-        raise UserError(
+        raise BadInput(
             f"no InferenceService for stage {stage!r}; choose one of {', '.join(RENDERED_STAGES)} "
             "(a canary is production's canaryTrafficPercent)"
         )
@@ -106,7 +106,7 @@ def _render(stage: str, values: dict, chart_dir: Path) -> list[dict[str, Any]]:
         with helm_python.Chart.load(str(chart_dir)) as chart:
             rendered = chart.render(values, name=ISVC_NAMES[stage], namespace=values.get("namespace"))
     except helm_python.HelmError as exc:
-        raise UserError(f"chart {chart_dir} does not render for {stage}: {exc}") from exc
+        raise BadInput(f"chart {chart_dir} does not render for {stage}: {exc}") from exc
     objects = [
         doc
         for template in sorted(rendered)
@@ -183,18 +183,18 @@ def load_manifest(path: Path) -> list[dict[str, Any]]:
     """All objects of a rendered manifest file."""
     path = Path(path)
     if not path.exists():
-        raise UserError(f"{path}: no such manifest; run `gourmetgram manifests render`")
+        raise BadInput(f"{path}: no such manifest; run `gourmetgram manifests render`")
     try:
         return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
     except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML: {exc}") from exc
+        raise BadInput(f"{path}: not valid YAML: {exc}") from exc
 
 
 def find_inference_service(objects: Iterable[dict]) -> dict[str, Any]:
     """The one InferenceService among ``objects``."""
     found = [o for o in objects if o.get("kind") == ISVC_KIND]
     if len(found) != 1:
-        raise UserError(f"expected exactly one {ISVC_KIND}, found {len(found)}")
+        raise BadInput(f"expected exactly one {ISVC_KIND}, found {len(found)}")
     return found[0]
 
 
@@ -206,9 +206,9 @@ def bundle_uri(storage_uri: str) -> str:
     """
     uri = storage_uri.strip().rstrip("/")
     if not uri:
-        raise UserError("empty storage URI")
+        raise BadInput("empty storage URI")
     if not uri.startswith(REMOTE_URI_SCHEMES):
-        raise UserError(f"{uri!r} is not an object-store URI: a cluster InferenceService reads its bundle "
+        raise BadInput(f"{uri!r} is not an object-store URI: a cluster InferenceService reads its bundle "
                         "from s3://<bucket>/<model>/<version> (the pipeline's register step copies it there)")
     if uri.endswith("/triton"):
         uri = uri[: -len("/triton")]
@@ -237,7 +237,7 @@ def rollout_overrides(
     reference until a promote moves it: see :func:`set_rollout`.
     """
     if promote and canary_percent is not None:
-        raise UserError("choose either a canary percentage or promote, not both")
+        raise BadInput("choose either a canary percentage or promote, not both")
     values: dict[str, Any] = {}
     if storage_uri is not None:
         root = bundle_uri(storage_uri)
@@ -247,7 +247,7 @@ def rollout_overrides(
         values["model"] = {"version": str(model_version)}
     if canary_percent is not None:
         if isinstance(canary_percent, bool) or not isinstance(canary_percent, int) or not 0 <= canary_percent <= 100:
-            raise UserError(f"canary percentage must be an integer in 0..100, got {canary_percent!r}")
+            raise BadInput(f"canary percentage must be an integer in 0..100, got {canary_percent!r}")
         values["canary"] = {"trafficPercent": canary_percent}
     if promote:
         values["canary"] = {"trafficPercent": None}
@@ -301,7 +301,7 @@ def canary_percent(isvc: dict) -> int | None:
     """The canary share of a rendered InferenceService (None when promoted)."""
     spec = isvc.get("spec", {})
     if "transformer" in spec:
-        raise UserError("spec.transformer is a separate component that splits traffic on its own (kserve#1669); "
+        raise BadInput("spec.transformer is a separate component that splits traffic on its own (kserve#1669); "
                         f"collocate it as predictor container {TRANSFORMER_CONTAINER!r}")
     return (spec.get("predictor") or {}).get("canaryTrafficPercent")
 

@@ -15,7 +15,7 @@ from torch import nn
 from torchvision import models
 
 from gourmetgram.constants import ARCHITECTURES
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +50,7 @@ class Classifier(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
         if spec.arch not in ARCHITECTURES:
-            raise UserError(f"unknown architecture {spec.arch!r}; choose one of {ARCHITECTURES}")
+            raise BadInput(f"unknown architecture {spec.arch!r}; choose one of {ARCHITECTURES}")
         self.spec = spec
         net = models.mobilenet_v2(weights=None, width_mult=spec.width_mult)
         self.features = net.features
@@ -88,14 +88,14 @@ def build_model(spec: ModelSpec, pretrained_weights: str | Path | None = None) -
     if pretrained_weights:
         path = Path(pretrained_weights)
         if not path.is_file():
-            raise UserError(f"pretrained weights file {path} does not exist")
+            raise BadInput(f"pretrained weights file {path} does not exist")
         state = torch.load(path, map_location="cpu", weights_only=True)
         backbone = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
         if not backbone:
-            raise UserError(f"{path} holds no MobileNetV2 'features.*' weights")
+            raise BadInput(f"{path} holds no MobileNetV2 'features.*' weights")
         missing, unexpected = model.features.load_state_dict(backbone, strict=False)
         if unexpected or len(missing) == len(model.features.state_dict()):
-            raise UserError(
+            raise BadInput(
                 f"{path} does not match a MobileNetV2 with width_mult={spec.width_mult}"
             )
     return model
@@ -114,7 +114,7 @@ def save_checkpoint(model: Classifier, path: str | Path, extra: dict | None = No
 def load_checkpoint(path: str | Path) -> Classifier:
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"model checkpoint {path} does not exist")
+        raise BadInput(f"model checkpoint {path} does not exist")
     blob = torch.load(path, map_location="cpu", weights_only=True)
     model = Classifier(ModelSpec.from_dict(blob["spec"]))
     model.load_state_dict(blob["state_dict"])
@@ -126,7 +126,7 @@ def pick_device(requested: str = "auto") -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if requested == "cuda" and not torch.cuda.is_available():
-        raise UserError("device 'cuda' was requested but no CUDA device is available")
+        raise BadInput("device 'cuda' was requested but no CUDA device is available")
     return torch.device(requested)
 
 

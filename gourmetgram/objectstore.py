@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from gourmetgram.errors import DependencyUnavailable, UserError
+from gourmetgram.errors import BadInput, DependencyUnavailable
 from gourmetgram.loop.settings import ENV_S3_ENDPOINT, objects_url
 
 ENDPOINT_ENV = (ENV_S3_ENDPOINT, "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL")
@@ -49,7 +49,7 @@ def split_uri(uri: str) -> tuple[str, str]:
     """``s3://bucket/a/b`` -> ``("bucket", "a/b")``; a URI without a bucket is bad input."""
     parts = urlsplit(uri)
     if parts.scheme != "s3" or not parts.netloc:
-        raise UserError(f"{uri!r} is not an s3://BUCKET/KEY URI")
+        raise BadInput(f"{uri!r} is not an s3://BUCKET/KEY URI")
     return parts.netloc, parts.path.strip("/")
 
 
@@ -66,11 +66,11 @@ def endpoint_url(explicit: str | None = None, required: bool = True) -> str | No
     if not endpoint:
         if not required:
             return None
-        raise UserError(f"no S3 endpoint: set AWS_ENDPOINT_URL (or {ENV_S3_ENDPOINT} / MLFLOW_S3_ENDPOINT_URL; "
+        raise BadInput(f"no S3 endpoint: set AWS_ENDPOINT_URL (or {ENV_S3_ENDPOINT} / MLFLOW_S3_ENDPOINT_URL; "
                         "the MinIO URL, e.g. http://minio.gourmetgram-platform:9000); on the cluster it comes "
                         "from the object-store Secret")
     if not endpoint.startswith(("http://", "https://")):
-        raise UserError(f"S3 endpoint {endpoint!r} must be http[s]://host[:port]")
+        raise BadInput(f"S3 endpoint {endpoint!r} must be http[s]://host[:port]")
     return endpoint
 
 
@@ -95,7 +95,7 @@ def _reachable(what: str, call: Callable[..., T], *args: Any, where: str | None 
     except FileNotFoundError:
         raise
     except PermissionError as exc:
-        raise UserError(f"{what}: access denied by the object store ({exc}); check AWS_ACCESS_KEY_ID/"
+        raise BadInput(f"{what}: access denied by the object store ({exc}); check AWS_ACCESS_KEY_ID/"
                         "AWS_SECRET_ACCESS_KEY") from None
     except Exception as exc:  # noqa: BLE001 - OSError, ValueError and botocore's own endpoint errors
         where = where or endpoint_url(required=False) or "the default AWS endpoint"
@@ -114,10 +114,10 @@ def upload_tree(local_dir: str | Path, uri: str, endpoint: str | None = None) ->
     """
     src = Path(local_dir)
     if not src.is_dir():
-        raise UserError(f"bundle {src} is not a folder")
+        raise BadInput(f"bundle {src} is not a folder")
     files = sorted(p for p in src.rglob("*") if p.is_file())
     if not files:
-        raise UserError(f"bundle {src} is empty")
+        raise BadInput(f"bundle {src} is empty")
     bucket, prefix = split_uri(uri)
     fs = filesystem(endpoint)
     target = f"{bucket}/{prefix}".rstrip("/")
@@ -134,7 +134,7 @@ def upload_tree(local_dir: str | Path, uri: str, endpoint: str | None = None) ->
     for path in files:
         rel = path.relative_to(src).as_posix()
         if sizes.get(rel) != path.stat().st_size:
-            raise UserError(f"upload of {rel} to {uri} is incomplete ({sizes.get(rel)} of "
+            raise BadInput(f"upload of {rel} to {uri} is incomplete ({sizes.get(rel)} of "
                             f"{path.stat().st_size} bytes)")
     return written
 
@@ -147,7 +147,7 @@ def _listing(fs: Any, uri: str) -> dict[str, dict]:
     except FileNotFoundError:
         listed = {}
     if not listed:
-        raise UserError(f"nothing under {uri} (check the bucket and prefix)")
+        raise BadInput(f"nothing under {uri} (check the bucket and prefix)")
     return listed
 
 
@@ -160,7 +160,7 @@ def download_tree(uri: str, local_dir: str | Path, endpoint: str | None = None) 
     for name in _listing(fs, uri):
         rel = name[len(source):].lstrip("/") or Path(name).name
         if ".." in Path(rel).parts:
-            raise UserError(f"object key {name!r} escapes the target folder")
+            raise BadInput(f"object key {name!r} escapes the target folder")
         dest = out / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         _reachable(f"download {name}", fs.get_file, name, str(dest))
@@ -233,7 +233,7 @@ class ObjectStore:
         self.protocol = parts.scheme or "file"
         if self.protocol == "s3":
             if not parts.netloc:
-                raise UserError(f"object store URL {url!r} names no bucket (s3://BUCKET/prefix)")
+                raise BadInput(f"object store URL {url!r} names no bucket (s3://BUCKET/prefix)")
             self.root = f"{parts.netloc}{parts.path}".rstrip("/")
             self.where = endpoint_url(endpoint, required=False) or "the default AWS endpoint"
             self.fs = filesystem(endpoint, required=False)
@@ -246,7 +246,7 @@ class ObjectStore:
             self.where = self.root
             self.fs = fsspec.filesystem("file")
         else:
-            raise UserError(f"object store URL {url!r}: use file:///dir or s3://bucket/prefix")
+            raise BadInput(f"object store URL {url!r}: use file:///dir or s3://bucket/prefix")
 
     def _call(self, what: str, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return _reachable(f"{what} in {self.url}", call, *args, where=self.where, **kwargs)

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -28,7 +28,7 @@ MAX_IMAGE_BYTES = 10 * 1024 * 1024
 MAX_IMAGE_PIXELS = 40_000_000  # about 6300 x 6300; larger is a decompression bomb
 
 
-class InvalidImageError(UserError):
+class InvalidImageError(BadInput):
     """Bytes that are not a usable image (bad format, truncated, too large)."""
 
 

@@ -40,7 +40,7 @@ import numpy as np
 from gourmetgram.bundle import QUANTIZATION_FILENAME, Bundle
 from gourmetgram.config import ExportConfig, load_config
 from gourmetgram.constants import MODEL_NAME, SPLITS
-from gourmetgram.errors import UserError, entry_point
+from gourmetgram.errors import BadInput, entry_point
 
 METHODS = ("static", "dynamic")
 CALIBRATION_BATCH = 16
@@ -101,10 +101,10 @@ def load_split(dataset_root: str | Path, split: str, image_size: int,
 
     folder = Path(dataset_root) / split
     if not folder.is_dir():
-        raise UserError(f"{folder} does not exist; {dataset_root} has no {split!r} split")
+        raise BadInput(f"{folder} does not exist; {dataset_root} has no {split!r} split")
     dataset = ImageFolderDataset(folder, image_size)
     if len(dataset) == 0:
-        raise UserError(f"{folder} holds no images")
+        raise BadInput(f"{folder} holds no images")
     indices = list(range(len(dataset)))
     if limit is not None and limit < len(indices):
         indices = sorted(random.Random(seed).sample(indices, limit))
@@ -124,7 +124,7 @@ class ImageCalibrationReader(_ReaderBase):
 
     def __init__(self, images: np.ndarray, input_name: str, batch: int = CALIBRATION_BATCH):
         if images.ndim != 4 or len(images) == 0:
-            raise UserError(f"calibration needs (N>0, 3, H, W) images, got shape {images.shape}")
+            raise BadInput(f"calibration needs (N>0, 3, H, W) images, got shape {images.shape}")
         self.images = np.ascontiguousarray(images, dtype=np.float32)
         self.input_name = input_name
         self.batch = batch
@@ -165,16 +165,16 @@ def quantize_onnx(fp32_path: str | Path, int8_path: str | Path, method: str = "s
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if method not in METHODS:
-        raise UserError(f"unknown quantization method {method!r}; choose one of {METHODS}")
+        raise BadInput(f"unknown quantization method {method!r}; choose one of {METHODS}")
     fp32_path, int8_path = Path(fp32_path), Path(int8_path)
     if not fp32_path.is_file():
-        raise UserError(f"ONNX model {fp32_path} does not exist")
+        raise BadInput(f"ONNX model {fp32_path} does not exist")
     int8_path.parent.mkdir(parents=True, exist_ok=True)
     if method == "dynamic":
         quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8)
         return int8_path
     if calibration is None or len(calibration) == 0:
-        raise UserError("static quantization needs calibration images (preprocessed training images)")
+        raise BadInput("static quantization needs calibration images (preprocessed training images)")
     with tempfile.TemporaryDirectory(prefix="gg-quant-") as tmp:
         prepped = Path(tmp) / "prepped.onnx"
         quant_pre_process(str(fp32_path), str(prepped), skip_symbolic_shape=True)
@@ -240,7 +240,7 @@ def compare(fp32_path: str | Path, int8_path: str | Path, images: np.ndarray, la
             timing_images: int = 64) -> QuantizationReport:
     """Accuracy, agreement, size and speed of INT8 vs FP32 on the same images."""
     if len(images) == 0 or len(images) != len(labels):
-        raise UserError(f"need as many evaluation images as labels (got {len(images)} and {len(labels)})")
+        raise BadInput(f"need as many evaluation images as labels (got {len(images)} and {len(labels)})")
     fp32, int8 = ort_session(fp32_path, threads), ort_session(int8_path, threads)
     want, got = run_session(fp32, images), run_session(int8, images)
     fp32_acc = float((want.argmax(1) == labels).mean())
@@ -280,9 +280,9 @@ def quantize_bundle(bundle_dir: str | Path, dataset_root: str | Path, out_dir: s
     """
     bundle, out = Path(bundle_dir).resolve(), Path(out_dir).resolve()
     if out == bundle:
-        raise UserError("the INT8 bundle must go to another folder than the FP32 bundle")
+        raise BadInput("the INT8 bundle must go to another folder than the FP32 bundle")
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"{out} already exists and is not empty; pick another folder or overwrite")
+        raise BadInput(f"{out} already exists and is not empty; pick another folder or overwrite")
     spec = Bundle(bundle, model_name).load_spec()
     fp32_onnx = Bundle(bundle, model_name).served_onnx()
     if eval_images is None:

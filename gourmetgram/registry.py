@@ -18,7 +18,7 @@ import subprocess
 from typing import Mapping
 
 from gourmetgram.constants import REGISTERED_MODEL_NAME, REPO_ROOT, STAGES, STAGING
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 from gourmetgram.tracking import configure_mlflow
 
 # Model-version tag keys (dashboards, `rollout` and people read these).
@@ -69,7 +69,7 @@ def version_tags(*, evaluation_passed: bool, accuracy: float, dataset_fingerprin
 
 def check_stage(stage: str) -> str:
     if stage not in STAGES:
-        raise UserError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
+        raise BadInput(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
     return stage
 
 
@@ -110,7 +110,7 @@ def register_model(model_uri: str, tags: Mapping[str, object], alias: str | None
     try:
         mv = mlflow.register_model(model_uri, name, tags=clean)
     except MlflowException as exc:
-        raise UserError(f"cannot register {model_uri!r} as {name!r}: {exc.message}") from None
+        raise BadInput(f"cannot register {model_uri!r} as {name!r}: {exc.message}") from None
     version = int(mv.version)
     run_id = mv.run_id
     if not run_id and model_uri.startswith("models:/"):
@@ -133,7 +133,7 @@ def get_version(version: int, name: str = REGISTERED_MODEL_NAME) -> RegisteredVe
         mv = client.get_model_version(name, str(int(version)))
     except MlflowException as exc:
         if _is_missing(exc):
-            raise UserError(f"model {name!r} has no version {version}") from None
+            raise BadInput(f"model {name!r} has no version {version}") from None
         raise
     return RegisteredVersion(name, int(mv.version), tuple(sorted(mv.aliases or ())), dict(mv.tags or {}),
                              mv.source, mv.run_id or (mv.tags or {}).get(TAG_RUN_ID))
@@ -180,13 +180,13 @@ def bundle_for(stage_or_version: str | int, name: str = REGISTERED_MODEL_NAME) -
     if isinstance(stage_or_version, str) and not stage_or_version.isdigit():
         version = version_for(stage_or_version, name)
         if version is None:
-            raise UserError(f"no model version is in stage {stage_or_version!r} of {name!r}")
+            raise BadInput(f"no model version is in stage {stage_or_version!r} of {name!r}")
     else:
         version = int(stage_or_version)
     info = get_version(version, name)
     bundle = info.tags.get(TAG_BUNDLE)
     if not bundle:
-        raise UserError(f"version {version} of {name!r} has no {TAG_BUNDLE!r} tag; it was not exported")
+        raise BadInput(f"version {version} of {name!r} has no {TAG_BUNDLE!r} tag; it was not exported")
     return bundle
 
 
@@ -194,7 +194,7 @@ def list_versions(name: str = REGISTERED_MODEL_NAME) -> list[RegisteredVersion]:
     """Every version of ``name``, newest first, with its aliases and tags; reads only.
 
     Unlike the writers above it does not create the experiment or a local store: a
-    store that does not exist yet (no sqlite file) is a :class:`UserError`.
+    store that does not exist yet (no sqlite file) is a :class:`BadInput`.
     """
     import mlflow
     from mlflow import MlflowClient
@@ -204,7 +204,7 @@ def list_versions(name: str = REGISTERED_MODEL_NAME) -> list[RegisteredVersion]:
 
     uri = tracking_uri()
     if uri.startswith("sqlite:///") and not os.path.exists(uri.removeprefix("sqlite:///")):
-        raise UserError(f"no model registry yet ({uri} does not exist): run the pipeline first")
+        raise BadInput(f"no model registry yet ({uri} does not exist): run the pipeline first")
     mlflow.set_tracking_uri(uri)
     client = MlflowClient()
     try:
@@ -216,7 +216,7 @@ def list_versions(name: str = REGISTERED_MODEL_NAME) -> list[RegisteredVersion]:
     except MlflowException as exc:
         if _is_missing(exc):
             return []
-        raise UserError(f"cannot read the model registry at {uri}: {exc.message}") from None
+        raise BadInput(f"cannot read the model registry at {uri}: {exc.message}") from None
     versions = [RegisteredVersion(name, int(mv.version), tuple(sorted(set(mv.aliases or ()) | set(
                                       aliases.get(str(mv.version), [])))), dict(mv.tags or {}),
                                   mv.source or "", mv.run_id or (mv.tags or {}).get(TAG_RUN_ID)) for mv in found]

@@ -38,9 +38,9 @@ def tracking_uri() -> str:
     if uri:
         return uri
     if os.environ.get(KFP_POD_ENV):
-        from gourmetgram.errors import UserError
+        from gourmetgram.errors import BadInput
 
-        raise UserError("MLFLOW_TRACKING_URI is not set in this pipeline pod: the Kubernetes Secret "
+        raise BadInput("MLFLOW_TRACKING_URI is not set in this pipeline pod: the Kubernetes Secret "
                         "'mlflow-credentials' (key MLFLOW_TRACKING_URI) is missing from the run's "
                         "namespace; create it with infra/scripts/install_platform.sh")
     return f"sqlite:///{home() / 'mlflow.db'}"

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gourmetgram.constants import MODEL_NAME, REGISTERED_MODEL_NAME, REPO_ROOT, STAGING
-from gourmetgram.errors import DependencyUnavailable, UserError
+from gourmetgram.errors import BadInput, DependencyUnavailable
 from gourmetgram.tracking import home, tracking_uri
 
 if TYPE_CHECKING:  # torch stays out of the CLI's start-up
@@ -124,14 +124,14 @@ def check_run_inputs(dataset_uri: str, config: str, epochs: int, stage: str, mod
     resolve_init_from(resolve_config(config, epochs), init_from)
     check_stage(stage)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", model_name):
-        raise UserError(f"invalid model name {model_name!r}: use letters, digits, '_', '.', '-'")
+        raise BadInput(f"invalid model name {model_name!r}: use letters, digits, '_', '.', '-'")
 
 
 def run_local(dataset_uri: str, config: str = "demo", epochs: int = -1, model_name: str = MODEL_NAME,
               stage: str = STAGING, registered_model_name: str = REGISTERED_MODEL_NAME,
               pipeline_root: str | Path | None = None, enable_caching: bool = False,
               quantize: bool = False, production_dataset_uri: str = "", init_from: str = "") -> LocalRunResult:
-    """Run the training pipeline with ``kfp.local``; bad input raises :class:`UserError`.
+    """Run the training pipeline with ``kfp.local``; bad input raises :class:`BadInput`.
     ``init_from``: production | scratch | empty (the config's ``train.init_from``)."""
     check_run_inputs(dataset_uri, config, epochs, stage, model_name, init_from)
     parsed = urllib.parse.urlparse(dataset_uri)
@@ -222,7 +222,7 @@ def run_staging_gate_local(staging_url: str, version: int, images: str | Path, s
 
     package = Path(package or PIPELINES[STAGING_GATE][1])
     if not package.is_file():
-        raise UserError(f"pipeline package {package} does not exist; run `gourmetgram pipeline compile`")
+        raise BadInput(f"pipeline package {package} does not exist; run `gourmetgram pipeline compile`")
     if slo.endswith((".yaml", ".yml")):
         slo = str(Path(slo).expanduser().resolve())  # the step runs in its own folder
     gate = components.load_component_from_file(str(package))
@@ -276,11 +276,11 @@ def compile_to(output: str | Path, image: str | None = None, pipeline: str = TRA
     import importlib
 
     if pipeline not in PIPELINES:
-        raise UserError(f"unknown pipeline {pipeline!r}; choose one of {', '.join(PIPELINES)}")
+        raise BadInput(f"unknown pipeline {pipeline!r}; choose one of {', '.join(PIPELINES)}")
     if image:
         base = sys.modules.get("components.base")  # the image is read once, when it is imported
         if base is not None and image != base.PIPELINE_IMAGE:
-            raise UserError("--image must be set before the pipeline module is imported")
+            raise BadInput("--image must be set before the pipeline module is imported")
         os.environ["GOURMETGRAM_PIPELINE_IMAGE"] = image
     module = importlib.import_module(PIPELINES[pipeline][0])
     output = Path(output)
@@ -303,9 +303,9 @@ def parse_params(pairs: list[str], package: Path) -> dict:
         key, sep, value = pair.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise UserError(f"--param {pair!r}: use key=value")
+            raise BadInput(f"--param {pair!r}: use key=value")
         if key not in declared:
-            raise UserError(f"unknown pipeline parameter {key!r}; known: {', '.join(sorted(declared))}")
+            raise BadInput(f"unknown pipeline parameter {key!r}; known: {', '.join(sorted(declared))}")
         kind = _KFP_TYPES.get(declared[key].get("parameterType"), str)
         try:
             if kind is bool:
@@ -315,10 +315,10 @@ def parse_params(pairs: list[str], package: Path) -> dict:
             else:
                 params[key] = kind(value)
         except ValueError:
-            raise UserError(f"--param {key}={value!r}: expected {kind.__name__}") from None
+            raise BadInput(f"--param {key}={value!r}: expected {kind.__name__}") from None
     missing = [k for k, d in declared.items() if not d.get("isOptional") and k not in params]
     if missing:
-        raise UserError(f"missing required pipeline parameter(s): {', '.join(missing)} (use --param key=value)")
+        raise BadInput(f"missing required pipeline parameter(s): {', '.join(missing)} (use --param key=value)")
     return params
 
 

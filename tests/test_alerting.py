@@ -15,7 +15,7 @@ import yaml
 from helpers import LocalHTTPServer, QuietHandler, wait_for
 
 from gourmetgram import manifests
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 from gourmetgram.retrain.history import History
 from gourmetgram.retrain.settings import duration_s, load_retrain_settings
 from gourmetgram_app.local.alerting import (
@@ -51,7 +51,7 @@ def test_the_local_route_is_the_charts_alertmanagerconfig(tmp_path):
     fast = alertmanager_config(render_route("http://x/alerts", {"groupWait": "2s", "repeatInterval": "20s"}),
                                tmp_path / "token")["route"]["routes"][0]
     assert (fast["group_wait"], fast["group_interval"], fast["repeat_interval"]) == ("2s", "5m", "20s")
-    with pytest.raises(UserError, match="unknown Alertmanager timing"):
+    with pytest.raises(BadInput, match="unknown Alertmanager timing"):
         render_route("http://x/alerts", {"repeat": "1s"})
 
 
@@ -74,12 +74,12 @@ def test_alertmanager_accepts_the_written_config(tmp_path):
 def test_the_translation_refuses_what_it_cannot_carry(tmp_path):
     amc = render_route("http://127.0.0.1:8073/alerts")
     nested = {**amc, "spec": {**amc["spec"], "route": {**amc["spec"]["route"], "routes": [{"receiver": "x"}]}}}
-    with pytest.raises(UserError, match="routes"):
+    with pytest.raises(BadInput, match="routes"):
         alertmanager_config(nested, tmp_path / "t")
     slack = {**amc, "spec": {**amc["spec"], "receivers": [{"name": "r", "slackConfigs": [{}]}]}}
-    with pytest.raises(UserError, match="slackConfigs"):
+    with pytest.raises(BadInput, match="slackConfigs"):
         alertmanager_config(slack, tmp_path / "t")
-    with pytest.raises(UserError, match="token file"):
+    with pytest.raises(BadInput, match="token file"):
         alertmanager_config(amc, None)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gourmetgram.bundle import Bundle, triton_repo_uri
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 
 
 def test_paths_are_the_contract_layout(tmp_path):
@@ -30,13 +30,13 @@ def test_paths_are_the_contract_layout(tmp_path):
 
 @pytest.mark.parametrize("name", ["", "a/b", ".hidden"])
 def test_bad_model_names_are_user_errors(tmp_path, name):
-    with pytest.raises(UserError, match="invalid Triton model name"):
+    with pytest.raises(BadInput, match="invalid Triton model name"):
         Bundle(tmp_path, name)
 
 
 def test_presence_and_errors_name_the_files(tmp_path):
     b = Bundle(tmp_path / "b")
-    with pytest.raises(UserError, match="does not exist"):
+    with pytest.raises(BadInput, match="does not exist"):
         b.require()
     b.version_dir.mkdir(parents=True)
     b.onnx_path.write_bytes(b"x")
@@ -44,19 +44,19 @@ def test_presence_and_errors_name_the_files(tmp_path):
     assert not b.has_detector() and b.is_bundle()
     assert b.missing() == ["triton/food11/config.pbtxt", "triton/food11/labels.txt",
                            "feature_extractor.onnx", "parity.json"]
-    with pytest.raises(UserError, match=r"incomplete; missing: triton/food11/config.pbtxt, "):
+    with pytest.raises(BadInput, match=r"incomplete; missing: triton/food11/config.pbtxt, "):
         b.require()
-    with pytest.raises(UserError, match="model_spec.json is not valid JSON"):
+    with pytest.raises(BadInput, match="model_spec.json is not valid JSON"):
         b.spec_dict()
     b.spec_path.write_text(json.dumps({"class_names": ["a", 3], "image_size": True}))
-    with pytest.raises(UserError, match="no valid 'class_names'"):
+    with pytest.raises(BadInput, match="no valid 'class_names'"):
         b.class_names()
-    with pytest.raises(UserError, match="no valid 'image_size'"):
+    with pytest.raises(BadInput, match="no valid 'image_size'"):
         b.image_size()
     b.spec_path.write_text(json.dumps({"class_names": ["a", "b"], "image_size": 64}))
     assert (b.class_names(), b.image_size()) == (["a", "b"], 64)
     assert b.served_onnx() == b.onnx_path
-    with pytest.raises(UserError, match="is .* an exported model bundle for 'other'"):
+    with pytest.raises(BadInput, match="is .* an exported model bundle for 'other'"):
         b.with_model("other").served_onnx()
 
 

@@ -22,7 +22,7 @@ import yaml
 from gourmetgram import manifests
 from gourmetgram.config import read_yaml
 from gourmetgram.constants import ISVC_NAMES, MODEL_NAME, PRODUCTION, REPO_ROOT, STAGING, TRANSFORMER_CONTAINER
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 from gourmetgram_app.cli.main import main
 
 # config-features as the install leaves it: upstream 1.21 defaults + infra's merge patch
@@ -329,13 +329,13 @@ def test_canary_is_one_component_and_rendered_only_when_set(rendered):
         isvc = isvc_of(manifests.render_objects(PRODUCTION, {"canary": {"trafficPercent": percent}}))
         assert isvc["spec"]["predictor"]["canaryTrafficPercent"] == percent
         assert manifests.canary_percent(isvc) == percent
-    with pytest.raises(UserError, match="0..100"):
+    with pytest.raises(BadInput, match="0..100"):
         manifests.render_objects(PRODUCTION, {"canary": {"trafficPercent": 150}})
-    with pytest.raises(UserError, match="scaleMetric"):
+    with pytest.raises(BadInput, match="scaleMetric"):
         manifests.render_objects(STAGING, {"predictor": {"scaleMetric": "qps"}})
-    with pytest.raises(UserError, match="local path"):
+    with pytest.raises(BadInput, match="local path"):
         manifests.render_objects(STAGING, {"model": {"bundleUri": "/home/me/.gourmetgram/bundles/7"}})
-    with pytest.raises(UserError, match="kserve#1669"):
+    with pytest.raises(BadInput, match="kserve#1669"):
         manifests.canary_percent({"spec": {"predictor": {}, "transformer": {"canaryTrafficPercent": 5}}})
 
 
@@ -382,9 +382,9 @@ def test_bad_rollout_input_writes_nothing(tmp_path):
     out = tmp_path / "out"
     for kwargs, message in (({"canary_percent": 101}, "0..100"), ({"canary_percent": 5, "promote": True}, "either"),
                             ({"storage_uri": " "}, "empty"), ({"storage_uri": "/tmp/bundles/7"}, "object-store URI")):
-        with pytest.raises(UserError, match=message):
+        with pytest.raises(BadInput, match=message):
             manifests.set_rollout(PRODUCTION, chart_dir=chart, out_dir=out, **kwargs)
-    with pytest.raises(UserError, match="canary"):
+    with pytest.raises(BadInput, match="canary"):
         manifests.set_rollout("canary", canary_percent=5, chart_dir=chart, out_dir=out)
     assert not out.exists() and not (chart / "rollout").exists()
 
@@ -470,9 +470,9 @@ def test_shadow_is_off_by_default_and_refuses_bad_values():
         ({**SHADOW["shadow"], "isvcName": "food11"}, "must differ"),
     ]
     for values, message in bad:
-        with pytest.raises(UserError, match=message):
+        with pytest.raises(BadInput, match=message):
             manifests.render_objects(PRODUCTION, {"shadow": values})
-    with pytest.raises(UserError, match="production stage only"):
+    with pytest.raises(BadInput, match="production stage only"):
         manifests.render_objects(STAGING, SHADOW)
 
 
@@ -747,11 +747,11 @@ def test_gateway_pod_labels_are_those_of_the_installed_istio_gateway():
 
 
 def test_capture_refuses_bad_values():
-    with pytest.raises(UserError, match="logger.enabled"):
+    with pytest.raises(BadInput, match="logger.enabled"):
         manifests.render_objects(PRODUCTION, {"logger": {"enabled": False}})
-    with pytest.raises(UserError, match="s3:// URI"):
+    with pytest.raises(BadInput, match="s3:// URI"):
         manifests.render_objects(STAGING, {"capture": {"objectsUri": "/var/captures"}})
-    with pytest.raises(UserError, match="must differ"):
+    with pytest.raises(BadInput, match="must differ"):
         manifests.render_objects(STAGING, {"capture": {"name": "drift-detector"}})
 
 

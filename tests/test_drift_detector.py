@@ -345,9 +345,9 @@ def test_image_properties_measure_what_they_say():
     grey = image_properties(_jpeg(texture.convert("L").convert("RGB")))
     assert grey["colourfulness"] < bright["colourfulness"] / 5
     assert bright["size"] == pytest.approx(160 * 120 / 1e6) and bright["aspect_ratio"] == pytest.approx(160 / 120)
-    from gourmetgram.errors import UserError
+    from gourmetgram.errors import BadInput
 
-    with pytest.raises(UserError):
+    with pytest.raises(BadInput):
         image_properties(b"not an image")
 
 

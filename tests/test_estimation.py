@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from gourmetgram.calibration import Calibration, calibrated_probabilities, energy_score, expected_calibration_error
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 from gourmetgram.estimation import (
     ATC,
     ATC_ENERGY,
@@ -93,7 +93,7 @@ def test_ece_and_reliability_table_on_a_hand_made_case():
     assert filled[1].accuracy == pytest.approx(0.75) and filled[1].confidence == pytest.approx(0.9)
     expected = (2 / 7) * abs(0.5 - 0.55) + (4 / 7) * abs(0.75 - 0.9) + (1 / 7) * 0.0
     assert expected_calibration_error(confidence, correct) == pytest.approx(expected)
-    with pytest.raises(UserError):
+    with pytest.raises(BadInput):
         expected_calibration_error([], [])
 
 
@@ -134,13 +134,13 @@ def test_calibration_file_round_trip_and_bad_files(fitted, tmp_path):
     assert identity.temperature == 1.0 and math.isinf(identity.ood_threshold) and not identity.fitted
     assert Calibration.read(identity.write(tmp_path / "id.json")).ood_threshold == math.inf
     (tmp_path / "bad.json").write_text('{"temperature": -1}')
-    with pytest.raises(UserError, match="positive"):
+    with pytest.raises(BadInput, match="positive"):
         Calibration.read(tmp_path / "bad.json")
     (tmp_path / "typo.json").write_text('{"temprature": 2}')
-    with pytest.raises(UserError, match="unknown keys"):
+    with pytest.raises(BadInput, match="unknown keys"):
         Calibration.read(tmp_path / "typo.json")
     (tmp_path / "text.json").write_text("not json")
-    with pytest.raises(UserError, match="not valid JSON"):
+    with pytest.raises(BadInput, match="not valid JSON"):
         Calibration.read(tmp_path / "text.json")
 
 
@@ -196,7 +196,7 @@ def test_wilson_interval_matches_scipy():
     for k, n in [(0, 10), (3, 10), (95, 100), (500, 500), (412, 500)]:
         expected = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
         assert wilson_interval(k, n) == pytest.approx((expected.low, expected.high), abs=1e-9)
-    with pytest.raises(UserError):
+    with pytest.raises(BadInput):
         wilson_interval(0, 0)
 
 

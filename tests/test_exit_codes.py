@@ -24,7 +24,6 @@ from gourmetgram.errors import (
     DatasetError,
     DependencyUnavailable,
     GourmetGramError,
-    UserError,
 )
 from gourmetgram.rollout.local import CONTROL_PATH
 from gourmetgram_app.local.ports import Ports
@@ -45,7 +44,9 @@ def dead_url() -> str:
 
 
 def test_error_classes_carry_their_exit_codes():
-    assert UserError is BadInput  # other code keeps raising UserError
+    import gourmetgram.errors as errors
+
+    assert not hasattr(errors, "UserError")  # one name for bad input
     assert issubclass(ConfigError, BadInput) and issubclass(DatasetError, BadInput)
     assert {cls.exit_code for cls in (BadInput, CheckFailed, DependencyUnavailable)} == {2, 1, 3}
     assert all(issubclass(c, GourmetGramError) for c in (BadInput, CheckFailed, DependencyUnavailable))
@@ -183,7 +184,7 @@ def _main_modules() -> list[Path]:
 
 def test_every_process_maps_errors_to_exit_codes_through_the_one_wrapper():
     """Each ``main()`` is wrapped by ``entry_point`` and none maps an error class by hand (a
-    hand-written ``except UserError: return 2`` let a DependencyUnavailable end in a traceback)."""
+    hand-written ``except BadInput: return 2`` let a DependencyUnavailable end in a traceback)."""
     import ast
 
     modules = _main_modules()
@@ -199,7 +200,7 @@ def test_every_process_maps_errors_to_exit_codes_through_the_one_wrapper():
             unwrapped.append(str(path.relative_to(REPO_ROOT)))
         for handler in (n for n in ast.walk(mains[0]) if isinstance(n, ast.ExceptHandler)):
             caught = ast.unparse(handler.type) if handler.type else ""
-            if any(name in caught for name in ("UserError", "BadInput", "GourmetGramError")):
+            if any(name in caught for name in ("BadInput", "BadInput", "GourmetGramError")):
                 by_hand.append(f"{path.relative_to(REPO_ROOT)}:{handler.lineno} except {caught}")
     assert not unwrapped, f"main() without @entry_point: {unwrapped}"
     assert not by_hand, f"errors mapped by hand in main(): {by_hand}"

@@ -17,7 +17,7 @@ from onnx import numpy_helper
 
 from gourmetgram.config import ExportConfig
 from gourmetgram.constants import FEATURES_NAME, INPUT_NAME, MODEL_NAME, OUTPUT_NAME
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 from gourmetgram.export import (
     ExportParityError,
     ParityReport,
@@ -130,15 +130,15 @@ def test_config_is_written_from_the_protobuf_message_and_round_trips():
 
 
 def test_tensorrt_on_cpu_instances_is_refused():
-    with pytest.raises(UserError, match="tensorrt_fp16 needs GPU instances"):
+    with pytest.raises(BadInput, match="tensorrt_fp16 needs GPU instances"):
         render_triton_config("food11", 96, 11, ExportConfig(instance_kind="KIND_CPU", tensorrt_fp16=True))
 
 
 def test_bad_config_file_is_a_user_error(tmp_path):
     (tmp_path / "config.pbtxt").write_text("name: \"x\"\nmax_batch_size: lots\n")
-    with pytest.raises(UserError, match="not a valid Triton model config"):
+    with pytest.raises(BadInput, match="not a valid Triton model config"):
         read_triton_config(tmp_path)
-    with pytest.raises(UserError, match="does not exist"):
+    with pytest.raises(BadInput, match="does not exist"):
         read_triton_config(tmp_path / "nothing")
 
 
@@ -220,24 +220,24 @@ def test_composable_variant_and_validation(exported, tmp_path):
     subprocess.run(["cp", "-r", str(export_copy), str(broken)], check=True)
     (broken / "feature_extractor.onnx").unlink()
     (broken / "triton" / MODEL_NAME / "1" / "model.onnx").unlink()
-    with pytest.raises(UserError, match=r"missing: triton/food11/1/model.onnx, feature_extractor.onnx"):
+    with pytest.raises(BadInput, match=r"missing: triton/food11/1/model.onnx, feature_extractor.onnx"):
         validate_bundle(broken)
     subprocess.run(["rm", "-r", str(broken)], check=True)
     subprocess.run(["cp", "-r", str(export_copy), str(broken)], check=True)
     (broken / "triton" / MODEL_NAME / "labels.txt").write_text("a\nb\n")
-    with pytest.raises(UserError, match="labels.txt"):
+    with pytest.raises(BadInput, match="labels.txt"):
         validate_bundle(broken)
 
 
 def test_bad_inputs_are_user_errors(exported, tmp_path):
     result, _, _ = exported
-    with pytest.raises(UserError, match="not empty"):
+    with pytest.raises(BadInput, match="not empty"):
         export_bundle(_model(), result.bundle_dir, CFG)
-    with pytest.raises(UserError, match="instance_kind"):
+    with pytest.raises(BadInput, match="instance_kind"):
         export_bundle(_model(), tmp_path / "b", ExportConfig(instance_kind="GPU"))
-    with pytest.raises(UserError, match="parity images must have shape"):
+    with pytest.raises(BadInput, match="parity images must have shape"):
         export_bundle(_model(), tmp_path / "b", CFG, parity_images=np.zeros((2, 3, 32, 32), np.float32))
-    with pytest.raises(UserError, match="does not exist"):
+    with pytest.raises(BadInput, match="does not exist"):
         export_bundle(tmp_path / "missing.pt", tmp_path / "b", CFG)
     assert not (tmp_path / "b").exists()
 
@@ -309,6 +309,6 @@ def test_fp16_export_that_fails_its_gate_leaves_nothing(tmp_path):
     with pytest.raises(ExportParityError, match="fp16_parity_atol"):
         export_bundle(_model(), tmp_path / "bundle", strict)
     assert list(tmp_path.iterdir()) == []
-    with pytest.raises(UserError, match="parity labels must be 8 class indices"):
+    with pytest.raises(BadInput, match="parity labels must be 8 class indices"):
         export_bundle(_model(), tmp_path / "bundle", FP16, parity_images=np.zeros((8, 3, 64, 64), np.float32),
                       parity_labels=np.full(8, 10))

@@ -122,9 +122,9 @@ def test_one_change_of_images_env_moves_the_chart_and_the_pipeline_image(tmp_pat
     # one release may point elsewhere through the values
     text = yaml.safe_dump_all(manifests.render_objects("production", {"images": {"tag": "dev"}}, chart_dir=chart))
     assert "image: registry.example.org/gg/drift-detector:dev" in text
-    from gourmetgram.errors import UserError
+    from gourmetgram.errors import BadInput
 
-    with pytest.raises(UserError, match="name only"):
+    with pytest.raises(BadInput, match="name only"):
         manifests.render_objects("production", {"transformer": {"image": "ghcr.io/x/food-transformer:1"}})
 
 

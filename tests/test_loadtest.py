@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gourmetgram.config import SLOConfig, load_slo
-from gourmetgram.errors import ConfigError, UserError
+from gourmetgram.errors import BadInput, ConfigError
 from gourmetgram.loadtest import find_knee, summarize
 
 STATS_HEADER = ["Type", "Name", "Request Count", "Failure Count", "Median Response Time", "Average Response Time",
@@ -55,7 +55,7 @@ def test_gate_fails_with_the_reason(tmp_path, rows, reason):
 
 
 def test_missing_stats_is_a_clear_error(tmp_path):
-    with pytest.raises(UserError, match="Locust wrote no statistics"):
+    with pytest.raises(BadInput, match="Locust wrote no statistics"):
         summarize(tmp_path / "nothing", SLO, tmp_path / "r.html")
 
 

@@ -14,7 +14,7 @@ import pytest
 from helpers import S3_CREDENTIALS, free_port, moto_s3
 
 from gourmetgram import objectstore
-from gourmetgram.errors import DatasetError, DependencyUnavailable, UserError
+from gourmetgram.errors import BadInput, DatasetError, DependencyUnavailable
 from gourmetgram.loop.settings import ENV_S3_ENDPOINT
 
 BUCKET = "gourmetgram-models"
@@ -82,7 +82,7 @@ def test_no_endpoint_and_a_dead_endpoint_are_clear_errors(tmp_path, monkeypatch)
     bundle = _fake_bundle(tmp_path / "b")
     for key in objectstore.ENDPOINT_ENV:
         monkeypatch.delenv(key, raising=False)
-    with pytest.raises(UserError, match="no S3 endpoint: set AWS_ENDPOINT_URL"):
+    with pytest.raises(BadInput, match="no S3 endpoint: set AWS_ENDPOINT_URL"):
         objectstore.upload_tree(bundle, "s3://b/x/1")
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
@@ -90,7 +90,7 @@ def test_no_endpoint_and_a_dead_endpoint_are_clear_errors(tmp_path, monkeypatch)
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     with pytest.raises(DependencyUnavailable, match="bucket b: object store"):
         objectstore.upload_tree(bundle, "s3://b/x/1")  # exit 3: a dependency, not bad input
-    with pytest.raises(UserError, match="not an s3://BUCKET/KEY"):
+    with pytest.raises(BadInput, match="not an s3://BUCKET/KEY"):
         objectstore.split_uri("s3:///no-bucket")
 
 
@@ -170,7 +170,7 @@ def test_mlflow_is_required_in_a_pipeline_pod(monkeypatch, tmp_path):
     monkeypatch.delenv(KFP_POD_ENV, raising=False)
     assert tracking_uri().startswith("sqlite:///")  # locally sqlite stays the default
     monkeypatch.setenv(KFP_POD_ENV, "gourmetgram-training-abc-123")
-    with pytest.raises(UserError, match="Secret 'mlflow-credentials'"):
+    with pytest.raises(BadInput, match="Secret 'mlflow-credentials'"):
         tracking_uri()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.gourmetgram-platform:5000")
     assert tracking_uri() == "http://mlflow.gourmetgram-platform:5000"
@@ -283,7 +283,7 @@ def test_staging_gate_takes_the_registered_datasets_evaluation_split(s3, demo_da
 def test_staging_gate_refuses_an_empty_prefix_before_any_load(s3, tmp_path):
     from components.steps import loadtest_step
 
-    with pytest.raises(UserError, match="nothing under s3://gate-datasets/nope"):
+    with pytest.raises(BadInput, match="nothing under s3://gate-datasets/nope"):
         loadtest_step("http://127.0.0.1:9", "s3://gate-datasets/nope", tmp_path / "out", run_time="5s", users=1)
     assert not (tmp_path / "out").exists()  # no load test started
 

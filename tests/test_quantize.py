@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from gourmetgram.config import ExportConfig
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 from gourmetgram.export import export_bundle, validate_bundle
 from gourmetgram.model import ModelSpec, build_model
 from gourmetgram.quantize import (
@@ -70,7 +70,7 @@ def test_calibration_reader_feeds_every_image_once_per_pass():
     assert sizes == [16, 16, 5]
     reader.rewind()
     assert len(reader.get_next()["input"]) == 16
-    with pytest.raises(UserError):
+    with pytest.raises(BadInput):
         ImageCalibrationReader(np.zeros((0, 3, 8, 8), np.float32), "input")
 
 
@@ -97,9 +97,9 @@ def test_dynamic_int8_quantizes_weights_only(fp32_bundle, tmp_path):
 
 
 def test_static_needs_calibration_and_known_method(fp32_bundle, tmp_path):
-    with pytest.raises(UserError, match="calibration"):
+    with pytest.raises(BadInput, match="calibration"):
         quantize_onnx(_onnx_of(fp32_bundle), tmp_path / "x.onnx", "static", None)
-    with pytest.raises(UserError, match="unknown quantization method"):
+    with pytest.raises(BadInput, match="unknown quantization method"):
         quantize_onnx(_onnx_of(fp32_bundle), tmp_path / "x.onnx", "fp16")
 
 
@@ -146,9 +146,9 @@ def test_a_failing_gate_writes_nothing_and_keeps_fp32(fp32_bundle, demo_dataset,
     forced = quantize_bundle(fp32_bundle, demo_dataset, out, cfg, force=True, eval_images=eval_set,
                              calibration=calibration)
     assert not forced.passed and json.loads((out / QUANTIZATION_FILENAME).read_text())["passed"] is False
-    with pytest.raises(UserError, match="not empty"):
+    with pytest.raises(BadInput, match="not empty"):
         quantize_bundle(fp32_bundle, demo_dataset, out, cfg, eval_images=eval_set, calibration=calibration)
-    with pytest.raises(UserError, match="another folder"):
+    with pytest.raises(BadInput, match="another folder"):
         quantize_bundle(fp32_bundle, demo_dataset, fp32_bundle, cfg)
 
 

@@ -12,7 +12,7 @@ import torch
 
 from gourmetgram import registry
 from gourmetgram.constants import CANARY, PRODUCTION, REGISTERED_MODEL_NAME, STAGING
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 from gourmetgram.model import Classifier, ModelSpec
 from gourmetgram.tracking import EXPERIMENT, configure_mlflow
 
@@ -97,18 +97,18 @@ def test_stage_moves(logged, monkeypatch):
     registry.clear_stage(CANARY)
     registry.clear_stage(CANARY)  # clearing an unset stage is fine
     assert registry.stages() == {STAGING: second, CANARY: None, PRODUCTION: second}
-    with pytest.raises(UserError, match="no model version is in stage 'canary'"):
+    with pytest.raises(BadInput, match="no model version is in stage 'canary'"):
         registry.bundle_for(CANARY)
 
 
 def test_bad_stage_and_version(logged):
-    with pytest.raises(UserError, match="unknown stage 'prod'"):
+    with pytest.raises(BadInput, match="unknown stage 'prod'"):
         registry.set_stage("prod", 1)
-    with pytest.raises(UserError, match="unknown stage"):
+    with pytest.raises(BadInput, match="unknown stage"):
         registry.version_for("Staging")
-    with pytest.raises(UserError, match="has no version 999"):
+    with pytest.raises(BadInput, match="has no version 999"):
         registry.set_stage(PRODUCTION, 999)
-    with pytest.raises(UserError, match="unknown stage"):
+    with pytest.raises(BadInput, match="unknown stage"):
         registry.register_model(logged[1], {}, alias="champion")
 
 

@@ -29,7 +29,7 @@ from gourmetgram.config import ExportConfig
 from gourmetgram.constants import CANARY, PRODUCTION, REPO_ROOT
 from gourmetgram.data.demo import DEMO_CLASSES
 from gourmetgram.data.layout import list_images
-from gourmetgram.errors import ConfigError, UserError
+from gourmetgram.errors import BadInput, ConfigError
 from gourmetgram.export import export_bundle
 from gourmetgram.model import ModelSpec, build_model, predict_logits
 from gourmetgram.preprocessing import preprocess_bytes
@@ -214,9 +214,9 @@ def test_kube_canary_is_one_merge_patch_of_the_collocated_predictor(api_server):
     template = patches[3][3]["spec"]["template"]
     assert template["spec"]["initContainers"][0]["args"] == ["s3://models/1", "/mnt/models"]
     assert template["metadata"]["annotations"] == {"gourmetgram.io/reference-bundle": "s3://models/1"}
-    with pytest.raises(UserError):
+    with pytest.raises(BadInput):
         kube.canary("s3://models/8", 101)
-    with pytest.raises(UserError, match="object-store URI"):  # a local path never reaches the cluster
+    with pytest.raises(BadInput, match="object-store URI"):  # a local path never reaches the cluster
         kube.canary("/home/me/.gourmetgram/bundles/8", 10)
 
 

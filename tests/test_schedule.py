@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from helpers import FakeKFPApi, free_port
 
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 from gourmetgram.retrain.schedule import check_cron
 from gourmetgram.retrain.settings import load_retrain_settings
 from gourmetgram_app.cli.main import main
@@ -138,5 +138,5 @@ def test_cron_check():
     for ok in ("0 0 3 * * 1", "*/30 * * * * *", "0 0 9 ? * 2-6", "0 0 0 1 JAN,JUL *", "0 0/15 8-18 * * MON-FRI"):
         assert check_cron(ok) == ok
     for bad in ("@daily", "0 0 3 * *", "0 0 24 * * *", "0 0 0 0 * *", "0 0 0 * 13 *", "0 0 0 * * 7", "x! * * * * *"):
-        with pytest.raises(UserError):
+        with pytest.raises(BadInput):
             check_cron(bad)

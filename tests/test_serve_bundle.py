@@ -12,7 +12,7 @@ import torch
 from gourmetgram import registry
 from gourmetgram.config import ExportConfig
 from gourmetgram.constants import PRODUCTION, STAGING
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 from gourmetgram.export import export_bundle
 from gourmetgram.model import ModelSpec, build_model
 from gourmetgram.tracking import configure_mlflow
@@ -38,7 +38,7 @@ def test_serve_uses_the_stage_alias_not_the_newest_bundle(home, capsys):
     from gourmetgram_app.local.stack import LocalStack
 
     # No alias yet: a clear error naming the alias and the ways out, exit 2 on the CLI.
-    with pytest.raises(UserError, match=rf"alias '{STAGING}'.*pipeline run.*--bundle"):
+    with pytest.raises(BadInput, match=rf"alias '{STAGING}'.*pipeline run.*--bundle"):
         registered_bundle(STAGING)
     assert main(["serve", "--stage", STAGING, "--free-ports"]) == 2
     err = capsys.readouterr().err
@@ -67,12 +67,12 @@ def test_serve_uses_the_stage_alias_not_the_newest_bundle(home, capsys):
     assert registered_bundle(STAGING) == good.resolve()
     assert LocalStack(stage=STAGING).bundle == good.resolve()
     # Another stage's alias is another question: production has none.
-    with pytest.raises(UserError, match=f"alias '{PRODUCTION}'"):
+    with pytest.raises(BadInput, match=f"alias '{PRODUCTION}'"):
         LocalStack(stage=PRODUCTION)
     # An alias whose bundle is not on this machine is a clear error too.
     gone = registry.register_model(info.model_uri, {**tags, registry.TAG_BUNDLE: str(home / "gone")},
                                    alias=PRODUCTION)
-    with pytest.raises(UserError, match=f"version {gone} .*not a folder on this machine"):
+    with pytest.raises(BadInput, match=f"version {gone} .*not a folder on this machine"):
         LocalStack(stage=PRODUCTION)
 
 

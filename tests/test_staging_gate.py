@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 from gourmetgram_app.cli.main import main
 
 COMMITTED = Path(__file__).resolve().parent.parent / "pipelines" / "staging_gate_pipeline.yaml"
@@ -127,7 +127,7 @@ def test_loadtest_step_rejects_bad_input(demo_dataset, tmp_path, kwargs, message
 
     args = {"staging_url": "http://127.0.0.1:9", "images": str(demo_dataset / "evaluation"),
             "out_dir": tmp_path / "out", "run_time": "5s", "users": 1, **kwargs}
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(BadInput, match=message):
         loadtest_step(**args)
     assert not (tmp_path / "out").exists()  # nothing started
 
@@ -282,9 +282,9 @@ def test_promote_without_a_cluster_only_moves_the_alias_and_checks_input(registe
     outcome = promote_step(registered, MODEL_NAME_UNDER_TEST, 10)
     assert outcome.inferenceservice == ""
     assert registry.version_for("canary", MODEL_NAME_UNDER_TEST) == registered
-    with pytest.raises(UserError, match="canary_percent"):
+    with pytest.raises(BadInput, match="canary_percent"):
         promote_step(registered, MODEL_NAME_UNDER_TEST, 0)
-    with pytest.raises(UserError, match="no version 999"):
+    with pytest.raises(BadInput, match="no version 999"):
         promote_step(999, MODEL_NAME_UNDER_TEST, 10)
 
 

@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 from gourmetgram_webapp.app import VISITOR_COOKIE, create_app
 from gourmetgram_webapp.config import StageSource, WebConfig, read_class_names
 
@@ -529,14 +529,14 @@ def test_stage_flag_and_class_names_parse_or_say_why(tmp_path):
     assert (s.served_kind, s.served_target, s.detector) == ("kube", "gourmetgram-production/food11", "http://d.svc")
     for bad in ("prod:served=local:http://x", "staging:served=ftp:x", "staging:served=kube:food11",
                 "staging:color=red"):
-        with pytest.raises(UserError):
+        with pytest.raises(BadInput):
             StageSource.parse(bad)
     spec = tmp_path / "model_spec.json"
     spec.write_text('{"class_names": ["a", "b"]}')
     assert read_class_names(str(spec), None) == ("a", "b")
     assert read_class_names(None, "x, y") == ("x", "y")
     assert len(read_class_names(None, None)) == 11
-    with pytest.raises(UserError, match="cannot read class names"):
+    with pytest.raises(BadInput, match="cannot read class names"):
         read_class_names(str(tmp_path / "missing.json"), None)
 
 

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from gourmetgram.errors import UserError, entry_point
+from gourmetgram.errors import BadInput, entry_point
 
 
 @entry_point
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = load_loop_settings(args.config)
     if not (args.bundle or args.class_names):
-        raise UserError("the capture sink needs the class names: --bundle DIR or --class-names a,b,c")
+        raise BadInput("the capture sink needs the class names: --bundle DIR or --class-names a,b,c")
     names = class_names_from(args.bundle, args.class_names)
     store = Store(db_url(args.db))
     objects = ObjectStore(args.objects)

@@ -9,7 +9,7 @@ from pathlib import Path
 from components.steps.outcomes import RegistrationOutcome
 from components.steps.runtime import check_stage, is_local_uri, link_or_copy, set_run_tags, tag_version
 from gourmetgram.bundle import triton_repo_uri
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 
 
 def logged_model_uri(run_id: str) -> str:
@@ -59,7 +59,7 @@ def register_step(mlflow_run_id: str, bundle_uri: str, bundle_path: str | Path, 
 
     check_stage(stage)
     if not mlflow_run_id:
-        raise UserError("no MLflow run id from the training step; cannot register")
+        raise BadInput("no MLflow run id from the training step; cannot register")
     model_uri = logged_model_uri(mlflow_run_id)
     if is_local_uri(bundle_uri):
         bundle = str(publish_local_bundle(bundle_path, mlflow_run_id))

@@ -15,7 +15,7 @@ from pathlib import Path
 from components.steps.outcomes import StepError
 from gourmetgram.config import RunConfig, load_config, override
 from gourmetgram.constants import STAGES
-from gourmetgram.errors import ConfigError, GourmetGramError, UserError
+from gourmetgram.errors import BadInput, ConfigError, GourmetGramError
 
 # A file (JSON lines of StepError) the local runner names for its steps, which inherit the
 # environment: how a step's known error reaches the CLI instead of KFP's generic "task failed".
@@ -103,7 +103,7 @@ def check_version(version: int, registered_model_name: str) -> int:
     from gourmetgram import registry
 
     if isinstance(version, bool) or int(version) < 1:
-        raise UserError(f"version must be a registered model version (>= 1), got {version}")
+        raise BadInput(f"version must be a registered model version (>= 1), got {version}")
     registry.get_version(int(version), registered_model_name)
     return int(version)
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from components.steps.outcomes import CanaryOutcome
 from components.steps.runtime import check_version, tag_version
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 
 if TYPE_CHECKING:
     from gourmetgram.loadtest import LoadTestSummary
@@ -25,7 +25,7 @@ _RUN_TIME = re.compile(r"^\s*(\d+h)?\s*(\d+m)?\s*(\d+s?)?\s*$")
 def check_run_time(run_time: str) -> str:
     """Locust's ``-t`` syntax (``30s``, ``5m``, ``1h30m``, ``90``), checked before a pod waits on it."""
     if not run_time or not run_time.strip() or not _RUN_TIME.match(run_time) or not any(c.isdigit() for c in run_time):
-        raise UserError(f"run_time {run_time!r}: use Locust's syntax, e.g. 30s, 5m, 1h30m")
+        raise BadInput(f"run_time {run_time!r}: use Locust's syntax, e.g. 30s, 5m, 1h30m")
     return run_time.strip().replace(" ", "")
 
 
@@ -55,25 +55,25 @@ def loadtest_step(staging_url: str, images: str | Path, out_dir: str | Path, slo
 
     ``out_dir`` gets Locust's CSVs, its HTML report (``report.html``), ``summary.json`` and
     ``summary.txt``. A missed SLO is a verdict (``passed=False`` with reasons), not an error;
-    bad input (URL, images, SLO file, users, run time) raises :class:`UserError`.
+    bad input (URL, images, SLO file, users, run time) raises :class:`BadInput`.
     """
     from gourmetgram.config import load_slo
     from gourmetgram.loadtest import run_loadtest
 
     parsed = urllib.parse.urlparse(staging_url or "")
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise UserError(f"staging_url {staging_url!r} must be an http(s) URL of the staging endpoint")
+        raise BadInput(f"staging_url {staging_url!r} must be an http(s) URL of the staging endpoint")
     if not images or not str(images).strip():
-        raise UserError("images_uri is empty: pass the dataset's s3:// URI (its evaluation split is used), an "
+        raise BadInput("images_uri is empty: pass the dataset's s3:// URI (its evaluation split is used), an "
                         "s3:// prefix of images, or a folder of images in the step's pod")
     if isinstance(users, bool) or int(users) < 1:
-        raise UserError(f"users must be >= 1, got {users}")
+        raise BadInput(f"users must be >= 1, got {users}")
     run_time = check_run_time(run_time)
     cfg = load_slo(slo)
     with tempfile.TemporaryDirectory(prefix="gourmetgram-gate-images-") as work:
         folder = resolve_images(images, work)
         if not folder.is_dir() or not any(p.suffix.lower() in (".jpg", ".jpeg", ".png") for p in folder.rglob("*")):
-            raise UserError(f"images_uri {images} is not a folder with .jpg/.jpeg/.png images")
+            raise BadInput(f"images_uri {images} is not a folder with .jpg/.jpeg/.png images")
         print(f"load test: {users} users for {run_time} against {staging_url}; SLO from {cfg.source}: "
               f"p95 <= {cfg.p95_ms:g} ms, error rate <= {cfg.max_error_rate:.2%}, >= {cfg.min_rps:g} req/s, "
               f">= {cfg.min_requests} requests", flush=True)
@@ -106,7 +106,7 @@ def promote_step(version: int, registered_model_name: str, canary_percent: int, 
     from gourmetgram.constants import CANARY, ISVC_NAMES, PRODUCTION
 
     if isinstance(canary_percent, bool) or not 1 <= int(canary_percent) <= 100:
-        raise UserError(f"canary_percent must be an integer in 1..100, got {canary_percent}")
+        raise BadInput(f"canary_percent must be an integer in 1..100, got {canary_percent}")
     version = check_version(version, registered_model_name)
     patched = ""
     if isvc_namespace and isvc_namespace.strip():

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from components.steps.runtime import resolve_config, set_run_tags
 from gourmetgram.constants import MODEL_NAME, REGISTERED_MODEL_NAME
 from gourmetgram.continual import INIT_FROM_CONFIG
-from gourmetgram.errors import DependencyUnavailable, UserError
+from gourmetgram.errors import BadInput, DependencyUnavailable
 
 if TYPE_CHECKING:  # torch is imported by the steps that run, not by this module
     from gourmetgram.evaluation.suite import EvaluationResult
@@ -130,7 +130,7 @@ def differential_gate(result: EvaluationResult, model, dataset_dir: Path, ecfg, 
         bundle = fetch_bundle(uri, Path(tmp))
         spec = model.spec
         if list(load_model_spec(bundle).class_names) != list(spec.class_names):
-            raise UserError(f"the {d.stage} model (version {version}) has other classes than the candidate; "
+            raise BadInput(f"the {d.stage} model (version {version}) has other classes than the candidate; "
                             "the differential gate cannot compare them")
         comparison = D.compare(
             D.evaluation_sets(dataset_dir),

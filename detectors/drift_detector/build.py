@@ -32,7 +32,7 @@ from drift_detector.profile import build_profile, write_profile
 from gourmetgram.bundle import Bundle
 from gourmetgram.constants import SPLITS
 from gourmetgram.data.layout import list_images
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 
 # Defaults, measured on the demo set (untrained demo-spec features, 368 shuffled evaluation
 # images, 10 orderings): ERT 10,000 with window 30 raised no false alarm in any ordering
@@ -48,15 +48,15 @@ N_BOOTSTRAPS = 40000
 
 def _check_settings(n_reference: int, window_size: int, ert: float, n_bootstraps: int) -> None:
     if window_size < 2:
-        raise UserError(f"window_size must be at least 2, got {window_size}")
+        raise BadInput(f"window_size must be at least 2, got {window_size}")
     if n_reference <= 2 * window_size:
-        raise UserError(f"n_reference ({n_reference}) must exceed 2 * window_size ({2 * window_size})")
+        raise BadInput(f"n_reference ({n_reference}) must exceed 2 * window_size ({2 * window_size})")
     if ert <= 1:
-        raise UserError(f"ert must be greater than 1, got {ert}")
+        raise BadInput(f"ert must be greater than 1, got {ert}")
     # Each of the W threshold steps drops the top 1/ERT of the surviving bootstraps; the
     # last quantile still needs at least ERT samples.
     if n_bootstraps * (1 - 1 / ert) ** window_size < ert + 1:
-        raise UserError(
+        raise BadInput(
             f"n_bootstraps ({n_bootstraps}) is too small for ert={ert}, window_size={window_size}; "
             f"use at least {int(2 * ert)}"
         )
@@ -82,10 +82,10 @@ def build_detector(
     embedder = Embedder(bundle_dir)  # checks the bundle before any work
     split_dir = dataset_root / split
     if not split_dir.is_dir():
-        raise UserError(f"{split_dir} does not exist; pass a dataset root in the Food-11 layout")
+        raise BadInput(f"{split_dir} does not exist; pass a dataset root in the Food-11 layout")
     items = list_images(split_dir)
     if len(items) <= 2 * window_size:
-        raise UserError(f"{split_dir} holds {len(items)} images; need more than {2 * window_size}")
+        raise BadInput(f"{split_dir} holds {len(items)} images; need more than {2 * window_size}")
     class_names = Bundle(Path(bundle_dir)).class_names()
     timings: dict[str, float] = {}
 

@@ -27,7 +27,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from gourmetgram.bundle import DETECTOR_SETTINGS_FILENAME, Bundle
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 
 os.environ.setdefault("NUMBA_CACHE_DIR", "/tmp/numba_cache")  # alibi-detect imports numba
 
@@ -129,7 +129,7 @@ def load_mmd(bundle_dir: str | Path, fast: bool = True):
     folder = detector_dir(bundle_dir)
     settings_path = folder / SETTINGS_FILE
     if not settings_path.is_file():
-        raise UserError(f"{settings_path} does not exist; run `gourmetgram detector build` first")
+        raise BadInput(f"{settings_path} does not exist; run `gourmetgram detector build` first")
     settings = json.loads(settings_path.read_text())
     start = time.perf_counter()
     from alibi_detect.saving import load_detector
@@ -164,7 +164,7 @@ class LabelDrift:
     def __init__(self, prior: Sequence[float], window: int = 500, min_count: int = 50):
         frequencies = np.asarray(prior, dtype=np.float64)
         if frequencies.ndim != 1 or frequencies.sum() <= 0:
-            raise UserError("label prior must be a non-empty list of class frequencies")
+            raise BadInput("label prior must be a non-empty list of class frequencies")
         self.prior = frequencies / frequencies.sum()
         self.window: collections.deque[int] = collections.deque(maxlen=window)
         self.min_count = min_count

@@ -14,7 +14,7 @@ import numpy as np
 
 from gourmetgram.bundle import Bundle
 from gourmetgram.constants import FEATURES_NAME, INPUT_NAME
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 from gourmetgram.preprocessing import InvalidImageError, preprocess_bytes
 
 
@@ -32,7 +32,7 @@ class Embedder:
         bundle_dir = Path(bundle_dir)
         model_path = Bundle(bundle_dir).feature_extractor_path
         if not model_path.is_file():
-            raise UserError(f"{model_path} does not exist; export the model bundle first")
+            raise BadInput(f"{model_path} does not exist; export the model bundle first")
         self.image_size = read_image_size(bundle_dir)
         self.max_batch = max_batch
         options = ort.SessionOptions()
@@ -45,7 +45,7 @@ class Embedder:
         names = {i.name for i in self.session.get_inputs()}
         outputs = {o.name for o in self.session.get_outputs()}
         if INPUT_NAME not in names or FEATURES_NAME not in outputs:
-            raise UserError(
+            raise BadInput(
                 f"{model_path} must have input {INPUT_NAME!r} and output {FEATURES_NAME!r}; "
                 f"it has inputs {sorted(names)} and outputs {sorted(outputs)}"
             )

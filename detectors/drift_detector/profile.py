@@ -28,7 +28,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 
 PROFILE_FILE = "profile.json"
 PROPERTIES = ("brightness", "contrast", "sharpness", "colourfulness", "size", "aspect_ratio")
@@ -39,7 +39,7 @@ ATYPICAL_SHOWN = 6
 
 
 def image_properties(blob: bytes) -> dict[str, float]:
-    """The properties of one encoded photo (raises :class:`UserError` if it does not decode)."""
+    """The properties of one encoded photo (raises :class:`BadInput` if it does not decode)."""
     try:
         opened = Image.open(io.BytesIO(blob))
         width, height = opened.size
@@ -47,7 +47,7 @@ def image_properties(blob: bytes) -> dict[str, float]:
         image = opened.convert("RGB")
         image.thumbnail((MEASURE_SIDE, MEASURE_SIDE))
     except Exception as exc:  # noqa: BLE001 - Pillow raises many kinds for a bad file
-        raise UserError(f"not a decodable image: {type(exc).__name__}") from None
+        raise BadInput(f"not a decodable image: {type(exc).__name__}") from None
     rgb = np.asarray(image, dtype=np.float32) / 255.0
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     luma = 0.299 * r + 0.587 * g + 0.114 * b
@@ -69,7 +69,7 @@ def build_profile(blobs: Sequence[bytes], labels: Sequence[int], class_names: Se
     """The reference profile of labelled training photos (what ``profile.json`` holds)."""
     rows = [(image_properties(blob), label) for blob, label in zip(blobs, labels)]
     if not rows:
-        raise UserError("the image-property reference needs at least one photo")
+        raise BadInput("the image-property reference needs at least one photo")
     by_class: dict[str, dict] = {}
     for index, name in enumerate(class_names):
         members = [props for props, label in rows if label == index]
@@ -108,7 +108,7 @@ class ProfileDrift:
             self.reference = {p: np.asarray(profile["properties"][p], dtype=np.float64) for p in PROPERTIES}
             self.by_class: dict[str, dict] = profile.get("by_class", {})
         except (KeyError, TypeError) as exc:
-            raise UserError(f"the image-property profile is incomplete ({exc}); rebuild the detector") from None
+            raise BadInput(f"the image-property profile is incomplete ({exc}); rebuild the detector") from None
         self.stats = {p: {"mean": float(v.mean()), "std": float(v.std())} for p, v in self.reference.items()}
         self.class_names = list(class_names)
         self.prior = None if prior is None else np.asarray(prior, dtype=np.float64)

@@ -44,7 +44,7 @@ from drift_detector.events import BadEvent, InferenceEvent, decode_event
 from drift_detector.metrics import DetectorMetrics
 from drift_detector.profile import ProfileDrift, image_properties
 from gourmetgram import bodylimit, control
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 from gourmetgram.inference_events import sample_id
 from gourmetgram.jsonlog import log_json
 
@@ -180,7 +180,7 @@ class DriftService:
         for k, blob in enumerate(event.images):
             try:
                 self.profile.add_photo(sample_id(event.id, k), image_properties(blob))
-            except UserError:
+            except BadInput:
                 continue
 
     def _update_profile_metrics(self) -> None:
@@ -306,7 +306,7 @@ def serve(bundle_dir: str | Path, host: str = "127.0.0.1", port: int = 8070, max
     import uvicorn
 
     if not Path(bundle_dir).is_dir():
-        raise UserError(f"bundle folder {bundle_dir} does not exist")
+        raise BadInput(f"bundle folder {bundle_dir} does not exist")
     service = DriftService(bundle_dir, max_queue=max_queue)
     log.warning("drift detector loaded in %.2fs; listening on http://%s:%d/ (ingest %s)",
                 service.load_seconds, host, port, "needs the token" if token else "open")

@@ -80,7 +80,7 @@ def organize_flat_splits(root: Path) -> bool:
 def _from_object_store(uri: str, workdir: Path) -> Path:
     """Download an ``s3://`` dataset (a prefix in the Food-11 layout, or one archive object)."""
     from gourmetgram import objectstore
-    from gourmetgram.errors import UserError
+    from gourmetgram.errors import BadInput
 
     workdir.mkdir(parents=True, exist_ok=True)
     try:
@@ -94,7 +94,7 @@ def _from_object_store(uri: str, workdir: Path) -> Path:
             _extract(archive, workdir / "extracted")
             return _find_root(workdir / "extracted")
         objectstore.download_tree(uri, workdir / "downloaded")
-    except UserError as exc:
+    except BadInput as exc:
         if isinstance(exc, DatasetError):
             raise
         raise DatasetError(f"dataset {uri}: {exc}") from None
@@ -116,13 +116,13 @@ def source_version(uri: str) -> str:
     digest = hashlib.sha256()
     if parsed.scheme == "s3":
         from gourmetgram import objectstore
-        from gourmetgram.errors import UserError
+        from gourmetgram.errors import BadInput
 
         try:
             return "s3:" + objectstore.tree_fingerprint(uri)
         except DatasetError:
             raise
-        except UserError as exc:  # bad input (no such prefix, no endpoint): say which dataset
+        except BadInput as exc:  # bad input (no such prefix, no endpoint): say which dataset
             raise DatasetError(f"dataset {uri}: {exc}") from None
     if parsed.scheme in ("http", "https"):
         request = urllib.request.Request(uri, method="HEAD")

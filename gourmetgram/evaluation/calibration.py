@@ -31,7 +31,7 @@ from gourmetgram.calibration import (
     log_softmax,
     reliability_table,
 )
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 from gourmetgram.estimation import METHODS, THRESHOLD_METHODS, Window, capped_share
 
 OOD_PASS_RATE = 0.95  # in-distribution validation photos that must pass the OOD threshold
@@ -58,7 +58,7 @@ def atc_threshold(scores: np.ndarray, accuracy: float) -> float:
     """ATC: the threshold t with share(score > t) = ``accuracy`` on the validation scores."""
     scores = np.asarray(scores, dtype=np.float64)
     if not len(scores):
-        raise UserError("ATC needs validation scores")
+        raise BadInput("ATC needs validation scores")
     # the (1 - accuracy) quantile: that share lies at or below it, the accuracy share above
     return float(np.quantile(scores, 1.0 - accuracy, method="inverted_cdf"))
 
@@ -88,7 +88,7 @@ def fit_calibration(logits: np.ndarray, labels: np.ndarray, ood_pass_rate: float
     """Temperature, OOD threshold and ATC thresholds from labelled validation logits."""
     logits, labels = _checked(logits, labels)
     if not 0.5 <= ood_pass_rate <= 1.0:
-        raise UserError(f"ood_pass_rate must be within 0.5..1, got {ood_pass_rate}")
+        raise BadInput(f"ood_pass_rate must be within 0.5..1, got {ood_pass_rate}")
     temperature = fit_temperature(logits, labels)
     correct = logits.argmax(axis=1) == labels
     accuracy = float(correct.mean())
@@ -124,10 +124,10 @@ def _checked(logits: np.ndarray, labels: np.ndarray | Sequence[int]) -> tuple[np
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels)
     if logits.ndim != 2 or labels.shape != (len(logits),) or not len(logits):
-        raise UserError(f"calibration needs (N, classes) logits and N labels, got {list(logits.shape)} "
+        raise BadInput(f"calibration needs (N, classes) logits and N labels, got {list(logits.shape)} "
                         f"and {list(labels.shape)}")
     if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= logits.shape[1]:
-        raise UserError(f"labels must be class indices in 0..{logits.shape[1] - 1}")
+        raise BadInput(f"labels must be class indices in 0..{logits.shape[1] - 1}")
     return logits, labels.astype(np.int64)
 
 
@@ -139,7 +139,7 @@ def fit_validation_calibration(model, dataset_root: str | Path, batch_size: int 
 
     folder = Path(dataset_root) / SPLITS[1]
     if not folder.is_dir():
-        raise UserError(f"{folder} does not exist: calibration is fitted on the validation split")
+        raise BadInput(f"{folder} does not exist: calibration is fitted on the validation split")
     model.eval()
     logits, labels = folder_logits(model, folder, model.spec.image_size, batch_size)
     return fit_calibration(logits, labels, ood_pass_rate, fitted_on=f"{SPLITS[1]} ({len(labels)} images)")
@@ -155,7 +155,7 @@ def folder_logits(model, folder: Path, image_size: int, batch_size: int = 64) ->
 
     dataset = ImageFolderDataset(folder, image_size)
     if not len(dataset):
-        raise UserError(f"{folder} holds no images in class_XX folders")
+        raise BadInput(f"{folder} holds no images in class_XX folders")
     device = next(model.parameters()).device
     out = []
     with torch.inference_mode():

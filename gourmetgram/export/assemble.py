@@ -23,7 +23,7 @@ from gourmetgram.bundle import LABELS_FILENAME, Bundle
 from gourmetgram.calibration import Calibration
 from gourmetgram.config import ExportConfig
 from gourmetgram.constants import FEATURES_NAME, MODEL_NAME
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 from gourmetgram.export.onnx_graph import convert_fp16, export_onnx
 from gourmetgram.export.parity import CPU_FP16_NOTE, ParityReport, check_parity, enforce_parity, tolerances
 from gourmetgram.export.triton_config import check_export_config, check_labels, read_triton_config, write_triton_model
@@ -54,7 +54,7 @@ def read_labels(model_dir: str | Path) -> list[str]:
     """``<model_dir>/labels.txt``, one class name per line (any model folder, variants too)."""
     path = Path(model_dir) / LABELS_FILENAME
     if not path.is_file():
-        raise UserError(f"labels file {path} does not exist")
+        raise BadInput(f"labels file {path} does not exist")
     return [line for line in path.read_text().splitlines() if line]
 
 
@@ -64,7 +64,7 @@ def load_model_spec(bundle_dir: str | Path) -> ModelSpec:
 
 def validate_bundle(bundle_dir: str | Path, model_name: str = MODEL_NAME,
                     check_config: bool = True) -> ModelSpec:
-    """Check a bundle is complete and self-consistent; raise :class:`UserError` naming what is wrong.
+    """Check a bundle is complete and self-consistent; raise :class:`BadInput` naming what is wrong.
 
     ``check_config`` also parses ``config.pbtxt`` and checks it against the spec.
     """
@@ -86,7 +86,7 @@ def validate_bundle(bundle_dir: str | Path, model_name: str = MODEL_NAME,
             problems.append(f"config.pbtxt output dims {list(tc.output_dims)} do not match "
                             f"{spec.num_classes} classes")
     if problems:
-        raise UserError(f"model bundle {b.root} is inconsistent: " + "; ".join(problems))
+        raise BadInput(f"model bundle {b.root} is inconsistent: " + "; ".join(problems))
     return spec
 
 
@@ -94,7 +94,7 @@ def _as_model(checkpoint_or_model: str | Path | nn.Module) -> Classifier:
     if isinstance(checkpoint_or_model, (str, Path)):
         return load_checkpoint(checkpoint_or_model)
     if not isinstance(checkpoint_or_model, Classifier):
-        raise UserError(f"expected a checkpoint path or a Classifier, got {type(checkpoint_or_model).__name__}")
+        raise BadInput(f"expected a checkpoint path or a Classifier, got {type(checkpoint_or_model).__name__}")
     return copy.deepcopy(checkpoint_or_model).cpu().eval()  # never touch the caller's model
 
 
@@ -106,7 +106,7 @@ def _parity_images(spec: ModelSpec, images: np.ndarray | None) -> np.ndarray:
     images = np.ascontiguousarray(images, dtype=np.float32)
     expected = (3, spec.image_size, spec.image_size)
     if images.ndim != 4 or images.shape[1:] != expected or len(images) == 0:
-        raise UserError(f"parity images must have shape (N>0, {', '.join(map(str, expected))}); "
+        raise BadInput(f"parity images must have shape (N>0, {', '.join(map(str, expected))}); "
                         f"got {images.shape}")
     return images
 
@@ -115,11 +115,11 @@ def _parity_labels(labels: np.ndarray | None, images: np.ndarray | None, num_cla
     if labels is None:
         return None
     if images is None:
-        raise UserError("parity labels need the parity images they label")
+        raise BadInput("parity labels need the parity images they label")
     labels = np.asarray(labels)
     if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer) \
             or labels.min() < 0 or labels.max() >= num_classes:
-        raise UserError(f"parity labels must be {len(images)} class indices in 0..{num_classes - 1}")
+        raise BadInput(f"parity labels must be {len(images)} class indices in 0..{num_classes - 1}")
     return labels
 
 
@@ -143,7 +143,7 @@ def export_bundle(checkpoint_or_model: str | Path | nn.Module, bundle_dir: str |
     target = Bundle(Path(bundle_dir).expanduser().resolve(), model_name)  # checks the model name
     root = target.root
     if root.exists() and (not root.is_dir() or any(root.iterdir())) and not overwrite:
-        raise UserError(f"{root} already exists and is not empty; pick another folder or overwrite")
+        raise BadInput(f"{root} already exists and is not empty; pick another folder or overwrite")
     check_export_config(export_cfg)
     model = _as_model(checkpoint_or_model)
     spec = model.spec

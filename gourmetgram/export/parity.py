@@ -24,7 +24,7 @@ import torch
 
 from gourmetgram.calibration import Calibration
 from gourmetgram.config import ExportConfig
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 from gourmetgram.export.onnx_graph import PARITY_BATCH, run_onnx
 from gourmetgram.model import Classifier
 
@@ -32,7 +32,7 @@ CPU_FP16_NOTE = ("onnxruntime CPU provider: float16 nodes without a CPU kernel r
                  "(Cast nodes inserted); float16 arithmetic on a GPU is not measured here")
 
 
-class ExportParityError(UserError):
+class ExportParityError(BadInput):
     """ONNX Runtime disagrees with PyTorch beyond the configured tolerance."""
 
 
@@ -110,9 +110,9 @@ def check_parity(model: Classifier, onnx_path: str | Path, images: np.ndarray,
     """Compare ONNX Runtime with FP32 PyTorch on the same images (logits and, optionally,
     features, accuracy on labelled images and the calibrated confidence and energy score)."""
     if not len(images):
-        raise UserError("parity check needs at least one image")
+        raise BadInput("parity check needs at least one image")
     if labels is not None and len(labels) != len(images):
-        raise UserError(f"parity labels ({len(labels)}) and images ({len(images)}) differ in number")
+        raise BadInput(f"parity labels ({len(labels)}) and images ({len(images)}) differ in number")
     want, f_want = _run_torch(model, images)
     got = run_onnx(onnx_path, images)
     max_diff = float(np.abs(got - want).max())

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 from gourmetgram.bundle import CONFIG_FILENAME, LABELS_FILENAME, MODEL_VERSION, ONNX_FILENAME
 from gourmetgram.config import INSTANCE_KINDS, PRECISIONS, ExportConfig
 from gourmetgram.constants import INPUT_NAME, OUTPUT_NAME
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 
 PLATFORM = "onnxruntime_onnx"
 TENSORRT = "tensorrt"  # the onnxruntime backend's TensorRT execution provider (GPU instances only)
@@ -97,7 +97,7 @@ def check_export_config(cfg: ExportConfig) -> None:
     if cfg.tensorrt_fp16 and cfg.instance_kind == "KIND_CPU":
         problems.append("tensorrt_fp16 needs GPU instances (instance_kind KIND_GPU or KIND_AUTO)")
     if problems:
-        raise UserError("invalid export settings: " + "; ".join(problems))
+        raise BadInput("invalid export settings: " + "; ".join(problems))
 
 
 def build_model_config(name: str, image_size: int, num_classes: int, cfg: ExportConfig,
@@ -147,9 +147,9 @@ def parse_triton_config(text: str, where: str = "config.pbtxt", default_name: st
     try:
         cfg = text_format.Parse(text, pb.ModelConfig())
     except text_format.ParseError as exc:
-        raise UserError(f"{where} is not a valid Triton model config: {exc}") from None
+        raise BadInput(f"{where} is not a valid Triton model config: {exc}") from None
     if len(cfg.input) != 1 or len(cfg.output) != 1:
-        raise UserError(f"{where}: expected exactly one input and one output, "
+        raise BadInput(f"{where}: expected exactly one input and one output, "
                         f"found {len(cfg.input)} and {len(cfg.output)}")
     dtype = pb.DataType.Name
     group = cfg.instance_group[0] if cfg.instance_group else None
@@ -181,14 +181,14 @@ def read_triton_config(model_dir: str | Path) -> TritonModelConfig:
     """Parse ``<model_dir>/config.pbtxt`` (safe in a kserve process, see :func:`model_config_pb2`)."""
     path = Path(model_dir) / CONFIG_FILENAME
     if not path.is_file():
-        raise UserError(f"Triton config {path} does not exist")
+        raise BadInput(f"Triton config {path} does not exist")
     return parse_triton_config(path.read_text(), str(path), default_name=Path(model_dir).name)
 
 
 def check_labels(class_names: Sequence[str]) -> None:
     bad = [c for c in class_names if not c or "\n" in c or "\r" in c or c != c.strip()]
     if bad:
-        raise UserError(f"class names must be non-empty single lines without outer spaces: {bad!r}")
+        raise BadInput(f"class names must be non-empty single lines without outer spaces: {bad!r}")
 
 
 def write_triton_model(model_dir: str | Path, onnx_path: str | Path, class_names: Sequence[str],

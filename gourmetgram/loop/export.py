@@ -39,7 +39,7 @@ from typing import Sequence
 from sqlalchemy import select
 
 from gourmetgram.constants import CLASS_NAMES_FILE, SPLITS
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 from gourmetgram.loop import quality
 from gourmetgram.loop.labels import pending_reviews
 from gourmetgram.loop.models import ANNOTATOR, CONFIRMED, REJECTED, USER, Label, Sample
@@ -51,7 +51,7 @@ LINEAGE_FILE = "lineage.json"
 TRAINING, VALIDATION, EVALUATION = SPLITS
 
 
-class ExportError(UserError):
+class ExportError(BadInput):
     """The labelled data cannot make a valid dataset (the message says what is missing)."""
 
 
@@ -195,14 +195,14 @@ def export_dataset(store: Store, objects: ObjectStore, out: str | Path, class_na
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
-            raise UserError(f"{out} exists and is not empty (pass --overwrite to replace it)")
+            raise BadInput(f"{out} exists and is not empty (pass --overwrite to replace it)")
         shutil.rmtree(out)
     class_names = list(class_names)
     base_path = Path(base) if base else None
     if base_path is not None:
         base_names = read_class_names(base_path, len([d for d in (base_path / TRAINING).glob("class_*")]))
         if list(base_names) != class_names:
-            raise UserError(f"the base dataset's classes {list(base_names)} differ from the model's {class_names}")
+            raise BadInput(f"the base dataset's classes {list(base_names)} differ from the model's {class_names}")
 
     with store.session() as s:
         truth = quality.ground_truth(s)

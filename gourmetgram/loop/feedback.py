@@ -33,7 +33,7 @@ from typing import Any, Sequence
 from sqlalchemy import func, select
 
 from gourmetgram.constants import CLIENT_ID_HEADER
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 from gourmetgram.loop import labels
 from gourmetgram.loop.feedback_media import media_type_problem
 from gourmetgram.loop.models import FLAGS, PENDING, Feedback, Label, Sample
@@ -46,7 +46,7 @@ CLIENT_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 NO_CORRECTION, LABEL, PENDING_REVIEW = "none", "label", "pending_review"
 
 
-class FeedbackError(UserError):
+class FeedbackError(BadInput):
     """A feedback request that cannot be stored; ``status`` is the HTTP code to answer."""
 
     def __init__(self, status: int, message: str, retry_after_s: int | None = None) -> None:

@@ -18,7 +18,7 @@ from typing import Sequence
 from xml.sax.saxutils import quoteattr
 
 from gourmetgram import constants
-from gourmetgram.errors import DependencyUnavailable, UserError
+from gourmetgram.errors import BadInput, DependencyUnavailable
 from gourmetgram.loop.labels import record_annotation
 from gourmetgram.loop.models import LabelTask, Sample
 from gourmetgram.loop.settings import ENV_LS_TOKEN, ENV_LS_URL
@@ -50,7 +50,7 @@ def client(url: str | None = None, token: str | None = None):
     url = ls_url(url)
     token = token or os.environ.get(ENV_LS_TOKEN)
     if not token:
-        raise UserError(f"set {ENV_LS_TOKEN} (Label Studio's API token) in the environment")
+        raise BadInput(f"set {ENV_LS_TOKEN} (Label Studio's API token) in the environment")
     return LabelStudio(base_url=url, api_key=token, timeout=60)
 
 

@@ -24,7 +24,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from gourmetgram.errors import DependencyUnavailable, UserError
+from gourmetgram.errors import BadInput, DependencyUnavailable
 from gourmetgram.loop.models import Base, Feedback, Label, Sample, ShadowPrediction
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -80,7 +80,7 @@ class Store:
         try:
             self.engine = create_engine(url, future=True, pool_pre_ping=True)
         except Exception as exc:  # noqa: BLE001 - a bad URL is the user's to fix
-            raise UserError(f"cannot open the loop database {url!r}: {exc}") from exc
+            raise BadInput(f"cannot open the loop database {url!r}: {exc}") from exc
         self.safe_url = self.engine.url.render_as_string(hide_password=True)  # for messages and logs
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         if self.is_sqlite:

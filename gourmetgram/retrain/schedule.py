@@ -18,7 +18,7 @@ import os
 import re
 from pathlib import Path
 
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 
 # One cron field: numbers, names (MON, JAN), ranges, steps, lists, and robfig/cron's * and ?.
 _CRON_ITEM = r"(?:\*|\?|[0-9A-Za-z]+(?:-[0-9A-Za-z]+)?)(?:/[0-9]+)?"
@@ -30,21 +30,21 @@ DEFAULT_NAME = "gourmetgram-retrain-schedule"
 
 
 def check_cron(expression: str) -> str:
-    """A six-field cron expression (seconds first), or :class:`UserError` saying what is wrong.
+    """A six-field cron expression (seconds first), or :class:`BadInput` saying what is wrong.
 
     KFP takes ``@every 1h``-style descriptors too; they are refused here because the schedule
     is meant to be read next to ``configs/retrain.yaml``'s ``triggers.cron``.
     """
     fields = expression.split()
     if len(fields) != 6:
-        raise UserError(f"cron {expression!r} has {len(fields)} field(s); KFP takes six, seconds first "
+        raise BadInput(f"cron {expression!r} has {len(fields)} field(s); KFP takes six, seconds first "
                         "(e.g. '0 0 3 * * 1': Mondays 03:00 UTC)")
     for value, (low, high), name in zip(fields, _CRON_RANGES, _CRON_NAMES):
         if not _CRON_FIELD.fullmatch(value):
-            raise UserError(f"cron {expression!r}: the {name} field {value!r} is not a cron field")
+            raise BadInput(f"cron {expression!r}: the {name} field {value!r} is not a cron field")
         for number in re.findall(r"(?<![/0-9])[0-9]+", value):  # step sizes (after /) are not bounded
             if not low <= int(number) <= high:
-                raise UserError(f"cron {expression!r}: {number} is out of range for the {name} field "
+                raise BadInput(f"cron {expression!r}: {number} is out of range for the {name} field "
                                 f"({low}-{high})")
     return expression
 
@@ -84,7 +84,7 @@ def create_schedule(host: str, package: str | Path, cron: str, params: dict, nam
     exp = client.create_experiment(experiment, namespace=namespace)  # gets it when it exists
     old = _existing(client, exp.experiment_id, name, namespace)
     if old and not replace:
-        raise UserError(f"a recurring run named {name!r} already exists in experiment {experiment!r} "
+        raise BadInput(f"a recurring run named {name!r} already exists in experiment {experiment!r} "
                         f"(id {', '.join(old)}); pass --replace to replace it, or choose another --name")
     for recurring_run_id in old:
         client.delete_recurring_run(recurring_run_id)

@@ -18,7 +18,7 @@ import dataclasses
 import time
 from typing import Callable
 
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 from gourmetgram.rollout.config import RolloutConfig, Thresholds, load_config
 from gourmetgram.rollout.decision import HOLD, PROMOTE, ROLLBACK, Verdict, decide
 from gourmetgram.rollout.prometheus import PrometheusClient
@@ -63,7 +63,7 @@ def analyze(client: PrometheusClient, state: RolloutState, thresholds: Threshold
     else ``started``, else only the recent window) and, with ``feedback``, what users said about
     each revision; decide."""
     if not state.canary or not state.stable or state.canary == state.stable:
-        raise UserError(f"{state.inferenceservice} has no canary to analyse (revisions: "
+        raise BadInput(f"{state.inferenceservice} has no canary to analyse (revisions: "
                         f"{[r.get('name') for r in state.revisions]})")
     window = window or thresholds.window
     start = state.canary_started or started
@@ -94,7 +94,7 @@ def run_auto(backend: RolloutBackend, client: PrometheusClient, config: RolloutC
     auto, t = config.auto, config.analysis
     state = backend.state()
     if state.canary_percent is None or not state.canary:
-        raise UserError(f"{state.inferenceservice} has no canary; start one with `rollout canary`")
+        raise BadInput(f"{state.inferenceservice} has no canary; start one with `rollout canary`")
     steps = [s for s in auto.steps if s > state.canary_percent]
     called = time.time()
     counted = "since the canary started" if state.canary_started else "from now on"

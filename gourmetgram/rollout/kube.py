@@ -16,7 +16,7 @@ import copy
 from typing import Any
 
 from gourmetgram.constants import MODEL_NAME, MODEL_VERSION_ANNOTATION
-from gourmetgram.errors import DependencyUnavailable, UserError
+from gourmetgram.errors import BadInput, DependencyUnavailable
 from gourmetgram.manifests import bundle_uri, transformer_container
 from gourmetgram.rollout.state import RolloutState
 
@@ -48,10 +48,10 @@ def _api(api_client=None):
 def canary_patch(isvc: dict, storage_uri: str, percent: int, version: str | None = None) -> dict:
     """The one merge patch that starts a canary of ``storage_uri`` at ``percent``%."""
     if isinstance(percent, bool) or not isinstance(percent, int) or not 0 <= percent <= 100:
-        raise UserError(f"canary percentage must be an integer in 0..100, got {percent!r}")
+        raise BadInput(f"canary percentage must be an integer in 0..100, got {percent!r}")
     root = bundle_uri(storage_uri)  # refuses local paths
     if transformer_container(isvc) is None:
-        raise UserError(f"InferenceService {isvc.get('metadata', {}).get('name')} has no collocated "
+        raise BadInput(f"InferenceService {isvc.get('metadata', {}).get('name')} has no collocated "
                         "transformer-container in its predictor; re-apply inference_services/*.yaml")
     predictor: dict[str, Any] = {"canaryTrafficPercent": percent, "model": {"storageUri": root}}
     if version is not None:
@@ -71,7 +71,7 @@ def detector_patch(ksvc: dict, bundle: str) -> dict:
     inits = template.get("spec", {}).get("initContainers") or []
     init = next((c for c in inits if c.get("name") == "storage-initializer"), None)
     if init is None or not init.get("args"):
-        raise UserError(f"{DETECTOR_NAME} has no storage-initializer init container to repoint")
+        raise BadInput(f"{DETECTOR_NAME} has no storage-initializer init container to repoint")
     init["args"] = [root, *init["args"][1:]]
     return {"spec": {"template": {
         "metadata": {"annotations": {REFERENCE_ANNOTATION: root}},
@@ -103,7 +103,7 @@ class KubeRollout:
                                             "the ServiceAccount or kubeconfig user's RBAC") from None
             if not exc.status or exc.status >= 500:
                 raise DependencyUnavailable(f"{message}; the Kubernetes API is failing, retry later") from None
-            raise UserError(message) from None
+            raise BadInput(message) from None
 
     def get(self) -> dict:
         return self._call(f"read InferenceService {self.namespace}/{self.name}",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import httpx
 
-from gourmetgram.errors import DependencyUnavailable, UserError
+from gourmetgram.errors import BadInput, DependencyUnavailable
 from gourmetgram.rollout.state import RolloutState
 
 CONTROL_PATH = "/_gourmetgram/rollout"
@@ -46,15 +46,15 @@ class LocalRollout:
             raise DependencyUnavailable(f"the local gateway at {self.gateway_url} is not reachable ({exc}); "
                                         "start the stack with `gourmetgram serve --stage production`") from exc
         if r.status_code == 404:
-            raise UserError(f"{self.gateway_url} has no rollout endpoint; is it the gourmetgram gateway?")
+            raise BadInput(f"{self.gateway_url} has no rollout endpoint; is it the gourmetgram gateway?")
         try:
             data = r.json()
         except ValueError:
-            raise UserError(f"{url} answered {r.status_code}: {r.text[:200]}") from None
+            raise BadInput(f"{url} answered {r.status_code}: {r.text[:200]}") from None
         if r.status_code == 503:
             raise DependencyUnavailable(f"rollout {body and body.get('action')}: {data.get('error', data)}")
         if r.status_code != 200:
-            raise UserError(f"rollout {body and body.get('action')}: {data.get('error', data)}")
+            raise BadInput(f"rollout {body and body.get('action')}: {data.get('error', data)}")
         return data
 
     def raw_status(self) -> dict:
@@ -99,9 +99,9 @@ class LocalRollout:
         try:
             r = httpx.get(url, headers=control.bearer(self._token), timeout=30.0)
         except httpx.HTTPError as exc:
-            raise UserError(f"the local gateway at {self.gateway_url} is not reachable ({exc})") from exc
+            raise BadInput(f"the local gateway at {self.gateway_url} is not reachable ({exc})") from exc
         if r.status_code != 200:
-            raise UserError(f"{url} answered {r.status_code}: {r.text[:200]}")
+            raise BadInput(f"{url} answered {r.status_code}: {r.text[:200]}")
         return r.json()
 
 

@@ -24,7 +24,7 @@ import httpx
 import yaml
 
 from gourmetgram import constants
-from gourmetgram.errors import DependencyUnavailable, UserError
+from gourmetgram.errors import BadInput, DependencyUnavailable
 
 PROMETHEUS_BIN = "/usr/bin/prometheus"
 
@@ -55,12 +55,12 @@ class PrometheusClient:
                                         "(--prometheus) or start it") from exc
         body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
         if r.status_code != 200 or body.get("status") != "success":
-            raise UserError(f"Prometheus rejected {promql!r}: {body.get('error') or r.text[:200]}")
+            raise BadInput(f"Prometheus rejected {promql!r}: {body.get('error') or r.text[:200]}")
         data = body["data"]
         if data["resultType"] == "scalar":
             return [Sample({}, float(data["result"][1]))]
         if data["resultType"] != "vector":
-            raise UserError(f"expected an instant vector from {promql!r}, got {data['resultType']}")
+            raise BadInput(f"expected an instant vector from {promql!r}, got {data['resultType']}")
         out = []
         for item in data["result"]:
             value = float(item["value"][1])
@@ -96,7 +96,7 @@ def free_port(host: str = constants.HOST) -> int:
 def _hostport(url: str) -> str:
     parts = urlsplit(url if "//" in url else f"http://{url}")
     if not parts.netloc:
-        raise UserError(f"{url!r} is not a URL")
+        raise BadInput(f"{url!r} is not a URL")
     return parts.netloc
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from gourmetgram import constants
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 from gourmetgram.rollout.analysis import PROMOTE, run_auto
 from gourmetgram.rollout.config import RolloutConfig
 from gourmetgram.rollout.prometheus import PrometheusClient
@@ -57,7 +57,7 @@ def start_canary(backend: Any, percent: int, version: int | None = None, bundle:
     if version is not None:
         bundle = registry.bundle_for(int(version))
     if bundle is None:
-        raise UserError("a canary needs a registry version or a bundle")
+        raise BadInput("a canary needs a registry version or a bundle")
     out(f"starting canary {('version ' + str(version)) if version is not None else bundle} at {percent}% ...")
     backend.canary(bundle, percent, version)
     if version is not None:
@@ -101,9 +101,9 @@ def prometheus_for(url: str | None, gateway: str | None = None, detector: str | 
         yield PrometheusClient(url)
         return
     if cluster:
-        raise UserError("--cluster needs --prometheus URL (the cluster's Prometheus)")
+        raise BadInput("--cluster needs --prometheus URL (the cluster's Prometheus)")
     if not gateway:
-        raise UserError("a local Prometheus needs the gateway's URL to scrape")
+        raise BadInput("a local Prometheus needs the gateway's URL to scrape")
     local = LocalPrometheus(gateway, detector_url=detector).start()
     out(f"started a local Prometheus at {local.url} (scraping every 1 s)")
     try:

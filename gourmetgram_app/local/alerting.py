@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from gourmetgram import constants, control
-from gourmetgram.errors import DependencyUnavailable, UserError
+from gourmetgram.errors import BadInput, DependencyUnavailable
 from gourmetgram.retrain.settings import duration_s
 from gourmetgram_app.local.process import Service, answers, child_env, get_ok
 
@@ -51,12 +51,12 @@ def render_route(receiver_url: str, timings: dict[str, str] | None = None) -> di
 
     unknown = set(timings or {}) - set(TIMINGS)
     if unknown:
-        raise UserError(f"unknown Alertmanager timing(s) {sorted(unknown)}; use {', '.join(TIMINGS)}")
+        raise BadInput(f"unknown Alertmanager timing(s) {sorted(unknown)}; use {', '.join(TIMINGS)}")
     values = {"enabled": True, "url": receiver_url, **(timings or {})}
     objects = manifests.render_objects(constants.PRODUCTION, {"monitoring": {"retrainReceiver": values}})
     found = [o for o in objects if o.get("kind") == "AlertmanagerConfig"]
     if len(found) != 1:
-        raise UserError(f"the chart rendered {len(found)} AlertmanagerConfig objects with "
+        raise BadInput(f"the chart rendered {len(found)} AlertmanagerConfig objects with "
                         "monitoring.retrainReceiver.enabled; expected one")
     return found[0]
 
@@ -64,7 +64,7 @@ def render_route(receiver_url: str, timings: dict[str, str] | None = None) -> di
 def _matcher(m: dict[str, Any]) -> str:
     kind = m.get("matchType", "=")
     if kind not in MATCH_TYPES:
-        raise UserError(f"AlertmanagerConfig matcher {m!r}: matchType must be one of {', '.join(MATCH_TYPES)}")
+        raise BadInput(f"AlertmanagerConfig matcher {m!r}: matchType must be one of {', '.join(MATCH_TYPES)}")
     return f"{m['name']}{kind}{json.dumps(str(m['value']))}"
 
 
@@ -77,7 +77,7 @@ def alertmanager_config(amc: dict[str, Any], token_file: Path | None = None) -> 
     carried = {"receiver", "groupBy", "matchers", *TIMINGS}
     extra = sorted(set(route) - carried)
     if extra:
-        raise UserError(f"AlertmanagerConfig route fields not carried to the local Alertmanager: {extra}")
+        raise BadInput(f"AlertmanagerConfig route fields not carried to the local Alertmanager: {extra}")
     sub: dict[str, Any] = {"receiver": route["receiver"], "group_by": list(route.get("groupBy") or [])}
     for chart_name, am_name in TIMINGS.items():
         if route.get(chart_name):
@@ -87,14 +87,14 @@ def alertmanager_config(amc: dict[str, Any], token_file: Path | None = None) -> 
     for r in spec.get("receivers") or []:
         kinds = sorted(set(r) - {"name", "webhookConfigs"})
         if kinds:
-            raise UserError(f"receiver {r.get('name')!r}: only webhookConfigs are carried locally, not {kinds}")
+            raise BadInput(f"receiver {r.get('name')!r}: only webhookConfigs are carried locally, not {kinds}")
         hooks = []
         for w in r.get("webhookConfigs") or []:
             hook: dict[str, Any] = {"url": w["url"], "send_resolved": bool(w.get("sendResolved", True))}
             auth = (w.get("httpConfig") or {}).get("authorization")
             if auth:
                 if token_file is None:
-                    raise UserError(f"receiver {r['name']!r} sends a bearer token: pass the token file")
+                    raise BadInput(f"receiver {r['name']!r} sends a bearer token: pass the token file")
                 hook["http_config"] = {"authorization": {"type": auth.get("type", "Bearer"),
                                                          "credentials_file": str(token_file)}}
             hooks.append(hook)

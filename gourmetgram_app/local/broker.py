@@ -55,7 +55,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from gourmetgram import constants
-from gourmetgram.errors import BadInput, DependencyUnavailable, PayloadTooLarge, UserError, entry_point
+from gourmetgram.errors import BadInput, DependencyUnavailable, PayloadTooLarge, entry_point
 from gourmetgram.http_errors import EXCEPTION_HANDLERS
 from gourmetgram.tracking import home
 from gourmetgram_app.local import httpclient
@@ -90,22 +90,22 @@ class Trigger:
         head, *filters = text.split(",")
         name, sep, url = head.partition("=")
         if not sep or not name or not url.startswith(("http://", "https://")):
-            raise UserError(f"trigger {text!r} is not NAME=http://HOST:PORT/[,ATTRIBUTE=VALUE...]")
+            raise BadInput(f"trigger {text!r} is not NAME=http://HOST:PORT/[,ATTRIBUTE=VALUE...]")
         attrs, token = {}, None
         for f in filters:
             key, sep, value = f.partition("=")
             if not sep or not key:
-                raise UserError(f"trigger {text!r}: filter {f!r} is not ATTRIBUTE=VALUE")
+                raise BadInput(f"trigger {text!r}: filter {f!r} is not ATTRIBUTE=VALUE")
             key, value = key.strip().lower(), value.strip()
             if key == "token-file":
                 try:
                     token = Path(value).read_text().strip()
                 except OSError as exc:
-                    raise UserError(f"trigger {name}: cannot read its token file {value}: {exc}") from None
+                    raise BadInput(f"trigger {name}: cannot read its token file {value}: {exc}") from None
             elif key == "token-env":
                 token = os.environ.get(value, "").strip() or None
                 if token is None:
-                    raise UserError(f"trigger {name}: the environment variable {value} is empty")
+                    raise BadInput(f"trigger {name}: the environment variable {value} is empty")
             else:
                 attrs[key] = value
         return cls(name=name, url=url, filter=attrs, token=token, **defaults)
@@ -119,10 +119,10 @@ class Broker:
 
     def __init__(self, triggers: list[Trigger], store: EventStore) -> None:
         if not triggers:
-            raise UserError("the broker needs at least one --trigger")
+            raise BadInput("the broker needs at least one --trigger")
         names = [t.name for t in triggers]
         if len(set(names)) != len(names):
-            raise UserError(f"trigger names must differ: {names}")
+            raise BadInput(f"trigger names must differ: {names}")
         self.triggers = triggers
         self.store = store
         self.registry = CollectorRegistry()
@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         store = EventStore(store_path)
     except sqlite3.Error as exc:
-        raise UserError(f"cannot open the broker's store {store_path}: {exc}") from None
+        raise BadInput(f"cannot open the broker's store {store_path}: {exc}") from None
     broker = Broker(triggers, store)
     uvicorn.run(broker.app(), host=args.host, port=args.port, log_level="warning", access_log=False)
     return 0

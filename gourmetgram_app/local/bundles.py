@@ -6,7 +6,7 @@ from pathlib import Path
 
 from gourmetgram import constants
 from gourmetgram.bundle import Bundle
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 from gourmetgram.tracking import home
 
 
@@ -15,7 +15,7 @@ def find_latest_bundle(root: Path | None = None) -> Path:
     models = Path(root) if root else home() / "models"
     bundles = [p for p in models.glob("*/") if Bundle(p).is_bundle()] if models.is_dir() else []
     if not bundles:
-        raise UserError(f"no exported model under {models}; run `gourmetgram pipeline run` or "
+        raise BadInput(f"no exported model under {models}; run `gourmetgram pipeline run` or "
                         "`gourmetgram demo` first, or pass --bundle DIR")
     return max(bundles, key=lambda p: Bundle(p).triton_repo.stat().st_mtime)
 
@@ -31,13 +31,13 @@ def registered_bundle(stage: str) -> Path:
 
     version = registry.version_for(stage)
     if version is None:
-        raise UserError(
+        raise BadInput(
             f"no version of {constants.REGISTERED_MODEL_NAME!r} has the registry alias {stage!r} "
             f"(MLflow at {tracking_uri()}); run `gourmetgram pipeline run --dataset DIR --stage {stage}` "
             f"(it registers the model it exports under that alias), or pass --bundle DIR")
     uri = registry.bundle_for(version)
     path = Path(uri.removeprefix("file://")).expanduser()
     if not path.is_dir():
-        raise UserError(f"version {version} (alias {stage!r}) names the bundle {uri}, which is not a "
+        raise BadInput(f"version {version} (alias {stage!r}) names the bundle {uri}, which is not a "
                         "folder on this machine; pass --bundle DIR")
     return path.resolve()

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from gourmetgram.constants import PRODUCTION, REGISTERED_MODEL_NAME, STAGING
-from gourmetgram.errors import ConfigError, UserError
+from gourmetgram.errors import BadInput, ConfigError
 from gourmetgram.retrain.history import History
 from gourmetgram.retrain.settings import ReleaseSettings
 from gourmetgram_app.local.simulate import Behaviour, Judge, Population, SimulatedUsers
@@ -148,7 +148,7 @@ class Cycle:
         started = time.monotonic()
         v1 = registry.version_for(PRODUCTION)
         if v1 is None and self.s.gateway:
-            raise UserError("no model has the registry alias 'production': serve one first "
+            raise BadInput("no model has the registry alias 'production': serve one first "
                             "(`gourmetgram pipeline run --stage production` + `gourmetgram serve --loop`)")
         self.result.v1 = None if v1 is None else str(v1)
         config = self.rollout_config() if self.s.gateway else None  # a bad one fails before training
@@ -190,7 +190,7 @@ class Cycle:
         u, base = self.s.users, self.base_dir
         assert u is not None
         if base is None:
-            raise UserError(f"simulated users upload photos of the base dataset: {self.s.base} is not a local folder")
+            raise BadInput(f"simulated users upload photos of the base dataset: {self.s.base} is not a local folder")
         self._heading(f"production traffic: {u.before} uploads by simulated users, "
                       f"{u.behaviour.drifted_share:.0%} of them night shots (drift onset)")
         t0 = time.monotonic()
@@ -272,7 +272,7 @@ class Cycle:
 
         r, base = self.s.release.staging, self.base_dir
         if base is None:
-            raise UserError(f"the staging gate loads the staging stack with the base dataset's evaluation images: "
+            raise BadInput(f"the staging gate loads the staging stack with the base dataset's evaluation images: "
                             f"{self.s.base} is not a local folder")
         self._heading(f"staging: version {version} on a staging stack, {r.warmup_requests} warm-up requests, "
                       f"then the staging-gate pipeline (compiled, kfp.local: Locust {r.users} users for "
@@ -479,15 +479,15 @@ def _run(args) -> int:
 
     base = Path(args.base) if args.base else _home() / "data" / "demo"
     if not (base / "training").is_dir():
-        raise UserError(f"--base {base}: not a dataset in the Food-11 layout (the one v1 was trained on)")
+        raise BadInput(f"--base {base}: not a dataset in the Food-11 layout (the one v1 was trained on)")
     users = None
     if args.simulate_users is not None:
         if args.simulate_users < 0:
-            raise UserError("--simulate-users must be >= 0")
+            raise BadInput("--simulate-users must be >= 0")
         try:
             behaviour = Behaviour(drifted_share=args.drifted_share)
         except ValueError as exc:
-            raise UserError(f"--drifted-share: {exc}") from None
+            raise BadInput(f"--drifted-share: {exc}") from None
         users = UserSettings(before=args.simulate_users, behaviour=behaviour)
     retrain = load_retrain_settings(args.retrain_config)
     state = Path(args.state_dir) if args.state_dir else retrain_home()
@@ -501,7 +501,7 @@ def _run(args) -> int:
     try:  # never beside a triggered run: the same lock
         lock.acquire(run_id, (MANUAL,), now.isoformat())
     except Busy as exc:
-        raise UserError(f"a retrain is running: {exc}; wait for it (`gourmetgram loop status`)") from None
+        raise BadInput(f"a retrain is running: {exc}; wait for it (`gourmetgram loop status`)") from None
     try:
         history.append({"event": "started", "run_id": run_id, "reasons": [MANUAL], "started_at": now.isoformat(),
                         "labels_at_start": StoreSignals(open_store(args.db)).labels_total(), "launcher": "local",

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from gourmetgram import constants
-from gourmetgram.errors import DependencyUnavailable, UserError
+from gourmetgram.errors import BadInput, DependencyUnavailable
 from gourmetgram.loop.labelstudio import LabelStudioUnavailable
 from gourmetgram.loop.settings import ENV_LS_PASSWORD, ENV_LS_TOKEN, ENV_LS_USERNAME
 from gourmetgram_app.local.process import Service, get_ok
@@ -46,7 +46,7 @@ class LabelStudioServer:
         missing = [name for name, v in ((ENV_LS_USERNAME, self.username), (ENV_LS_PASSWORD, self.password),
                                         (ENV_LS_TOKEN, self.token)) if not v]
         if missing:
-            raise UserError(f"set {', '.join(missing)} in the environment (Label Studio's first user and "
+            raise BadInput(f"set {', '.join(missing)} in the environment (Label Studio's first user and "
                             "its API token; never in git)")
         binary = find_label_studio()
         # no error reports or analytics to the vendor: the data is production photos

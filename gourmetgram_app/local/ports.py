@@ -8,7 +8,7 @@ import dataclasses
 import socket
 
 from gourmetgram import constants
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +55,7 @@ def check_ports_free(ports: Ports, host: str = constants.HOST, skip: tuple[str, 
     busy = [f"{name}={port}" for name, port in ports.named().items()
             if name not in skip and (names is None or name in names) and port_in_use(host, port)]
     if len(set(ports.named().values())) != len(ports.named()):
-        raise UserError(f"the stack's ports must differ: {ports.named()}")
+        raise BadInput(f"the stack's ports must differ: {ports.named()}")
     if busy:
-        raise UserError(f"port(s) already in use on {host}: {', '.join(busy)}; stop what listens "
+        raise BadInput(f"port(s) already in use on {host}: {', '.join(busy)}; stop what listens "
                         "there or choose other ports (--ports NAME=PORT)")

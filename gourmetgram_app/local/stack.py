@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 
 from gourmetgram import constants, control
 from gourmetgram.bundle import Bundle
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 from gourmetgram.tracking import home
 from gourmetgram_app.local.bundles import registered_bundle
 from gourmetgram_app.local.manifests import ServiceManifest, load_manifest, load_stage_manifest, local_logger_url, revision_name
@@ -267,19 +267,19 @@ class LocalStack:
     # -- lifecycle -------------------------------------------------------------------------
     def _check_bundle(self) -> None:
         if not self.bundle.is_dir():
-            raise UserError(f"model bundle {self.bundle} does not exist")
+            raise BadInput(f"model bundle {self.bundle} does not exist")
         from gourmetgram.export import validate_bundle
 
         model_dir_of(Bundle(self.bundle).triton_repo, self.model_name)  # the most common mistake, said plainly
         validate_bundle(self.bundle, self.model_name)
         if self.with_detector and not Bundle(self.bundle).has_detector():
-            raise UserError(f"{self.bundle} has no drift detector (detector/); build it with "
+            raise BadInput(f"{self.bundle} has no drift detector (detector/); build it with "
                             "`gourmetgram detector build --bundle B --dataset D` or serve without it")
         if self.with_prometheus:
             from gourmetgram.rollout.prometheus import PROMETHEUS_BIN
 
             if not Path(PROMETHEUS_BIN).is_file():
-                raise UserError(f"{PROMETHEUS_BIN} not found; install Debian's `prometheus` package "
+                raise BadInput(f"{PROMETHEUS_BIN} not found; install Debian's `prometheus` package "
                                 "(scripts/setup.sh does) or serve without Prometheus")
 
     def _build_services(self) -> list[tuple[Service, str]]:
@@ -388,7 +388,7 @@ class LocalStack:
         each from its first start, so a start that fails is retried with back-off, and only
         one it gives up on stops all and raises (:class:`DependencyUnavailable`)."""
         if self.manifest.path is None:
-            raise UserError("the gateway reads the manifest from a file; pass a manifest path")
+            raise BadInput("the gateway reads the manifest from a file; pass a manifest path")
         check_ports_free(self.ports, self.host, names=self.used_ports())
         self.log_dir.mkdir(parents=True, exist_ok=True)
         # A fresh control token per start, 0600 in the stack's state folder (the CLI reads it).

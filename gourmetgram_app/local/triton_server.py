@@ -27,7 +27,7 @@ import numpy as np
 
 from gourmetgram import constants
 from gourmetgram.bundle import CONFIG_FILENAME, MODEL_VERSION, ONNX_FILENAME
-from gourmetgram.errors import UserError, entry_point
+from gourmetgram.errors import BadInput, entry_point
 
 LOG = logging.getLogger("gourmetgram.triton")
 # tritonserver waits this long on exit for open HTTP connections (a client's idle
@@ -84,7 +84,7 @@ def model_dir_of(model_repository: Path, model_name: str) -> Path:
     model_dir = Path(model_repository) / model_name
     for needed in (model_dir / CONFIG_FILENAME, model_dir / MODEL_VERSION / ONNX_FILENAME):
         if not needed.is_file():
-            raise UserError(
+            raise BadInput(
                 f"{needed} does not exist: {model_repository} is not an exported Triton model "
                 f"repository for model {model_name!r} (export one with `gourmetgram pipeline run` or `gourmetgram demo`)"
             )
@@ -125,7 +125,7 @@ def build_triton(model_repository: Path, model_name: str, host: str, http_port: 
     model_dir = model_dir_of(model_repository, model_name)
     cfg = read_triton_config(model_dir)
     if cfg.max_batch_size < 1:
-        raise UserError(f"{model_dir}/{CONFIG_FILENAME} has max_batch_size {cfg.max_batch_size}; the local "
+        raise BadInput(f"{model_dir}/{CONFIG_FILENAME} has max_batch_size {cfg.max_batch_size}; the local "
                         "predictor needs a batching model (export with max_batch_size >= 1)")
     instances = max(1, int(cfg.instance_count or 1))
     threads = max(1, (os.cpu_count() or 1) // instances)

@@ -29,7 +29,7 @@ from food_transformer.server import DEFAULT_MAX_BODY_BYTES, BoundModelServer
 from food_transformer.spec import read_calibration, resolve_partial
 from food_transformer.validation import DEFAULT_MAX_BATCH
 from gourmetgram.constants import HOST, MODEL_NAME
-from gourmetgram.errors import UserError, entry_point
+from gourmetgram.errors import BadInput, entry_point
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,17 +93,17 @@ def resolve_protocol(argv: Sequence[str]) -> str:
     """
     given = {v for v in (_given(argv, "--protocol"), _given(argv, "--predictor_protocol")) if v}
     if len(given) > 1:
-        raise UserError(f"--protocol and --predictor_protocol disagree: {sorted(given)}")
+        raise BadInput(f"--protocol and --predictor_protocol disagree: {sorted(given)}")
     protocol = given.pop() if given else "v2"
     if protocol == "v1":
-        raise UserError("the predictor (Triton) speaks only the v2 protocol: pass --protocol v2 or grpc-v2")
+        raise BadInput("the predictor (Triton) speaks only the v2 protocol: pass --protocol v2 or grpc-v2")
     return protocol
 
 
 def build_model(args: argparse.Namespace, argv: Sequence[str]) -> tuple[FoodTransformer, PredictorConfig]:
     """Flags -> a loaded FoodTransformer and the PredictorConfig it talks through."""
     if not args.predictor_host:
-        raise UserError("pass --predictor_host HOST:PORT (the predictor's HTTP address, e.g. Triton's)")
+        raise BadInput("pass --predictor_host HOST:PORT (the predictor's HTTP address, e.g. Triton's)")
     config = PredictorConfig(
         predictor_host=args.predictor_host,
         predictor_protocol=resolve_protocol(argv),
@@ -115,7 +115,7 @@ def build_model(args: argparse.Namespace, argv: Sequence[str]) -> tuple[FoodTran
     spec = resolve_partial(args.image_size, args.labels_file, args.class_names, args.model_spec)
     model_name = args.model_name if _given(argv, "--model_name") else MODEL_NAME
     if args.estimate_window < 1:
-        raise UserError("--estimate_window must be at least 1")
+        raise BadInput("--estimate_window must be at least 1")
     model = FoodTransformer(
         model_name, config, spec, top_k=args.top_k, max_batch=args.max_batch,
         revision=metrics.resolve_revision(args.revision), coalesce_images=args.coalesce_images,

@@ -47,7 +47,7 @@ from food_transformer.validation import (
 )
 from gourmetgram.calibration import Calibration, Scored
 from gourmetgram.constants import INPUT_NAME, OUTPUT_NAME
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 from gourmetgram.estimation import RollingEstimate
 from gourmetgram.jsonlog import inference_id_of, log_json
 from gourmetgram.preprocessing import InvalidImageError, preprocess_bytes
@@ -162,9 +162,9 @@ class FoodTransformer(Model):
     ):
         super().__init__(name)
         if predictor_config.predictor_protocol not in ("v2", "grpc-v2"):
-            raise UserError("the predictor (Triton) speaks only v2: use --protocol v2 or grpc-v2")
+            raise BadInput("the predictor (Triton) speaks only v2: use --protocol v2 or grpc-v2")
         if top_k < 1 or max_batch < 1 or coalesce_images < 1:
-            raise UserError("--top_k, --max_batch and --coalesce_images must be at least 1")
+            raise BadInput("--top_k, --max_batch and --coalesce_images must be at least 1")
         self._predictor = predictor_config
         self.partial = spec
         self.spec: ServingSpec | None = spec.complete()
@@ -207,7 +207,7 @@ class FoodTransformer(Model):
                 logger.warning("predictor metadata not available yet (%s); %s", exc,
                                "using the given spec" if self.spec else "will ask on the first request")
         elif self.spec is None:
-            raise UserError("with --protocol grpc-v2 pass --image_size and --labels_file "
+            raise BadInput("with --protocol grpc-v2 pass --image_size and --labels_file "
                             "(or --model_spec): they are not read over gRPC")
         self.ready = True
         return self.ready
@@ -233,7 +233,7 @@ class FoodTransformer(Model):
             self.spec = fill_from_metadata(self.partial, json.loads(body))
         except ValueError as exc:
             raise PredictorUnavailable(f"{self._metadata_url()} answered unreadable metadata ({exc})") from exc
-        except UserError as exc:
+        except BadInput as exc:
             raise InferenceError(f"transformer misconfigured: {exc}") from exc
         return self.spec
 

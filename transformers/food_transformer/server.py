@@ -25,7 +25,7 @@ from uvicorn.importer import import_from_string
 from food_transformer import v2binary
 from food_transformer.validation import RAW_IMAGE_TYPE
 from gourmetgram.bodylimit import BodyLimit
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024  # the gateway's limit too
 ALL_ADDRESSES = ("0.0.0.0", "::", "")
@@ -103,13 +103,13 @@ class BoundModelServer(ModelServer):
         super().__init__(**kwargs)
         use_transformer_dataplane(self)
         if self.workers != 1:
-            raise UserError("--workers: the food transformer runs one uvicorn worker (its model "
+            raise BadInput("--workers: the food transformer runs one uvicorn worker (its model "
                             "talks to one predictor); scale with replicas instead")
         if self.enable_grpc and host not in ALL_ADDRESSES:
-            raise UserError(f"--enable_grpc: kserve's gRPC server binds every address, not {host}; "
+            raise BadInput(f"--enable_grpc: kserve's gRPC server binds every address, not {host}; "
                             "the transformer is served over HTTP only (drop --enable_grpc)")
         if max_body_bytes < 1:
-            raise UserError("--max_body_bytes must be positive")
+            raise BadInput("--max_body_bytes must be positive")
         self.host, self.max_body_bytes = host, max_body_bytes
 
     def start(self, models: list[Any]) -> None:

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 from gourmetgram.bundle import CALIBRATION_FILENAME, Bundle
 from gourmetgram.calibration import Calibration
 from gourmetgram.classes import FOOD11_CLASSES, class_dir_name
-from gourmetgram.errors import ConfigError, UserError
+from gourmetgram.errors import BadInput, ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def read_calibration(path: str | None, model_spec: str | None = None) -> Calibra
         raise ConfigError(f"calibration file {path} does not exist; pass <bundle>/{CALIBRATION_FILENAME}")
     try:
         return Calibration.read(path)
-    except UserError as exc:
+    except BadInput as exc:
         raise ConfigError(str(exc)) from None
 
 

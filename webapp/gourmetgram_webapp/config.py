@@ -16,7 +16,7 @@ from pathlib import Path
 
 from gourmetgram import constants
 from gourmetgram.classes import FOOD11_CLASSES
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 from gourmetgram.preprocessing import MAX_IMAGE_BYTES
 
 SERVED_KINDS = ("local", "kube")
@@ -49,19 +49,19 @@ class StageSource:
         stage, sep, rest = text.partition(":")
         stage = stage.strip()
         if not sep or stage not in constants.STAGES:
-            raise UserError(f"--stage {text!r}: expected STAGE:served=...,detector=... with STAGE one of "
+            raise BadInput(f"--stage {text!r}: expected STAGE:served=...,detector=... with STAGE one of "
                             f"{', '.join(constants.STAGES)}")
         fields: dict[str, str] = {}
         for part in filter(None, (p.strip() for p in rest.split(","))):
             key, eq, value = part.partition("=")
             if not eq or key not in ("served", "detector"):
-                raise UserError(f"--stage {text!r}: {part!r} is not served=... or detector=...")
+                raise BadInput(f"--stage {text!r}: {part!r} is not served=... or detector=...")
             fields[key] = value.strip()
         source = cls(stage, fields.get("served", ""), fields.get("detector", "").rstrip("/"))
         if source.served and (source.served_kind not in SERVED_KINDS or not source.served_target):
-            raise UserError(f"--stage {text!r}: served must be local:<gateway URL> or kube:<namespace>/<name>")
+            raise BadInput(f"--stage {text!r}: served must be local:<gateway URL> or kube:<namespace>/<name>")
         if source.served_kind == "kube" and "/" not in source.served_target:
-            raise UserError(f"--stage {text!r}: kube:<namespace>/<name>, e.g. kube:gourmetgram-production/food11")
+            raise BadInput(f"--stage {text!r}: kube:<namespace>/<name>, e.g. kube:gourmetgram-production/food11")
         return source
 
 
@@ -97,13 +97,13 @@ def read_class_names(model_spec: str | None, classes: str | None) -> tuple[str, 
     if classes:
         names = tuple(n.strip() for n in classes.split(",") if n.strip())
         if len(names) < 2:
-            raise UserError("--classes needs at least two comma-separated names")
+            raise BadInput("--classes needs at least two comma-separated names")
         return names
     if model_spec:
         path = Path(model_spec)
         try:
             names = tuple(json.loads(path.read_text())["class_names"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise UserError(f"cannot read class names from {path}: {exc}") from None
+            raise BadInput(f"cannot read class names from {path}: {exc}") from None
         return names
     return FOOD11_CLASSES

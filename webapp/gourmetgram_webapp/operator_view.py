@@ -18,7 +18,7 @@ from typing import Any, Awaitable, Callable
 import httpx
 
 from gourmetgram import constants
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 from gourmetgram_webapp.config import StageSource, WebConfig, capture_base_url
 
 ROLLOUT_STATUS_PATH = "/_gourmetgram/rollout"
@@ -50,7 +50,7 @@ async def _guard(what: str, timeout_s: float, call: Callable[[], Awaitable[Any]]
         return Panel(await asyncio.wait_for(call(), timeout_s))
     except asyncio.TimeoutError:
         return unavailable(f"{what} did not answer within {timeout_s:.0f} s")
-    except UserError as exc:
+    except BadInput as exc:
         return unavailable(str(exc))
     except httpx.HTTPError as exc:
         return unavailable(f"{what} cannot be reached ({type(exc).__name__})")
@@ -93,7 +93,7 @@ async def _served(source: StageSource, client: httpx.AsyncClient) -> dict:
         url = source.served_target.rstrip("/") + ROLLOUT_STATUS_PATH
         r = await client.get(url)
         if r.status_code != 200:
-            raise UserError(f"the gateway's rollout status answered {r.status_code}")
+            raise BadInput(f"the gateway's rollout status answered {r.status_code}")
         return served_from_local_status(r.json())
 
     def read_isvc() -> dict:
@@ -110,7 +110,7 @@ async def _served(source: StageSource, client: httpx.AsyncClient) -> dict:
 async def _drift(source: StageSource, client: httpx.AsyncClient) -> dict:
     r = await client.get(source.detector + "/status")
     if r.status_code != 200:
-        raise UserError(f"the drift detector's /status answered {r.status_code}")
+        raise BadInput(f"the drift detector's /status answered {r.status_code}")
     s = r.json()
     label = s.get("label_drift") or {}
     return {
@@ -197,7 +197,7 @@ def feedback_summary(summary: dict) -> dict:
                    "by_reason": ", ".join(f"{r.replace('_', ' ')} {n}"
                                           for r, n in (b.get("to_queue_by_reason") or {}).items() if n)}
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise UserError(f"the feedback store's summary is not in the expected form ({type(exc).__name__}: "
+        raise BadInput(f"the feedback store's summary is not in the expected form ({type(exc).__name__}: "
                         f"{exc})") from None
     return {"accuracy_by_version": rows, "backlog": backlog,
             "with_feedback": summary.get("with_feedback"), "captured": summary.get("captured")}
@@ -212,13 +212,13 @@ async def _feedback(url: str, client: httpx.AsyncClient) -> dict:
             detail = str(body.get("error") or "") if isinstance(body, dict) else ""
         except ValueError:
             pass
-        raise UserError(f"the feedback store answered {r.status_code}" + (f": {detail[:200]}" if detail else ""))
+        raise BadInput(f"the feedback store answered {r.status_code}" + (f": {detail[:200]}" if detail else ""))
     try:
         body = r.json()
     except ValueError:
-        raise UserError("the feedback store's summary is not JSON") from None
+        raise BadInput("the feedback store's summary is not JSON") from None
     if not isinstance(body, dict):
-        raise UserError("the feedback store's summary is not in the expected form")
+        raise BadInput("the feedback store's summary is not in the expected form")
     return feedback_summary(body)
 
 
@@ -265,12 +265,12 @@ async def _estimates(url: str, client: httpx.AsyncClient) -> list[dict]:
     except ValueError:
         body = {}
     if r.status_code != 200 or not isinstance(body, dict) or body.get("status") != "success":
-        raise UserError(f"Prometheus answered {r.status_code}" + (f": {body.get('error')}" if isinstance(body, dict)
+        raise BadInput(f"Prometheus answered {r.status_code}" + (f": {body.get('error')}" if isinstance(body, dict)
                                                                    and body.get("error") else ""))
     try:
         return estimates_from_prometheus(body["data"]["result"])
     except (KeyError, TypeError, ValueError, IndexError) as exc:
-        raise UserError(f"Prometheus's answer is not an instant vector ({type(exc).__name__})") from None
+        raise BadInput(f"Prometheus's answer is not an instant vector ({type(exc).__name__})") from None
 # -- retraining (the retrain receiver's run history) ---------------------------------------
 
 def retrain_runs(body: dict) -> list[dict]:
@@ -287,7 +287,7 @@ def retrain_runs(body: dict) -> list[dict]:
                         "outcome": str(end.get("status") or "running"), "version": end.get("version"),
                         "error": end.get("error") or "", "steps": steps})
     except (KeyError, TypeError, AttributeError) as exc:
-        raise UserError(f"the retrain receiver's runs are not in the expected form ({type(exc).__name__}: {exc})") from None
+        raise BadInput(f"the retrain receiver's runs are not in the expected form ({type(exc).__name__}: {exc})") from None
     return out
 
 
@@ -318,11 +318,11 @@ def _three(value) -> str:
 async def _retrain(url: str, client: httpx.AsyncClient) -> list[dict]:
     r = await client.get(f"{url}/runs", params={"limit": 5})
     if r.status_code != 200:
-        raise UserError(f"the retrain receiver answered {r.status_code}")
+        raise BadInput(f"the retrain receiver answered {r.status_code}")
     try:
         body = r.json()
     except ValueError:
-        raise UserError("the retrain receiver's runs are not JSON") from None
+        raise BadInput("the retrain receiver's runs are not JSON") from None
     return retrain_runs(body if isinstance(body, dict) else {})
 
 

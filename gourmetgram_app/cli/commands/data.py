@@ -32,10 +32,10 @@ def _validate(args: argparse.Namespace) -> int:
 def _upload(args: argparse.Namespace) -> int:
     from gourmetgram import objectstore
     from gourmetgram.data.layout import validate_dataset
-    from gourmetgram.errors import UserError
+    from gourmetgram.errors import BadInput
 
     if not objectstore.is_s3(args.destination):
-        raise UserError(f"{args.destination!r}: upload to an s3://BUCKET/PREFIX URI")
+        raise BadInput(f"{args.destination!r}: upload to an s3://BUCKET/PREFIX URI")
     report = validate_dataset(args.dataset, check_images=False)  # the layout ingest expects, before any upload
     written = objectstore.upload_tree(args.dataset, args.destination)
     print(f"uploaded {len(written)} files of {report.summary()} to {args.destination}")

@@ -395,7 +395,7 @@ def stage_loop(ctx: DemoContext) -> str:
 
     import httpx
 
-    from gourmetgram.errors import UserError
+    from gourmetgram.errors import BadInput
     from gourmetgram.loop.labelstudio import client
     from gourmetgram.loop.store import open_store
     from gourmetgram_app.local.traffic import predict
@@ -447,7 +447,7 @@ def stage_loop(ctx: DemoContext) -> str:
     print(f"\nwaiting for Label Studio at {ls.url} (first start: database migrations, a minute or two)...", flush=True)
     try:
         ls.service.wait_ready(600)
-    except UserError as exc:
+    except BadInput as exc:
         raise OutcomeMissing(f"Label Studio did not come up: {exc}") from None
     ls_args = ["--labelstudio-url", ls.url, "--bundle", str(ctx.bundle)]
     _main(["loop", "queue", *ls_args])

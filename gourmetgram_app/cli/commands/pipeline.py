@@ -15,7 +15,7 @@ import urllib.parse
 from pathlib import Path
 
 from gourmetgram.constants import MODEL_NAME, REGISTERED_MODEL_NAME, STAGES, STAGING
-from gourmetgram.errors import DependencyUnavailable, UserError
+from gourmetgram.errors import BadInput, DependencyUnavailable
 from gourmetgram_app.pipeline_runs import (
     DEFAULT_EXPERIMENT,
     PIPELINES,
@@ -50,7 +50,7 @@ def _compile(args: argparse.Namespace) -> int:
     # Back-compatible: --output alone compiles the training pipeline; no --output, every pipeline.
     chosen = args.pipeline or (TRAINING if args.output else "all")
     if chosen == "all" and args.output:
-        raise UserError("--output names one file: pass --pipeline training or --pipeline staging-gate")
+        raise BadInput("--output names one file: pass --pipeline training or --pipeline staging-gate")
     for name in (list(PIPELINES) if chosen == "all" else [chosen]):
         path = compile_to(args.output or PIPELINES[name][1], args.image, name)
         print(f"compiled the {name} pipeline to {path}")
@@ -63,9 +63,9 @@ def _compile(args: argparse.Namespace) -> int:
 def _submit(args: argparse.Namespace) -> int:
     package = Path(args.package or PIPELINES[args.pipeline][1])
     if not package.is_file():
-        raise UserError(f"pipeline package {package} does not exist; run `gourmetgram pipeline compile`")
+        raise BadInput(f"pipeline package {package} does not exist; run `gourmetgram pipeline compile`")
     if urllib.parse.urlparse(args.host).scheme not in ("http", "https"):
-        raise UserError(f"--host {args.host!r} must be an http(s) URL of the KFP API")
+        raise BadInput(f"--host {args.host!r} must be an http(s) URL of the KFP API")
     params = parse_params(args.param or [], package)
     try:
         result = submit(args.host, package, args.experiment, params, args.run_name, args.namespace,
@@ -91,7 +91,7 @@ def _schedule(args: argparse.Namespace) -> int:
     from gourmetgram.retrain.settings import load_retrain_settings
 
     if urllib.parse.urlparse(args.host).scheme not in ("http", "https"):
-        raise UserError(f"--host {args.host!r} must be an http(s) URL of the KFP API")
+        raise BadInput(f"--host {args.host!r} must be an http(s) URL of the KFP API")
     settings = load_retrain_settings(args.retrain_config)
     cron = check_cron(args.cron or settings.triggers.cron)
     pairs = []
@@ -104,7 +104,7 @@ def _schedule(args: argparse.Namespace) -> int:
         if args.package:
             package = Path(args.package)
             if not package.is_file():
-                raise UserError(f"pipeline package {package} does not exist")
+                raise BadInput(f"pipeline package {package} does not exist")
         else:  # compiled now, from the code this command runs: the schedule gets what is checked out
             package = compile_to(Path(tmp) / f"{args.pipeline}.yaml", args.image, args.pipeline)
         params = parse_params(pairs, package)

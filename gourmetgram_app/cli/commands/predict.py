@@ -8,13 +8,13 @@ import json
 from pathlib import Path
 
 from gourmetgram import constants
-from gourmetgram.errors import DependencyUnavailable, UserError
+from gourmetgram.errors import BadInput, DependencyUnavailable
 
 DEFAULT_URL = f"http://{constants.HOST}:{constants.GATEWAY_PORT}"
 
 
 def read_images(paths: list[str]) -> list[tuple[str, bytes]]:
-    """Every file's bytes, or a UserError naming each one that cannot be read."""
+    """Every file's bytes, or a BadInput naming each one that cannot be read."""
     images, problems = [], []
     for p in paths:
         path = Path(p)
@@ -31,7 +31,7 @@ def read_images(paths: list[str]) -> list[tuple[str, bytes]]:
             continue
         images.append((p, data))
     if problems:
-        raise UserError("cannot read image(s):\n  " + "\n  ".join(problems))
+        raise BadInput("cannot read image(s):\n  " + "\n  ".join(problems))
     return images
 
 
@@ -58,7 +58,7 @@ def parse_response(body: dict, protocol: str) -> list[dict]:
 
 def predict(url: str, blobs: list[bytes], protocol: str = "v1", model: str = constants.MODEL_NAME,
             timeout_s: float = 60.0) -> list[dict]:
-    """POST the images; UserError for a 4xx (bad input), DependencyUnavailable when the service is not."""
+    """POST the images; BadInput for a 4xx (bad input), DependencyUnavailable when the service is not."""
     import httpx
 
     target = endpoint(url, model, protocol)
@@ -71,7 +71,7 @@ def predict(url: str, blobs: list[bytes], protocol: str = "v1", model: str = con
     except ValueError:
         body = {"error": response.text[:500]}
     if 400 <= response.status_code < 500:
-        raise UserError(f"{target} rejected the request ({response.status_code}): "
+        raise BadInput(f"{target} rejected the request ({response.status_code}): "
                         f"{body.get('error', body)}")
     if response.status_code != 200:
         raise DependencyUnavailable(f"{target} failed ({response.status_code}): {body.get('error', body)}; "

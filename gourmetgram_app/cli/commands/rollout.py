@@ -15,7 +15,7 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 from gourmetgram import constants
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 from gourmetgram.rollout import release
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ def _config(args: argparse.Namespace):
         try:
             changes["steps"] = tuple(int(s) for s in args.steps.split(",") if s.strip()) if args.steps else ()
         except ValueError:
-            raise UserError(f"--steps {args.steps!r}: percentages within 1..99, comma-separated") from None
+            raise BadInput(f"--steps {args.steps!r}: percentages within 1..99, comma-separated") from None
     return override(config, "auto", **changes)
 
 
@@ -172,7 +172,7 @@ def _auto(args: argparse.Namespace) -> int:
 
 def _local_shadow(args: argparse.Namespace):
     if args.cluster:
-        raise UserError("on the cluster the shadow is declared in the chart (values `shadow:`: "
+        raise BadInput("on the cluster the shadow is declared in the chart (values `shadow:`: "
                         "enabled, version/storageUri, percent; `helm upgrade`), not started by this "
                         "command; see README 'Shadow deployment'")
     from gourmetgram.rollout.local import LocalRollout
@@ -201,7 +201,7 @@ def _shadow_start(args: argparse.Namespace) -> int:
 
         bundle = registry.bundle_for(int(version))
     if bundle is None:
-        raise UserError("shadow start needs --version N or --bundle DIR")
+        raise BadInput("shadow start needs --version N or --bundle DIR")
     print(f"starting shadow {('version ' + str(version)) if version else bundle} mirroring "
           f"{args.percent}% ...", flush=True)
     _print_shadow(backend.shadow_start(bundle, args.percent, version).get("shadow"))
@@ -233,11 +233,11 @@ def _read_labels(path: str | None) -> dict[str, str]:
         with open(path, newline="") as handle:
             rows = [r for r in csv.reader(handle) if r]
     except OSError as exc:
-        raise UserError(f"--labels {path}: {exc.strerror}") from None
+        raise BadInput(f"--labels {path}: {exc.strerror}") from None
     if rows and [c.strip().lower() for c in rows[0][:2]] == ["inference_id", "label"]:
         rows = rows[1:]
     if any(len(r) < 2 for r in rows):
-        raise UserError(f"--labels {path}: every line must be inference_id,label")
+        raise BadInput(f"--labels {path}: every line must be inference_id,label")
     return {r[0].strip(): r[1].strip() for r in rows}
 
 
@@ -259,7 +259,7 @@ def _shadow_analyze(args: argparse.Namespace) -> int:
         finally:
             store.dispose()
         if not rows:
-            raise UserError("the capture store holds no shadow answer joined with a production sample "
+            raise BadInput("the capture store holds no shadow answer joined with a production sample "
                             "yet; is the capture sink behind the logger (`gourmetgram serve --loop`)?")
         answers = captured_answers(rows)
         labels = _read_labels(args.labels)
@@ -272,7 +272,7 @@ def _shadow_analyze(args: argparse.Namespace) -> int:
         backend = _local_shadow(args)
         detail = backend.shadow_detail()
         if not detail.get("shadow"):
-            raise UserError("no shadow revision is running: nothing to analyse")
+            raise BadInput("no shadow revision is running: nothing to analyse")
         production = backend.raw_status().get("latest_rolledout_revision") or "production"
         verdict = decide(figures(paired_answers(detail["pairs"], _read_labels(args.labels))), thresholds)
         verdict.production, verdict.shadow = production, detail["shadow"]["name"]

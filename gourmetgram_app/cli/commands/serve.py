@@ -13,7 +13,7 @@ from pathlib import Path
 
 from gourmetgram import constants
 from gourmetgram.bundle import Bundle
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 
 STAGE_CHOICES = (constants.STAGING, constants.PRODUCTION)
 
@@ -30,13 +30,13 @@ def parse_ports(items: list[str] | None, free: bool = False):
             name, sep, value = part.partition("=")
             name = name.strip().replace("-", "_")
             if not sep or name not in names:
-                raise UserError(f"--ports {part!r}: expected NAME=PORT with NAME one of {', '.join(names)}")
+                raise BadInput(f"--ports {part!r}: expected NAME=PORT with NAME one of {', '.join(names)}")
             try:
                 port = int(value)
             except ValueError:
-                raise UserError(f"--ports {part!r}: {value!r} is not a port number") from None
+                raise BadInput(f"--ports {part!r}: {value!r} is not a port number") from None
             if not 1 <= port <= 65535:
-                raise UserError(f"--ports {part!r}: port must be within 1..65535")
+                raise BadInput(f"--ports {part!r}: port must be within 1..65535")
             changes[name] = port
     return dataclasses.replace(ports, **changes)
 

@@ -31,7 +31,7 @@ from starlette.routing import Route
 
 from gourmetgram import bodylimit
 from gourmetgram import control as policy
-from gourmetgram.errors import BadInput, DependencyUnavailable, Unauthorized, UserError
+from gourmetgram.errors import BadInput, DependencyUnavailable, Unauthorized
 from gourmetgram_app.local import httpclient
 from gourmetgram_app.local.gateway import state
 from gourmetgram_app.local.gateway.discovery import Revision, http_sd_targets
@@ -169,7 +169,7 @@ class Controller(Router):
     async def stop_shadow(self) -> None:
         previous = self.shadow.revision
         if previous is None:
-            raise UserError("no shadow revision is running")
+            raise BadInput("no shadow revision is running")
         self.shadow.detach()
         await self._stop_pair(previous.name)
 
@@ -221,7 +221,7 @@ class Controller(Router):
                 continue
             try:
                 path = policy.bundle_in_store(entry.bundle or "", self.model_store)
-            except UserError as exc:
+            except BadInput as exc:
                 log.error("not restoring revision %s: %s", entry.name, exc)
                 continue
             pair = self._new_pair(path, entry.name, entry.version)
@@ -259,7 +259,7 @@ class Controller(Router):
             if shadow is not None:
                 try:
                     await self.start_shadow(shadow.bundle, shadow.percent, shadow.version)
-                except (UserError, DependencyUnavailable) as exc:
+                except (BadInput, DependencyUnavailable) as exc:
                     log.error("the shadow could not be started again: %s", exc)
             self.save_state()
 
@@ -287,7 +287,7 @@ class Controller(Router):
 
     async def set_percent(self, percent: int) -> None:
         if len(self.revisions) < 2:
-            raise UserError("no canary revision: start one with a bundle first")
+            raise BadInput("no canary revision: start one with a bundle first")
         self.canary_percent = percent
         self._apply_split()
 
@@ -295,7 +295,7 @@ class Controller(Router):
         """canaryTrafficPercent removed: latest takes 100% and becomes the rolled-out revision."""
         latest = self.revisions[-1]
         if latest.name == self.rolled_out:
-            raise UserError(f"nothing to promote: {latest.name} already serves all traffic")
+            raise BadInput(f"nothing to promote: {latest.name} already serves all traffic")
         self.rolled_out, self.canary_percent = latest.name, None
         self._apply_split()
         await self._retire({r.name for r in self.revisions if r is not latest})
@@ -309,16 +309,16 @@ class Controller(Router):
         percent = action.get("percent")
         if percent is not None and (isinstance(percent, bool) or not isinstance(percent, int)
                                     or not 0 <= percent <= 100):
-            raise UserError(f"percent must be an integer in 0..100, got {percent!r}")
+            raise BadInput(f"percent must be an integer in 0..100, got {percent!r}")
         async with self._control_lock:
             if kind == "canary":
                 if not action.get("bundle"):
-                    raise UserError("a canary needs a bundle")
+                    raise BadInput("a canary needs a bundle")
                 await self.start_canary(str(action["bundle"]), 10 if percent is None else percent,
                                         None if action.get("version") is None else str(action["version"]))
             elif kind == "percent":
                 if percent is None:
-                    raise UserError("action percent needs a percent")
+                    raise BadInput("action percent needs a percent")
                 await self.set_percent(percent)
             elif kind == "promote":
                 await self.promote()
@@ -329,15 +329,15 @@ class Controller(Router):
                     await self.start_shadow(str(action["bundle"]), 100 if percent is None else percent,
                                             None if action.get("version") is None else str(action["version"]))
                 elif self.shadow.revision is None:
-                    raise UserError("no shadow revision is running: start one with a bundle")
+                    raise BadInput("no shadow revision is running: start one with a bundle")
                 elif percent is None:
-                    raise UserError("action shadow needs a bundle (start) or a percent (re-weight)")
+                    raise BadInput("action shadow needs a bundle (start) or a percent (re-weight)")
                 else:
                     self.shadow.percent = percent
             elif kind == "shadow_stop":
                 await self.stop_shadow()
             else:
-                raise UserError(f"unknown action {kind!r}; use canary, percent, promote, rollback, "
+                raise BadInput(f"unknown action {kind!r}; use canary, percent, promote, rollback, "
                                 "shadow or shadow_stop")
             self.save_state()
             log.warning("rollout %s: %s", kind, [(r.name, r.percent, r.tag) for r in self.revisions])

@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 
 
 @dataclasses.dataclass
@@ -39,7 +39,7 @@ class Revision:
         """``NAME=URL`` (the CLI form)."""
         name, sep, url = text.partition("=")
         if not sep or not name or not url.startswith(("http://", "https://")):
-            raise UserError(f"revision {text!r} is not NAME=http://HOST:PORT")
+            raise BadInput(f"revision {text!r} is not NAME=http://HOST:PORT")
         return cls(name=name, transformer_url=url.rstrip("/"))
 
     def public(self) -> dict:

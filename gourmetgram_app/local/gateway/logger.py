@@ -26,7 +26,7 @@ import aiohttp
 from prometheus_client import Counter
 
 from gourmetgram import control as policy  # the sink token
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 from gourmetgram_app.local import httpclient
 
 LOGGER_QUEUE_BYTES = 256 * 1024 * 1024  # events waiting for the sink (or retried), at most
@@ -52,7 +52,7 @@ class InferenceLogger:
                  queue_bytes: int = LOGGER_QUEUE_BYTES, sink_token: str | None = None,
                  retried: Counter | None = None) -> None:
         if mode not in ("all", "request", "response"):
-            raise UserError(f"logger mode {mode!r} is not all, request or response")
+            raise BadInput(f"logger mode {mode!r} is not all, request or response")
         self.url, self.mode = url, mode
         self.inferenceservice, self.namespace, self.component = inferenceservice, namespace, component
         self.queue_size, self.workers, self.timeout_s = queue_size, workers, timeout_s

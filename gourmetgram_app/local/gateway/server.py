@@ -34,7 +34,7 @@ from starlette.routing import Route
 from gourmetgram import constants
 from gourmetgram import control as policy
 from gourmetgram import metric_names as qp
-from gourmetgram.errors import UserError
+from gourmetgram.errors import BadInput
 from gourmetgram.http_errors import EXCEPTION_HANDLERS
 from gourmetgram_app.local import httpclient
 from gourmetgram_app.local.gateway.control import Controller, _Stoppable
@@ -65,7 +65,7 @@ class Gateway(Controller):
         serve supervisor's component states, shown in the status; ``state_file``: where the
         rollout is saved after each change and restored from at start (None: neither)."""
         if not revisions:
-            raise UserError("the gateway needs at least one revision")
+            raise BadInput("the gateway needs at least one revision")
         self.manifest = manifest
         self.revisions = list(revisions)
         self._given = list(revisions)
