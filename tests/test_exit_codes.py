@@ -200,7 +200,7 @@ def test_every_process_maps_errors_to_exit_codes_through_the_one_wrapper():
             unwrapped.append(str(path.relative_to(REPO_ROOT)))
         for handler in (n for n in ast.walk(mains[0]) if isinstance(n, ast.ExceptHandler)):
             caught = ast.unparse(handler.type) if handler.type else ""
-            if any(name in caught for name in ("BadInput", "BadInput", "GourmetGramError")):
+            if any(name in caught for name in ("BadInput", "GourmetGramError")):
                 by_hand.append(f"{path.relative_to(REPO_ROOT)}:{handler.lineno} except {caught}")
     assert not unwrapped, f"main() without @entry_point: {unwrapped}"
     assert not by_hand, f"errors mapped by hand in main(): {by_hand}"
