@@ -306,6 +306,8 @@ def _hint_at(cls: Any, loc: tuple) -> Any:
                 hint = typing.get_args(hint)[0]
         if isinstance(part, int) and typing.get_origin(hint) is tuple:
             hint = typing.get_args(hint)[0]
+        elif isinstance(part, str) and typing.get_origin(hint) is dict:  # a mapping's value
+            hint = typing.get_args(hint)[1]
         elif isinstance(part, str) and dataclasses.is_dataclass(hint):
             hints = typing.get_type_hints(hint, include_extras=True)
             if part not in hints:

@@ -37,6 +37,7 @@ from urllib.parse import urlsplit
 
 from starlette.responses import JSONResponse
 
+from gourmetgram.environment import environment
 from gourmetgram.errors import BadInput
 from gourmetgram.tracking import home
 
@@ -96,7 +97,7 @@ def read_token(path: Path) -> str:
 
 def token_for_gateway(gateway_url: str) -> str:
     """What the CLI sends: ``$GOURMETGRAM_CONTROL_TOKEN``, else the stack's token file."""
-    env = os.environ.get(TOKEN_ENV, "").strip()
+    env = (environment().control_token or "").strip()
     if env:
         return env
     parts = urlsplit(gateway_url)
@@ -119,7 +120,7 @@ def detector_token_path() -> Path:
 def detector_token() -> tuple[str, Path | None]:
     """The local detector's ingest token and its file: ``$GOURMETGRAM_DETECTOR_TOKEN``
     (no file), else the home's token file, created (0600) when missing."""
-    env = os.environ.get(DETECTOR_TOKEN_ENV, "").strip()
+    env = (environment().detector_token or "").strip()
     if env:
         return env, None
     path = detector_token_path()

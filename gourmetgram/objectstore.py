@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from gourmetgram.environment import environment
 from gourmetgram.errors import BadInput, DependencyUnavailable
 from gourmetgram.loop.settings import ENV_S3_ENDPOINT, objects_url
 
@@ -55,14 +56,14 @@ def split_uri(uri: str) -> tuple[str, str]:
 
 def models_uri(model_name: str, version: int | str, bucket: str | None = None) -> str:
     """Where a registered version's bundle lives: ``s3://<bucket>/<model>/<version>``."""
-    bucket = bucket or os.environ.get(MODELS_BUCKET_ENV) or DEFAULT_MODELS_BUCKET
+    bucket = bucket or environment().models_bucket or DEFAULT_MODELS_BUCKET
     return f"s3://{bucket}/{model_name}/{int(version)}"
 
 
 def endpoint_url(explicit: str | None = None, required: bool = True) -> str | None:
     """The S3 endpoint: ``explicit``, else the first of :data:`ENDPOINT_ENV` set. Without one,
     ``required`` makes it bad input; otherwise ``None`` (boto's own default: AWS)."""
-    endpoint = explicit or next((os.environ[k] for k in ENDPOINT_ENV if os.environ.get(k)), "")
+    endpoint = explicit or environment().s3_endpoint_url() or ""
     if not endpoint:
         if not required:
             return None

@@ -18,6 +18,7 @@ import subprocess
 from typing import Mapping
 
 from gourmetgram.constants import REGISTERED_MODEL_NAME, REPO_ROOT, STAGES, STAGING
+from gourmetgram.environment import environment
 from gourmetgram.errors import BadInput
 from gourmetgram.tracking import configure_mlflow
 
@@ -45,7 +46,7 @@ class RegisteredVersion:
 
 def git_commit() -> str:
     """The code version: ``$GIT_COMMIT`` (set by CI/images), else the repo's HEAD, else "unknown"."""
-    env = os.environ.get("GIT_COMMIT", "").strip()
+    env = environment().git_commit
     if env:
         return env
     try:

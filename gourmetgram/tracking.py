@@ -8,10 +8,10 @@ folder too; a server (``http://...``) stores them where it is configured to.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from gourmetgram.constants import DEFAULT_HOME
+from gourmetgram.environment import environment
 from gourmetgram.errors import DependencyUnavailable
 
 EXPERIMENT = "gourmetgram-food11"
@@ -19,7 +19,7 @@ EXPERIMENT = "gourmetgram-food11"
 
 def home() -> Path:
     """The local state folder (runs, models, MLflow store), made absolute once."""
-    path = Path(os.environ.get("GOURMETGRAM_HOME", DEFAULT_HOME)).expanduser().resolve()
+    path = Path(environment().home or DEFAULT_HOME).expanduser().resolve()
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -34,10 +34,10 @@ def tracking_uri() -> str:
     In a KFP pod there is no local default: a sqlite file there vanishes with the pod, and
     the run, the model and the registry entry with it. Fail with a message instead.
     """
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    uri = environment().mlflow_tracking_uri
     if uri:
         return uri
-    if os.environ.get(KFP_POD_ENV):
+    if environment().kfp_pod_name:
         from gourmetgram.errors import BadInput
 
         raise BadInput("MLFLOW_TRACKING_URI is not set in this pipeline pod: the Kubernetes Secret "

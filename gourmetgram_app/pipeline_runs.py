@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gourmetgram.constants import MODEL_NAME, REGISTERED_MODEL_NAME, REPO_ROOT, STAGING
+from gourmetgram.environment import environment
 from gourmetgram.errors import BadInput, DependencyUnavailable
 from gourmetgram.tracking import home, tracking_uri
 
@@ -327,7 +328,7 @@ def submit(host: str, package: str | Path, experiment: str, params: dict, run_na
     """Create a run on a KFP backend from the compiled package; returns kfp's RunPipelineResult."""
     import kfp
 
-    token = os.environ.get("KFP_TOKEN") or None
+    token = environment().kfp_token
     kwargs = {"namespace": namespace} if namespace else {}
     client = kfp.Client(host=host, existing_token=token, **kwargs)
     return client.create_run_from_pipeline_package(

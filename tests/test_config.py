@@ -204,3 +204,34 @@ def test_every_config_file_is_loaded_one_way(kind, tmp_path):
     bad.write_text("no_such_section: 1\n")
     with pytest.raises(ConfigError, match=rf"{bad}: .*unknown key 'no_such_section'"):
         load(bad)
+
+
+def test_the_environment_is_read_through_one_settings_object(monkeypatch):
+    """gourmetgram.environment: each variable once, typed, read when asked (a variable set later is
+    seen), empty as unset; the core and the app read no variable by its name anywhere else."""
+    import ast
+
+    from gourmetgram.constants import REPO_ROOT
+    from gourmetgram.environment import Environment, environment
+    from gourmetgram.loop import settings
+
+    aliases = {f.alias for f in Environment.model_fields.values()}
+    for name in (settings.ENV_DB_URL, settings.ENV_OBJECTS_URL, settings.ENV_S3_ENDPOINT, settings.ENV_LS_URL,
+                 settings.ENV_LS_TOKEN, "GOURMETGRAM_HOME", "MLFLOW_TRACKING_URI", "KFP_TOKEN"):
+        assert name in aliases
+    monkeypatch.setenv("GOURMETGRAM_LOOP_DB", "sqlite:////tmp/x.db")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://minio:9000")
+    monkeypatch.setenv("GOURMETGRAM_S3_ENDPOINT_URL", "  ")
+    env = environment()
+    assert env.loop_db == "sqlite:////tmp/x.db" and settings.db_url() == "sqlite:////tmp/x.db"
+    assert env.s3_endpoint is None and env.s3_endpoint_url() == "http://minio:9000"  # empty is unset
+    by_name = []
+    for root in ("gourmetgram", "gourmetgram_app"):
+        for path in (REPO_ROOT / root).rglob("*.py"):
+            if path.name == "environment.py":
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if (isinstance(node, ast.Call) and ast.unparse(node.func) in ("os.environ.get", "os.getenv")
+                        and node.args and isinstance(node.args[0], ast.Constant)):
+                    by_name.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno} {ast.unparse(node)}")
+    assert not by_name, by_name

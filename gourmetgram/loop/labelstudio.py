@@ -12,16 +12,16 @@ or as presigned URLs for S3/MinIO (Label Studio fetches them itself).
 from __future__ import annotations
 
 import base64
-import os
 from datetime import datetime
 from typing import Sequence
 from xml.sax.saxutils import quoteattr
 
 from gourmetgram import constants
+from gourmetgram.environment import environment
 from gourmetgram.errors import BadInput, DependencyUnavailable
 from gourmetgram.loop.labels import record_annotation
 from gourmetgram.loop.models import LabelTask, Sample
-from gourmetgram.loop.settings import ENV_LS_TOKEN, ENV_LS_URL
+from gourmetgram.loop.settings import ENV_LS_TOKEN
 from gourmetgram.loop.store import Store, utcnow
 from gourmetgram.objectstore import ObjectStore
 
@@ -41,14 +41,14 @@ def label_config(class_names: Sequence[str]) -> str:
 
 
 def ls_url(explicit: str | None = None) -> str:
-    return explicit or os.environ.get(ENV_LS_URL) or f"http://{constants.HOST}:{constants.LABEL_STUDIO_PORT}"
+    return explicit or environment().label_studio_url or f"http://{constants.HOST}:{constants.LABEL_STUDIO_PORT}"
 
 
 def client(url: str | None = None, token: str | None = None):
     from label_studio_sdk import LabelStudio
 
     url = ls_url(url)
-    token = token or os.environ.get(ENV_LS_TOKEN)
+    token = token or environment().label_studio_api_key
     if not token:
         raise BadInput(f"set {ENV_LS_TOKEN} (Label Studio's API token) in the environment")
     return LabelStudio(base_url=url, api_key=token, timeout=60)

@@ -12,7 +12,6 @@ also survives power loss, at a cost per commit.
 
 from __future__ import annotations
 
-import os
 import threading
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -24,6 +23,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from gourmetgram.environment import environment
 from gourmetgram.errors import BadInput, DependencyUnavailable
 from gourmetgram.loop.models import Base, Feedback, Label, Sample, ShadowPrediction
 
@@ -56,7 +56,7 @@ def alembic_config(url: str | None = None):
 
 
 def _sqlite_pragmas(engine: Engine) -> None:
-    sync = os.environ.get("GOURMETGRAM_LOOP_DB_SYNC", "NORMAL").upper()
+    sync = (environment().loop_db_sync or "NORMAL").upper()
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):  # noqa: ANN001

@@ -14,10 +14,10 @@ labels; ``gourmetgram/retrain/policy.py``). KFP only keeps one run at a time
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 from pathlib import Path
 
+from gourmetgram.environment import environment
 from gourmetgram.errors import BadInput
 
 # One cron field: numbers, names (MON, JAN), ranges, steps, lists, and robfig/cron's * and ?.
@@ -60,7 +60,7 @@ def _client(host: str, namespace: str | None):
     import kfp
 
     kwargs = {"namespace": namespace} if namespace else {}
-    return kfp.Client(host=host, existing_token=os.environ.get("KFP_TOKEN") or None, **kwargs)
+    return kfp.Client(host=host, existing_token=environment().kfp_token, **kwargs)
 
 
 def _existing(client, experiment_id: str, name: str, namespace: str | None) -> list[str]:

@@ -14,11 +14,12 @@ broker calls it through ``asyncio.to_thread`` so the event loop never waits on t
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import threading
 from collections import Counter
 from pathlib import Path
+
+from gourmetgram.environment import environment
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -42,7 +43,7 @@ class EventStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        sync = "FULL" if os.environ.get("GOURMETGRAM_LOOP_DB_SYNC", "NORMAL").upper() == "FULL" else "NORMAL"
+        sync = "FULL" if (environment().loop_db_sync or "NORMAL").upper() == "FULL" else "NORMAL"
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={sync}")

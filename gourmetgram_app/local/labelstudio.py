@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from gourmetgram import constants
+from gourmetgram.environment import environment
 from gourmetgram.errors import BadInput, DependencyUnavailable
 from gourmetgram.loop.labelstudio import LabelStudioUnavailable
 from gourmetgram.loop.settings import ENV_LS_PASSWORD, ENV_LS_TOKEN, ENV_LS_USERNAME
@@ -21,7 +22,7 @@ START_TIMEOUT_S = 300.0  # Django migrations on first start: about 25 s idle, mi
 
 def find_label_studio() -> Path:
     """The ``label-studio`` executable of its own venv (``scripts/setup.sh`` makes ``.venv-labelstudio``)."""
-    candidates = [os.environ.get(ENV_LS_BIN)]
+    candidates = [environment().label_studio_bin]
     for root in (constants.REPO_ROOT, Path(sys.prefix).parent):
         candidates.append(str(root / ".venv-labelstudio" / "bin" / "label-studio"))
     candidates.append(shutil.which("label-studio"))
@@ -40,9 +41,9 @@ class LabelStudioServer:
                  token: str | None = None, log_path: str | Path | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.port, self.host = port, host
-        self.username = username or os.environ.get(ENV_LS_USERNAME) or ""
-        self.password = password or os.environ.get(ENV_LS_PASSWORD) or ""
-        self.token = token or os.environ.get(ENV_LS_TOKEN) or ""
+        self.username = username or environment().label_studio_username or ""
+        self.password = password or environment().label_studio_password or ""
+        self.token = token or environment().label_studio_api_key or ""
         missing = [name for name, v in ((ENV_LS_USERNAME, self.username), (ENV_LS_PASSWORD, self.password),
                                         (ENV_LS_TOKEN, self.token)) if not v]
         if missing:

@@ -37,6 +37,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
 from gourmetgram.constants import REPO_ROOT, RETRAIN_RECEIVER_PORT
+from gourmetgram.environment import environment
 from gourmetgram.retrain.alerts import PayloadError, reasons_from
 from gourmetgram.retrain.history import History, retrain_home
 from gourmetgram.retrain.lock import KFP, LOCAL, LockInfo, RunLock
@@ -128,7 +129,7 @@ class KfpLauncher:
         try:
             import kfp
 
-            client = kfp.Client(host=self.host, existing_token=os.environ.get("KFP_TOKEN") or None)
+            client = kfp.Client(host=self.host, existing_token=environment().kfp_token)
             state = str(client.get_run(info.external_id).state or "")
         except Exception:  # noqa: BLE001 - backend unreachable: assume it runs (never start a second)
             return True
@@ -179,7 +180,7 @@ class ReceiverMetrics:
 
 
 def _token() -> str | None:
-    return os.environ.get(ENV_TOKEN) or None
+    return environment().retrain_token
 
 
 def create_app(trigger: Trigger, token: str | None = None, feedback_counts=None):

@@ -13,11 +13,11 @@ a dead pid and counts as free.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from gourmetgram.environment import environment
 from gourmetgram.errors import entry_point
 from gourmetgram.retrain.history import History
 from gourmetgram.retrain.lock import RunLock
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prometheus", help="that stack's Prometheus (none: `rollout auto` starts one)")
     args = p.parse_args(argv)
     lock, history = RunLock(args.lock), History(args.history)
-    reasons = os.environ.get("GOURMETGRAM_RETRAIN_REASONS", "")
+    reasons = environment().retrain_reasons or ""
     print(f"retrain {args.run_id}: reasons {reasons or '-'}; dataset {args.dataset}, config {args.config}"
           + (f"; then staging and canary on {args.gateway}" if args.gateway else ""), flush=True)
     result = None

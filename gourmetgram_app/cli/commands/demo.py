@@ -334,16 +334,17 @@ def _label_studio_credentials(ctx: DemoContext) -> dict[str, str]:
     """LABEL_STUDIO_USERNAME/PASSWORD/API_KEY from the environment, else generated once for this
     machine and kept (mode 600) next to Label Studio's data, so its first user stays valid."""
     import json
-    import os
     import secrets
 
+    from gourmetgram.environment import environment
     from gourmetgram.loop.settings import ENV_LS_PASSWORD, ENV_LS_TOKEN, ENV_LS_USERNAME, loop_home
 
     path = loop_home() / "label-studio-credentials.json"
     saved = json.loads(path.read_text()) if path.is_file() else {}
-    creds = {ENV_LS_USERNAME: os.environ.get(ENV_LS_USERNAME) or saved.get(ENV_LS_USERNAME) or "admin@gourmetgram.local",
-             ENV_LS_PASSWORD: os.environ.get(ENV_LS_PASSWORD) or saved.get(ENV_LS_PASSWORD) or secrets.token_urlsafe(12),
-             ENV_LS_TOKEN: os.environ.get(ENV_LS_TOKEN) or saved.get(ENV_LS_TOKEN) or secrets.token_hex(20)}
+    env = environment()
+    creds = {ENV_LS_USERNAME: env.label_studio_username or saved.get(ENV_LS_USERNAME) or "admin@gourmetgram.local",
+             ENV_LS_PASSWORD: env.label_studio_password or saved.get(ENV_LS_PASSWORD) or secrets.token_urlsafe(12),
+             ENV_LS_TOKEN: env.label_studio_api_key or saved.get(ENV_LS_TOKEN) or secrets.token_hex(20)}
     if creds != saved:
         path.write_text(json.dumps(creds))
         path.chmod(0o600)
