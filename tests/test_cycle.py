@@ -145,7 +145,7 @@ def test_cycle_promotes_v2_when_the_feedback_favours_it(production, base, config
     status = httpx.get(f"{production['stack'].gateway_url}/_gourmetgram/rollout").json()
     assert status["canary_traffic_percent"] is None and [r["version"] for r in status["revisions"]] == [str(v2)]
     # the analysis judged the users' feedback per revision (from the loop store)
-    analysis = capsys.readouterr().out  # `rollout auto`'s own report, printed by the command
+    analysis = out  # the release steps' report (gourmetgram.rollout.release.auto), said through the cycle
     assert "feedback accuracy" in analysis and "decision: PROMOTE" in analysis and "canary raised to 50%" in analysis
     canary_fb = [fb for name, fb in result.feedback.items() if name == status["revisions"][0]["name"]][0]
     assert canary_fb["answers"] >= 10 and canary_fb["accuracy"] == 1.0
@@ -164,7 +164,7 @@ def test_cycle_rolls_back_v2_when_its_users_mark_it_wrong(production, base, conf
     assert result.outcome == ROLLED_BACK, out
     assert dict(steps)["decision"]["outcome"] == ROLLED_BACK and [d["percent"] for s, d in steps if s == "canary"] == [10]
     assert result.exit_code == 1
-    analysis = capsys.readouterr().out
+    analysis = out
     assert "decision: ROLLBACK" in analysis and "feedback accuracy failed" in analysis
     assert registry.version_for(PRODUCTION) == before and registry.version_for(CANARY) is None
     assert registry.version_for(STAGING) == int(result.v2 or 0)  # registered, staged, never promoted

@@ -67,7 +67,7 @@ def _one_epoch_config(root) -> str:
     doc = yaml.safe_load((REPO_ROOT / "configs" / "demo.yaml").read_text())
     doc["train"].update(epochs=1, patience=1)
     doc["evaluation"] = {"min_overall_accuracy": 0.0, "min_per_class_accuracy": 0.0, "batch_size": 64,
-                         "differential": {"stage": PRODUCTION, "tolerance": 1.0,
+                         "differential": {"stage": PRODUCTION, "margin": 1.0,
                                           "gated_sets": ["original", "production"], "min_images": 1}}
     path = root / "one-epoch.yaml"
     path.write_text(yaml.safe_dump(doc))

@@ -499,6 +499,10 @@ def test_job_runs_the_pipeline_records_the_outcome_and_frees_the_lock(session_ho
     lock.acquire("r1")
     argv = ["--run-id", "r1", "--lock", str(lock.path), "--history", str(history.path), "--dataset", "/d",
             "--config", "demo", "--epochs", "1"]
+    from gourmetgram import registry
+    from gourmetgram.constants import PRODUCTION
+
+    before = registry.version_for(PRODUCTION)  # the session's registry: what earlier tests left there
     assert retrain_job.main(argv) == 0
     # no local base folder to add production data to: the base alone (the export is tested in test_loop_store);
     # no production gateway: the run ends at register (a KFP run does the same)
@@ -506,7 +510,7 @@ def test_job_runs_the_pipeline_records_the_outcome_and_frees_the_lock(session_ho
     assert history.records()[-1] | {"finished_at": None} == {
         "event": "finished", "run_id": "r1", "status": "registered", "version": 2, "mlflow_run_id": "mlrun",
         "reasons": [], "finished_at": None, "production_dataset": None, "labels": {},
-        "production_version_before": None}
+        "production_version_before": None if before is None else str(before)}
     # every step is on record, in order, with its figures
     steps = [r for r in history.records() if r["event"] == "step"]
     assert [r["step"] for r in steps] == ["export", "retrain", "gate", "register"]
