@@ -7,7 +7,11 @@ Per seed, with no server (every piece is the code the cycle runs, called in proc
    (``gourmetgram_app/local/simulate.py``: its photo choice, its "night shot" drift, its users'
    dice, seeded with the seed) upload ``UserSettings().before`` photos, half of them night shots; v1
    answers them (locally instead of through the gateway); the users' feedback and corrections are
-   written to a real loop store (SQLite + a local object store) with ``record_feedback``, and
+   written to a real loop store (SQLite + a local object store) with ``record_feedback``; with
+   ``--annotators`` (what the demo's stage 8 does) the labelling policy's queue
+   (``configs/loop.yaml``, a budget of ``ANNOTATOR_BUDGET`` a day) is labelled with the photos'
+   true classes, as the simulated annotators do through Label Studio (``record_annotation``, what
+   its sync calls); and
    ``loop export`` (``export_dataset`` with the base dataset and ``configs/loop.yaml``) writes the
    labelled production data with its lineage, reserving the production evaluation set;
 3. the training pipeline's ingest merges it into the base dataset (``ingest_step``);
@@ -23,6 +27,7 @@ The table ends with the training times (v1 from scratch, v2 fine-tuned, v2 from 
 
     nice -n 10 .venv/bin/python benchmarks/continual_training.py --seeds 0,1,2,3,4 --threads 2 --scratch
     nice -n 10 .venv/bin/python benchmarks/continual_training.py --sweep --seeds 0,1,2   # epochs x lr
+    ... --sweep --sweep-epochs 5 --sweep-lr 1e-4,2e-4 --sweep-share 0,0.3     # x the production share
     .venv/bin/python benchmarks/continual_training.py --quick                            # a smoke run
 
 ``--work DIR`` keeps each seed's v1 and production data there, so a second run (the sweep, then
@@ -49,6 +54,7 @@ if str(REPO) not in sys.path:
 from gourmetgram.config import RunConfig, load_config, override  # noqa: E402
 
 QUICK_EPOCHS = 1  # --quick: every training run, on a quarter of the uploads
+ANNOTATOR_BUDGET = 2000  # --annotators: labels a day (the demo's DEMO_LABELLING_BUDGET: all it queues)
 
 
 @dataclasses.dataclass
@@ -114,8 +120,10 @@ def _predict_bytes(model, blobs: list[bytes], batch_size: int = 64) -> list[tupl
     return out
 
 
-def production_data(base: Path, v1_checkpoint: Path, seed: int, uploads: int, work: Path) -> Production:
-    """Steps 2 and 3: the cycle's users upload to v1, answer, correct; the loop export; the merge."""
+def production_data(base: Path, v1_checkpoint: Path, seed: int, uploads: int, work: Path,
+                    annotators: bool = False) -> Production:
+    """Steps 2 and 3: the cycle's users upload to v1, answer, correct (and annotators label the
+    policy's queue); the loop export; the merge."""
     from components.steps import ingest_step
     from gourmetgram.classes import read_class_names
     from gourmetgram.constants import MODEL_NAME, PRODUCTION
@@ -128,7 +136,7 @@ def production_data(base: Path, v1_checkpoint: Path, seed: int, uploads: int, wo
     from gourmetgram_app.local.cycle import UserSettings
     from gourmetgram_app.local.simulate import DRIFTED, Population, Served, SimulatedUsers
 
-    folder = work / f"production-seed{seed}-n{uploads}-{v1_checkpoint.stem}"
+    folder = work / f"production-seed{seed}-n{uploads}{'-annotated' if annotators else ''}-{v1_checkpoint.stem}"
     summary = folder / "production.json"
     if summary.is_file():
         return Production(**{**json.loads(summary.read_text()), "merged": folder / "merged"})
@@ -155,6 +163,8 @@ def production_data(base: Path, v1_checkpoint: Path, seed: int, uploads: int, wo
         if body is not None:
             record_feedback(store, {"correct_class": None, "flag": None, **body})
         users.report.served.append(served)
+    if annotators:
+        label_queue(store, {f"seed{seed}-upload{i:04d}": photo.label for i, (photo, _) in enumerate(drawn)})
     report = export_dataset(store, objects, folder / "export", names, load_loop_settings().export, base=base)
     store.dispose()
     ingest_step(str(base), folder / "merged", production_dataset_uri=str(folder / "export"))
@@ -163,6 +173,21 @@ def production_data(base: Path, v1_checkpoint: Path, seed: int, uploads: int, wo
                             dict(report.per_split), report.reserved, report.evaluation_note)
     summary.write_text(json.dumps({k: v for k, v in dataclasses.asdict(production).items() if k != "merged"}))
     return production
+
+
+def label_queue(store, truth: dict[str, str]) -> int:
+    """The simulated annotators without the transport: the labelling policy queues samples, each
+    gets its true class as an annotator's label. Returns how many."""
+    from gourmetgram.loop.labels import record_annotation
+    from gourmetgram.loop.policy import queue_samples
+    from gourmetgram.loop.settings import load_loop_settings
+
+    policy = dataclasses.replace(load_loop_settings().policy, daily_budget=ANNOTATOR_BUDGET)
+    queued = queue_samples(store, policy)
+    with store.write() as s:
+        for n, (sample_id, _reason) in enumerate(queued):
+            record_annotation(s, sample_id, truth[sample_id], "simulated annotator", external_id=f"bench-{n}")
+    return len(queued)
 
 
 def night_shot_accuracy(checkpoint: Path, base: Path) -> float:
@@ -210,7 +235,9 @@ def _retrain(seed: int, kind: str, cfg: RunConfig, base: Path, prod: Production,
              work: Path) -> Row:
     """One v2 and its figures; kept in ``work`` (a rerun with the same settings reads them back)."""
     t = cfg.train
-    settings = f"e{t.fine_tune.epochs}-lr{t.fine_tune.lr:g}" if kind == "fine-tune" else f"e{t.epochs}-lr{t.lr:g}"
+    ft = t.fine_tune
+    settings = (f"e{ft.epochs}-lr{ft.lr:g}-share{ft.production_share:g}" if kind == "fine-tune"
+                else f"e{t.epochs}-lr{t.lr:g}")
     out = work / "runs" / f"{kind}-{settings}-{prod.merged.parent.name}.pt"
     saved = out.with_suffix(".json")
     if saved.is_file():  # the figures are kept; the verdict is judged again with this config
@@ -242,7 +269,8 @@ def _train_and_judge(seed: int, kind: str, cfg: RunConfig, base: Path, prod: Pro
                      v1_seconds: float, out: Path) -> Row:
     if kind == "fine-tune":
         v2, seconds = train_model(prod.merged, cfg, out, parent_checkpoint=v1)
-        settings = f"{cfg.train.fine_tune.epochs} ep, lr {cfg.train.fine_tune.lr:g}"
+        ft = cfg.train.fine_tune
+        settings = f"{ft.epochs} ep, lr {ft.lr:g}, share {ft.production_share:g}"
     else:
         v2, seconds = train_model(prod.merged, cfg, out)
         settings = f"{cfg.train.epochs} ep, lr {cfg.train.lr:g}"
@@ -262,12 +290,12 @@ def _paired(s: dict) -> str:
 
 
 def format_rows(rows: list[Row]) -> str:
-    lines = [f"{'seed':>4} {'retrain':<9} {'settings':<16} | {'orig':>4} {'v1':>5} {'v2':>5} {'v2-v1 [interval] p':<30}"
+    lines = [f"{'seed':>4} {'retrain':<9} {'settings':<27} | {'orig':>4} {'v1':>5} {'v2':>5} {'v2-v1 [interval] p':<30}"
              f"| {'prod':>4} {'v1':>5} {'v2':>5} {'v2-v1 [interval] p':<30}| {'night v1':>8} {'v2':>5} | "
              f"{'verdict':<8} | {'t v1':>5} {'t v2':>5}"]
     for r in rows:
         o, p = r.figures("original"), r.figures("production")
-        lines.append(f"{r.seed:>4} {r.kind:<9} {r.settings:<16} | {o['n_images']:>4} {_f(o['production']):>5} "
+        lines.append(f"{r.seed:>4} {r.kind:<9} {r.settings:<27} | {o['n_images']:>4} {_f(o['production']):>5} "
                      f"{_f(o['candidate']):>5} {_paired(o):<30}| {p['n_images']:>4} {_f(p['production']):>5} "
                      f"{_f(p['candidate']):>5} {_paired(p):<30}| {r.night_v1:>8.3f} {r.night_v2:>5.3f} | "
                      f"{'PASSED' if r.comparison['passed'] else 'REJECTED':<8} | {r.seconds_v1:>5.0f} {r.seconds_v2:>5.0f}")
@@ -298,8 +326,9 @@ def summary(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def sweep_configs(cfg: RunConfig, epochs: list[int], lrs: list[float]) -> list[RunConfig]:
-    return [override(cfg, "train", fine_tune={"epochs": e, "lr": lr}) for e in epochs for lr in lrs]
+def sweep_configs(cfg: RunConfig, epochs: list[int], lrs: list[float], shares: list[float]) -> list[RunConfig]:
+    return [override(cfg, "train", fine_tune={"epochs": e, "lr": lr, "production_share": share})
+            for e in epochs for lr in lrs for share in shares]
 
 
 def _list_of(kind: type, minimum: float):
@@ -331,6 +360,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sweep", action="store_true", help="fine-tune with every --sweep-epochs x --sweep-lr")
     p.add_argument("--sweep-epochs", type=_list_of(int, 0), default=[3, 5, 8], help="(default 3,5,8)")
     p.add_argument("--sweep-lr", type=_list_of(float, 1e-12), default=[1e-4, 3e-4, 1e-3], help="(default 1e-4,3e-4,1e-3)")
+    p.add_argument("--sweep-share", type=_list_of(float, 0), help="production photos' share of each epoch's draws "
+                   "(train.fine_tune.production_share; default: the config's)")
+    p.add_argument("--annotators", action="store_true",
+                   help="annotators label the labelling policy's queue, as in the demo's stage 8")
     p.add_argument("--uploads", type=_positive, help="simulated uploads per seed (default: the cycle's, UserSettings().before)")
     p.add_argument("--work", help="keep v1s and production data here (reused by later runs); default a temp folder")
     p.add_argument("--json", help="write every row here")
@@ -352,12 +385,13 @@ def main(argv: list[str] | None = None) -> int:
     uploads = args.uploads or UserSettings().before
     if args.quick:
         seeds, uploads = seeds[:1], 60
-        cfg = override(cfg, "train", epochs=QUICK_EPOCHS, fine_tune={"epochs": QUICK_EPOCHS,
-                                                                     "lr": cfg.train.fine_tune.lr})
+        cfg = override(cfg, "train", epochs=QUICK_EPOCHS, fine_tune={**dataclasses.asdict(cfg.train.fine_tune),
+                                                                     "epochs": QUICK_EPOCHS})
     work = (Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="continual-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     base = build_base(work)
-    configs = sweep_configs(cfg, epochs, lrs) if args.sweep else [cfg]
+    shares = args.sweep_share or [cfg.train.fine_tune.production_share]
+    configs = sweep_configs(cfg, epochs, lrs, shares) if args.sweep else [cfg]
     rows: list[Row] = []
     started = time.perf_counter()
     print(f"continual training benchmark: config {cfg.source}, seeds {seeds}, {args.threads} thread(s), "
@@ -365,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in seeds:
         seeded = override(cfg, "train", seed=seed)
         v1, v1_seconds = cached_v1(base, seeded, seed, args.threads, work)
-        prod = production_data(base, v1, seed, uploads, work)
+        prod = production_data(base, v1, seed, uploads, work, args.annotators)
         print(f"seed {seed}: v1 trained from scratch in {v1_seconds:.0f} s; {prod.uploads} uploads, "
               f"{prod.night_shots} night shots (v1 right on {prod.v1_right_on_night_shots}); labels {prod.labels}; "
               f"production images by split {prod.per_split} ({prod.reserved} reserved for evaluation)"

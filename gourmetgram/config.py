@@ -107,6 +107,10 @@ class FineTuneConfig:
     __pydantic_config__ = STRICT
     epochs: Count = 5
     lr: Positive = 2e-4
+    # The labelled production photos' share of what each epoch sees (drawn with replacement):
+    # a few dozen fresh labels among a thousand base images barely move a fine-tune otherwise.
+    # 0: sample as the files fall (no oversampling).
+    production_share: Share = 0.0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -112,6 +112,30 @@ def fine_tune_config(cfg: RunConfig) -> RunConfig:
     return override(cfg, "train", epochs=ft.epochs, lr=ft.lr)
 
 
+def production_weights(dataset_root: str | Path, files: list[Path], share: float) -> list[float] | None:
+    """Sampling weights that make the merged production photos ``share`` of each epoch's draws
+    (the rest: the base images, evenly), or None when there is nothing to raise: no production
+    photos in ``files`` (the merge's lineage names them), ``share`` 0, or already that share."""
+    import json
+
+    from gourmetgram.data.merge import MERGED_LINEAGE
+
+    root = Path(dataset_root)
+    lineage = root / MERGED_LINEAGE
+    if share <= 0 or not lineage.is_file():
+        return None
+    try:
+        production = {root / s["file"] for s in json.loads(lineage.read_text())["samples"]}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BadInput(f"{lineage} is not an export lineage: {exc}") from None
+    is_production = [path in production for path in files]
+    n_production = sum(is_production)
+    n_base = len(files) - n_production
+    if n_production == 0 or n_base == 0 or n_production / len(files) >= share:
+        return None
+    return [share / n_production if p else (1 - share) / n_base for p in is_production]
+
+
 def check_compatible(parent: Classifier, spec: ModelSpec) -> None:
     """The parent's network must be the one the config builds (classes, architecture, size)."""
     theirs = parent.spec

@@ -15,7 +15,8 @@ from tqdm import tqdm
 
 from gourmetgram.bundle import MODEL_SPEC_FILENAME
 from gourmetgram.config import RunConfig
-from gourmetgram.continual import SCRATCH_INIT, TAG_INIT_FROM, Parent, check_compatible, fine_tune_config
+from gourmetgram.continual import (SCRATCH_INIT, TAG_INIT_FROM, Parent, check_compatible, fine_tune_config,
+                                   production_weights)
 from gourmetgram.data.dataset import ImageFolderDataset, train_loader
 from gourmetgram.data.layout import DatasetReport
 from gourmetgram.model import Classifier, ModelSpec, build_model, pick_device, save_checkpoint
@@ -95,8 +96,14 @@ def train(dataset_root: str | Path, report: DatasetReport, cfg: RunConfig, check
 
     train_ds = ImageFolderDataset(root / "training", mc.image_size, tc.hflip, tc.crop_scale, tc.seed)
     val_ds = ImageFolderDataset(root / "validation", mc.image_size)
+    weights = None
+    if parent is not None:
+        weights = production_weights(root, [path for path, _ in train_ds.items], tc.fine_tune.production_share)
+        if weights is not None and progress:
+            print(f"production photos are {tc.fine_tune.production_share:.0%} of each epoch's draws "
+                  "(train.fine_tune.production_share)", flush=True)
     train_dl = train_loader(train_ds, tc.batch_size, tc.seed, tc.num_workers,
-                            drop_last=len(train_ds) > tc.batch_size)
+                            drop_last=len(train_ds) > tc.batch_size, weights=weights)
     val_dl = DataLoader(val_ds, tc.batch_size * 2, num_workers=tc.num_workers)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(tc.epochs, 1))

@@ -288,10 +288,11 @@ def test_continual_benchmark_rejects_bad_arguments(tmp_path):
 @pytest.mark.slow
 def test_continual_benchmark_quick_run_builds_the_cycles_data_and_judges_each_v2(tmp_path):
     """One seed, one epoch per model: v1, the cycle's production data (simulated users' night
-    shots, their corrections in a loop store, `loop export` with lineage, the pipeline's merge),
-    a fine-tuned and a from-scratch v2, each judged by the differential gate."""
+    shots, their corrections in a loop store, annotators' labels for the policy's queue, `loop
+    export` with lineage, the pipeline's merge), a fine-tuned v2 (production photos drawn as the
+    config's share) and a from-scratch v2, each judged by the differential gate."""
     out = tmp_path / "rows.json"
-    proc = subprocess.run([sys.executable, str(CONTINUAL), "--quick", "--scratch", "--threads", "1",
+    proc = subprocess.run([sys.executable, str(CONTINUAL), "--quick", "--scratch", "--annotators", "--threads", "1",
                            "--work", str(tmp_path / "work"), "--json", str(out)],
                           capture_output=True, text=True, timeout=1800, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -304,7 +305,9 @@ def test_continual_benchmark_quick_run_builds_the_cycles_data_and_judges_each_v2
         assert r["seconds_v1"] > 0 and r["seconds_v2"] > 0 and 0 <= r["night_v2"] <= 1
     (lineage,) = (tmp_path / "work").glob("production-seed0-*/export/lineage.json")
     samples = json.loads(lineage.read_text())["samples"]
-    assert samples and all(s["label_source"] == "user" and s["model_version"] == "1" for s in samples)
+    assert samples and all(s["model_version"] == "1" for s in samples)
+    assert "annotator" in {s["label_source"] for s in samples}  # the policy's queue, labelled
+    assert rows[0]["settings"].endswith("share 0.3")  # configs/demo.yaml's train.fine_tune
     merged = lineage.parent.parent / "merged"
     assert all((merged / s["file"]).is_file() for s in samples)  # merged by the pipeline's ingest
     assert "seed 0: v1 trained from scratch" in proc.stdout and "over 1 seed(s)" in proc.stdout

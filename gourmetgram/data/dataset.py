@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler, get_worker_info
 
 from gourmetgram.data.layout import list_images
 from gourmetgram.preprocessing import decode_image, preprocess
@@ -80,8 +80,13 @@ def seed_worker(worker_id: int) -> None:
 
 
 def train_loader(dataset: Dataset, batch_size: int, seed: int, num_workers: int = 0,
-                 drop_last: bool = False) -> DataLoader:
-    """The training DataLoader: shuffled by a seeded generator, workers reseeded per epoch."""
-    return DataLoader(dataset, batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed),
+                 drop_last: bool = False, weights: list[float] | None = None) -> DataLoader:
+    """The training DataLoader: shuffled by a seeded generator, workers reseeded per epoch.
+    With ``weights`` an epoch is ``len(dataset)`` draws with replacement, each item drawn in
+    proportion to its weight (:func:`gourmetgram.continual.production_weights`)."""
+    generator = torch.Generator().manual_seed(seed)
+    sampler = (WeightedRandomSampler(weights, num_samples=len(dataset), replacement=True, generator=generator)
+               if weights is not None else None)
+    return DataLoader(dataset, batch_size, shuffle=sampler is None, sampler=sampler, generator=generator,
                       num_workers=num_workers, drop_last=drop_last,
                       worker_init_fn=seed_worker if num_workers > 0 else None)
