@@ -15,8 +15,7 @@ from tqdm import tqdm
 
 from gourmetgram.bundle import MODEL_SPEC_FILENAME
 from gourmetgram.config import RunConfig
-from gourmetgram.continual import (SCRATCH_INIT, TAG_INIT_FROM, Parent, check_compatible, fine_tune_config,
-                                   production_weights)
+from gourmetgram.continual import SCRATCH_INIT, TAG_INIT_FROM, Parent, check_compatible, fine_tune_config, production_weights
 from gourmetgram.data.dataset import ImageFolderDataset, train_loader
 from gourmetgram.data.layout import DatasetReport
 from gourmetgram.model import Classifier, ModelSpec, build_model, pick_device, save_checkpoint

@@ -85,7 +85,7 @@ def train_loader(dataset: Dataset, batch_size: int, seed: int, num_workers: int 
     With ``weights`` an epoch is ``len(dataset)`` draws with replacement, each item drawn in
     proportion to its weight (:func:`gourmetgram.continual.production_weights`)."""
     generator = torch.Generator().manual_seed(seed)
-    sampler = (WeightedRandomSampler(weights, num_samples=len(dataset), replacement=True, generator=generator)
+    sampler = (WeightedRandomSampler(weights, num_samples=len(weights), replacement=True, generator=generator)
                if weights is not None else None)
     return DataLoader(dataset, batch_size, shuffle=sampler is None, sampler=sampler, generator=generator,
                       num_workers=num_workers, drop_last=drop_last,
