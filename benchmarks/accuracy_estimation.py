@@ -57,9 +57,9 @@ print("RESULT " + json.dumps({"bundle": result.bundle_dir, "epochs_run": trained
 
 
 def methods() -> list[str]:
-    from gourmetgram.estimation import ATC, ATC_ENERGY, ATC_ENERGY_PRIOR, CONFIDENCE
+    from gourmetgram.estimation import ATC, ATC_ENERGY, ATC_ENERGY_PRIOR, ATC_PRIOR, CONFIDENCE
 
-    return [ATC, CONFIDENCE, UNCALIBRATED, ATC_ENERGY, ATC_ENERGY_PRIOR]
+    return [ATC, CONFIDENCE, UNCALIBRATED, ATC_ENERGY, ATC_ENERGY_PRIOR, ATC_PRIOR]
 
 
 def train_and_export(dataset: Path, out: Path, config: str, epochs: int, seed: int, threads: int) -> Path:

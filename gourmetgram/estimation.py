@@ -7,7 +7,11 @@ accuracy, it is not in the interval):
 * ``atc``: average thresholded confidence (Garg et al., ICLR 2022): the share of photos whose
   calibrated top-1 confidence is above the bundle's threshold (fitted on validation so that
   the share equals the validation accuracy). Wilson interval.
-* ``atc_energy``: the same with the negative energy score (the OOD score) as the score.
+* ``atc_prior``: ``atc`` counted per predicted class and capped at the class's share of the
+  validation split (below). The hard-assignment form of COTT (Lu et al., NeurIPS 2023: transport
+  the softmax outputs onto the source label distribution, count the costs above a threshold):
+  the photos a class receives beyond its prior are counted wrong, whatever their confidence.
+* ``atc_energy``: the same as ``atc`` with the negative energy score (the OOD score) as the score.
 * ``atc_energy_prior``: ``atc_energy`` counted per predicted class and capped at the class's
   share of the validation split: however confident, a model cannot be right about class c
   more often than photos of class c arrive. When a shift makes the model answer one class
@@ -38,6 +42,7 @@ from gourmetgram.calibration import SCORE_CONFIDENCE, SCORE_NEG_ENERGY, Calibrat
 from gourmetgram.errors import BadInput
 
 ATC = "atc"
+ATC_PRIOR = "atc_prior"
 ATC_ENERGY = "atc_energy"
 ATC_ENERGY_PRIOR = "atc_energy_prior"
 CONFIDENCE = "confidence"
@@ -59,6 +64,7 @@ class Method:
 
 METHODS: dict[str, Method] = {
     ATC: Method(ATC, SCORE_CONFIDENCE),
+    ATC_PRIOR: Method(ATC_PRIOR, SCORE_CONFIDENCE, capped=True),
     ATC_ENERGY: Method(ATC_ENERGY, SCORE_NEG_ENERGY),
     ATC_ENERGY_PRIOR: Method(ATC_ENERGY_PRIOR, SCORE_NEG_ENERGY, capped=True),
     CONFIDENCE: Method(CONFIDENCE, None),

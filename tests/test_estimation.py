@@ -15,6 +15,7 @@ from gourmetgram.estimation import (
     ATC,
     ATC_ENERGY,
     ATC_ENERGY_PRIOR,
+    ATC_PRIOR,
     CONFIDENCE,
     RollingEstimate,
     Window,
@@ -118,7 +119,7 @@ def test_atc_thresholds_reproduce_the_validation_accuracy(fitted):
     assert fitted.validation_accuracy == pytest.approx(accuracy)
     window = Window.of(scored)
     found = estimate_all(window, fitted)
-    for method in (ATC, ATC_ENERGY, ATC_ENERGY_PRIOR):
+    for method in (ATC, ATC_PRIOR, ATC_ENERGY, ATC_ENERGY_PRIOR):
         assert found[method].value == pytest.approx(accuracy, abs=0.002), method
     assert sum(fitted.class_prior) == pytest.approx(1.0)
     # the plain ATC threshold is a quantile; the capped one is never above the plain one
@@ -165,27 +166,29 @@ def test_in_distribution_every_estimate_is_within_a_few_points(fitted):
         assert e.lower <= e.value <= e.upper
 
 
+@pytest.mark.parametrize("capped", [ATC_PRIOR, ATC_ENERGY_PRIOR])
 @pytest.mark.parametrize("share", [0.25, 0.5, 1.0])
-def test_a_collapse_shift_moves_the_prior_capped_estimate_down_by_the_true_drop(fitted, share):
+def test_a_collapse_shift_moves_the_prior_capped_estimates_down_by_the_true_drop(fitted, share, capped):
     """Photos of every class read as one class, confidently: the true accuracy falls by about
-    ``share`` x (1 - 0.1); the capped estimate follows it, plain ATC and the mean confidence
+    ``share`` x (1 - 0.1); the capped estimates follow it, plain ATC and the mean confidence
     (which see only confident answers) stay high."""
     base_truth, base = _mixture(fitted, 0.0, collapsed)
     truth, found = _mixture(fitted, share, collapsed)
     assert base_truth - truth > 0.8 * share * 0.85  # the shift really hurts
-    drop = base[ATC_ENERGY_PRIOR].value - found[ATC_ENERGY_PRIOR].value
+    drop = base[capped].value - found[capped].value
     assert drop == pytest.approx(base_truth - truth, abs=0.06)
-    assert abs(found[ATC_ENERGY_PRIOR].value - truth) < 0.06
-    assert found[ATC].value - truth > 0.5 * share  # what the capped method is for
+    assert abs(found[capped].value - truth) < 0.06
+    assert found[ATC].value - truth > 0.5 * share  # what the capped methods are for
     assert found[CONFIDENCE].value - truth > 0.5 * share
 
 
 def test_an_ood_shift_moves_the_energy_estimates_down(fitted):
-    """Photos unlike any class (flat, small logits): nearly all wrong, and the energy says so."""
+    """Photos unlike any class (flat, small logits): nearly all wrong, and the energy says so; so
+    does the confidence, which is low on them too."""
     base_truth, base = _mixture(fitted, 0.0, faded)
     truth, found = _mixture(fitted, 0.5, faded)
     assert base_truth - truth > 0.35
-    for method in (ATC_ENERGY, ATC_ENERGY_PRIOR):
+    for method in (ATC_ENERGY, ATC_ENERGY_PRIOR, ATC_PRIOR):
         assert base[method].value - found[method].value == pytest.approx(base_truth - truth, abs=0.06), method
         assert abs(found[method].value - truth) < 0.06
 

@@ -644,8 +644,8 @@ def test_local_launcher_hands_the_job_the_loop_store_it_exports_from(tmp_path):
 
 def test_the_local_canary_is_judged_by_the_rollout_config_with_the_release_overrides(tmp_path, monkeypatch):
     """configs/retrain.yaml's release.canary over configs/rollout.yaml: the thin local traffic's
-    windows and the 5xx margin a few minutes of it can show (0.02 would need ~650 canary
-    requests with no error at all); what it leaves unset stays the rollout config's."""
+    windows and the 5xx and feedback margins a few minutes of it can show (0.02 would need ~650
+    canary requests with no error at all); what it leaves unset stays the rollout config's."""
     from gourmetgram.retrain.settings import load_retrain_settings
     from gourmetgram.rollout.analysis import load_config
     from gourmetgram_app.local.cycle import Cycle, CycleSettings
@@ -656,5 +656,9 @@ def test_the_local_canary_is_judged_by_the_rollout_config_with_the_release_overr
     base = load_config()
     assert base.analysis.max_error_rate_increase == 0.02
     assert config.analysis.max_error_rate_increase == release.canary.max_error_rate_increase == 0.1
+    # and the feedback checks' margins, for the same reason (0.05 needs several hundred answers)
+    assert (base.analysis.max_feedback_accuracy_drop, base.analysis.max_wrong_rate_increase) == (0.05, 0.05)
+    assert config.analysis.max_feedback_accuracy_drop == release.canary.max_feedback_accuracy_drop == 0.1
+    assert config.analysis.max_wrong_rate_increase == release.canary.max_wrong_rate_increase == 0.1
     assert (config.analysis.window, config.analysis.min_feedback, config.auto.interval_s) == ("15s", 15, 4.0)
     assert config.auto.steps == base.auto.steps and config.analysis.alpha == base.analysis.alpha

@@ -12,6 +12,7 @@ or as presigned URLs for S3/MinIO (Label Studio fetches them itself).
 from __future__ import annotations
 
 import base64
+import json
 from datetime import datetime
 from typing import Sequence
 from xml.sax.saxutils import quoteattr
@@ -117,14 +118,28 @@ class LabelQueue:
                          "model_version": sample.model_version, "stage": sample.stage},
                 "predictions": prediction}
 
+    def _tasks(self, what: str, **params):
+        """The project's tasks, paged by the SDK. Without ``fields="all"`` Label Studio leaves out
+        the annotations, predictions and their per-task subqueries: several times cheaper on a
+        project of thousands of tasks, which the demo's annotators list every few seconds."""
+        return _call(what, lambda: list(self.ls.tasks.list(project=self.project_id, **params)))
+
     def existing_tasks(self) -> dict[str, int]:
         """``{sample_id: task id}`` already in the project (so a re-run never imports twice)."""
         out = {}
-        for t in _call("list tasks", self.ls.tasks.list, project=self.project_id, fields="all"):
+        for t in self._tasks("list tasks"):
             sid = (t.data or {}).get("sample_id")
             if sid:
                 out[sid] = t.id
         return out
+
+    def open_tasks(self, after_id: int = 0) -> list:
+        """Tasks nobody has annotated yet, newer than task ``after_id`` (Data Manager filters)."""
+        items = [{"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}]
+        if after_id:
+            items.append({"filter": "filter:tasks:id", "operator": "greater", "type": "Number", "value": after_id})
+        query = json.dumps({"filters": {"conjunction": "and", "items": items}})
+        return self._tasks("list open tasks", query=query)
 
     def push(self, batch: int = 100) -> int:
         """Push every queued sample that has no task yet; returns how many were imported."""
@@ -136,9 +151,13 @@ class LabelQueue:
         to_import = [(sample, task) for sample, task in pending if sample.sample_id not in existing]
         for i in range(0, len(to_import), batch):
             chunk = to_import[i:i + batch]
-            _call("import tasks", self.ls.projects.import_tasks, id=self.project_id,
-                  request=[self.task(sample, task.reason) for sample, task in chunk], return_task_ids=True)
-        existing = self.existing_tasks()
+            imported = _call("import tasks", self.ls.projects.import_tasks, id=self.project_id,
+                             request=[self.task(sample, task.reason) for sample, task in chunk], return_task_ids=True)
+            ids = list(getattr(imported, "task_ids", None) or [])
+            if len(ids) == len(chunk):  # Label Studio creates them in the order sent
+                existing.update((sample.sample_id, task_id) for (sample, _), task_id in zip(chunk, ids))
+            else:  # an older server: read them back
+                existing = self.existing_tasks()
         now = utcnow()
         with self.store.write() as s:
             for sample, _task in pending:
@@ -152,7 +171,7 @@ class LabelQueue:
         A user's correction waiting for review is confirmed or rejected by the annotation."""
         created = updated = skipped = 0
         rows = []
-        for t in _call("list tasks", self.ls.tasks.list, project=self.project_id, fields="all"):
+        for t in self._tasks("list annotated tasks", fields="all", only_annotated=True):
             sid = (t.data or {}).get("sample_id")
             annotations = [a if isinstance(a, dict) else a.dict() for a in (t.annotations or [])]
             annotations = [a for a in annotations if not a.get("was_cancelled")]

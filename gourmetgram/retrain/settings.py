@@ -68,7 +68,7 @@ class DegradationSettings:
 @dataclasses.dataclass(frozen=True)
 class GuardSettings:
     __pydantic_config__ = STRICT
-    min_new_labels: Count = 50
+    min_new_labels: Count = 60  # configs/retrain.yaml says why
     cooldown: Duration = "6h"
 
 
@@ -91,7 +91,7 @@ class StagingSettings:
     __pydantic_config__ = STRICT
     slo: Name = "slo"  # configs/slo.yaml, or a path
     users: AtLeastOne = 4
-    run_time: Duration = "20s"
+    run_time: Duration = "10s"
     # Requests sent to the new staging stack before Locust starts, so the first inference's
     # one-time costs (ONNX Runtime's first run, connection set-up) are not in the measured p95.
     warmup_requests: Count = 20
@@ -113,6 +113,11 @@ class CanarySettings:
     # "no worse than +0.02" at the analysis's level takes about 650 canary requests; +0.1 about
     # 100, what a local stack's users send in a couple of minutes at 10%. None: the config's.
     max_error_rate_increase: Share | None = None
+    # The feedback checks' margins, likewise: "no worse than 5 points" on the feedback accuracy
+    # takes a few hundred answers per revision; the canary's 10% of a local stack's users gives
+    # about one answer every three seconds. None: the config's.
+    max_feedback_accuracy_drop: Share | None = None
+    max_wrong_rate_increase: Share | None = None
     interval_s: Positive = 4.0
     timeout_s: Positive = 600.0
 

@@ -27,6 +27,7 @@ class SimulatedAnnotators:
         self.queue, self.policy, self.truth, self.every_s, self.out = queue, policy, truth, every_s, out
         self.labelled = 0  # annotations made
         self.synced = 0  # labels created in the loop store
+        self._seen = 0  # the newest task id looked at
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="simulated-annotators", daemon=True)
 
@@ -38,9 +39,13 @@ class SimulatedAnnotators:
         known = self.truth()
         ls = self.queue.ls
         labelled = 0
-        for task in ls.tasks.list(project=self.queue.project_id, fields="all"):
+        # Only tasks not looked at before: a photo's truth is known before its task exists (the
+        # simulation records what it sent; the policy queues it later), so a task passed over
+        # once stays open, as it would for a person who cannot tell.
+        for task in self.queue.open_tasks(after_id=self._seen):
+            self._seen = max(self._seen, int(task.id))
             answer = known.get((task.data or {}).get("sample_id", ""))
-            if task.annotations or answer is None:
+            if answer is None:
                 continue
             ls.annotations.create(id=task.id, result=[{"from_name": FROM_NAME, "to_name": TO_NAME,
                                                        "type": "choices", "value": {"choices": [answer]}}])

@@ -134,7 +134,9 @@ class Cycle:
         config = load_config(resolve_config_path(c.rollout_config))
         config = override(config, "analysis", window=c.window, min_requests=c.min_requests,
                           min_feedback=c.min_feedback, require_feedback=c.require_feedback,
-                          max_error_rate_increase=c.max_error_rate_increase)
+                          max_error_rate_increase=c.max_error_rate_increase,
+                          max_feedback_accuracy_drop=c.max_feedback_accuracy_drop,
+                          max_wrong_rate_increase=c.max_wrong_rate_increase)
         config = override(config, "auto", interval_s=c.interval_s, timeout_s=c.timeout_s)
         if not config.auto.steps:
             raise ConfigError(f"{config.source}: auto.steps is empty; a staged canary needs at least one "

@@ -36,9 +36,9 @@ if TYPE_CHECKING:
 
 DEMO_CONFIG = "demo"
 # Alertmanager's timings for the demo, over the chart's (30s / 5m / 4h): the first notification
-# of the drift alert within seconds, and a repeat while it fires every 20 s, so the receiver
+# of the drift alert within seconds, and a repeat while it fires every 5-10 s, so the receiver
 # looks again once enough labels are in (its guard rails hold the run back until then).
-DEMO_ALERT_TIMINGS = {"groupWait": "2s", "groupInterval": "10s", "repeatInterval": "20s"}
+DEMO_ALERT_TIMINGS = {"groupWait": "2s", "groupInterval": "5s", "repeatInterval": "5s"}
 LOOP_DEADLINE_S = 900.0  # stage 8: from the first drifted upload to v2 promoted
 # Stage 8's labelling budget per day: minutes of the demo stand for days of a team's labelling,
 # and stages 5-7 have already queued much of configs/loop.yaml's 200 with photos the simulated
@@ -702,7 +702,12 @@ def stage_drift(ctx: DemoContext) -> str:
 
 # -- stage 8: the loop closes by itself ------------------------------------------------------------
 
-LOOP_USERS_PAUSE_S = 0.15  # each simulated user waits this long between uploads (steady traffic)
+# Stage 8's traffic: LOOP_USERS threads of simulated users, each pausing LOOP_USERS_PAUSE_S between
+# uploads (about 15 photos a second on 2 idle cores). The canary at 10% gets a tenth of it, and its
+# verdict waits on about a hundred answers from the users about its tags: thinner traffic makes the
+# canary step the longest part of the stage, heavier traffic slows the retrain sharing the cores.
+LOOP_USERS = 3
+LOOP_USERS_PAUSE_S = 0.1
 
 
 def stage_self_driving(ctx: DemoContext) -> str:
@@ -735,7 +740,7 @@ def stage_self_driving(ctx: DemoContext) -> str:
     items = items[:: max(1, len(items) // 300)][:300]
     population = Population.from_images(items, names)
     users = SimulatedUsers(ctx.serving.gateway_url, population, Behaviour(drifted_share=0.5), seed=8,
-                           workers=2, pause_s=LOOP_USERS_PAUSE_S)
+                           workers=LOOP_USERS, pause_s=LOOP_USERS_PAUSE_S)
 
     def truth() -> dict[str, str]:
         with ctx.truth_lock:
@@ -752,7 +757,7 @@ def stage_self_driving(ctx: DemoContext) -> str:
     started_at = datetime.now(timezone.utc)
     watcher = LoopWatcher(history, ctx.prometheus_url, alerting.receiver_url, since=started_at,
                           alerts=tuple(settings.triggers.drift_alerts + settings.triggers.degradation_alerts))
-    print(f"[SIMULATED USERS] 2 users uploading photos of the training split, half of them night shots, "
+    print(f"[SIMULATED USERS] {LOOP_USERS} users uploading photos of the training split, half of them night shots, "
           f"answering about the tags through {ctx.serving.gateway_url}/v1/feedback")
     print(f"[SIMULATED ANNOTATORS] every {annotators.every_s:g} s: the labelling policy's queue into Label Studio "
           f"({ls.url}; a budget of {DEMO_LABELLING_BUDGET} a day for the demo, {loop_settings.policy.daily_budget} in "
