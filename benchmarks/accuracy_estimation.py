@@ -7,8 +7,9 @@ held-out evaluation photos and the same photos as the demo cycle's night shots
 (:func:`gourmetgram_app.local.simulate.night_shot`, photos taken in the dark) at 0, 25, 50 and
 100% night shots. For each mixture it prints the true accuracy of the served model and each
 estimate with its 95% interval and its error, side by side: ATC, the mean calibrated
-confidence, the uncalibrated mean confidence, ATC on the energy (OOD) score, and ATC on the
-energy score capped by the class prior (:mod:`gourmetgram.estimation`). The estimates are
+confidence, the uncalibrated mean confidence, ATC on the energy (OOD) score, and both ATCs
+capped per predicted class (``atc_energy_prior``, ``atc_prior``: the alert's;
+:mod:`gourmetgram.estimation`). The estimates are
 computed by the same code the transformer runs on its rolling window. Per seed it also prints
 what the offline report says of the same bundle: the ECE (15 bins) on the evaluation split
 before and after temperature scaling, and the share the OOD threshold flags on the evaluation
@@ -18,7 +19,8 @@ symbols).
     python benchmarks/accuracy_estimation.py --seeds 0,1,2 --json estimates.json
 
 Goal (issue 22): within 5 points in distribution and within 10 points at every mixture, for
-every seed. About 2-4 minutes a seed on 2 idle cores (training dominates).
+every seed. About a minute a seed on 2 idle cores (training dominates). Training numerics depend
+on the thread count as much as on the seed: ``--threads 1`` gives other models for the same seeds.
 """
 
 from __future__ import annotations

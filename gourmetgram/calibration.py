@@ -126,7 +126,9 @@ class Calibration:
     """The bundle's ``calibration.json``: temperature, OOD threshold, ATC thresholds.
 
     ``atc_thresholds`` maps an estimation method (:data:`gourmetgram.estimation.METHODS`) to
-    its threshold; ``class_prior`` is the validation split's class mix; the figures
+    its threshold; ``class_prior`` is the validation split's class mix; ``class_caps`` maps a
+    capped method to its per-class caps (a bundle exported before there were caps: the prior);
+    the figures
     (``validation_accuracy``, ``ece_before``/``ece_after`` on validation, ``n_validation``)
     say what they were fitted on. ``Calibration.identity()`` is what a bundle without the
     file is served with: T = 1, every photo in distribution, no ATC.
@@ -137,6 +139,7 @@ class Calibration:
     ood_pass_rate: float = 1.0
     atc_thresholds: dict[str, float] = dataclasses.field(default_factory=dict)
     class_prior: tuple[float, ...] = ()
+    class_caps: dict[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
     validation_accuracy: float | None = None
     n_validation: int = 0
     ece_before: float | None = None
@@ -150,6 +153,13 @@ class Calibration:
             raise BadInput("calibration ood_threshold must be a number (inf: no threshold)")
         if self.class_prior and (min(self.class_prior) < 0 or abs(sum(self.class_prior) - 1) > 1e-6):
             raise BadInput("calibration class_prior must be non-negative shares that sum to 1")
+        for method, caps in self.class_caps.items():
+            if self.class_prior and len(caps) != len(self.class_prior) or any(not 0 <= c <= 1 for c in caps):
+                raise BadInput(f"calibration class_caps[{method!r}] must hold one share (0..1) per class")
+
+    def caps(self, method: str) -> tuple[float, ...]:
+        """A capped method's per-class caps: fitted at export, else (older bundles) the prior."""
+        return self.class_caps.get(method) or self.class_prior
 
     @classmethod
     def identity(cls) -> "Calibration":
@@ -173,6 +183,7 @@ class Calibration:
         d = dataclasses.asdict(self)
         d["ood_threshold"] = None if math.isinf(self.ood_threshold) else self.ood_threshold
         d["class_prior"] = list(self.class_prior)
+        d["class_caps"] = {k: list(v) for k, v in self.class_caps.items()}
         return d
 
     @classmethod
@@ -189,6 +200,8 @@ class Calibration:
         try:
             values["atc_thresholds"] = {str(k): float(v) for k, v in (values.get("atc_thresholds") or {}).items()}
             values["class_prior"] = tuple(float(v) for v in (values.get("class_prior") or ()))
+            values["class_caps"] = {str(k): tuple(float(c) for c in v)
+                                    for k, v in (values.get("class_caps") or {}).items()}
             for key in ("temperature", "ood_threshold", "ood_pass_rate"):
                 if key in values:
                     values[key] = float(values[key])

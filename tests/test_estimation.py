@@ -3,6 +3,7 @@ synthetic logits whose true accuracy is known: fast, no model, no CPU-dependent 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -23,8 +24,7 @@ from gourmetgram.estimation import (
     wilson_interval,
 )
 from gourmetgram.evaluation.calibration import (
-    atc_threshold,
-    capped_atc_threshold,
+    class_caps,
     fit_calibration,
     fit_temperature,
     reliability_table,
@@ -122,9 +122,25 @@ def test_atc_thresholds_reproduce_the_validation_accuracy(fitted):
     for method in (ATC, ATC_PRIOR, ATC_ENERGY, ATC_ENERGY_PRIOR):
         assert found[method].value == pytest.approx(accuracy, abs=0.002), method
     assert sum(fitted.class_prior) == pytest.approx(1.0)
-    # the plain ATC threshold is a quantile; the capped one is never above the plain one
-    assert atc_threshold(window.score("neg_energy"), accuracy) >= capped_atc_threshold(
-        window.score("neg_energy"), window.predicted, np.asarray(fitted.class_prior), accuracy)
+    # the caps: at least the prior, and exactly what passed where validation over-predicts a class
+    for method in (ATC_PRIOR, ATC_ENERGY_PRIOR):
+        caps = np.asarray(fitted.caps(method))
+        assert (caps >= np.asarray(fitted.class_prior) - 1e-12).all() and caps.sum() >= 1.0 - 1e-9
+
+
+def test_class_caps_are_the_prior_or_what_passed_for_the_class():
+    predicted = np.array([0, 0, 0, 0, 1, 1, 2, 2])
+    passed = np.array([True, True, True, False, True, False, False, False])
+    caps = class_caps(passed, predicted, np.array([0.25, 0.25, 0.5]))
+    np.testing.assert_allclose(caps, [3 / 8, 0.25, 0.5])  # class 0 passed 3 of 8 > its prior
+
+
+def test_a_bundle_without_caps_caps_at_the_prior(fitted):
+    """A calibration.json written before the caps existed: the capped methods cap at the prior."""
+
+    old = dataclasses.replace(fitted, class_caps={})
+    assert old.caps(ATC_PRIOR) == old.class_prior
+    assert ATC_PRIOR in estimate_all(Window.of(old.score(np.zeros((3, CLASSES)))), old)
 
 
 def test_calibration_file_round_trip_and_bad_files(fitted, tmp_path):

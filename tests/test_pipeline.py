@@ -432,7 +432,7 @@ def test_export_step_fp16_gates_on_labelled_evaluation_images_and_quantize_passe
     assert Bundle(tmp_path / "b16").precision() == "fp16"
     calibration = Bundle(tmp_path / "b16").load_calibration()  # the export ships the validation fit
     assert calibration.n_validation == 355 and sum(calibration.class_prior) == pytest.approx(1.0)
-    assert set(calibration.atc_thresholds) == {"atc", "atc_energy", "atc_energy_prior"}
+    assert set(calibration.atc_thresholds) == {"atc", "atc_prior", "atc_energy", "atc_energy_prior"}
     assert p.confidence_max_abs_diff is not None and p.confidence_max_abs_diff < 0.01
     served = quantize_step(tmp_path / "b16", demo_dataset, "demo", tmp_path / "served", MODEL_NAME)
     assert served.precision == "fp16" and served.report is None and "INT8 quantizes FP32" in served.reason

@@ -86,7 +86,7 @@ def processes_in(cwd: Path) -> list[int]:
 # it shows (the untrained model's logits are tiny: T < 1 sharpens them), and an OOD threshold well
 # clear of their energies (about -2.3 = -log 10), so no flag sits on the edge.
 CALIBRATION = Calibration(temperature=0.05, ood_threshold=-2.0, ood_pass_rate=0.95,
-                          atc_thresholds={"atc": 0.2, "atc_energy": 2.3, "atc_energy_prior": 2.3},
+                          atc_thresholds={"atc": 0.2, "atc_prior": 0.2, "atc_energy": 2.3, "atc_energy_prior": 2.3},
                           class_prior=(0.1,) * 10, validation_accuracy=0.5, n_validation=10, fitted_on="test")
 
 

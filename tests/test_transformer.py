@@ -136,7 +136,7 @@ def onnx_path(tmp_path_factory) -> Path:
         ["logits"], {"input": preprocess_batch(images, IMAGE_SIZE)})[0]
     median = float(np.median(energy_score(logits)))
     Calibration(temperature=TEMPERATURE, ood_threshold=median, ood_pass_rate=0.5,
-                atc_thresholds={"atc": 0.5, "atc_energy": -median, "atc_energy_prior": -median},
+                atc_thresholds={"atc": 0.5, "atc_prior": 0.5, "atc_energy": -median, "atc_energy_prior": -median},
                 class_prior=(0.1,) * 10, validation_accuracy=0.9, n_validation=8,
                 fitted_on="test").write(path.parent / "calibration.json")
     return path
@@ -409,7 +409,7 @@ def test_metrics_count_served_predictions(client):
     assert metric(after, "gourmetgram_out_of_distribution_total", **labels) - \
         metric(before, "gourmetgram_out_of_distribution_total", **labels) == flagged
     # the label-free estimate over the revision's window, every method with its interval
-    for method in ("atc", "atc_energy", "atc_energy_prior", "confidence"):
+    for method in ("atc", "atc_prior", "atc_energy", "atc_energy_prior", "confidence"):
         where = {**labels, "method": method}
         value = metric(after, "gourmetgram_estimated_accuracy", **where)
         lower = metric(after, "gourmetgram_estimated_accuracy_lower", **where)

@@ -399,8 +399,8 @@ def test_operator_page_shows_the_label_free_estimate_next_to_the_measured_accura
             s.add(LabelTask(sample_id=sample_id, reason="random", queued_at=now, queue_day=now.date()))
             s.add(Label(sample_id=sample_id, label_source=ANNOTATOR, label="Soup" if i < 3 else "Rice",
                         labelled_at=now))
-    series = (_estimate_series("food11-predictor-00003", "3", "a", "atc_energy_prior", 0.60, 0.55, 0.66, 300)
-              + _estimate_series("food11-predictor-00003", "3", "b", "atc_energy_prior", 0.80, 0.72, 0.87, 100)
+    series = (_estimate_series("food11-predictor-00003", "3", "a", "atc_prior", 0.60, 0.55, 0.66, 300)
+              + _estimate_series("food11-predictor-00003", "3", "b", "atc_prior", 0.80, 0.72, 0.87, 100)
               + _estimate_series("food11-predictor-00003", "3", "a", "atc", 0.93, 0.90, 0.95, 300))
     status = {"t": 90, "test_stat": 0.2, "threshold": 0.05, "is_drift": True, "processed": 90, "backlog": 0,
               "label_drift": {"statistic": 0.6, "window": 90},
@@ -432,7 +432,7 @@ def test_operator_page_shows_the_label_free_estimate_next_to_the_measured_accura
         assert r.status_code == 200
         row = re.search(r'<tr id="estimate-food11-predictor-00003">(.*?)</tr>', r.text, re.S).group(1)
         # (0.60 x 300 + 0.80 x 100) / 400 = 0.65, the widest interval of the two replicas
-        assert '<td class="est-atc_energy_prior">0.650 [0.550, 0.870]</td>' in row
+        assert '<td class="est-atc_prior">0.650 [0.550, 0.870]</td>' in row
         assert '<td class="est-atc">0.930 [0.900, 0.950]</td>' in row
         assert '<td class="est-confidence">–</td>' in row
         assert '<td class="measured-random">0.750 (4)</td>' in row  # 3 of the 4 random-share labels agree
@@ -447,7 +447,7 @@ def test_operator_page_shows_the_label_free_estimate_next_to_the_measured_accura
         assert Image.open(io.BytesIO(image.content)).size == (9, 8)  # the captured photo, small already
         assert c.get(thumbs[1]).status_code == 404  # the detector saw it; the sink never kept it
         data = c.get("/operator.json").json()
-        assert data["estimates"]["data"][0]["methods"]["atc_energy_prior"]["n"] == 400
+        assert data["estimates"]["data"][0]["methods"]["atc_prior"]["n"] == 400
     # without Prometheus the panel says why; the rest of the page stays
     config = WebConfig(api_url=API, registry=False)
     with TestClient(create_app(config)) as c:

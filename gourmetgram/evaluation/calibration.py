@@ -32,7 +32,7 @@ from gourmetgram.calibration import (
     reliability_table,
 )
 from gourmetgram.errors import BadInput
-from gourmetgram.estimation import METHODS, THRESHOLD_METHODS, Window, capped_share
+from gourmetgram.estimation import METHODS, THRESHOLD_METHODS, Window
 
 OOD_PASS_RATE = 0.95  # in-distribution validation photos that must pass the OOD threshold
 LOG_T_BOUNDS = (-4.0, 4.0)  # T in [0.018, 55]: far beyond what a trained net needs
@@ -63,24 +63,15 @@ def atc_threshold(scores: np.ndarray, accuracy: float) -> float:
     return float(np.quantile(scores, 1.0 - accuracy, method="inverted_cdf"))
 
 
-def capped_atc_threshold(scores: np.ndarray, predicted: np.ndarray, prior: np.ndarray, accuracy: float) -> float:
-    """The largest threshold t with capped_share(score > t) >= ``accuracy`` on validation (the
-    capped share never rises with t; below every score all photos pass)."""
-    scores = np.asarray(scores, dtype=np.float64)
-    candidates = np.unique(scores)  # ascending
-    lowest = float(candidates[0]) - 1.0
-
-    def reaches(t: float) -> bool:
-        return capped_share(scores > t, predicted, prior) >= accuracy
-
-    lo, hi = -1, len(candidates) - 1  # index -1 stands for `lowest`, which passes everything
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if reaches(float(candidates[mid])):
-            lo = mid
-        else:
-            hi = mid - 1
-    return lowest if lo < 0 else float(candidates[lo])
+def class_caps(passed: np.ndarray, predicted: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """Per class, the most a capped estimate counts for it: its share of the validation split, or
+    the share of validation photos predicted as it that passed the threshold when that is more
+    (a model that over-predicts a class in distribution already does so on validation). So on
+    the validation split the capped estimate equals plain ATC's, the validation accuracy; only a
+    class predicted more often than validation ever showed is cut."""
+    n = len(passed)
+    passed_share = np.bincount(np.asarray(predicted)[np.asarray(passed, dtype=bool)], minlength=len(prior)) / n
+    return np.maximum(np.asarray(prior, dtype=np.float64), passed_share[:len(prior)])
 
 
 def fit_calibration(logits: np.ndarray, labels: np.ndarray, ood_pass_rate: float = OOD_PASS_RATE,
@@ -97,15 +88,16 @@ def fit_calibration(logits: np.ndarray, labels: np.ndarray, ood_pass_rate: float
     scored = Calibration(temperature=temperature).score(logits)
     window = Window.of(scored)
     ood_threshold = float(np.quantile(scored.energy, ood_pass_rate, method="inverted_cdf"))
-    thresholds = {}
+    thresholds, caps = {}, {}
     for name in THRESHOLD_METHODS:
         method = METHODS[name]
         values = window.score(method.score)  # type: ignore[arg-type]  # threshold methods have a score
-        thresholds[name] = (capped_atc_threshold(values, window.predicted, prior, accuracy) if method.capped
-                            else atc_threshold(values, accuracy))
+        thresholds[name] = atc_threshold(values, accuracy)
+        if method.capped:
+            caps[name] = tuple(float(c) for c in class_caps(values > thresholds[name], window.predicted, prior))
     return Calibration(
         temperature=temperature, ood_threshold=ood_threshold, ood_pass_rate=ood_pass_rate,
-        atc_thresholds=thresholds, class_prior=tuple(float(p) for p in prior),
+        atc_thresholds=thresholds, class_prior=tuple(float(p) for p in prior), class_caps=caps,
         validation_accuracy=accuracy, n_validation=int(len(labels)),
         ece_before=expected_calibration_error(raw_conf, correct),
         ece_after=expected_calibration_error(scored.confidence, correct), fitted_on=fitted_on)

@@ -227,7 +227,7 @@ async def _feedback(url: str, client: httpx.AsyncClient) -> dict:
 ESTIMATE = "gourmetgram_estimated_accuracy"
 ESTIMATE_QUERY = '{__name__=~"gourmetgram_estimated_accuracy(_lower|_upper|_samples)?"}'
 # the methods the page shows, the one the alert reads first (gourmetgram.estimation.PRIMARY_METHOD)
-ESTIMATE_METHODS = ("atc_energy_prior", "atc", "confidence")
+ESTIMATE_METHODS = ("atc_prior", "atc", "confidence")
 
 
 def estimates_from_prometheus(result: list[dict]) -> list[dict]:
