@@ -12,11 +12,13 @@ import torch
 
 from gourmetgram.config import ExportConfig
 from gourmetgram.errors import BadInput
+from gourmetgram.evaluation.paired import PairedCounts
 from gourmetgram.export import export_bundle, validate_bundle
 from gourmetgram.model import ModelSpec, build_model
 from gourmetgram.quantize import (
     QUANTIZATION_FILENAME,
     ImageCalibrationReader,
+    drop_interval,
     gate_problems,
     load_split,
     main,
@@ -103,14 +105,24 @@ def test_static_needs_calibration_and_known_method(fp32_bundle, tmp_path):
         quantize_onnx(_onnx_of(fp32_bundle), tmp_path / "x.onnx", "fp16")
 
 
-def test_gate_problems_name_each_failed_threshold():
-    cfg = ExportConfig(int8_min_agreement=0.95, int8_max_accuracy_drop=0.01)
-    assert gate_problems(0.90, 0.895, 0.97, cfg) == ()
-    problems = gate_problems(0.90, 0.85, 0.90, cfg)
+def test_gate_problems_judge_the_paired_drop_not_a_few_images():
+    cfg = ExportConfig(int8_min_agreement=0.95, int8_max_accuracy_drop=0.01, int8_confidence=0.95)
+    # What one machine's calibration sample gave: 0.019 lower on 368 images (14 lost, 7 gained).
+    # Within noise of a 0.01 margin: passes (a point threshold rejected it).
+    noisy = PairedCounts(both=338, gains=7, losses=14, neither=9)
+    assert round(-noisy.difference, 3) == 0.019
+    assert gate_problems(noisy, 0.96, cfg) == ()
+    low, high = drop_interval(noisy, cfg)
+    assert low < 0.01 < high
+    # A clear loss (40 lost, 2 gained: -0.10): rejected with the figures that say so.
+    clear = PairedCounts(both=310, gains=2, losses=40, neither=16)
+    problems = gate_problems(clear, 0.90, cfg)
     assert len(problems) == 2
     assert "agreement" in problems[0] and "0.9000" in problems[0]
-    assert "accuracy drop 0.0500" in problems[1]
-    assert gate_problems(0.9, 0.9, float("nan"), cfg)  # NaN never passes
+    assert "accuracy drop 0.1033 (40 images lost, 2 gained)" in problems[1] and "95% confidence" in problems[1]
+    assert drop_interval(clear, cfg)[0] > 0.01
+    assert gate_problems(noisy, float("nan"), cfg)  # NaN agreement never passes
+    assert gate_problems(PairedCounts(0, 0, 0, 0), 1.0, cfg)  # nothing to judge on: not a pass
 
 
 def test_quantize_bundle_writes_a_servable_int8_bundle(fp32_bundle, demo_dataset, eval_set, calibration,
