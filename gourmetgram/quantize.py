@@ -266,7 +266,7 @@ def compare(fp32_path: str | Path, int8_path: str | Path, images: np.ndarray, la
     want, got = run_session(fp32, images), run_session(int8, images)
     fp32_acc = float((want.argmax(1) == labels).mean())
     int8_acc = float((got.argmax(1) == labels).mean())
-    counts = PairedCounts.from_predictions(labels, got.argmax(1), want.argmax(1))
+    counts = PairedCounts.from_correct(got.argmax(1) == labels, want.argmax(1) == labels)
     agreement = float((want.argmax(1) == got.argmax(1)).mean())
     sample = images[:timing_images]
     if len(sample) < timing_batch:
