@@ -351,6 +351,32 @@ def test_image_properties_measure_what_they_say():
         image_properties(b"not an image")
 
 
+def test_the_profile_report_is_refreshed_at_most_once_an_interval_and_when_quiet(bundle, loaded, eval_images,
+                                                                                 monkeypatch):
+    """The KS report was three quarters of the worker's CPU when made per event; it is made when
+    the interval has passed or the queue runs dry, and wait_idle returns a current one."""
+    import drift_detector.server as server
+    from drift_detector.events import InferenceEvent
+
+    monkeypatch.setattr(server, "PROFILE_INTERVAL_S", 3600.0)  # while events come: only the first batch
+    loaded[0].reset_state()
+    svc = DriftService(bundle, loaded=loaded)
+    assert svc.profile is not None
+    calls = []
+    real = svc.profile.report
+    svc.profile.report = lambda: calls.append(1) or real()  # type: ignore[method-assign]
+    try:
+        for i, image in enumerate(eval_images[:60]):  # one event per batch, as at a light load
+            svc.submit(InferenceEvent(id=f"e-{i}", type=REQUEST_TYPE, source="test", images=[image]))
+            while svc.processed <= i:
+                time.sleep(0.002)
+        assert svc.wait_idle(60)
+        assert svc.profile_report["window"] == 60  # current once quiet
+        assert len(calls) < 10  # not one per event (60)
+    finally:
+        svc.stop()
+
+
 def test_the_service_names_the_property_and_class_that_moved(client, service, bundle, eval_images):
     """Night shots (the demo cycle's transform): brightness is named first, in /status and in
     the metrics the drift alert's annotation reads; the class the answers pile into is named."""
