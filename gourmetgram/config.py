@@ -126,6 +126,9 @@ class TrainConfig:
     hflip: StrictBool = True
     crop_scale: Annotated[StrictFloat, Field(gt=0, le=1)] = 1.0  # random crop keeps this share of each side, at least
     num_workers: Count = 0
+    # CPU threads for training; 0 = the cores idle when training starts (gourmetgram.training.cpu_threads):
+    # on cores busy serving, a second thread that is often descheduled stalls every step.
+    threads: Count = 0
     # production: a retrain fine-tunes the model the registry's production alias points at (a first
     # model, with no production alias yet, trains from scratch and says so); scratch: always from scratch.
     init_from: Annotated[StrictStr, _one_of(*INIT_FROM)] = "production"

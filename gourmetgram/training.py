@@ -65,6 +65,42 @@ def evaluate_accuracy(model: Classifier, loader: DataLoader, device: torch.devic
     return correct / max(total, 1), loss_sum / max(total, 1)
 
 
+def threads_for(cores: int, idle_share: float) -> int:
+    """Training threads for ``cores`` of which ``idle_share`` (0..1) is idle: the idle cores,
+    rounded, at least one. Pure."""
+    return max(1, min(cores, round(cores * idle_share)))
+
+
+def idle_share(seconds: float = 0.5) -> float | None:
+    """The share of CPU time idle over ``seconds`` (Linux ``/proc/stat``); None elsewhere."""
+    def sample() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return fields[3] + (fields[4] if len(fields) > 4 else 0), sum(fields)  # idle + iowait, total
+
+    try:
+        idle0, total0 = sample()
+        time.sleep(seconds)
+        idle1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return (idle1 - idle0) / (total1 - total0) if total1 > total0 else None
+
+
+def cpu_threads(requested: int) -> tuple[int, str]:
+    """How many threads PyTorch trains with on the CPU, and why. ``requested`` > 0 is taken as
+    is; 0 takes the cores idle now. Why: PyTorch's thread pool waits at every operator for all
+    its threads; on 2 cores also serving a stack (the local loop's retrain), 2 threads took 530
+    ms a step where 1 took 319 (idle: 219 vs 314), and a demo retrain ran 20x slower than idle."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if requested > 0:
+        return requested, f"train.threads {requested}"
+    idle = idle_share()
+    if idle is None:
+        return cores, f"all {cores} cores (idle share unknown)"
+    n = threads_for(cores, idle)
+    return n, f"{cores} cores, {idle:.0%} idle at the start (train.threads 0: the idle cores)"
+
+
 def train(dataset_root: str | Path, report: DatasetReport, cfg: RunConfig, checkpoint_path: str | Path,
           log_to_mlflow: bool = True, progress: bool = True, run_name: str | None = None,
           parent: Parent | None = None) -> TrainResult:
@@ -92,6 +128,11 @@ def train(dataset_root: str | Path, report: DatasetReport, cfg: RunConfig, check
         if progress:
             print(f"fine-tuning {parent.describe()}: {tc.epochs} epochs at lr {tc.lr:g}", flush=True)
     model = model.to(device)
+    if device.type == "cpu":
+        threads, why = cpu_threads(tc.threads)
+        torch.set_num_threads(threads)
+        if progress:
+            print(f"training on the CPU with {threads} thread(s): {why}", flush=True)
 
     train_ds = ImageFolderDataset(root / "training", mc.image_size, tc.hflip, tc.crop_scale, tc.seed)
     val_ds = ImageFolderDataset(root / "validation", mc.image_size)
