@@ -650,13 +650,21 @@ def stage_drift(ctx: DemoContext) -> str:
     def status() -> dict:
         return httpx.get(f"{ctx.detector_url}/status", timeout=10).json()
 
-    def settle(expected: int) -> dict:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and status().get("processed", 0) < expected:
+    def settle(at_least: int = 0, timeout_s: float = 60) -> dict:
+        """Wait until the detector has processed every event it has accepted so far. On a slow
+        machine the canary stage can leave a backlog; counting from it judged the darkened photos
+        before the detector saw them."""
+        target = max(at_least, status().get("received", 0))  # the logger delivers asynchronously
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and status().get("processed", 0) < target:
             time.sleep(0.5)
         return status()
 
     with httpx.Client(timeout=60) as client:
+        backlog = status().get("backlog", 0)
+        if backlog:
+            print(f"the detector has a backlog of {backlog} event(s) from the canary stage; waiting for it", flush=True)
+            settle(timeout_s=300)
         before = status().get("processed", 0)
         for blob in images:
             predict(client, ctx.serving.gateway_url, blob)
