@@ -662,3 +662,8 @@ def test_the_local_canary_is_judged_by_the_rollout_config_with_the_release_overr
     assert config.analysis.max_wrong_rate_increase == release.canary.max_wrong_rate_increase == 0.1
     assert (config.analysis.window, config.analysis.min_feedback, config.auto.interval_s) == ("15s", 15, 4.0)
     assert config.auto.steps == base.auto.steps and config.analysis.alpha == base.analysis.alpha
+    # the demo's stage 6 hands the same config to `rollout auto --config`: the file reads back equal
+    from gourmetgram.rollout.config import save_config
+
+    saved = load_config(save_config(release.canary.rollout(), tmp_path / "sub" / "rollout-local.yaml"))
+    assert (saved.analysis, saved.auto, saved.shadow) == (config.analysis, config.auto, config.shadow)

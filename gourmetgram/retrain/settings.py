@@ -121,6 +121,20 @@ class CanarySettings:
     interval_s: Positive = 4.0
     timeout_s: Positive = 600.0
 
+    def rollout(self):
+        """The rollout config a local canary is judged by: ``rollout_config`` with these fields
+        over it (the loop's canary, and the demo's canaries on the same local stack)."""
+        from gourmetgram.config import override, resolve_config_path
+        from gourmetgram.rollout.analysis import load_config
+
+        config = load_config(resolve_config_path(self.rollout_config))
+        config = override(config, "analysis", window=self.window, min_requests=self.min_requests,
+                          min_feedback=self.min_feedback, require_feedback=self.require_feedback,
+                          max_error_rate_increase=self.max_error_rate_increase,
+                          max_feedback_accuracy_drop=self.max_feedback_accuracy_drop,
+                          max_wrong_rate_increase=self.max_wrong_rate_increase)
+        return override(config, "auto", interval_s=self.interval_s, timeout_s=self.timeout_s)
+
 
 @dataclasses.dataclass(frozen=True)
 class ReleaseSettings:

@@ -114,6 +114,18 @@ def load_config(path: str | Path | None = None) -> RolloutConfig:
     return load_file(RolloutConfig, path or DEFAULT_CONFIG, "rollout config")
 
 
+def save_config(config: RolloutConfig, path: Path) -> Path:
+    """``config`` as a file ``load_config`` reads back (``rollout auto --config``)."""
+    import json
+
+    import yaml
+
+    data = json.loads(json.dumps(dataclasses.asdict(config)))  # tuples as lists
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
 def check_window(window: str) -> str:
     """``window`` if it is a Prometheus duration, else a :class:`ConfigError`."""
     try:

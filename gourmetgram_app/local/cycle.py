@@ -22,7 +22,6 @@ operator page and the demo read it). Without a production gateway a run stops af
 from __future__ import annotations
 
 import dataclasses
-import json
 import threading
 import time
 from pathlib import Path
@@ -127,17 +126,7 @@ class Cycle:
     def rollout_config(self):
         """The rollout config the canary is judged by: the named file with the release's canary
         fields over it; its ``auto.steps`` must name at least the first canary percentage."""
-        from gourmetgram.config import override, resolve_config_path
-        from gourmetgram.rollout.analysis import load_config
-
-        c = self.s.release.canary
-        config = load_config(resolve_config_path(c.rollout_config))
-        config = override(config, "analysis", window=c.window, min_requests=c.min_requests,
-                          min_feedback=c.min_feedback, require_feedback=c.require_feedback,
-                          max_error_rate_increase=c.max_error_rate_increase,
-                          max_feedback_accuracy_drop=c.max_feedback_accuracy_drop,
-                          max_wrong_rate_increase=c.max_wrong_rate_increase)
-        config = override(config, "auto", interval_s=c.interval_s, timeout_s=c.timeout_s)
+        config = self.s.release.canary.rollout()
         if not config.auto.steps:
             raise ConfigError(f"{config.source}: auto.steps is empty; a staged canary needs at least one "
                               "percentage to start at (e.g. [10, 50])")
@@ -303,9 +292,8 @@ class Cycle:
         """The canary at the first step, then raised and judged with the users' feedback: the
         release steps ``rollout canary`` and ``rollout auto --feedback`` run
         (:mod:`gourmetgram.rollout.release`), with the simulated users, if any."""
-        import yaml
-
         from gourmetgram.rollout import release
+        from gourmetgram.rollout.config import save_config
         from gourmetgram.rollout.feedback import StoreFeedback
         from gourmetgram.rollout.local import LocalRollout
 
@@ -315,8 +303,7 @@ class Cycle:
                       f"`rollout auto --feedback` (>= {config.analysis.min_feedback} answers per revision), "
                       "then promote or roll back")
         t0 = time.monotonic()
-        config_file = self.workdir / "rollout.yaml"  # what this run's canary is judged by, kept with the run
-        config_file.write_text(yaml.safe_dump(json.loads(json.dumps(dataclasses.asdict(config))), sort_keys=False))
+        save_config(config, self.workdir / "rollout.yaml")  # what this run's canary is judged by, kept with the run
         backend = LocalRollout(self.s.gateway)
         release.start_canary(backend, first, version, out=self.out)
         state = backend.state()

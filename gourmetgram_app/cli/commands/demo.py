@@ -485,9 +485,10 @@ def stage_loop(ctx: DemoContext) -> str:
 
 # -- stage 6: canary rollout ---------------------------------------------------------------------
 
-# `rollout auto` as the local stack needs it (thin traffic: short window, few requests); the
-# canary percentages are the rollout config's steps (10 -> 50 -> promote).
-DEMO_AUTO = ["--window", "15s", "--min-requests", "15", "--interval", "4", "--timeout", "240"]
+# `rollout auto` judges the demo's canaries as the loop judges its own on this local stack: the
+# rollout config with the retrain config's release.canary fields over it (thin traffic: a short
+# window, few requests, the 5xx margin a minute of it can show), its steps 10 -> 50 -> promote.
+DEMO_AUTO_TIMEOUT_S = 240
 
 
 def _int8_candidate(ctx: DemoContext) -> tuple[int, str]:
@@ -581,7 +582,8 @@ def stage_canary(ctx: DemoContext) -> str:
     steps and a bad one rolled back, by `rollout auto` against the stack's Prometheus."""
     from gourmetgram import registry
     from gourmetgram.constants import PRODUCTION
-    from gourmetgram.rollout.analysis import load_config
+    from gourmetgram.retrain.settings import load_retrain_settings
+    from gourmetgram.rollout.config import save_config
     from gourmetgram.rollout.local import LocalRollout
     from gourmetgram_app.local.traffic import BackgroundTraffic
 
@@ -590,7 +592,10 @@ def stage_canary(ctx: DemoContext) -> str:
     images = [path.read_bytes() for path, _ in _sample(ctx, 40)]
     gw = ["--gateway", gateway]
     prom = ["--prometheus", ctx.prometheus_url]
-    steps = load_config().auto.steps
+    config = load_retrain_settings(ctx.retrain_config).release.canary.rollout()
+    auto = ["--config", str(save_config(config, ctx.home / "demo-run" / "rollout-local.yaml")),
+            "--timeout", str(DEMO_AUTO_TIMEOUT_S)]
+    steps = config.auto.steps
     first = steps[0] if steps else 30
     v1 = ctx.result.outcome.version
     good, good_what = _int8_candidate(ctx)
@@ -606,7 +611,7 @@ def stage_canary(ctx: DemoContext) -> str:
         if _rollout("canary", "--percent", str(first), *source, *gw) != 0:
             raise OutcomeMissing(f"could not start the {kind} canary (see above)")
         with BackgroundTraffic(gateway, images) as traffic:
-            decisions[kind] = _rollout("auto", *gw, *prom, *DEMO_AUTO)
+            decisions[kind] = _rollout("auto", *gw, *prom, *auto)
         failed = sum(code != 200 for code in traffic.codes)
         print(f"rollout auto exit {decisions[kind]} ({'promoted' if decisions[kind] == 0 else 'rolled back / held'}); "
               f"{len(traffic.codes)} predictions served during the rollout, {failed} failed")
