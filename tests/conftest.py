@@ -3,6 +3,7 @@ PostgreSQL server (started on first use) and the loop store's URL on each backen
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
@@ -39,20 +40,34 @@ def demo_dataset(session_home) -> Path:
     return build_demo_dataset(session_home / "data" / "demo")
 
 
-@pytest.fixture(scope="session")
-def trained_demo_model(demo_dataset, tmp_path_factory):
-    """The demo model trained as ``configs/demo.yaml`` says, once per session (about 1.5 min on 2
-    cores), for tests that need a model that works, such as the web app's screenshots. Nothing
-    asserts its accuracy: that varies with the CPU (docs/development.md)."""
-    from gourmetgram.config import load_config
-    from gourmetgram.data.layout import validate_dataset
-    from gourmetgram.model import load_checkpoint
-    from gourmetgram.training import train
+@dataclasses.dataclass(frozen=True)
+class PipelineRun:
+    code: int
+    out: str  # what the command printed
+    version: int | None  # the registry version it registered (alias staging right after the run)
+    bundle: Path | None  # the exported bundle (ONNX, Triton config, calibration, drift detector)
 
-    checkpoint = tmp_path_factory.mktemp("trained-demo") / "model.pt"
-    report = validate_dataset(demo_dataset, check_images=False, progress=False)
-    train(demo_dataset, report, load_config("demo"), checkpoint, log_to_mlflow=False, progress=False)
-    return load_checkpoint(checkpoint).eval()
+
+@pytest.fixture(scope="session")
+def demo_pipeline_run(session_home, demo_dataset) -> PipelineRun:
+    """`gourmetgram pipeline run` on the demo dataset with configs/demo.yaml, from scratch, once
+    per session (about 2 min on 2 cores): the pipeline test asserts on it, and tests that need a
+    model that works (the web app's screenshots) serve its bundle. Nothing asserts its accuracy
+    beyond the config's own gate: that varies with the CPU (docs/development.md)."""
+    import contextlib
+    import io
+
+    from gourmetgram import registry
+    from gourmetgram.constants import STAGING
+    from gourmetgram_app.cli.main import main
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        # from scratch: other tests may leave a production model in the session's registry
+        code = main(["pipeline", "run", "--dataset", str(demo_dataset), "--config", "demo", "--init-from", "scratch"])
+    version = registry.version_for(STAGING) if code == 0 else None
+    bundle = Path(registry.get_version(version).tags[registry.TAG_BUNDLE]) if version is not None else None
+    return PipelineRun(code, buffer.getvalue(), version, bundle)
 
 
 @pytest.fixture(scope="session")

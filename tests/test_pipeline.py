@@ -269,17 +269,16 @@ def _registered_versions(name: str) -> list[int]:
 
 
 @pytest.mark.slow
-def test_local_run_trains_passes_the_gate_exports_and_registers(demo_dataset, session_home, capsys):
+def test_local_run_trains_passes_the_gate_exports_and_registers(demo_pipeline_run, session_home):
     from gourmetgram import registry
-    from gourmetgram.constants import MODEL_NAME, REGISTERED_MODEL_NAME, STAGING
+    from gourmetgram.constants import MODEL_NAME, REGISTERED_MODEL_NAME
 
-    # from scratch: other tests may leave a production model in the session's registry
-    code = main(["pipeline", "run", "--dataset", str(demo_dataset), "--config", "demo", "--init-from", "scratch"])
-    out = capsys.readouterr().out
-    assert code == 0, out[-3000:]
+    run = demo_pipeline_run  # `gourmetgram pipeline run --config demo --init-from scratch`, once a session
+    out = run.out
+    assert run.code == 0, out[-3000:]
     summary = out[out.rindex("Offline evaluation:"):]
     assert "Verdict: PASSED" in summary and "exported and registered" in summary
-    version = registry.version_for(STAGING)
+    version = run.version  # alias staging right after the run
     assert version is not None and f"version {version} (alias 'staging')" in summary
     info = registry.get_version(version)
     bundle = Path(info.tags[registry.TAG_BUNDLE])

@@ -40,20 +40,17 @@ WAIT_S = 60
 
 
 @pytest.fixture(scope="module")
-def bundles(session_home, demo_dataset, trained_demo_model):
+def bundles(session_home, demo_pipeline_run):
     """Two exports in the model store (the only place the gateway starts canaries from): the
-    trained demo model as the stable one, with a built drift detector (so the screenshots show
-    the product working), and an untrained one as the canary."""
-    from drift_detector.build import build_detector
+    demo pipeline's bundle as the stable one, its drift detector built by the pipeline (so the
+    screenshots show the product working), and an untrained model as the canary."""
     from gourmetgram.control import model_store
 
+    assert demo_pipeline_run.bundle is not None, demo_pipeline_run.out[-3000:]
     torch.manual_seed(0)
-    out = {}
-    for name, model in (("stable", trained_demo_model), ("canary", build_model(SPEC).eval())):
-        out[name] = model_store() / f"webapp-{name}"
-        export_bundle(model, out[name], ExportConfig(max_batch_size=8, preferred_batch_sizes=(4,)))
-    build_detector(out["stable"], demo_dataset, seed=0)
-    return out
+    canary = model_store() / "webapp-canary"
+    export_bundle(build_model(SPEC).eval(), canary, ExportConfig(max_batch_size=8, preferred_batch_sizes=(4,)))
+    return {"stable": demo_pipeline_run.bundle, "canary": canary}
 
 
 @pytest.fixture(scope="module")
