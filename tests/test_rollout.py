@@ -434,10 +434,12 @@ def test_auto_raises_a_good_canary_through_the_configs_steps_and_promotes_it(sta
     canary = _ensure_canary(stack, registered["good"], percent=steps[0])
     capsys.readouterr()
     # Latency is judged in the decide() tests; here a p95 blip on a busy machine must not roll
-    # back a canary that answers exactly as the stable revision does. The steps stay the file's.
+    # back a canary that answers exactly as the stable revision does. The steps stay the file's;
+    # the 5xx margin is the local stack's (configs/retrain.yaml release.canary): the file's 0.02
+    # needs ~650 canary requests at 10% to show "no worse", 0.1 about 100.
     config = tmp_path / "rollout.yaml"
     base = yaml.safe_load((REPO_ROOT / "configs" / "rollout.yaml").read_text())
-    base["analysis"].update(max_p95_latency_ratio=1000, p95_latency_slack_ms=600000)
+    base["analysis"].update(max_p95_latency_ratio=1000, p95_latency_slack_ms=600000, max_error_rate_increase=0.1)
     config.write_text(yaml.safe_dump(base))
     seen: list[int | None] = []
 
